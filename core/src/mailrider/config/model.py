@@ -1,0 +1,176 @@
+"""The configuration model: what the ``smtpd.conf`` grammar parses into.
+
+Every item remembers the ``file`` and ``line`` it came from, so later checks
+(a backend that cannot be found, a feature not supported yet) can name the
+place. Table references are always table *names*: a bare value where a table
+is allowed becomes an anonymous static table registered under a generated
+name (``<anon:N>``), so consumers only ever deal with named tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Where:
+    file: str = "<builtin>"
+    line: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(slots=True)
+class Table:
+    name: str
+    #: "static", "file", "db", "getpwnam", or an external backend name
+    backend: str
+    #: config path for file/db/proc backends (None for static or no argument)
+    path: str | None = None
+    #: static list tables
+    items: list[str] | None = None
+    #: static mapping tables
+    mapping: dict[str, str] | None = None
+    where: Where = field(default_factory=Where)
+
+
+@dataclass(slots=True)
+class Pki:
+    name: str
+    cert: str | None = None
+    key: str | None = None
+    dhe: str | None = None
+    where: Where = field(default_factory=Where)
+
+
+@dataclass(slots=True)
+class Ca:
+    name: str
+    cert: str | None = None
+    where: Where = field(default_factory=Where)
+
+
+@dataclass(slots=True)
+class Listener:
+    #: interface, address, hostname, "all", "egress", "localhost", ..., or "socket"
+    address: str
+    family: str | None = None  # "inet4" | "inet6" | None
+    port: int | None = None  # None: 25, or 465 with smtps
+    hostname: str | None = None
+    hostnames: str | None = None  # table name
+    tag: str | None = None
+    tls: bool = False
+    tls_require: bool = False
+    tls_verify: bool = False
+    smtps: bool = False
+    pki: list[str] = field(default_factory=list)
+    ca: str | None = None
+    ciphers: str | None = None
+    protocols: str | None = None
+    auth: bool = False
+    auth_optional: bool = False
+    auth_table: str | None = None
+    senders: str | None = None
+    masquerade: bool = False
+    mask_src: bool = False
+    received_auth: bool = False
+    no_dsn: bool = False
+    proxy_v2: bool = False
+    filters: list[str] = field(default_factory=list)
+    where: Where = field(default_factory=Where)
+
+
+@dataclass(slots=True)
+class Action:
+    name: str
+    #: maildir, mbox, mda, lmtp, forward-only, expand-only, relay
+    method: str
+    #: maildir path, mda command, or lmtp destination
+    arg: str | None = None
+    junk: bool = False  # maildir junk
+    rcpt_to: bool = False  # lmtp rcpt-to
+    alias: str | None = None  # table name
+    virtual: str | None = None  # table name
+    userbase: str | None = None  # table name; None means the system (getpwnam)
+    user: str | None = None
+    wrapper: str | None = None
+    ttl: int | None = None  # seconds
+    #: relay options (host, domain, backup, backup_mx, helo, helo_src, src, pki,
+    #: ca, tls, tls_noverify, auth, mail_from, srs, ciphers, protocols, filter)
+    relay: dict[str, object] = field(default_factory=dict)
+    where: Where = field(default_factory=Where)
+
+
+@dataclass(slots=True)
+class Condition:
+    """One ``match`` option, e.g. ``from src <t>``, ``!for domain <t>``, ``tag T``.
+
+    ``kind`` is one of: from-any, from-local, from-socket, from-src, from-rdns,
+    from-auth, from-mail-from, for-any, for-local, for-domain, for-rcpt-to,
+    auth, helo, mail-from, rcpt-to, tag, tls. ``table`` is the table name the
+    option refers to (None for options without one, and for bare ``rdns`` or
+    ``auth`` without a table).
+    """
+
+    kind: str
+    negate: bool = False
+    regex: bool = False
+    table: str | None = None
+
+
+@dataclass(slots=True)
+class Match:
+    conditions: list[Condition]
+    action: str | None  # None when reject
+    reject: bool = False
+    where: Where = field(default_factory=Where)
+
+
+@dataclass(slots=True)
+class Filter:
+    name: str
+    #: "proc", "proc-exec", "builtin", "chain"
+    kind: str
+    command: str | None = None  # proc-exec command, or proc name for "proc"
+    user: str | None = None
+    group: str | None = None
+    chroot: str | None = None
+    phase: str | None = None  # builtin
+    conditions: list[Condition] = field(default_factory=list)  # builtin
+    decision: str | None = None  # builtin: junk, bypass, reject, disconnect, rewrite, report
+    decision_arg: str | None = None
+    chain: list[str] = field(default_factory=list)
+    where: Where = field(default_factory=Where)
+
+
+@dataclass(slots=True)
+class Config:
+    file: str = "<builtin>"
+    macros: dict[str, str] = field(default_factory=dict)
+    tables: dict[str, Table] = field(default_factory=dict)
+    pkis: dict[str, Pki] = field(default_factory=dict)
+    cas: dict[str, Ca] = field(default_factory=dict)
+    listeners: list[Listener] = field(default_factory=list)
+    actions: dict[str, Action] = field(default_factory=dict)
+    matches: list[Match] = field(default_factory=list)
+    filters: dict[str, Filter] = field(default_factory=dict)
+    procs: dict[str, Filter] = field(default_factory=dict)
+    #: global options, defaults as in OpenSMTPD (PROTOCOLS.md 4.8)
+    hostname: str | None = None  # "smtp hostname"? no: the server name, from the system
+    admd: str | None = None
+    max_message_size: int = 35 * 1024 * 1024
+    max_mails: int = 100
+    max_rcpt: int = 1000
+    sub_addr_delim: str = "+"
+    queue_ttl: int = 4 * 86400
+    queue_compression: bool = False
+    queue_encryption: bool = False
+    bounce_warn_interval: list[int] = field(default_factory=lambda: [4 * 3600])
+    smtp_ciphers: str | None = None
+    mta_max_deferred: int = 100
+    #: every other global statement, kept as (keyword, words, where) so the
+    #: support check can name it
+    other: list[tuple[str, list[str], Where]] = field(default_factory=list)
+    #: where each global option was set, by option name, for error messages
+    option_where: dict[str, Where] = field(default_factory=dict)

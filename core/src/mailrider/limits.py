@@ -1,0 +1,63 @@
+"""Every protocol limit, named, with the RFC section it comes from (STYLE rule 6).
+
+Values here are defaults; the configuration may override those marked
+configurable.
+"""
+
+from __future__ import annotations
+
+# RFC 5321 4.5.3.1.4: a command line is at most 512 octets including CRLF.
+# We allow more, as Postfix and OpenSMTPD do, because ESMTP parameters
+# (RFC 1870 SIZE, RFC 3461 DSN ORCPT/ENVID, RFC 6531 SMTPUTF8) lengthen it.
+COMMAND_LINE_MAX = 2048
+
+# RFC 5321 4.5.3.1.6: a text line is at most 1000 octets including CRLF.
+# Longer lines are a reason to reject (RFC 5322 2.1.1 hard limit 998 + CRLF).
+DATA_LINE_MAX = 1000
+
+# RFC 5321 4.5.3.1.3 / 4.5.3.1.2: path 256, domain 255, local-part 64.
+PATH_MAX = 256
+DOMAIN_MAX = 255
+LOCAL_PART_MAX = 64
+
+# RFC 5321 4.5.3.1.8: at least 100 recipients must be accepted; OpenSMTPD
+# defaults to 1000 per transaction (configurable: smtp limit max-rcpt).
+MAX_RCPT = 1000
+# OpenSMTPD: 100 transactions per session (configurable: smtp limit max-mails).
+MAX_MAILS = 100
+
+# Bad commands before the session is closed with 421 4.7.0 (aiosmtpd's
+# bogus-command limit; Postfix smtpd_hard_error_limit is 20).
+MAX_ERRORS = 20
+# Commands in a session before 421 (a bound against endless NOOP loops).
+MAX_COMMANDS = 10000
+
+# smtp max-message-size default, as OpenSMTPD: 35 MB.
+MAX_MESSAGE_SIZE = 35 * 1024 * 1024
+
+# RFC 5321 4.5.3.2: server timeout waiting for the next command: 5 minutes.
+# OpenSMTPD uses one 300 s session timeout.
+SESSION_TIMEOUT = 300.0
+# RFC 5321 4.5.3.2.7: server DATA block timeout: 3 minutes between chunks.
+DATA_TIMEOUT = 180.0
+
+# Received headers counted for loop detection (OpenSMTPD: 100 -> 554 5.4.6)
+MAX_HOPS = 100
+
+# Scheduler (PROTOCOLS.md 7.5): retry base for local delivery and bounces, and
+# for relaying.
+RETRY_BASE_MDA = 10
+RETRY_BASE_MTA = 400
+QUEUE_TTL = 4 * 86400
+BOUNCE_TTL = 7 * 86400
+
+# Local deliveries in flight at once (OpenSMTPD: mda limit max-session 50).
+MDA_MAX_SESSIONS = 50
+
+# IPC: the largest frame a process accepts from a peer.
+IPC_FRAME_MAX = 16 * 1024 * 1024
+# Table keys: OpenSMTPD refuses keys of 1024 bytes and more.
+TABLE_KEY_MAX = 1023
+# Proc tables: how long one request may take before it is answered as a
+# temporary failure.
+TABLE_REQUEST_TIMEOUT = 10.0

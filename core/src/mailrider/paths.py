@@ -1,0 +1,63 @@
+"""Every filesystem default of mailrider, in one place.
+
+Porters patch this module (and only this module) to fit their tree. No
+other module may hard-code a system path; a test enforces it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+#: the configuration file read when -f is not given
+CONFIG_FILE = "/etc/mail/mailrider.conf"
+
+#: the aliases file porters usually point ``table aliases`` at
+ALIASES_FILE = "/etc/mail/aliases"
+
+#: the state folder (spool and control socket) when running as root
+SPOOL_ROOT = "/var/spool/mailrider"
+
+#: the unprivileged user the children drop to when started as root
+USER = "_mailrider"
+
+#: where OpenSMTPD-style ``table-NAME`` programs are searched
+LIBEXEC_DIRS = (
+    os.path.join(sys.prefix, "libexec", "mailrider"),
+    "/usr/local/libexec/mailrider",
+    "/usr/libexec/mailrider",
+)
+
+#: PATH given to mda commands
+MDA_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+#: the shell used for mda commands and ``|command`` aliases
+SHELL = "/bin/sh"
+
+#: the syslog socket
+SYSLOG_SOCKET = "/dev/log"
+
+#: file of the system's mail name, when present
+MAILNAME_FILE = "/etc/mailname"
+
+
+def default_statedir() -> str:
+    """The state folder: the system spool for root, a per-user folder otherwise.
+
+    The daemon and ``mailriderctl`` both call this, so they find each other
+    without flags.
+    """
+    if os.geteuid() == 0:
+        return SPOOL_ROOT
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "mailrider")
+
+
+def libexec_dirs() -> tuple[str, ...]:
+    """The backend search path; ``MAILRIDER_LIBEXEC`` (colon-separated) replaces it."""
+    env = os.environ.get("MAILRIDER_LIBEXEC")
+    if env:
+        return tuple(p for p in env.split(":") if p)
+    return LIBEXEC_DIRS
