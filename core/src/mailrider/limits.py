@@ -61,3 +61,34 @@ TABLE_KEY_MAX = 1023
 # Proc tables: how long one request may take before it is answered as a
 # temporary failure.
 TABLE_REQUEST_TIMEOUT = 10.0
+
+# Local delivery (delivery/).
+# mbox dot-lock older than this is taken as left by a crashed writer and
+# removed (mail.local and procmail use a few minutes too).
+MBOX_LOCK_STALE = 300.0
+# mbox: how long a delivery waits for the mailbox locks (temporary failure after).
+MBOX_LOCK_TIMEOUT = 60.0
+# mda: how long a delivery command may run before its process group is killed.
+MDA_TIMEOUT = 300.0
+# mda: how much of the command's stderr is kept to explain a failure.
+MDA_STDERR_MAX = 4096
+# LMTP client (RFC 2033 uses the RFC 5321 4.5.3.2 client timeouts).
+LMTP_TIMEOUT = 300.0
+LMTP_GREETING_TIMEOUT = 300.0  # 4.5.3.2.1 initial 220: 5 minutes
+LMTP_COMMAND_TIMEOUT = 300.0  # 4.5.3.2.2/.3 MAIL, RCPT: 5 minutes
+LMTP_DATA_INIT_TIMEOUT = 120.0  # 4.5.3.2.4 DATA initiation: 2 minutes
+LMTP_DATA_BLOCK_TIMEOUT = 180.0  # 4.5.3.2.5 each data block: 3 minutes
+LMTP_DATA_END_TIMEOUT = 600.0  # 4.5.3.2.6 final "." reply: 10 minutes
+# LMTP: bound on one reply line and on the lines of one multi-line reply.
+LMTP_REPLY_LINE_MAX = 4096
+LMTP_REPLY_LINES_MAX = 100
+
+# Proc tables: how long the backend has to answer the handshake, the restart
+# delay after it dies (doubling from MIN up to MAX; reset once it has stayed
+# up for MAX), and the longest protocol line either side accepts. OpenSMTPD
+# copies values into fixed buffers of a few KiB; 64 KiB leaves room for long
+# alias lists.
+TABLE_HANDSHAKE_TIMEOUT = 10.0
+TABLE_RESTART_MIN = 0.5
+TABLE_RESTART_MAX = 30.0
+TABLE_LINE_MAX = 64 * 1024

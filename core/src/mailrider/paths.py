@@ -61,3 +61,9 @@ def libexec_dirs() -> tuple[str, ...]:
     if env:
         return tuple(p for p in env.split(":") if p)
     return LIBEXEC_DIRS
+
+#: the system mailbox folder for ``mbox`` deliveries
+MAILSPOOL_DIR = "/var/mail"
+
+#: the hosts file (names are never sent to DNS by the listener code)
+HOSTS_FILE = "/etc/hosts"

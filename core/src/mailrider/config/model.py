@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 class Where:
     file: str = "<builtin>"
     line: int = 0
+    #: statement number in parse order (across included files), so "the first
+    #: use" is well defined when includes interleave files; not part of equality
+    seq: int = field(default=0, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}"
@@ -97,7 +100,10 @@ class Action:
     wrapper: str | None = None
     ttl: int | None = None  # seconds
     #: relay options (host, domain, backup, backup_mx, helo, helo_src, src, pki,
-    #: ca, tls, tls_noverify, auth, mail_from, srs, ciphers, protocols, filter)
+    #: ca, tls, tls_noverify, auth, mail_from, srs, ciphers, protocols, filter).
+    #: ``host`` is the relay URL text; ``host <t>`` is stored as ``host_table``
+    #: instead. Table-valued options (domain, helo_src, src, auth, host_table)
+    #: hold table names; flags (backup, tls, tls_noverify, srs) hold True.
     relay: dict[str, object] = field(default_factory=dict)
     where: Where = field(default_factory=Where)
 
@@ -111,6 +117,12 @@ class Condition:
     auth, helo, mail-from, rcpt-to, tag, tls. ``table`` is the table name the
     option refers to (None for options without one, and for bare ``rdns`` or
     ``auth`` without a table).
+
+    Builtin filters (``filter X phase P match ...``) use the same class with
+    kinds: fcrdns, rdns, src, helo, auth, mail-from, rcpt-to.
+
+    Defaults: a ``match`` without a ``from`` option gets an explicit
+    ``from-local`` condition, and one without ``for`` gets ``for-local``.
     """
 
     kind: str
@@ -129,6 +141,12 @@ class Match:
 
 @dataclass(slots=True)
 class Filter:
+    """A ``filter`` statement, or (in ``Config.procs``) a ``proc`` statement.
+
+    ``proc`` statements are stored with kind "proc-exec": a named command
+    with its user, group and chroot, exactly like an inline proc-exec filter.
+    """
+
     name: str
     #: "proc", "proc-exec", "builtin", "chain"
     kind: str
@@ -169,6 +187,16 @@ class Config:
     bounce_warn_interval: list[int] = field(default_factory=lambda: [4 * 3600])
     smtp_ciphers: str | None = None
     mta_max_deferred: int = 100
+    #: queue encryption key as written (None: prompted / stdin); a secret
+    queue_key: str | None = None
+    #: mda wrapper name -> command
+    mda_wrappers: dict[str, str] = field(default_factory=dict)
+    #: mda limit keyword -> value (max-session, max-session-per-user, task-*)
+    mda_limits: dict[str, int] = field(default_factory=dict)
+    #: srs secrets (never logged) and ttl in seconds
+    srs_key: str | None = None
+    srs_backup_key: str | None = None
+    srs_ttl: int = 4 * 86400
     #: every other global statement, kept as (keyword, words, where) so the
     #: support check can name it
     other: list[tuple[str, list[str], Where]] = field(default_factory=list)

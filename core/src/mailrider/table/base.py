@@ -62,10 +62,10 @@ class Table(abc.ABC):
     #: the services this table can answer; proc tables fill it from ``register|``
     services: frozenset[str] = frozenset(SERVICES)
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027
         """Open files, start processes. Called once in lka before serving."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027
         """Release what start() acquired."""
 
     @abc.abstractmethod
@@ -77,5 +77,5 @@ class Table(abc.ABC):
     async def fetch(self, service: str) -> str | None:
         raise TempFail(f"table {self.name}: fetch not supported")
 
-    async def update(self) -> None:
+    async def update(self) -> None:  # noqa: B027
         """Reload; the default has nothing to reload."""

@@ -1,0 +1,119 @@
+"""``mailriderctl [-S statedir] [-j] command ...`` — the operator's tool (smtpctl's twin)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+from mailrider import paths
+from mailrider.errors import ConfigError
+from mailrider.proc.control import format_queue_line, socket_path
+
+LOCAL_COMMANDS = ("makemap", "newaliases")
+
+
+def request(statedir: str, words: list[str], timeout: float = 30.0) -> dict[str, Any]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(socket_path(statedir))
+        s.sendall(json.dumps({"cmd": words}).encode() + b"\n")
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        s.close()
+    reply: dict[str, Any] = json.loads(b"".join(chunks))
+    return reply
+
+
+def offline_queue(statedir: str) -> list[str]:
+    """``show queue`` while the daemon is down: read the spool directly."""
+    from mailrider.queue.spool import Spool
+
+    spool = Spool(os.path.join(statedir, "spool"), use_syncfs=False)
+    if not os.path.isdir(spool.queue):
+        return []
+    lines = []
+    for _msgid, envs in spool.walk():
+        for env in envs:
+            lines.append(format_queue_line(env, "offline", ""))
+    return lines
+
+
+def makemap(args: list[str]) -> int:
+    from mailrider.table.makemap import makemap as build
+
+    p = argparse.ArgumentParser(prog="mailriderctl makemap")
+    p.add_argument("-t", dest="kind", choices=["aliases", "set", "map"], default="map")
+    p.add_argument("-o", dest="output")
+    p.add_argument("file")
+    ns = p.parse_args(args)
+    try:
+        n = build(ns.file, ns.output, ns.kind)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"makemap: {exc}", file=sys.stderr)
+        return 1
+    print(f"{ns.output or ns.file + '.db'}: {n} keys", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    prog = os.path.basename(sys.argv[0]) if argv is None else "mailriderctl"
+    if prog == "mailq":
+        args = ["show", "queue", *args]
+    elif prog == "makemap":
+        return makemap(args)
+    elif prog == "newaliases":
+        args = ["newaliases", *args]
+    statedir = paths.default_statedir()
+    as_json = False
+    while args and args[0].startswith("-"):
+        opt = args.pop(0)
+        if opt == "-S" and args:
+            statedir = os.path.abspath(args.pop(0))
+        elif opt == "-j":
+            as_json = True
+        elif opt in ("-h", "--help"):
+            print(__doc__)
+            return 0
+        else:
+            print(f"mailriderctl: unknown option {opt}", file=sys.stderr)
+            return 2
+    if not args:
+        print("usage: mailriderctl [-S statedir] [-j] command [args ...]", file=sys.stderr)
+        return 2
+    if args[0] == "makemap":
+        return makemap(args[1:])
+    if args[0] == "newaliases":
+        args = ["update", "table", "aliases"]
+    try:
+        reply = request(statedir, args)
+    except OSError:
+        if args[:2] == ["show", "queue"]:
+            for line in offline_queue(statedir):
+                print(line)
+            return 0
+        print("mailriderd doesn't seem to be running", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+    else:
+        for line in reply.get("lines", []):
+            print(line)
+    return 0 if reply.get("ok") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

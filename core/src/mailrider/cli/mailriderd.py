@@ -1,0 +1,105 @@
+"""``mailriderd [-dnv] [-f file] [-D macro=value] [-S statedir]`` — argv parsing and start-up only."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+
+from mailrider import log
+from mailrider.errors import ConfigError
+from mailrider.proc import common
+from mailrider.proc.control import socket_path
+
+
+def _running(statedir: str) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(socket_path(statedir))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def check(opts: common.Options) -> None:
+    """Everything ``-n`` checks: grammar, supported features, backends, listen addresses."""
+    from mailrider.config import resolve_listener
+    from mailrider.table.registry import validate_backends
+
+    config = common.load_config(opts)
+    validate_backends(config)
+    for lst in config.listeners:
+        if lst.address != "socket":
+            resolve_listener(lst)
+
+
+def _daemonize() -> None:
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    fd = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(fd, target)
+    if fd > 2:
+        os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = common.parse_options(list(sys.argv[1:] if argv is None else argv))
+    if opts.check_only:
+        try:
+            check(opts)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print("configuration OK")
+        return 0
+    log.setup("parent", foreground=opts.foreground, verbose=opts.verbose > 0)
+    try:
+        config = common.load_config(opts)
+        from mailrider.table.registry import validate_backends
+
+        validate_backends(config)
+        if _running(opts.statedir):
+            print(f"mailriderd: already running (control socket in {opts.statedir})",
+                  file=sys.stderr)
+            return 1
+        from mailrider.proc.parent import Parent, bind_listeners
+
+        parent = Parent(opts, config)
+        parent.prepare_statedir()
+        listeners = bind_listeners(config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"mailriderd: {exc}", file=sys.stderr)
+        return 1
+    addrs = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for _, s in listeners)
+    print(f"mailriderd: state folder {opts.statedir}", file=sys.stderr)
+    print(f"mailriderd: listening on {addrs or 'nothing'}", file=sys.stderr)
+    if opts.config_file is None and config.file == "<built-in>":
+        print(f"mailriderd: built-in configuration: mail for <user>@localhost is delivered to "
+              f"{os.path.join(opts.statedir, 'maildir', '<user>')}", file=sys.stderr)
+    if not opts.foreground:
+        _daemonize()
+    common.set_title("parent")
+
+    async def _main() -> int:
+        await parent.start(listeners)
+        log.event("parent", "started", pid=os.getpid(), statedir=opts.statedir, listen=addrs)
+        return await parent.run()
+
+    try:
+        return asyncio.run(_main())
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

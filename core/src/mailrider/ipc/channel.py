@@ -1,0 +1,291 @@
+"""Framed messages between mailrider processes, with file-descriptor passing.
+
+Frame layout (network byte order)::
+
+    u32 length   payload length in bytes (<= limits.IPC_FRAME_MAX)
+    u32 reqid    0 for a one-way notice, else the id a reply echoes
+    u8  flags    1 = reply, 2 = error reply
+    u8  nfds     file descriptors that travel with this frame
+    payload      UTF-8 JSON object {"t": <message type>, ...fields}
+
+Descriptors ride on the ``sendmsg`` call that carries the frame's first byte,
+so on the receiving side they are queued in arrival order and handed to the
+frames that announce them. Payloads are JSON and decoded into registered
+dataclasses only (see :mod:`mailrider.ipc.messages`): a less trusted peer can
+send nothing that executes.
+
+The invariant every process relies on: requests on one channel may be many
+in flight at once; each reply is matched to its request by ``reqid``.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import collections
+import errno
+import json
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from mailrider import log
+from mailrider.errors import TempFail
+from mailrider.ipc import messages
+from mailrider.limits import IPC_FRAME_MAX
+
+_HEADER = struct.Struct("!IIBB")
+_FLAG_REPLY = 1
+_FLAG_ERROR = 2
+_MAX_FDS = 16
+_RECV_SIZE = 256 * 1024
+
+
+class ChannelClosed(TempFail):
+    """The peer process went away."""
+
+
+class RemoteError(TempFail):
+    """The peer failed to handle a request."""
+
+
+Handler = Callable[["Channel", Any, list[int]], Awaitable[Any]]
+
+
+class Channel:
+    """One end of a socketpair to another process."""
+
+    def __init__(self, sock: socket.socket, peer: str, handler: Handler | None = None) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.handler = handler
+        self.on_close: Callable[[Channel], None] | None = None
+        self.closed = False
+        self._loop = asyncio.get_running_loop()
+        self._rbuf = bytearray()
+        self._rfds: collections.deque[int] = collections.deque()
+        self._wqueue: collections.deque[tuple[memoryview, list[int]]] = collections.deque()
+        self._writing = False
+        self._next_id = 1
+        self._pending: dict[int, asyncio.Future[tuple[Any, list[int]]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        sock.setblocking(False)
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+
+    # -- sending -------------------------------------------------------------
+
+    def _frame(self, obj: Any, reqid: int, flags: int, nfds: int) -> bytes:
+        payload = json.dumps(messages.encode(obj), separators=(",", ":")).encode()
+        if len(payload) > IPC_FRAME_MAX:
+            raise ValueError(f"ipc frame too large: {len(payload)}")
+        return _HEADER.pack(len(payload), reqid, flags, nfds) + payload
+
+    def _enqueue(self, data: bytes, fds: Sequence[int]) -> None:
+        if self.closed:
+            raise ChannelClosed(f"channel to {self.peer} closed")
+        if len(fds) > _MAX_FDS:
+            raise ValueError("too many fds in one frame")
+        owned = [os.dup(fd) for fd in fds]
+        self._wqueue.append((memoryview(data), owned))
+        if not self._writing:
+            self._flush()
+
+    def _flush(self) -> None:
+        while self._wqueue:
+            view, fds = self._wqueue[0]
+            try:
+                if fds:
+                    n = self.sock.sendmsg(
+                        [view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                    )
+                else:
+                    n = self.sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                log.error("ipc", "write-failed", peer=self.peer, error=exc.strerror)
+                self._close()
+                return
+            if fds and n > 0:
+                for fd in fds:
+                    os.close(fd)
+                fds.clear()
+            if n == len(view):
+                self._wqueue.popleft()
+                continue
+            if n:
+                self._wqueue[0] = (view[n:], fds)
+            if not self._writing:
+                self._writing = True
+                self._loop.add_writer(self.sock.fileno(), self._on_writable)
+            return
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self.sock.fileno())
+
+    def _on_writable(self) -> None:
+        self._flush()
+
+    def notify(self, obj: Any, fds: Sequence[int] = ()) -> None:
+        """Send a one-way message."""
+        self._enqueue(self._frame(obj, 0, 0, len(fds)), fds)
+
+    async def call(self, obj: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
+        """Send a request and wait for its reply (and the fds that came with it)."""
+        reqid = self._next_id
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
+        fut: asyncio.Future[tuple[Any, list[int]]] = self._loop.create_future()
+        self._pending[reqid] = fut
+        try:
+            self._enqueue(self._frame(obj, reqid, 0, len(fds)), fds)
+        except BaseException:
+            self._pending.pop(reqid, None)
+            raise
+        return await fut
+
+    async def ask(self, obj: Any, fds: Sequence[int] = ()) -> Any:
+        """Like :meth:`call` for replies that carry no descriptors."""
+        reply, rfds = await self.call(obj, fds)
+        for fd in rfds:
+            os.close(fd)
+        return reply
+
+    def _reply(self, reqid: int, obj: Any, fds: Sequence[int] = (), error: bool = False) -> None:
+        flags = _FLAG_REPLY | (_FLAG_ERROR if error else 0)
+        if not self.closed:
+            self._enqueue(self._frame(obj, reqid, flags, len(fds)), fds)
+
+    # -- receiving -----------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        try:
+            data, ancdata, msg_flags, _ = self.sock.recvmsg(
+                _RECV_SIZE, socket.CMSG_SPACE(_MAX_FDS * 4)
+            )
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno != errno.ECONNRESET:
+                log.error("ipc", "read-failed", peer=self.peer, error=exc.strerror)
+            self._close()
+            return
+        for level, kind, cdata in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
+                self._rfds.extend(fds)
+        if msg_flags & socket.MSG_CTRUNC:
+            log.error("ipc", "fds-truncated", peer=self.peer)
+            self._close()
+            return
+        if not data:
+            self._close()
+            return
+        self._rbuf += data
+        self._parse()
+
+    def _parse(self) -> None:
+        buf = self._rbuf
+        pos = 0
+        hsize = _HEADER.size
+        while len(buf) - pos >= hsize:
+            length, reqid, flags, nfds = _HEADER.unpack_from(buf, pos)
+            if length > IPC_FRAME_MAX:
+                log.error("ipc", "frame-too-large", peer=self.peer, size=length)
+                self._close()
+                return
+            if len(buf) - pos - hsize < length:
+                break
+            payload = bytes(buf[pos + hsize : pos + hsize + length])
+            pos += hsize + length
+            if nfds > len(self._rfds):
+                log.error("ipc", "missing-fds", peer=self.peer)
+                self._close()
+                return
+            fds = [self._rfds.popleft() for _ in range(nfds)]
+            try:
+                obj = messages.decode(json.loads(payload))
+            except (ValueError, TypeError, KeyError) as exc:
+                log.error("ipc", "bad-frame", peer=self.peer, error=str(exc))
+                for fd in fds:
+                    os.close(fd)
+                self._close()
+                return
+            self._dispatch(reqid, flags, obj, fds)
+        del buf[:pos]
+
+    def _dispatch(self, reqid: int, flags: int, obj: Any, fds: list[int]) -> None:
+        if flags & _FLAG_REPLY:
+            fut = self._pending.pop(reqid, None)
+            if fut is None or fut.done():
+                for fd in fds:
+                    os.close(fd)
+                return
+            if flags & _FLAG_ERROR:
+                text = obj.text if isinstance(obj, messages.Error) else "remote error"
+                fut.set_exception(RemoteError(text))
+            else:
+                fut.set_result((obj, fds))
+            return
+        if self.handler is None:
+            for fd in fds:
+                os.close(fd)
+            return
+        task = self._loop.create_task(self._handle(reqid, obj, fds))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, reqid: int, obj: Any, fds: list[int]) -> None:
+        """Run the handler; descriptors it returns are sent, then closed here."""
+        assert self.handler is not None
+        try:
+            result = await self.handler(self, obj, fds)
+        except Exception as exc:
+            if not isinstance(exc, TempFail):
+                log.error("ipc", "handler-failed", peer=self.peer, type=messages.type_name(obj),
+                          error=repr(exc))
+            if reqid:
+                text = exc.reply() if isinstance(exc, TempFail) else "internal error"
+                self._reply(reqid, messages.Error(text=text), error=True)
+            return
+        if reqid:
+            rfds: Sequence[int] = ()
+            if isinstance(result, tuple):
+                result, rfds = result
+            try:
+                self._reply(reqid, result if result is not None else messages.Ok(), rfds)
+            except (OSError, ValueError, TypeError) as exc:
+                log.error("ipc", "reply-failed", peer=self.peer, error=repr(exc))
+                self._reply(reqid, messages.Error(text="internal error"), error=True)
+            finally:
+                for fd in rfds:
+                    os.close(fd)
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._loop.remove_reader(self.sock.fileno())
+            if self._writing:
+                self._loop.remove_writer(self.sock.fileno())
+        except (ValueError, OSError):
+            pass
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ChannelClosed(f"channel to {self.peer} closed"))
+        self._pending.clear()
+        while self._rfds:
+            os.close(self._rfds.popleft())
+        for _, fds in self._wqueue:
+            for fd in fds:
+                os.close(fd)
+        self._wqueue.clear()
+        self.sock.close()
+        if self.on_close is not None:
+            self.on_close(self)
+
+    def close(self) -> None:
+        self._close()

@@ -1,0 +1,209 @@
+"""Typed IPC messages (STYLE rule 3).
+
+Each message is a frozen dataclass whose fields are JSON values (str, int,
+float, bool, None, lists and dicts of those). :func:`encode` turns one into a
+JSON object tagged with its type name; :func:`decode` accepts only registered
+types and exactly their fields, so a peer cannot make us build anything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+_REGISTRY: dict[str, type[Any]] = {}
+_FIELDS: dict[str, frozenset[str]] = {}
+
+T = TypeVar("T")
+
+
+def message(cls: type[T]) -> type[T]:
+    dc = dataclass(frozen=True, slots=True)(cls)
+    _REGISTRY[cls.__name__] = dc
+    _FIELDS[cls.__name__] = frozenset(f.name for f in dataclasses.fields(dc))
+    return dc
+
+
+def type_name(obj: Any) -> str:
+    return type(obj).__name__
+
+
+def encode(obj: Any) -> dict[str, Any]:
+    name = type(obj).__name__
+    if name not in _REGISTRY:
+        raise TypeError(f"not an IPC message: {name}")
+    out = {f: getattr(obj, f) for f in _FIELDS[name]}
+    out["t"] = name
+    return out
+
+
+def decode(data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError("frame is not an object")
+    name = data.pop("t", None)
+    cls = _REGISTRY.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"unknown message type {name!r}")
+    if set(data) - _FIELDS[name]:
+        raise ValueError(f"unexpected fields in {name}")
+    return cls(**data)
+
+
+# -- generic -----------------------------------------------------------------
+
+
+@message
+class Ok:
+    text: str = ""
+
+
+@message
+class Error:
+    text: str = ""
+
+
+# -- pony <-> lka --------------------------------------------------------------
+
+
+@message
+class RcptCheck:
+    """Match the rules for one recipient and expand it (pony -> lka)."""
+
+    session: dict[str, Any]  # ip, helo, tag, local, listener, auth
+    sender: str  # "" for the null sender
+    rcpt: str
+
+
+@message
+class RcptResult:
+    accepted: bool
+    reply: str = ""  # the full SMTP reply when refused
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
+
+
+@message
+class ForwardOpen:
+    """lka asks the parent for a user's ~/.forward (root only)."""
+
+    user: str
+    home: str
+
+
+@message
+class ForwardContent:
+    content: str | None = None
+
+
+# -- pony <-> queue ------------------------------------------------------------
+
+
+@message
+class MessageCreate:
+    """Open a new message file in the spool; the reply carries its fd."""
+
+
+@message
+class MessageCreated:
+    msgid: str
+
+
+@message
+class MessageCommit:
+    msgid: str
+    envelopes: list[dict[str, Any]]
+
+
+@message
+class MessageRollback:
+    msgid: str
+
+
+# -- queue <-> scheduler -------------------------------------------------------
+
+
+@message
+class SchedInsert:
+    envelopes: list[dict[str, Any]]  # evpid, msgid, type, ctime, retry, ttl, lasttry
+
+
+@message
+class SchedDue:
+    """scheduler -> queue: try these envelopes now (or, with expire, give up on them)."""
+
+    evpids: list[str]
+    expire: bool = False
+
+
+@message
+class SchedResult:
+    """queue -> scheduler: the outcome of one attempt."""
+
+    evpid: str
+    status: str  # ok, tempfail, permfail, expired, removed
+    retry: int = 0
+
+
+@message
+class SchedCommand:
+    """control -> scheduler: schedule/remove/pause/resume an id or "all"."""
+
+    command: str
+    target: str = "all"
+
+
+# -- queue <-> pony (delivery) -------------------------------------------------
+
+
+@message
+class Deliver:
+    """queue -> pony: deliver one envelope; the message fd travels along."""
+
+    envelope: dict[str, Any]
+
+
+@message
+class DeliveryResult:
+    evpid: str
+    status: str  # ok, tempfail, permfail
+    text: str = ""
+
+
+# -- pony <-> parent ------------------------------------------------------------
+
+
+@message
+class ForkDelivery:
+    """pony -> parent: run one local delivery as the user; the message fd travels along."""
+
+    envelope: dict[str, Any]
+
+
+# -- control -------------------------------------------------------------------
+
+
+@message
+class Control:
+    """control -> a process: one mailriderctl command."""
+
+    command: str
+    args: list[str] = field(default_factory=list)
+
+
+@message
+class ControlReply:
+    ok: bool = True
+    lines: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@message
+class Stats:
+    """A process's counters, asked by control."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@message
+class Shutdown:
+    reason: str = ""

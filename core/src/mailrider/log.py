@@ -1,0 +1,76 @@
+"""One line per event, ``key=value``, to syslog or stderr.
+
+Every process logs through :func:`event`. Values are quoted when they hold
+blanks or ``=``, and control characters are escaped so a hostile peer cannot
+forge log lines. Secrets are never passed here.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import re
+import sys
+
+from mailrider import paths
+
+_LOGGER = logging.getLogger("mailrider")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\"\\]")
+_verbose = False
+
+
+def _escape(value: object) -> str:
+    text = str(value)
+    if _UNSAFE.search(text):
+        text = _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    if not text or " " in text or "=" in text:
+        return f'"{text}"'
+    return text
+
+
+def setup(role: str, *, foreground: bool, verbose: bool = False) -> None:
+    """Configure logging for one process: stderr with -d, else syslog (mail facility)."""
+    global _verbose
+    _verbose = verbose
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler: logging.Handler
+    if foreground or not os.path.exists(paths.SYSLOG_SOCKET):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {role}[%(process)d]: %(message)s"))
+    else:
+        handler = logging.handlers.SysLogHandler(
+            address=paths.SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_MAIL
+        )
+        handler.setFormatter(logging.Formatter(f"mailrider-{role}[%(process)d]: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def set_verbose(verbose: bool) -> None:
+    global _verbose
+    _verbose = verbose
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def event(subsystem: str, name: str, /, *, level: int = logging.INFO, **fields: object) -> None:
+    """Log one event: ``subsystem name key=value ...`` (None values are omitted)."""
+    if not _LOGGER.isEnabledFor(level):
+        return
+    parts = [subsystem, name]
+    parts.extend(f"{k.replace('_', '-')}={_escape(v)}" for k, v in fields.items() if v is not None)
+    _LOGGER.log(level, " ".join(parts))
+
+
+def debug(subsystem: str, name: str, /, **fields: object) -> None:
+    event(subsystem, name, level=logging.DEBUG, **fields)
+
+
+def warning(subsystem: str, name: str, /, **fields: object) -> None:
+    event(subsystem, name, level=logging.WARNING, **fields)
+
+
+def error(subsystem: str, name: str, /, **fields: object) -> None:
+    event(subsystem, name, level=logging.ERROR, **fields)

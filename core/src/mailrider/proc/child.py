@@ -1,0 +1,91 @@
+"""Entry point of every child process: ``python -m mailrider.proc.child -x ROLE ...``."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import sys
+
+from mailrider import log
+from mailrider.errors import ConfigError
+from mailrider.proc import common
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 4 or args[0] != "-x" or args[2] != "--fds":
+        print("usage: python -m mailrider.proc.child -x ROLE --fds peer=fd,... OPTIONS",
+              file=sys.stderr)
+        return 2
+    role, fdspec, rest = args[1], args[3], args[4:]
+    if role not in common.ROLES:
+        print(f"unknown role {role}", file=sys.stderr)
+        return 2
+    fds = {p: int(f) for p, f in (x.split("=") for x in fdspec.split(",") if x)}
+    opts = common.parse_options(rest)
+    common.set_title(role)
+    log.setup(role, foreground=opts.foreground, verbose=opts.verbose > 0)
+    try:
+        config = common.load_config(opts)
+    except ConfigError as exc:
+        log.error(role, "config-error", error=str(exc))
+        return 1
+    module = importlib.import_module(f"mailrider.proc.{role}")
+    cls: type[common.Process] = module.PROCESS
+    try:
+        return asyncio.run(_serve(cls, opts, config, fds))
+    except KeyboardInterrupt:
+        return 0
+
+
+#: standard-library modules imported lazily at run time (by asyncio, sockets,
+#: sqlite, email) that must be loaded before the privilege drop: after it, the
+#: interpreter's own files may be unreadable (a chroot, or a Python installed
+#: under a private home folder)
+PRELOAD = (
+    "concurrent.futures.thread", "encodings.idna", "encodings.ascii", "encodings.latin_1",
+    "email.utils", "email.message", "email.parser", "sqlite3", "importlib.metadata",
+    "json", "asyncio.subprocess", "asyncio.unix_events", "ipaddress", "hashlib", "hmac",
+    "secrets", "shlex", "ssl", "zlib", "base64", "uuid", "decimal", "dbm",
+)
+
+
+def preload() -> None:
+    """Import every mailrider module and the lazily used standard library."""
+    import pkgutil
+
+    import mailrider
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    for info in pkgutil.walk_packages(mailrider.__path__, "mailrider."):
+        if info.name.startswith(("mailrider.cli", "mailrider.__main__")):
+            continue
+        try:
+            importlib.import_module(info.name)
+        except ImportError as exc:
+            log.warning("child", "preload-failed", module=info.name, error=str(exc))
+
+
+async def _serve(cls: type[common.Process], opts: common.Options, config: object,
+                 fds: dict[str, int]) -> int:
+    proc = cls(opts, config)  # type: ignore[arg-type]
+    await proc.setup()
+    preload()
+    common.drop_privileges(common.unprivileged_user())
+    proc.connect(fds)
+    common.install_stop_signals(proc.stopping.set)
+    log.debug(proc.role, "started", pid=os.getpid())
+    try:
+        await proc.run()
+    finally:
+        await proc.teardown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""What every mailrider process shares: its context, start-up and privilege drop.
+
+Children are started by re-executing the interpreter (``python -m
+mailrider.proc.child``) with the role and the descriptor numbers of their
+socketpairs, never by a bare fork of the parent: a fresh image carries none
+of the parent's memory. Each child re-reads the configuration, as OpenSMTPD's
+processes do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import ctypes.util
+import grp
+import os
+import pwd
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mailrider import log, paths
+from mailrider.config.model import Config
+from mailrider.errors import ConfigError
+from mailrider.ipc.channel import Channel, Handler
+
+ROLES = ("control", "lka", "queue", "scheduler", "pony", "klondike")
+
+#: which processes have a socketpair between them (besides parent <-> every child)
+LINKS = (
+    ("control", "lka"), ("control", "queue"), ("control", "scheduler"),
+    ("control", "pony"), ("control", "klondike"),
+    ("pony", "lka"), ("pony", "queue"), ("pony", "klondike"),
+    ("queue", "lka"), ("queue", "scheduler"),
+)
+
+
+@dataclass
+class Options:
+    """mailriderd's command line, shared by the parent and every child."""
+
+    config_file: str | None = None  # None: paths.CONFIG_FILE if it exists, else built-in
+    macros: dict[str, str] = field(default_factory=dict)
+    statedir: str = ""
+    foreground: bool = False
+    verbose: int = 0
+    check_only: bool = False
+
+    def argv(self) -> list[str]:
+        out = ["-S", self.statedir]
+        if self.config_file is not None:
+            out += ["-f", self.config_file]
+        for k, v in self.macros.items():
+            out += ["-D", f"{k}={v}"]
+        if self.foreground:
+            out.append("-d")
+        out += ["-v"] * self.verbose
+        return out
+
+
+def parse_options(argv: list[str], prog: str = "mailriderd") -> Options:
+    p = argparse.ArgumentParser(prog=prog, description="the mailrider mail transfer agent")
+    p.add_argument("-d", action="store_true", help="stay in the foreground, log to stderr")
+    p.add_argument("-n", action="store_true", help="check the configuration and exit")
+    p.add_argument("-v", action="count", default=0, help="verbose logging")
+    p.add_argument("-f", metavar="file", help="configuration file")
+    p.add_argument("-D", metavar="macro=value", action="append", default=[],
+                   help="define a macro, overriding the configuration file")
+    p.add_argument("-S", metavar="statedir", help="state folder (spool, control socket)")
+    ns = p.parse_args(argv)
+    macros: dict[str, str] = {}
+    for item in ns.D:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            p.error(f"-D wants macro=value, got {item!r}")
+        macros[name] = value
+    return Options(
+        config_file=ns.f,
+        macros=macros,
+        statedir=os.path.abspath(ns.S) if ns.S else paths.default_statedir(),
+        foreground=ns.d,
+        verbose=ns.v,
+        check_only=ns.n,
+    )
+
+
+def load_config(opts: Options) -> Config:
+    """Parse the configuration the options name (or the built-in one) and check it."""
+    from mailrider.config import check_supported, parse_file, parse_string
+    from mailrider.config.default import default_config_text
+
+    if opts.config_file is None and not os.path.exists(paths.CONFIG_FILE):
+        cfg = parse_string(default_config_text(opts.statedir), file="<built-in>",
+                           macros=opts.macros)
+    else:
+        cfg = parse_file(opts.config_file or paths.CONFIG_FILE, macros=opts.macros)
+    check_supported(cfg)
+    return cfg
+
+
+def set_title(role: str) -> None:
+    """Name the process after its role (what ``ps -e`` and ``top`` show)."""
+    title = f"mailrider:{role}"[:15].encode()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        pr_set_name = 15
+        libc.prctl(pr_set_name, ctypes.c_char_p(title), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def unprivileged_user() -> pwd.struct_passwd | None:
+    """The user children drop to, or None when not running as root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(paths.USER)
+    except KeyError:
+        raise ConfigError(f"user {paths.USER} does not exist; create it (see the port)") from None
+
+
+def drop_privileges(pw: pwd.struct_passwd | None) -> None:
+    if pw is None:
+        return
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+    if os.geteuid() == 0:
+        raise OSError("still root after dropping privileges")
+
+
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+class Process:
+    """A running child: its channels to peers and its role's handlers."""
+
+    role = "?"
+
+    def __init__(self, opts: Options, config: Config) -> None:
+        self.opts = opts
+        self.config = config
+        self.peers: dict[str, Channel] = {}
+        self.stopping = asyncio.Event()
+        self.counters: dict[str, int] = {}
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def connect(self, fds: dict[str, int]) -> None:
+        for peer, fd in fds.items():
+            sock = socket.socket(fileno=fd)
+            chan = Channel(sock, peer, self.handler_for(peer))
+            chan.on_close = self._peer_closed
+            self.peers[peer] = chan
+
+    def handler_for(self, peer: str) -> Handler | None:
+        return self.handle
+
+    async def handle(self, chan: Channel, msg: object, fds: list[int]) -> object:
+        raise NotImplementedError
+
+    def _peer_closed(self, chan: Channel) -> None:
+        if not self.stopping.is_set():
+            log.error(self.role, "peer-lost", peer=chan.peer)
+            self.stopping.set()
+
+    async def setup(self) -> None:
+        """Work done before privileges are dropped (open files, read keys)."""
+
+    async def run(self) -> None:
+        """Serve until a peer is lost or SIGTERM arrives."""
+        await self.stopping.wait()
+
+    async def teardown(self) -> None:
+        """Clean up before exit."""
+
+
+def install_stop_signals(stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -1,0 +1,184 @@
+"""control: the unix socket ``mailriderctl`` talks to.
+
+Requests are one JSON line ``{"cmd": [words...]}``; the answer is one JSON
+line ``{"ok": bool, "lines": [...], "data": {...}}``. The peer's uid is read
+from the socket (SO_PEERCRED): root and the user the daemon was started by
+may do everything; anyone else is refused, as smtpctl refuses non-root users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import struct
+import time
+from typing import Any
+
+from mailrider import log
+from mailrider.errors import TempFail
+from mailrider.ipc import messages as m
+from mailrider.ipc.channel import Channel
+from mailrider.proc import common
+
+REQUEST_MAX = 64 * 1024
+
+
+def socket_path(statedir: str) -> str:
+    return os.path.join(statedir, "control.sock")
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+class Control(common.Process):
+    role = "control"
+
+    async def setup(self) -> None:
+        self.path = socket_path(self.opts.statedir)
+        self.owner = os.getuid()
+        self.started = time.time()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        os.chmod(self.path, 0o666)
+        self.sock.listen(64)
+        self.sock.setblocking(False)
+
+    async def run(self) -> None:
+        server = await asyncio.start_unix_server(self._client, sock=self.sock)
+        try:
+            await self.stopping.wait()
+        finally:
+            server.close()
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
+        raise ValueError(f"control: unexpected {m.type_name(msg)} from {chan.peer}")
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            sock = writer.get_extra_info("socket")
+            uid = peer_uid(sock)
+            line = await asyncio.wait_for(reader.readline(), 10)
+            if len(line) > REQUEST_MAX:
+                return
+            req = json.loads(line)
+            words = [str(w) for w in req.get("cmd", [])]
+            if uid not in (0, self.owner):
+                reply = m.ControlReply(ok=False, lines=["need root privileges"])
+            else:
+                log.event("control", "command", uid=uid, command=" ".join(words[:3]))
+                reply = await self.dispatch(words)
+            writer.write(json.dumps({"ok": reply.ok, "lines": reply.lines,
+                                     "data": reply.data}).encode() + b"\n")
+            await writer.drain()
+        except (OSError, ValueError, TimeoutError) as exc:
+            log.warning("control", "client-error", error=str(exc))
+        finally:
+            writer.close()
+
+    async def _ask(self, peer: str, command: str, *args: str) -> m.ControlReply:
+        reply = await self.peers[peer].ask(m.Control(command=command, args=list(args)))
+        if not isinstance(reply, m.ControlReply):
+            return m.ControlReply(ok=False, lines=["command failed"])
+        return reply
+
+    async def dispatch(self, words: list[str]) -> m.ControlReply:
+        try:
+            return await self._dispatch(words)
+        except TempFail as exc:
+            return m.ControlReply(ok=False, lines=[f"command failed: {exc.text}"])
+
+    async def _dispatch(self, w: list[str]) -> m.ControlReply:
+        cmd = " ".join(w[:2])
+        arg = w[2] if len(w) > 2 else ""
+        if cmd == "show queue":
+            return await self.show_queue(w[2] if len(w) > 2 else None)
+        if cmd == "show envelope":
+            return await self._ask("queue", "show-envelope", arg)
+        if cmd == "show stats":
+            return await self.show_stats()
+        if cmd == "show status":
+            rs = await self._ask("scheduler", "runstate")
+            paused = bool(rs.data.get("paused_mda"))
+            return m.ControlReply(lines=[f"MDA {'paused' if paused else 'running'}",
+                                         "MTA running", "SMTP running"])
+        if w[:1] == ["schedule"] and len(w) == 2:
+            return await self._ask("scheduler", "schedule", w[1])
+        if w[:1] == ["remove"] and len(w) == 2:
+            rep = await self._ask("scheduler", "remove", w[1])
+            evpids = [str(e) for e in rep.data.get("evpids", [])]
+            for evpid in evpids:
+                await self._ask("queue", "remove", evpid)
+            n = len(evpids)
+            return m.ControlReply(lines=[f"{n} envelope{'s' if n > 1 else ''} removed"])
+        if w[:1] in (["pause"], ["resume"]) and len(w) >= 2:
+            verb, what = w[0], w[1]
+            if what == "mda":
+                return await self._ask("scheduler", f"{verb}-mda")
+            if what == "smtp":
+                return await self._ask("pony", f"{verb}-smtp")
+            if what == "envelope" and len(w) == 3:
+                return await self._ask("scheduler", f"{verb}-envelope", w[2])
+        if cmd == "update table" and arg:
+            return await self._ask("lka", "update-table", arg)
+        if cmd in ("log verbose", "log brief"):
+            log.set_verbose(w[1] == "verbose")
+            return m.ControlReply(lines=["command succeeded"])
+        return m.ControlReply(ok=False, lines=[f"unknown command: {' '.join(w)}"])
+
+    async def show_stats(self) -> m.ControlReply:
+        counters: dict[str, int] = {}
+        for peer in ("lka", "queue", "scheduler", "pony", "klondike"):
+            rep = await self._ask(peer, "stats")
+            counters.update({str(k): int(v) for k, v in rep.data.get("counters", {}).items()})
+        up = int(time.time() - self.started)
+        lines = [f"uptime={up}", f"uptime.human={up // 86400}d{up % 86400 // 3600}h"
+                 f"{up % 3600 // 60}m{up % 60}s"]
+        lines += [f"{k}={v}" for k, v in sorted(counters.items())]
+        return m.ControlReply(lines=lines, data={"counters": counters})
+
+    async def show_queue(self, only: str | None) -> m.ControlReply:
+        rep = await self._ask("queue", "show-queue")
+        rs = (await self._ask("scheduler", "runstate")).data.get("runstate", {})
+        lines = []
+        rows = []
+        for env in rep.data.get("envelopes", []):
+            evpid = env.get("evpid", "")
+            if only and not evpid.startswith(only):
+                continue
+            state, delay = rs.get(evpid, ["pending", 0])
+            lines.append(format_queue_line(env, str(state), str(delay)))
+            rows.append(env)
+        return m.ControlReply(lines=lines, data={"envelopes": rows})
+
+
+def format_queue_line(env: dict[str, str], runstate: str, delay: str) -> str:
+    """One ``show queue`` line: the 14 fields of smtpctl (PROTOCOLS.md 5)."""
+    sockaddr = env.get("sockaddr", "")
+    family = "local" if sockaddr in ("", "local") else ("inet6" if ":" in sockaddr else "inet4")
+    ctime = int(env.get("ctime", "0") or 0)
+    ttl = int(env.get("ttl", "0") or 0)
+    flags = ",".join(f for f in env.get("flags", "").split() if f)
+    error = env.get("errorline", "").replace("|", "\\|")
+    fields = [
+        env.get("evpid", ""), family, env.get("type", "mda"), flags,
+        env.get("sender", ""), env.get("rcpt", ""), env.get("dest", ""), str(ctime),
+        str(ctime + ttl), env.get("last-try", "0"), env.get("retry", "0"), runstate, delay,
+        error,
+    ]
+    return "|".join(fields)
+
+
+PROCESS = Control

@@ -1,0 +1,101 @@
+"""lka: tables, rule matching and recipient expansion.
+
+pony asks, for each RCPT, which rule matches and what the recipient expands
+to; the answer is the list of deliveries that become envelopes at commit.
+Every table failure becomes a 4xx reply for that recipient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailrider import log
+from mailrider.errors import PermFail, TempFail
+from mailrider.ipc import messages as m
+from mailrider.ipc.channel import Channel
+from mailrider.proc import common, lka_rules
+from mailrider.proc.lka_expand import expand
+from mailrider.table.registry import TableSet
+
+NO_RULE = "550 5.7.1 Delivery not authorized, message refused"
+REJECTED = "550 5.7.1 Recipient rejected by policy"
+
+
+class Lka(common.Process):
+    role = "lka"
+
+    async def setup(self) -> None:
+        self.tables = TableSet(self.config)
+
+    async def run(self) -> None:
+        await self.tables.start()
+        log.debug("lka", "ready", tables=len(self.config.tables))
+        try:
+            await self.stopping.wait()
+        finally:
+            await self.tables.close()
+
+    async def _forward(self, user: str, home: str) -> str | None:
+        reply = await self.peers["parent"].ask(m.ForwardOpen(user=user, home=home))
+        return reply.content if isinstance(reply, m.ForwardContent) else None
+
+    async def rcpt(self, msg: m.RcptCheck) -> m.RcptResult:
+        s = msg.session
+        env = lka_rules.Envelope(
+            ip=str(s.get("ip", "")), local_socket=bool(s.get("local_socket")),
+            helo=str(s.get("helo", "")), tag=str(s.get("tag", "")), sender=msg.sender,
+            rcpt=msg.rcpt, auth_user=str(s.get("auth", "")),
+        )
+        self.count("lka.rcpt")
+        try:
+            rule = await lka_rules.match_rule(self.config, self.tables, env)
+            if rule is None:
+                log.event("lka", "rule-none", rcpt=msg.rcpt, sender=msg.sender, ip=env.ip)
+                return m.RcptResult(accepted=False, reply=NO_RULE)
+            if rule.reject or rule.action is None:
+                return m.RcptResult(accepted=False, reply=REJECTED)
+            action = self.config.actions[rule.action]
+            local, _, domain = msg.rcpt.rpartition("@")
+            forward = self._forward if common.unprivileged_user() is not None else None
+            deliveries = await expand(self.config, self.tables, action, local, domain,
+                                      forward=forward)
+        except PermFail as exc:
+            return m.RcptResult(accepted=False, reply=exc.reply())
+        except TempFail as exc:
+            log.warning("lka", "tempfail", rcpt=msg.rcpt, error=exc.text)
+            return m.RcptResult(accepted=False, reply=exc.reply() if exc.code < 500 else
+                                "451 4.3.0 Temporary failure")
+        return m.RcptResult(accepted=True, deliveries=[
+            {"dispatcher": d.action, "rcpt": d.rcpt, "dest": d.dest, "mda-method": d.method,
+             "mda-arg": d.arg or "", "mda-user": d.user, "mda-uid": str(d.uid),
+             "mda-gid": str(d.gid), "mda-home": d.home, "mda-local-user": d.local_user,
+             "mda-subaddress": d.subaddress}
+            for d in deliveries
+        ])
+
+    async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
+        if isinstance(msg, m.RcptCheck):
+            return await self.rcpt(msg)
+        if isinstance(msg, m.Control):
+            return await self.control(msg)
+        raise ValueError(f"lka: unexpected {m.type_name(msg)} from {chan.peer}")
+
+    async def control(self, msg: m.Control) -> m.ControlReply:
+        if msg.command == "stats":
+            return m.ControlReply(data={"counters": dict(self.counters)})
+        if msg.command == "update-table":
+            name = msg.args[0] if msg.args else ""
+            try:
+                table = self.tables.get(name)
+            except KeyError:
+                return m.ControlReply(ok=False, lines=[f"command failed: no such table: {name}"])
+            try:
+                await table.update()
+            except TempFail as exc:
+                return m.ControlReply(ok=False, lines=[f"command failed: {exc.text}"])
+            log.event("lka", "table-updated", table=name)
+            return m.ControlReply(lines=["command succeeded"])
+        return m.ControlReply(ok=False, lines=[f"lka: unknown command {msg.command}"])
+
+
+PROCESS = Lka

@@ -1,0 +1,192 @@
+"""The parent: starts every child, then only does privileged work on request.
+
+Privileged work: binding listening sockets (done before the children start,
+handed down as inherited descriptors), forking each local delivery as the
+recipient's user (:mod:`mailrider.proc.parent_mda`), and reading a user's
+``~/.forward`` for lka. A child that dies takes the daemon down cleanly: the
+parent stops the others and exits non-zero (no half-alive system).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+from mailrider import log
+from mailrider.config.model import Config
+from mailrider.errors import ConfigError
+from mailrider.ipc import messages as m
+from mailrider.ipc.channel import Channel
+from mailrider.proc import common, parent_mda
+
+
+def bind_listeners(config: Config) -> list[tuple[int, socket.socket]]:
+    """Open every listening socket; returns (listener index, socket)."""
+    from mailrider.config import resolve_listener
+
+    out: list[tuple[int, socket.socket]] = []
+    for i, lst in enumerate(config.listeners):
+        if lst.address == "socket":
+            continue
+        port = lst.port if lst.port is not None else (465 if lst.smtps else 25)
+        for family, addr in resolve_listener(lst):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind((addr, port))
+            except OSError as exc:
+                sock.close()
+                raise ConfigError(f"cannot listen on {addr} port {port}: {exc.strerror}",
+                                  lst.where.file, lst.where.line) from exc
+            sock.listen(1024)
+            sock.set_inheritable(True)
+            out.append((i, sock))
+    return out
+
+
+class Parent:
+    role = "parent"
+
+    def __init__(self, opts: common.Options, config: Config) -> None:
+        self.opts = opts
+        self.config = config
+        self.children: dict[int, str] = {}
+        self.peers: dict[str, Channel] = {}
+        self.stopping = asyncio.Event()
+        self.exit_code = 0
+        self.forks: dict[int, asyncio.Future[int]] = {}
+
+    def prepare_statedir(self) -> None:
+        os.makedirs(self.opts.statedir, mode=0o711, exist_ok=True)
+        os.makedirs(os.path.join(self.opts.statedir, "spool"), mode=0o700, exist_ok=True)
+        pw = common.unprivileged_user()
+        if pw is not None:
+            os.chown(os.path.join(self.opts.statedir, "spool"), pw.pw_uid, pw.pw_gid)
+        if self.config.file == "<built-in>":
+            import pwd
+
+            from mailrider.config.default import delivery_user
+
+            maildir = os.path.join(self.opts.statedir, "maildir")
+            os.makedirs(maildir, mode=0o700, exist_ok=True)
+            du = pwd.getpwnam(delivery_user())
+            os.chown(maildir, du.pw_uid, du.pw_gid)
+
+    async def start(self, listeners: list[tuple[int, socket.socket]]) -> None:
+        pairs: dict[str, dict[str, int]] = {r: {} for r in common.ROLES}
+        keep: list[socket.socket] = []
+        for role in common.ROLES:
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            theirs.set_inheritable(True)
+            keep.append(theirs)
+            pairs[role]["parent"] = theirs.fileno()
+            chan = Channel(mine, role, self.handle)
+            chan.on_close = self._child_channel_closed
+            self.peers[role] = chan
+        for a, b in common.LINKS:
+            sa, sb = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            sa.set_inheritable(True)
+            sb.set_inheritable(True)
+            keep += [sa, sb]
+            pairs[a][b] = sa.fileno()
+            pairs[b][a] = sb.fileno()
+        listen_spec = ",".join(f"{i}:{s.fileno()}" for i, s in listeners)
+        env = dict(os.environ)
+        env["MAILRIDER_LISTENERS"] = listen_spec
+        for role in common.ROLES:
+            fds = pairs[role]
+            inherit = list(fds.values())
+            if role == "pony":
+                inherit += [s.fileno() for _, s in listeners]
+            argv = [sys.executable, "-m", "mailrider.proc.child", "-x", role,
+                    "--fds", ",".join(f"{p}={f}" for p, f in fds.items()), *self.opts.argv()]
+            proc = subprocess.Popen(argv, pass_fds=inherit, env=env, close_fds=True)
+            self.children[proc.pid] = role
+        for s in keep:
+            s.close()
+        for _, s in listeners:
+            s.close()
+
+    # -- requests from children -------------------------------------------------
+
+    async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
+        if isinstance(msg, m.ForkDelivery):
+            if chan.peer != "pony" or len(fds) != 1:
+                raise ValueError("ForkDelivery only from pony with one fd")
+            try:
+                return await parent_mda.run_delivery(self, msg.envelope, fds[0])
+            finally:
+                os.close(fds[0])
+        if isinstance(msg, m.ForwardOpen):
+            if chan.peer != "lka":
+                raise ValueError("ForwardOpen only from lka")
+            return m.ForwardContent(content=parent_mda.read_forward(msg.user, msg.home))
+        if isinstance(msg, m.Control):
+            return m.ControlReply(lines=[f"parent pid={os.getpid()}"])
+        for fd in fds:
+            os.close(fd)
+        raise ValueError(f"unexpected message {m.type_name(msg)} from {chan.peer}")
+
+    # -- supervision --------------------------------------------------------------
+
+    def _child_channel_closed(self, chan: Channel) -> None:
+        if not self.stopping.is_set():
+            log.error("parent", "child-lost", role=chan.peer)
+            self.exit_code = 1
+            self.stopping.set()
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            fut = self.forks.pop(pid, None)
+            if fut is not None:
+                if not fut.done():
+                    fut.set_result(code)
+                continue
+            role = self.children.pop(pid, None)
+            if role is not None and not self.stopping.is_set():
+                log.error("parent", "child-exited", role=role, pid=pid, status=code)
+                self.exit_code = 1
+                self.stopping.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGCHLD, self.reap)
+        common.install_stop_signals(self.stopping.set)
+        self.reap()
+        await self.stopping.wait()
+        await self.shutdown()
+        return self.exit_code
+
+    async def shutdown(self) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for _ in range(100):
+            self.reap()
+            if not self.children:
+                break
+            await asyncio.sleep(0.05)
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for chan in self.peers.values():
+            chan.close()
+        log.event("parent", "stopped", status=self.exit_code)

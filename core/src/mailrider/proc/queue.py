@@ -1,0 +1,275 @@
+"""queue: the spool. Creates message files, commits them durably, hands
+envelopes to pony for delivery, records outcomes, and makes bounces.
+
+Commits are batched (group commit): while one batch is being synced, the
+next fills up, so many sessions share one sync instead of waiting in line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from mailrider import log
+from mailrider.errors import TempFail
+from mailrider.ipc import messages as m
+from mailrider.ipc.channel import Channel
+from mailrider.proc import common
+from mailrider.queue import bounce
+from mailrider.queue import envelope as envmod
+from mailrider.queue.envelope import Envelope
+from mailrider.queue.spool import PendingCommit, Spool
+
+
+class Queue(common.Process):
+    role = "queue"
+
+    async def setup(self) -> None:
+        self.spool = Spool(os.path.join(self.opts.statedir, "spool"))
+        self._batch: list[tuple[PendingCommit, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._open: set[str] = set()
+
+    async def run(self) -> None:
+        # after the privilege drop: the spool belongs to the unprivileged user
+        self.spool.setup()
+        purged = self.spool.purge_uncommitted()
+        if purged:
+            log.event("queue", "purged-uncommitted", count=purged)
+        committer = asyncio.create_task(self._committer())
+        envs: list[dict[str, Any]] = []
+        n = 0
+        for _msgid, found in self.spool.walk():
+            for env in found:
+                envs.append(self._sched_entry(env))
+                n += 1
+                if len(envs) >= 1000:
+                    self.peers["scheduler"].notify(m.SchedInsert(envelopes=envs))
+                    envs = []
+        if envs:
+            self.peers["scheduler"].notify(m.SchedInsert(envelopes=envs))
+        log.event("queue", "recovered", envelopes=n)
+        try:
+            await self.stopping.wait()
+        finally:
+            committer.cancel()
+
+    @staticmethod
+    def _sched_entry(env: Envelope) -> dict[str, Any]:
+        return {
+            "evpid": env["evpid"], "type": env.get("type", "mda"),
+            "ctime": int(env.get("ctime", "0") or 0), "retry": int(env.get("retry", "0") or 0),
+            "ttl": int(env.get("ttl", "0") or 0),
+        }
+
+    # -- group commit ------------------------------------------------------------
+
+    async def _committer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._batch = self._batch, []
+            if not batch:
+                continue
+            items = [b[0] for b in batch]
+            try:
+                await asyncio.to_thread(self.spool.commit_batch, items)
+            except Exception as exc:  # never leave a session hanging
+                for item in items:
+                    item.error = item.error or TempFail(f"commit failed: {exc}")
+            for item, fut in batch:
+                if fut.done():
+                    continue
+                if item.error is not None:
+                    fut.set_exception(item.error)
+                else:
+                    fut.set_result(None)
+            self.count("queue.commit.batches")
+            self.count("queue.commit.messages", len(items))
+
+    async def commit(self, msg: m.MessageCommit) -> m.Ok:
+        if msg.msgid not in self._open:
+            raise TempFail("unknown message")
+        envs: list[Envelope] = []
+        for e in msg.envelopes:
+            env = {str(k): str(v) for k, v in e.items()}
+            env["version"] = envmod.VERSION
+            env["evpid"] = envmod.new_evpid(msg.msgid)
+            envs.append(env)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._batch.append((PendingCommit(msg.msgid, envs), fut))
+        self._wake.set()
+        try:
+            await fut
+        finally:
+            self._open.discard(msg.msgid)
+        self.peers["scheduler"].notify(
+            m.SchedInsert(envelopes=[self._sched_entry(e) for e in envs]))
+        for env in envs:
+            log.event("queue", "envelope", evpid=env["evpid"], rcpt=env.get("rcpt"),
+                      dest=env.get("dest"))
+        return m.Ok(text=msg.msgid)
+
+    # -- delivery ------------------------------------------------------------------
+
+    async def deliver(self, evpid: str) -> None:
+        try:
+            env = self.spool.load_envelope(evpid)
+            fd = self.spool.open_message(evpid[:8])
+        except (OSError, ValueError) as exc:
+            log.error("queue", "load-failed", evpid=evpid, error=str(exc))
+            self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="removed"))
+            return
+        try:
+            if env.get("type", "mda") not in ("mda", "bounce"):
+                res = m.DeliveryResult(evpid=evpid, status="tempfail",
+                                       text="451 4.3.0 no transport for this envelope")
+            else:
+                try:
+                    reply = await self.peers["pony"].ask(m.Deliver(envelope=env), [fd])
+                    res = reply if isinstance(reply, m.DeliveryResult) else m.DeliveryResult(
+                        evpid=evpid, status="tempfail", text="451 4.3.0 bad reply")
+                except TempFail as exc:
+                    res = m.DeliveryResult(evpid=evpid, status="tempfail", text=exc.reply())
+            await self._outcome(env, res, fd)
+        finally:
+            os.close(fd)
+
+    async def _outcome(self, env: Envelope, res: m.DeliveryResult, fd: int) -> None:
+        evpid = env["evpid"]
+        delay = int(time.time()) - int(env.get("ctime", "0") or 0)
+        log.event("delivery", "result", evpid=evpid, sender=env.get("sender") or "<>",
+                  rcpt=env.get("rcpt"), dest=env.get("dest"), delay=f"{delay}s",
+                  result={"ok": "Ok", "tempfail": "TempFail", "permfail": "PermFail"}.get(
+                      res.status, res.status), stat=res.text)
+        if res.status == "ok":
+            self.spool.remove_envelope(evpid)
+            self.count("queue.delivery.ok")
+            self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="ok"))
+        elif res.status == "permfail":
+            await self._bounce(env, res.text, fd)
+            self.spool.remove_envelope(evpid)
+            self.count("queue.delivery.permfail")
+            self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="permfail"))
+        else:
+            retry = int(env.get("retry", "0") or 0) + 1
+            env["retry"] = str(retry)
+            env["last-try"] = str(int(time.time()))
+            env["errorline"] = res.text[:300].replace("\n", " ").replace("\r", " ")
+            try:
+                self.spool.update_envelope(env)
+            except OSError as exc:
+                log.error("queue", "update-failed", evpid=evpid, error=exc.strerror)
+            self.count("queue.delivery.tempfail")
+            self.peers["scheduler"].notify(
+                m.SchedResult(evpid=evpid, status="tempfail", retry=retry))
+
+    async def expire(self, evpid: str) -> None:
+        try:
+            env = self.spool.load_envelope(evpid)
+            fd = self.spool.open_message(evpid[:8])
+        except (OSError, ValueError):
+            self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="removed"))
+            return
+        try:
+            text = env.get("errorline") or "Envelope expired"
+            log.event("delivery", "expired", evpid=evpid, rcpt=env.get("rcpt"), stat=text)
+            await self._bounce(env, f"Envelope expired: {text}", fd)
+        finally:
+            os.close(fd)
+        self.spool.remove_envelope(evpid)
+        self.count("queue.expired")
+        self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="expired"))
+
+    async def _bounce(self, env: Envelope, reason: str, fd: int) -> None:
+        sender = env.get("sender", "")
+        evpid = env["evpid"]
+        if not sender:
+            log.event("bounce", "null-sender-dropped", evpid=evpid)
+            return
+        if env.get("type") == "bounce":
+            log.event("bounce", "double-bounce-dropped", evpid=evpid)
+            return
+        if "NEVER" in env.get("dsn-notify", ""):
+            return
+        try:
+            res = await self.peers["lka"].ask(m.RcptCheck(
+                session={"ip": "local", "local_socket": True, "helo": env.get("smtpname", "")},
+                sender="", rcpt=sender))
+        except TempFail as exc:
+            log.error("bounce", "route-failed", evpid=evpid, error=exc.text)
+            return
+        if not isinstance(res, m.RcptResult) or not res.accepted:
+            log.event("bounce", "no-route", evpid=evpid, to=sender,
+                      reason=getattr(res, "reply", ""))
+            return
+        body = bounce.build(env, reason, fd)
+        msgid = envmod.new_msgid()
+        now = str(int(time.time()))
+        envs: list[Envelope] = []
+        for d in res.deliveries:
+            e = {str(k): str(v) for k, v in d.items()}
+            e.update({"version": envmod.VERSION, "evpid": envmod.new_evpid(msgid),
+                      "type": "bounce", "sender": "", "ctime": now, "retry": "0",
+                      "ttl": str(7 * 86400), "smtpname": env.get("smtpname", ""),
+                      "flags": "bounce"})
+            envs.append(e)
+        try:
+            await asyncio.to_thread(self.spool.add_message, msgid, body, envs)
+        except (OSError, TempFail) as exc:
+            log.error("bounce", "enqueue-failed", evpid=evpid, error=str(exc))
+            return
+        log.event("bounce", "queued", evpid=evpid, msgid=msgid, to=sender)
+        self.count("queue.bounce")
+        self.peers["scheduler"].notify(
+            m.SchedInsert(envelopes=[self._sched_entry(e) for e in envs]))
+
+    # -- requests -------------------------------------------------------------------
+
+    async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
+        for fd in fds:
+            os.close(fd)
+        if isinstance(msg, m.MessageCreate):
+            msgid, fd = self.spool.create()
+            self._open.add(msgid)
+            return m.MessageCreated(msgid=msgid), [fd]
+        if isinstance(msg, m.MessageCommit):
+            return await self.commit(msg)
+        if isinstance(msg, m.MessageRollback):
+            self._open.discard(msg.msgid)
+            self.spool.rollback(msg.msgid)
+            return m.Ok()
+        if isinstance(msg, m.SchedDue):
+            for evpid in msg.evpids:
+                if envmod.is_evpid(evpid):
+                    coro = self.expire(evpid) if msg.expire else self.deliver(evpid)
+                    asyncio.get_running_loop().create_task(coro)
+            return None
+        if isinstance(msg, m.Control):
+            return self.control(msg)
+        raise ValueError(f"queue: unexpected {m.type_name(msg)} from {chan.peer}")
+
+    def control(self, msg: m.Control) -> m.ControlReply:
+        if msg.command == "show-queue":
+            rows: list[dict[str, str]] = []
+            for _msgid, envs in self.spool.walk():
+                rows.extend(envs)
+            return m.ControlReply(data={"envelopes": rows})
+        if msg.command == "show-envelope":
+            try:
+                env = self.spool.load_envelope(msg.args[0])
+            except (OSError, ValueError, IndexError):
+                return m.ControlReply(ok=False, lines=["command failed: no such envelope"])
+            return m.ControlReply(lines=envmod.serialise(env).decode().splitlines())
+        if msg.command == "remove":
+            evpid = msg.args[0] if msg.args else ""
+            self.spool.remove_envelope(evpid)
+            return m.ControlReply()
+        if msg.command == "stats":
+            return m.ControlReply(data={"counters": dict(self.counters)})
+        return m.ControlReply(ok=False, lines=[f"queue: unknown command {msg.command}"])
+
+
+PROCESS = Queue

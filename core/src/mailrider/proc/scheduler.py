@@ -1,0 +1,192 @@
+"""scheduler: when each envelope is tried next.
+
+State is in memory only (the spool is the truth; the queue re-inserts every
+envelope at start). Retry times follow OpenSMTPD (PROTOCOLS.md 7.5): the
+next attempt is ``ctime + base * n**2`` for the smallest n >= the retry count
+that lies in the future, base 10 s for local delivery and bounces, 400 s for
+relaying. An envelope whose next attempt would fall after ``ctime + ttl``
+expires at that moment instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mailrider import limits, log
+from mailrider.ipc import messages as m
+from mailrider.ipc.channel import Channel
+from mailrider.proc import common
+
+
+@dataclass(slots=True)
+class Entry:
+    evpid: str
+    type: str
+    ctime: int
+    retry: int
+    ttl: int
+    due: float = 0.0
+    inflight: bool = False
+    suspended: bool = False
+    generation: int = 0
+
+
+def next_attempt(ctime: float, retry: int, base: int, now: float) -> float:
+    n = max(retry, 1)
+    while ctime + base * n * n <= now:
+        n += 1
+    return ctime + base * n * n
+
+
+class Scheduler(common.Process):
+    role = "scheduler"
+
+    async def setup(self) -> None:
+        self.entries: dict[str, Entry] = {}
+        self.heap: list[tuple[float, int, str]] = []
+        self.wake = asyncio.Event()
+        self.paused_mda = False
+        self.max_inflight = limits.MDA_MAX_SESSIONS
+        self.inflight = 0
+
+    def _push(self, e: Entry) -> None:
+        e.generation += 1
+        heapq.heappush(self.heap, (e.due, e.generation, e.evpid))
+        self.wake.set()
+
+    def insert(self, data: dict[str, Any], now: float) -> None:
+        ttl = int(data.get("ttl") or 0) or self.config.queue_ttl
+        e = Entry(evpid=str(data["evpid"]), type=str(data.get("type", "mda")),
+                  ctime=int(data.get("ctime") or now), retry=int(data.get("retry") or 0), ttl=ttl)
+        if e.retry:
+            e.due = next_attempt(e.ctime, e.retry, self._base(e), now)
+        else:
+            e.due = now
+        self.entries[e.evpid] = e
+        self._push(e)
+
+    @staticmethod
+    def _base(e: Entry) -> int:
+        return limits.RETRY_BASE_MTA if e.type == "mta" else limits.RETRY_BASE_MDA
+
+    async def run(self) -> None:
+        while not self.stopping.is_set():
+            now = time.time()
+            due: list[str] = []
+            expired: list[str] = []
+            while self.heap and self.heap[0][0] <= now and self.inflight < self.max_inflight:
+                _, gen, evpid = heapq.heappop(self.heap)
+                e = self.entries.get(evpid)
+                if e is None or e.generation != gen or e.inflight or e.suspended:
+                    continue
+                if self.paused_mda:
+                    heapq.heappush(self.heap, (e.due, gen, evpid))
+                    break
+                e.inflight = True
+                self.inflight += 1
+                if now >= e.ctime + e.ttl:
+                    expired.append(evpid)
+                else:
+                    due.append(evpid)
+            if due:
+                self.peers["queue"].notify(m.SchedDue(evpids=due))
+            if expired:
+                self.peers["queue"].notify(m.SchedDue(evpids=expired, expire=True))
+            timeout = None
+            if self.heap and self.inflight < self.max_inflight and not self.paused_mda:
+                timeout = max(0.0, self.heap[0][0] - time.time())
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def result(self, msg: m.SchedResult) -> None:
+        e = self.entries.get(msg.evpid)
+        if e is None:
+            return
+        if e.inflight:
+            e.inflight = False
+            self.inflight -= 1
+        if msg.status != "tempfail":
+            del self.entries[msg.evpid]
+            self.wake.set()
+            return
+        now = time.time()
+        e.retry = msg.retry
+        nxt = next_attempt(e.ctime, e.retry, self._base(e), now)
+        e.due = min(nxt, e.ctime + e.ttl)
+        log.debug("scheduler", "retry", evpid=e.evpid, retry=e.retry, due=int(e.due))
+        self._push(e)
+
+    def command(self, msg: m.Control) -> m.ControlReply:
+        cmd, target = msg.command, (msg.args[0] if msg.args else "all")
+
+        def select() -> list[Entry]:
+            if target == "all":
+                return list(self.entries.values())
+            return [e for e in self.entries.values()
+                    if e.evpid == target or e.evpid[:8] == target]
+
+        if cmd == "schedule":
+            n = 0
+            for e in select():
+                if not e.inflight:
+                    e.due = time.time()
+                    self._push(e)
+                    n += 1
+            return m.ControlReply(lines=[f"{n} envelope{'s' if n > 1 else ''} scheduled"],
+                                  data={"count": n})
+        if cmd == "remove":
+            chosen = [e for e in select() if not e.inflight]
+            for e in chosen:
+                del self.entries[e.evpid]
+            return m.ControlReply(data={"evpids": [e.evpid for e in chosen]})
+        if cmd in ("pause-envelope", "resume-envelope"):
+            n = 0
+            for e in select():
+                e.suspended = cmd == "pause-envelope"
+                if not e.suspended:
+                    self._push(e)
+                n += 1
+            word = "paused" if cmd == "pause-envelope" else "resumed"
+            return m.ControlReply(lines=[f"{n} envelope{'s' if n > 1 else ''} {word}"])
+        if cmd == "pause-mda":
+            self.paused_mda = True
+            return m.ControlReply(lines=["command succeeded"])
+        if cmd == "resume-mda":
+            self.paused_mda = False
+            self.wake.set()
+            return m.ControlReply(lines=["command succeeded"])
+        if cmd == "runstate":
+            now = time.time()
+            return m.ControlReply(data={"runstate": {
+                e.evpid: ["inflight" if e.inflight else ("suspend" if e.suspended else "pending"),
+                          int(max(0, e.due - now))]
+                for e in self.entries.values()
+            }, "paused_mda": self.paused_mda})
+        if cmd == "stats":
+            return m.ControlReply(data={"counters": {
+                "scheduler.envelope": len(self.entries),
+                "scheduler.envelope.inflight": self.inflight}})
+        return m.ControlReply(ok=False, lines=[f"scheduler: unknown command {cmd}"])
+
+    async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
+        if isinstance(msg, m.SchedInsert):
+            now = time.time()
+            for d in msg.envelopes:
+                self.insert(d, now)
+            return None
+        if isinstance(msg, m.SchedResult):
+            self.result(msg)
+            return None
+        if isinstance(msg, m.Control):
+            return self.command(msg)
+        raise ValueError(f"scheduler: unexpected {m.type_name(msg)} from {chan.peer}")
+
+
+PROCESS = Scheduler

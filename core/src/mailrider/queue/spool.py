@@ -1,0 +1,289 @@
+"""The spool on disk, and the commit that makes ``250`` after DATA true.
+
+Layout under the spool folder (all 0700, owned by the daemon's user)::
+
+    temporary/<msgid>              message being received (pony writes its fd)
+    incoming/<msgid>/              a commit in progress: message + envelopes
+    queue/<HH>/<msgid>/message     committed message, HH = first 2 hex digits
+    queue/<HH>/<msgid>/<evpid>     one envelope per recipient
+    purge/                         leftovers moved aside at start, then deleted
+
+Invariants:
+
+- A message is in ``queue/`` only when its body and every envelope are on
+  stable storage: :meth:`Spool.commit_batch` first writes the envelopes into
+  ``incoming/<msgid>/``, moves the body there and syncs, and only then renames
+  the folder into ``queue/`` and syncs again. A crash at any point leaves
+  either nothing in ``queue/`` or the complete message.
+- At start, ``temporary/`` and ``incoming/`` hold only uncommitted data (no
+  ``250`` was sent for it) and are purged.
+- Syncing is batched: one ``syncfs(2)`` covers every file of a batch (group
+  commit); where syncfs is unavailable each file and folder is fsynced.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from mailrider import log
+from mailrider.errors import TempFail
+from mailrider.queue import envelope as envmod
+from mailrider.queue.envelope import Envelope
+
+
+def _load_syncfs() -> object | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNCFS = _load_syncfs()
+
+
+@dataclass(slots=True)
+class PendingCommit:
+    msgid: str
+    envelopes: list[Envelope]
+    error: BaseException | None = None
+
+
+class Spool:
+    def __init__(self, root: str, *, use_syncfs: bool = True) -> None:
+        self.root = root
+        self.temporary = os.path.join(root, "temporary")
+        self.incoming = os.path.join(root, "incoming")
+        self.queue = os.path.join(root, "queue")
+        self.purge = os.path.join(root, "purge")
+        self._syncfs = _SYNCFS if use_syncfs else None
+        self._rootfd = -1
+
+    # -- setup and recovery --------------------------------------------------
+
+    def setup(self) -> None:
+        for d in (self.root, self.temporary, self.incoming, self.queue, self.purge):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        self._rootfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+
+    def purge_uncommitted(self) -> int:
+        """Move what was never acknowledged aside and delete it. Returns the count."""
+        n = 0
+        for d in (self.temporary, self.incoming):
+            for name in os.listdir(d):
+                dst = os.path.join(self.purge, f"{os.path.basename(d)}-{name}")
+                os.rename(os.path.join(d, name), dst)
+                n += 1
+        for name in os.listdir(self.purge):
+            p = os.path.join(self.purge, name)
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+        return n
+
+    def walk(self) -> Iterator[tuple[str, list[Envelope]]]:
+        """Every committed message and its envelopes; corrupt ones are set aside."""
+        for hh in sorted(os.listdir(self.queue)):
+            hdir = os.path.join(self.queue, hh)
+            if not os.path.isdir(hdir):
+                continue
+            for msgid in sorted(os.listdir(hdir)):
+                mdir = os.path.join(hdir, msgid)
+                if not envmod.is_msgid(msgid):
+                    continue
+                envs: list[Envelope] = []
+                bad = not os.path.isfile(os.path.join(mdir, "message"))
+                for name in os.listdir(mdir):
+                    if name == "message" or name.endswith(".tmp"):
+                        continue
+                    try:
+                        with open(os.path.join(mdir, name), "rb") as f:
+                            envs.append(envmod.parse(f.read()))
+                    except (OSError, ValueError) as exc:
+                        log.error("queue", "corrupt-envelope", msgid=msgid, file=name,
+                                  error=str(exc))
+                if bad:
+                    log.error("queue", "message-missing", msgid=msgid)
+                    continue
+                if not envs:
+                    shutil.rmtree(mdir, ignore_errors=True)
+                    continue
+                yield msgid, envs
+
+    # -- paths ---------------------------------------------------------------
+
+    def msgdir(self, msgid: str) -> str:
+        return os.path.join(self.queue, msgid[:2], msgid)
+
+    def message_path(self, msgid: str) -> str:
+        return os.path.join(self.msgdir(msgid), "message")
+
+    def envelope_path(self, evpid: str) -> str:
+        return os.path.join(self.msgdir(evpid[:8]), evpid)
+
+    # -- receiving -------------------------------------------------------------
+
+    def create(self) -> tuple[str, int]:
+        """A fresh msgid and a write fd on its temporary file."""
+        for _ in range(100):
+            msgid = envmod.new_msgid()
+            if os.path.exists(self.msgdir(msgid)):
+                continue
+            try:
+                fd = os.open(os.path.join(self.temporary, msgid),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise _spool_error(exc) from exc
+            return msgid, fd
+        raise TempFail("cannot allocate a message id")
+
+    def rollback(self, msgid: str) -> None:
+        for p in (os.path.join(self.temporary, msgid),):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+        shutil.rmtree(os.path.join(self.incoming, msgid), ignore_errors=True)
+
+    def commit_batch(self, batch: list[PendingCommit]) -> None:
+        """Commit every message of the batch; failures are set per item."""
+        staged: list[PendingCommit] = []
+        for item in batch:
+            try:
+                self._stage(item)
+                staged.append(item)
+            except OSError as exc:
+                item.error = _spool_error(exc)
+                self.rollback(item.msgid)
+        if not staged:
+            return
+        try:
+            self._sync([os.path.join(self.incoming, i.msgid) for i in staged], stage=True,
+                       items=staged)
+        except OSError as exc:
+            for item in staged:
+                item.error = _spool_error(exc)
+                self.rollback(item.msgid)
+            return
+        done: list[PendingCommit] = []
+        for item in staged:
+            try:
+                hdir = os.path.join(self.queue, item.msgid[:2])
+                try:
+                    os.mkdir(hdir, 0o700)
+                except FileExistsError:
+                    pass
+                os.rename(os.path.join(self.incoming, item.msgid), self.msgdir(item.msgid))
+                done.append(item)
+            except OSError as exc:
+                item.error = _spool_error(exc)
+                self.rollback(item.msgid)
+        try:
+            self._sync([os.path.join(self.queue, i.msgid[:2]) for i in done], stage=False,
+                       items=done)
+        except OSError as exc:
+            # the rename is done but may not be durable: the client gets a 4xx
+            # and sends again; delivering twice is better than losing mail
+            for item in done:
+                item.error = _spool_error(exc)
+
+    def _stage(self, item: PendingCommit) -> None:
+        idir = os.path.join(self.incoming, item.msgid)
+        os.mkdir(idir, 0o700)
+        for env in item.envelopes:
+            path = os.path.join(idir, env["evpid"])
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, envmod.serialise(env))
+            finally:
+                os.close(fd)
+        os.rename(os.path.join(self.temporary, item.msgid), os.path.join(idir, "message"))
+
+    def _sync(self, dirs: list[str], *, stage: bool, items: list[PendingCommit]) -> None:
+        if not dirs:
+            return
+        if self._syncfs is not None:
+            if self._syncfs(self._rootfd) != 0:  # type: ignore[operator]
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+            return
+        if stage:
+            for item in items:
+                idir = os.path.join(self.incoming, item.msgid)
+                for name in os.listdir(idir):
+                    _fsync_path(os.path.join(idir, name))
+                _fsync_path(idir)
+            _fsync_path(self.incoming)
+        else:
+            for d in set(dirs):
+                _fsync_path(d)
+            _fsync_path(self.queue)
+
+    # -- delivery bookkeeping -------------------------------------------------
+
+    def load_envelope(self, evpid: str) -> Envelope:
+        with open(self.envelope_path(evpid), "rb") as f:
+            return envmod.parse(f.read())
+
+    def update_envelope(self, env: Envelope) -> None:
+        envmod.write_atomic(self.envelope_path(env["evpid"]), env)
+
+    def remove_envelope(self, evpid: str) -> None:
+        try:
+            os.unlink(self.envelope_path(evpid))
+        except FileNotFoundError:
+            pass
+        mdir = self.msgdir(evpid[:8])
+        try:
+            rest = [n for n in os.listdir(mdir) if n != "message"]
+        except FileNotFoundError:
+            return
+        if not rest:
+            shutil.rmtree(mdir, ignore_errors=True)
+
+    def open_message(self, msgid: str) -> int:
+        return os.open(self.message_path(msgid), os.O_RDONLY)
+
+    def add_message(self, msgid: str, body: bytes, envelopes: list[Envelope]) -> None:
+        """Write a message made by the daemon itself (a bounce) and commit it."""
+        fd = os.open(os.path.join(self.temporary, msgid), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                     0o600)
+        try:
+            os.write(fd, body)
+        finally:
+            os.close(fd)
+        item = PendingCommit(msgid, envelopes)
+        self.commit_batch([item])
+        if item.error is not None:
+            raise item.error
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _spool_error(exc: OSError) -> TempFail:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TempFail("Insufficient system storage", 452, "4.3.1")
+    if exc.errno == errno.EROFS:
+        return TempFail("Queue is read-only", 451, "4.3.0")
+    return TempFail(f"Temporary failure in queue ({exc.strerror})", 451, "4.3.0")

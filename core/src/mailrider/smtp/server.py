@@ -1,0 +1,796 @@
+"""The sans-I/O SMTP (and LMTP) server state machine.
+
+Bytes go in with :meth:`SMTPServer.receive`, events come out of
+:meth:`SMTPServer.next_event`, replies come out of
+:meth:`SMTPServer.data_to_send`.  No sockets, clocks, logging or TLS here.
+
+Invariants:
+
+* One session state (:class:`State`) at a time, changed only by
+  ``_enter``; the verbs legal in each state are the table ``_LEGAL``.
+* At most one event awaits an answer.  While it does, no further input is
+  parsed, so replies leave in command order (RFC 2920 3.1) and bytes
+  pipelined after DATA or STARTTLS are never read as commands before the
+  answer is known.
+* Input is scanned once (O(n)).  An incomplete command line is bounded by
+  ``command_line_max``; an over-long one is discarded up to its LF without
+  being stored.  In DATA mode at most four bytes (a possible prefix of
+  CRLF "." CRLF) are held between reads; every other byte is handed on at
+  once, so memory is bounded by the size of one read.
+* Only CRLF "." CRLF ends the message (RFC 5321 4.1.1.4).  A message with
+  a bare CR or LF, a NUL, an over-long line or too many bytes is consumed
+  to its real end and then answered with the error, so a smuggled second
+  message never exists.
+* Each session ends with exactly one :class:`events.ConnectionClosed`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from mailrider import limits
+from mailrider.errors import MailriderError
+from mailrider.smtp import events
+from mailrider.smtp.address import (
+    AddressError,
+    parse_mail_params,
+    parse_path,
+    parse_rcpt_params,
+    split_path,
+)
+from mailrider.smtp.received import with_protocol
+from mailrider.smtp.reply import Reply, split_status
+
+__all__ = ["LocalProtocolError", "SMTPServer", "ServerConfig", "State", "events"]
+
+
+class LocalProtocolError(MailriderError):
+    """The application used the machine wrongly (e.g. answered no question)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """What one listener offers.  Limits default to :mod:`mailrider.limits`."""
+
+    hostname: str
+    max_message_size: int = limits.MAX_MESSAGE_SIZE  # 0: no limit (RFC 1870 "SIZE 0")
+    max_rcpt: int = limits.MAX_RCPT
+    max_mails: int = limits.MAX_MAILS
+    max_errors: int = limits.MAX_ERRORS
+    max_commands: int = limits.MAX_COMMANDS
+    dsn: bool = True
+    starttls: bool = False
+    smtputf8: bool = True
+    pipelining: bool = True
+    eightbitmime: bool = True
+    vrfy: bool = False
+    lmtp: bool = False
+    implicit_tls: bool = False  # smtps: the session is TLS from the start
+    command_line_max: int = limits.COMMAND_LINE_MAX
+    max_line_length: int = limits.DATA_LINE_MAX  # incl. CRLF; 0: unchecked
+    banner: str = "ESMTP mailrider"
+
+
+class State(enum.Enum):
+    """Session states."""
+
+    INIT = "init"  # greeting sent; HELO/EHLO/LHLO expected
+    GREETED = "greeted"  # no transaction open
+    MAIL = "mail"  # MAIL accepted, no recipient yet
+    RCPT = "rcpt"  # at least one recipient accepted
+    DATA = "data"  # reading the message
+    TLS = "tls"  # 220 sent for STARTTLS; waiting for the handshake
+    CLOSED = "closed"
+
+
+class _Await(enum.Enum):
+    HELLO = "hello"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+    DATA_END = "data-end"
+    STARTTLS = "starttls"
+
+
+_ANYTIME: Final = frozenset(
+    {"HELO", "EHLO", "LHLO", "NOOP", "RSET", "QUIT", "HELP", "VRFY", "EXPN"}
+)
+_LEGAL: Final[dict[State, frozenset[str]]] = {
+    State.INIT: _ANYTIME,
+    State.GREETED: _ANYTIME | {"MAIL", "STARTTLS"},
+    State.MAIL: _ANYTIME | {"RCPT", "DATA"},
+    State.RCPT: _ANYTIME | {"RCPT", "DATA"},
+    State.DATA: frozenset(),
+    State.TLS: frozenset(),
+    State.CLOSED: frozenset(),
+}
+# Why a verb is out of sequence, by verb (RFC 5321 4.1.4, 503).
+_SEQUENCE: Final[dict[str, str]] = {
+    "MAIL": "Send HELO/EHLO first",
+    "RCPT": "Need MAIL command",
+    "DATA": "Need MAIL command",
+    "STARTTLS": "Send EHLO first",
+}
+# Known verbs we do not offer (RFC 5321 4.2.4: 502).  AUTH and BDAT belong
+# here until their extensions exist.
+_UNIMPLEMENTED: Final = frozenset({"AUTH", "BDAT", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML"})
+_ANSWERABLE: Final = (
+    events.Hello,
+    events.MailFrom,
+    events.RcptTo,
+    events.DataStart,
+    events.DataEnd,
+    events.StartTLS,
+)
+_GREETINGS: Final = frozenset({"HELO", "EHLO", "LHLO"})
+_IDLE: Final = frozenset({"HELO", "EHLO", "LHLO", "NOOP", "RSET", "HELP", "VRFY", "EXPN"})
+
+# RFC 5321 4.1.1.4: the end of mail data indicator.
+_EOD: Final = b"\r\n.\r\n"
+
+_R_OK: Final = Reply(250, "2.0.0", "Ok")
+_R_RESET: Final = Reply(250, "2.0.0", "Reset state")
+_R_BYE: Final = Reply(221, "2.0.0", "Bye")
+_R_BARE: Final = Reply(500, "5.5.2", "Bare LF or CR in command")
+_R_NUL_CMD: Final = Reply(500, "5.5.2", "NUL byte in command")
+_R_UTF8_CMD: Final = Reply(500, "5.5.2", "Invalid UTF-8 in command")
+_R_LONG_CMD: Final = Reply(500, "5.5.2", "Line too long")
+_R_UNKNOWN: Final = Reply(500, "5.5.1", "Command unrecognized")
+_R_NOT_IMPL: Final = Reply(502, "5.5.1", "Command not implemented")
+_R_TOO_BIG_DATA: Final = Reply(552, "5.3.4", "Message size exceeds fixed limit")
+_R_NUL_DATA: Final = Reply(554, "5.6.0", "NUL byte in message")
+_R_BARE_DATA: Final = Reply(554, "5.6.0", "Message contains bare CR or LF")
+_R_LONG_DATA: Final = Reply(554, "5.6.0", "Line too long")
+_F_BARE: Final = 1
+_F_NUL: Final = 2
+_F_LONG: Final = 4
+_F_BIG: Final = 8
+# Which error a bad message gets when it has several faults.
+_FAULTS: Final = (
+    (_F_BARE, _R_BARE_DATA),
+    (_F_NUL, _R_NUL_DATA),
+    (_F_LONG, _R_LONG_DATA),
+    (_F_BIG, _R_TOO_BIG_DATA),
+)
+
+
+def _hold_back(buf: bytes, bol: bool) -> int:
+    """How many trailing bytes of ``buf`` may begin the end-of-data mark."""
+    if bol and len(buf) < 3 and b".\r\n".startswith(buf):
+        return len(buf)
+    for k in (4, 3, 2, 1):
+        if buf.endswith(_EOD[:k]):
+            return k
+    return 0
+
+
+class SMTPServer:
+    """One server-side SMTP/LMTP session; see the module docstring."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self._config = config
+        self._state = State.INIT
+        self._buf = bytearray()
+        self._out = bytearray()
+        self._events: deque[events.Event] = deque()
+        self._pending: _Await | None = None
+        self._delivered = False  # the event awaiting an answer left next_event()
+        self._eof = False
+        self._scan = 0  # where the search for LF resumes in _buf
+        self._discarding = False  # inside an over-long command line
+        self._errors = 0
+        self._wasted = 0  # commands that moved nothing forward
+        self._tls = config.implicit_tls
+        self._helo: str | None = None
+        self._esmtp = False
+        self._mails = 0
+        # transaction
+        self._utf8 = False
+        self._rcpts = 0
+        self._rcpt_tries = 0
+        # DATA mode
+        self._bol = True
+        self._dsize = 0
+        self._line_len = 0
+        self._derror: Reply | None = None  # set at the end of the message
+        self._faults = 0  # bit set of _F_* seen so far in this message
+        self._seen = 0  # unstuffed bytes seen, delivered or not
+        self._in_header = True
+        self._hdr_carry = b"\n"
+        self._received = 0
+        self._due = 0
+
+    # ------------------------------------------------------------------ API
+
+    @property
+    def state(self) -> State:
+        """The current session state."""
+        return self._state
+
+    @property
+    def closed(self) -> bool:
+        """True once the session is over: flush data_to_send(), then close."""
+        return self._state is State.CLOSED
+
+    @property
+    def awaiting_answer(self) -> bool:
+        """True while the last event returned needs accept()/reject()/reply()."""
+        return self._pending is not None and self._delivered
+
+    @property
+    def tls(self) -> bool:
+        """True when the session runs over TLS."""
+        return self._tls
+
+    @property
+    def helo(self) -> str | None:
+        """The accepted HELO/EHLO/LHLO name, if any."""
+        return self._helo
+
+    @property
+    def with_protocol(self) -> str:
+        """The ``with`` keyword for this transaction's Received field."""
+        return with_protocol(
+            esmtp=self._esmtp, tls=self._tls, utf8=self._utf8, lmtp=self._config.lmtp
+        )
+
+    def greeting(self, text: str | None = None) -> bytes:
+        """The 220 banner (RFC 5321 4.2: no enhanced status, RFC 2034 3)."""
+        cfg = self._config
+        return Reply(220, "", text or f"{cfg.hostname} {cfg.banner}").to_bytes()
+
+    def receive(self, data: bytes) -> None:
+        """Feed bytes read from the peer; ``b""`` means end of file."""
+        if self._state is State.CLOSED:
+            return
+        if self._state is State.TLS:
+            # RFC 3207 4.2 / CVE-2011-0411: nothing may be read in clear
+            # between our 220 and the handshake.
+            if data:
+                self._protocol_error("data received before the TLS handshake")
+            else:
+                self._close(None)
+            return
+        if not data:
+            self._eof = True
+            return
+        self._buf += data
+
+    def next_event(self) -> events.Event | None:
+        """The next event, or None when input is needed or an answer is awaited."""
+        while not self._events:
+            if self._pending is not None or self._state in (State.CLOSED, State.TLS):
+                return None
+            if not self._step():
+                return None
+        event = self._events.popleft()
+        if self._pending is not None and isinstance(event, _ANSWERABLE):
+            self._delivered = True
+        return event
+
+    def data_to_send(self) -> bytes:
+        """Replies queued since the last call."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def accept(self, text: str | None = None) -> None:
+        """Answer the awaited event positively; ``text`` may replace the default
+        text and may start with an enhanced status (``"2.0.0 queued as X"``)."""
+        pending = self._take_pending()
+        cfg = self._config
+        if pending is _Await.HELLO:
+            assert self._helo is not None
+            first = text or f"{cfg.hostname} Hello {self._helo}"
+            if self._esmtp:
+                self._send(Reply(250, "", first, self._extensions()))
+            else:
+                self._send(Reply(250, "", first))
+            self._enter(State.GREETED)
+        elif pending is _Await.MAIL:
+            self._send(self._positive("2.1.0", "Ok", text))
+            self._mails += 1
+            self._enter(State.MAIL)
+        elif pending is _Await.RCPT:
+            self._send(self._positive("2.1.5", "Destination address valid", text))
+            self._rcpts += 1
+            self._enter(State.RCPT)
+        elif pending is _Await.DATA:
+            self._send(Reply(354, "", text or 'Enter mail, end with "." on a line by itself'))
+            self._enter(State.DATA)
+        elif pending is _Await.DATA_END:
+            if self._derror is not None:
+                self._pending = pending
+                self._delivered = True
+                raise LocalProtocolError("the message is bad: answer with DataEnd.error")
+            self._send(self._positive("2.0.0", "Message accepted for delivery", text))
+            self._data_answered()
+        elif pending is _Await.STARTTLS:
+            if self._buf:
+                self._protocol_error("commands pipelined after STARTTLS")
+                return
+            self._send(self._positive("2.0.0", "Ready to start TLS", text, code=220))
+            self._enter(State.TLS)
+
+    def reject(self, code: int, status: str, text: str) -> None:
+        """Answer the awaited event with a 4xx/5xx reply."""
+        self.reply(Reply(code, status, text))
+
+    def reply(self, reply: Reply) -> None:
+        """Answer the awaited event with a failure ``reply`` (e.g. DataEnd.error).
+
+        421 also closes the session (RFC 5321 3.8).
+        """
+        if reply.code < 400:
+            raise LocalProtocolError("reply() takes a failure; use accept()")
+        pending = self._take_pending()
+        self._wasted += 1
+        self._send(reply)
+        if pending is _Await.HELLO:
+            # The greeting is refused: the client must greet again.
+            self._enter(State.INIT)
+        elif pending is _Await.DATA_END:
+            self._data_answered()
+        if reply.code == 421:
+            self._close(None)
+
+    def tls_started(self) -> None:
+        """The TLS handshake after STARTTLS completed (RFC 3207 4.2: forget
+        everything learnt from the client and expect EHLO again)."""
+        if self._state is not State.TLS:
+            raise LocalProtocolError("tls_started() without an accepted STARTTLS")
+        self._tls = True
+        self._buf.clear()
+        self._scan = 0
+        self._enter(State.INIT)
+
+    def close(self, reply: Reply | None = None) -> None:
+        """Close the session from the application side (timeout, shutdown),
+        sending ``reply`` (typically 421) first."""
+        self._close(reply)
+
+    # ------------------------------------------------------------ internals
+
+    def _take_pending(self) -> _Await:
+        pending = self._pending
+        if pending is None or not self._delivered:
+            raise LocalProtocolError("no event awaits an answer")
+        self._pending = None
+        self._delivered = False
+        return pending
+
+    def _positive(self, status: str, default: str, text: str | None, code: int = 250) -> Reply:
+        if text is None:
+            return Reply(code, status, default)
+        given, rest = split_status(text)
+        if given and given[0] != str(code)[0]:
+            raise LocalProtocolError(f"status {given} in a {code} reply")
+        return Reply(code, given or status, rest)
+
+    def _extensions(self) -> tuple[str, ...]:
+        cfg = self._config
+        ext: list[str] = []
+        if cfg.pipelining:
+            ext.append("PIPELINING")  # RFC 2920
+        ext.append(f"SIZE {cfg.max_message_size}" if cfg.max_message_size else "SIZE")  # RFC 1870
+        if cfg.eightbitmime:
+            ext.append("8BITMIME")  # RFC 6152
+        ext.append("ENHANCEDSTATUSCODES")  # RFC 2034
+        if cfg.smtputf8:
+            ext.append("SMTPUTF8")  # RFC 6531
+        if cfg.dsn:
+            ext.append("DSN")  # RFC 3461
+        if cfg.starttls and not self._tls:
+            ext.append("STARTTLS")  # RFC 3207
+        return tuple(ext)
+
+    def _enter(self, state: State) -> None:
+        """The one place where the session state changes."""
+        if state in (State.INIT, State.GREETED):
+            self._utf8 = False
+            self._rcpts = 0
+            self._rcpt_tries = 0
+        if state is State.INIT:
+            self._helo = None
+            self._esmtp = False
+        elif state is State.DATA:
+            self._bol = True
+            self._dsize = 0
+            self._line_len = 0
+            self._derror = None
+            self._faults = 0
+            self._seen = 0
+            self._in_header = True
+            self._hdr_carry = b"\n"
+            self._received = 0
+        self._state = state
+
+    def _send(self, reply: Reply) -> None:
+        self._out += reply.to_bytes()
+
+    def _error(self, reply: Reply) -> None:
+        """Answer a bad command; the max_errors-th one closes the session."""
+        self._errors += 1
+        self._wasted += 1
+        if self._errors >= self._config.max_errors:
+            self._close(Reply(421, "4.7.0", f"{self._config.hostname} Too many errors"))
+        else:
+            self._send(reply)
+
+    def _protocol_error(self, reason: str) -> None:
+        self._events.append(events.ProtocolError(reason))
+        self._close(Reply(421, "4.7.0", f"{self._config.hostname} Protocol violation"))
+
+    def _close(self, reply: Reply | None) -> None:
+        if self._state is State.CLOSED:
+            return
+        if reply is not None:
+            self._send(reply)
+        self._pending = None
+        self._delivered = False
+        self._buf.clear()
+        self._enter(State.CLOSED)
+        self._events.append(events.ConnectionClosed())
+
+    def _step(self) -> bool:
+        """Consume some input; False when more input is needed."""
+        if self._state is State.DATA:
+            return self._step_data()
+        return self._step_command()
+
+    # ------------------------------------------------------- command lines
+
+    def _step_command(self) -> bool:
+        buf = self._buf
+        limit = self._config.command_line_max
+        if self._discarding:
+            i = buf.find(b"\n")
+            if i < 0:
+                buf.clear()
+                if self._eof:
+                    self._close(None)
+                    return True
+                return False
+            del buf[: i + 1]
+            self._discarding = False
+            return True
+        i = buf.find(b"\n", self._scan, limit)
+        if i < 0:
+            if len(buf) >= limit:
+                # RFC 5321 4.5.3.1.4 / 4.2.2: "500 Line too long"; skip the
+                # rest of the line without storing it.
+                del buf[:limit]
+                self._scan = 0
+                self._discarding = True
+                self._error(_R_LONG_CMD)
+                return True
+            self._scan = len(buf)
+            if self._eof:
+                self._close(None)
+                return True
+            return False
+        self._scan = 0
+        line = bytes(buf[: i + 1])
+        del buf[: i + 1]
+        self._command(line)
+        return True
+
+    def _command(self, line: bytes) -> None:
+        cfg = self._config
+        if self._wasted >= cfg.max_commands:
+            self._close(Reply(421, "4.7.0", f"{cfg.hostname} Too many commands"))
+            return
+        if b"\0" in line:
+            self._error(_R_NUL_CMD)
+            return
+        # RFC 5321 2.3.8: lines end in CRLF; a bare CR or LF is not a line end.
+        if line.count(b"\r") != 1 or not line.endswith(b"\r\n"):
+            self._error(_R_BARE)
+            return
+        try:
+            text = line[:-2].decode("utf-8")
+        except UnicodeDecodeError:
+            self._error(_R_UTF8_CMD)
+            return
+        word, _, arg = text.partition(" ")
+        verb = word.upper()  # RFC 5321 2.4: verbs are case-insensitive
+        if verb in _UNIMPLEMENTED or (verb == "STARTTLS" and not cfg.starttls):
+            self._error(_R_NOT_IMPL)
+            return
+        handler = _HANDLERS.get(verb)
+        # RFC 2033 4.1: an LMTP server knows LHLO, not HELO/EHLO; and vice versa.
+        if handler is None or (verb in _GREETINGS and (verb == "LHLO") != cfg.lmtp):
+            self._error(_R_UNKNOWN)
+            return
+        if verb not in _LEGAL[self._state]:
+            why = _SEQUENCE.get(verb, "Bad sequence of commands")
+            if verb == "MAIL" and self._state in (State.MAIL, State.RCPT):
+                why = "Nested MAIL command"
+            elif verb == "STARTTLS" and self._state is not State.INIT:
+                why = "STARTTLS not allowed in a transaction"
+            self._error(Reply(503, "5.5.1", why))
+            return
+        if verb in _IDLE:
+            self._wasted += 1
+        handler(self, arg)
+
+    def _await(self, kind: _Await, event: events.Event) -> None:
+        self._pending = kind
+        self._events.append(event)
+
+    def _cmd_hello(self, arg: str, verb: str) -> None:
+        name = arg
+        if (
+            not name
+            or len(name.encode("utf-8")) > limits.DOMAIN_MAX
+            or not name.isprintable()
+            or " " in name
+            or (not name.isascii() and not self._config.smtputf8)
+        ):
+            self._error(Reply(501, "5.5.4", f"Syntax: {verb} hostname"))
+            return
+        if self._state in (State.MAIL, State.RCPT):
+            # RFC 5321 4.1.4: EHLO in a transaction acts as RSET first.
+            self._events.append(events.Reset())
+        self._enter(State.GREETED)
+        self._helo = name
+        self._esmtp = verb != "HELO"
+        self._await(_Await.HELLO, events.Hello(verb, name))
+
+    def _cmd_helo(self, arg: str) -> None:
+        self._cmd_hello(arg, "HELO")
+
+    def _cmd_ehlo(self, arg: str) -> None:
+        self._cmd_hello(arg, "EHLO")
+
+    def _cmd_lhlo(self, arg: str) -> None:
+        self._cmd_hello(arg, "LHLO")
+
+    def _cmd_mail(self, arg: str) -> None:
+        cfg = self._config
+        if arg[:5].upper() != "FROM:":
+            self._error(Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
+            return
+        try:
+            path, rest = split_path(arg[5:].lstrip(" "), sender=True)
+            params = parse_mail_params(
+                rest, dsn=cfg.dsn, eightbitmime=cfg.eightbitmime, smtputf8=cfg.smtputf8
+            )
+            sender = parse_path(path, params.smtputf8, sender=True)
+        except AddressError as exc:
+            self._error(exc.reply)
+            return
+        if cfg.max_message_size and params.size is not None and params.size > cfg.max_message_size:
+            # RFC 1870 6.1: refuse a declared size we would not accept.
+            self._wasted += 1
+            self._send(Reply(552, "5.3.4", "Message too big"))
+            return
+        if self._mails >= cfg.max_mails:
+            self._error(Reply(452, "4.7.0", "Too many messages in this session"))
+            return
+        self._utf8 = params.smtputf8
+        self._await(_Await.MAIL, events.MailFrom(sender, params))
+
+    def _cmd_rcpt(self, arg: str) -> None:
+        cfg = self._config
+        if arg[:3].upper() != "TO:":
+            self._error(Reply(501, "5.5.4", "Syntax: RCPT TO:<address>"))
+            return
+        self._rcpt_tries += 1
+        try:
+            path, rest = split_path(arg[3:].lstrip(" "))
+            params = parse_rcpt_params(rest, dsn=cfg.dsn, smtputf8=self._utf8)
+            rcpt = parse_path(path, self._utf8, postmaster=True)
+        except AddressError as exc:
+            self._error(exc.reply)
+            return
+        if rcpt is None:
+            self._error(Reply(501, "5.1.3", "Null recipient not allowed"))
+            return
+        if self._rcpts >= cfg.max_rcpt:
+            # RFC 5321 4.5.3.1.10: 452 for too many recipients.
+            self._wasted += 1
+            self._send(Reply(452, "4.5.3", "Too many recipients"))
+            return
+        self._await(_Await.RCPT, events.RcptTo(rcpt, params))
+
+    def _cmd_data(self, arg: str) -> None:
+        if arg:
+            self._error(Reply(501, "5.5.4", "Syntax: DATA"))
+            return
+        if self._state is State.MAIL:
+            # RFC 5321 3.3 / RFC 2920 3.1: no recipient was accepted.
+            if self._rcpt_tries:
+                self._error(Reply(554, "5.5.1", "No valid recipients"))
+            else:
+                self._error(Reply(503, "5.5.1", "Need RCPT command"))
+            return
+        self._await(_Await.DATA, events.DataStart())
+
+    def _cmd_rset(self, arg: str) -> None:
+        if arg:
+            self._error(Reply(501, "5.5.4", "Syntax: RSET"))
+            return
+        self._send(_R_RESET)
+        if self._state in (State.MAIL, State.RCPT):
+            self._events.append(events.Reset())
+            self._enter(State.GREETED)
+
+    def _cmd_noop(self, arg: str) -> None:
+        self._send(_R_OK)
+
+    def _cmd_quit(self, arg: str) -> None:
+        if arg:
+            self._error(Reply(501, "5.5.4", "Syntax: QUIT"))
+            return
+        self._events.append(events.Quit())
+        self._close(_R_BYE)
+
+    def _cmd_help(self, arg: str) -> None:
+        verbs = "LHLO" if self._config.lmtp else "HELO EHLO"
+        verbs += " MAIL RCPT DATA RSET NOOP QUIT HELP VRFY"
+        if self._config.starttls and not self._tls:
+            verbs += " STARTTLS"
+        self._send(Reply(214, "2.0.0", f"mailrider; commands: {verbs}"))
+
+    def _cmd_vrfy(self, arg: str) -> None:
+        if not self._config.vrfy:
+            self._send(Reply(502, "5.5.1", "VRFY disabled"))
+        elif not arg:
+            self._error(Reply(501, "5.5.4", "Syntax: VRFY address"))
+        else:
+            # RFC 5321 3.5.3: 252 when we will not verify but will try.
+            self._send(Reply(252, "2.5.2", "Cannot VRFY user; try RCPT to attempt delivery"))
+
+    def _cmd_expn(self, arg: str) -> None:
+        self._send(Reply(502, "5.5.1", "EXPN disabled"))
+
+    def _cmd_starttls(self, arg: str) -> None:
+        if self._tls:
+            self._error(Reply(503, "5.5.1", "TLS already active"))
+            return
+        if arg:
+            self._error(Reply(501, "5.5.4", "Syntax: STARTTLS"))
+            return
+        if self._buf:
+            # RFC 3207 4.2 / CVE-2011-0411: bytes after STARTTLS would be
+            # executed as if they came over TLS.  Refuse the session.
+            self._protocol_error("commands pipelined after STARTTLS")
+            return
+        self._await(_Await.STARTTLS, events.StartTLS())
+
+    # ----------------------------------------------------------- DATA mode
+
+    def _step_data(self) -> bool:
+        buf = self._buf
+        if not buf:
+            if self._eof:
+                self._close(None)
+                return True
+            return False
+        chunk = bytes(buf)
+        end = False
+        if self._bol and chunk.startswith(b".\r\n"):
+            content, used, end = b"", 3, True
+        else:
+            i = chunk.find(_EOD)
+            if i >= 0:
+                # The CRLF before "." ends the last line of the message.
+                content, used, end = chunk[: i + 2], i + 5, True
+            else:
+                hold = _hold_back(chunk, self._bol)
+                content = chunk[: len(chunk) - hold] if hold else chunk
+                used = len(content)
+        del buf[:used]
+        if content:
+            self._content(content)
+        if end:
+            self._derror = next((r for f, r in _FAULTS if self._faults & f), None)
+            due = self._rcpts if self._config.lmtp else 1
+            self._due = due
+            self._await(
+                _Await.DATA_END,
+                events.DataEnd(self._dsize, self._received, self._derror, due),
+            )
+            return True
+        if content:
+            return True
+        if self._eof:
+            self._close(None)
+            return True
+        return False
+
+    def _content(self, raw: bytes) -> None:
+        """Check, unstuff and hand on one span of message bytes.
+
+        ``raw`` never ends inside a CRLF pair (a trailing CR is held back),
+        so every check below gives the same answer however the message was
+        split into reads.  After the first fault nothing more is handed on,
+        but all checks go on, so the error finally reported (by the fixed
+        precedence of ``_FAULTS``) does not depend on the split either.
+        """
+        bol = self._bol
+        self._bol = raw.endswith(b"\r\n")
+        crlf = raw.count(b"\r\n")
+        if raw.count(b"\r") != crlf or raw.count(b"\n") != crlf:
+            # Bare CR / LF: the SMTP smuggling vector; refuse the message.
+            self._faults |= _F_BARE
+        if b"\0" in raw:
+            self._faults |= _F_NUL
+        # RFC 5321 4.5.2: remove the leading dot of every line.
+        data = raw[1:] if bol and raw[:1] == b"." else raw
+        if b"\r\n." in data:
+            data = data.replace(b"\r\n.", b"\r\n")
+        maxlen = self._config.max_line_length
+        if maxlen and not self._faults & _F_LONG:
+            # RFC 5321 4.5.3.1.6: 1000 octets including CRLF, after unstuffing.
+            room = maxlen - 2
+            if self._line_len + len(data) > room:
+                lines = data.split(b"\r\n")
+                first = self._line_len + len(lines[0])
+                if first > room or (len(lines) > 1 and max(map(len, lines)) > room):
+                    self._faults |= _F_LONG
+                self._line_len = first if len(lines) == 1 else len(lines[-1])
+            else:
+                last = data.rfind(b"\r\n")
+                self._line_len = self._line_len + len(data) if last < 0 else len(data) - last - 2
+        out = data.replace(b"\r\n", b"\n") if crlf else data
+        self._seen += len(out)
+        limit = self._config.max_message_size
+        if limit and self._seen > limit:
+            self._faults |= _F_BIG
+        if self._in_header:
+            self._scan_header(out)
+        if not self._faults:
+            self._dsize += len(out)
+            if out:
+                self._events.append(events.DataChunk(out))
+
+    def _scan_header(self, out: bytes) -> None:
+        """Count ``Received:`` fields until the empty line (RFC 5322 2.1).
+
+        ``_hdr_carry`` is LF plus the start of the current line while that
+        line is shorter than the field name (undecided), else empty.
+        """
+        text = self._hdr_carry + out
+        end = text.find(b"\n\n")
+        region = text if end < 0 else text[: end + 1]
+        self._received += region.lower().count(b"\nreceived:")
+        if end >= 0:
+            self._in_header = False
+            self._hdr_carry = b""
+            return
+        nl = text.rfind(b"\n")
+        if nl >= 0:
+            tail = text[nl + 1 :]
+            self._hdr_carry = b"\n" + tail if len(tail) < 9 else b""
+
+    def _data_answered(self) -> None:
+        self._due -= 1
+        if self._due <= 0:
+            self._enter(State.GREETED)
+        else:
+            # LMTP (RFC 2033 4.2): the same DataEnd wants another answer.
+            self._pending = _Await.DATA_END
+            self._delivered = True
+
+
+_HANDLERS: Final[dict[str, Callable[[SMTPServer, str], None]]] = {
+    "HELO": SMTPServer._cmd_helo,
+    "EHLO": SMTPServer._cmd_ehlo,
+    "LHLO": SMTPServer._cmd_lhlo,
+    "MAIL": SMTPServer._cmd_mail,
+    "RCPT": SMTPServer._cmd_rcpt,
+    "DATA": SMTPServer._cmd_data,
+    "RSET": SMTPServer._cmd_rset,
+    "NOOP": SMTPServer._cmd_noop,
+    "QUIT": SMTPServer._cmd_quit,
+    "HELP": SMTPServer._cmd_help,
+    "VRFY": SMTPServer._cmd_vrfy,
+    "EXPN": SMTPServer._cmd_expn,
+    "STARTTLS": SMTPServer._cmd_starttls,
+}

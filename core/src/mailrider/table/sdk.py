@@ -1,0 +1,573 @@
+"""Backend side of the stdio table protocol 0.1: the SDK for table authors.
+
+A backend subclasses :class:`Backend`, overrides the operations it supports
+and calls :func:`run`::
+
+    class Users(Backend):
+        services = ("userinfo",)
+
+        def __init__(self, table_name: str, config_path: str | None) -> None:
+            super().__init__(table_name, config_path)
+            if config_path is None:
+                raise BackendError("usage: table-users CONFIG")
+            self.config = read_config(config_path, required=("dbpath",))
+
+        async def lookup(self, service: str, key: str) -> str | None:
+            ...
+
+    if __name__ == "__main__":
+        sys.exit(run(Users))
+
+Invariants of :func:`run`:
+
+- stdout carries only protocol lines: when it runs on the real stdout, the
+  protocol gets a private copy of the descriptor and ``sys.stdout`` (and fd 1)
+  are pointed at stderr, so a stray ``print`` cannot corrupt the stream.
+- Requests are dispatched concurrently: ``async def`` handlers run as tasks
+  on the event loop, plain handlers in a thread pool (or inline when the class
+  says ``blocking = False``), so one slow lookup does not hold up the others.
+  Replies are written as they complete, so their order may differ from the
+  requests', and all replies of one event-loop turn leave in one write.
+- Every request with an id gets exactly one reply. Unsupported services and
+  operations, exceptions, values that are empty or contain CR/LF are answered
+  ``error``; only a :class:`BackendError`'s own message is sent, never the
+  text of another exception (it could hold a secret).
+- The table name is the one of the handshake (``config|tablename|``), which
+  holds even when ``argv[0]`` is not the table name (interpreters, shebang
+  scripts); the config path is ``argv[1]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import importlib.metadata
+import inspect
+import logging
+import os
+import socket
+import stat
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from typing import IO, ClassVar
+
+from mailrider import limits
+from mailrider.errors import ConfigError
+from mailrider.table.base import SERVICES
+
+logger = logging.getLogger("mailrider.table.sdk")
+
+PROTOCOL_VERSION = "0.1"
+_OPS = ("check", "lookup", "fetch", "update")
+_ERROR_MAX = 200
+
+
+class BackendError(Exception):
+    """A failure whose message is safe to send to the daemon (``error|message``)."""
+
+
+class ConfigFileError(ConfigError):
+    """A problem in a backend's config file; ``str()`` is ``file:line: message``."""
+
+    def __str__(self) -> str:
+        if self.file and self.line:
+            return f"{self.file}:{self.line}: {self.message}"
+        if self.file:
+            return f"{self.file}: {self.message}"
+        return self.message
+
+
+class Backend:
+    """Base of a table backend.
+
+    Subclass and override any of ``check(service, key) -> bool | None``,
+    ``lookup(service, key) -> str | None``, ``fetch(service) -> str | None``,
+    ``update() -> None``. Return None (or False for check) for "not found";
+    raise :class:`BackendError` (or any exception) for a temporary error.
+    Methods may be plain or ``async def``. Operations not overridden are
+    answered ``error|unsupported operation``.
+
+    ``services`` are the services registered in the handshake; override
+    :meth:`registered` to decide them at run time (e.g. from the config).
+    Set ``blocking = False`` when the plain methods never block (in-memory
+    data): they then run on the event loop instead of in a thread.
+    """
+
+    services: ClassVar[tuple[str, ...]] = ()
+    blocking: ClassVar[bool] = True
+
+    def __init__(self, table_name: str, config_path: str | None) -> None:
+        self.table_name = table_name
+        self.config_path = config_path
+
+    def registered(self) -> tuple[str, ...]:
+        """The services to register; by default the class's ``services``."""
+        return tuple(self.services)
+
+    def check(self, service: str, key: str) -> bool | Awaitable[bool | None] | None:
+        raise NotImplementedError
+
+    def lookup(self, service: str, key: str) -> str | Awaitable[str | None] | None:
+        raise NotImplementedError
+
+    def fetch(self, service: str) -> str | Awaitable[str | None] | None:
+        raise NotImplementedError
+
+    def update(self) -> Awaitable[None] | None:
+        raise NotImplementedError
+
+
+# -- config files ----------------------------------------------------------
+
+
+def read_config(
+    path: str,
+    *,
+    required: Iterable[str] = (),
+    known: Iterable[str] | None = None,
+    allow_duplicates: bool = False,
+) -> dict[str, str]:
+    """Read a backend config file in the common syntax of PROTOCOLS.md 2.0.
+
+    One ``key value`` per line; the key ends at the first space, tab or
+    colon; then blanks, and a colon followed by a blank (or the end of the
+    line), are skipped, so ``host db1``, ``host: db1`` and ``host:  db1`` are
+    equal. Blank lines and lines starting with ``#`` are ignored. A key
+    without a value is an error, so is a duplicate key (unless
+    ``allow_duplicates``; the first value is kept), an unknown key when
+    ``known`` is given, and a missing ``required`` key. Errors raise
+    :class:`ConfigFileError`.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read: {exc.strerror or exc}", path) from None
+    except UnicodeDecodeError:
+        raise ConfigFileError("not valid UTF-8", path) from None
+    known_set = None if known is None else frozenset(known)
+    values: dict[str, str] = {}
+    lineno = 0
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip(" \t\r\f\v")
+        if not line or line.startswith("#"):
+            continue
+        end = len(line)
+        for i, c in enumerate(line):
+            if c in " \t:":
+                end = i
+                break
+        key = line[:end]
+        rest = line[end:].lstrip(" \t")
+        if rest.startswith(":") and (len(rest) == 1 or rest[1] in " \t"):
+            rest = rest[1:].lstrip(" \t")
+        if not key:
+            raise ConfigFileError("missing key", path, lineno)
+        if not rest:
+            raise ConfigFileError(f"no value for {key}", path, lineno)
+        if known_set is not None and key not in known_set:
+            raise ConfigFileError(f"unknown key {key}", path, lineno)
+        if key in values:
+            if not allow_duplicates:
+                raise ConfigFileError(f"duplicate key {key}", path, lineno)
+            continue
+        values[key] = rest
+    for key in required:
+        if key not in values:
+            raise ConfigFileError(f"missing required key {key}", path)
+    return values
+
+
+# -- the protocol loop -----------------------------------------------------
+
+
+def _clean(message: str) -> str:
+    return " ".join(message.split())[:_ERROR_MAX]
+
+
+class _Server(asyncio.Protocol):
+    """Reads the host's lines, dispatches requests, batches replies."""
+
+    def __init__(
+        self,
+        factory: Callable[[str, str | None], Backend],
+        config_path: str | None,
+        fallback_name: str,
+        pool: concurrent.futures.ThreadPoolExecutor,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.factory = factory
+        self.config_path = config_path
+        self.name = fallback_name
+        self.pool = pool
+        self.config: dict[str, str] = {}
+        self.backend: Backend | None = None
+        self.registered: frozenset[str] = frozenset()
+        self.handlers: dict[str, Callable[..., object]] = {}
+        self.asynchronous: dict[str, bool] = {}
+        self.done: asyncio.Future[int] = self.loop.create_future()
+        self.buffer = b""
+        self.skipping = False
+        self.out: list[bytes] = []
+        self.writer: asyncio.WriteTransport | None = None
+        self.reader: asyncio.ReadTransport | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # transport plumbing
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.ReadTransport)
+        self.reader = transport
+        if isinstance(transport, asyncio.WriteTransport):
+            self.writer = transport  # a socket: one transport both ways
+
+    def pause_writing(self) -> None:
+        if self.reader is not None:
+            self.reader.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.reader is not None:
+            self.reader.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.finish(0)
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def finish(self, status: int) -> None:
+        if not self.done.done():
+            self.done.set_result(status)
+
+    def send(self, line: str) -> None:
+        if not self.out:
+            self.loop.call_soon(self.flush)
+        self.out.append(line.encode("utf-8", "surrogateescape"))
+
+    def flush(self) -> None:
+        if self.writer is None:
+            return
+        data = b"".join(self.out)
+        self.out.clear()
+        if not self.writer.is_closing():
+            self.writer.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        if b"\n" not in data:
+            self.buffer += data
+            if len(self.buffer) > limits.TABLE_LINE_MAX:
+                if not self.skipping:
+                    logger.error("table %s: request line too long, discarded", self.name)
+                self.skipping = True
+                self.buffer = b""
+            return
+        lines = (self.buffer + data).split(b"\n")
+        self.buffer = lines.pop()
+        if self.skipping:
+            del lines[0]
+            self.skipping = False
+        for raw in lines:
+            line = raw.decode("utf-8", "surrogateescape")
+            if self.backend is None:
+                self.on_config(line)
+                if self.done.done():
+                    return
+            else:
+                self.on_request(line)
+
+    # handshake
+
+    def on_config(self, line: str) -> None:
+        parts = line.split("|", 2)
+        if len(parts) == 2 and parts == ["config", "ready"]:
+            self.start_backend()
+        elif len(parts) == 3 and parts[0] == "config":
+            self.config[parts[1]] = parts[2]
+            if parts[1] == "tablename":
+                self.name = parts[2]
+        else:
+            logger.error("table %s: unexpected line in handshake: %.80r", self.name, line)
+            self.finish(1)
+
+    def start_backend(self) -> None:
+        protocol = self.config.get("protocol")
+        if protocol != PROTOCOL_VERSION:
+            logger.error("table %s: unsupported protocol version %r", self.name, protocol)
+            self.finish(1)
+            return
+        try:
+            backend = self.factory(self.name, self.config_path)
+            services = backend.registered()
+        except (ConfigError, BackendError) as exc:
+            logger.error("table %s: %s", self.name, exc)
+            self.finish(1)
+            return
+        except Exception as exc:
+            logger.error("table %s: cannot start: %s", self.name, type(exc).__name__)
+            self.finish(1)
+            return
+        bad = [s for s in services if s not in SERVICES]
+        if bad or not services:
+            logger.error("table %s: cannot register services %r", self.name, bad or "(none)")
+            self.finish(1)
+            return
+        self.registered = frozenset(services)
+        for op in _OPS:
+            method = getattr(backend, op)
+            if getattr(type(backend), op) is getattr(Backend, op):
+                continue
+            self.handlers[op] = method
+            self.asynchronous[op] = inspect.iscoroutinefunction(method)
+        self.backend = backend
+        for service in services:
+            self.send(f"register|{service}\n")
+        self.send("register|ready\n")
+
+    # requests
+
+    def on_request(self, line: str) -> None:
+        parts = line.split("|", 5)
+        if len(parts) < 6 or parts[0] != "table":
+            logger.error("table %s: malformed request: %.80r", self.name, line)
+            return
+        op, rest = parts[4], parts[5]
+        service: str | None = None
+        key: str | None = None
+        if op == "update":
+            rid = rest
+        elif op == "fetch":
+            service, _, rid = rest.partition("|")
+        elif op in ("check", "lookup"):
+            service, _, rest = rest.partition("|")
+            rid, sep, key = rest.partition("|")
+            if not sep:
+                logger.error("table %s: request without key: %.80r", self.name, line)
+                if rid:
+                    self.send(f"{op}-result|{rid}|error|malformed request\n")
+                return
+        else:
+            fields = rest.split("|")
+            rid = fields[1] if len(fields) > 1 else fields[0]
+            logger.error("table %s: unsupported operation %.40r", self.name, op)
+            self.send(f"{op}-result|{rid}|error|unsupported operation\n")
+            return
+        if not rid or "|" in rid:
+            logger.error("table %s: malformed request: %.80r", self.name, line)
+            return
+        if service is not None and service not in self.registered:
+            self.send(f"{op}-result|{rid}|error|unsupported service\n")
+            return
+        method = self.handlers.get(op)
+        if method is None:
+            self.send(f"{op}-result|{rid}|error|unsupported operation\n")
+            return
+        args: tuple[str, ...]
+        if op == "update":
+            args = ()
+        elif key is None:
+            args = (service or "",)
+        else:
+            args = (service or "", key)
+        if self.asynchronous[op]:
+            self.spawn(op, rid, method, args)
+        elif self.backend is not None and self.backend.blocking:
+            future = self.loop.run_in_executor(self.pool, method, *args)
+            future.add_done_callback(functools.partial(self.on_done, op, rid))
+        else:
+            try:
+                result = method(*args)
+            except Exception as exc:
+                self.send(self.error(op, rid, exc))
+                return
+            self.complete(op, rid, result)
+
+    def spawn(
+        self, op: str, rid: str, method: Callable[..., object], args: tuple[str, ...]
+    ) -> None:
+        task = self.loop.create_task(self.run_async(op, rid, method, args))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def run_async(
+        self, op: str, rid: str, method: Callable[..., object], args: tuple[str, ...]
+    ) -> None:
+        try:
+            result = method(*args)
+            while inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            self.send(self.error(op, rid, exc))
+            return
+        self.send(self.format(op, rid, result))
+
+    def on_done(self, op: str, rid: str, future: asyncio.Future[object]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if isinstance(exc, Exception):
+            self.send(self.error(op, rid, exc))
+        elif exc is None:
+            self.complete(op, rid, future.result())
+
+    def complete(self, op: str, rid: str, result: object) -> None:
+        if inspect.isawaitable(result):
+            self.spawn(op, rid, lambda: result, ())
+        else:
+            self.send(self.format(op, rid, result))
+
+    def format(self, op: str, rid: str, result: object) -> str:
+        if op == "update":
+            return f"update-result|{rid}|ok\n"
+        if op == "check":
+            return f"check-result|{rid}|{'found' if result else 'not-found'}\n"
+        if result is None:
+            return f"{op}-result|{rid}|not-found\n"
+        if not isinstance(result, str) or not result:
+            logger.error(
+                "table %s: %s returned %s, not a string",
+                self.name,
+                op,
+                "an empty string" if result == "" else type(result).__name__,
+            )
+            return f"{op}-result|{rid}|error|invalid value\n"
+        if "\r" in result or "\n" in result:
+            logger.error("table %s: %s value contains CR or LF", self.name, op)
+            return f"{op}-result|{rid}|error|invalid value\n"
+        return f"{op}-result|{rid}|found|{result}\n"
+
+    def error(self, op: str, rid: str, exc: Exception) -> str:
+        if isinstance(exc, BackendError):
+            message = _clean(str(exc))
+            logger.warning("table %s: %s failed: %s", self.name, op, message)
+        else:
+            message = "internal error"
+            logger.error("table %s: %s failed: %s", self.name, op, type(exc).__name__)
+        if message:
+            return f"{op}-result|{rid}|error|{message}\n"
+        return f"{op}-result|{rid}|error\n"
+
+
+class _Writer(asyncio.BaseProtocol):
+    def __init__(self, server: _Server) -> None:
+        self.server = server
+
+    def pause_writing(self) -> None:
+        self.server.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.server.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.finish(0)
+
+
+def _fd(stream: int | IO[bytes]) -> int:
+    return stream if isinstance(stream, int) else stream.fileno()
+
+
+def _same_socket(a: int, b: int) -> bool:
+    sa, sb = os.fstat(a), os.fstat(b)
+    return stat.S_ISSOCK(sa.st_mode) and (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+async def _serve(
+    factory: Callable[[str, str | None], Backend],
+    config_path: str | None,
+    name: str,
+    in_fd: int,
+    out_fd: int,
+    threads: int,
+) -> int:
+    loop = asyncio.get_running_loop()
+    with concurrent.futures.ThreadPoolExecutor(
+        max_workers=max(1, threads), thread_name_prefix="table"
+    ) as pool:
+        server = _Server(factory, config_path, name, pool)
+        reader: asyncio.BaseTransport
+        writer: asyncio.BaseTransport
+        if _same_socket(in_fd, out_fd):
+            # PROTOCOLS 1.1: one socketpair end is both stdin and stdout. Pipe
+            # transports would take the peer's requests for a hang-up.
+            os.close(out_fd)
+            sock = socket.socket(fileno=in_fd)
+            reader, _ = await loop.create_unix_connection(lambda: server, sock=sock)
+            writer = reader
+        else:
+            writer, _ = await loop.connect_write_pipe(
+                lambda: _Writer(server), os.fdopen(out_fd, "wb", buffering=0)
+            )
+            assert isinstance(writer, asyncio.WriteTransport)
+            server.writer = writer
+            reader, _ = await loop.connect_read_pipe(
+                lambda: server, os.fdopen(in_fd, "rb", buffering=0)
+            )
+        try:
+            status = await server.done
+        finally:
+            server.flush()
+            for task in list(server.tasks):
+                task.cancel()
+            reader.close()
+            writer.close()
+            pool.shutdown(wait=False, cancel_futures=True)
+    return status
+
+
+def run(
+    backend_factory: Callable[[str, str | None], Backend],
+    *,
+    argv: list[str] | None = None,
+    stdin: int | IO[bytes] | None = None,
+    stdout: int | IO[bytes] | None = None,
+    threads: int = 8,
+) -> int:
+    """Serve the table protocol until the daemon closes the pipe; return the exit status.
+
+    ``argv`` defaults to ``sys.argv`` (``argv[1]`` = config path, if any);
+    ``stdin``/``stdout`` (file descriptors or binary files) default to the
+    process's own. The backend is built with ``backend_factory(table name,
+    config path)`` once the handshake is read; if that raises, the error is
+    logged and 1 returned. Logs go to stderr.
+    """
+    argv = sys.argv if argv is None else argv
+    config_path = argv[1] if len(argv) > 1 else None
+    name = os.path.basename(argv[0]) if argv else "table"
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            stream=sys.stderr, level=logging.INFO, format="%(levelname)s: %(message)s"
+        )
+    in_fd = os.dup(0 if stdin is None else _fd(stdin))
+    if stdout is None:
+        # the protocol keeps a private fd 1; stray writes go to stderr instead
+        out_fd = os.dup(1)
+        sys.stdout.flush()
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+    else:
+        out_fd = os.dup(_fd(stdout))
+    try:
+        return asyncio.run(_serve(backend_factory, config_path, name, in_fd, out_fd, threads))
+    except KeyboardInterrupt:
+        return 1
+
+
+def launch(args: list[str] | None = None) -> int:
+    """Start an entry-point backend: ``args`` = [``module:attr``, table name, config?].
+
+    Used by :func:`mailrider.table.proc.find_backend`'s launcher. The object
+    named is a :class:`Backend` subclass (served with :func:`run`) or a
+    function returning the exit status. The backend sees ``sys.argv`` =
+    [table name, config path].
+    """
+    args = sys.argv[1:] if args is None else args
+    if len(args) < 2:
+        print("usage: launch module:attr tablename [config]", file=sys.stderr)
+        return 2
+    target = args[0]
+    sys.argv = list(args[1:])
+    obj = importlib.metadata.EntryPoint(name=args[1], value=target, group="mailrider.tables").load()
+    if isinstance(obj, type) and issubclass(obj, Backend):
+        return run(obj)
+    status = obj()
+    return status if isinstance(status, int) else 0

@@ -1,0 +1,107 @@
+"""check_supported: the first use of an unsupported feature, by line."""
+
+from __future__ import annotations
+
+import pytest
+from mailrider.config import UNSUPPORTED, Config, Listener, Where, check_supported, parse_string
+from mailrider.config.support import unsupported_uses
+from mailrider.errors import ConfigError
+
+PKI = 'pki h cert "/c"\npki h key "/k"\n'
+
+SUPPORTED = """\
+table aliases file:/etc/mail/aliases
+table vusers { "@" = vmail }
+table doms { example.org }
+table nets { 192.0.2.0/24 }
+listen on 127.0.0.1 port 2525 hostname mx.example tag IN mask-src no-dsn
+listen on socket mask-src tag LOCAL
+action "md" maildir "~/Maildir" junk alias <aliases> ttl 1d
+action "mb" mbox alias <aliases>
+action "mda" mda "/usr/bin/deliver" virtual <vusers> userbase <getpwnam> user vmail
+action "lm" lmtp "/run/lmtp" rcpt-to virtual <vusers>
+action "fw" forward-only alias <aliases>
+action "ex" expand-only
+match from any for domain <doms> action "md"
+match from socket for any action "mb"
+match from src <nets> for rcpt-to "a@example.org" action "mda"
+match from mail-from "@example.org" for local action "lm"
+match tag IN helo mx.example mail-from "x@y" rcpt-to "z@w" action "fw"
+match !for domain regex <doms> reject
+smtp max-message-size 10M
+smtp limit max-mails 10 max-rcpt 100
+smtp sub-addr-delim "-"
+queue ttl 2d
+bounce warn-interval 1h
+admd mx.example
+mda limit max-session 5
+mta max-deferred 10
+"""
+
+
+def test_supported_subset_passes() -> None:
+    check_supported(parse_string(SUPPORTED))
+
+
+FIRST_USE = [
+    (PKI, 1, "pki"),
+    ('ca c cert "/x"\n', 1, "ca"),
+    (PKI + "listen on lo tls pki h\n", 1, "pki"),
+    ("listen on lo\naction r relay\n", 2, "relay"),
+    ("filter f proc-exec x\n", 1, "filter"),
+    ('proc p "x"\n', 1, "proc"),
+    # a listener filter needs a filter statement before it: that comes first
+    ("filter f proc-exec x\nlisten on socket filter f\n", 1, "filter"),
+    ("queue compression\n", 1, "queue compression"),
+    ("queue encryption\n", 1, "queue encryption"),
+    ("srs key s\n", 1, "srs"),
+    ("srs ttl 2d\n", 1, "srs"),
+    ('mda wrapper w "x"\n', 1, "mda wrapper"),
+    ("mta limit max-conn-per-host 3\n", 1, "mta limit"),
+    ("scheduler limit max-inflight 3\n", 1, "scheduler limit"),
+    ('smtp ciphers "HIGH"\n', 1, "smtp ciphers"),
+    ("action a mbox\nmatch auth for any action a\n", 2, "match auth"),
+    ("action a mbox\nmatch from auth for any action a\n", 2, "from auth"),
+    ("action a mbox\nmatch tls for any action a\n", 2, "match tls"),
+    ("action a mbox\nmatch from rdns for any action a\n", 2, "from rdns"),
+    ("listen on lo proxy-v2\n", 1, "proxy-v2"),
+    ("listen on lo received-auth\n", 1, "received-auth"),
+    ("listen on lo hostnames { 127.0.0.1 = x.example }\n", 1, "hostnames"),
+    ("\n" + SUPPORTED + "action r relay\n", len(SUPPORTED.splitlines()) + 2, "relay"),
+    # the first by line wins, whatever the kind of item
+    ("action a mbox\nmatch tls for any action a\n" + PKI, 2, "match tls"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "feature"), FIRST_USE, ids=[c[2] for c in FIRST_USE])
+def test_first_unsupported_use(text: str, line: int, feature: str) -> None:
+    assert feature in UNSUPPORTED
+    with pytest.raises(ConfigError) as info:
+        check_supported(parse_string(text, "s.conf"))
+    assert str(info.value) == f"s.conf:{line}: '{feature}' is not supported yet by mailrider"
+
+
+def test_listener_features_in_a_fixed_order() -> None:
+    cfg = parse_string(
+        PKI + 'table c { u = p }\nlisten on lo port 587 tls-require pki h auth <c> ciphers "X"\n'
+    )
+    uses = unsupported_uses(cfg)
+    assert [f for w, f in uses if w.line == 4] == ["tls-require", "pki", "ciphers", "auth"]
+
+
+def test_removing_an_entry_supports_the_feature(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = parse_string("queue compression\n")
+    monkeypatch.delitem(UNSUPPORTED, "queue compression")
+    check_supported(cfg)
+
+
+def test_hand_built_config_without_seq_sorts_by_line() -> None:
+    cfg = Config()
+    cfg.listeners.append(Listener("lo", proxy_v2=True, where=Where("x.conf", 9)))
+    cfg.listeners.append(Listener("lo", smtps=True, where=Where("x.conf", 4)))
+    with pytest.raises(ConfigError, match=r"^x\.conf:4: 'smtps' is not"):
+        check_supported(cfg)
+
+
+def test_unsupported_table_is_data() -> None:
+    assert all(isinstance(k, str) and isinstance(v, str) and v for k, v in UNSUPPORTED.items())

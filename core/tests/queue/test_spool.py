@@ -1,0 +1,97 @@
+"""The spool: commit, recovery after a crash, purge of uncommitted data."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mailrider.queue import envelope as envmod
+from mailrider.queue.spool import PendingCommit, Spool
+
+
+def _env(msgid: str, rcpt: str) -> dict[str, str]:
+    return {"version": envmod.VERSION, "evpid": envmod.new_evpid(msgid), "type": "mda",
+            "rcpt": rcpt, "dest": rcpt, "sender": "a@b.example", "ctime": "1"}
+
+
+@pytest.mark.parametrize("use_syncfs", [True, False])
+def test_commit_then_walk(tmp_path: os.PathLike[str], use_syncfs: bool) -> None:
+    sp = Spool(str(tmp_path), use_syncfs=use_syncfs)
+    sp.setup()
+    items = []
+    for i in range(5):
+        msgid, fd = sp.create()
+        os.write(fd, f"Subject: {i}\n\nbody {i}\n".encode())
+        os.close(fd)
+        items.append(PendingCommit(msgid, [_env(msgid, f"u{i}@x.example"),
+                                           _env(msgid, f"v{i}@x.example")]))
+    sp.commit_batch(items)
+    assert all(i.error is None for i in items)
+    found = dict(sp.walk())
+    assert set(found) == {i.msgid for i in items}
+    for item in items:
+        assert {e["rcpt"] for e in found[item.msgid]} == {e["rcpt"] for e in item.envelopes}
+        fd = sp.open_message(item.msgid)
+        assert os.read(fd, 100).startswith(b"Subject: ")
+        os.close(fd)
+    assert os.listdir(sp.incoming) == [] and os.listdir(sp.temporary) == []
+
+
+def test_uncommitted_is_purged_and_committed_survives(tmp_path: os.PathLike[str]) -> None:
+    sp = Spool(str(tmp_path))
+    sp.setup()
+    keep, fd = sp.create()
+    os.write(fd, b"x\n")
+    os.close(fd)
+    sp.commit_batch([PendingCommit(keep, [_env(keep, "a@x.example")])])
+    lost, fd = sp.create()  # DATA started, never committed: no 250 was sent
+    os.write(fd, b"partial")
+    os.close(fd)
+    half = os.path.join(sp.incoming, "deadbeef")  # a commit interrupted mid-way
+    os.mkdir(half)
+    sp2 = Spool(str(tmp_path))
+    sp2.setup()
+    assert sp2.purge_uncommitted() == 2
+    assert [mid for mid, _ in sp2.walk()] == [keep]
+    assert os.listdir(sp2.purge) == []
+
+
+def test_remove_last_envelope_removes_message(tmp_path: os.PathLike[str]) -> None:
+    sp = Spool(str(tmp_path))
+    sp.setup()
+    msgid, fd = sp.create()
+    os.close(fd)
+    e1, e2 = _env(msgid, "a@x.example"), _env(msgid, "b@x.example")
+    sp.commit_batch([PendingCommit(msgid, [e1, e2])])
+    sp.remove_envelope(e1["evpid"])
+    assert os.path.isdir(sp.msgdir(msgid))
+    e2["retry"] = "3"
+    sp.update_envelope(e2)
+    assert sp.load_envelope(e2["evpid"])["retry"] == "3"
+    sp.remove_envelope(e2["evpid"])
+    assert not os.path.exists(sp.msgdir(msgid))
+
+
+def test_envelope_refuses_line_breaks() -> None:
+    env = _env("0000abcd", "a@x.example")
+    env["rcpt"] = "a@x.example\nrcpt: evil@y.example"
+    with pytest.raises(ValueError):
+        envmod.serialise(env)
+
+
+def test_envelope_round_trip_and_version_check() -> None:
+    env = _env("0000abcd", "a@x.example")
+    env["custom-key"] = "kept"
+    assert envmod.parse(envmod.serialise(env)) == env
+    with pytest.raises(ValueError):
+        envmod.parse(b"version: 99\nevpid: 0000abcd00000001\n")
+
+
+def test_full_disk_is_a_temporary_failure(tmp_path: os.PathLike[str]) -> None:
+    import errno
+
+    from mailrider.queue.spool import _spool_error
+
+    err = _spool_error(OSError(errno.ENOSPC, "No space left on device"))
+    assert (err.code, err.status) == (452, "4.3.1")
