@@ -10,7 +10,6 @@ import tempfile
 from typing import Any
 
 import pytest
-
 from mailrider.errors import TempFail
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel, ChannelClosed, RemoteError
@@ -74,7 +73,7 @@ def test_handler_error_becomes_remote_error() -> None:
             raise TempFail("table down", 451, "4.3.0")
 
         ca, cb = await _pair(handler)
-        with pytest.raises(RemoteError, match="451 4.3.0 table down"):
+        with pytest.raises(RemoteError, match=r"451 4\.3\.0 table down"):
             await ca.ask(m.MessageCreate())
         ca.close()
         cb.close()

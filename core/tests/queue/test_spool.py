@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from mailrider.queue import envelope as envmod
 from mailrider.queue.spool import PendingCommit, Spool
 
@@ -45,7 +44,7 @@ def test_uncommitted_is_purged_and_committed_survives(tmp_path: os.PathLike[str]
     os.write(fd, b"x\n")
     os.close(fd)
     sp.commit_batch([PendingCommit(keep, [_env(keep, "a@x.example")])])
-    lost, fd = sp.create()  # DATA started, never committed: no 250 was sent
+    _lost, fd = sp.create()  # DATA started, never committed: no 250 was sent
     os.write(fd, b"partial")
     os.close(fd)
     half = os.path.join(sp.incoming, "deadbeef")  # a commit interrupted mid-way

@@ -1,4 +1,4 @@
-"""``mailriderd [-dnv] [-f file] [-D macro=value] [-S statedir]`` — argv parsing and start-up only."""
+"""``mailriderd [-dnv] [-f file] [-D macro=value] [-S statedir]``: argv parsing and start-up."""
 
 from __future__ import annotations
 

@@ -18,11 +18,11 @@ _FIELDS: dict[str, frozenset[str]] = {}
 T = TypeVar("T")
 
 
-def message(cls: type[T]) -> type[T]:
-    dc = dataclass(frozen=True, slots=True)(cls)
-    _REGISTRY[cls.__name__] = dc
-    _FIELDS[cls.__name__] = frozenset(f.name for f in dataclasses.fields(dc))
-    return dc
+def register(cls: type[T]) -> type[T]:
+    """Make a frozen dataclass decodable by its name."""
+    _REGISTRY[cls.__name__] = cls
+    _FIELDS[cls.__name__] = frozenset(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    return cls
 
 
 def type_name(obj: Any) -> str:
@@ -53,12 +53,14 @@ def decode(data: Any) -> Any:
 # -- generic -----------------------------------------------------------------
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class Ok:
     text: str = ""
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class Error:
     text: str = ""
 
@@ -66,7 +68,8 @@ class Error:
 # -- pony <-> lka --------------------------------------------------------------
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class RcptCheck:
     """Match the rules for one recipient and expand it (pony -> lka)."""
 
@@ -75,14 +78,16 @@ class RcptCheck:
     rcpt: str
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class RcptResult:
     accepted: bool
     reply: str = ""  # the full SMTP reply when refused
     deliveries: list[dict[str, Any]] = field(default_factory=list)
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class ForwardOpen:
     """lka asks the parent for a user's ~/.forward (root only)."""
 
@@ -90,7 +95,8 @@ class ForwardOpen:
     home: str
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class ForwardContent:
     content: str | None = None
 
@@ -98,23 +104,27 @@ class ForwardContent:
 # -- pony <-> queue ------------------------------------------------------------
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class MessageCreate:
     """Open a new message file in the spool; the reply carries its fd."""
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class MessageCreated:
     msgid: str
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class MessageCommit:
     msgid: str
     envelopes: list[dict[str, Any]]
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class MessageRollback:
     msgid: str
 
@@ -122,12 +132,14 @@ class MessageRollback:
 # -- queue <-> scheduler -------------------------------------------------------
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class SchedInsert:
     envelopes: list[dict[str, Any]]  # evpid, msgid, type, ctime, retry, ttl, lasttry
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class SchedDue:
     """scheduler -> queue: try these envelopes now (or, with expire, give up on them)."""
 
@@ -135,7 +147,8 @@ class SchedDue:
     expire: bool = False
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class SchedResult:
     """queue -> scheduler: the outcome of one attempt."""
 
@@ -144,7 +157,8 @@ class SchedResult:
     retry: int = 0
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class SchedCommand:
     """control -> scheduler: schedule/remove/pause/resume an id or "all"."""
 
@@ -155,14 +169,16 @@ class SchedCommand:
 # -- queue <-> pony (delivery) -------------------------------------------------
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class Deliver:
     """queue -> pony: deliver one envelope; the message fd travels along."""
 
     envelope: dict[str, Any]
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class DeliveryResult:
     evpid: str
     status: str  # ok, tempfail, permfail
@@ -172,7 +188,8 @@ class DeliveryResult:
 # -- pony <-> parent ------------------------------------------------------------
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class ForkDelivery:
     """pony -> parent: run one local delivery as the user; the message fd travels along."""
 
@@ -182,7 +199,8 @@ class ForkDelivery:
 # -- control -------------------------------------------------------------------
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class Control:
     """control -> a process: one mailriderctl command."""
 
@@ -190,20 +208,23 @@ class Control:
     args: list[str] = field(default_factory=list)
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class ControlReply:
     ok: bool = True
     lines: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class Stats:
     """A process's counters, asked by control."""
 
     counters: dict[str, int] = field(default_factory=dict)
 
 
-@message
+@register
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     reason: str = ""

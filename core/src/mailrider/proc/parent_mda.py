@@ -14,6 +14,7 @@ import json
 import os
 import pwd
 import signal
+import stat
 from typing import TYPE_CHECKING, Any
 
 from mailrider import log, paths
@@ -27,7 +28,7 @@ _FORWARD_MAX = 64 * 1024
 
 
 def read_forward(user: str, home: str) -> str | None:
-    """The user's ~/.forward, if it is safe to use (owned by the user or root, not group/world-writable)."""
+    """The user's ~/.forward if safe: owned by the user or root, not group/world-writable."""
     path = os.path.join(home, ".forward")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -39,7 +40,7 @@ def read_forward(user: str, home: str) -> str | None:
             uid = pwd.getpwnam(user).pw_uid
         except KeyError:
             return None
-        if st.st_uid not in (uid, 0) or st.st_mode & 0o022 or not os.path.stat.S_ISREG(st.st_mode):
+        if st.st_uid not in (uid, 0) or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode):
             log.warning("lka", "forward-unsafe", user=user)
             return None
         return os.read(fd, _FORWARD_MAX).decode("utf-8", "replace")

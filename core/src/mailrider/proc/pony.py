@@ -12,6 +12,7 @@ Invariant: ``250`` after DATA is sent only once queue confirmed the commit
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import time
@@ -231,7 +232,8 @@ class Session(asyncio.Protocol):
         single = self.rcpts[0][0] if len(self.rcpts) == 1 else None
         hdr = received_header(
             helo=self.helo or None, rdns=None, ip=None if self.ip == "local" else self.ip,
-            by=self.hostname, with_proto=self.srv.with_protocol, queue_id=self.msgid, rcpt=single, tls=None,
+            by=self.hostname, with_proto=self.srv.with_protocol, queue_id=self.msgid,
+            rcpt=single, tls=None,
         )
         self.size = 0
         self._write(hdr, count=False)
@@ -299,7 +301,8 @@ class Session(asyncio.Protocol):
         for rcpt, rparams, deliveries in self.rcpts:
             for d in deliveries:
                 action = self.pony.config.actions.get(str(d.get("dispatcher")))
-                ttl = action.ttl if action is not None and action.ttl else self.pony.config.queue_ttl
+                ttl = (action.ttl if action is not None and action.ttl
+                       else self.pony.config.queue_ttl)
                 env = dict(d)
                 env.update({
                     "type": "mda", "tag": self.listener.tag or "", "smtpname": self.hostname,
@@ -363,7 +366,7 @@ class Pony(common.Process):
             idx, fd = (int(x) for x in item.split(":"))
             lst = self.config.listeners[idx]
             sock = socket.socket(fileno=fd)
-            server = await loop.create_server(lambda lst=lst: Session(self, lst), sock=sock)
+            server = await loop.create_server(functools.partial(Session, self, lst), sock=sock)
             self.servers.append(server)
             log.event("smtp", "listening", address=sock.getsockname()[0],
                       port=sock.getsockname()[1])
