@@ -92,3 +92,32 @@ TABLE_HANDSHAKE_TIMEOUT = 10.0
 TABLE_RESTART_MIN = 0.5
 TABLE_RESTART_MAX = 30.0
 TABLE_LINE_MAX = 64 * 1024
+
+# DNS stub resolver (dns/).
+# RFC 1035 4.2.1 / DNS flag day 2020: EDNS0 UDP payload size we advertise.
+DNS_UDP_PAYLOAD = 1232
+# resolv.conf(5) defaults: 5 s per try, 2 attempts over the server list.
+DNS_TIMEOUT = 5.0
+DNS_ATTEMPTS = 2
+# CNAME hops followed for one lookup (RFC 1034 3.6.2 asks for a bound).
+DNS_CNAME_MAX = 8
+# Cached answers kept (least recently used evicted first).
+DNS_CACHE_MAX = 4096
+# RFC 8767 4: cap on a positive TTL (7 days); RFC 2308 5: negative
+# answers are kept 1-3 hours at most.
+DNS_TTL_MAX = 7 * 86400
+DNS_NEG_TTL_MAX = 3 * 3600
+# PTR names checked by FCrDNS before giving up.
+DNS_PTR_MAX = 10
+
+# SMTP client (smtp/client.py). RFC 5321 4.5.3.1.5 bounds a reply line at
+# 512 octets; like the LMTP client we accept longer ones from lax servers.
+SMTP_REPLY_LINE_MAX = 4096
+SMTP_REPLY_LINES_MAX = 100
+# RFC 5321 4.5.3.2: client timeouts, applied by the process owning the socket.
+SMTP_GREETING_TIMEOUT = 300.0  # 4.5.3.2.1 initial 220: 5 minutes
+SMTP_MAIL_TIMEOUT = 300.0  # 4.5.3.2.2 MAIL: 5 minutes
+SMTP_RCPT_TIMEOUT = 300.0  # 4.5.3.2.3 RCPT: 5 minutes
+SMTP_DATA_INIT_TIMEOUT = 120.0  # 4.5.3.2.4 DATA initiation: 2 minutes
+SMTP_DATA_BLOCK_TIMEOUT = 180.0  # 4.5.3.2.5 each data block: 3 minutes
+SMTP_DATA_END_TIMEOUT = 600.0  # 4.5.3.2.6 final "." reply: 10 minutes

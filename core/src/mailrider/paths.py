@@ -67,3 +67,6 @@ MAILSPOOL_DIR = "/var/mail"
 
 #: the hosts file (names are never sent to DNS by the listener code)
 HOSTS_FILE = "/etc/hosts"
+
+#: the system resolver configuration (nameservers, search list, options)
+RESOLV_CONF = "/etc/resolv.conf"

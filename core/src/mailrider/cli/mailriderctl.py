@@ -68,10 +68,61 @@ def makemap(args: list[str]) -> int:
     return 0
 
 
+def sendmail_command(args: list[str], statedir: str) -> int:
+    from mailrider import sendmail
+
+    status = sendmail.main(args, statedir)
+    if status != -1:
+        return status
+    mode = sendmail.parse_args(args).mode
+    if mode == "queue":
+        return main(["-S", statedir, "show", "queue"])
+    if mode == "aliases":
+        return main(["-S", statedir, "update", "table", "aliases"])
+    return smtp_on_stdio(statedir)
+
+
+def smtp_on_stdio(statedir: str) -> int:
+    """sendmail -bs: relay a raw SMTP session between stdin/stdout and the daemon."""
+    import selectors
+
+    from mailrider.sendmail import connect_local
+
+    try:
+        sock = connect_local(statedir)
+    except OSError:
+        print("421 4.3.2 mailriderd is not running\r", flush=True)
+        return 75
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    sel.register(sys.stdin.buffer, selectors.EVENT_READ)
+    out = sys.stdout.buffer
+    try:
+        while True:
+            for key, _ in sel.select():
+                if key.fileobj is sock:
+                    data = sock.recv(65536)
+                    if not data:
+                        return 0
+                    out.write(data)
+                    out.flush()
+                else:
+                    data = os.read(sys.stdin.fileno(), 65536)
+                    if not data:
+                        sock.shutdown(socket.SHUT_WR)
+                        sel.unregister(sys.stdin.buffer)
+                    else:
+                        sock.sendall(data)
+    finally:
+        sock.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     prog = os.path.basename(sys.argv[0]) if argv is None else "mailriderctl"
-    if prog == "mailq":
+    if prog == "sendmail":
+        args = ["sendmail", *args]
+    elif prog == "mailq":
         args = ["show", "queue", *args]
     elif prog == "makemap":
         return makemap(args)
@@ -96,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args[0] == "makemap":
         return makemap(args[1:])
+    if args[0] == "sendmail":
+        return sendmail_command(args[1:], statedir)
     if args[0] == "newaliases":
         args = ["update", "table", "aliases"]
     try:

@@ -228,3 +228,13 @@ class Stats:
 @dataclass(frozen=True, slots=True)
 class Shutdown:
     reason: str = ""
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class LocalSession:
+    """control/parent -> pony: serve SMTP on the descriptor that travels along
+    (a local submission from ``sendmail``/``mailriderctl``)."""
+
+    user: str
+    uid: int

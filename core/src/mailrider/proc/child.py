@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import os
 import sys
+from collections.abc import Callable
 
 from mailrider import log
 from mailrider.errors import ConfigError
@@ -34,9 +35,33 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"mailrider.proc.{role}")
     cls: type[common.Process] = module.PROCESS
     try:
-        return asyncio.run(_serve(cls, opts, config, fds))
+        return _run_profiled(role, lambda: asyncio.run(_serve(cls, opts, config, fds)))
     except KeyboardInterrupt:
         return 0
+
+
+def _run_profiled(role: str, run: Callable[[], int]) -> int:
+    """Run ``run``; under MAILRIDER_PROFILE=DIR with cProfile, dumped to DIR/<role>.prof.
+
+    For benchmarks (tools/bench): DIR must be writable by the unprivileged
+    user, as the dump happens after the privilege drop. Only the main thread
+    is profiled (work handed to asyncio.to_thread shows up as loop waiting).
+    """
+    outdir = os.environ.get("MAILRIDER_PROFILE", "")
+    if not outdir:
+        return run()
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        return run()
+    finally:
+        prof.disable()
+        try:
+            prof.dump_stats(os.path.join(outdir, f"{role}.prof"))
+        except OSError as exc:
+            log.warning(role, "profile-dump-failed", error=str(exc))
 
 
 #: standard-library modules imported lazily at run time (by asyncio, sockets,
@@ -75,8 +100,10 @@ async def _serve(cls: type[common.Process], opts: common.Options, config: object
                  fds: dict[str, int]) -> int:
     proc = cls(opts, config)  # type: ignore[arg-type]
     await proc.setup()
-    preload()
-    common.drop_privileges(common.unprivileged_user())
+    pw = common.unprivileged_user()
+    if pw is not None:
+        preload()
+    common.drop_privileges(pw)
     proc.connect(fds)
     common.install_stop_signals(proc.stopping.set)
     log.debug(proc.role, "started", pid=os.getpid())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import socket
 import struct
 import time
@@ -75,6 +76,10 @@ class Control(common.Process):
                 return
             req = json.loads(line)
             words = [str(w) for w in req.get("cmd", [])]
+            if words == ["enqueue"]:
+                # sendmail: any local user may submit; pony serves SMTP on this socket
+                await self._enqueue(sock, uid)
+                return
             if uid not in (0, self.owner):
                 reply = m.ControlReply(ok=False, lines=["need root privileges"])
             else:
@@ -87,6 +92,18 @@ class Control(common.Process):
             log.warning("control", "client-error", error=str(exc))
         finally:
             writer.close()
+
+    async def _enqueue(self, sock: socket.socket, uid: int) -> None:
+        try:
+            user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            user = str(uid)
+        fd = os.dup(sock.fileno())
+        try:
+            await self.peers["pony"].ask(m.LocalSession(user=user, uid=uid), [fd])
+        finally:
+            os.close(fd)
+        log.event("control", "enqueue", uid=uid, user=user)
 
     async def _ask(self, peer: str, command: str, *args: str) -> m.ControlReply:
         reply = await self.peers[peer].ask(m.Control(command=command, args=list(args)))

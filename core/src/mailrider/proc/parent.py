@@ -19,7 +19,7 @@ from typing import Any
 
 from mailrider import log
 from mailrider.config.model import Config
-from mailrider.errors import ConfigError
+from mailrider.errors import ConfigError, TempFail
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common, parent_mda
@@ -66,6 +66,11 @@ class Parent:
     def prepare_statedir(self) -> None:
         os.makedirs(self.opts.statedir, mode=0o711, exist_ok=True)
         os.makedirs(os.path.join(self.opts.statedir, "spool"), mode=0o700, exist_ok=True)
+        offline = os.path.join(self.opts.statedir, "offline")
+        os.makedirs(offline, exist_ok=True)
+        # every local user may drop mail here while the daemon is down, but
+        # nobody may list or touch another's files (sticky, no read for others)
+        os.chmod(offline, 0o1733 if os.geteuid() == 0 else 0o700)
         pw = common.unprivileged_user()
         if pw is not None:
             os.chown(os.path.join(self.opts.statedir, "spool"), pw.pw_uid, pw.pw_gid)
@@ -167,9 +172,50 @@ class Parent:
         loop.add_signal_handler(signal.SIGCHLD, self.reap)
         common.install_stop_signals(self.stopping.set)
         self.reap()
+        offline = loop.create_task(self.submit_offline())
         await self.stopping.wait()
+        offline.cancel()
         await self.shutdown()
         return self.exit_code
+
+    async def submit_offline(self) -> None:
+        """Submit what ``sendmail`` left in the offline queue while we were down."""
+        import pwd
+
+        from mailrider import sendmail
+
+        folder = os.path.join(self.opts.statedir, sendmail.OFFLINE)
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            return
+        for name in names:
+            path = os.path.join(folder, name)
+            item = sendmail.read_offline(path)
+            if item is None:
+                log.warning("parent", "offline-refused", file=name)
+                os.unlink(path)
+                continue
+            uid, sender, rcpts, message = item
+            try:
+                user = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                user = str(uid)
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                await self.peers["pony"].ask(m.LocalSession(user=user, uid=uid),
+                                             [theirs.fileno()])
+                theirs.close()
+                mine.settimeout(300)
+                reply = await asyncio.to_thread(sendmail.submit, mine, sender, rcpts, message)
+            except (OSError, sendmail.SubmitError, TempFail) as exc:
+                log.warning("parent", "offline-failed", file=name, error=str(exc))
+                continue  # kept for the next start
+            finally:
+                mine.close()
+                theirs.close()
+            os.unlink(path)
+            log.event("parent", "offline-submitted", file=name, user=user, reply=reply[:60])
 
     async def shutdown(self) -> None:
         for pid in list(self.children):

@@ -74,13 +74,16 @@ def _deliver(config: Any, env: dict[str, str], msg_fd: int) -> tuple[str, str]:
     def fmt(template: str) -> str:
         return expand_format(template, ctx)
 
+    # no cwd= for commands: _child has already moved to the home folder, or
+    # to / when it does not exist (a system user's /nonexistent)
+
     if method in ("file", "pipe") and arg is None:
         raise PermFail("alias target without argument", 550, "5.3.0")
     if method == "file":
         deliver_mbox(arg or "", msg_fd, sender=sender, prepend=prepend)
     elif method == "pipe":
         envvars = dcommon.mda_environment(ctx, home=home, user=user, extension=extension)
-        deliver_mda(arg or "", msg_fd, env=envvars, prepend=prepend, cwd=home)
+        deliver_mda(arg or "", msg_fd, env=envvars, prepend=prepend)
     elif action is None:
         raise TempFail(f"no action {env.get('dispatcher')!r} in the configuration")
     elif method == "maildir":
@@ -91,7 +94,7 @@ def _deliver(config: Any, env: dict[str, str], msg_fd: int) -> tuple[str, str]:
                      prepend=prepend)
     elif method == "mda":
         envvars = dcommon.mda_environment(ctx, home=home, user=user, extension=extension)
-        deliver_mda(fmt(action.arg or ""), msg_fd, env=envvars, prepend=prepend, cwd=home)
+        deliver_mda(fmt(action.arg or ""), msg_fd, env=envvars, prepend=prepend)
     elif method == "lmtp":
         # lmtp: the final user by default, the original recipient with rcpt-to
         target = rcpt if action.rcpt_to else (env.get("mda-local-user") or user)

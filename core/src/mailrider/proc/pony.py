@@ -38,8 +38,9 @@ def _hostname() -> str:
 class Session(asyncio.Protocol):
     """One SMTP connection."""
 
-    def __init__(self, pony: Pony, listener: Listener) -> None:
+    def __init__(self, pony: Pony, listener: Listener, local_user: str | None = None) -> None:
         self.pony = pony
+        self.local_user = local_user
         self.listener = listener
         self.hostname = listener.hostname or pony.hostname
         cfg = pony.config
@@ -72,7 +73,9 @@ class Session(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
+        if self.local_user is not None:
+            self.ip = "local"
+        elif isinstance(peer, tuple):
             self.ip, self.port = str(peer[0]), int(peer[1])
         else:
             self.ip = "local"
@@ -82,8 +85,8 @@ class Session(asyncio.Protocol):
             return
         self.pony.sessions.add(self)
         self.pony.count("smtp.session")
-        log.event("smtp", "connected", session=self.id, address=self.ip, port=self.port,
-                  host=self.hostname)
+        log.event("smtp", "connected", session=self.id, address=self.ip,
+                  port=self.port or None, user=self.local_user, host=self.hostname)
         transport.write(self.srv.greeting())
         self._arm_timer(limits.SESSION_TIMEOUT)
 
@@ -374,6 +377,19 @@ class Pony(common.Process):
         for server in self.servers:
             server.close()
 
+    def local_listener(self) -> Listener:
+        """The ``listen on socket`` options, or the defaults when there is none."""
+        for lst in self.config.listeners:
+            if lst.address == "socket":
+                return lst
+        return Listener(address="socket")
+
+    async def local_session(self, msg: m.LocalSession, fd: int) -> None:
+        sock = socket.socket(fileno=fd)
+        loop = asyncio.get_running_loop()
+        factory = functools.partial(Session, self, self.local_listener(), local_user=msg.user)
+        await loop.connect_accepted_socket(factory, sock)
+
     async def deliver(self, msg: m.Deliver, fds: list[int]) -> m.DeliveryResult:
         evpid = str(msg.envelope.get("evpid", ""))
         try:
@@ -391,6 +407,9 @@ class Pony(common.Process):
             finally:
                 for fd in fds:
                     os.close(fd)
+        if isinstance(msg, m.LocalSession) and len(fds) == 1:
+            await self.local_session(msg, fds[0])
+            return m.Ok()
         for fd in fds:
             os.close(fd)
         if isinstance(msg, m.Control):

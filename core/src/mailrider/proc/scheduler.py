@@ -73,7 +73,20 @@ class Scheduler(common.Process):
     def _base(e: Entry) -> int:
         return limits.RETRY_BASE_MTA if e.type == "mta" else limits.RETRY_BASE_MDA
 
+    async def _wake_on_stop(self) -> None:
+        await self.stopping.wait()
+        self.wake.set()
+
     async def run(self) -> None:
+        # the loop sleeps on ``wake`` only, with no timeout when nothing is
+        # due: SIGTERM (or a lost peer) must wake it too, or it never exits
+        stopper = asyncio.get_running_loop().create_task(self._wake_on_stop())
+        try:
+            await self._loop()
+        finally:
+            stopper.cancel()
+
+    async def _loop(self) -> None:
         while not self.stopping.is_set():
             now = time.time()
             due: list[str] = []
