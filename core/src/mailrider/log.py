@@ -18,6 +18,7 @@ from mailrider import paths
 _LOGGER = logging.getLogger("mailrider")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\"\\]")
 _verbose = False
+_traced: set[str] = set()
 
 
 def _escape(value: object) -> str:
@@ -55,8 +56,20 @@ def set_verbose(verbose: bool) -> None:
     logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def trace(subsystem: str, on: bool) -> None:
+    """Turn debug events of one subsystem (or "all") on or off at run time."""
+    if on:
+        _traced.add(subsystem)
+    else:
+        _traced.discard(subsystem)
+        if subsystem == "all":
+            _traced.clear()
+
+
 def event(subsystem: str, name: str, /, *, level: int = logging.INFO, **fields: object) -> None:
     """Log one event: ``subsystem name key=value ...`` (None values are omitted)."""
+    if level == logging.DEBUG and (subsystem in _traced or "all" in _traced):
+        level = logging.INFO
     if not _LOGGER.isEnabledFor(level):
         return
     parts = [subsystem, name]

@@ -13,7 +13,38 @@ from mailrider import paths
 from mailrider.errors import ConfigError
 from mailrider.proc.control import format_queue_line, socket_path
 
-LOCAL_COMMANDS = ("makemap", "newaliases")
+#: every command, as fixed words; a trailing "*" takes one argument, "[*]" an optional one
+COMMANDS = (
+    "show queue [*]", "show envelope *", "show message *", "show stats", "show status",
+    "schedule *", "remove *", "discover *",
+    "pause mda", "pause mta", "pause smtp", "pause envelope *",
+    "resume mda", "resume mta", "resume smtp", "resume envelope *",
+    "update table *", "log verbose", "log brief", "trace *", "untrace *",
+    "profile *", "unprofile *", "monitor", "encrypt [*]", "makemap", "newaliases", "sendmail",
+)
+
+
+def expand_abbreviations(words: list[str]) -> list[str]:
+    """Commands may be abbreviated to any unambiguous prefix, as with smtpctl."""
+    out: list[str] = []
+    for i, word in enumerate(words):
+        fixed = set()
+        for c in COMMANDS:
+            parts = c.split()
+            if len(parts) > i and parts[:i] == out[:i] and not parts[i].endswith("*]") \
+                    and parts[i] != "*":
+                fixed.add(parts[i])
+        if word in fixed or not fixed:
+            out.append(word)
+            continue
+        matches = [f for f in fixed if f.startswith(word)]
+        if len(matches) == 1:
+            out.append(matches[0])
+        else:
+            out.append(word)
+        if out[-1] in ("makemap", "sendmail", "newaliases", "encrypt"):
+            return out + words[i + 1:]
+    return out
 
 
 def request(statedir: str, words: list[str], timeout: float = 30.0) -> dict[str, Any]:
@@ -30,8 +61,49 @@ def request(statedir: str, words: list[str], timeout: float = 30.0) -> dict[str,
             chunks.append(data)
     finally:
         s.close()
+    if not chunks:
+        raise ConnectionError("no answer from the daemon")
     reply: dict[str, Any] = json.loads(b"".join(chunks))
     return reply
+
+
+def monitor(statedir: str) -> int:
+    """Print the daemon's counters every second until interrupted."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(socket_path(statedir))
+    except OSError:
+        print("mailriderd doesn't seem to be running", file=sys.stderr)
+        return 1
+    s.sendall(json.dumps({"cmd": ["monitor"]}).encode() + b"\n")
+    f = s.makefile("rb")
+    try:
+        for raw in f:
+            reply = json.loads(raw)
+            for line in reply.get("lines", []):
+                print(line, flush=True)
+            if not reply.get("ok"):
+                return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        s.close()
+    return 0
+
+
+def encrypt(args: list[str]) -> int:
+    """Print a SHA-512-crypt hash of the argument, or of each line of stdin."""
+    try:
+        from mailrider.crypto.shacrypt import hash_password
+    except ImportError:
+        print("encrypt: not available in this build", file=sys.stderr)
+        return 1
+    if args:
+        print(hash_password(args[0]))
+        return 0
+    for line in sys.stdin:
+        print(hash_password(line.rstrip("\n")))
+    return 0
 
 
 def offline_queue(statedir: str) -> list[str]:
@@ -145,8 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args:
         print("usage: mailriderctl [-S statedir] [-j] command [args ...]", file=sys.stderr)
         return 2
+    args = expand_abbreviations(args)
     if args[0] == "makemap":
         return makemap(args[1:])
+    if args[0] == "encrypt":
+        return encrypt(args[1:])
+    if args == ["monitor"]:
+        return monitor(statedir)
     if args[0] == "sendmail":
         return sendmail_command(args[1:], statedir)
     if args[0] == "newaliases":
@@ -162,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if as_json:
         print(json.dumps(reply, indent=2, sort_keys=True))
+    elif args[:2] == ["show", "message"] and reply.get("ok"):
+        sys.stdout.write("".join(f"{line}\n" for line in reply.get("lines", [])))
     else:
         for line in reply.get("lines", []):
             print(line)

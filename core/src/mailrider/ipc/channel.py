@@ -28,10 +28,11 @@ import json
 import os
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from mailrider import log
+from mailrider import log, profile
 from mailrider.errors import TempFail
 from mailrider.ipc import messages
 from mailrider.limits import IPC_FRAME_MAX
@@ -240,8 +241,12 @@ class Channel:
     async def _handle(self, reqid: int, obj: Any, fds: list[int]) -> None:
         """Run the handler; descriptors it returns are sent, then closed here."""
         assert self.handler is not None
+        started = time.perf_counter() if profile.on("imsg") else 0.0
         try:
             result = await self.handler(self, obj, fds)
+            if started:
+                profile.add(f"profile.imsg.{messages.type_name(obj)}",
+                            int((time.perf_counter() - started) * 1e6))
         except Exception as exc:
             if not isinstance(exc, TempFail):
                 log.error("ipc", "handler-failed", peer=self.peer, type=messages.type_name(obj),

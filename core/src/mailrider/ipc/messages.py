@@ -136,6 +136,7 @@ class MessageRollback:
 @dataclass(frozen=True, slots=True)
 class SchedInsert:
     envelopes: list[dict[str, Any]]  # evpid, msgid, type, ctime, retry, ttl, lasttry
+    discover: bool = False  # skip envelopes the scheduler already knows
 
 
 @register

@@ -21,9 +21,10 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mailrider import log, paths
+from mailrider import log, paths, profile
 from mailrider.config.model import Config
 from mailrider.errors import ConfigError
+from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel, Handler
 
 ROLES = ("control", "lka", "queue", "scheduler", "pony", "klondike")
@@ -159,6 +160,33 @@ class Process:
             chan = Channel(sock, peer, self.handler_for(peer))
             chan.on_close = self._peer_closed
             self.peers[peer] = chan
+
+    def stats(self) -> dict[str, int]:
+        """This process's counters for ``show stats`` and ``monitor``."""
+        return dict(self.counters)
+
+    def _stats(self) -> dict[str, int]:
+        out = self.stats()
+        for k, v in profile.counters.items():
+            out[f"{k}.{self.role}" if k.startswith("profile.imsg") else k] = v
+        return out
+
+    async def control(self, msg: m.Control) -> m.ControlReply:
+        """Commands every process understands; roles extend this."""
+        if msg.command == "stats":
+            return m.ControlReply(data={"counters": self._stats()})
+        if msg.command in ("profile", "unprofile"):
+            for what in msg.args:
+                profile.enable(what, msg.command == "profile")
+            return m.ControlReply(lines=["command succeeded"])
+        if msg.command in ("trace", "untrace"):
+            for sub in msg.args:
+                log.trace(sub, msg.command == "trace")
+            return m.ControlReply(lines=["command succeeded"])
+        if msg.command in ("log-verbose", "log-brief"):
+            log.set_verbose(msg.command == "log-verbose")
+            return m.ControlReply(lines=["command succeeded"])
+        return m.ControlReply(ok=False, lines=[f"{self.role}: unknown command {msg.command}"])
 
     def handler_for(self, peer: str) -> Handler | None:
         return self.handle

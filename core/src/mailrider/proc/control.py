@@ -17,13 +17,30 @@ import struct
 import time
 from typing import Any
 
-from mailrider import log
+from mailrider import log, profile
 from mailrider.errors import TempFail
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
 
 REQUEST_MAX = 64 * 1024
+MESSAGE_SHOW_MAX = 64 * 1024 * 1024
+CHILDREN = ("lka", "queue", "scheduler", "pony", "klondike")
+TRACE_SUBSYSTEMS = ("imsg", "io", "smtp", "filters", "mta", "bounce", "scheduler", "lookup",
+                    "stat", "rules", "mproc", "expand", "all", "queue", "delivery", "lka")
+#: smtpctl monitor's columns: (counter, shown absolute rather than as a delta)
+MONITOR_COLUMNS = (
+    ("smtp.session.current", True), ("smtp.session", False), ("smtp.session.closed", False),
+    ("scheduler.envelope", True), ("queue.envelope.enqueued", False),
+    ("queue.envelope.dequeued", False), ("scheduler.delivery.ok", False),
+    ("scheduler.delivery.tempfail", False), ("scheduler.delivery.permfail", False),
+    ("scheduler.delivery.loop", False), ("scheduler.delivery.expired", False),
+    ("queue.envelope.removed", False), ("queue.bounce", False),
+)
+MONITOR_HEADER = [
+    "--- client ---  -- envelope --  ---- relay/delivery --- ------- misc -------",
+    "curr conn disc  curr  enq  deq   ok tmpfail prmfail loop expire remove bounce",
+]
 
 
 def socket_path(statedir: str) -> str:
@@ -82,6 +99,9 @@ class Control(common.Process):
                 return
             if uid not in (0, self.owner):
                 reply = m.ControlReply(ok=False, lines=["need root privileges"])
+            elif words == ["monitor"]:
+                await self.monitor(writer)
+                return
             else:
                 log.event("control", "command", uid=uid, command=" ".join(words[:3]))
                 reply = await self.dispatch(words)
@@ -117,20 +137,33 @@ class Control(common.Process):
         except TempFail as exc:
             return m.ControlReply(ok=False, lines=[f"command failed: {exc.text}"])
 
+    async def _broadcast(self, command: str, *args: str) -> m.ControlReply:
+        ok = True
+        for peer in CHILDREN:
+            ok = (await self._ask(peer, command, *args)).ok and ok
+        return m.ControlReply(ok=ok, lines=["command succeeded" if ok else "command failed"])
+
     async def _dispatch(self, w: list[str]) -> m.ControlReply:
         cmd = " ".join(w[:2])
         arg = w[2] if len(w) > 2 else ""
         if cmd == "show queue":
             return await self.show_queue(w[2] if len(w) > 2 else None)
-        if cmd == "show envelope":
+        if cmd == "show envelope" and arg:
             return await self._ask("queue", "show-envelope", arg)
+        if cmd == "show message" and arg:
+            return await self.show_message(arg)
         if cmd == "show stats":
             return await self.show_stats()
         if cmd == "show status":
             rs = await self._ask("scheduler", "runstate")
-            paused = bool(rs.data.get("paused_mda"))
-            return m.ControlReply(lines=[f"MDA {'paused' if paused else 'running'}",
-                                         "MTA running", "SMTP running"])
+            smtp = await self._ask("pony", "status")
+
+            def word(paused: object) -> str:
+                return "paused" if paused else "running"
+
+            return m.ControlReply(lines=[f"MDA {word(rs.data.get('paused_mda'))}",
+                                         f"MTA {word(rs.data.get('paused_mta'))}",
+                                         f"SMTP {word(smtp.data.get('paused_smtp'))}"])
         if w[:1] == ["schedule"] and len(w) == 2:
             return await self._ask("scheduler", "schedule", w[1])
         if w[:1] == ["remove"] and len(w) == 2:
@@ -140,11 +173,13 @@ class Control(common.Process):
                 await self._ask("queue", "remove", evpid)
             n = len(evpids)
             return m.ControlReply(lines=[f"{n} envelope{'s' if n > 1 else ''} removed"])
+        if w[:1] == ["discover"] and len(w) == 2:
+            return await self._ask("queue", "discover", w[1])
         if w[:1] in (["pause"], ["resume"]) and len(w) >= 2:
             verb, what = w[0], w[1]
-            if what == "mda":
-                return await self._ask("scheduler", f"{verb}-mda")
-            if what == "smtp":
+            if what in ("mda", "mta") and len(w) == 2:
+                return await self._ask("scheduler", f"{verb}-{what}")
+            if what == "smtp" and len(w) == 2:
                 return await self._ask("pony", f"{verb}-smtp")
             if what == "envelope" and len(w) == 3:
                 return await self._ask("scheduler", f"{verb}-envelope", w[2])
@@ -152,8 +187,53 @@ class Control(common.Process):
             return await self._ask("lka", "update-table", arg)
         if cmd in ("log verbose", "log brief"):
             log.set_verbose(w[1] == "verbose")
-            return m.ControlReply(lines=["command succeeded"])
+            return await self._broadcast(f"log-{w[1]}")
+        if w[:1] in (["trace"], ["untrace"]) and len(w) == 2:
+            if w[1] not in TRACE_SUBSYSTEMS:
+                return m.ControlReply(ok=False, lines=[f"invalid trace subsystem: {w[1]}"])
+            log.trace(w[1], w[0] == "trace")
+            return await self._broadcast(w[0], w[1])
+        if w[:1] in (["profile"], ["unprofile"]) and len(w) == 2 and w[1] in ("imsg", "queue"):
+            on = w[0] == "profile"
+            profile.enable(w[1], on)
+            return await self._broadcast(w[0], w[1])
         return m.ControlReply(ok=False, lines=[f"unknown command: {' '.join(w)}"])
+
+    async def show_message(self, ident: str) -> m.ControlReply:
+        reply, fds = await self.peers["queue"].call(m.Control(command="show-message",
+                                                              args=[ident]))
+        if not fds:
+            return reply if isinstance(reply, m.ControlReply) else m.ControlReply(ok=False)
+        try:
+            data = b""
+            while len(data) < MESSAGE_SHOW_MAX and (chunk := os.read(fds[0], 1 << 16)):
+                data += chunk
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return m.ControlReply(lines=data.decode("utf-8", "replace").split("\n")[:-1]
+                              if data.endswith(b"\n") else
+                              data.decode("utf-8", "replace").split("\n"))
+
+    async def monitor(self, writer: asyncio.StreamWriter) -> None:
+        """Counters once a second until the client goes away (smtpctl monitor)."""
+        last: dict[str, int] = {}
+        n = 0
+        while not self.stopping.is_set() and not writer.is_closing():
+            counters = (await self.show_stats()).data.get("counters", {})
+            lines = []
+            if n % 25 == 0:
+                lines += MONITOR_HEADER
+            row = []
+            for key, absolute in MONITOR_COLUMNS:
+                v = int(counters.get(key, 0))
+                row.append(v if absolute or n == 0 else v - last.get(key, 0))
+            lines.append(" ".join(f"{v:>7}" for v in row))
+            last = {k: int(counters.get(k, 0)) for k, _ in MONITOR_COLUMNS}
+            writer.write(json.dumps({"ok": True, "lines": lines, "data": {}}).encode() + b"\n")
+            await writer.drain()
+            n += 1
+            await asyncio.sleep(1)
 
     async def show_stats(self) -> m.ControlReply:
         counters: dict[str, int] = {}

@@ -17,10 +17,12 @@ from mailrider.proc import common
 class Klondike(common.Process):
     role = "klondike"
 
+    def stats(self) -> dict[str, int]:
+        return {"klondike.sign": self.counters.get("klondike.sign", 0), **self.counters}
+
     async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
-        if isinstance(msg, m.Control) and msg.command == "stats":
-            return m.ControlReply(data={"counters": {"klondike.sign": self.counters.get(
-                "klondike.sign", 0)}})
+        if isinstance(msg, m.Control):
+            return await self.control(msg)
         raise ValueError(f"klondike: unexpected {m.type_name(msg)} from {chan.peer}")
 
 

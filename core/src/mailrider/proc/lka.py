@@ -81,8 +81,6 @@ class Lka(common.Process):
         raise ValueError(f"lka: unexpected {m.type_name(msg)} from {chan.peer}")
 
     async def control(self, msg: m.Control) -> m.ControlReply:
-        if msg.command == "stats":
-            return m.ControlReply(data={"counters": dict(self.counters)})
         if msg.command == "update-table":
             name = msg.args[0] if msg.args else ""
             try:
@@ -95,7 +93,7 @@ class Lka(common.Process):
                 return m.ControlReply(ok=False, lines=[f"command failed: {exc.text}"])
             log.event("lka", "table-updated", table=name)
             return m.ControlReply(lines=["command succeeded"])
-        return m.ControlReply(ok=False, lines=[f"lka: unknown command {msg.command}"])
+        return await super().control(msg)
 
 
 PROCESS = Lka

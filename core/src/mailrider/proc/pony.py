@@ -116,7 +116,9 @@ class Session(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        self.pony.sessions.discard(self)
+        if self in self.pony.sessions:
+            self.pony.sessions.discard(self)
+            self.pony.count("smtp.session.closed")
         self._abort_tx()
         log.event("smtp", "disconnected", session=self.id)
 
@@ -377,6 +379,11 @@ class Pony(common.Process):
         for server in self.servers:
             server.close()
 
+    def stats(self) -> dict[str, int]:
+        out = dict(self.counters)
+        out["smtp.session.current"] = len(self.sessions)
+        return out
+
     def local_listener(self) -> Listener:
         """The ``listen on socket`` options, or the defaults when there is none."""
         for lst in self.config.listeners:
@@ -413,13 +420,12 @@ class Pony(common.Process):
         for fd in fds:
             os.close(fd)
         if isinstance(msg, m.Control):
-            if msg.command == "stats":
-                counters = dict(self.counters)
-                counters["smtp.session.current"] = len(self.sessions)
-                return m.ControlReply(data={"counters": counters})
             if msg.command in ("pause-smtp", "resume-smtp"):
                 self.paused_smtp = msg.command == "pause-smtp"
                 return m.ControlReply(lines=["command succeeded"])
+            if msg.command == "status":
+                return m.ControlReply(data={"paused_smtp": self.paused_smtp})
+            return await self.control(msg)
         raise ValueError(f"pony: unexpected {m.type_name(msg)} from {chan.peer}")
 
 

@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from mailrider import log
+from mailrider import log, profile
 from mailrider.errors import TempFail
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
@@ -74,6 +74,7 @@ class Queue(common.Process):
             if not batch:
                 continue
             items = [b[0] for b in batch]
+            started = time.perf_counter()
             try:
                 await asyncio.to_thread(self.spool.commit_batch, items)
             except Exception as exc:  # never leave a session hanging
@@ -86,6 +87,8 @@ class Queue(common.Process):
                     fut.set_exception(item.error)
                 else:
                     fut.set_result(None)
+            if profile.on("queue"):
+                profile.add("profile.queue.commit", int((time.perf_counter() - started) * 1e6))
             self.count("queue.commit.batches")
             self.count("queue.commit.messages", len(items))
 
@@ -107,6 +110,7 @@ class Queue(common.Process):
             self._open.discard(msg.msgid)
         self.peers["scheduler"].notify(
             m.SchedInsert(envelopes=[self._sched_entry(e) for e in envs]))
+        self.count("queue.envelope.enqueued", len(envs))
         for env in envs:
             log.event("queue", "envelope", evpid=env["evpid"], rcpt=env.get("rcpt"),
                       dest=env.get("dest"))
@@ -146,12 +150,14 @@ class Queue(common.Process):
                       res.status, res.status), stat=res.text)
         if res.status == "ok":
             self.spool.remove_envelope(evpid)
-            self.count("queue.delivery.ok")
+            self.count("scheduler.delivery.ok")
+            self.count("queue.envelope.dequeued")
             self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="ok"))
         elif res.status == "permfail":
             await self._bounce(env, res.text, fd)
             self.spool.remove_envelope(evpid)
-            self.count("queue.delivery.permfail")
+            self.count("scheduler.delivery.permfail")
+            self.count("queue.envelope.dequeued")
             self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="permfail"))
         else:
             retry = int(env.get("retry", "0") or 0) + 1
@@ -162,7 +168,7 @@ class Queue(common.Process):
                 self.spool.update_envelope(env)
             except OSError as exc:
                 log.error("queue", "update-failed", evpid=evpid, error=exc.strerror)
-            self.count("queue.delivery.tempfail")
+            self.count("scheduler.delivery.tempfail")
             self.peers["scheduler"].notify(
                 m.SchedResult(evpid=evpid, status="tempfail", retry=retry))
 
@@ -180,7 +186,8 @@ class Queue(common.Process):
         finally:
             os.close(fd)
         self.spool.remove_envelope(evpid)
-        self.count("queue.expired")
+        self.count("scheduler.delivery.expired")
+        self.count("queue.envelope.dequeued")
         self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="expired"))
 
     async def _bounce(self, env: Envelope, reason: str, fd: int) -> None:
@@ -248,10 +255,10 @@ class Queue(common.Process):
                     asyncio.get_running_loop().create_task(coro)
             return None
         if isinstance(msg, m.Control):
-            return self.control(msg)
+            return await self.control(msg)
         raise ValueError(f"queue: unexpected {m.type_name(msg)} from {chan.peer}")
 
-    def control(self, msg: m.Control) -> m.ControlReply:
+    async def control(self, msg: m.Control) -> m.ControlReply:
         if msg.command == "show-queue":
             rows: list[dict[str, str]] = []
             for _msgid, envs in self.spool.walk():
@@ -266,10 +273,46 @@ class Queue(common.Process):
         if msg.command == "remove":
             evpid = msg.args[0] if msg.args else ""
             self.spool.remove_envelope(evpid)
+            self.count("queue.envelope.removed")
+            self.count("queue.envelope.dequeued")
             return m.ControlReply()
-        if msg.command == "stats":
-            return m.ControlReply(data={"counters": dict(self.counters)})
-        return m.ControlReply(ok=False, lines=[f"queue: unknown command {msg.command}"])
+        if msg.command == "show-message":
+            ident = msg.args[0] if msg.args else ""
+            if not (envmod.is_msgid(ident) or envmod.is_evpid(ident)):
+                return m.ControlReply(ok=False, lines=["command failed: invalid id"])
+            try:
+                fd = self.spool.open_message(ident[:8])
+            except OSError:
+                return m.ControlReply(ok=False, lines=["command failed: no such message"])
+            return m.ControlReply(), [fd]  # type: ignore[return-value]
+        if msg.command == "discover":
+            ident = msg.args[0] if msg.args else ""
+            found = await self._discover(ident)
+            return m.ControlReply(lines=[
+                f"{found} envelope{'s' if found != 1 else ''} discovered"])
+        return await super().control(msg)
+
+    async def _discover(self, ident: str) -> int:
+        """Hand the scheduler envelopes copied into the queue by hand."""
+        if not (envmod.is_msgid(ident) or envmod.is_evpid(ident)):
+            return 0
+        mdir = self.spool.msgdir(ident[:8])
+        try:
+            names = os.listdir(mdir)
+        except OSError:
+            return 0
+        envs = []
+        for name in names:
+            if not envmod.is_evpid(name) or not name.startswith(ident):
+                continue
+            try:
+                envs.append(self._sched_entry(self.spool.load_envelope(name)))
+            except (OSError, ValueError):
+                continue
+        if not envs:
+            return 0
+        reply = await self.peers["scheduler"].ask(m.SchedInsert(envelopes=envs, discover=True))
+        return int(reply.text) if isinstance(reply, m.Ok) and reply.text.isdigit() else 0
 
 
 PROCESS = Queue

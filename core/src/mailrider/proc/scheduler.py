@@ -50,6 +50,7 @@ class Scheduler(common.Process):
         self.heap: list[tuple[float, int, str]] = []
         self.wake = asyncio.Event()
         self.paused_mda = False
+        self.paused_mta = False
         self.max_inflight = limits.MDA_MAX_SESSIONS
         self.inflight = 0
 
@@ -136,7 +137,17 @@ class Scheduler(common.Process):
         log.debug("scheduler", "retry", evpid=e.evpid, retry=e.retry, due=int(e.due))
         self._push(e)
 
-    def command(self, msg: m.Control) -> m.ControlReply:
+    def stats(self) -> dict[str, int]:
+        out = dict(self.counters)
+        out["scheduler.envelope"] = len(self.entries)
+        out["scheduler.envelope.inflight"] = self.inflight
+        return out
+
+    async def control(self, msg: m.Control) -> m.ControlReply:
+        reply = self.command(msg)
+        return reply if reply is not None else await super().control(msg)
+
+    def command(self, msg: m.Control) -> m.ControlReply | None:
         cmd, target = msg.command, (msg.args[0] if msg.args else "all")
 
         def select() -> list[Entry]:
@@ -181,24 +192,27 @@ class Scheduler(common.Process):
                 e.evpid: ["inflight" if e.inflight else ("suspend" if e.suspended else "pending"),
                           int(max(0, e.due - now))]
                 for e in self.entries.values()
-            }, "paused_mda": self.paused_mda})
-        if cmd == "stats":
-            return m.ControlReply(data={"counters": {
-                "scheduler.envelope": len(self.entries),
-                "scheduler.envelope.inflight": self.inflight}})
-        return m.ControlReply(ok=False, lines=[f"scheduler: unknown command {cmd}"])
+            }, "paused_mda": self.paused_mda, "paused_mta": self.paused_mta})
+        if cmd in ("pause-mta", "resume-mta"):
+            self.paused_mta = cmd == "pause-mta"
+            return m.ControlReply(lines=["command succeeded"])
+        return None
 
     async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
         if isinstance(msg, m.SchedInsert):
             now = time.time()
+            added = 0
             for d in msg.envelopes:
+                if msg.discover and str(d.get("evpid")) in self.entries:
+                    continue
                 self.insert(d, now)
-            return None
+                added += 1
+            return m.Ok(text=str(added))
         if isinstance(msg, m.SchedResult):
             self.result(msg)
             return None
         if isinstance(msg, m.Control):
-            return self.command(msg)
+            return await self.control(msg)
         raise ValueError(f"scheduler: unexpected {m.type_name(msg)} from {chan.peer}")
 
 

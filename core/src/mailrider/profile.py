@@ -1,0 +1,28 @@
+"""Run-time profiling switches (``mailriderctl profile imsg|queue``).
+
+When ``imsg`` profiling is on, every IPC channel counts the messages it
+handles per type and the time spent handling them; the counters appear in
+``show stats`` as ``profile.imsg.<type>.count`` and ``.usec``. ``queue``
+profiling counts the time spent in spool commits.
+"""
+
+from __future__ import annotations
+
+_enabled: set[str] = set()
+counters: dict[str, int] = {}
+
+
+def enable(what: str, on: bool) -> None:
+    if on:
+        _enabled.add(what)
+    else:
+        _enabled.discard(what)
+
+
+def on(what: str) -> bool:
+    return what in _enabled
+
+
+def add(key: str, usec: int) -> None:
+    counters[f"{key}.count"] = counters.get(f"{key}.count", 0) + 1
+    counters[f"{key}.usec"] = counters.get(f"{key}.usec", 0) + usec

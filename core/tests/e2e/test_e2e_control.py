@@ -1,0 +1,135 @@
+"""mailriderctl against a running daemon with queued mail (smtpctl parity)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import smtplib
+import subprocess
+import sys
+import time
+
+import pytest
+from harness import Daemon, wait_for
+
+
+@pytest.fixture(scope="module")
+def d() -> Daemon:
+    daemon = Daemon().start()
+    daemon.ctl("pause", "mda")
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as c:
+        for i in range(3):
+            c.sendmail("sender@example.org", [f"q{i}@localhost"],
+                       f"Subject: queued {i}\r\n\r\nbody {i}\r\n".encode())
+    yield daemon
+    daemon.cleanup()
+
+
+def queue_lines(d: Daemon) -> list[list[str]]:
+    return [line.split("|") for line in d.ctl("show", "queue").stdout.splitlines()]
+
+
+def test_show_queue_has_the_14_fields(d: Daemon) -> None:
+    rows = queue_lines(d)
+    assert len(rows) == 3
+    for row in rows:
+        assert len(row) == 14
+        evpid, family, typ, _flags, sender, rcpt, _dest, ctime, expire = row[:9]
+        assert re.fullmatch(r"[0-9a-f]{16}", evpid)
+        assert (family, typ, sender) == ("inet4", "mda", "sender@example.org")
+        assert re.fullmatch(r"q\d@localhost", rcpt)
+        assert int(expire) - int(ctime) == 4 * 86400
+        assert row[11] in ("pending", "inflight")
+
+
+def test_show_envelope_and_message(d: Daemon) -> None:
+    evpid = queue_lines(d)[0][0]
+    env = d.ctl("show", "envelope", evpid).stdout
+    assert f"evpid: {evpid}\n" in env and "sender: sender@example.org\n" in env
+    msg = d.ctl("show", "message", evpid[:8]).stdout
+    assert msg.startswith("Received: ")
+    assert re.search(r"\nSubject: queued \d\n\nbody \d\n$", msg)
+
+
+def test_abbreviations_and_json(d: Daemon) -> None:
+    assert d.ctl("sh", "qu").stdout == d.ctl("show", "queue").stdout
+    res = d.ctl("-j", "show", "status")
+    data = json.loads(res.stdout)
+    assert data["ok"] is True and data["lines"][0] == "MDA paused"
+
+
+def test_pause_resume_envelope_and_schedule(d: Daemon) -> None:
+    evpid = queue_lines(d)[0][0]
+    assert d.ctl("pause", "envelope", evpid).stdout.strip() == "1 envelope paused"
+    assert d.ctl("resume", "envelope", evpid).stdout.strip() == "1 envelope resumed"
+    assert d.ctl("schedule", "all").stdout.strip() == "3 envelopes scheduled"
+
+
+def test_stats_status_trace_profile_log(d: Daemon) -> None:
+    stats = dict(line.split("=", 1) for line in d.ctl("show", "stats").stdout.splitlines())
+    assert int(stats["smtp.session"]) >= 1
+    assert int(stats["queue.envelope.enqueued"]) >= 3
+    assert int(stats["scheduler.envelope"]) >= 3
+    assert d.ctl("pause", "smtp").stdout.strip() == "command succeeded"
+    assert d.ctl("show", "status").stdout.splitlines() == ["MDA paused", "MTA running",
+                                                          "SMTP paused"]
+    d.ctl("resume", "smtp")
+    assert d.ctl("trace", "smtp").stdout.strip() == "command succeeded"
+    assert d.ctl("untrace", "smtp").stdout.strip() == "command succeeded"
+    assert d.ctl("trace", "bogus", check=False).returncode == 1
+    assert d.ctl("log", "verbose").stdout.strip() == "command succeeded"
+    d.ctl("log", "brief")
+    d.ctl("profile", "imsg")
+    d.ctl("show", "queue")
+    stats = d.ctl("show", "stats").stdout
+    assert re.search(r"^profile\.imsg\.Control\.usec\.\w+=\d+$", stats, re.M)
+    d.ctl("unprofile", "imsg")
+
+
+def test_monitor_prints_header_and_rows(d: Daemon) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "mailrider.cli.mailriderctl", "-S",
+                             str(d.state), "monitor"], stdout=subprocess.PIPE, text=True,
+                            env=d.env)
+    time.sleep(2.5)
+    proc.terminate()
+    out, _ = proc.communicate(timeout=10)
+    lines = out.splitlines()
+    assert "curr conn disc" in lines[1]
+    assert len(lines) >= 4
+    assert all(re.fullmatch(r"(\s+-?\d+)+", row) for row in lines[2:])
+
+
+def test_discover_envelope_copied_by_hand(d: Daemon) -> None:
+    evpid = queue_lines(d)[0][0]
+    mdir = d.state / "spool" / "queue" / evpid[:2] / evpid[:8]
+    new = evpid[:8] + "0badc0de"
+    text = (mdir / evpid).read_text().replace(evpid, new)
+    (mdir / new).write_text(text)
+    st = os.stat(mdir / evpid)
+    os.chown(mdir / new, st.st_uid, st.st_gid)
+    assert d.ctl("discover", evpid[:8]).stdout.strip() == "1 envelope discovered"
+    assert any(r[0] == new for r in queue_lines(d))
+
+
+def test_remove_and_resume_delivers_the_rest(d: Daemon) -> None:
+    rows = queue_lines(d)
+    victim = rows[0][0]
+    assert d.ctl("remove", victim).stdout.strip() == "1 envelope removed"
+    assert victim not in d.ctl("show", "queue").stdout
+    d.ctl("resume", "mda")
+    wait_for(lambda: d.ctl("show", "queue").stdout == "", timeout=30)
+    names = {p.name for p in (d.state / "maildir").iterdir()}
+    assert len(names) >= 2
+
+
+def test_not_running() -> None:
+    d = Daemon()
+    try:
+        res = d.ctl("show", "status", check=False)
+        assert res.returncode == 1
+        assert "doesn't seem to be running" in res.stderr
+        assert d.ctl("show", "queue").stdout == ""  # read from the spool directly
+    finally:
+        shutil.rmtree(d.state, ignore_errors=True)
