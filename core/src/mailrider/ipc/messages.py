@@ -239,3 +239,105 @@ class LocalSession:
 
     user: str
     uid: int
+
+
+# -- pony <-> klondike -----------------------------------------------------------
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Sign:
+    """pony -> klondike: one private-key operation for a TLS handshake.
+
+    ``op`` is rsa_priv_enc, rsa_priv_dec or ecdsa_sign; ``padding`` is
+    OpenSSL's RSA padding number (0 for ECDSA); ``cert_hash`` is the SHA-256
+    of the certificate's SubjectPublicKeyInfo, in hex.
+    """
+
+    cert_hash: str
+    op: str
+    data_b64: str
+    padding: int = 0
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Signed:
+    data_b64: str
+
+
+# -- filters (pony <-> lka <-> parent) -----------------------------------------
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class FilterStart:
+    """lka -> parent: start a filter program; the reply carries its stdio and stderr."""
+
+    name: str
+    command: str
+    user: str | None = None
+    group: str | None = None
+    chroot: str | None = None
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class FilterBegin:
+    """pony -> lka: a session on a listener with filters starts (connect phase)."""
+
+    sid: str
+    listener: int
+    rdns: str
+    fcrdns: str
+    src: str  # a.b.c.d, [v6] or local
+    link_src: str  # ip:port
+    link_dest: str
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class FilterPhase:
+    sid: str
+    phase: str
+    params: list[str]
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class FilterDecision:
+    decision: str = "proceed"
+    param: str | None = None
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class FilterReport:
+    sid: str
+    event: str
+    params: list[str]
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class FilterDataBegin:
+    """pony -> lka at DATA: do the message lines go through filters? (Ok text yes/no)"""
+
+    sid: str
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class FilterData:
+    """Message lines, dot-stuffed, without line ends; "." ends them. pony -> lka
+    to filter, lka -> pony with the result; error set when filtering failed."""
+
+    sid: str
+    lines: list[str]
+    error: str = ""
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class FilterEnd:
+    sid: str

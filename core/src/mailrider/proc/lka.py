@@ -7,9 +7,13 @@ Every table failure becomes a 4xx reply for that recipient.
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
-from mailrider import log
+from mailrider import __version__, log
+from mailrider.config.model import Filter
+from mailrider.filter.host import FilterHost
 from mailrider.errors import PermFail, TempFail
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
@@ -26,14 +30,67 @@ class Lka(common.Process):
 
     async def setup(self) -> None:
         self.tables = TableSet(self.config)
+        self.filters: FilterHost | None = None
 
     async def run(self) -> None:
         await self.tables.start()
         log.debug("lka", "ready", tables=len(self.config.tables))
+        if any(lst.filters for lst in self.config.listeners):
+            self.filters = FilterHost(
+                self.config, self.tables, self._start_filter, version=__version__,
+                admd=self.config.admd or socket.gethostname() or "localhost")
+            self.filters.data_out = self._filter_data_out
+            await self.filters.start()
         try:
             await self.stopping.wait()
         finally:
+            if self.filters is not None:
+                self.filters.close()
             await self.tables.close()
+
+    async def _start_filter(self, f: Filter) -> tuple[socket.socket, socket.socket | None]:
+        reply, fds = await self.peers["parent"].call(m.FilterStart(
+            name=f.name, command=f.command or "", user=f.user, group=f.group, chroot=f.chroot))
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            raise TempFail(f"filter {f.name} could not be started")
+        return socket.socket(fileno=fds[0]), socket.socket(fileno=fds[1])
+
+    def _filter_data_out(self, sid: str, lines: list[str], error: str) -> None:
+        self.peers["pony"].notify(m.FilterData(sid=sid, lines=lines, error=error))
+
+    async def filter_message(self, msg: Any) -> Any:
+        host = self.filters
+        if host is None:
+            if isinstance(msg, m.FilterDataBegin):
+                return m.Ok(text="no")
+            return m.FilterDecision() if isinstance(msg, m.FilterBegin | m.FilterPhase) \
+                else None
+        if isinstance(msg, m.FilterBegin):
+            host.begin(msg.sid, msg.listener, rdns=msg.rdns, fcrdns=msg.fcrdns, src=msg.src,
+                       link_src=msg.link_src, link_dest=msg.link_dest)
+            params = [msg.rdns or "<unknown>", msg.src]
+            d = await host.phase(msg.sid, "connect", params)
+            return m.FilterDecision(decision=d.decision, param=d.param)
+        if isinstance(msg, m.FilterPhase):
+            d = await host.phase(msg.sid, msg.phase, list(msg.params))
+            return m.FilterDecision(decision=d.decision, param=d.param)
+        if isinstance(msg, m.FilterReport):
+            host.report(msg.sid, msg.event, list(msg.params))
+            return None
+        if isinstance(msg, m.FilterDataBegin):
+            if not host.wants_data(msg.sid):
+                return m.Ok(text="no")
+            host.data_begin(msg.sid)
+            return m.Ok(text="yes")
+        if isinstance(msg, m.FilterData):
+            host.data_lines(msg.sid, list(msg.lines))
+            return None
+        if isinstance(msg, m.FilterEnd):
+            host.end(msg.sid)
+            return None
+        raise ValueError("not a filter message")
 
     async def _forward(self, user: str, home: str) -> str | None:
         reply = await self.peers["parent"].ask(m.ForwardOpen(user=user, home=home))
@@ -76,6 +133,9 @@ class Lka(common.Process):
     async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
         if isinstance(msg, m.RcptCheck):
             return await self.rcpt(msg)
+        if isinstance(msg, m.FilterBegin | m.FilterPhase | m.FilterReport | m.FilterDataBegin
+                      | m.FilterData | m.FilterEnd):
+            return await self.filter_message(msg)
         if isinstance(msg, m.Control):
             return await self.control(msg)
         raise ValueError(f"lka: unexpected {m.type_name(msg)} from {chan.peer}")

@@ -62,6 +62,7 @@ class Parent:
         self.stopping = asyncio.Event()
         self.exit_code = 0
         self.forks: dict[int, asyncio.Future[int]] = {}
+        self.filter_procs: dict[int, subprocess.Popen[bytes]] = {}
 
     def prepare_statedir(self) -> None:
         os.makedirs(self.opts.statedir, mode=0o711, exist_ok=True)
@@ -133,11 +134,64 @@ class Parent:
             if chan.peer != "lka":
                 raise ValueError("ForwardOpen only from lka")
             return m.ForwardContent(content=parent_mda.read_forward(msg.user, msg.home))
+        if isinstance(msg, m.FilterStart):
+            if chan.peer != "lka":
+                raise ValueError("FilterStart only from lka")
+            return self.start_filter(msg)
         if isinstance(msg, m.Control):
             return m.ControlReply(lines=[f"parent pid={os.getpid()}"])
         for fd in fds:
             os.close(fd)
         raise ValueError(f"unexpected message {m.type_name(msg)} from {chan.peer}")
+
+    def start_filter(self, msg: m.FilterStart) -> tuple[m.Ok, list[int]]:
+        """Run a filter program as its user; lka gets its stdio and stderr sockets."""
+        import pwd
+        import shlex
+
+        from mailrider import paths
+
+        command = msg.command
+        first = shlex.split(command)[0] if command.strip() else ""
+        if first and not first.startswith("/"):
+            for folder in paths.libexec_dirs():
+                if os.access(os.path.join(folder, first), os.X_OK):
+                    command = os.path.join(folder, command)
+                    break
+        user = msg.user
+        if user is None:
+            upw = common.unprivileged_user()
+            user = upw.pw_name if upw is not None else None
+        uid: int | None = None
+        gid: int | str | None = None
+        groups: list[int] | None = None
+        if os.geteuid() == 0 and user is not None:
+            pw = pwd.getpwnam(user)
+            uid, gid, groups = pw.pw_uid, msg.group or pw.pw_gid, []
+        chroot = None
+        if msg.chroot:
+            root = msg.chroot
+
+            def enter_chroot() -> None:  # runs in the child between fork and exec
+                os.chroot(root)
+                os.chdir("/")
+
+            chroot = enter_chroot
+        io_mine, io_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        err_mine, err_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = subprocess.Popen(
+                [paths.SHELL, "-c", f"exec {command}"], stdin=io_theirs.fileno(),
+                stdout=io_theirs.fileno(), stderr=err_theirs.fileno(), close_fds=True,
+                cwd="/", start_new_session=True, user=uid, group=gid, extra_groups=groups,
+                preexec_fn=chroot)
+        finally:
+            io_theirs.close()
+            err_theirs.close()
+        self.filter_procs[proc.pid] = proc
+        log.event("parent", "filter-started", filter=msg.name, pid=proc.pid, user=user)
+        # the channel sends these descriptors, then closes them
+        return m.Ok(), [io_mine.detach(), err_mine.detach()]
 
     # -- supervision --------------------------------------------------------------
 
@@ -160,6 +214,9 @@ class Parent:
             if fut is not None:
                 if not fut.done():
                     fut.set_result(code)
+                continue
+            if self.filter_procs.pop(pid, None) is not None:
+                log.warning("parent", "filter-exited", pid=pid, status=code)
                 continue
             role = self.children.pop(pid, None)
             if role is not None and not self.stopping.is_set():
@@ -232,6 +289,11 @@ class Parent:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
+                pass
+        for pid in list(self.filter_procs):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
                 pass
         for chan in self.peers.values():
             chan.close()
