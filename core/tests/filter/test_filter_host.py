@@ -12,7 +12,6 @@ import sys
 from typing import Any
 
 import pytest
-
 from mailrider.config import parse_string
 from mailrider.config.model import Filter
 from mailrider.filter import protocol as p

@@ -11,7 +11,7 @@ import sys
 import time
 
 modes = set(sys.argv[1].split(","))
-record = open(sys.argv[2], "a", buffering=1) if len(sys.argv) > 2 else None  # noqa: SIM115
+record = open(sys.argv[2], "a", buffering=1) if len(sys.argv) > 2 else None
 
 
 def out(line: str) -> None:
