@@ -147,6 +147,7 @@ class PostfixPeer:
             "shlib_directory": _postconf_default("shlib_directory") or "no",
             "mail_owner": "postfix",
             "setgid_group": "postdrop",
+            "maillog_file_prefixes": str(self.dir),
             "maillog_file": str(self.log_path),
             "myhostname": "postfix.bench.localhost",
             "mydomain": "bench.localhost",
@@ -217,7 +218,8 @@ class PostfixPeer:
             pass
         res = self._run(POSTFIX, "-c", str(self.config), "check")
         if res.returncode != 0:
-            raise PostfixError(f"postfix check failed: {(res.stdout + res.stderr).strip()}")
+            raise PostfixError("postfix check failed: "
+                               f"{(res.stdout + res.stderr).strip()}\n{self.log()}")
         res = self._run(POSTFIX, "-c", str(self.config), "start")
         if res.returncode != 0:
             raise PostfixError(f"postfix start failed: {(res.stdout + res.stderr).strip()}")

@@ -48,10 +48,8 @@ FIRST_USE = [
     ('ca c cert "/x"\n', 1, "ca"),
     (PKI + "listen on lo tls pki h\n", 1, "pki"),
     ("listen on lo\naction r relay\n", 2, "relay"),
-    ("filter f proc-exec x\n", 1, "filter"),
-    ('proc p "x"\n', 1, "proc"),
-    # a listener filter needs a filter statement before it: that comes first
-    ("filter f proc-exec x\nlisten on socket filter f\n", 1, "filter"),
+    ("\nfilter f phase connect match !fcrdns junk\n", 2, "filter rdns"),
+    ('filter f phase mail-from match auth reject "550 no"\n', 1, "filter auth"),
     ("queue compression\n", 1, "queue compression"),
     ("queue encryption\n", 1, "queue encryption"),
     ("srs key s\n", 1, "srs"),

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import socketserver
 import threading
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import wait_for
+from harness import Daemon, wait_for
 
 MSG = (b"From: Alice <alice@example.org>\r\nTo: team@localhost\r\nSubject: e2e\r\n\r\n"
        b"first line\r\n.leading dot\r\n\r\nFrom the start\r\nlast line\r\n")
@@ -86,8 +87,20 @@ def wait_files(folder: Path, n: int = 1, timeout: float = 20.0) -> list[bytes]:
 
 
 def wait_file(path: Path, timeout: float = 20.0) -> bytes:
+    """A file's content once it exists and is not empty (see :func:`wait_delivered`)."""
     wait_for(lambda: path.is_file() and path.stat().st_size > 0, timeout)
     return path.read_bytes()
+
+
+def delivered(daemon: Daemon, rcpt: str, result: str = "Ok") -> int:
+    """How many deliveries for ``rcpt`` the daemon logged with ``result``."""
+    pattern = re.compile(rf"delivery result evpid=\S+ .*rcpt={re.escape(rcpt)} .*result={result}\b")
+    return sum(1 for line in daemon.log().splitlines() if pattern.search(line))
+
+
+def wait_delivered(daemon: Daemon, rcpt: str, n: int = 1, timeout: float = 20.0) -> None:
+    """Wait until ``n`` deliveries for ``rcpt`` are finished (files complete)."""
+    wait_for(lambda: delivered(daemon, rcpt) >= n, timeout)
 
 
 def split_delivery(data: bytes) -> tuple[bytes, bytes, bytes]:

@@ -176,7 +176,8 @@ def scan_maildirs(mail: Path) -> Scan:
 
 @dataclass
 class RoundResult:
-    attempts: int
+    attempts: int  # messages a client started to send
+    unanswered: int  # messages started that got no 250 (in flight at the kill, or refused)
     acked: int  # (message, recipient) pairs acknowledged
     delivered: int  # distinct acknowledged pairs found
     lost: list[str]
@@ -213,13 +214,15 @@ def crash_round(d: Daemon, rnd: int, rng: random.Random, *, threads: int = 8,
         acked = {(u, mid) for mid, users in sent.acked.items() for u in users}
         expected_users = {mid: users for mid, users in sent.acked.items()}
         attempts = sent.attempts
+        unanswered = sent.attempts - len(sent.acked)
     mine = {k: v for k, v in scan.copies.items() if k[1].startswith(prefix)}
     lost = sorted(f"{u}:{mid}" for u, mid in acked if (u, mid) not in mine)
     dups = sum(n - 1 for k, n in mine.items() if k in acked)
     misdelivered = sorted(f"{u}:{mid}" for u, mid in mine
                           if mid in expected_users and u not in expected_users[mid])
-    return RoundResult(attempts=attempts, acked=len(acked), delivered=len(acked) - len(lost),
-                       lost=lost, duplicates=dups, corrupt=scan.corrupt,
+    return RoundResult(attempts=attempts, unanswered=unanswered, acked=len(acked),
+                       delivered=len(acked) - len(lost), lost=lost, duplicates=dups,
+                       corrupt=scan.corrupt,
                        unacked_delivered=sum(1 for k in mine if k not in acked),
                        misdelivered=misdelivered, kill_after=kill_after)
 
@@ -231,7 +234,8 @@ def test_kill9_during_a_stream_loses_nothing_acknowledged() -> None:
     d = Daemon(CRASH_CONFIG).start()
     results: list[RoundResult] = []
     try:
-        budget = time.monotonic() + 45
+        # 3 rounds at least, a 4th only if the machine is fast enough
+        budget = time.monotonic() + 25
         for rnd in range(4):
             if rnd >= 3 and time.monotonic() > budget:
                 break
@@ -241,12 +245,10 @@ def test_kill9_during_a_stream_loses_nothing_acknowledged() -> None:
             assert not r.lost, f"{ctx}: acknowledged but lost: {r.lost[:10]}"
             assert not r.corrupt, f"{ctx}: corrupt: {r.corrupt[:10]}"
             assert not r.misdelivered, f"{ctx}: misdelivered: {r.misdelivered[:10]}"
-        # the test must have exercised something: mail was acknowledged and
-        # at least one kill landed while clients were still sending
+        # the test must have exercised something: mail was acknowledged, and
+        # kills landed while transactions were in flight
         assert sum(r.acked for r in results) > 0
-        assert any(r.attempts > r.acked for r in results) or \
-            sum(r.acked for r in results) >= 3 * 8
-        assert "purged-uncommitted" in d.log() or "recovered envelopes=" in d.log()
+        assert sum(r.unanswered for r in results) > 0
     finally:
         total = (sum(r.acked for r in results), sum(r.duplicates for r in results))
         print(f"crash rounds={len(results)} acknowledged={total[0]} duplicates={total[1]}")

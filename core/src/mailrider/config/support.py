@@ -38,8 +38,8 @@ UNSUPPORTED: dict[str, str] = {
     "hostnames": "per-address banner names from a table",
     "proxy-v2": "PROXY protocol v2 on a listener",
     "relay": "relay actions (delivery to other mail servers)",
-    "filter": "filters (filter statements and listener filters)",
-    "proc": "filter processes (proc statements)",
+    "filter rdns": "built-in filter conditions on reverse DNS (rdns, fcrdns)",
+    "filter auth": "built-in filter conditions on SMTP AUTH",
     "wrapper": "mda wrappers in actions",
     "mda wrapper": "mda wrapper definitions",
     "match auth": "matching on SMTP AUTH",
@@ -111,6 +111,12 @@ def features_used(config: Config) -> list[tuple[Where, str]]:
                 uses.append((match.where, feature))
     uses += [(f.where, "proc") for f in config.procs.values()]
     uses += [(f.where, "filter") for f in config.filters.values()]
+    for f in config.filters.values():
+        for cond in f.conditions:
+            if cond.kind in ("rdns", "fcrdns"):
+                uses.append((f.where, "filter rdns"))
+            elif cond.kind == "auth":
+                uses.append((f.where, "filter auth"))
     for option, where in config.option_where.items():
         if option in _OPTION_FEATURES:
             uses.append((where, _OPTION_FEATURES[option]))

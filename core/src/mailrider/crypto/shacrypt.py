@@ -137,7 +137,7 @@ def verify(password: str, hashed: str) -> bool:
 
     A malformed stored hash raises ``ValueError`` (it is not a wrong password).
     """
-    scheme, rounds, custom, salt, digest = _split(hashed)
+    scheme, rounds, _, salt, digest = _split(hashed)
     if len(digest) != (43 if scheme == "$5$" else 86) or not _SALT_CHARS.issuperset(digest):
         raise ValueError("bad digest")
     computed = _digest(scheme, password.encode("utf-8"), salt.encode("utf-8"), rounds)

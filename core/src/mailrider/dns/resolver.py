@@ -35,7 +35,7 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mailrider import limits, paths
 from mailrider.dns import wire
@@ -300,7 +300,7 @@ class Resolver:
                 temp = res
             else:
                 raise res
-        if out or answered and temp is None:
+        if out or (answered and temp is None):
             return out
         if nx == len(results):
             raise NXDomain(host)
@@ -395,6 +395,8 @@ class Resolver:
     def _store(self, key: tuple[str, int], ttl: int, value: Answer | _NX) -> None:
         if ttl <= 0 or self._config.cache_size <= 0:
             return
+        if isinstance(value, Answer):
+            value = replace(value, records=list(value.records))  # callers may mutate theirs
         self._cache[key] = (self._clock() + ttl, value)
         self._cache.move_to_end(key)
         while len(self._cache) > self._config.cache_size:

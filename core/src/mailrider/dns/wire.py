@@ -26,7 +26,6 @@ from mailrider.errors import MailriderError
 
 __all__ = [
     "AAAA",
-    "A",
     "CLASS_IN",
     "CNAME",
     "FORMERR",
@@ -42,6 +41,7 @@ __all__ = [
     "SERVFAIL",
     "SOA",
     "TXT",
+    "A",
     "DNSFormatError",
     "Header",
     "Message",
@@ -228,7 +228,7 @@ class _Writer:
     def name(self, name: str) -> None:
         labels = _labels(name)
         for i in range(len(labels)):
-            suffix = tuple(x.lower() for x in labels[i:])
+            suffix = tuple(labels[i:])
             where = self.offsets.get(suffix) if self.compress else None
             if where is not None:
                 self.buf += struct.pack("!H", 0xC000 | where)

@@ -52,14 +52,17 @@ class FilterProcess:
         if err is not None:
             er, _ = await asyncio.open_connection(sock=err)
             self._tasks.append(asyncio.get_running_loop().create_task(self._stderr(er)))
-        for line in p.handshake_lines(version=version, subsystems=["smtp-in"], admd=admd,
-                                      session_timeout=session_timeout):
-            self._writer.write(line.encode() + b"\n")
-        await self._writer.drain()
         try:
+            for line in p.handshake_lines(version=version, subsystems=["smtp-in"], admd=admd,
+                                          session_timeout=session_timeout):
+                self._writer.write(line.encode() + b"\n")
+            await self._writer.drain()
             await asyncio.wait_for(self._register(), HANDSHAKE_TIMEOUT)
         except TimeoutError:
             raise FilterFailed(f"filter {self.name}: no register|ready in time") from None
+        except (ConnectionError, OSError) as exc:
+            raise FilterFailed(f"filter {self.name}: exited during the handshake ({exc})"
+                               ) from None
         self.alive = True
         self._tasks.append(asyncio.get_running_loop().create_task(self._read()))
 

@@ -109,6 +109,8 @@ class ForwardContent:
 class MessageCreate:
     """Open a new message file in the spool; the reply carries its fd."""
 
+    msgid: str = ""  # the id pony chose at MAIL (filters saw it), or "" for a new one
+
 
 @register
 @dataclass(frozen=True, slots=True)

@@ -7,14 +7,15 @@ Every table failure becomes a 4xx reply for that recipient.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from typing import Any
 
 from mailrider import __version__, log
 from mailrider.config.model import Filter
-from mailrider.filter.host import FilterHost
 from mailrider.errors import PermFail, TempFail
+from mailrider.filter.host import FilterHost
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common, lka_rules
@@ -31,6 +32,9 @@ class Lka(common.Process):
     async def setup(self) -> None:
         self.tables = TableSet(self.config)
         self.filters: FilterHost | None = None
+        #: set once tables and filters are up: requests wait for it (as OpenSMTPD's
+        #: lka serves nobody before every filter registered)
+        self.ready = asyncio.Event()
 
     async def run(self) -> None:
         await self.tables.start()
@@ -40,7 +44,13 @@ class Lka(common.Process):
                 self.config, self.tables, self._start_filter, version=__version__,
                 admd=self.config.admd or socket.gethostname() or "localhost")
             self.filters.data_out = self._filter_data_out
-            await self.filters.start()
+            try:
+                await self.filters.start()
+            except TempFail as exc:
+                # as OpenSMTPD: no serving until every filter registered
+                log.error("lka", "filter-start-failed", error=exc.text)
+                self.stopping.set()
+        self.ready.set()
         try:
             await self.stopping.wait()
         finally:
@@ -49,7 +59,7 @@ class Lka(common.Process):
             await self.tables.close()
 
     async def _start_filter(self, f: Filter) -> tuple[socket.socket, socket.socket | None]:
-        reply, fds = await self.peers["parent"].call(m.FilterStart(
+        _, fds = await self.peers["parent"].call(m.FilterStart(
             name=f.name, command=f.command or "", user=f.user, group=f.group, chroot=f.chroot))
         if len(fds) != 2:
             for fd in fds:
@@ -131,6 +141,8 @@ class Lka(common.Process):
         ])
 
     async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
+        if not self.ready.is_set():
+            await self.ready.wait()
         if isinstance(msg, m.RcptCheck):
             return await self.rcpt(msg)
         if isinstance(msg, m.FilterBegin | m.FilterPhase | m.FilterReport | m.FilterDataBegin

@@ -38,10 +38,15 @@ def _hostname() -> str:
 class Session(asyncio.Protocol):
     """One SMTP connection."""
 
-    def __init__(self, pony: Pony, listener: Listener, local_user: str | None = None) -> None:
+    def __init__(self, pony: Pony, listener: Listener, local_user: str | None = None,
+                 index: int = -1) -> None:
         self.pony = pony
         self.local_user = local_user
         self.listener = listener
+        self.index = index
+        #: does this session go through filters (PROTOCOLS.md 3)?
+        self.filtered = bool(listener.filters) and index >= 0
+        self.junk = False
         self.hostname = listener.hostname or pony.hostname
         cfg = pony.config
         self.srv = SMTPServer(ServerConfig(
@@ -60,6 +65,11 @@ class Session(asyncio.Protocol):
         self._reset_tx()
 
     def _reset_tx(self) -> None:
+        self.txid = ""
+        self.tx_junk = False
+        self.filter_data = False
+        self.fline = b""
+        self.fdone: asyncio.Future[None] | None = None
         self.sender: str | None = None
         self.mail_params: Any = None
         self.rcpts: list[tuple[str, Any, list[dict[str, Any]]]] = []
@@ -84,11 +94,15 @@ class Session(asyncio.Protocol):
             transport.close()
             return
         self.pony.sessions.add(self)
+        self.pony.by_id[self.id] = self
         self.pony.count("smtp.session")
         log.event("smtp", "connected", session=self.id, address=self.ip,
                   port=self.port or None, user=self.local_user, host=self.hostname)
-        transport.write(self.srv.greeting())
         self._arm_timer(limits.SESSION_TIMEOUT)
+        if self.filtered:
+            self._start(self._filter_connect())
+            return
+        transport.write(self.srv.greeting())
 
     def _arm_timer(self, delay: float) -> None:
         if self.timer is not None:
@@ -120,6 +134,9 @@ class Session(asyncio.Protocol):
             self.pony.sessions.discard(self)
             self.pony.count("smtp.session.closed")
         self._abort_tx()
+        self.pony.by_id.pop(self.id, None)
+        if self.filtered:
+            self.pony.peers["lka"].notify(m.FilterEnd(sid=self.id))
         log.event("smtp", "disconnected", session=self.id)
 
     # -- event processing -------------------------------------------------------------
@@ -138,20 +155,27 @@ class Session(asyncio.Protocol):
             if event is None:
                 break
             if isinstance(event, ev.DataChunk):
-                self._write(event.data)
+                if self.filter_data:
+                    self._filter_chunk(event.data)
+                else:
+                    self._write(event.data)
                 continue
             coro = self._handle(event)
             if coro is None:
                 self._flush()
                 continue
-            self.busy = True
-            if self.transport is not None:
-                self.transport.pause_reading()
-            task = asyncio.get_running_loop().create_task(self._await(coro))
-            self.pony.tasks.add(task)
-            task.add_done_callback(self.pony.tasks.discard)
+            self._start(coro)
             return
         self._flush()
+
+    def _start(self, coro: Any) -> None:
+        """Run one step that needs IPC; reading pauses until it is done."""
+        self.busy = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(self._await(coro))
+        self.pony.tasks.add(task)
+        task.add_done_callback(self.pony.tasks.discard)
 
     async def _await(self, coro: Any) -> None:
         try:
@@ -172,6 +196,10 @@ class Session(asyncio.Protocol):
 
     def _handle(self, event: Any) -> Any:
         """Return a coroutine for events that need IPC, else act and return None."""
+        if self.filtered:
+            coro = self._filtered(event)
+            if coro is not None:
+                return coro
         if isinstance(event, ev.Hello):
             self.helo = event.name
             self.srv.accept()
@@ -195,6 +223,179 @@ class Session(asyncio.Protocol):
         else:
             self.srv.reject(502, "5.5.1", "Command not implemented")
         return None
+
+    # -- filters (only for listeners with a ``filter`` option) --------------------------
+
+    def _report(self, event: str, params: list[str]) -> None:
+        self.pony.peers["lka"].notify(m.FilterReport(sid=self.id, event=event, params=params))
+
+    async def _filter(self, phase: str, params: list[str]) -> m.FilterDecision:
+        try:
+            res = await self.pony.peers["lka"].ask(
+                m.FilterPhase(sid=self.id, phase=phase, params=params))
+        except TempFail as exc:
+            log.warning("smtp", "filter-failed", session=self.id, phase=phase, error=exc.text)
+            return m.FilterDecision("disconnect", "421 4.3.0 Temporary failure in filter")
+        if not isinstance(res, m.FilterDecision):
+            return m.FilterDecision("disconnect", "421 4.3.0 Temporary failure in filter")
+        if res.decision != "proceed":
+            log.event("smtp", "filter-response", session=self.id, phase=phase,
+                      response=res.decision, param=res.param)
+        return res
+
+    def _apply(self, d: m.FilterDecision) -> bool:
+        """Act on reject/disconnect/junk; True when the command ends here."""
+        if d.decision in ("reject", "disconnect"):
+            code, status, text = _split_reply(d.param or "421 4.3.0 Internal server error")
+            if d.decision == "disconnect" or code == 421:
+                self.srv.close(Reply(code, status, text))
+            else:
+                self.srv.reject(code, status, text)
+            return True
+        if d.decision == "junk":
+            if self.txid:
+                self.tx_junk = True
+            else:
+                self.junk = True
+        return False
+
+    async def _filter_connect(self) -> None:
+        assert self.transport is not None
+        sock = self.transport.get_extra_info("sockname")
+        dest = f"{sock[0]}:{sock[1]}" if isinstance(sock, tuple) else "local"
+        src = "local" if self.ip == "local" else (f"[{self.ip}]" if ":" in self.ip else self.ip)
+        link_src = "local" if self.ip == "local" else (
+            f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}")
+        try:
+            d = await self.pony.peers["lka"].ask(m.FilterBegin(
+                sid=self.id, listener=self.index, rdns="<unknown>", fcrdns="error", src=src,
+                link_src=link_src, link_dest=dest))
+        except TempFail:
+            d = m.FilterDecision("disconnect", "421 4.3.0 Temporary failure in filter")
+        if isinstance(d, m.FilterDecision) and d.decision in ("reject", "disconnect"):
+            code, status, text = _split_reply(d.param or "421 4.3.0 Internal server error")
+            self.transport.write(Reply(code, status, text).to_bytes())
+            self.transport.close()
+            return
+        if isinstance(d, m.FilterDecision) and d.decision == "junk":
+            self.junk = True
+        self.transport.write(self.srv.greeting())
+        self._report("link-greeting", [self.hostname])
+
+    def _filtered(self, event: Any) -> Any:
+        if isinstance(event, ev.Hello):
+            return self._f_hello(event)
+        if isinstance(event, ev.MailFrom):
+            return self._f_mail(event)
+        if isinstance(event, ev.RcptTo):
+            return self._f_rcpt(event)
+        if isinstance(event, ev.DataStart):
+            return self._f_data(event)
+        return None
+
+    async def _f_hello(self, event: Any) -> None:
+        d = await self._filter("ehlo" if event.verb.upper() != "HELO" else "helo", [event.name])
+        if self._apply(d):
+            return
+        self.helo = d.param if d.decision == "rewrite" and d.param else event.name
+        self.srv.accept()
+        self._report("link-identify", [event.verb.upper(), self.helo])
+
+    async def _f_mail(self, event: Any) -> None:
+        from mailrider.smtp.address import AddressError, parse_path
+
+        addr = str(event.sender) if event.sender is not None else ""
+        d = await self._filter("mail-from", [addr])
+        if self._apply(d):
+            return
+        if d.decision == "rewrite":
+            try:
+                new = parse_path(f"<{d.param or ''}>", True, sender=True)
+            except AddressError as exc:
+                self.srv.reply(exc.reply)
+                return
+            addr = str(new) if new is not None else ""
+        self._abort_tx()
+        from mailrider.queue.envelope import new_msgid
+
+        self.txid = new_msgid()
+        self.sender = addr
+        self.mail_params = event.params
+        self.srv.accept()
+        self._report("tx-begin", [self.txid])
+        self._report("tx-mail", [self.txid, "ok", addr])
+
+    async def _f_rcpt(self, event: Any) -> None:
+        from mailrider.smtp.address import AddressError, parse_path
+
+        d = await self._filter("rcpt-to", [str(event.rcpt)])
+        if self._apply(d):
+            self._report("tx-rcpt", [self.txid, "permfail", str(event.rcpt)])
+            return
+        if d.decision == "rewrite":
+            try:
+                new = parse_path(f"<{d.param or ''}>", True, postmaster=True)
+            except AddressError as exc:
+                self.srv.reply(exc.reply)
+                return
+            if new is not None:
+                event = ev.RcptTo(rcpt=new, params=event.params)
+        before = len(self.rcpts)
+        await self._rcpt(event)
+        ok = len(self.rcpts) > before
+        self._report("tx-rcpt", [self.txid, "ok" if ok else "permfail", str(event.rcpt)])
+
+    async def _f_data(self, event: Any) -> None:
+        d = await self._filter("data", [])
+        if self._apply(d):
+            self._report("tx-data", [self.txid, "permfail"])
+            return
+        await self._data_start()
+        self._report("tx-data", [self.txid, "ok" if self.msgid else "tempfail"])
+
+    def _filter_chunk(self, data: bytes) -> None:
+        """Message bytes -> dot-stuffed lines for the data-line filters."""
+        buf = self.fline + data
+        parts = buf.split(b"\n")
+        self.fline = parts.pop()
+        if parts:
+            lines = [("." + ln.decode("utf-8", "surrogateescape")) if ln.startswith(b".")
+                     else ln.decode("utf-8", "surrogateescape") for ln in parts]
+            self.pony.peers["lka"].notify(m.FilterData(sid=self.id, lines=lines))
+
+    def filter_output(self, lines: list[str], error: str) -> None:
+        """Lines back from the filters: un-stuff and write to the spool file."""
+        if self.fdone is None or self.fdone.done():
+            return
+        if error:
+            self.fdone.set_exception(TempFail(error, 421, "4.3.0"))
+            return
+        out = bytearray()
+        for line in lines:
+            if line == ".":
+                self._write(bytes(out))
+                self.fdone.set_result(None)
+                return
+            raw = line.encode("utf-8", "surrogateescape")
+            out += (raw[1:] if raw.startswith(b".") else raw) + b"\n"
+        self._write(bytes(out))
+
+    async def _filter_data_end(self) -> bool:
+        if self.fline:
+            self._filter_chunk(b"\n")
+        self.pony.peers["lka"].notify(m.FilterData(sid=self.id, lines=["."]))
+        assert self.fdone is not None
+        try:
+            await asyncio.wait_for(self.fdone, limits.DATA_TIMEOUT)
+        except (TempFail, TimeoutError) as exc:
+            text = exc.text if isinstance(exc, TempFail) else "filter timed out"
+            log.warning("smtp", "filter-data-failed", session=self.id, error=text)
+            await self._rollback(self.msgid)
+            self._close_fd()
+            self.srv.close(Reply(421, "4.3.0", "Temporary failure in filter"))
+            self._reset_tx()
+            return False
+        return True
 
     def _session_info(self) -> dict[str, Any]:
         return {"ip": self.ip, "local_socket": self.ip == "local", "helo": self.helo,
@@ -223,7 +424,7 @@ class Session(asyncio.Protocol):
 
     async def _data_start(self) -> None:
         try:
-            reply, fds = await self.pony.peers["queue"].call(m.MessageCreate())
+            reply, fds = await self.pony.peers["queue"].call(m.MessageCreate(msgid=self.txid))
         except TempFail as exc:
             code, status, text = _split_reply(exc.reply())
             self.srv.reject(code, status, text)
@@ -241,7 +442,18 @@ class Session(asyncio.Protocol):
             rcpt=single, tls=None,
         )
         self.size = 0
-        self._write(hdr, count=False)
+        if self.junk or self.tx_junk:
+            hdr = b"X-Spam: Yes\n" + hdr
+        if self.filtered:
+            res = await self.pony.peers["lka"].ask(m.FilterDataBegin(sid=self.id))
+            self.filter_data = isinstance(res, m.Ok) and res.text == "yes"
+        if self.filter_data:
+            self.fdone = asyncio.get_running_loop().create_future()
+            self.pony.peers["lka"].notify(m.FilterData(
+                sid=self.id, lines=hdr.rstrip(b"\n").decode("utf-8", "surrogateescape")
+                .split("\n")))
+        else:
+            self._write(hdr, count=False)
         self.srv.accept()
 
     def _write(self, data: bytes, count: bool = True) -> None:
@@ -261,6 +473,16 @@ class Session(asyncio.Protocol):
             self.fd = -1
 
     async def _data_end(self, event: Any) -> None:
+        if self.filter_data and event.error is None:
+            if not await self._filter_data_end():
+                return
+        if self.filtered and event.error is None:
+            d = await self._filter("commit", [])
+            if self._apply(d):
+                await self._rollback(self.msgid)
+                self._close_fd()
+                self._reset_tx()
+                return
         msgid, fd = self.msgid, self.fd
         self.fd = -1
         write_failed = fd < 0 and msgid is not None
@@ -294,7 +516,10 @@ class Session(asyncio.Protocol):
             self._reset_tx()
             return
         log.event("smtp", "message", session=self.id, msgid=msgid, sender=self.sender or "<>",
-                  size=event.size, nrcpt=len(self.rcpts), proto=self.srv.with_protocol)
+                  size=self.size, nrcpt=len(self.rcpts), proto=self.srv.with_protocol)
+        if self.filtered:
+            self._report("tx-commit", [self.txid, str(self.size)])
+            self._report("tx-reset", [self.txid])
         self.pony.count("smtp.message")
         self.srv.accept(f"2.0.0 {msgid} Message accepted for delivery")
         self._reset_tx()
@@ -330,7 +555,14 @@ class Session(asyncio.Protocol):
         except TempFail:
             pass
 
+    def _close_fd(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
     def _abort_tx(self) -> None:
+        if self.filtered and self.txid:
+            self._report("tx-rollback" if self.msgid else "tx-reset", [self.txid])
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -360,6 +592,7 @@ class Pony(common.Process):
     async def setup(self) -> None:
         self.hostname = _hostname()
         self.sessions: set[Session] = set()
+        self.by_id: dict[str, Session] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.paused_smtp = False
@@ -371,7 +604,8 @@ class Pony(common.Process):
             idx, fd = (int(x) for x in item.split(":"))
             lst = self.config.listeners[idx]
             sock = socket.socket(fileno=fd)
-            server = await loop.create_server(functools.partial(Session, self, lst), sock=sock)
+            server = await loop.create_server(
+                functools.partial(Session, self, lst, index=idx), sock=sock)
             self.servers.append(server)
             log.event("smtp", "listening", address=sock.getsockname()[0],
                       port=sock.getsockname()[1])
@@ -384,17 +618,18 @@ class Pony(common.Process):
         out["smtp.session.current"] = len(self.sessions)
         return out
 
-    def local_listener(self) -> Listener:
+    def local_listener(self) -> tuple[Listener, int]:
         """The ``listen on socket`` options, or the defaults when there is none."""
-        for lst in self.config.listeners:
+        for i, lst in enumerate(self.config.listeners):
             if lst.address == "socket":
-                return lst
-        return Listener(address="socket")
+                return lst, i
+        return Listener(address="socket"), -1
 
     async def local_session(self, msg: m.LocalSession, fd: int) -> None:
         sock = socket.socket(fileno=fd)
         loop = asyncio.get_running_loop()
-        factory = functools.partial(Session, self, self.local_listener(), local_user=msg.user)
+        lst, idx = self.local_listener()
+        factory = functools.partial(Session, self, lst, local_user=msg.user, index=idx)
         await loop.connect_accepted_socket(factory, sock)
 
     async def deliver(self, msg: m.Deliver, fds: list[int]) -> m.DeliveryResult:
@@ -414,6 +649,11 @@ class Pony(common.Process):
             finally:
                 for fd in fds:
                     os.close(fd)
+        if isinstance(msg, m.FilterData):
+            session = self.by_id.get(msg.sid)
+            if session is not None:
+                session.filter_output(list(msg.lines), msg.error)
+            return None
         if isinstance(msg, m.LocalSession) and len(fds) == 1:
             await self.local_session(msg, fds[0])
             return m.Ok()

@@ -67,20 +67,29 @@ class Queue(common.Process):
     # -- group commit ------------------------------------------------------------
 
     async def _committer(self) -> None:
+        # pipelined: a batch is staged and synced in one turn, renamed into
+        # queue/ at its end, and acknowledged after the next turn's sync, which
+        # also stages the batch that filled up meanwhile (Spool.commit_step)
+        published: list[tuple[PendingCommit, asyncio.Future[None]]] = []
         while True:
-            await self._wake.wait()
+            if not self._batch and not published:
+                await self._wake.wait()
             self._wake.clear()
             batch, self._batch = self._batch, []
-            if not batch:
-                continue
             items = [b[0] for b in batch]
+            prev = [b[0] for b in published]
             started = time.perf_counter()
+            done: list[PendingCommit] = []
             try:
-                await asyncio.to_thread(self.spool.commit_batch, items)
+                done = await asyncio.to_thread(self.spool.commit_step, items, prev)
             except Exception as exc:  # never leave a session hanging
-                for item in items:
+                for item in items + prev:
                     item.error = item.error or TempFail(f"commit failed: {exc}")
-            for item, fut in batch:
+                done = []
+            ready = set(map(id, done))
+            finished = published + [b for b in batch if id(b[0]) not in ready]
+            published = [b for b in batch if id(b[0]) in ready]
+            for item, fut in finished:
                 if fut.done():
                     continue
                 if item.error is not None:
@@ -89,8 +98,11 @@ class Queue(common.Process):
                     fut.set_result(None)
             if profile.on("queue"):
                 profile.add("profile.queue.commit", int((time.perf_counter() - started) * 1e6))
-            self.count("queue.commit.batches")
-            self.count("queue.commit.messages", len(items))
+            if items or prev:
+                self.count("queue.commit.turns")
+            if items:
+                self.count("queue.commit.batches")
+                self.count("queue.commit.messages", len(items))
 
     async def commit(self, msg: m.MessageCommit) -> m.Ok:
         if msg.msgid not in self._open:
@@ -239,7 +251,7 @@ class Queue(common.Process):
         for fd in fds:
             os.close(fd)
         if isinstance(msg, m.MessageCreate):
-            msgid, fd = self.spool.create()
+            msgid, fd = self.spool.create(msg.msgid)
             self._open.add(msgid)
             return m.MessageCreated(msgid=msgid), [fd]
         if isinstance(msg, m.MessageCommit):

@@ -256,6 +256,9 @@ class ProcTable(Table):
             asyncio.subprocess.Process, tuple[asyncio.ReadTransport, _StderrLog]
         ] = {}
         self._restarter: asyncio.Task[None] | None = None
+        # set while start() runs: requests that arrive meanwhile (lka serves
+        # as soon as it runs) wait for the first handshake instead of failing
+        self._starting: asyncio.Future[None] | None = None
         self._rng = random.Random()
         self._prefix = f"table|{PROTOCOL_VERSION}|"
 
@@ -284,8 +287,12 @@ class ProcTable(Table):
         """Start the backend and complete the handshake; TempFail if it cannot."""
         if self._state != "new":
             raise RuntimeError(f"table {self.name}: already started")
-        await self._spawn()
-        self._state = "up"
+        self._starting = asyncio.get_running_loop().create_future()
+        try:
+            await self._spawn()
+            self._state = "up"
+        finally:
+            self._starting.set_result(None)
 
     async def close(self) -> None:
         """Stop the backend: close its pipe, let it exit, then terminate it."""
@@ -573,6 +580,8 @@ class ProcTable(Table):
         self._arm()
 
     async def _request(self, op: str, service: str | None, key: str | None) -> _Result:
+        if self._state == "new" and self._starting is not None:
+            await asyncio.shield(self._starting)  # bounded by the handshake timeout
         if self._state != "up" or self._wire is None:
             raise TempFail(f"table {self.name}: backend not running")
         if service is not None and service not in SERVICES:

@@ -1,0 +1,468 @@
+#!/usr/bin/env python3
+"""Benchmark: SMTP messages/second accepted by mailriderd, and end to end to a Maildir.
+
+    python3 tools/bench/smtp_accept.py [--sessions 20] [--messages 2000] [--sizes 1k,100k]
+                                       [--no-postfix] [--no-e2e] [--profile]
+                                       [--client auto|smtp-source|builtin]
+
+Run from anywhere; it finds the repository from its own path. Needs the
+``mailrider`` package importable (an installed venv, or PYTHONPATH=core/src).
+
+For each message size it starts one mailriderd on a free loopback port
+(core/tests/e2e/harness.py) with a configuration that maps every recipient
+to one Maildir, and measures:
+
+accept
+    ``mailriderctl pause mda``, then N messages over S parallel sessions,
+    one message per connection (Postfix's ``smtp-source`` without ``-d``).
+    Every message waits for its ``250``, which mailrider sends only after
+    the message and its envelope are synced, so this is fsynced msg/s.
+drain
+    ``resume mda``: how fast the paused backlog reaches the Maildir.
+e2e
+    delivery running: time from the first message sent until the last
+    message file appears in ``new/``.
+
+When Postfix is installed (and we run as root) a throwaway Postfix
+(tools/bench/postfix_peer.py) on another loopback port gets the same load
+in the same invocation: accept with every message put on hold (no delivery
+work behind it), then e2e with virtual(8) delivering to a Maildir. The
+ratio is mailrider/Postfix.
+
+The load tool is /usr/sbin/smtp-source when present, else a built-in
+asyncio client with the same dialogue (said in the output). Every run is
+bounded by ``--timeout``. ``--profile`` runs the daemon's children under
+cProfile (MAILRIDER_PROFILE) and prints the top entries of pony and queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "core" / "tests" / "e2e"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+if not any(Path(p, "mailrider").is_dir() for p in sys.path if p):
+    sys.path.append(str(ROOT / "core" / "src"))
+
+import postfix_peer  # noqa: E402
+from harness import Daemon, free_port  # noqa: E402
+
+SENDER = "from@bench.example"
+RCPT = "to@localhost"
+BOX = "to"  # the Maildir the recipient's local part names
+
+CONFIG = """\
+# tools/bench/smtp_accept.py: every recipient into one Maildir per local part
+listen on 127.0.0.1 port {port}
+table everyone {{ "@" = "{user}" }}
+action "local" maildir "{mail}/%{{rcpt.user:lowercase|strip}}" virtual <everyone>
+match from any for any action "local"
+"""
+
+
+def parse_size(text: str) -> int:
+    t = text.strip().lower()
+    mult = 1
+    if t.endswith("k"):
+        mult, t = 1024, t[:-1]
+    elif t.endswith("m"):
+        mult, t = 1024 * 1024, t[:-1]
+    return int(float(t) * mult)
+
+
+def size_label(n: int) -> str:
+    if n % (1024 * 1024) == 0:
+        return f"{n // (1024 * 1024)}M"
+    if n % 1024 == 0:
+        return f"{n // 1024}K"
+    return str(n)
+
+
+def count_files(d: Path) -> int:
+    try:
+        return len(os.listdir(d))
+    except FileNotFoundError:
+        return 0
+
+
+def wait_count(d: Path, target: int, timeout: float, poll: float = 0.02) -> float | None:
+    """Wait until ``d`` holds ``target`` files; the monotonic time it did, None on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if count_files(d) >= target:
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(poll)
+
+
+# -- load generators ------------------------------------------------------------
+
+
+class LoadError(RuntimeError):
+    pass
+
+
+def smtp_source_path() -> str | None:
+    for p in (shutil.which("smtp-source"), "/usr/sbin/smtp-source"):
+        if p and os.access(p, os.X_OK):
+            return p
+    return None
+
+
+def run_smtp_source(tool: str, port: int, sessions: int, messages: int, size: int,
+                    timeout: float) -> float:
+    """Send with smtp-source; returns elapsed seconds. Every message waits for its 250."""
+    argv = [tool, "-s", str(sessions), "-m", str(messages), "-l", str(size),
+            "-f", SENDER, "-t", RCPT, "-M", "bench.localhost", f"127.0.0.1:{port}"]
+    t0 = time.monotonic()
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise LoadError(f"smtp-source did not finish in {timeout:.0f}s") from exc
+    dt = time.monotonic() - t0
+    if res.returncode != 0:
+        raise LoadError(f"smtp-source exited {res.returncode}: {res.stderr.strip()[-400:]}")
+    return dt
+
+
+def _body(size: int) -> bytes:
+    head = (f"From: <{SENDER}>\r\nTo: <{RCPT}>\r\nSubject: bench\r\n"
+            "Message-ID: <bench@bench.localhost>\r\n\r\n").encode()
+    line = b"x" * 78 + b"\r\n"
+    n, rest = divmod(size, len(line))
+    return head + line * n + b"x" * max(rest - 2, 0) + (b"\r\n" if rest else b"")
+
+
+async def _session(port: int, body: bytes, timeout: float) -> None:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+
+    async def expect(code: bytes) -> None:
+        while True:
+            line = await asyncio.wait_for(reader.readline(), timeout)
+            if not line:
+                raise LoadError("connection closed")
+            if not line.startswith(code):
+                raise LoadError(f"unexpected reply {line!r}")
+            if line[3:4] != b"-":
+                return
+
+    try:
+        await expect(b"220")
+        writer.write(b"EHLO bench.localhost\r\n")
+        await expect(b"250")
+        writer.write(f"MAIL FROM:<{SENDER}>\r\n".encode())
+        await expect(b"250")
+        writer.write(f"RCPT TO:<{RCPT}>\r\n".encode())
+        await expect(b"250")
+        writer.write(b"DATA\r\n")
+        await expect(b"354")
+        writer.write(body + b".\r\n")
+        await expect(b"250")
+        writer.write(b"QUIT\r\n")
+        await expect(b"221")
+    finally:
+        writer.close()
+
+
+async def _builtin(port: int, sessions: int, messages: int, size: int, timeout: float) -> None:
+    body = _body(size)
+    left = [messages]
+
+    async def worker() -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            await _session(port, body, timeout)
+
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(sessions))), timeout)
+
+
+def run_builtin(port: int, sessions: int, messages: int, size: int, timeout: float) -> float:
+    t0 = time.monotonic()
+    try:
+        asyncio.run(_builtin(port, sessions, messages, size, timeout))
+    except (TimeoutError, asyncio.TimeoutError) as exc:
+        raise LoadError(f"built-in client did not finish in {timeout:.0f}s") from exc
+    except OSError as exc:
+        raise LoadError(f"built-in client: {exc}") from exc
+    return time.monotonic() - t0
+
+
+@dataclass
+class Load:
+    tool: str | None  # path of smtp-source, or None for the built-in client
+    sessions: int
+    timeout: float
+
+    @property
+    def name(self) -> str:
+        return "smtp-source" if self.tool else "built-in asyncio client"
+
+    def send(self, port: int, messages: int, size: int) -> float:
+        if self.tool:
+            return run_smtp_source(self.tool, port, self.sessions, messages, size, self.timeout)
+        return run_builtin(port, self.sessions, messages, size, self.timeout)
+
+
+# -- results ------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    accept: float | None = None  # msg/s, delivery paused / held
+    drain: float | None = None  # msg/s, paused backlog to Maildir
+    e2e: float | None = None  # msg/s, first send to last file
+    e2e_accept: float | None = None  # msg/s accepted while delivering
+    notes: list[str] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def rate(n: int, seconds: float | None) -> float | None:
+    return n / seconds if seconds and seconds > 0 else None
+
+
+def fmt(v: float | None) -> str:
+    return f"{v:,.0f}" if v is not None else "-"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a is not None and b else "-"
+
+
+# -- mailrider ------------------------------------------------------------------------
+
+
+def stats(d: Daemon) -> dict[str, int]:
+    res = d.ctl("show", "stats", check=False)
+    out: dict[str, int] = {}
+    for line in res.stdout.splitlines():
+        k, _, v = line.partition("=")
+        if v.isdigit():
+            out[k] = int(v)
+    return out
+
+
+def bench_mailrider(load: Load, messages: int, size: int, *, e2e: bool, profile_dir: Path | None,
+                    ) -> Result:
+    env: dict[str, str] = {}
+    res = Result()
+    d = Daemon(CONFIG, extra_env=env)
+    if profile_dir is not None:
+        # written by the children after their privilege drop
+        prof = d.state / "profile"
+        prof.mkdir(mode=0o755)
+        du = os.stat(d.mail)
+        os.chown(prof, du.st_uid, du.st_gid)
+        d.env["MAILRIDER_PROFILE"] = str(prof)
+    box = d.mail / BOX / "new"
+    try:
+        d.start()
+        warm = min(max(messages // 10, load.sessions), 200)
+        load.send(d.port, warm, size)
+        if wait_count(box, warm, load.timeout) is None:
+            res.notes.append("warm-up messages not delivered in time")
+        d.ctl("pause", "mda")
+        before = stats(d)
+        dt = load.send(d.port, messages, size)
+        res.accept = rate(messages, dt)
+        after = stats(d)
+        res.stats = {k: after.get(k, 0) - before.get(k, 0)
+                     for k in ("queue.commit.batches", "queue.commit.messages")}
+        base = count_files(box)
+        t0 = time.monotonic()
+        d.ctl("resume", "mda")
+        t1 = wait_count(box, warm + messages, load.timeout)
+        if t1 is None:
+            res.notes.append(f"drain: {count_files(box) - base}/{messages} delivered in time")
+        else:
+            res.drain = rate(messages, t1 - t0)
+        if e2e:
+            target = count_files(box) + messages
+            t0 = time.monotonic()
+            dt = load.send(d.port, messages, size)
+            res.e2e_accept = rate(messages, dt)
+            t1 = wait_count(box, target, load.timeout)
+            if t1 is None:
+                res.notes.append("e2e: not every message delivered in time")
+            else:
+                res.e2e = rate(messages, t1 - t0)
+    except LoadError as exc:
+        res.notes.append(f"mailrider: {exc}")
+    finally:
+        d.stop()
+        if profile_dir is not None:
+            profile_dir.mkdir(parents=True, exist_ok=True)
+            for p in (d.state / "profile").glob("*.prof"):
+                shutil.copy(p, profile_dir / f"{size_label(size)}-{p.name}")
+        if res.notes:
+            res.notes.append("daemon log tail:\n" + d.log()[-1500:])
+        d.cleanup()
+    return res
+
+
+# -- postfix ---------------------------------------------------------------------------
+
+
+def bench_postfix(load: Load, messages: int, size: int, *, e2e: bool) -> Result:
+    res = Result()
+    try:
+        peer = postfix_peer.PostfixPeer(free_port(), hold=True)
+    except postfix_peer.PostfixError as exc:
+        res.notes.append(f"Postfix not run: {exc}")
+        return res
+    try:
+        peer.start()
+        warm = min(max(messages // 10, load.sessions), 200)
+        load.send(peer.port, warm, size)
+        peer.flush()
+        dt = load.send(peer.port, messages, size)
+        res.accept = rate(messages, dt)
+        held = peer.count_queue("hold")
+        if held < messages:
+            res.notes.append(f"Postfix: only {held}/{messages} on hold")
+        peer.flush()
+        if e2e:
+            peer.set_hold(False)
+            load.send(peer.port, warm, size)  # respawn smtpd after the reload
+            if wait_count(peer.maildir / "new", warm, load.timeout) is None:
+                res.notes.append("Postfix: warm-up messages not delivered in time")
+            target = peer.delivered() + messages
+            t0 = time.monotonic()
+            dt = load.send(peer.port, messages, size)
+            res.e2e_accept = rate(messages, dt)
+            t1 = wait_count(peer.maildir / "new", target, load.timeout)
+            if t1 is None:
+                res.notes.append("Postfix e2e: not every message delivered in time")
+            else:
+                res.e2e = rate(messages, t1 - t0)
+    except (postfix_peer.PostfixError, LoadError, subprocess.SubprocessError) as exc:
+        res.notes.append(f"Postfix: {exc}")
+    finally:
+        peer.cleanup()
+    return res
+
+
+# -- output ----------------------------------------------------------------------------
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, r in enumerate(rows):
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                               enumerate(zip(r, widths, strict=True))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def report(size: int, sessions: int, messages: int, mr: Result, pf: Result | None) -> str:
+    rows = [["figure (msg/s)", "sessions", "messages", "mailrider", "postfix", "ratio"]]
+
+    def row(name: str, a: float | None, b: float | None) -> None:
+        rows.append([name, str(sessions), str(messages), fmt(a),
+                     fmt(b) if pf is not None else "-", ratio(a, b) if pf is not None else "-"])
+
+    row("accepted, fsynced (delivery held)", mr.accept, pf.accept if pf else None)
+    row("accepted while delivering", mr.e2e_accept, pf.e2e_accept if pf else None)
+    row("end to end to Maildir", mr.e2e, pf.e2e if pf else None)
+    rows.append(["drain of held backlog", str(sessions), str(messages), fmt(mr.drain), "-", "-"])
+    out = [f"== {size_label(size)} messages ==", table(rows)]
+    b, n = mr.stats.get("queue.commit.batches", 0), mr.stats.get("queue.commit.messages", 0)
+    if b:
+        out.append(f"mailrider group commit (accept run): queue.commit.batches={b} "
+                   f"queue.commit.messages={n} ({n / b:.1f} messages/batch)")
+    for note in mr.notes + (pf.notes if pf else []):
+        out.append(f"note: {note}")
+    return "\n".join(out)
+
+
+def print_profile(profile_dir: Path, top: int) -> None:
+    for path in sorted(profile_dir.glob("*.prof")):
+        label = path.stem
+        if not label.endswith(("-pony", "-queue")):
+            continue
+        buf = io.StringIO()
+        st = pstats.Stats(str(path), stream=buf)
+        st.sort_stats("cumulative").print_stats(top)
+        print(f"\n== profile {label} (cumulative, top {top}) ==")
+        print(buf.getvalue().split("Ordered by:", 1)[-1].strip())
+        buf = io.StringIO()
+        st.stream = buf
+        st.sort_stats("tottime").print_stats(15)
+        print(f"\n== profile {label} (own time, top 15) ==")
+        print(buf.getvalue().split("Ordered by:", 1)[-1].strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--messages", type=int, default=2000)
+    ap.add_argument("--sizes", default="1k,100k", help="comma-separated, e.g. 1k,100k")
+    ap.add_argument("--no-postfix", action="store_true", help="mailrider figures only")
+    ap.add_argument("--no-e2e", action="store_true", help="accept figures only")
+    ap.add_argument("--profile", action="store_true",
+                    help="cProfile the daemon's children; print pony and queue")
+    ap.add_argument("--profile-dir", default="", help="keep the .prof files here")
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--client", choices=("auto", "smtp-source", "builtin"), default="auto")
+    ap.add_argument("--timeout", type=float, default=300.0, help="per run, seconds")
+    ns = ap.parse_args(argv)
+    if ns.sessions < 1 or ns.messages < 1:
+        ap.error("--sessions and --messages must be positive")
+    sizes = [parse_size(s) for s in ns.sizes.split(",") if s.strip()]
+
+    tool = None if ns.client == "builtin" else smtp_source_path()
+    if ns.client == "smtp-source" and tool is None:
+        print("smtp-source not found", file=sys.stderr)
+        return 2
+    load = Load(tool, ns.sessions, ns.timeout)
+    print(f"load tool: {load.name}" + ("" if tool else " (smtp-source not found)"))
+    print(f"python: {sys.executable} {sys.version.split()[0]}; cpus: {os.cpu_count()}")
+    pf_reason = "--no-postfix" if ns.no_postfix else postfix_peer.available()
+    if pf_reason is None:
+        print(f"peer: Postfix {postfix_peer._version()} on another loopback port, same load")
+    else:
+        print(f"peer: none ({pf_reason})")
+
+    profile_dir: Path | None = None
+    tmp_prof = False
+    if ns.profile:
+        if ns.profile_dir:
+            profile_dir = Path(ns.profile_dir).resolve()
+        else:
+            import tempfile
+            profile_dir = Path(tempfile.mkdtemp(prefix="mailrider-bench-prof-", dir="/tmp"))
+            tmp_prof = True
+        print(f"profiling: mailrider's children run under cProfile (figures are slower)")
+
+    status = 0
+    for size in sizes:
+        mr = bench_mailrider(load, ns.messages, size, e2e=not ns.no_e2e, profile_dir=profile_dir)
+        pf = None
+        if pf_reason is None:
+            pf = bench_postfix(load, ns.messages, size, e2e=not ns.no_e2e)
+        print()
+        print(report(size, ns.sessions, ns.messages, mr, pf), flush=True)
+        if mr.accept is None:
+            status = 1
+    if profile_dir is not None:
+        print_profile(profile_dir, ns.top)
+        if tmp_prof:
+            shutil.rmtree(profile_dir, ignore_errors=True)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
