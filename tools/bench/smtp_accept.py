@@ -192,7 +192,7 @@ def run_builtin(port: int, sessions: int, messages: int, size: int, timeout: flo
     t0 = time.monotonic()
     try:
         asyncio.run(_builtin(port, sessions, messages, size, timeout))
-    except (TimeoutError, asyncio.TimeoutError) as exc:
+    except TimeoutError as exc:
         raise LoadError(f"built-in client did not finish in {timeout:.0f}s") from exc
     except OSError as exc:
         raise LoadError(f"built-in client: {exc}") from exc
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             import tempfile
             profile_dir = Path(tempfile.mkdtemp(prefix="mailrider-bench-prof-", dir="/tmp"))
             tmp_prof = True
-        print(f"profiling: mailrider's children run under cProfile (figures are slower)")
+        print("profiling: mailrider's children run under cProfile (figures are slower)")
 
     status = 0
     for size in sizes:

@@ -41,6 +41,13 @@ if [ -e /etc/mail/mailrider.conf ] || dpkg -s mailrider >/dev/null 2>&1; then
 	exit 77
 fi
 
+# one check at a time per machine: it installs and purges system packages
+exec 9>/tmp/mailrider-debian-check.lock
+if ! flock -n 9; then
+	echo "SKIP: another debian_check.sh is running" >&2
+	exit 77
+fi
+
 WORK=$(mktemp -d /tmp/mailrider-deb.XXXXXX)
 DAEMON=
 INSTALLED=

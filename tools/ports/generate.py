@@ -225,7 +225,8 @@ rc_reload=NO
 rc_cmd $1
 """
 
-OPENBSD_README = f"""+-------------------------------------------------------------------------------
+OPENBSD_README = f"""\
++-------------------------------------------------------------------------------
 | Running ${{PKGSTEM}} on OpenBSD
 +-------------------------------------------------------------------------------
 
@@ -554,7 +555,9 @@ Restart=on-failure
 # stops gaining privileges through execve() of setuid/setgid or file-capability
 # programs. A delivery command that relies on one (a setgid mail locker, a
 # setgid procmail) then runs without it: override in a drop-in if you need it.
-CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_KILL CAP_SYS_CHROOT
+# (several CapabilityBoundingSet= lines add up)
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID CAP_CHOWN CAP_FOWNER
+CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_KILL CAP_SYS_CHROOT
 NoNewPrivileges=yes
 # The whole tree is read-only except the spool and where mail is delivered.
 # Deliveries go to users' homes (~/Maildir) and /var/mail; add the folders your

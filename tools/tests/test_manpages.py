@@ -18,7 +18,6 @@ import subprocess
 from unittest import mock
 
 import pytest
-
 from mailrider.cli import mailriderctl
 from mailrider.config import parser as config_parser
 from mailrider.config import support

@@ -56,7 +56,8 @@ def test_paths_agree_with_paths_module() -> None:
     plist = files["openbsd/mailrider/pkg/PLIST"]
     assert f"@newuser {paths.USER}:" in plist and f"@newgroup {paths.USER}:" in plist
     assert "@sample ${SYSCONFDIR}" + paths.CONFIG_FILE.removeprefix("/etc") in plist
-    assert f"ReadWritePaths={paths.SPOOL_ROOT}\n" in files["debian/mailrider/debian/mailrider.service"]
+    service = files["debian/mailrider/debian/mailrider.service"]
+    assert f"ReadWritePaths={paths.SPOOL_ROOT}\n" in service
     assert f"u {paths.USER} " in files["debian/mailrider/debian/mailrider.sysusers"]
 
 
@@ -70,7 +71,7 @@ def test_extras_install_their_backend_in_libexec() -> None:
         assert f"libexec/mailrider/{program}" in files[f"freebsd/{dist.name}/Makefile"]
         links = files[f"debian/{dist.name}/debian/{dist.name}.links"]
         assert links == f"usr/bin/{dist.name} usr/libexec/mailrider/{program}\n"
-        assert f"mail/mailrider" in files[f"openbsd/{dist.name}/Makefile"]
+        assert "mail/mailrider" in files[f"openbsd/{dist.name}/Makefile"]
         assert "mailrider (>= " in files[f"debian/{dist.name}/debian/control"]
 
 

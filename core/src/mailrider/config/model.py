@@ -186,6 +186,9 @@ class Config:
     queue_encryption: bool = False
     bounce_warn_interval: list[int] = field(default_factory=lambda: [4 * 3600])
     smtp_ciphers: str | None = None
+    #: ``smtp key-in-process``: pony may load TLS keys itself when klondike
+    #: delegation is unavailable (never silently: a warning at every start)
+    key_in_process: bool = False
     mta_max_deferred: int = 100
     #: queue encryption key as written (None: prompted / stdin); a secret
     queue_key: str | None = None

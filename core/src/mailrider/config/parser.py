@@ -59,7 +59,7 @@ KEYWORDS = frozenset(
     proc proc-exec protocols proxy-v2 queue quit rcpt-to rdns received-auth
     recipient regex reject relay report rewrite rset scheduler senders smtp
     smtp-in smtp-out smtps socket src srs sub-addr-delim table tag tagged tls
-    tls-require ttl user userbase verify virtual warn-interval wrapper
+    tls-require ttl user userbase verify virtual warn-interval wrapper key-in-process
     """.split()
 )
 
@@ -975,6 +975,10 @@ class _Parser:
             self.config.sub_addr_delim = tok.value
         elif self._is_kw(opt, "ciphers"):
             self.config.smtp_ciphers = self._value().value
+        elif self._is_kw(opt, "key-in-process"):
+            # mailrider only: allow pony to hold TLS keys when delegation to
+            # klondike is unavailable (logged as a warning at every start)
+            self.config.key_in_process = True
         else:
             raise self._unexpected(opt)
         self._end()

@@ -55,15 +55,18 @@ class Klondike(common.Process):
         self.count("klondike.sign")
         return m.Signed(data_b64=base64.b64encode(out).decode("ascii"))
 
+    def stats(self) -> dict[str, int]:
+        return {
+            "klondike.sign": self.counters.get("klondike.sign", 0),
+            "klondike.sign.errors": self.counters.get("klondike.sign.errors", 0),
+            "klondike.keys": len(self.keys) if self.keys is not None else 0,
+        }
+
     async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
         if isinstance(msg, m.Sign) and chan.peer.startswith("pony"):
             return self.sign(msg)
-        if isinstance(msg, m.Control) and msg.command == "stats":
-            return m.ControlReply(data={"counters": {
-                "klondike.sign": self.counters.get("klondike.sign", 0),
-                "klondike.sign.errors": self.counters.get("klondike.sign.errors", 0),
-                "klondike.keys": len(self.keys) if self.keys is not None else 0,
-            }})
+        if isinstance(msg, m.Control):
+            return await self.control(msg)
         raise ValueError(f"klondike: unexpected {m.type_name(msg)} from {chan.peer}")
 
 
