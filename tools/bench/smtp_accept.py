@@ -399,7 +399,7 @@ def print_profile(profile_dir: Path, top: int) -> None:
         print(f"\n== profile {label} (cumulative, top {top}) ==")
         print(buf.getvalue().split("Ordered by:", 1)[-1].strip())
         buf = io.StringIO()
-        st.stream = buf
+        st = pstats.Stats(str(path), stream=buf)
         st.sort_stats("tottime").print_stats(15)
         print(f"\n== profile {label} (own time, top 15) ==")
         print(buf.getvalue().split("Ordered by:", 1)[-1].strip())

@@ -121,3 +121,6 @@ SMTP_RCPT_TIMEOUT = 300.0  # 4.5.3.2.3 RCPT: 5 minutes
 SMTP_DATA_INIT_TIMEOUT = 120.0  # 4.5.3.2.4 DATA initiation: 2 minutes
 SMTP_DATA_BLOCK_TIMEOUT = 180.0  # 4.5.3.2.5 each data block: 3 minutes
 SMTP_DATA_END_TIMEOUT = 600.0  # 4.5.3.2.6 final "." reply: 10 minutes
+
+# STARTTLS / smtps: how long a TLS handshake may take before the session ends.
+TLS_HANDSHAKE_TIMEOUT = 30.0

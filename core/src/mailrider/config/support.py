@@ -23,13 +23,6 @@ from mailrider.errors import ConfigError
 
 #: feature (as written in the configuration) -> what it is
 UNSUPPORTED: dict[str, str] = {
-    "pki": "TLS certificates and keys (pki statements, listener and relay pki)",
-    "ca": "certificate authorities (ca statements, listener and relay ca)",
-    "tls": "STARTTLS on a listener",
-    "tls-require": "mandatory STARTTLS on a listener",
-    "smtps": "implicit TLS on a listener",
-    "ciphers": "listener TLS cipher selection",
-    "protocols": "listener TLS protocol selection",
     "auth": "SMTP AUTH on a listener",
     "auth-optional": "optional SMTP AUTH on a listener",
     "senders": "checking MAIL FROM against an authenticated user's addresses",
@@ -44,14 +37,12 @@ UNSUPPORTED: dict[str, str] = {
     "mda wrapper": "mda wrapper definitions",
     "match auth": "matching on SMTP AUTH",
     "from auth": "matching on SMTP AUTH",
-    "match tls": "matching on TLS sessions",
     "from rdns": "matching on the client's reverse DNS name",
     "queue compression": "compressed queue files",
     "queue encryption": "encrypted queue files",
     "srs": "Sender Rewriting Scheme",
     "mta limit": "relay connection limits",
     "scheduler limit": "scheduler batch limits",
-    "smtp ciphers": "TLS cipher selection for all sessions",
 }
 
 #: global options, by their key in ``Config.option_where``, that belong to

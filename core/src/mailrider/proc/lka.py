@@ -111,7 +111,7 @@ class Lka(common.Process):
         env = lka_rules.Envelope(
             ip=str(s.get("ip", "")), local_socket=bool(s.get("local_socket")),
             helo=str(s.get("helo", "")), tag=str(s.get("tag", "")), sender=msg.sender,
-            rcpt=msg.rcpt, auth_user=str(s.get("auth", "")),
+            rcpt=msg.rcpt, auth_user=str(s.get("auth", "")), tls=bool(s.get("tls")),
         )
         self.count("lka.rcpt")
         try:

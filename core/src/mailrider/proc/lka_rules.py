@@ -24,6 +24,7 @@ class Envelope:
     sender: str  # "" for the null sender
     rcpt: str
     auth_user: str = ""
+    tls: bool = False
 
 
 async def _check(tables: TableSet, name: str | None, service: str, key: str) -> bool:
@@ -63,6 +64,8 @@ async def condition_holds(tables: TableSet, c: Condition, e: Envelope) -> bool:
         else:
             svc = rx or ("mailaddr" if "@" in e.auth_user else "string")
             ok = await _check(tables, c.table, svc, e.auth_user)
+    elif kind == "tls":
+        ok = e.tls
     else:
         # the support check refuses configurations with other conditions
         ok = False

@@ -103,6 +103,13 @@ class Parent:
             keep += [sa, sb]
             pairs[a][b] = sa.fileno()
             pairs[b][a] = sb.fileno()
+        # pony's blocking line to klondike for private-key operations (KLONDIKE.md)
+        sa, sb = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sa.set_inheritable(True)
+        sb.set_inheritable(True)
+        keep += [sa, sb]
+        pairs["pony"]["klondike-sign"] = sa.fileno()
+        pairs["klondike"]["pony-sign"] = sb.fileno()
         listen_spec = ",".join(f"{i}:{s.fileno()}" for i, s in listeners)
         env = dict(os.environ)
         env["MAILRIDER_LISTENERS"] = listen_spec

@@ -15,15 +15,17 @@ import asyncio
 import functools
 import os
 import socket
+import ssl
 import time
 from typing import Any
 
 from mailrider import limits, log
 from mailrider.config.model import Listener
-from mailrider.errors import TempFail
+from mailrider.errors import ConfigError, TempFail
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
+from mailrider.proc.pony_tls import ListenerTLS, tls_summary
 from mailrider.smtp.received import received_header
 from mailrider.smtp.reply import Reply
 from mailrider.smtp.server import ServerConfig, SMTPServer
@@ -52,9 +54,12 @@ class Session(asyncio.Protocol):
         self.srv = SMTPServer(ServerConfig(
             hostname=self.hostname, max_message_size=cfg.max_message_size,
             max_rcpt=cfg.max_rcpt, max_mails=cfg.max_mails, max_errors=limits.MAX_ERRORS,
-            dsn=not listener.no_dsn, starttls=False, smtputf8=True, pipelining=True,
-            eightbitmime=True,
+            dsn=not listener.no_dsn, smtputf8=True, pipelining=True, eightbitmime=True,
+            starttls=(listener.tls or listener.tls_require) and not listener.smtps
+            and index in pony.tls.contexts,
+            implicit_tls=listener.smtps,
         ))
+        self.tls_info: tuple[str, str] | None = None
         self.transport: asyncio.Transport | None = None
         self.id = os.urandom(8).hex()
         self.ip = ""
@@ -99,6 +104,10 @@ class Session(asyncio.Protocol):
         log.event("smtp", "connected", session=self.id, address=self.ip,
                   port=self.port or None, user=self.local_user, host=self.hostname)
         self._arm_timer(limits.SESSION_TIMEOUT)
+        if self.listener.smtps:
+            self.tls_info = tls_summary(transport.get_extra_info("ssl_object"))
+            if self.tls_info is not None:
+                log.event("smtp", "tls", session=self.id, ciphers=self.tls_info[1])
         if self.filtered:
             self._start(self._filter_connect())
             return
@@ -196,6 +205,11 @@ class Session(asyncio.Protocol):
 
     def _handle(self, event: Any) -> Any:
         """Return a coroutine for events that need IPC, else act and return None."""
+        if isinstance(event, ev.StartTLS):
+            return self._starttls()
+        if isinstance(event, ev.MailFrom) and self.listener.tls_require and not self.srv.tls:
+            self.srv.reject(530, "5.7.0", "Must issue a STARTTLS command first")
+            return None
         if self.filtered:
             coro = self._filtered(event)
             if coro is not None:
@@ -218,8 +232,6 @@ class Session(asyncio.Protocol):
             self._abort_tx()
         elif isinstance(event, ev.Quit | ev.ConnectionClosed):
             self._abort_tx()
-        elif isinstance(event, ev.StartTLS):
-            self.srv.reject(454, "4.7.0", "TLS not available")
         else:
             self.srv.reject(502, "5.5.1", "Command not implemented")
         return None
@@ -397,9 +409,36 @@ class Session(asyncio.Protocol):
             return False
         return True
 
+    async def _starttls(self) -> None:
+        """RFC 3207: 220, then the handshake; the machine refused pipelined bytes."""
+        ctx = self.pony.tls.contexts.get(self.index)
+        if ctx is None or self.transport is None:
+            self.srv.reject(454, "4.7.0", "TLS not available")
+            return
+        self.srv.accept()
+        self._flush()
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.start_tls(self.transport, self, ctx, server_side=True,
+                                       ssl_handshake_timeout=limits.TLS_HANDSHAKE_TIMEOUT)
+        except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
+            log.event("smtp", "tls-failed", session=self.id, error=str(exc)[:200])
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if new is None:
+            return
+        self.transport = new
+        self.srv.tls_started()
+        self.tls_info = tls_summary(new.get_extra_info("ssl_object"))
+        if self.tls_info is not None:
+            log.event("smtp", "tls", session=self.id, ciphers=self.tls_info[1])
+            if self.filtered:
+                self._report("link-tls", [self.tls_info[0]])
+
     def _session_info(self) -> dict[str, Any]:
         return {"ip": self.ip, "local_socket": self.ip == "local", "helo": self.helo,
-                "tag": self.listener.tag or ""}
+                "tag": self.listener.tag or "", "tls": self.srv.tls}
 
     async def _rcpt(self, event: Any) -> None:
         rcpt = str(event.rcpt)
@@ -439,7 +478,7 @@ class Session(asyncio.Protocol):
         hdr = received_header(
             helo=self.helo or None, rdns=None, ip=None if self.ip == "local" else self.ip,
             by=self.hostname, with_proto=self.srv.with_protocol, queue_id=self.msgid,
-            rcpt=single, tls=None,
+            rcpt=single, tls=self.tls_info[0] if self.tls_info else None,
         )
         self.size = 0
         if self.junk or self.tx_junk:
@@ -591,21 +630,48 @@ class Pony(common.Process):
 
     async def setup(self) -> None:
         self.hostname = _hostname()
+        self.sign_client: Any = None
+        # certificates are read before the privilege drop; keys stay in klondike
+        self.tls = ListenerTLS(self.config, self._sign)
+        self.tls.build()
         self.sessions: set[Session] = set()
         self.by_id: dict[str, Session] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.paused_smtp = False
 
+    def _sign(self, cert_hash: str, op: str, data: bytes, padding: int) -> bytes:
+        if self.sign_client is None:
+            raise TempFail("no channel to klondike")
+        result: bytes = self.sign_client.sign(cert_hash, op, data, padding)
+        return result
+
+    def connect(self, fds: dict[str, int]) -> None:
+        from mailrider.crypto.signclient import SignClient
+
+        sign_fd = fds.pop("klondike-sign", None)
+        if sign_fd is not None:
+            # a plain blocking socket: OpenSSL calls us synchronously mid-handshake
+            self.sign_client = SignClient(socket.socket(fileno=sign_fd))
+        super().connect(fds)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        try:
+            self.tls.self_test()
+        except ConfigError as exc:
+            log.error("smtp", "tls-self-test-failed", error=str(exc))
+            self.stopping.set()
+            return
         spec = os.environ.get("MAILRIDER_LISTENERS", "")
         for item in filter(None, spec.split(",")):
             idx, fd = (int(x) for x in item.split(":"))
             lst = self.config.listeners[idx]
             sock = socket.socket(fileno=fd)
+            ctx = self.tls.contexts.get(idx) if lst.smtps else None
             server = await loop.create_server(
-                functools.partial(Session, self, lst, index=idx), sock=sock)
+                functools.partial(Session, self, lst, index=idx), sock=sock, ssl=ctx,
+                ssl_handshake_timeout=limits.TLS_HANDSHAKE_TIMEOUT if ctx else None)
             self.servers.append(server)
             log.event("smtp", "listening", address=sock.getsockname()[0],
                       port=sock.getsockname()[1])
