@@ -40,6 +40,21 @@ MAX_MESSAGE_SIZE = 35 * 1024 * 1024
 SESSION_TIMEOUT = 300.0
 # RFC 5321 4.5.3.2.7: server DATA block timeout: 3 minutes between chunks.
 DATA_TIMEOUT = 180.0
+# Test-only: MAILRIDER_SESSION_TIMEOUT in pony's environment replaces
+# SESSION_TIMEOUT (the slowloris tests cannot wait 5 minutes); there is no
+# configuration keyword, as in OpenSMTPD.
+SESSION_TIMEOUT_ENV = "MAILRIDER_SESSION_TIMEOUT"
+# Pregreet test (Postfix postscreen_greet_wait, sendmail greet_pause): the
+# 220 banner waits this long, and a client that talks before it is answered
+# 554 5.7.1 and disconnected (RFC 5321 4.3.1: the client waits for the
+# greeting). Not applied to local (sendmail) sessions. Test-only override:
+# MAILRIDER_GREETING_DELAY in pony's environment.
+GREETING_DELAY = 1.0
+GREETING_DELAY_ENV = "MAILRIDER_GREETING_DELAY"
+# Concurrent SMTP sessions from one IP address before new ones get
+# 421 4.7.0 (OpenSMTPD has no such keyword; Postfix
+# smtpd_client_connection_count_limit is 50 as well).
+MAX_SESSIONS_PER_IP = 50
 
 # Received headers counted for loop detection (OpenSMTPD: 100 -> 554 5.4.6)
 MAX_HOPS = 100
@@ -124,3 +139,12 @@ SMTP_DATA_END_TIMEOUT = 600.0  # 4.5.3.2.6 final "." reply: 10 minutes
 
 # STARTTLS / smtps: how long a TLS handshake may take before the session ends.
 TLS_HANDSHAKE_TIMEOUT = 30.0
+
+# SMTP AUTH (RFC 4954 4): a server must take client responses in the AUTH
+# exchange of at least 12288 octets, whatever its command line limit; the
+# AUTH command line itself (with an initial response) stays under
+# COMMAND_LINE_MAX. Postfix smtpd_sasl_response_limit is also 12288. The
+# bound below includes the CRLF.
+AUTH_LINE_MAX = 12288 + 2
+# Failed authentications in one session before 421 4.7.0 (configurable).
+AUTH_MAX_FAILURES = 3

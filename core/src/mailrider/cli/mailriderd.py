@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import socket
 import sys
 
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.config_file is None and config.file == "<built-in>":
         print(f"mailriderd: built-in configuration: mail for <user>@localhost is delivered to "
               f"{os.path.join(opts.statedir, 'maildir', '<user>')}", file=sys.stderr)
+    _raise_nofile()
     if not opts.foreground:
         _daemonize()
     common.set_title("parent")
@@ -99,6 +101,20 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_main())
     except KeyboardInterrupt:
         return 0
+
+
+def _raise_nofile() -> None:
+    """Every SMTP session holds a descriptor: take the hard limit for the
+    soft one, as OpenSMTPD does at start; the children inherit it."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            # RLIM_INFINITY is refused for RLIMIT_NOFILE on Linux: cap it
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.event("parent", "nofile-raised", soft=soft, new=target)
+    except (OSError, ValueError) as exc:
+        log.warning("parent", "nofile-raise-failed", error=str(exc))
 
 
 if __name__ == "__main__":

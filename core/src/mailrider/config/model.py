@@ -190,6 +190,13 @@ class Config:
     #: delegation is unavailable (never silently: a warning at every start)
     key_in_process: bool = False
     mta_max_deferred: int = 100
+    #: ``mta port N`` (mailrider only): the port of MX hosts, 25 unless testing
+    mta_port: int = 25
+    #: ``resolver nameserver ADDR [port N]`` (mailrider only); empty: resolv.conf
+    resolver_nameservers: list[tuple[str, int]] = field(default_factory=list)
+    #: ``resolver timeout N`` / ``resolver attempts N``; None: resolv.conf's or defaults
+    resolver_timeout: float | None = None
+    resolver_attempts: int | None = None
     #: queue encryption key as written (None: prompted / stdin); a secret
     queue_key: str | None = None
     #: mda wrapper name -> command

@@ -27,6 +27,7 @@ Invariants:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -60,6 +61,7 @@ KEYWORDS = frozenset(
     recipient regex reject relay report rewrite rset scheduler senders smtp
     smtp-in smtp-out smtps socket src srs sub-addr-delim table tag tagged tls
     tls-require ttl user userbase verify virtual warn-interval wrapper key-in-process
+    resolver
     """.split()
 )
 
@@ -1003,6 +1005,14 @@ class _Parser:
         opt = self._next()
         if self._is_kw(opt, "max-deferred"):
             self.config.mta_max_deferred = self._number(self._value(), "max-deferred")
+        elif self._is_kw(opt, "port"):
+            # mailrider only: the port MX hosts are reached on (default 25),
+            # for test networks where the peers cannot listen on port 25
+            tok = self._value()
+            port = parse_port(tok.value)
+            if port is None:
+                raise self._err(f"invalid port: {tok.value}", tok)
+            self.config.mta_port = port
         elif self._is_kw(opt, "limit"):
             words: list[str] = []
             if self._accept("for"):
@@ -1018,6 +1028,37 @@ class _Parser:
             raise self._unexpected(opt)
         self._end()
         self._set("mta " + opt.value)
+
+    def _st_resolver(self, kw: Token) -> None:
+        """mailrider only: where the daemon's stub resolver asks (lka owns DNS).
+
+        ``resolver nameserver ADDR [port N]`` (repeatable, in order),
+        ``resolver timeout N`` (seconds per query), ``resolver attempts N``.
+        Without a nameserver statement /etc/resolv.conf is read at start.
+        """
+        opt = self._next()
+        if opt.kind == WORD and opt.value == "nameserver":
+            tok = self._value()
+            try:
+                addr = str(ipaddress.ip_address(tok.value.strip("[]")))
+            except ValueError:
+                raise self._err(f"invalid nameserver address: {tok.value}", tok) from None
+            port = 53
+            if self._accept("port"):
+                ptok = self._value()
+                parsed = parse_port(ptok.value)
+                if parsed is None:
+                    raise self._err(f"invalid port: {ptok.value}", ptok)
+                port = parsed
+            self.config.resolver_nameservers.append((addr, port))
+        elif opt.kind == WORD and opt.value == "timeout":
+            self.config.resolver_timeout = float(self._number(self._value(), "timeout", 1))
+        elif opt.kind == WORD and opt.value == "attempts":
+            self.config.resolver_attempts = self._number(self._value(), "attempts", 1)
+        else:
+            raise self._unexpected(opt)
+        self._end()
+        self._set("resolver " + opt.value)
 
     def _st_mda(self, kw: Token) -> None:
         opt = self._next()

@@ -67,6 +67,8 @@ class Session(asyncio.Protocol):
         self.helo = ""
         self.busy = False
         self.timer: asyncio.TimerHandle | None = None
+        self.greeted = False
+        self.greet_timer: asyncio.TimerHandle | None = None
         self._reset_tx()
 
     def _reset_tx(self) -> None:
@@ -98,20 +100,46 @@ class Session(asyncio.Protocol):
             transport.write(b"421 4.3.2 Service paused, try again later\r\n")
             transport.close()
             return
+        if (self.local_user is None
+                and self.pony.per_ip.get(self.ip, 0) >= limits.MAX_SESSIONS_PER_IP):
+            log.event("smtp", "refused", address=self.ip, reason="too-many-sessions")
+            transport.write(b"421 4.7.0 Too many connections from your address\r\n")
+            transport.close()
+            return
         self.pony.sessions.add(self)
+        self.pony.per_ip[self.ip] = self.pony.per_ip.get(self.ip, 0) + 1
         self.pony.by_id[self.id] = self
         self.pony.count("smtp.session")
         log.event("smtp", "connected", session=self.id, address=self.ip,
                   port=self.port or None, user=self.local_user, host=self.hostname)
-        self._arm_timer(limits.SESSION_TIMEOUT)
+        self._arm_timer(self.pony.session_timeout)
         if self.listener.smtps:
             self.tls_info = tls_summary(transport.get_extra_info("ssl_object"))
             if self.tls_info is not None:
                 log.event("smtp", "tls", session=self.id, ciphers=self.tls_info[1])
+        delay = self.pony.greeting_delay if self.local_user is None else 0.0
+        if delay > 0:
+            self.greet_timer = asyncio.get_running_loop().call_later(delay, self._greet)
+        else:
+            self._greet()
+
+    def _greet(self) -> None:
+        self.greeted = True
+        if self.transport is None or self.transport.is_closing():
+            return
         if self.filtered:
             self._start(self._filter_connect())
             return
-        transport.write(self.srv.greeting())
+        self.transport.write(self.srv.greeting())
+
+    def _pregreet(self) -> None:
+        """The client spoke before our banner (RFC 5321 4.3.1): a spam engine
+        or a smuggler that does not read replies; no greeting, no session."""
+        log.event("smtp", "pregreet", session=self.id, address=self.ip)
+        self.pony.count("smtp.pregreet")
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"554 5.7.1 Protocol error: talking before the greeting\r\n")
+            self.transport.close()
 
     def _arm_timer(self, delay: float) -> None:
         if self.timer is not None:
@@ -125,8 +153,14 @@ class Session(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if not self.greeted:
+            self._pregreet()
+            return
+        # RFC 5321 4.5.3.2.7: the timeout runs while awaiting a command; it is
+        # re-armed by replies and message data (_flush, _process), not by each
+        # byte, so a client trickling a command a byte at a time (slowloris)
+        # still times out.
         self.srv.receive(data)
-        self._arm_timer(limits.SESSION_TIMEOUT)
         if not self.busy:
             self._process()
 
@@ -139,8 +173,15 @@ class Session(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
+        if self.greet_timer is not None:
+            self.greet_timer.cancel()
         if self in self.pony.sessions:
             self.pony.sessions.discard(self)
+            left = self.pony.per_ip.get(self.ip, 1) - 1
+            if left > 0:
+                self.pony.per_ip[self.ip] = left
+            else:
+                self.pony.per_ip.pop(self.ip, None)
             self.pony.count("smtp.session.closed")
         self._abort_tx()
         self.pony.by_id.pop(self.id, None)
@@ -154,6 +195,7 @@ class Session(asyncio.Protocol):
         out = self.srv.data_to_send()
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out)
+            self._arm_timer(self.pony.session_timeout)
         if self.srv.closed and self.transport is not None:
             self.transport.close()
 
@@ -164,6 +206,7 @@ class Session(asyncio.Protocol):
             if event is None:
                 break
             if isinstance(event, ev.DataChunk):
+                self._arm_timer(self.pony.session_timeout)
                 if self.filter_data:
                     self._filter_chunk(event.data)
                 else:
@@ -625,6 +668,15 @@ def _split_reply(reply: str) -> tuple[int, str, str]:
     return code, f"{str(code)[0]}.0.0", " ".join(parts[1:])
 
 
+def _env_seconds(name: str, default: float) -> float:
+    """A test-only duration override from the environment (see limits)."""
+    try:
+        value = float(os.environ.get(name, ""))
+    except ValueError:
+        return default
+    return value if 0 <= value <= default else default
+
+
 class Pony(common.Process):
     role = "pony"
 
@@ -639,6 +691,10 @@ class Pony(common.Process):
         self.tasks: set[asyncio.Task[None]] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.paused_smtp = False
+        #: open SMTP sessions by client address (limits.MAX_SESSIONS_PER_IP)
+        self.per_ip: dict[str, int] = {}
+        self.session_timeout = _env_seconds(limits.SESSION_TIMEOUT_ENV, limits.SESSION_TIMEOUT)
+        self.greeting_delay = _env_seconds(limits.GREETING_DELAY_ENV, limits.GREETING_DELAY)
 
     def _sign(self, cert_hash: str, op: str, data: bytes, padding: int) -> bytes:
         if self.sign_client is None:

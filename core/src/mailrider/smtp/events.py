@@ -8,12 +8,13 @@ others are information only.  Every session ends with exactly one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mailrider.smtp.address import Address, MailParams, RcptParams
 from mailrider.smtp.reply import Reply
 
 __all__ = [
+    "Auth",
     "ConnectionClosed",
     "DataChunk",
     "DataEnd",
@@ -95,6 +96,24 @@ class StartTLS:
 
 
 @dataclass(frozen=True, slots=True)
+class Auth:
+    """AUTH (RFC 4954) with complete credentials. Needs an answer.
+
+    ``mechanism`` is ``"PLAIN"`` or ``"LOGIN"``; ``username`` and
+    ``password`` are non-empty UTF-8 text without control characters.
+    accept() gives 235 and records ``srv.auth_user``; a 5xx answer (535
+    5.7.8 for wrong credentials) counts as a failed authentication, a 4xx
+    one (454 4.7.0 when the backend is down) does not, and 421 closes.
+    The password never appears in ``repr()``; do not log this event's
+    fields other than ``mechanism`` and ``username``.
+    """
+
+    mechanism: str
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Quit:
     """QUIT: already answered with 221; ConnectionClosed follows."""
 
@@ -120,6 +139,7 @@ Event = (
     | DataEnd
     | Reset
     | StartTLS
+    | Auth
     | Quit
     | ProtocolError
     | ConnectionClosed

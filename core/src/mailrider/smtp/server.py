@@ -335,6 +335,8 @@ class SMTPServer:
             self._enter(State.INIT)
         elif pending is _Await.DATA_END:
             self._data_answered()
+        elif pending is _Await.DATA:
+            self._refused_data()
         if reply.code == 421:
             self._close(None)
 
@@ -608,6 +610,7 @@ class SMTPServer:
                 self._error(Reply(554, "5.5.1", "No valid recipients"))
             else:
                 self._error(Reply(503, "5.5.1", "Need RCPT command"))
+            self._refused_data()
             return
         self._await(_Await.DATA, events.DataStart())
 
@@ -662,6 +665,13 @@ class SMTPServer:
             self._protocol_error("commands pipelined after STARTTLS")
             return
         self._await(_Await.STARTTLS, events.StartTLS())
+
+    def _refused_data(self) -> None:
+        """DATA was refused.  RFC 2920 3.1: DATA ends a pipelined group, so
+        bytes already read after it are message content sent without waiting
+        for 354; read as commands they would run whatever the message says."""
+        if self._buf and self._state is not State.CLOSED:
+            self._protocol_error("data pipelined after a refused DATA")
 
     # ----------------------------------------------------------- DATA mode
 
