@@ -70,3 +70,6 @@ HOSTS_FILE = "/etc/hosts"
 
 #: the system resolver configuration (nameservers, search list, options)
 RESOLV_CONF = "/etc/resolv.conf"
+
+#: the shadow password file, read by the parent for ``auth`` without a table
+SHADOW_FILE = "/etc/shadow"

@@ -158,6 +158,8 @@ class SchedResult:
     evpid: str
     status: str  # ok, tempfail, permfail, expired, removed
     retry: int = 0
+    #: when set with status "ok": retry at once the waiting envelopes of this route
+    route: str = ""
 
 
 @register
@@ -343,3 +345,90 @@ class FilterData:
 @dataclass(frozen=True, slots=True)
 class FilterEnd:
     sid: str
+
+
+# -- SMTP AUTH (pony -> lka -> parent) -----------------------------------------
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class AuthCheck:
+    """pony -> lka: check a login against the listener's table (None: system users)."""
+
+    table: str | None
+    username: str
+    password: str = field(repr=False)
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    result: str  # "ok", "fail" or "error"
+    reply: str = ""
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class SendersCheck:
+    """pony -> lka: may this authenticated user send as this address? (senders <t>)"""
+
+    table: str
+    username: str
+    sender: str
+
+
+# -- outgoing mail (queue <-> pony mta <-> lka) --------------------------------
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class DeliverBatch:
+    """queue -> pony: relay envelopes of one message that share a route (same
+    action and recipient domain) in one transaction; the message fd travels
+    along. The reply is a :class:`DeliveryResults`."""
+
+    envelopes: list[dict[str, Any]]
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class DeliveryResults:
+    """pony -> queue: one result per envelope, in any order.
+
+    ``relay`` names the host that gave the answer (``host [ip]``) or is "";
+    ``dsn_relayed`` is true when the DSN parameters were passed on to it."""
+
+    results: list[dict[str, Any]]  # evpid, status, text, relay, dsn_relayed
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class MxResolve:
+    """pony -> lka: where mail for ``domain`` goes (MX, else the domain's own
+    addresses), or with ``host`` set the addresses of that one host."""
+
+    domain: str = ""
+    host: str = ""
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class MxResult:
+    """lka -> pony: ``status`` ok (``hosts`` = [[preference, name, [ip, ...]], ...]
+    in preference order), or tempfail / permfail with an SMTP reply in ``text``."""
+
+    status: str
+    hosts: list[list[Any]] = field(default_factory=list)
+    text: str = ""
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class MtaLookup:
+    """pony -> lka: a relay option's table value: ``credentials`` (lookup of
+    the relay URL's label) or ``source`` (fetch). The reply is Ok(text=value)
+    or Error when the table has nothing; a table failure is a TempFail."""
+
+    service: str
+    table: str
+    key: str = ""

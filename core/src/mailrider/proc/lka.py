@@ -8,18 +8,22 @@ Every table failure becomes a 4xx reply for that recipient.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 from typing import Any
 
 from mailrider import __version__, log
-from mailrider.config.model import Filter
+from mailrider.config.model import Action, Filter
+from mailrider.dns.resolver import Resolver
 from mailrider.errors import PermFail, TempFail
 from mailrider.filter.host import FilterHost
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
-from mailrider.proc import common, lka_rules
+from mailrider.proc import common, lka_dns, lka_rules
+from mailrider.proc.lka_dns import resolver_config
 from mailrider.proc.lka_expand import expand
+from mailrider.table.base import normalise_key
 from mailrider.table.registry import TableSet
 
 NO_RULE = "550 5.7.1 Delivery not authorized, message refused"
@@ -31,6 +35,8 @@ class Lka(common.Process):
 
     async def setup(self) -> None:
         self.tables = TableSet(self.config)
+        # before the privilege drop: resolv.conf may be unreadable after it
+        self.resolver = Resolver(resolver_config(self.config))
         self.filters: FilterHost | None = None
         #: set once tables and filters are up: requests wait for it (as OpenSMTPD's
         #: lka serves nobody before every filter registered)
@@ -124,8 +130,18 @@ class Lka(common.Process):
             action = self.config.actions[rule.action]
             local, _, domain = msg.rcpt.rpartition("@")
             forward = self._forward if common.unprivileged_user() is not None else None
+
+            async def route(rlocal: str, rdomain: str) -> Action | None:
+                # an address inside an expansion goes where the rules send it
+                # (e.g. a relay for a remote domain), as if it were a RCPT
+                inner = dataclasses.replace(env, rcpt=f"{rlocal}@{rdomain}")
+                found = await lka_rules.match_rule(self.config, self.tables, inner)
+                if found is None or found.reject or found.action is None:
+                    return None
+                return self.config.actions[found.action]
+
             deliveries = await expand(self.config, self.tables, action, local, domain,
-                                      forward=forward)
+                                      forward=forward, route=route)
         except PermFail as exc:
             return m.RcptResult(accepted=False, reply=exc.reply())
         except TempFail as exc:
@@ -145,12 +161,78 @@ class Lka(common.Process):
             await self.ready.wait()
         if isinstance(msg, m.RcptCheck):
             return await self.rcpt(msg)
+        if isinstance(msg, m.MxResolve):
+            return await lka_dns.resolve(self.resolver, msg)
+        if isinstance(msg, m.MtaLookup):
+            return await self.mta_lookup(msg)
         if isinstance(msg, m.FilterBegin | m.FilterPhase | m.FilterReport | m.FilterDataBegin
                       | m.FilterData | m.FilterEnd):
             return await self.filter_message(msg)
+        if isinstance(msg, m.AuthCheck):
+            return await self.auth(msg)
+        if isinstance(msg, m.SendersCheck):
+            return await self.senders(msg)
         if isinstance(msg, m.Control):
             return await self.control(msg)
         raise ValueError(f"lka: unexpected {m.type_name(msg)} from {chan.peer}")
+
+    async def auth(self, msg: m.AuthCheck) -> m.AuthResult:
+        """A login: the table's ``auth`` service when it has one, else its
+        credentials (user:hash) checked here; system users through the parent."""
+        from mailrider.crypto.passwords import UnsupportedHash, verify_password
+        from mailrider.table.base import normalise_key
+        from mailrider.table.values import parse_credentials
+
+        self.count("lka.auth")
+        user = msg.username
+        try:
+            if msg.table is None:
+                res = await self.peers["parent"].ask(msg)
+                return res if isinstance(res, m.AuthResult) else m.AuthResult("error")
+            table = self.tables.get(msg.table)
+            if "auth" in table.services:
+                ok = await table.check("auth", normalise_key("auth", f"{user}:{msg.password}"))
+                return m.AuthResult("ok" if ok else "fail")
+            value = await table.lookup("credentials", normalise_key("credentials", user))
+            if value is None:
+                return m.AuthResult("fail")
+            _, stored = parse_credentials(user, value)
+            return m.AuthResult("ok" if verify_password(msg.password, stored) else "fail")
+        except UnsupportedHash as exc:
+            log.warning("lka", "auth-unsupported-hash", user=user, scheme=exc.scheme)
+            return m.AuthResult("error", exc.reply())
+        except (TempFail, ValueError) as exc:
+            log.warning("lka", "auth-error", user=user, error=str(exc)[:200])
+            return m.AuthResult("error", "454 4.7.0 Temporary authentication failure")
+
+    async def senders(self, msg: m.SendersCheck) -> m.Ok:
+        """``senders <t>``: the mailaddrmap of the user must cover MAIL FROM."""
+        from mailrider.table.base import normalise_key
+        from mailrider.table.match import match_mailaddr
+        from mailrider.table.values import parse_mailaddrmap
+
+        table = self.tables.get(msg.table)
+        value = await table.lookup("mailaddrmap", normalise_key("mailaddrmap", msg.username))
+        if value is None:
+            return m.Ok(text="no")
+        patterns = parse_mailaddrmap(value)
+        ok = any(match_mailaddr(p, msg.sender.lower(), self.config.sub_addr_delim)
+                 for p in patterns)
+        return m.Ok(text="yes" if ok else "no")
+
+    async def mta_lookup(self, msg: m.MtaLookup) -> m.Ok | m.Error:
+        """A relay option's value from its table (the secret is never logged)."""
+        if msg.service not in ("credentials", "source"):
+            return m.Error(text=f"unknown service {msg.service}")
+        try:
+            table = self.tables.get(msg.table)
+        except KeyError:
+            return m.Error(text=f"no such table: {msg.table}")
+        if msg.service == "source":
+            value = await table.fetch("source")
+        else:
+            value = await table.lookup("credentials", normalise_key("credentials", msg.key))
+        return m.Error(text="not found") if value is None else m.Ok(text=value)
 
     async def control(self, msg: m.Control) -> m.ControlReply:
         if msg.command == "update-table":

@@ -51,6 +51,37 @@ def bind_listeners(config: Config) -> list[tuple[int, socket.socket]]:
     return out
 
 
+def system_auth(user: str, password: str) -> m.AuthResult:
+    """``auth`` without a table: the system's users and their shadow hashes."""
+    import pwd
+
+    from mailrider import paths
+    from mailrider.crypto.passwords import UnsupportedHash, verify_password
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return m.AuthResult("fail")
+    stored = pw.pw_passwd
+    if stored in ("x", "*", ""):
+        try:
+            with open(paths.SHADOW_FILE, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    name, _, rest = line.partition(":")
+                    if name == user:
+                        stored = rest.partition(":")[0]
+                        break
+        except OSError:
+            return m.AuthResult("error", "454 4.7.0 Temporary authentication failure")
+    if not stored or stored[0] in "!*":
+        return m.AuthResult("fail")  # locked or passwordless accounts never log in
+    try:
+        return m.AuthResult("ok" if verify_password(password, stored) else "fail")
+    except UnsupportedHash as exc:
+        log.warning("parent", "auth-unsupported-hash", user=user, scheme=exc.scheme)
+        return m.AuthResult("error", exc.reply())
+
+
 class Parent:
     role = "parent"
 
@@ -141,6 +172,10 @@ class Parent:
             if chan.peer != "lka":
                 raise ValueError("ForwardOpen only from lka")
             return m.ForwardContent(content=parent_mda.read_forward(msg.user, msg.home))
+        if isinstance(msg, m.AuthCheck):
+            if chan.peer != "lka":
+                raise ValueError("AuthCheck only from lka")
+            return await asyncio.to_thread(system_auth, msg.username, msg.password)
         if isinstance(msg, m.FilterStart):
             if chan.peer != "lka":
                 raise ValueError("FilterStart only from lka")

@@ -121,6 +121,28 @@ class Backend:
 # -- config files ----------------------------------------------------------
 
 
+def _config_key(line: str) -> str:
+    """The key of a stripped, non-comment config line (it ends at a blank or colon)."""
+    for i, c in enumerate(line):
+        if c in " \t:":
+            return line[:i]
+    return line
+
+
+def config_line(path: str, key: str) -> int:
+    """The line where ``key`` is set in the config file ``path`` (0 when it is not),
+    for ``file:line`` errors found after :func:`read_config`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, raw in enumerate(f, 1):
+                line = raw.strip(" \t\r\n\f\v")
+                if line and not line.startswith("#") and _config_key(line) == key:
+                    return n
+    except (OSError, UnicodeDecodeError):
+        pass
+    return 0
+
+
 def read_config(
     path: str,
     *,
@@ -153,13 +175,8 @@ def read_config(
         line = raw.strip(" \t\r\f\v")
         if not line or line.startswith("#"):
             continue
-        end = len(line)
-        for i, c in enumerate(line):
-            if c in " \t:":
-                end = i
-                break
-        key = line[:end]
-        rest = line[end:].lstrip(" \t")
+        key = _config_key(line)
+        rest = line[len(key):].lstrip(" \t")
         if rest.startswith(":") and (len(rest) == 1 or rest[1] in " \t"):
             rest = rest[1:].lstrip(" \t")
         if not key:

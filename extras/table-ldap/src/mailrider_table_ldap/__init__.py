@@ -39,7 +39,14 @@ import ldap3  # type: ignore[import-untyped]
 from ldap3.core import exceptions as ldap_exc  # type: ignore[import-untyped]
 from ldap3.operation.search import parse_filter  # type: ignore[import-untyped]
 from ldap3.utils.conv import escape_filter_chars  # type: ignore[import-untyped]
-from mailrider.table.sdk import Backend, BackendError, ConfigFileError, read_config, run
+from mailrider.table.sdk import (
+    Backend,
+    BackendError,
+    ConfigFileError,
+    config_line,
+    read_config,
+    run,
+)
 
 __all__ = ["LDAPBackend", "LDAPConfig", "compile_filter", "load_config", "main"]
 
@@ -63,26 +70,6 @@ KNOWN = frozenset(
 DEFAULT_TIMEOUT = 5.0
 POOL_SIZE = 8  # the SDK runs 8 handler threads
 _SCHEMES = {"ldap": 389, "ldaps": 636, "ldap+tls": 389, "ldapi": 0}
-
-
-def _line_of(path: str, key: str) -> int:
-    """The line where ``key`` is set in ``path`` (0 if not found), for error messages."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            for n, raw in enumerate(f, 1):
-                line = raw.strip()
-                if line.startswith("#"):
-                    continue
-                end = len(line)
-                for i, c in enumerate(line):
-                    if c in " \t:":
-                        end = i
-                        break
-                if line[:end] == key:
-                    return n
-    except (OSError, UnicodeDecodeError):
-        pass
-    return 0
 
 
 Entry = tuple[str, dict[str, list[bytes]]]  # DN, attribute name (lower case) -> values
@@ -179,7 +166,7 @@ def load_config(path: str) -> LDAPConfig:
     values = read_config(path, required=("url", "basedn"), known=KNOWN)
 
     def err(key: str, message: str) -> ConfigFileError:
-        return ConfigFileError(f"{key}: {message}", path, _line_of(path, key))
+        return ConfigFileError(f"{key}: {message}", path, config_line(path, key))
 
     try:
         scheme, host, port, socket_path = _parse_url(values["url"])

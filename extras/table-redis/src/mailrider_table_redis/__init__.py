@@ -28,7 +28,14 @@ import time
 from dataclasses import dataclass, field
 
 import redis
-from mailrider.table.sdk import Backend, BackendError, ConfigFileError, read_config, run
+from mailrider.table.sdk import (
+    Backend,
+    BackendError,
+    ConfigFileError,
+    config_line,
+    read_config,
+    run,
+)
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -63,26 +70,6 @@ DEFAULT_TIMEOUT = 5.0
 DATABASE_MAX = 256  # as OpenSMTPD's table-redis
 POOL_SIZE = 16  # the SDK runs 8 handler threads; room for update's ping
 _DOWN_FOR = 2.0  # seconds a failing master is skipped in favour of the slave
-
-
-def _line_of(path: str, key: str) -> int:
-    """The line where ``key`` is set in ``path`` (0 if not found), for error messages."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            for n, raw in enumerate(f, 1):
-                line = raw.strip()
-                if line.startswith("#"):
-                    continue
-                end = len(line)
-                for i, c in enumerate(line):
-                    if c in " \t:":
-                        end = i
-                        break
-                if line[:end] == key:
-                    return n
-    except (OSError, UnicodeDecodeError):
-        pass
-    return 0
 
 
 def split_template(template: str) -> tuple[tuple[str, bool], ...]:
@@ -166,7 +153,7 @@ def _endpoint(
         if role == "slave":
             if port_text is not None:
                 raise ConfigFileError(
-                    "slave_port without slave", path, _line_of(path, "slave_port")
+                    "slave_port without slave", path, config_line(path, "slave_port")
                 )
             return None
         host = "127.0.0.1"
@@ -174,7 +161,7 @@ def _endpoint(
         sock = host[5:]
         if not sock.startswith("/"):
             raise ConfigFileError(
-                f"{role}: unix socket path must be absolute", path, _line_of(path, role)
+                f"{role}: unix socket path must be absolute", path, config_line(path, role)
             )
         return Endpoint(role, "", 0, sock)
     port = default_port
@@ -187,7 +174,7 @@ def _endpoint(
             raise ConfigFileError(
                 f"{role}_port: not a port number (1-65535): {port_text!r}",
                 path,
-                _line_of(path, f"{role}_port"),
+                config_line(path, f"{role}_port"),
             )
     return Endpoint(role, host, port, None)
 
@@ -197,7 +184,7 @@ def load_config(path: str) -> RedisConfig:
     values = read_config(path, known=KNOWN)
 
     def err(key: str, message: str) -> ConfigFileError:
-        return ConfigFileError(f"{key}: {message}", path, _line_of(path, key))
+        return ConfigFileError(f"{key}: {message}", path, config_line(path, key))
 
     def boolean(key: str, default: bool) -> bool:
         if key not in values:
