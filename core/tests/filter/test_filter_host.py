@@ -32,12 +32,24 @@ def config(filters: str, listen_filter: str) -> Any:
                         'action "a" maildir\nmatch from any for any action "a"\n')
 
 
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_filters() -> Any:
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        proc.kill()
+        proc.wait(10)
+
+
 async def starter(f: Filter) -> tuple[socket.socket, socket.socket | None]:
     io_mine, io_theirs = socket.socketpair()
     err_mine, err_theirs = socket.socketpair()
-    subprocess.Popen(["/bin/sh", "-c", f"exec {f.command}"], stdin=io_theirs.fileno(),
-                     stdout=io_theirs.fileno(), stderr=err_theirs.fileno(),
-                     start_new_session=True)
+    STARTED.append(subprocess.Popen(
+        ["/bin/sh", "-c", f"exec {f.command}"], stdin=io_theirs.fileno(),
+        stdout=io_theirs.fileno(), stderr=err_theirs.fileno(), start_new_session=True))
     io_theirs.close()
     err_theirs.close()
     return io_mine, err_mine
