@@ -148,3 +148,28 @@ TLS_HANDSHAKE_TIMEOUT = 30.0
 AUTH_LINE_MAX = 12288 + 2
 # Failed authentications in one session before 421 4.7.0 (configurable).
 AUTH_MAX_FAILURES = 3
+
+# -- mta: outgoing connections (OpenSMTPD's mta limits, PROTOCOLS.md 4.8) --
+#: connections open at once to other hosts, in all
+MTA_MAX_CONNECTIONS = 100
+#: connections open at once for one route (recipient domain or relay host)
+MTA_MAX_CONN_PER_ROUTE = 20
+#: messages sent over one connection before it is closed (session-mail-max)
+MTA_SESSION_MAIL_MAX = 100
+#: seconds an idle connection is kept for the next message (session-keepalive)
+MTA_SESSION_KEEPALIVE = 10.0
+#: TCP connect timeout per address (RFC 5321 4.5.3.2 leaves it to us)
+MTA_CONNECT_TIMEOUT = 30.0
+#: hosts (MX x addresses) tried for one delivery before giving up for now
+MTA_MAX_HOSTS = 10
+#: recipients in one outgoing transaction (RFC 5321 4.5.3.1.8: at least 100)
+MTA_MAX_RCPT = 100
+#: a delivery-status notification waits this long for more recipients of
+#: the same message before it is sent (PROTOCOLS.md 7.6)
+BOUNCE_FLUSH_DELAY = 1.0
+
+# AUTH failures: each failure from one address within the window adds this
+# many seconds before the 535 is sent, up to the maximum (slows guessing).
+AUTH_FAIL_DELAY = 0.5
+AUTH_FAIL_DELAY_MAX = 10.0
+AUTH_FAIL_WINDOW = 600.0

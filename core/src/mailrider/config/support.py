@@ -23,20 +23,21 @@ from mailrider.errors import ConfigError
 
 #: feature (as written in the configuration) -> what it is
 UNSUPPORTED: dict[str, str] = {
-    "auth": "SMTP AUTH on a listener",
-    "auth-optional": "optional SMTP AUTH on a listener",
-    "senders": "checking MAIL FROM against an authenticated user's addresses",
     "masquerade": "rewriting From: for authenticated senders",
     "received-auth": "authentication details in Received headers",
     "hostnames": "per-address banner names from a table",
     "proxy-v2": "PROXY protocol v2 on a listener",
-    "relay": "relay actions (delivery to other mail servers)",
+    "relay srs": "the Sender Rewriting Scheme on relay actions",
+    "relay helo-src": "relay HELO names chosen by source address from a table",
+    "relay pki": "TLS client certificates on relay actions",
+    "relay ciphers": "TLS cipher lists on relay actions",
+    "relay protocols": "TLS protocol versions on relay actions",
+    "relay filter": "filters on relay actions",
+    "relay host table": "relay hosts chosen from a table",
+    "relay domain": "per-domain relay routes from a table",
     "filter rdns": "built-in filter conditions on reverse DNS (rdns, fcrdns)",
-    "filter auth": "built-in filter conditions on SMTP AUTH",
     "wrapper": "mda wrappers in actions",
     "mda wrapper": "mda wrapper definitions",
-    "match auth": "matching on SMTP AUTH",
-    "from auth": "matching on SMTP AUTH",
     "from rdns": "matching on the client's reverse DNS name",
     "queue compression": "compressed queue files",
     "queue encryption": "encrypted queue files",
@@ -56,6 +57,18 @@ _OPTION_FEATURES = {
     "mta limit": "mta limit",
     "scheduler limit": "scheduler limit",
     "smtp ciphers": "smtp ciphers",
+}
+
+#: relay options (keys of ``Action.relay``) that belong to a feature
+_RELAY_FEATURES = {
+    "srs": "relay srs",
+    "helo_src": "relay helo-src",
+    "pki": "relay pki",
+    "ciphers": "relay ciphers",
+    "protocols": "relay protocols",
+    "filter": "relay filter",
+    "host_table": "relay host table",
+    "domain": "relay domain",
 }
 
 _CONDITION_FEATURES = {
@@ -93,6 +106,9 @@ def features_used(config: Config) -> list[tuple[Where, str]]:
     for action in config.actions.values():
         if action.method == "relay":
             uses.append((action.where, "relay"))
+            for opt, relay_feature in _RELAY_FEATURES.items():
+                if opt in action.relay:
+                    uses.append((action.where, relay_feature))
         if action.wrapper is not None:
             uses.append((action.where, "wrapper"))
     for match in config.matches:

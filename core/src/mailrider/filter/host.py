@@ -197,6 +197,8 @@ class FilterHost:
         s = self.sessions.get(sid)
         if s is None:
             return
+        if event == "link-auth" and len(params) == 2 and params[0] == "pass":
+            s.auth = params[1]  # for built-in ``auth`` conditions
         for proc in self._session_procs(s):
             try:
                 proc.report(event, sid, params)

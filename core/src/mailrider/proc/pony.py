@@ -58,6 +58,8 @@ class Session(asyncio.Protocol):
             starttls=(listener.tls or listener.tls_require) and not listener.smtps
             and index in pony.tls.contexts,
             implicit_tls=listener.smtps,
+            auth=listener.auth or listener.auth_optional, auth_required=listener.auth,
+            tls_required=listener.tls_require,
         ))
         self.tls_info: tuple[str, str] | None = None
         self.transport: asyncio.Transport | None = None
@@ -250,9 +252,11 @@ class Session(asyncio.Protocol):
         """Return a coroutine for events that need IPC, else act and return None."""
         if isinstance(event, ev.StartTLS):
             return self._starttls()
-        if isinstance(event, ev.MailFrom) and self.listener.tls_require and not self.srv.tls:
-            self.srv.reject(530, "5.7.0", "Must issue a STARTTLS command first")
-            return None
+        if isinstance(event, ev.Auth):
+            return self._auth(event)
+        if (isinstance(event, ev.MailFrom) and self.listener.senders is not None
+                and self.srv.auth_user):
+            return self._senders(event)
         if self.filtered:
             coro = self._filtered(event)
             if coro is not None:
@@ -452,6 +456,60 @@ class Session(asyncio.Protocol):
             return False
         return True
 
+    async def _auth(self, event: Any) -> None:
+        """AUTH PLAIN/LOGIN: lka checks; failures cost a delay growing per address."""
+        user = event.username
+        try:
+            res = await self.pony.peers["lka"].ask(m.AuthCheck(
+                table=self.listener.auth_table, username=user, password=event.password))
+        except TempFail:
+            res = m.AuthResult("error")
+        result = res.result if isinstance(res, m.AuthResult) else "error"
+        if result == "ok":
+            self.srv.accept()
+            log.event("smtp", "authentication", session=self.id, user=user, result="ok",
+                      mechanism=event.mechanism)
+            self.pony.count("smtp.auth.ok")
+        elif result == "fail":
+            delay = self.pony.auth_failed(self.ip)
+            log.event("smtp", "authentication", session=self.id, user=user,
+                      result="permfail", mechanism=event.mechanism, delay=f"{delay:.1f}s")
+            self.pony.count("smtp.auth.fail")
+            await asyncio.sleep(delay)
+            self.srv.reject(535, "5.7.8", "Authentication credentials invalid")
+        else:
+            log.event("smtp", "authentication", session=self.id, user=user, result="tempfail")
+            code, status, text = _split_reply(res.reply if isinstance(res, m.AuthResult)
+                                              and res.reply else
+                                              "454 4.7.0 Temporary authentication failure")
+            self.srv.reject(code, status, text)
+        if self.filtered:
+            self._report("link-auth", [{"ok": "pass", "fail": "fail"}.get(result, "error"),
+                                       user])
+
+    async def _senders(self, event: Any) -> None:
+        """``senders <t>``: an authenticated user sends only as addresses the table maps."""
+        sender = str(event.sender) if event.sender is not None else ""
+        try:
+            res = await self.pony.peers["lka"].ask(m.SendersCheck(
+                table=str(self.listener.senders), username=self.srv.auth_user or "",
+                sender=sender))
+        except TempFail:
+            self.srv.reject(451, "4.3.0", "Temporary failure, try again later")
+            return
+        if not (isinstance(res, m.Ok) and res.text == "yes"):
+            log.event("smtp", "failed-command", session=self.id, command="MAIL",
+                      sender=sender, user=self.srv.auth_user, result="sender not owned")
+            self.srv.reject(550, "5.7.1", "Sender address not owned by the authenticated user")
+            return
+        if self.filtered:
+            await self._f_mail(event)
+            return
+        self._abort_tx()
+        self.sender = sender
+        self.mail_params = event.params
+        self.srv.accept()
+
     async def _starttls(self) -> None:
         """RFC 3207: 220, then the handshake; the machine refused pipelined bytes."""
         ctx = self.pony.tls.contexts.get(self.index)
@@ -481,7 +539,8 @@ class Session(asyncio.Protocol):
 
     def _session_info(self) -> dict[str, Any]:
         return {"ip": self.ip, "local_socket": self.ip == "local", "helo": self.helo,
-                "tag": self.listener.tag or "", "tls": self.srv.tls}
+                "tag": self.listener.tag or "", "tls": self.srv.tls,
+                "auth": self.srv.auth_user or ""}
 
     async def _rcpt(self, event: Any) -> None:
         rcpt = str(event.rcpt)
@@ -617,7 +676,8 @@ class Session(asyncio.Protocol):
                        else self.pony.config.queue_ttl)
                 env = dict(d)
                 env.update({
-                    "type": "mda", "tag": self.listener.tag or "", "smtpname": self.hostname,
+                    "type": "mta" if d.get("mda-method") == "relay" else "mda",
+                    "tag": self.listener.tag or "", "smtpname": self.hostname,
                     "helo": self.helo, "hostname": "<unknown>", "sockaddr": self.ip,
                     "sender": self.sender or "", "rcpt": rcpt, "ctime": now, "retry": "0",
                     "ttl": str(ttl),
@@ -688,9 +748,13 @@ class Pony(common.Process):
         self.tls.build()
         self.sessions: set[Session] = set()
         self.by_id: dict[str, Session] = {}
+        self.auth_failures: dict[str, tuple[int, float]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.paused_smtp = False
+        from mailrider.proc.pony_mta import Mta
+
+        self.mta = Mta(self)
         #: open SMTP sessions by client address (limits.MAX_SESSIONS_PER_IP)
         self.per_ip: dict[str, int] = {}
         self.session_timeout = _env_seconds(limits.SESSION_TIMEOUT_ENV, limits.SESSION_TIMEOUT)
@@ -735,6 +799,19 @@ class Pony(common.Process):
         for server in self.servers:
             server.close()
 
+    def auth_failed(self, ip: str) -> float:
+        """Count a failed AUTH from ``ip``; the delay before answering it."""
+        now = time.monotonic()
+        count, last = self.auth_failures.get(ip, (0, now))
+        if now - last > limits.AUTH_FAIL_WINDOW:
+            count = 0
+        count += 1
+        self.auth_failures[ip] = (count, now)
+        if len(self.auth_failures) > 10000:  # bounded: forget the oldest half
+            for key, _ in sorted(self.auth_failures.items(), key=lambda kv: kv[1][1])[:5000]:
+                del self.auth_failures[key]
+        return min(limits.AUTH_FAIL_DELAY * count, limits.AUTH_FAIL_DELAY_MAX)
+
     def stats(self) -> dict[str, int]:
         out = dict(self.counters)
         out["smtp.session.current"] = len(self.sessions)
@@ -768,6 +845,12 @@ class Pony(common.Process):
         if isinstance(msg, m.Deliver):
             try:
                 return await self.deliver(msg, fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        if isinstance(msg, m.DeliverBatch):
+            try:
+                return await self.mta.deliver(msg, fds[0] if fds else -1)
             finally:
                 for fd in fds:
                     os.close(fd)

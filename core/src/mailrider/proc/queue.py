@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
-from mailrider import log, profile
+from mailrider import limits, log, profile
 from mailrider.errors import TempFail
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
+from mailrider.proc.scheduler import next_attempt
 from mailrider.queue import bounce
 from mailrider.queue import envelope as envmod
 from mailrider.queue.envelope import Envelope
@@ -31,6 +33,9 @@ class Queue(common.Process):
         self._batch: list[tuple[PendingCommit, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._open: set[str] = set()
+        #: notifications being gathered: (msgid, kind, sender) -> Pending
+        self._dsn: dict[tuple[str, str, str], _PendingDSN] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         # after the privilege drop: the spool belongs to the unprivileged user
@@ -61,7 +66,7 @@ class Queue(common.Process):
         return {
             "evpid": env["evpid"], "type": env.get("type", "mda"),
             "ctime": int(env.get("ctime", "0") or 0), "retry": int(env.get("retry", "0") or 0),
-            "ttl": int(env.get("ttl", "0") or 0),
+            "ttl": int(env.get("ttl", "0") or 0), "route": _route(env),
         }
 
     # -- group commit ------------------------------------------------------------
@@ -153,20 +158,57 @@ class Queue(common.Process):
         finally:
             os.close(fd)
 
-    async def _outcome(self, env: Envelope, res: m.DeliveryResult, fd: int) -> None:
+    async def deliver_mta(self, envs: list[Envelope]) -> None:
+        """Several relay envelopes of one message and route: one transaction."""
+        msgid = envs[0]["evpid"][:8]
+        try:
+            fd = self.spool.open_message(msgid)
+        except OSError as exc:
+            log.error("queue", "load-failed", msgid=msgid, error=str(exc))
+            for env in envs:
+                self.peers["scheduler"].notify(
+                    m.SchedResult(evpid=env["evpid"], status="removed"))
+            return
+        try:
+            try:
+                reply = await self.peers["pony"].ask(m.DeliverBatch(envelopes=list(envs)), [fd])
+                got = reply.results if isinstance(reply, m.DeliveryResults) else []
+            except TempFail as exc:
+                got = [{"evpid": e["evpid"], "status": "tempfail", "text": exc.reply()}
+                       for e in envs]
+            by_evpid = {str(r.get("evpid")): r for r in got if isinstance(r, dict)}
+            for env in envs:
+                r = by_evpid.get(env["evpid"]) or {
+                    "status": "tempfail", "text": "451 4.3.0 No result for this envelope"}
+                res = m.DeliveryResult(evpid=env["evpid"], status=str(r.get("status")),
+                                       text=str(r.get("text", "")))
+                await self._outcome(env, res, fd, relay=str(r.get("relay") or ""),
+                                    dsn_relayed=bool(r.get("dsn_relayed")))
+        finally:
+            os.close(fd)
+
+    async def _outcome(self, env: Envelope, res: m.DeliveryResult, fd: int, *,
+                       relay: str = "", dsn_relayed: bool = False) -> None:
         evpid = env["evpid"]
         delay = int(time.time()) - int(env.get("ctime", "0") or 0)
         log.event("delivery", "result", evpid=evpid, sender=env.get("sender") or "<>",
-                  rcpt=env.get("rcpt"), dest=env.get("dest"), delay=f"{delay}s",
+                  rcpt=env.get("rcpt"), dest=env.get("dest"), relay=relay or None,
+                  delay=f"{delay}s",
                   result={"ok": "Ok", "tempfail": "TempFail", "permfail": "PermFail"}.get(
                       res.status, res.status), stat=res.text)
         if res.status == "ok":
+            if env.get("type") == "mta":
+                if not dsn_relayed and bounce.wanted(env, "relayed"):
+                    self._notify(env, res.text, fd, "relayed", relay)
+            elif bounce.wanted(env, "delivered"):
+                self._notify(env, res.text, fd, "delivered", relay)
             self.spool.remove_envelope(evpid)
             self.count("scheduler.delivery.ok")
             self.count("queue.envelope.dequeued")
-            self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="ok"))
+            self.peers["scheduler"].notify(m.SchedResult(
+                evpid=evpid, status="ok", route=_route(env)))
         elif res.status == "permfail":
-            await self._bounce(env, res.text, fd)
+            await self._bounce(env, res.text, fd, relay)
             self.spool.remove_envelope(evpid)
             self.count("scheduler.delivery.permfail")
             self.count("queue.envelope.dequeued")
@@ -176,6 +218,7 @@ class Queue(common.Process):
             env["retry"] = str(retry)
             env["last-try"] = str(int(time.time()))
             env["errorline"] = res.text[:300].replace("\n", " ").replace("\r", " ")
+            self._maybe_warn(env, res.text, fd, relay, retry)
             try:
                 self.spool.update_envelope(env)
             except OSError as exc:
@@ -194,7 +237,7 @@ class Queue(common.Process):
         try:
             text = env.get("errorline") or "Envelope expired"
             log.event("delivery", "expired", evpid=evpid, rcpt=env.get("rcpt"), stat=text)
-            await self._bounce(env, f"Envelope expired: {text}", fd)
+            await self._bounce(env, f"554 5.4.7 Delivery time expired: {text}", fd)
         finally:
             os.close(fd)
         self.spool.remove_envelope(evpid)
@@ -202,17 +245,74 @@ class Queue(common.Process):
         self.count("queue.envelope.dequeued")
         self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="expired"))
 
-    async def _bounce(self, env: Envelope, reason: str, fd: int) -> None:
-        sender = env.get("sender", "")
+    def _maybe_warn(self, env: Envelope, reason: str, fd: int, relay: str, retry: int) -> None:
+        """A "delayed" notification when the next try falls after a warn-interval
+        not yet reported (PROTOCOLS.md 7.5); ``last-bounce`` remembers it."""
+        if not self.config.bounce_warn_interval or not bounce.wanted(env, "delayed"):
+            return
+        ctime = int(env.get("ctime", "0") or 0)
+        ttl = int(env.get("ttl", "0") or 0) or self.config.queue_ttl
+        now = time.time()
+        base = limits.RETRY_BASE_MTA if env.get("type") == "mta" else limits.RETRY_BASE_MDA
+        nxt = next_attempt(ctime, retry, base, now)
+        if nxt >= ctime + ttl:
+            return  # it expires first: the failure notification will say it
+        last = int(env.get("last-bounce", "0") or 0)
+        due = [w for w in sorted(self.config.bounce_warn_interval)
+               if nxt >= ctime + w and last < ctime + w]
+        if not due:
+            return
+        env["last-bounce"] = str(int(now))
+        self._notify(env, reason, fd, "delayed", relay)
+
+    async def _bounce(self, env: Envelope, reason: str, fd: int, relay: str = "") -> None:
         evpid = env["evpid"]
-        if not sender:
+        if not env.get("sender", ""):
             log.event("bounce", "null-sender-dropped", evpid=evpid)
             return
-        if env.get("type") == "bounce":
+        if env.get("type") == "bounce" or "bounce" in env.get("flags", "").split():
             log.event("bounce", "double-bounce-dropped", evpid=evpid)
             return
-        if "NEVER" in env.get("dsn-notify", ""):
+        if not bounce.wanted(env, "failed"):
+            log.event("bounce", "not-requested", evpid=evpid)
             return
+        self._notify(env, reason, fd, "failed", relay)
+
+    def _notify(self, env: Envelope, reason: str, fd: int, kind: str, relay: str) -> None:
+        """Add a recipient to the notification of its message (sent ~1 s after
+        the last addition, PROTOCOLS.md 7.6). The original is read now: the
+        message file goes away with its last envelope."""
+        key = (env["evpid"][:8], kind, env.get("sender", ""))
+        pending = self._dsn.get(key)
+        if pending is None:
+            full = kind == "failed" and env.get("dsn-ret", "").upper() == "FULL"
+            try:
+                original = (bounce.original_message(fd) if full
+                            else bounce.original_headers(fd))
+            except OSError as exc:
+                log.error("bounce", "read-failed", evpid=env["evpid"], error=exc.strerror)
+                return
+            pending = self._dsn[key] = _PendingDSN(original, full)
+        pending.items.append(bounce.Item(dict(env), reason, relay))
+        if pending.timer is not None:
+            pending.timer.cancel()
+        pending.timer = asyncio.get_running_loop().call_later(
+            limits.BOUNCE_FLUSH_DELAY, self._flush_dsn, key)
+
+    def _flush_dsn(self, key: tuple[str, str, str]) -> None:
+        pending = self._dsn.pop(key, None)
+        if pending is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._send_dsn(pending.items, pending.original, key[1], pending.full))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_dsn(self, items: list[bounce.Item], original: bytes, kind: str,
+                        full: bool) -> None:
+        env = items[0].env
+        sender = env.get("sender", "")
+        evpid = env["evpid"]
         try:
             res = await self.peers["lka"].ask(m.RcptCheck(
                 session={"ip": "local", "local_socket": True, "helo": env.get("smtpname", "")},
@@ -224,23 +324,26 @@ class Queue(common.Process):
             log.event("bounce", "no-route", evpid=evpid, to=sender,
                       reason=getattr(res, "reply", ""))
             return
-        body = bounce.build(env, reason, fd)
+        body = bounce.build_report(items, original, kind=kind, full=full)
         msgid = envmod.new_msgid()
         now = str(int(time.time()))
         envs: list[Envelope] = []
         for d in res.deliveries:
             e = {str(k): str(v) for k, v in d.items()}
+            relayed = e.get("mda-method") == "relay"
             e.update({"version": envmod.VERSION, "evpid": envmod.new_evpid(msgid),
-                      "type": "bounce", "sender": "", "ctime": now, "retry": "0",
-                      "ttl": str(7 * 86400), "smtpname": env.get("smtpname", ""),
-                      "flags": "bounce"})
+                      "type": "mta" if relayed else "bounce", "sender": "", "rcpt": sender,
+                      "ctime": now, "retry": "0", "ttl": str(limits.BOUNCE_TTL),
+                      "smtpname": env.get("smtpname", ""), "flags": "bounce",
+                      "bounce-type": kind})
             envs.append(e)
         try:
             await asyncio.to_thread(self.spool.add_message, msgid, body, envs)
         except (OSError, TempFail) as exc:
             log.error("bounce", "enqueue-failed", evpid=evpid, error=str(exc))
             return
-        log.event("bounce", "queued", evpid=evpid, msgid=msgid, to=sender)
+        log.event("bounce", "queued", evpid=evpid, msgid=msgid, to=sender, kind=kind,
+                  rcpts=len(items))
         self.count("queue.bounce")
         self.peers["scheduler"].notify(
             m.SchedInsert(envelopes=[self._sched_entry(e) for e in envs]))
@@ -261,14 +364,38 @@ class Queue(common.Process):
             self.spool.rollback(msg.msgid)
             return m.Ok()
         if isinstance(msg, m.SchedDue):
-            for evpid in msg.evpids:
-                if envmod.is_evpid(evpid):
-                    coro = self.expire(evpid) if msg.expire else self.deliver(evpid)
-                    asyncio.get_running_loop().create_task(coro)
+            evpids = [e for e in msg.evpids if envmod.is_evpid(e)]
+            if msg.expire:
+                for evpid in evpids:
+                    self._spawn(self.expire(evpid))
+            else:
+                self._dispatch(evpids)
             return None
         if isinstance(msg, m.Control):
             return await self.control(msg)
         raise ValueError(f"queue: unexpected {m.type_name(msg)} from {chan.peer}")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _dispatch(self, evpids: list[str]) -> None:
+        """Local envelopes one by one; relay envelopes grouped by message and
+        route, so each message goes to each host in one transaction."""
+        groups: dict[tuple[str, str], list[Envelope]] = {}
+        for evpid in evpids:
+            try:
+                env = self.spool.load_envelope(evpid)
+            except (OSError, ValueError):
+                self._spawn(self.deliver(evpid))  # reports the failure
+                continue
+            if env.get("type") != "mta":
+                self._spawn(self.deliver(evpid))
+                continue
+            groups.setdefault((evpid[:8], _route(env)), []).append(env)
+        for envs in groups.values():
+            self._spawn(self.deliver_mta(envs))
 
     async def control(self, msg: m.Control) -> m.ControlReply:
         if msg.command == "show-queue":
@@ -325,6 +452,22 @@ class Queue(common.Process):
             return 0
         reply = await self.peers["scheduler"].ask(m.SchedInsert(envelopes=envs, discover=True))
         return int(reply.text) if isinstance(reply, m.Ok) and reply.text.isdigit() else 0
+
+
+def _route(env: Envelope) -> str:
+    """What a relay envelope's connection depends on: its action and the
+    recipient domain ("" for local deliveries)."""
+    if env.get("type") != "mta":
+        return ""
+    return f"{env.get('dispatcher', '')}:{env.get('dest', '').rpartition('@')[2].lower()}"
+
+
+@dataclass(slots=True)
+class _PendingDSN:
+    original: bytes
+    full: bool
+    items: list[bounce.Item] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
 
 
 PROCESS = Queue

@@ -33,6 +33,7 @@ class Entry:
     inflight: bool = False
     suspended: bool = False
     generation: int = 0
+    route: str = ""  # relay envelopes: action and domain (released together)
 
 
 def next_attempt(ctime: float, retry: int, base: int, now: float) -> float:
@@ -51,6 +52,8 @@ class Scheduler(common.Process):
         self.wake = asyncio.Event()
         self.paused_mda = False
         self.paused_mta = False
+        #: due entries held back by pause mda/mta
+        self.held: list[Entry] = []
         self.max_inflight = limits.MDA_MAX_SESSIONS
         self.inflight = 0
 
@@ -62,7 +65,8 @@ class Scheduler(common.Process):
     def insert(self, data: dict[str, Any], now: float) -> None:
         ttl = int(data.get("ttl") or 0) or self.config.queue_ttl
         e = Entry(evpid=str(data["evpid"]), type=str(data.get("type", "mda")),
-                  ctime=int(data.get("ctime") or now), retry=int(data.get("retry") or 0), ttl=ttl)
+                  ctime=int(data.get("ctime") or now), retry=int(data.get("retry") or 0), ttl=ttl,
+                  route=str(data.get("route") or ""))
         if e.retry:
             e.due = next_attempt(e.ctime, e.retry, self._base(e), now)
         else:
@@ -97,9 +101,10 @@ class Scheduler(common.Process):
                 e = self.entries.get(evpid)
                 if e is None or e.generation != gen or e.inflight or e.suspended:
                     continue
-                if self.paused_mda:
-                    heapq.heappush(self.heap, (e.due, gen, evpid))
-                    break
+                if self.paused_mta if e.type == "mta" else self.paused_mda:
+                    # held: back in the heap once resumed (resume re-pushes)
+                    self.held.append(e)
+                    continue
                 e.inflight = True
                 self.inflight += 1
                 if now >= e.ctime + e.ttl:
@@ -111,7 +116,7 @@ class Scheduler(common.Process):
             if expired:
                 self.peers["queue"].notify(m.SchedDue(evpids=expired, expire=True))
             timeout = None
-            if self.heap and self.inflight < self.max_inflight and not self.paused_mda:
+            if self.heap and self.inflight < self.max_inflight:
                 timeout = max(0.0, self.heap[0][0] - time.time())
             self.wake.clear()
             try:
@@ -128,6 +133,8 @@ class Scheduler(common.Process):
             self.inflight -= 1
         if msg.status != "tempfail":
             del self.entries[msg.evpid]
+            if msg.status == "ok" and msg.route:
+                self._release(msg.route)
             self.wake.set()
             return
         now = time.time()
@@ -136,6 +143,30 @@ class Scheduler(common.Process):
         e.due = min(nxt, e.ctime + e.ttl)
         log.debug("scheduler", "retry", evpid=e.evpid, retry=e.retry, due=int(e.due))
         self._push(e)
+
+    def _release(self, route: str) -> None:
+        """A delivery on this route worked: retry at once the envelopes waiting
+        for it (OpenSMTPD releases a route's held envelopes on success)."""
+        now = time.time()
+        n = 0
+        for e in self.entries.values():
+            if e.route == route and e.retry and not e.inflight and not e.suspended \
+                    and e.due > now:
+                e.due = now
+                self._push(e)
+                n += 1
+        if n:
+            log.debug("scheduler", "route-released", route=route, envelopes=n)
+
+    def _resume(self, kind: str) -> None:
+        keep = []
+        for e in self.held:
+            if (e.type == "mta") == (kind == "mta") and e.evpid in self.entries:
+                self._push(e)
+            else:
+                keep.append(e)
+        self.held = keep
+        self.wake.set()
 
     def stats(self) -> dict[str, int]:
         out = dict(self.counters)
@@ -184,7 +215,7 @@ class Scheduler(common.Process):
             return m.ControlReply(lines=["command succeeded"])
         if cmd == "resume-mda":
             self.paused_mda = False
-            self.wake.set()
+            self._resume("mda")
             return m.ControlReply(lines=["command succeeded"])
         if cmd == "runstate":
             now = time.time()
@@ -195,6 +226,8 @@ class Scheduler(common.Process):
             }, "paused_mda": self.paused_mda, "paused_mta": self.paused_mta})
         if cmd in ("pause-mta", "resume-mta"):
             self.paused_mta = cmd == "pause-mta"
+            if not self.paused_mta:
+                self._resume("mta")
             return m.ControlReply(lines=["command succeeded"])
         return None
 

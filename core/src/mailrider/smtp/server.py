@@ -22,11 +22,18 @@ Invariants:
   to its real end and then answered with the error, so a smuggled second
   message never exists.
 * Each session ends with exactly one :class:`events.ConnectionClosed`.
+* SMTP AUTH (RFC 4954; PLAIN, RFC 4616, and LOGIN) is offered only under
+  TLS.  Lines of the exchange (state ``AUTH``) are SASL responses, never
+  commands, bounded by ``auth_line_max``; credentials leave the machine
+  only in :class:`events.Auth`, and no reply echoes a response line.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import unicodedata
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +80,11 @@ class ServerConfig:
     command_line_max: int = limits.COMMAND_LINE_MAX
     max_line_length: int = limits.DATA_LINE_MAX  # incl. CRLF; 0: unchecked
     banner: str = "ESMTP mailrider"
+    auth: bool = False  # AUTH PLAIN LOGIN offered (under TLS only)
+    auth_required: bool = False  # MAIL refused until AUTH succeeded
+    tls_required: bool = False  # MAIL refused until TLS is on
+    auth_max_failures: int = limits.AUTH_MAX_FAILURES  # then 421; 0: no limit
+    auth_line_max: int = limits.AUTH_LINE_MAX  # incl. CRLF
 
 
 class State(enum.Enum):
@@ -84,6 +96,7 @@ class State(enum.Enum):
     RCPT = "rcpt"  # at least one recipient accepted
     DATA = "data"  # reading the message
     TLS = "tls"  # 220 sent for STARTTLS; waiting for the handshake
+    AUTH = "auth"  # 334 sent; the next line is a SASL response
     CLOSED = "closed"
 
 
@@ -94,6 +107,15 @@ class _Await(enum.Enum):
     DATA = "data"
     DATA_END = "data-end"
     STARTTLS = "starttls"
+    AUTH = "auth"
+
+
+class _Sasl(enum.Enum):
+    """Which client response a 334 challenge waits for."""
+
+    PLAIN = "plain"  # the whole PLAIN message (RFC 4616 2)
+    LOGIN_USER = "login-user"
+    LOGIN_SECOND = "login-second"  # the LOGIN password line
 
 
 _ANYTIME: Final = frozenset(
@@ -101,11 +123,12 @@ _ANYTIME: Final = frozenset(
 )
 _LEGAL: Final[dict[State, frozenset[str]]] = {
     State.INIT: _ANYTIME,
-    State.GREETED: _ANYTIME | {"MAIL", "STARTTLS"},
+    State.GREETED: _ANYTIME | {"MAIL", "STARTTLS", "AUTH"},
     State.MAIL: _ANYTIME | {"RCPT", "DATA"},
     State.RCPT: _ANYTIME | {"RCPT", "DATA"},
     State.DATA: frozenset(),
     State.TLS: frozenset(),
+    State.AUTH: frozenset(),  # lines are SASL responses (see _sasl_line)
     State.CLOSED: frozenset(),
 }
 # Why a verb is out of sequence, by verb (RFC 5321 4.1.4, 503).
@@ -114,10 +137,11 @@ _SEQUENCE: Final[dict[str, str]] = {
     "RCPT": "Need MAIL command",
     "DATA": "Need MAIL command",
     "STARTTLS": "Send EHLO first",
+    "AUTH": "Send EHLO first",
 }
-# Known verbs we do not offer (RFC 5321 4.2.4: 502).  AUTH and BDAT belong
-# here until their extensions exist.
-_UNIMPLEMENTED: Final = frozenset({"AUTH", "BDAT", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML"})
+# Known verbs we do not offer (RFC 5321 4.2.4: 502).  BDAT belongs here
+# until CHUNKING exists; AUTH and STARTTLS are 502 when not configured.
+_UNIMPLEMENTED: Final = frozenset({"BDAT", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML"})
 _ANSWERABLE: Final = (
     events.Hello,
     events.MailFrom,
@@ -125,6 +149,7 @@ _ANSWERABLE: Final = (
     events.DataStart,
     events.DataEnd,
     events.StartTLS,
+    events.Auth,
 )
 _GREETINGS: Final = frozenset({"HELO", "EHLO", "LHLO"})
 _IDLE: Final = frozenset({"HELO", "EHLO", "LHLO", "NOOP", "RSET", "HELP", "VRFY", "EXPN"})
@@ -145,6 +170,23 @@ _R_TOO_BIG_DATA: Final = Reply(552, "5.3.4", "Message size exceeds fixed limit")
 _R_NUL_DATA: Final = Reply(554, "5.6.0", "NUL byte in message")
 _R_BARE_DATA: Final = Reply(554, "5.6.0", "Message contains bare CR or LF")
 _R_LONG_DATA: Final = Reply(554, "5.6.0", "Line too long")
+# RFC 4954 4 and 6.
+_MECHANISMS: Final = ("PLAIN", "LOGIN")
+_R_AUTH_SYNTAX: Final = Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+_R_AUTH_MECH: Final = Reply(504, "5.5.4", "Unrecognized authentication type")
+_R_AUTH_TLS: Final = Reply(
+    538, "5.7.11", "Encryption required for requested authentication mechanism"
+)
+_R_AUTH_AGAIN: Final = Reply(503, "5.5.1", "Already authenticated")
+_R_AUTH_DECODE: Final = Reply(501, "5.5.2", "Cannot decode response")
+_R_AUTH_CANCEL: Final = Reply(501, "5.0.0", "Authentication cancelled")
+_R_AUTH_LONG: Final = Reply(500, "5.5.6", "Authentication Exchange line is too long")
+_R_AUTH_INVALID: Final = Reply(535, "5.7.8", "Authentication credentials invalid")
+_R_AUTH_NEEDED: Final = Reply(530, "5.7.0", "Authentication required")
+_R_TLS_NEEDED: Final = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+_R_CHALLENGE: Final = Reply(334, "", "")  # RFC 4954 4: "334 " + empty challenge
+_R_USERNAME: Final = Reply(334, "", "VXNlcm5hbWU6")  # base64 "Username:"
+_R_PASSWORD: Final = Reply(334, "", "UGFzc3dvcmQ6")  # base64 "Password:"
 _F_BARE: Final = 1
 _F_NUL: Final = 2
 _F_LONG: Final = 4
@@ -156,6 +198,29 @@ _FAULTS: Final = (
     (_F_LONG, _R_LONG_DATA),
     (_F_BIG, _R_TOO_BIG_DATA),
 )
+
+
+def _b64decode(text: bytes) -> bytes | None:
+    """Decode strict base64 (RFC 4648 4, RFC 4954 4): only the alphabet,
+    correct padding, zero pad bits; None when ``text`` is anything else."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        return None
+    return raw if base64.b64encode(raw) == text else None
+
+
+def _sasl_text(raw: bytes) -> str | None:
+    """A SASL identity or password as text: UTF-8 without control characters
+    (RFC 4616 2 asks for SASLprep; we apply only its control-character
+    prohibition, RFC 4013 2.3 / RFC 3454 C.2)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        return None
+    return text
 
 
 def _hold_back(buf: bytes, bol: bool) -> int:
@@ -203,6 +268,12 @@ class SMTPServer:
         self._hdr_carry = b"\n"
         self._received = 0
         self._due = 0
+        # AUTH (RFC 4954)
+        self._auth_user: str | None = None
+        self._auth_failures = 0
+        self._auth_candidate: str | None = None  # user named in the pending Auth
+        self._sasl: _Sasl | None = None  # response awaited in State.AUTH
+        self._sasl_user: str | None = None  # LOGIN user between the two 334s
 
     # ------------------------------------------------------------------ API
 
@@ -232,10 +303,19 @@ class SMTPServer:
         return self._helo
 
     @property
+    def auth_user(self) -> str | None:
+        """The user name of the successful AUTH, if any (RFC 4954)."""
+        return self._auth_user
+
+    @property
     def with_protocol(self) -> str:
         """The ``with`` keyword for this transaction's Received field."""
         return with_protocol(
-            esmtp=self._esmtp, tls=self._tls, utf8=self._utf8, lmtp=self._config.lmtp
+            esmtp=self._esmtp,
+            tls=self._tls,
+            auth=self._auth_user is not None,
+            utf8=self._utf8,
+            lmtp=self._config.lmtp,
         )
 
     def greeting(self, text: str | None = None) -> bytes:
@@ -315,6 +395,10 @@ class SMTPServer:
                 return
             self._send(self._positive("2.0.0", "Ready to start TLS", text, code=220))
             self._enter(State.TLS)
+        elif pending is _Await.AUTH:
+            self._send(self._positive("2.7.0", "Authentication successful", text, code=235))
+            self._auth_user = self._auth_candidate
+            self._auth_candidate = None
 
     def reject(self, code: int, status: str, text: str) -> None:
         """Answer the awaited event with a 4xx/5xx reply."""
@@ -328,6 +412,13 @@ class SMTPServer:
         if reply.code < 400:
             raise LocalProtocolError("reply() takes a failure; use accept()")
         pending = self._take_pending()
+        if pending is _Await.AUTH:
+            self._auth_candidate = None
+            if reply.is_permanent:
+                # 535 and the like: a failed authentication (RFC 4954 6).
+                # 4xx (454 backend down) is no verdict on the credentials.
+                self._auth_failed(reply)
+                return
         self._wasted += 1
         self._send(reply)
         if pending is _Await.HELLO:
@@ -346,6 +437,7 @@ class SMTPServer:
         if self._state is not State.TLS:
             raise LocalProtocolError("tls_started() without an accepted STARTTLS")
         self._tls = True
+        self._auth_user = None
         self._buf.clear()
         self._scan = 0
         self._enter(State.INIT)
@@ -388,10 +480,16 @@ class SMTPServer:
             ext.append("DSN")  # RFC 3461
         if cfg.starttls and not self._tls:
             ext.append("STARTTLS")  # RFC 3207
+        if cfg.auth and self._tls:
+            # RFC 4954 4 / RFC 4616 9: plaintext mechanisms only under TLS.
+            ext.append("AUTH " + " ".join(_MECHANISMS))
         return tuple(ext)
 
     def _enter(self, state: State) -> None:
         """The one place where the session state changes."""
+        if state is not State.AUTH:
+            self._sasl = None
+            self._sasl_user = None
         if state in (State.INIT, State.GREETED):
             self._utf8 = False
             self._rcpts = 0
@@ -448,7 +546,8 @@ class SMTPServer:
 
     def _step_command(self) -> bool:
         buf = self._buf
-        limit = self._config.command_line_max
+        sasl = self._state is State.AUTH
+        limit = self._config.auth_line_max if sasl else self._config.command_line_max
         if self._discarding:
             i = buf.find(b"\n")
             if i < 0:
@@ -468,7 +567,11 @@ class SMTPServer:
                 del buf[:limit]
                 self._scan = 0
                 self._discarding = True
-                self._error(_R_LONG_CMD)
+                if sasl:
+                    # RFC 4954 4: fail the AUTH command with 500 (5.5.6).
+                    self._sasl_abort(_R_AUTH_LONG)
+                else:
+                    self._error(_R_LONG_CMD)
                 return True
             self._scan = len(buf)
             if self._eof:
@@ -478,7 +581,10 @@ class SMTPServer:
         self._scan = 0
         line = bytes(buf[: i + 1])
         del buf[: i + 1]
-        self._command(line)
+        if sasl:
+            self._sasl_line(line)
+        else:
+            self._command(line)
         return True
 
     def _command(self, line: bytes) -> None:
@@ -500,7 +606,11 @@ class SMTPServer:
             return
         word, _, arg = text.partition(" ")
         verb = word.upper()  # RFC 5321 2.4: verbs are case-insensitive
-        if verb in _UNIMPLEMENTED or (verb == "STARTTLS" and not cfg.starttls):
+        if (
+            verb in _UNIMPLEMENTED
+            or (verb == "STARTTLS" and not cfg.starttls)
+            or (verb == "AUTH" and not cfg.auth)
+        ):
             self._error(_R_NOT_IMPL)
             return
         handler = _HANDLERS.get(verb)
@@ -514,6 +624,9 @@ class SMTPServer:
                 why = "Nested MAIL command"
             elif verb == "STARTTLS" and self._state is not State.INIT:
                 why = "STARTTLS not allowed in a transaction"
+            elif verb == "AUTH" and self._state is not State.INIT:
+                # RFC 4954 4: AUTH within a mail transaction gets 503.
+                why = "AUTH not allowed in a transaction"
             self._error(Reply(503, "5.5.1", why))
             return
         if verb in _IDLE:
@@ -554,6 +667,12 @@ class SMTPServer:
 
     def _cmd_mail(self, arg: str) -> None:
         cfg = self._config
+        if cfg.tls_required and not self._tls:
+            self._error(_R_TLS_NEEDED)  # RFC 3207 4
+            return
+        if cfg.auth_required and self._auth_user is None:
+            self._error(_R_AUTH_NEEDED)  # RFC 4954 6
+            return
         if arg[:5].upper() != "FROM:":
             self._error(Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
             return
@@ -638,6 +757,8 @@ class SMTPServer:
         verbs += " MAIL RCPT DATA RSET NOOP QUIT HELP VRFY"
         if self._config.starttls and not self._tls:
             verbs += " STARTTLS"
+        if self._config.auth and self._tls:
+            verbs += " AUTH"
         self._send(Reply(214, "2.0.0", f"mailrider; commands: {verbs}"))
 
     def _cmd_vrfy(self, arg: str) -> None:
@@ -672,6 +793,132 @@ class SMTPServer:
         for 354; read as commands they would run whatever the message says."""
         if self._buf and self._state is not State.CLOSED:
             self._protocol_error("data pipelined after a refused DATA")
+
+    # ---------------------------------------------------------------- AUTH
+
+    def _cmd_auth(self, arg: str) -> None:
+        # Check step: every refusal below is answered before any credential
+        # is looked at, and none of them echoes the argument.
+        if not self._esmtp:
+            self._error(Reply(503, "5.5.1", "Send EHLO first"))  # AUTH is an ESMTP extension
+            return
+        if self._auth_user is not None:
+            self._error(_R_AUTH_AGAIN)  # RFC 4954 4: once per session
+            return
+        mech, sp, initial = arg.partition(" ")
+        if not mech or (sp and (not initial or " " in initial)):
+            self._error(_R_AUTH_SYNTAX)
+            return
+        if not self._tls:
+            # RFC 4954 4 / RFC 4616 9: no cleartext password over a clear channel.
+            self._error(_R_AUTH_TLS)
+            return
+        mech = mech.upper()
+        if mech not in _MECHANISMS:
+            self._error(_R_AUTH_MECH)
+            return
+        # Proceed step.
+        raw: bytes | None = None
+        if sp:
+            # RFC 4954 4: "=" is an empty initial response.
+            raw = b"" if initial == "=" else _b64decode(initial.encode("utf-8"))
+            if raw is None:
+                self._error(_R_AUTH_DECODE)
+                return
+        if mech == "PLAIN":
+            if raw is None:
+                self._challenge(_Sasl.PLAIN, _R_CHALLENGE)
+            else:
+                self._sasl_plain(raw)
+        elif raw is None:
+            self._challenge(_Sasl.LOGIN_USER, _R_USERNAME)
+        else:
+            self._sasl_login_user(raw)
+
+    def _challenge(self, step: _Sasl, reply: Reply) -> None:
+        self._send(reply)
+        self._enter(State.AUTH)
+        self._sasl = step
+
+    def _sasl_line(self, line: bytes) -> None:
+        """One client response line of the exchange (State.AUTH)."""
+        if line.count(b"\r") != 1 or not line.endswith(b"\r\n"):
+            self._sasl_abort(_R_BARE)
+            return
+        body = line[:-2]
+        if body == b"*":
+            self._sasl_abort(_R_AUTH_CANCEL)  # RFC 4954 4
+            return
+        raw = _b64decode(body)
+        if raw is None:
+            self._sasl_abort(_R_AUTH_DECODE)
+            return
+        step = self._sasl
+        if step is _Sasl.PLAIN:
+            self._sasl_plain(raw)
+        elif step is _Sasl.LOGIN_USER:
+            self._sasl_login_user(raw)
+        else:
+            self._sasl_login_pass(raw)
+
+    def _sasl_plain(self, raw: bytes) -> None:
+        # RFC 4616 2: message = [authzid] UTF8NUL authcid UTF8NUL passwd
+        parts = raw.split(b"\0")
+        if len(parts) != 3:
+            self._sasl_fail()
+            return
+        authzid, user, password = (_sasl_text(p) for p in parts)
+        if authzid is None or not user or not password:
+            self._sasl_fail()
+            return
+        if authzid and authzid != user:
+            # We do not act on behalf of another identity (RFC 4616 2:
+            # the server fails when authcid may not act as authzid).
+            self._sasl_fail()
+            return
+        self._sasl_done("PLAIN", user, password)
+
+    def _sasl_login_user(self, raw: bytes) -> None:
+        user = _sasl_text(raw)
+        if not user:
+            self._sasl_fail()
+            return
+        self._challenge(_Sasl.LOGIN_SECOND, _R_PASSWORD)
+        self._sasl_user = user
+
+    def _sasl_login_pass(self, raw: bytes) -> None:
+        user = self._sasl_user
+        password = _sasl_text(raw)
+        assert user is not None
+        if not password:
+            self._sasl_fail()
+            return
+        self._sasl_done("LOGIN", user, password)
+
+    def _sasl_done(self, mechanism: str, user: str, password: str) -> None:
+        self._enter(State.GREETED)
+        self._auth_candidate = user
+        self._await(_Await.AUTH, events.Auth(mechanism, user, password))
+
+    def _sasl_abort(self, reply: Reply) -> None:
+        """The exchange ends without a verdict on the credentials."""
+        self._enter(State.GREETED)
+        self._error(reply)
+
+    def _sasl_fail(self) -> None:
+        """Credentials that cannot be valid: fail as a wrong password would."""
+        self._enter(State.GREETED)
+        self._auth_failed(_R_AUTH_INVALID)
+
+    def _auth_failed(self, reply: Reply) -> None:
+        """A failed authentication; the auth_max_failures-th closes the session."""
+        cfg = self._config
+        self._auth_failures += 1
+        self._wasted += 1
+        if cfg.auth_max_failures and self._auth_failures >= cfg.auth_max_failures:
+            self._close(Reply(421, "4.7.0", f"{cfg.hostname} Too many authentication failures"))
+        else:
+            self._send(reply)
 
     # ----------------------------------------------------------- DATA mode
 
@@ -803,4 +1050,5 @@ _HANDLERS: Final[dict[str, Callable[[SMTPServer, str], None]]] = {
     "VRFY": SMTPServer._cmd_vrfy,
     "EXPN": SMTPServer._cmd_expn,
     "STARTTLS": SMTPServer._cmd_starttls,
+    "AUTH": SMTPServer._cmd_auth,
 }

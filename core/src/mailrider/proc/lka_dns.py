@@ -1,0 +1,94 @@
+"""DNS for outgoing mail, done by lka for pony's mta (ARCHITECTURE: lka owns DNS).
+
+One resolver (one cache, one set of sockets) serves every delivery; pony
+asks over IPC once per attempt, which costs far less than the DNS round
+trips the cache saves.
+
+:func:`resolve` answers :class:`~mailrider.ipc.messages.MxResolve`:
+
+- MX records in preference order, equal preferences shuffled (RFC 5321
+  5.1), each with its addresses (AAAA then A); an MX host without
+  addresses is skipped;
+- no MX record (NODATA) means the domain itself is the only host, with
+  preference 0 (RFC 5321 5.1 implicit MX);
+- a null MX (RFC 7505) is a permanent failure ``556 5.1.10``; a domain
+  that does not exist is ``550 5.1.2``; a DNS failure is temporary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Any
+
+from mailrider.config.model import Config
+from mailrider.dns.resolver import (
+    DNSError,
+    DNSTempError,
+    NullMX,
+    NXDomain,
+    Resolver,
+    ResolverConfig,
+    load_resolv_conf,
+)
+from mailrider.ipc import messages as m
+
+
+def resolver_config(config: Config) -> ResolverConfig:
+    """The ``resolver`` statements, else /etc/resolv.conf."""
+    base = load_resolv_conf() if not config.resolver_nameservers else ResolverConfig(
+        nameservers=list(config.resolver_nameservers))
+    changes: dict[str, Any] = {}
+    if config.resolver_timeout is not None:
+        changes["timeout"] = config.resolver_timeout
+    if config.resolver_attempts is not None:
+        changes["attempts"] = config.resolver_attempts
+    return dataclasses.replace(base, **changes) if changes else base
+
+
+def shuffle_equal(mxs: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """Sort by preference, in random order within one preference (RFC 5321 5.1)."""
+    keyed = [(pref, random.random(), host) for pref, host in mxs]
+    keyed.sort()
+    return [(pref, host) for pref, _, host in keyed]
+
+
+async def resolve(resolver: Resolver, msg: m.MxResolve) -> m.MxResult:
+    if msg.host:
+        try:
+            addrs = await resolver.addresses(msg.host)
+        except NXDomain:
+            return m.MxResult("permfail", text=f"550 5.1.2 Relay host {msg.host} not found")
+        except DNSError as exc:
+            return m.MxResult("tempfail", text=f"451 4.4.3 DNS error for {msg.host}: {exc}")
+        if not addrs:
+            return m.MxResult("tempfail", text=f"451 4.4.3 No address for {msg.host}")
+        return m.MxResult("ok", hosts=[[0, msg.host, addrs]])
+    domain = msg.domain
+    try:
+        mxs = await resolver.mx(domain)
+    except NullMX:
+        return m.MxResult("permfail", text="556 5.1.10 Domain does not accept mail (null MX)")
+    except NXDomain:
+        return m.MxResult("permfail", text=f"550 5.1.2 Domain {domain} not found")
+    except DNSError as exc:
+        return m.MxResult("tempfail", text=f"451 4.4.3 DNS error for {domain}: {exc}")
+    if not mxs:
+        mxs = [(0, domain)]
+    hosts: list[list[Any]] = []
+    temp = ""
+    for pref, host in shuffle_equal(mxs):
+        try:
+            addrs = await resolver.addresses(host)
+        except NXDomain:
+            continue
+        except DNSTempError as exc:
+            temp = str(exc)
+            continue
+        if addrs:
+            hosts.append([pref, host, addrs])
+    if not hosts:
+        if temp:
+            return m.MxResult("tempfail", text=f"451 4.4.3 DNS error for {domain}: {temp}")
+        return m.MxResult("tempfail", text=f"451 4.4.4 No address for any MX of {domain}")
+    return m.MxResult("ok", hosts=hosts)

@@ -1,0 +1,592 @@
+"""pony's mta: delivery of queued envelopes to other mail servers.
+
+queue hands over, in one :class:`~mailrider.ipc.messages.DeliverBatch`, the
+envelopes of one message that share a route (relay action and recipient
+domain), with the message's descriptor; they go out in one transaction
+carrying every recipient (up to :data:`limits.MTA_MAX_RCPT`). The protocol
+is the sans-I/O :class:`~mailrider.smtp.client.SMTPClient`; this module owns
+sockets, TLS, timers and connection reuse.
+
+Where mail goes:
+
+- ``relay host URL``: that host (PROTOCOLS.md 4.5): ``smtp://`` with
+  opportunistic STARTTLS, ``smtp+tls://`` STARTTLS required, ``smtps://``
+  TLS from the start, ``smtp+notls://`` never TLS, ``lmtp://host:port``.
+  Certificates are verified (against the action's ``ca``, else the system
+  store) for smtp+tls and smtps and with ``tls``, unless ``tls no-verify``;
+  opportunistic TLS is never verified and, when the handshake fails, the
+  same host is tried again in clear.
+- otherwise the MX hosts of the recipient domain, which lka resolves
+  (lka_dns), on port 25 (``mta port`` for tests), in preference order; with
+  ``backup [mx name]`` only hosts preferred to ourselves.
+
+Failure classes (every envelope gets exactly one result):
+
+- the host cannot be used (connection refused, timeout before the
+  transaction, TLS failure, a 4xx/5xx greeting, EHLO or AUTH failure): the
+  next host is tried; when none is left the envelopes fail temporarily with
+  the last error;
+- MAIL, RCPT and end-of-data replies decide per recipient: 2xx delivered,
+  4xx temporary, 5xx permanent;
+- the connection lost or timed out inside the transaction: temporary.
+
+Outgoing bytes come from the spool file (LF endings, dot-unstuffed) through
+the client's BodyEncoder, which turns every line end into CRLF and
+dot-stuffs, so no bare CR or LF and no early terminator can reach the wire.
+
+Timeouts are RFC 5321 4.5.3.2's (``limits.SMTP_*_TIMEOUT``); the
+environment variable ``MAILRIDER_MTA_TIMEOUT`` (seconds) caps them all,
+for tests and benchmarks only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from mailrider import limits, log
+from mailrider.config.model import Action
+from mailrider.errors import TempFail
+from mailrider.ipc import messages as m
+from mailrider.smtp import client as sc
+from mailrider.smtp.reply import Reply
+from mailrider.table.values import RelayHost, parse_credentials, parse_relayhost
+
+if TYPE_CHECKING:
+    from mailrider.proc.pony import Pony
+
+StartTLS = Literal["never", "opportunistic", "require"]
+
+_READ_MAX = 64 * 1024
+_BODY_CHUNK = 256 * 1024
+_QUIT_TIMEOUT = 10.0
+
+
+class HostFailed(Exception):
+    """This host cannot take the mail now: try the next one."""
+
+    def __init__(self, text: str, *, tls: bool = False) -> None:
+        super().__init__(text)
+        self.text = text
+        self.tls = tls
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str  # host name (MX or relay host), for SNI, verification and logs
+    ip: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """How to talk to a host: what makes two connections interchangeable."""
+
+    helo: str
+    proto: str  # smtp, smtp+tls, smtps, smtp+notls, lmtp
+    starttls: StartTLS
+    verify: bool
+    ca: str | None
+    auth: tuple[str, str] | None = field(default=None, repr=False)
+    src: str | None = None
+
+    def key(self, t: Target) -> tuple[Any, ...]:
+        user = self.auth[0] if self.auth else None
+        return (t.ip, t.port, t.name, self.helo, self.proto, self.starttls, self.verify,
+                self.ca, user, self.src)
+
+
+def _timeout(base: float) -> float:
+    cap = os.environ.get("MAILRIDER_MTA_TIMEOUT", "")
+    try:
+        return min(base, float(cap)) if cap else base
+    except ValueError:
+        return base
+
+
+def _stage_timeout(state: sc.ClientState) -> float:
+    t = {
+        sc.ClientState.GREETING: limits.SMTP_GREETING_TIMEOUT,
+        sc.ClientState.TRANSACTION: limits.SMTP_RCPT_TIMEOUT,
+        sc.ClientState.BODY: limits.SMTP_DATA_BLOCK_TIMEOUT,
+        sc.ClientState.DATA_END: limits.SMTP_DATA_END_TIMEOUT,
+        sc.ClientState.QUIT: _QUIT_TIMEOUT,
+    }.get(state, limits.SMTP_MAIL_TIMEOUT)
+    return _timeout(t)
+
+
+class Conn:
+    """One connection to one host, and its client machine."""
+
+    def __init__(self, mta: Mta, target: Target, profile: Profile,
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 client: sc.SMTPClient) -> None:
+        self.mta = mta
+        self.target = target
+        self.profile = profile
+        self.reader = reader
+        self.writer = writer
+        self.client = client
+        self.mails = 0
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.extensions: dict[str, str] = {}
+
+    @property
+    def relay(self) -> str:
+        return f"{self.target.name} [{self.target.ip}]"
+
+    async def flush(self) -> None:
+        out = self.client.data_to_send()
+        if out:
+            self.writer.write(out)
+            await self.writer.drain()
+
+    async def event(self) -> sc.ClientEvent:
+        """The next client event, reading as needed (raises on timeout/IO error)."""
+        while True:
+            ev = self.client.next_event()
+            if ev is not None:
+                return ev
+            await self.flush()
+            data = await asyncio.wait_for(self.reader.read(_READ_MAX),
+                                          _stage_timeout(self.client.state))
+            self.client.receive(data)
+
+    def close(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if not self.writer.is_closing():
+            self.writer.close()
+
+    async def quit(self) -> None:
+        try:
+            self.client.quit()
+            while not self.client.closed:
+                ev = await self.event()
+                if isinstance(ev, sc.Closed):
+                    break
+            await self.flush()
+        except (OSError, TimeoutError, sc.LocalProtocolError):
+            pass
+        self.close()
+
+
+class Mta:
+    """Outgoing deliveries of one pony."""
+
+    def __init__(self, pony: Pony) -> None:
+        self.pony = pony
+        self.config = pony.config
+        self.slots = asyncio.Semaphore(limits.MTA_MAX_CONNECTIONS)
+        self.route_slots: dict[str, asyncio.Semaphore] = {}
+        self.idle: dict[tuple[Any, ...], list[Conn]] = {}
+        # built before the privilege drop: CA files and the system store may
+        # be unreadable after it
+        self.ctx_noverify = ssl.create_default_context()
+        self.ctx_noverify.check_hostname = False
+        self.ctx_noverify.verify_mode = ssl.CERT_NONE
+        self.ctx_verify: dict[str | None, ssl.SSLContext] = {}
+        if any(a.method == "relay" for a in self.config.actions.values()):
+            self.ctx_verify[None] = ssl.create_default_context()
+        for action in self.config.actions.values():
+            ca_name = action.relay.get("ca")
+            if isinstance(ca_name, str) and ca_name in self.config.cas:
+                ca = self.config.cas[ca_name]
+                try:
+                    self.ctx_verify[ca_name] = ssl.create_default_context(cafile=ca.cert)
+                except (OSError, ssl.SSLError) as exc:
+                    log.error("mta", "ca-load-failed", ca=ca_name, error=str(exc))
+
+    # -- entry point -------------------------------------------------------------
+
+    async def deliver(self, msg: m.DeliverBatch, fd: int) -> m.DeliveryResults:
+        envs = [{str(k): str(v) for k, v in e.items()} for e in msg.envelopes]
+        if not envs:
+            return m.DeliveryResults(results=[])
+        action = self.config.actions.get(envs[0].get("dispatcher", ""))
+        if action is None or action.method != "relay" or fd < 0:
+            return _all(envs, "tempfail", "451 4.3.0 No relay action for this envelope")
+        results: list[dict[str, Any]] = []
+        for i in range(0, len(envs), limits.MTA_MAX_RCPT):
+            chunk = envs[i:i + limits.MTA_MAX_RCPT]
+            try:
+                results += await self._deliver(action, chunk, fd)
+            except TempFail as exc:
+                results += _all(chunk, "tempfail", exc.reply()).results
+            except Exception as exc:  # never leave the queue without an answer
+                log.error("mta", "internal-error", error=repr(exc))
+                results += _all(chunk, "tempfail", "451 4.3.0 Internal error").results
+        return m.DeliveryResults(results=results)
+
+    async def _deliver(self, action: Action, envs: list[dict[str, str]],
+                       fd: int) -> list[dict[str, Any]]:
+        relay = action.relay
+        domain = envs[0].get("dest", "").rpartition("@")[2].lower()
+        url: RelayHost | None = None
+        if isinstance(relay.get("host"), str):
+            try:
+                url = parse_relayhost(str(relay["host"]))
+            except ValueError as exc:
+                return _all(envs, "tempfail", f"451 4.3.0 {exc}").results
+        profile = await self._profile(action, url, envs[0])
+        route = f"{action.name}:{url.host if url else domain}"
+        targets, err = await self._targets(action, url, domain)
+        if err is not None:
+            status, text = err
+            return _all(envs, status, text).results
+        sem = self.route_slots.setdefault(route, asyncio.Semaphore(limits.MTA_MAX_CONN_PER_ROUTE))
+        last = "451 4.4.1 No host could be reached"
+        async with self.slots, sem:
+            for target in targets[:limits.MTA_MAX_HOSTS]:
+                try:
+                    return await self._on_host(target, profile, envs, fd)
+                except HostFailed as exc:
+                    last = exc.text
+                    log.event("mta", "host-failed", relay=f"{target.name} [{target.ip}]",
+                              port=target.port, error=exc.text)
+                    if exc.tls and profile.starttls == "opportunistic":
+                        # RFC 3207 4.1: opportunistic TLS may fall back to clear
+                        clear = Profile(profile.helo, profile.proto, "never", False, None,
+                                        profile.auth, profile.src)
+                        try:
+                            return await self._on_host(target, clear, envs, fd)
+                        except HostFailed as exc2:
+                            last = exc2.text
+        res = _all(envs, "tempfail", last if last[:1] == "4" else _as_temp(last)).results
+        return res
+
+    # -- routing and options ------------------------------------------------------
+
+    async def _profile(self, action: Action, url: RelayHost | None,
+                       env: dict[str, str]) -> Profile:
+        relay = action.relay
+        helo = str(relay.get("helo") or env.get("smtpname") or self.pony.hostname)
+        proto = url.proto if url else "smtp"
+        tls_flag = bool(relay.get("tls"))
+        noverify = bool(relay.get("tls_noverify"))
+        starttls: StartTLS = "opportunistic"
+        verify = False
+        if proto == "smtp+tls" or (proto == "smtp" and tls_flag):
+            starttls, verify = "require", not noverify
+        elif proto == "smtps":
+            starttls, verify = "never", not noverify
+        elif proto == "smtp+notls":
+            starttls = "never"
+        ca = relay.get("ca")
+        auth: tuple[str, str] | None = None
+        table = relay.get("auth")
+        if isinstance(table, str):
+            label = url.label if url and url.label else ""
+            if not label:
+                raise TempFail("relay auth needs a label in the relay URL", 451, "4.7.0")
+            reply = await self.pony.peers["lka"].ask(
+                m.MtaLookup(service="credentials", table=table, key=label))
+            if not isinstance(reply, m.Ok):
+                raise TempFail(f"no credentials for relay label {label}", 451, "4.7.0")
+            try:
+                auth = parse_credentials(label, reply.text)
+            except ValueError:
+                raise TempFail(f"bad credentials for relay label {label}", 451,
+                               "4.7.0") from None
+        src: str | None = None
+        srct = relay.get("src")
+        if isinstance(srct, str):
+            reply = await self.pony.peers["lka"].ask(
+                m.MtaLookup(service="source", table=srct))
+            if isinstance(reply, m.Ok) and reply.text:
+                src = reply.text.strip("[]")
+        return Profile(helo, proto, starttls, verify, ca if isinstance(ca, str) else None,
+                       auth, src)
+
+    async def _targets(self, action: Action, url: RelayHost | None, domain: str
+                       ) -> tuple[list[Target], tuple[str, str] | None]:
+        relay = action.relay
+        if url is not None:
+            reply = await self.pony.peers["lka"].ask(m.MxResolve(host=url.host.strip("[]")))
+            port = url.effective_port
+        else:
+            reply = await self.pony.peers["lka"].ask(m.MxResolve(domain=domain))
+            port = self.config.mta_port
+        if not isinstance(reply, m.MxResult):
+            return [], ("tempfail", "451 4.3.0 Bad reply from lka")
+        if reply.status != "ok":
+            return [], (reply.status, reply.text)
+        hosts = [(int(h[0]), str(h[1]), [str(a) for a in h[2]]) for h in reply.hosts]
+        if relay.get("backup") and url is None:
+            me = str(relay.get("backup_mx") or self.pony.hostname).lower().rstrip(".")
+            mine = [p for p, n, _ in hosts if n.lower().rstrip(".") == me]
+            if mine:
+                hosts = [h for h in hosts if h[0] < min(mine)]
+            if not hosts:
+                return [], ("tempfail", "451 4.4.4 We are the best MX: no host to relay to")
+        targets = [Target(name, ip, port) for _, name, ips in hosts for ip in ips]
+        return targets, None
+
+    # -- one host -----------------------------------------------------------------
+
+    async def _on_host(self, target: Target, profile: Profile, envs: list[dict[str, str]],
+                       fd: int) -> list[dict[str, Any]]:
+        conn = self._take_idle(profile.key(target))
+        if conn is not None:
+            try:
+                return await self._transaction(conn, envs, fd)
+            except HostFailed:
+                pass  # the idle connection went stale: a fresh one
+        conn = await self._connect(target, profile)
+        return await self._transaction(conn, envs, fd)
+
+    def _take_idle(self, key: tuple[Any, ...]) -> Conn | None:
+        pool = self.idle.get(key)
+        while pool:
+            conn = pool.pop()
+            if conn.idle_timer is not None:
+                conn.idle_timer.cancel()
+                conn.idle_timer = None
+            if conn.reader.at_eof() or conn.writer.is_closing() or \
+                    conn.client.state is not sc.ClientState.READY:
+                conn.close()
+                continue
+            return conn
+        return None
+
+    def _park(self, conn: Conn) -> None:
+        if conn.client.state is not sc.ClientState.READY or \
+                conn.mails >= limits.MTA_SESSION_MAIL_MAX or self.pony.stopping.is_set():
+            self._spawn(conn.quit())
+            return
+        key = conn.profile.key(conn.target)
+        pool = self.idle.setdefault(key, [])
+        pool.append(conn)
+
+        def expire() -> None:
+            if conn in pool:
+                pool.remove(conn)
+                self._spawn(conn.quit())
+
+        conn.idle_timer = asyncio.get_running_loop().call_later(
+            limits.MTA_SESSION_KEEPALIVE, expire)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.pony.tasks.add(task)
+        task.add_done_callback(self.pony.tasks.discard)
+
+    def close_idle(self) -> None:
+        for pool in self.idle.values():
+            for conn in pool:
+                conn.close()
+        self.idle.clear()
+
+    async def _connect(self, target: Target, p: Profile) -> Conn:
+        implicit = p.proto == "smtps"
+        ctx = self._context(p) if implicit else None
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                target.ip, target.port, ssl=ctx,
+                server_hostname=target.name if ctx is not None else None,
+                local_addr=(p.src, 0) if p.src else None,
+                limit=limits.SMTP_REPLY_LINE_MAX * 4), _timeout(limits.MTA_CONNECT_TIMEOUT))
+        except ssl.SSLError as exc:
+            raise HostFailed(f"421 4.7.0 TLS handshake failed: {exc.reason or exc}") from None
+        except (OSError, TimeoutError) as exc:
+            text = "timeout" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            raise HostFailed(f"421 4.4.1 Connection to {target.name} failed: {text}") from None
+        client = sc.SMTPClient(sc.ClientConfig(
+            helo_name=p.helo, lmtp=p.proto == "lmtp", want_starttls=p.starttls, auth=p.auth,
+            implicit_tls=implicit))
+        conn = Conn(self, target, p, reader, writer, client)
+        log.event("mta", "connected", relay=conn.relay, port=target.port,
+                  tls="yes" if implicit else None)
+        try:
+            await self._setup(conn)
+        except HostFailed:
+            conn.close()
+            raise
+        return conn
+
+    def _context(self, p: Profile) -> ssl.SSLContext:
+        if not p.verify:
+            return self.ctx_noverify
+        ctx = self.ctx_verify.get(p.ca)
+        if ctx is None:
+            ctx = self.ctx_verify[p.ca] = ssl.create_default_context()
+        return ctx
+
+    async def _setup(self, conn: Conn) -> None:
+        """Greeting, EHLO, STARTTLS, AUTH: until Ready, or HostFailed."""
+        while True:
+            try:
+                ev = await conn.event()
+            except TimeoutError:
+                raise HostFailed(f"421 4.4.2 Timeout from {conn.relay}") from None
+            except OSError as exc:
+                raise HostFailed(f"421 4.4.1 Connection to {conn.relay} lost: "
+                                 f"{exc.strerror or exc}") from None
+            if isinstance(ev, sc.Ready):
+                conn.extensions = ev.extensions
+                return
+            if isinstance(ev, sc.StartTLSReady):
+                await conn.flush()
+                ctx = self._context(conn.profile)
+                try:
+                    await asyncio.wait_for(conn.writer.start_tls(
+                        ctx, server_hostname=conn.target.name),
+                        _timeout(limits.TLS_HANDSHAKE_TIMEOUT))
+                except (ssl.SSLError, OSError, TimeoutError) as exc:
+                    reason = getattr(exc, "reason", None) or str(exc) or "timeout"
+                    raise HostFailed(f"421 4.7.0 TLS handshake with {conn.relay} failed: "
+                                     f"{reason}", tls=True) from None
+                conn.client.tls_established()
+                continue
+            if isinstance(ev, sc.Failed):
+                raise HostFailed(_reply_text(ev.reply))
+            if isinstance(ev, sc.Closed):
+                raise HostFailed(f"421 4.4.2 Connection closed by {conn.relay}")
+
+    async def _transaction(self, conn: Conn, envs: list[dict[str, str]],
+                           fd: int) -> list[dict[str, Any]]:
+        first = envs[0]
+        relay = self._relay_of(first)
+        sender = str(relay.get("mail_from") or first.get("sender", ""))
+        rcpts: list[tuple[str, sc.RcptDSN]] = []
+        by_rcpt: dict[str, list[dict[str, str]]] = {}
+        for e in envs:
+            dest = e.get("dest", "")
+            if dest not in by_rcpt:
+                notify = frozenset(x for x in e.get("dsn-notify", "").upper().split(",") if x)
+                rcpts.append((dest, sc.RcptDSN(notify, e.get("dsn-orcpt") or None)))
+            by_rcpt.setdefault(dest, []).append(e)
+        size = os.fstat(fd).st_size
+        ret = first.get("dsn-ret", "").upper()
+        smtputf8 = not (sender.isascii() and all(r.isascii() for r, _ in rcpts))
+        body_8bit = not _is_ascii(fd, size)
+        done: dict[str, tuple[str, str]] = {}  # dest -> (status, text)
+        started = False
+        try:
+            conn.client.start_transaction(
+                sender, rcpts, size, body_8bit, smtputf8,
+                dsn_ret="FULL" if ret == "FULL" else ("HDRS" if ret == "HDRS" else None),
+                envid=first.get("dsn-envid") or None)
+        except sc.LocalProtocolError as exc:
+            self._park(conn)
+            return _all(envs, "permfail", f"554 5.6.0 Cannot send: {exc}").results
+        dsn_relayed = False
+        try:
+            while True:
+                ev = await conn.event()
+                if isinstance(ev, sc.MailResult):
+                    started = True
+                elif isinstance(ev, sc.RcptResult):
+                    if ev.reply.code >= 400:
+                        done[ev.rcpt] = (_status(ev.reply), _reply_text(ev.reply))
+                elif isinstance(ev, sc.DataReady):
+                    offset = 0
+                    while offset < size:
+                        chunk = os.pread(fd, min(_BODY_CHUNK, size - offset), offset)
+                        if not chunk:
+                            break
+                        offset += len(chunk)
+                        conn.client.send_body(chunk)
+                        await conn.flush()
+                    conn.client.end_body()
+                    await conn.flush()
+                elif isinstance(ev, sc.TransactionResult):
+                    dsn_relayed = ev.dsn_relayed
+                    st, text = _status(ev.reply), _reply_text(ev.reply)
+                    if ev.rcpt is not None:  # LMTP: one reply per recipient
+                        done[ev.rcpt] = (st, text)
+                        if conn.client.state is not sc.ClientState.READY:
+                            continue
+                    for dest, _ in rcpts:
+                        done.setdefault(dest, (st, text))
+                    break
+                elif isinstance(ev, sc.Failed):
+                    if ev.fatal and not started:
+                        raise HostFailed(_reply_text(ev.reply))
+                    text = _reply_text(ev.reply)
+                    st = "tempfail" if ev.temporary else "permfail"
+                    if ev.fatal:
+                        st, text = "tempfail", _as_temp(text)
+                    for dest, _ in rcpts:
+                        done.setdefault(dest, (st, text))
+                    if ev.fatal:
+                        conn.close()
+                        return self._results(conn, by_rcpt, done, False)
+                    break
+                elif isinstance(ev, sc.Closed):
+                    raise HostFailed(f"421 4.4.2 Connection closed by {conn.relay}")
+        except HostFailed:
+            conn.close()
+            raise
+        except (OSError, TimeoutError) as exc:
+            conn.close()
+            if not started:
+                raise HostFailed(f"421 4.4.2 {conn.relay}: "
+                                 f"{'timeout' if isinstance(exc, TimeoutError) else exc}"
+                                 ) from None
+            text = ("421 4.4.2 Timeout" if isinstance(exc, TimeoutError)
+                    else f"421 4.4.2 Connection lost: {exc}") + f" ({conn.relay})"
+            for dest, _ in rcpts:
+                done.setdefault(dest, ("tempfail", text))
+            return self._results(conn, by_rcpt, done, False)
+        conn.mails += 1
+        self._park(conn)
+        return self._results(conn, by_rcpt, done, dsn_relayed)
+
+    def _relay_of(self, env: dict[str, str]) -> dict[str, object]:
+        action = self.config.actions.get(env.get("dispatcher", ""))
+        return action.relay if action is not None else {}
+
+    @staticmethod
+    def _results(conn: Conn, by_rcpt: dict[str, list[dict[str, str]]],
+                 done: dict[str, tuple[str, str]], dsn_relayed: bool) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for dest, envs in by_rcpt.items():
+            st, text = done.get(dest, ("tempfail", "451 4.4.2 No reply for this recipient"))
+            for e in envs:
+                out.append({"evpid": e["evpid"], "status": st, "text": text,
+                            "relay": conn.relay, "dsn_relayed": dsn_relayed and st == "ok"})
+        return out
+
+
+def _all(envs: list[dict[str, str]], status: str, text: str) -> m.DeliveryResults:
+    return m.DeliveryResults(results=[
+        {"evpid": e.get("evpid", ""), "status": status, "text": text, "relay": "",
+         "dsn_relayed": False} for e in envs])
+
+
+def _status(reply: Reply) -> str:
+    if reply.code < 400:
+        return "ok"
+    return "tempfail" if reply.code < 500 else "permfail"
+
+
+def _reply_text(reply: Reply) -> str:
+    text = " ".join((reply.text, *reply.lines)).strip()
+    if reply.status:
+        return f"{reply.code} {reply.status} {text}"
+    return f"{reply.code} {text}"
+
+
+def _as_temp(text: str) -> str:
+    """A session-level error as a temporary one (the host, not the mail, failed)."""
+    if text[:1] == "5":
+        return "451 4.0.0 " + text
+    return text
+
+
+def _is_ascii(fd: int, size: int) -> bool:
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(_BODY_CHUNK, size - offset), offset)
+        if not chunk:
+            break
+        if not chunk.isascii():
+            return False
+        offset += len(chunk)
+    return True
+
