@@ -18,7 +18,7 @@ import pytest
 from harness import Daemon, wait_for
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "crypto"))
-from pki_util import OPENSSL, make_pki  # noqa: E402
+from pki_util import OPENSSL, make_pki
 
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl CLI not installed")
 
