@@ -44,7 +44,7 @@ def main(folder: str) -> int:
         with tarfile.open(sdist) as t:
             names = t.getnames()
         root = names[0].split("/")[0]
-        for needed in ("LICENSE", "tests/"):
+        for needed in ("LICENSE", "tests/", "man/"):
             if not any(n == f"{root}/{needed.rstrip('/')}" or n.startswith(f"{root}/{needed}")
                        for n in names):
                 errors.append(f"{sdist.name} lacks {needed}")
