@@ -9,14 +9,20 @@ sends key material anywhere; only the results of private operations leave.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import json
+import socket
+import threading
 from typing import Any
 
 from mailrider import log
 from mailrider.crypto.keys import KeyLoadError, KeyStore, SignError
+from mailrider.errors import TempFail
 from mailrider.ipc import messages as m
-from mailrider.ipc.channel import Channel
+from mailrider.ipc.channel import _FLAG_ERROR, _FLAG_REPLY, _HEADER, Channel
+from mailrider.limits import IPC_FRAME_MAX
 from mailrider.proc import common
 
 
@@ -54,6 +60,49 @@ class Klondike(common.Process):
             raise
         self.count("klondike.sign")
         return m.Signed(data_b64=base64.b64encode(out).decode("ascii"))
+
+    def connect(self, fds: dict[str, int]) -> None:
+        sign_fd = fds.pop("pony-sign", None)
+        super().connect(fds)
+        if sign_fd is not None:
+            # pony blocks in the middle of a TLS handshake until we answer: serve
+            # that line from a plain thread, without an event-loop hop per request
+            loop = asyncio.get_running_loop()
+            sock = socket.socket(fileno=sign_fd)
+            sock.setblocking(True)
+            threading.Thread(target=self._serve_signs, args=(sock, loop), daemon=True,
+                             name="sign").start()
+
+    def _serve_signs(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        def recv_exact(n: int) -> bytes:
+            buf = bytearray()
+            while len(buf) < n:
+                chunk = sock.recv(n - len(buf))
+                if not chunk:
+                    raise ConnectionError("pony closed its signing line")
+                buf += chunk
+            return bytes(buf)
+
+        try:
+            while True:
+                length, reqid, _flags, nfds = _HEADER.unpack(recv_exact(_HEADER.size))
+                if length > IPC_FRAME_MAX or nfds:
+                    raise ConnectionError("bad frame on the signing line")
+                flags = _FLAG_REPLY
+                try:
+                    msg = m.decode(json.loads(recv_exact(length)))
+                    if not isinstance(msg, m.Sign):
+                        raise SignError("only Sign requests here")
+                    reply: Any = self.sign(msg)
+                except (TempFail, ValueError, TypeError, KeyError) as exc:
+                    flags |= _FLAG_ERROR
+                    reply = m.Error(text=exc.text if isinstance(exc, TempFail) else "bad request")
+                payload = json.dumps(m.encode(reply), separators=(",", ":")).encode()
+                sock.sendall(_HEADER.pack(len(payload), reqid, flags, 0) + payload)
+        except (OSError, ConnectionError) as exc:
+            if not self.stopping.is_set():
+                log.error(self.role, "sign-line-lost", error=str(exc))
+                loop.call_soon_threadsafe(self.stopping.set)
 
     def stats(self) -> dict[str, int]:
         return {
