@@ -58,7 +58,7 @@ def run_klondike(fd: int, cert: str, key: str) -> None:
         config.pkis["bench"] = Pki("bench", cert=cert, key=key)
         proc = Klondike(common.Options(statedir="/nonexistent"), config)
         await proc.setup()
-        proc.connect({"pony": fd})
+        proc.connect({"pony-sign": fd})
         print("ready", flush=True)
         await proc.run()
 
