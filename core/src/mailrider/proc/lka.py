@@ -45,6 +45,10 @@ class Lka(common.Process):
     async def run(self) -> None:
         await self.tables.start()
         log.debug("lka", "ready", tables=len(self.config.tables))
+        if not self._check_services():
+            self.stopping.set()
+            self.ready.set()
+            return
         if any(lst.filters for lst in self.config.listeners):
             self.filters = FilterHost(
                 self.config, self.tables, self._start_filter, version=__version__,
@@ -63,6 +67,24 @@ class Lka(common.Process):
             if self.filters is not None:
                 self.filters.close()
             await self.tables.close()
+
+    def _check_services(self) -> bool:
+        """A table used for a service its backend did not register is an error."""
+        from mailrider.table.usage import table_uses
+
+        ok = True
+        for name, services, where in table_uses(self.config):
+            try:
+                table = self.tables.get(name)
+            except KeyError:
+                continue
+            if not any(svc in table.services for svc in services):
+                log.error("lka", "config-error",
+                          error=f"{where}: table {name} does not provide the "
+                                f"{services[0]} service (it registered: "
+                                f"{', '.join(sorted(table.services)) or 'nothing'})")
+                ok = False
+        return ok
 
     async def _start_filter(self, f: Filter) -> tuple[socket.socket, socket.socket | None]:
         _, fds = await self.peers["parent"].call(m.FilterStart(
