@@ -189,6 +189,9 @@ class Config:
     #: ``smtp key-in-process``: pony may load TLS keys itself when klondike
     #: delegation is unavailable (never silently: a warning at every start)
     key_in_process: bool = False
+    #: ``smtp rdns``: reverse lookups of every client (on as well when a rule or
+    #: filter needs the name); off otherwise, so no session waits on DNS
+    rdns_lookup: bool = False
     mta_max_deferred: int = 100
     #: ``mta port N`` (mailrider only): the port of MX hosts, 25 unless testing
     mta_port: int = 25

@@ -977,6 +977,10 @@ class _Parser:
             self.config.sub_addr_delim = tok.value
         elif self._is_kw(opt, "ciphers"):
             self.config.smtp_ciphers = self._value().value
+        elif self._is_kw(opt, "rdns"):
+            # mailrider only: look up every client's reverse DNS name (and
+            # check it forward) for Received headers, filters and reports
+            self.config.rdns_lookup = True
         elif self._is_kw(opt, "key-in-process"):
             # mailrider only: allow pony to hold TLS keys when delegation to
             # klondike is unavailable (logged as a warning at every start)

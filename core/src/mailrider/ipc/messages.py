@@ -432,3 +432,18 @@ class MtaLookup:
     service: str
     table: str
     key: str = ""
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class PeerLookup:
+    """pony -> lka: the client's reverse DNS name and whether it is forward-confirmed."""
+
+    ip: str
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    rdns: str  # "" when there is no PTR record
+    fcrdns: str  # "pass", "fail" or "error"

@@ -68,6 +68,15 @@ class Lka(common.Process):
                 self.filters.close()
             await self.tables.close()
 
+    async def peer_lookup(self, msg: m.PeerLookup) -> m.PeerInfo:
+        """FCrDNS of a client (RFC 8601 2.7.3 style: PTR, then the name's addresses)."""
+        try:
+            name, verdict = await self.resolver.fcrdns(msg.ip)
+        except Exception as exc:  # a lookup must never take lka down
+            log.warning("lka", "rdns-failed", ip=msg.ip, error=repr(exc)[:200])
+            return m.PeerInfo(rdns="", fcrdns="error")
+        return m.PeerInfo(rdns=name or "", fcrdns=verdict)
+
     def _check_services(self) -> bool:
         """A table used for a service its backend did not register is an error."""
         from mailrider.table.usage import table_uses
@@ -140,6 +149,7 @@ class Lka(common.Process):
             ip=str(s.get("ip", "")), local_socket=bool(s.get("local_socket")),
             helo=str(s.get("helo", "")), tag=str(s.get("tag", "")), sender=msg.sender,
             rcpt=msg.rcpt, auth_user=str(s.get("auth", "")), tls=bool(s.get("tls")),
+            rdns=str(s.get("rdns", "")),
         )
         self.count("lka.rcpt")
         try:
@@ -183,6 +193,8 @@ class Lka(common.Process):
             await self.ready.wait()
         if isinstance(msg, m.RcptCheck):
             return await self.rcpt(msg)
+        if isinstance(msg, m.PeerLookup):
+            return await self.peer_lookup(msg)
         if isinstance(msg, m.MxResolve):
             return await lka_dns.resolve(self.resolver, msg)
         if isinstance(msg, m.MtaLookup):

@@ -25,6 +25,7 @@ class Envelope:
     rcpt: str
     auth_user: str = ""
     tls: bool = False
+    rdns: str = ""  # the client's reverse DNS name, "" when unknown or not looked up
 
 
 async def _check(tables: TableSet, name: str | None, service: str, key: str) -> bool:
@@ -66,6 +67,13 @@ async def condition_holds(tables: TableSet, c: Condition, e: Envelope) -> bool:
             ok = await _check(tables, c.table, svc, e.auth_user)
     elif kind == "tls":
         ok = e.tls
+    elif kind == "from-rdns":
+        if c.table is None:
+            ok = bool(e.rdns)
+        else:
+            # PROTOCOLS.md 1.7: OpenSMTPD asks netaddr with the host name (sic);
+            # we ask domain, so that wildcard domains work as they read
+            ok = bool(e.rdns) and await _check(tables, c.table, rx or "domain", e.rdns)
     else:
         # the support check refuses configurations with other conditions
         ok = False

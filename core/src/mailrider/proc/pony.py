@@ -62,6 +62,9 @@ class Session(asyncio.Protocol):
             tls_required=listener.tls_require,
         ))
         self.tls_info: tuple[str, str] | None = None
+        self.rdns = ""
+        self.fcrdns = "error"
+        self.looked_up = False
         self.transport: asyncio.Transport | None = None
         self.id = os.urandom(8).hex()
         self.ip = ""
@@ -126,13 +129,33 @@ class Session(asyncio.Protocol):
             self._greet()
 
     def _greet(self) -> None:
-        self.greeted = True
         if self.transport is None or self.transport.is_closing():
             return
+        if self.pony.rdns_lookup and self.ip != "local" and not self.looked_up:
+            self._start(self._lookup_peer())
+            return
+        self.greeted = True
         if self.filtered:
             self._start(self._filter_connect())
             return
         self.transport.write(self.srv.greeting())
+
+    async def _lookup_peer(self) -> None:
+        """The client's reverse DNS name (lka resolves), before the banner."""
+        self.looked_up = True
+        try:
+            info = await self.pony.peers["lka"].ask(m.PeerLookup(ip=self.ip))
+        except TempFail:
+            info = None
+        if isinstance(info, m.PeerInfo):
+            self.rdns, self.fcrdns = info.rdns, info.fcrdns
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.greeted = True
+        if self.filtered:
+            await self._filter_connect()  # already inside _start: await, don't nest
+        else:
+            self.transport.write(self.srv.greeting())
 
     def _pregreet(self) -> None:
         """The client spoke before our banner (RFC 5321 4.3.1): a spam engine
@@ -327,7 +350,8 @@ class Session(asyncio.Protocol):
             f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}")
         try:
             d = await self.pony.peers["lka"].ask(m.FilterBegin(
-                sid=self.id, listener=self.index, rdns="<unknown>", fcrdns="error", src=src,
+                sid=self.id, listener=self.index, rdns=self.rdns or "<unknown>",
+                fcrdns=self.fcrdns, src=src,
                 link_src=link_src, link_dest=dest))
         except TempFail:
             d = m.FilterDecision("disconnect", "421 4.3.0 Temporary failure in filter")
@@ -539,7 +563,7 @@ class Session(asyncio.Protocol):
 
     def _session_info(self) -> dict[str, Any]:
         return {"ip": self.ip, "local_socket": self.ip == "local", "helo": self.helo,
-                "tag": self.listener.tag or "", "tls": self.srv.tls,
+                "tag": self.listener.tag or "", "tls": self.srv.tls, "rdns": self.rdns,
                 "auth": self.srv.auth_user or ""}
 
     async def _rcpt(self, event: Any) -> None:
@@ -578,7 +602,9 @@ class Session(asyncio.Protocol):
         self.msgid, self.fd = reply.msgid, fds[0]
         single = self.rcpts[0][0] if len(self.rcpts) == 1 else None
         hdr = received_header(
-            helo=self.helo or None, rdns=None, ip=None if self.ip == "local" else self.ip,
+            helo=None if self.listener.mask_src else (self.helo or None),
+            rdns=None if self.listener.mask_src else (self.rdns or None),
+            ip=None if self.ip == "local" or self.listener.mask_src else self.ip,
             by=self.hostname, with_proto=self.srv.with_protocol, queue_id=self.msgid,
             rcpt=single, tls=self.tls_info[0] if self.tls_info else None,
         )
@@ -717,6 +743,15 @@ class Session(asyncio.Protocol):
         self._reset_tx()
 
 
+def needs_rdns(config: Any) -> bool:
+    """Reverse lookups: asked for with ``smtp rdns``, or needed by a rule or filter."""
+    if config.rdns_lookup:
+        return True
+    conds = [c for mt in config.matches for c in mt.conditions]
+    conds += [c for f in config.filters.values() for c in f.conditions]
+    return any(c.kind in ("from-rdns", "rdns", "fcrdns") for c in conds)
+
+
 def _split_reply(reply: str) -> tuple[int, str, str]:
     parts = reply.split(" ", 2)
     try:
@@ -749,6 +784,7 @@ class Pony(common.Process):
         self.sessions: set[Session] = set()
         self.by_id: dict[str, Session] = {}
         self.auth_failures: dict[str, tuple[int, float]] = {}
+        self.rdns_lookup = needs_rdns(self.config)
         self.tasks: set[asyncio.Task[None]] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.paused_smtp = False

@@ -72,29 +72,20 @@ class Queue(common.Process):
     # -- group commit ------------------------------------------------------------
 
     async def _committer(self) -> None:
-        # pipelined: a batch is staged and synced in one turn, renamed into
-        # queue/ at its end, and acknowledged after the next turn's sync, which
-        # also stages the batch that filled up meanwhile (Spool.commit_step)
-        published: list[tuple[PendingCommit, asyncio.Future[None]]] = []
         while True:
-            if not self._batch and not published:
-                await self._wake.wait()
+            await self._wake.wait()
             self._wake.clear()
             batch, self._batch = self._batch, []
+            if not batch:
+                continue
             items = [b[0] for b in batch]
-            prev = [b[0] for b in published]
             started = time.perf_counter()
-            done: list[PendingCommit] = []
             try:
-                done = await asyncio.to_thread(self.spool.commit_step, items, prev)
+                await asyncio.to_thread(self.spool.commit_batch, items)
             except Exception as exc:  # never leave a session hanging
-                for item in items + prev:
+                for item in items:
                     item.error = item.error or TempFail(f"commit failed: {exc}")
-                done = []
-            ready = set(map(id, done))
-            finished = published + [b for b in batch if id(b[0]) not in ready]
-            published = [b for b in batch if id(b[0]) in ready]
-            for item, fut in finished:
+            for item, fut in batch:
                 if fut.done():
                     continue
                 if item.error is not None:
@@ -103,11 +94,8 @@ class Queue(common.Process):
                     fut.set_result(None)
             if profile.on("queue"):
                 profile.add("profile.queue.commit", int((time.perf_counter() - started) * 1e6))
-            if items or prev:
-                self.count("queue.commit.turns")
-            if items:
-                self.count("queue.commit.batches")
-                self.count("queue.commit.messages", len(items))
+            self.count("queue.commit.batches")
+            self.count("queue.commit.messages", len(items))
 
     async def commit(self, msg: m.MessageCommit) -> m.Ok:
         if msg.msgid not in self._open:

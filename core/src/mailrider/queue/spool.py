@@ -18,9 +18,7 @@ Invariants:
 - At start, ``temporary/`` and ``incoming/`` hold only uncommitted data (no
   ``250`` was sent for it) and are purged.
 - Syncing is batched: one ``syncfs(2)`` covers every file of a batch (group
-  commit); where syncfs is unavailable each file and folder is fsynced. It
-  is also pipelined (:meth:`Spool.commit_step`): the sync that makes one
-  batch's files durable also covers the previous batch's renames.
+  commit); where syncfs is unavailable each file and folder is fsynced.
 """
 
 from __future__ import annotations
@@ -164,44 +162,24 @@ class Spool:
 
     def commit_batch(self, batch: list[PendingCommit]) -> None:
         """Commit every message of the batch; failures are set per item."""
-        done = self.commit_step(batch, [])
-        if done:
-            self.commit_step([], done)
-
-    def commit_step(self, new: list[PendingCommit],
-                    published: list[PendingCommit]) -> list[PendingCommit]:
-        """One turn of the pipelined group commit; failures are set per item.
-
-        Stages ``new`` in ``incoming/``, then one sync makes both those files
-        and the renames of ``published`` (moved into ``queue/`` by the
-        previous turn) durable: after it, ``published`` may be acknowledged.
-        Then ``new`` is renamed into ``queue/``; those items are returned and
-        become durable, and may be acknowledged, only after the next turn's
-        sync. Under load each turn costs one sync instead of two, and a
-        message is still in ``queue/`` only once its body and envelopes are
-        on stable storage.
-        """
         staged: list[PendingCommit] = []
-        for item in new:
+        for item in batch:
             try:
                 self._stage(item)
                 staged.append(item)
             except OSError as exc:
                 item.error = _spool_error(exc)
                 self.rollback(item.msgid)
-        if not staged and not published:
-            return []
+        if not staged:
+            return
         try:
-            self._sync_step(staged, published)
+            self._sync([os.path.join(self.incoming, i.msgid) for i in staged], stage=True,
+                       items=staged)
         except OSError as exc:
             for item in staged:
                 item.error = _spool_error(exc)
                 self.rollback(item.msgid)
-            # the rename is done but may not be durable: the client gets a 4xx
-            # and sends again; delivering twice is better than losing mail
-            for item in published:
-                item.error = _spool_error(exc)
-            return []
+            return
         done: list[PendingCommit] = []
         for item in staged:
             try:
@@ -215,19 +193,14 @@ class Spool:
             except OSError as exc:
                 item.error = _spool_error(exc)
                 self.rollback(item.msgid)
-        return done
-
-    def _sync_step(self, staged: list[PendingCommit], published: list[PendingCommit]) -> None:
-        if self._syncfs is not None:
-            # one syncfs covers both the staged files and the published renames
-            self._sync(["*"], stage=True, items=staged)
-            return
-        if staged:
-            self._sync([os.path.join(self.incoming, i.msgid) for i in staged], stage=True,
-                       items=staged)
-        if published:
-            self._sync([os.path.join(self.queue, i.msgid[:2]) for i in published], stage=False,
-                       items=published)
+        try:
+            self._sync([os.path.join(self.queue, i.msgid[:2]) for i in done], stage=False,
+                       items=done)
+        except OSError as exc:
+            # the rename is done but may not be durable: the client gets a 4xx
+            # and sends again; delivering twice is better than losing mail
+            for item in done:
+                item.error = _spool_error(exc)
 
     def _stage(self, item: PendingCommit) -> None:
         idir = os.path.join(self.incoming, item.msgid)

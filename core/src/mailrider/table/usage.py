@@ -14,7 +14,7 @@ _CONDITION_SERVICE = {
     "mail-from": "mailaddr", "for-rcpt-to": "mailaddr", "rcpt-to": "mailaddr",
     "tag": "string", "helo": "domain",
     # built-in filter conditions
-    "src": "netaddr", "rdns": "domain",
+    "src": "netaddr", "rdns": "domain", "from-rdns": "domain",
 }
 
 
