@@ -15,9 +15,8 @@ import pytest
 from harness import Daemon, wait_for
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "dns"))
-from dnsserver import DNSServer  # noqa: E402
-
-from mailrider.dns import wire  # noqa: E402
+from dnsserver import DNSServer
+from mailrider.dns import wire
 
 
 class ThreadedDNS:
