@@ -94,3 +94,35 @@ def test_full_disk_is_a_temporary_failure(tmp_path: os.PathLike[str]) -> None:
 
     err = _spool_error(OSError(errno.ENOSPC, "No space left on device"))
     assert (err.code, err.status) == (452, "4.3.1")
+
+
+def test_recovery_after_unclean_stop_discards_bodies_not_on_disk(
+        tmp_path: os.PathLike[str]) -> None:
+    from mailrider.queue.spool import body_digest
+
+    sp = Spool(str(tmp_path))
+    sp.setup()
+    items = []
+    for body in (b"Subject: kept\n\nfine\n", b"Subject: lost\n\nnever synced\n"):
+        msgid, fd = sp.create()
+        os.write(fd, body)
+        os.close(fd)
+        env = _env(msgid, "a@x.example")
+        env.update({"message-size": str(len(body)), "message-sha256": body_digest(body)})
+        items.append(PendingCommit(msgid, [env]))
+    sp.commit_batch(items)
+    # what a crash before the sync can leave: the rename landed, the data did not
+    with open(sp.message_path(items[1].msgid), "r+b") as f:
+        f.truncate(0)
+    assert not sp.take_clean_mark()
+    assert [mid for mid, _ in sp.walk(verify=True)] == [items[0].msgid]
+    assert not os.path.exists(sp.msgdir(items[1].msgid))
+
+
+def test_clean_mark_round_trip(tmp_path: os.PathLike[str]) -> None:
+    sp = Spool(str(tmp_path))
+    sp.setup()
+    assert sp.take_clean_mark() is False
+    sp.mark_clean()
+    assert sp.take_clean_mark() is True
+    assert sp.take_clean_mark() is False

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import os
 import socket
 import ssl
@@ -88,6 +89,9 @@ class Session(asyncio.Protocol):
         self.msgid: str | None = None
         self.fd = -1
         self.size = 0
+        #: what went into the spool file: recovery checks it (queue.spool)
+        self.digest = hashlib.sha256()
+        self.written = 0
 
     # -- asyncio protocol -----------------------------------------------------------
 
@@ -628,6 +632,8 @@ class Session(asyncio.Protocol):
             return
         if count:
             self.size += len(data)
+        self.digest.update(data)
+        self.written += len(data)
         try:
             view = memoryview(data)
             while view:
@@ -695,6 +701,7 @@ class Session(asyncio.Protocol):
         now = str(int(time.time()))
         out: list[dict[str, Any]] = []
         params = self.mail_params
+        size, digest = str(self.written), self.digest.hexdigest()
         for rcpt, rparams, deliveries in self.rcpts:
             for d in deliveries:
                 action = self.pony.config.actions.get(str(d.get("dispatcher")))
@@ -711,6 +718,8 @@ class Session(asyncio.Protocol):
                     "dsn-orcpt": getattr(rparams, "orcpt", None) or "",
                     "dsn-ret": getattr(params, "ret", None) or "",
                     "dsn-envid": getattr(params, "envid", None) or "",
+                    "message-size": size,
+                    "message-sha256": digest,
                 })
                 out.append(env)
         return out

@@ -32,6 +32,7 @@ class Queue(common.Process):
         self.spool = Spool(os.path.join(self.opts.statedir, "spool"))
         self._batch: list[tuple[PendingCommit, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
+        self._closing = False
         self._open: set[str] = set()
         #: notifications being gathered: (msgid, kind, sender) -> Pending
         self._dsn: dict[tuple[str, str, str], _PendingDSN] = {}
@@ -43,10 +44,11 @@ class Queue(common.Process):
         purged = self.spool.purge_uncommitted()
         if purged:
             log.event("queue", "purged-uncommitted", count=purged)
+        clean = self.spool.take_clean_mark()
         committer = asyncio.create_task(self._committer())
         envs: list[dict[str, Any]] = []
         n = 0
-        for _msgid, found in self.spool.walk():
+        for _msgid, found in self.spool.walk(verify=not clean):
             for env in found:
                 envs.append(self._sched_entry(env))
                 n += 1
@@ -59,7 +61,15 @@ class Queue(common.Process):
         try:
             await self.stopping.wait()
         finally:
-            committer.cancel()
+            # let the batch being synced finish, then say the spool is consistent
+            self._closing = True
+            self._wake.set()
+            try:
+                await asyncio.wait_for(committer, 30)
+                await asyncio.to_thread(self.spool.mark_clean)
+            except (TimeoutError, OSError) as exc:
+                committer.cancel()
+                log.warning("queue", "unclean-stop", error=str(exc))
 
     @staticmethod
     def _sched_entry(env: Envelope) -> dict[str, Any]:
@@ -73,7 +83,10 @@ class Queue(common.Process):
 
     async def _committer(self) -> None:
         while True:
-            await self._wake.wait()
+            if not self._batch:
+                if self._closing:
+                    return
+                await self._wake.wait()
             self._wake.clear()
             batch, self._batch = self._batch, []
             if not batch:

@@ -20,6 +20,7 @@ ORDER = (
     "sockaddr", "sender", "rcpt", "dest", "ctime", "last-try", "retry", "ttl", "flags",
     "dsn-notify", "dsn-ret", "dsn-envid", "dsn-orcpt", "errorline", "mda-method",
     "mda-arg", "mda-user", "mda-uid", "mda-gid", "mda-home", "bounce-type",
+    "message-size", "message-sha256",
 )
 
 Envelope = dict[str, str]

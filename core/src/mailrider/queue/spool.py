@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -94,8 +95,11 @@ class Spool:
                     pass
         return n
 
-    def walk(self) -> Iterator[tuple[str, list[Envelope]]]:
-        """Every committed message and its envelopes; corrupt ones are set aside."""
+    def walk(self, verify: bool = False) -> Iterator[tuple[str, list[Envelope]]]:
+        """Every committed message and its envelopes; corrupt ones are set aside.
+
+        With ``verify`` (after an unclean stop) each body is checked against the
+        size and SHA-256 its envelopes record (see :meth:`commit_batch`)."""
         for hh in sorted(os.listdir(self.queue)):
             hdir = os.path.join(self.queue, hh)
             if not os.path.isdir(hdir):
@@ -120,6 +124,13 @@ class Spool:
                     continue
                 if not envs:
                     shutil.rmtree(mdir, ignore_errors=True)
+                    continue
+                if verify and not _body_matches(os.path.join(mdir, "message"), envs):
+                    log.warning("queue", "unacknowledged-discarded", msgid=msgid,
+                                reason="body not on disk when the daemon stopped")
+                    os.rename(mdir, os.path.join(self.purge, f"unsynced-{msgid}"))
+                    shutil.rmtree(os.path.join(self.purge, f"unsynced-{msgid}"),
+                                  ignore_errors=True)
                     continue
                 yield msgid, envs
 
@@ -161,28 +172,20 @@ class Spool:
         shutil.rmtree(os.path.join(self.incoming, msgid), ignore_errors=True)
 
     def commit_batch(self, batch: list[PendingCommit]) -> None:
-        """Commit every message of the batch; failures are set per item."""
-        staged: list[PendingCommit] = []
+        """Commit every message of the batch with one sync; failures are set per item.
+
+        Each message is staged in ``incoming/`` and renamed into ``queue/``, then
+        one sync covers the whole batch. The reply that follows promises only
+        what that sync made durable; a crash before it may leave a message in
+        ``queue/`` whose body did not reach the disk, which is why every envelope
+        carries the body's size and SHA-256 and recovery after an unclean stop
+        checks them (:meth:`walk` with ``verify``): such a message was never
+        acknowledged and is set aside, never delivered corrupted.
+        """
+        done: list[PendingCommit] = []
         for item in batch:
             try:
                 self._stage(item)
-                staged.append(item)
-            except OSError as exc:
-                item.error = _spool_error(exc)
-                self.rollback(item.msgid)
-        if not staged:
-            return
-        try:
-            self._sync([os.path.join(self.incoming, i.msgid) for i in staged], stage=True,
-                       items=staged)
-        except OSError as exc:
-            for item in staged:
-                item.error = _spool_error(exc)
-                self.rollback(item.msgid)
-            return
-        done: list[PendingCommit] = []
-        for item in staged:
-            try:
                 hdir = os.path.join(self.queue, item.msgid[:2])
                 try:
                     os.mkdir(hdir, 0o700)
@@ -193,12 +196,13 @@ class Spool:
             except OSError as exc:
                 item.error = _spool_error(exc)
                 self.rollback(item.msgid)
+        if not done:
+            return
         try:
-            self._sync([os.path.join(self.queue, i.msgid[:2]) for i in done], stage=False,
-                       items=done)
+            self._sync(done)
         except OSError as exc:
-            # the rename is done but may not be durable: the client gets a 4xx
-            # and sends again; delivering twice is better than losing mail
+            # renamed but maybe not durable: the client gets a 4xx and sends
+            # again; delivering twice is better than losing mail
             for item in done:
                 item.error = _spool_error(exc)
 
@@ -214,25 +218,50 @@ class Spool:
                 os.close(fd)
         os.rename(os.path.join(self.temporary, item.msgid), os.path.join(idir, "message"))
 
-    def _sync(self, dirs: list[str], *, stage: bool, items: list[PendingCommit]) -> None:
-        if not dirs:
-            return
+    def sync(self) -> None:
+        """Everything written to the spool so far reaches the disk."""
         if self._syncfs is not None:
             if self._syncfs(self._rootfd) != 0:  # type: ignore[operator]
                 err = ctypes.get_errno()
                 raise OSError(err, os.strerror(err))
-            return
-        if stage:
-            for item in items:
-                idir = os.path.join(self.incoming, item.msgid)
-                for name in os.listdir(idir):
-                    _fsync_path(os.path.join(idir, name))
-                _fsync_path(idir)
-            _fsync_path(self.incoming)
         else:
-            for d in set(dirs):
-                _fsync_path(d)
-            _fsync_path(self.queue)
+            os.sync()
+
+    def _sync(self, items: list[PendingCommit]) -> None:
+        if self._syncfs is not None:
+            self.sync()
+            return
+        for item in items:
+            mdir = self.msgdir(item.msgid)
+            for name in os.listdir(mdir):
+                _fsync_path(os.path.join(mdir, name))
+            _fsync_path(mdir)
+        for hdir in {os.path.join(self.queue, i.msgid[:2]) for i in items}:
+            _fsync_path(hdir)
+        _fsync_path(self.queue)
+
+    # -- clean-stop marker ------------------------------------------------------
+
+    @property
+    def _marker(self) -> str:
+        return os.path.join(self.root, "clean")
+
+    def mark_clean(self) -> None:
+        """At a clean stop, after the last commit: the next start need not verify."""
+        self.sync()
+        fd = os.open(self._marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fsync(fd)
+        os.close(fd)
+        os.fsync(self._rootfd)
+
+    def take_clean_mark(self) -> bool:
+        """Whether the last stop was clean; the mark is removed (durably) either way."""
+        try:
+            os.unlink(self._marker)
+        except FileNotFoundError:
+            return False
+        os.fsync(self._rootfd)
+        return True
 
     # -- delivery bookkeeping -------------------------------------------------
 
@@ -267,10 +296,34 @@ class Spool:
             os.write(fd, body)
         finally:
             os.close(fd)
+        for env in envelopes:
+            env["message-size"] = str(len(body))
+            env["message-sha256"] = body_digest(body)
         item = PendingCommit(msgid, envelopes)
         self.commit_batch([item])
         if item.error is not None:
             raise item.error
+
+
+def body_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _body_matches(path: str, envs: list[Envelope]) -> bool:
+    want = next((e for e in envs if "message-sha256" in e), None)
+    if want is None:
+        return True  # written by a version that recorded no digest
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+    except OSError:
+        return False
+    return (str(size) == want.get("message-size", str(size))
+            and h.hexdigest() == want["message-sha256"])
 
 
 def _fsync_path(path: str) -> None:
