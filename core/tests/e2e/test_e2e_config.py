@@ -74,8 +74,8 @@ BAD = [
     ("pki", 'listen on 127.0.0.1\n# TLS\npki mx.example.org cert "/etc/ssl/mx.pem"\n'
      'pki mx.example.org key "/etc/ssl/mx.key"\naction "l" maildir\n'
      'match for local action "l"\n', 3, "'pki' is not supported yet by mailrider"),
-    ("relay", 'listen on 127.0.0.1\naction "out" relay\nmatch for any action "out"\n', 2,
-     "'relay' is not supported yet by mailrider"),
+    ("relay-srs", 'listen on 127.0.0.1\naction "out" relay srs\nmatch for any action "out"\n',
+     2, "'relay srs' is not supported yet by mailrider"),
     ("unterminated", 'listen on 127.0.0.1\naction "l maildir\n', 2, None),
 ]
 

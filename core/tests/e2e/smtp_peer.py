@@ -1,0 +1,242 @@
+"""Remote mail servers for the relay tests, on loopback.
+
+- :class:`SmtpPeer` is a small scriptable SMTP server run in a thread: what
+  it answers to RCPT and to the end of data, whether it greets at all,
+  closes in the middle of DATA, offers STARTTLS (with a test certificate)
+  and requires AUTH PLAIN. It records every transaction it accepted.
+- :func:`make_certs` makes a test CA and a server certificate for
+  127.0.0.1 with the ``openssl`` command.
+- :class:`DnsThread` runs the test DNS server (core/tests/dns/dnsserver.py)
+  in its own thread and event loop, so a daemon under test can ask it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "dns"))
+
+from dnsserver import DNSServer, Records
+
+
+@dataclass
+class Received:
+    helo: str
+    mail: str  # the whole MAIL FROM command line
+    rcpts: list[str]  # the whole RCPT TO command lines
+    data: bytes  # as received: CRLF, dot-stuffed, without the final "."
+    tls: bool = False
+    auth: str = ""
+
+
+@dataclass
+class Behaviour:
+    greet: bool = True
+    greeting: str = "220 peer.test ESMTP"
+    rcpt: Callable[[str], str] = lambda line: "250 2.1.5 Ok"
+    data_end: Callable[[], str] = lambda: "250 2.0.0 Ok: queued"
+    close_in_data: bool = False
+    dsn: bool = False
+    tls: ssl.SSLContext | None = None
+    auth: tuple[str, str] | None = None
+
+
+class SmtpPeer:
+    def __init__(self, behaviour: Behaviour | None = None, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        self.b = behaviour or Behaviour()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(50)
+        self.host = host
+        self.port = self.sock.getsockname()[1]
+        self.received: list[Received] = []
+        self.connections = 0
+        self.commands: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+    def __enter__(self) -> SmtpPeer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _session(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        try:
+            self._talk(conn)
+        except (OSError, ValueError):
+            pass
+        finally:
+            conn.close()
+
+    def _talk(self, conn: Any) -> None:
+        b = self.b
+        if not b.greet:
+            self._stop.wait(60)
+            return
+        f = conn.makefile("rb")
+
+        def w(line: str) -> None:
+            conn.sendall(line.encode() + b"\r\n")
+
+        w(b.greeting)
+        helo, mail, rcpts, tls, authed = "", "", [], False, ""
+        while True:
+            raw = f.readline(4096)
+            if not raw:
+                return
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            self.commands.append(line)
+            verb = line.split(" ", 1)[0].upper()
+            if verb == "EHLO":
+                helo = line[5:]
+                ext = ["PIPELINING", "8BITMIME", "SIZE 10000000"]
+                if b.dsn:
+                    ext.append("DSN")
+                if b.tls is not None and not tls:
+                    ext.append("STARTTLS")
+                if b.auth is not None and tls:
+                    ext.append("AUTH PLAIN")
+                lines = ["peer.test", *ext]
+                for i, x in enumerate(lines):
+                    w(f"250{'-' if i < len(lines) - 1 else ' '}{x}")
+            elif verb == "STARTTLS" and b.tls is not None and not tls:
+                w("220 2.0.0 Ready to start TLS")
+                conn = b.tls.wrap_socket(conn, server_side=True)
+                f = conn.makefile("rb")
+                tls = True
+            elif verb == "AUTH" and b.auth is not None and tls:
+                parts = line.split(" ")
+                token = base64.b64decode(parts[2]) if len(parts) > 2 else b""
+                _, user, pw = token.split(b"\0") if token.count(b"\0") == 2 else (b"", b"", b"")
+                if (user.decode(), pw.decode()) == b.auth:
+                    authed = user.decode()
+                    w("235 2.7.0 Authentication successful")
+                else:
+                    w("535 5.7.8 Authentication credentials invalid")
+            elif verb == "MAIL":
+                if b.auth is not None and not authed:
+                    w("530 5.7.0 Authentication required")
+                    continue
+                mail, rcpts = line, []
+                w("250 2.1.0 Ok")
+            elif verb == "RCPT":
+                reply = b.rcpt(line)
+                if reply.startswith("2"):
+                    rcpts.append(line)
+                w(reply)
+            elif verb == "DATA":
+                if not rcpts:
+                    w("554 5.5.1 No valid recipients")
+                    continue
+                w("354 End data with <CR><LF>.<CR><LF>")
+                data = bytearray()
+                while True:
+                    chunk = f.readline(65536)
+                    if not chunk:
+                        return
+                    if chunk == b".\r\n":
+                        break
+                    data += chunk
+                    if b.close_in_data and len(data) > 10:
+                        return
+                self.received.append(Received(helo, mail, rcpts, bytes(data), tls, authed))
+                w(b.data_end())
+            elif verb == "RSET":
+                mail, rcpts = "", []
+                w("250 2.0.0 Ok")
+            elif verb == "QUIT":
+                w("221 2.0.0 Bye")
+                return
+            else:
+                w("502 5.5.2 Error: command not recognized")
+
+
+def make_certs(folder: Path) -> tuple[Path, Path, Path]:
+    """(ca.pem, server.pem, server.key): a CA and a certificate for 127.0.0.1."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=mailrider test CA",
+        "-days", "2", "-keyout", "ca.key", "-out", "ca.pem",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=keyCertSign")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout",
+        "server.key", "-out", "server.csr")
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-out", "server.pem", "-extfile", "ext.cnf")
+    for name in ("ca.pem", "server.pem"):
+        os.chmod(folder / name, 0o644)
+    return folder / "ca.pem", folder / "server.pem", folder / "server.key"
+
+
+def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+@dataclass
+class DnsThread:
+    """The test DNS server on 127.0.0.1, served from a thread."""
+
+    records: Records
+    server: DNSServer | None = None
+    port: int = 0
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+    _ready: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> DnsThread:
+        self._loop = asyncio.new_event_loop()
+
+        def run() -> None:
+            assert self._loop is not None
+            asyncio.set_event_loop(self._loop)
+            self.server = self._loop.run_until_complete(DNSServer(self.records).start())
+            self.port = self.server.port
+            self._ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self.server is not None
+        fut = asyncio.run_coroutine_threadsafe(self.server.close(), self._loop)
+        fut.result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        assert self._thread is not None
+        self._thread.join(10)
