@@ -83,3 +83,11 @@ def build(session: nox.Session) -> None:
         session.run("python", "-m", "build", "--sdist", "--wheel", "--outdir", str(out), str(p))
     session.run("twine", "check", "--strict", *[str(f) for f in sorted(out.iterdir())])
     session.run("python", str(ROOT / "tools" / "check_dists.py"), str(out))
+
+
+@nox.session
+def torture(session: nox.Session) -> None:
+    """tools/torture/run.py: every torture part against a real daemon, 300 s each."""
+    session.install(*TEST_DEPS, "atheris")
+    session.install(str(ROOT / "core"))
+    session.run("python", "tools/torture/run.py", "--budget", "300", *session.posargs)

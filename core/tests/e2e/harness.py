@@ -70,6 +70,9 @@ class Daemon:
         self.log_path = self.state / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = dict(os.environ)
+        # pony delays its banner (limits.GREETING_DELAY, pregreet test); tests
+        # keep a short delay so the path is exercised without slowing the suite
+        self.env.setdefault("MAILRIDER_GREETING_DELAY", "0.02")
         self.env.update(extra_env or {})
 
     def argv(self) -> list[str]:

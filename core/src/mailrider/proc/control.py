@@ -94,7 +94,10 @@ class Control(common.Process):
             req = json.loads(line)
             words = [str(w) for w in req.get("cmd", [])]
             if words == ["enqueue"]:
-                # sendmail: any local user may submit; pony serves SMTP on this socket
+                # sendmail: any local user may submit; pony serves SMTP on this
+                # socket. Stop reading it first: bytes the client sends once
+                # pony greets must reach pony, not this process's buffer.
+                writer.transport.pause_reading()  # type: ignore[attr-defined]
                 await self._enqueue(sock, uid)
                 return
             if uid not in (0, self.owner):

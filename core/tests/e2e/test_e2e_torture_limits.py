@@ -1,0 +1,76 @@
+"""Torture (short budget): resource limits of a real daemon under load."""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Iterator
+
+import pytest
+import torture_util as tu
+from harness import Daemon
+from mailrider import limits
+
+LIMITS_CONFIG = """listen on 127.0.0.1 port {port}
+smtp max-message-size 5M
+smtp limit max-rcpt 5 max-mails 3
+table all {{ "@" = "{user}" }}
+action "local" maildir "{mail}/%{{rcpt.user}}" virtual <all>
+match from any for local action "local"
+"""
+TIMEOUT = 3.0
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    d = Daemon(LIMITS_CONFIG, extra_env={"MAILRIDER_SESSION_TIMEOUT": str(TIMEOUT)}).start()
+    yield d
+    d.cleanup()
+
+
+@pytest.fixture(scope="module")
+def load_daemon() -> Iterator[Daemon]:
+    # the real session timeout: 5000 connections take longer than TIMEOUT;
+    # started with a low descriptor limit, which mailriderd must raise itself
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        d = Daemon(LIMITS_CONFIG).start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    yield d
+    d.cleanup()
+
+
+def test_caps_answered_with_their_codes(daemon: Daemon) -> None:
+    t = tu.check_caps(daemon, max_rcpt=5, max_mails=3)
+    assert t.attempts == 4 and t.failures == 0, t.notes
+
+
+def test_sessions_per_ip_capped(daemon: Daemon) -> None:
+    t = tu.check_per_ip_cap(daemon, limits.MAX_SESSIONS_PER_IP, ip="127.0.0.7")
+    assert t.attempts == 4 and t.failures == 0, t.notes
+    assert "reason=too-many-sessions" in daemon.log()
+
+
+def test_slowloris_timed_out(daemon: Daemon) -> None:
+    t = tu.check_slowloris(daemon, clients=5, timeout=TIMEOUT, deadline=time.monotonic() + 30)
+    assert t.attempts == 5 and t.failures == 0, t.notes
+    # cut after the timeout, not at the first byte
+    assert TIMEOUT - 0.5 <= t.numbers["max-seconds-to-cut"] <= 2 * TIMEOUT + 2
+
+
+def test_5000_concurrent_sessions(load_daemon: Daemon) -> None:
+    t = tu.check_concurrent_sessions(load_daemon, 5000, time.monotonic() + 90)
+    print(t.numbers)
+    assert t.failures == 0, t.notes
+    assert t.numbers["sessions"] == 5000
+    # the daemon took its hard descriptor limit (mailriderd _raise_nofile)
+    assert t.numbers["pony-nofile-soft"] > 5000
+    assert t.numbers["rss-per-session-kib"] < 64
+
+
+def test_50mb_over_max_message_size_not_buffered(load_daemon: Daemon) -> None:
+    t = tu.check_big_message(load_daemon, 50 * 2**20, 5 * 2**20)
+    print(t.numbers)
+    assert t.attempts == 3 and t.failures == 0, t.notes
