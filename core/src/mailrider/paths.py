@@ -45,8 +45,12 @@ def default_statedir() -> str:
     """The state folder: the system spool for root, a per-user folder otherwise.
 
     The daemon and ``mailriderctl`` both call this, so they find each other
-    without flags.
+    without flags; ``MAILRIDER_STATEDIR`` overrides it (a program invoked as
+    ``sendmail`` cannot be given ``-S``).
     """
+    env = os.environ.get("MAILRIDER_STATEDIR")
+    if env:
+        return os.path.abspath(env)
     if os.geteuid() == 0:
         return SPOOL_ROOT
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(

@@ -46,7 +46,6 @@ def test_supported_subset_passes() -> None:
 FIRST_USE = [
     ("listen on lo\naction r relay srs\n", 2, "relay srs"),
     ("table t { x }\naction r relay helo-src <t>\n", 2, "relay helo-src"),
-    ("\nfilter f phase connect match !fcrdns junk\n", 2, "filter rdns"),
     ("queue compression\n", 1, "queue compression"),
     ("queue encryption\n", 1, "queue encryption"),
     ("srs key s\n", 1, "srs"),
@@ -54,15 +53,15 @@ FIRST_USE = [
     ('mda wrapper w "x"\n', 1, "mda wrapper"),
     ("mta limit max-conn-per-host 3\n", 1, "mta limit"),
     ("scheduler limit max-inflight 3\n", 1, "scheduler limit"),
-    ("action a mbox\nmatch from rdns for any action a\n", 2, "from rdns"),
     ("listen on lo proxy-v2\n", 1, "proxy-v2"),
-    ("listen on lo received-auth\n", 1, "received-auth"),
+    (PKI + "table s { u = a@b }\nlisten on lo tls pki h auth senders <s> masquerade\n", 4,
+     "masquerade"),
     ("listen on lo hostnames { 127.0.0.1 = x.example }\n", 1, "hostnames"),
     ("\n" + SUPPORTED + "action r relay srs\n", len(SUPPORTED.splitlines()) + 2,
      "relay srs"),
     # the first by line wins, whatever the kind of item
-    ("action a mbox\nmatch from rdns for any action a\nlisten on lo proxy-v2\n", 2,
-     "from rdns"),
+    ("action a mbox\nlisten on lo proxy-v2\nlisten on lo hostnames { 127.0.0.1 = x }\n", 2,
+     "proxy-v2"),
 ]
 
 
@@ -77,10 +76,10 @@ def test_first_unsupported_use(text: str, line: int, feature: str) -> None:
 def test_listener_features_in_a_fixed_order() -> None:
     cfg = parse_string(
         PKI + "table c { u = p }\nlisten on lo port 587 tls-require pki h auth <c> "
-        "received-auth proxy-v2\n"
+        "senders <c> masquerade proxy-v2\n"
     )
     uses = unsupported_uses(cfg)
-    assert [f for w, f in uses if w.line == 4] == ["received-auth", "proxy-v2"]
+    assert [f for w, f in uses if w.line == 4] == ["masquerade", "proxy-v2"]
 
 
 def test_removing_an_entry_supports_the_feature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,8 +91,8 @@ def test_removing_an_entry_supports_the_feature(monkeypatch: pytest.MonkeyPatch)
 def test_hand_built_config_without_seq_sorts_by_line() -> None:
     cfg = Config()
     cfg.listeners.append(Listener("lo", proxy_v2=True, where=Where("x.conf", 9)))
-    cfg.listeners.append(Listener("lo", received_auth=True, where=Where("x.conf", 4)))
-    with pytest.raises(ConfigError, match=r"^x\.conf:4: 'received-auth' is not"):
+    cfg.listeners.append(Listener("lo", masquerade=True, where=Where("x.conf", 4)))
+    with pytest.raises(ConfigError, match=r"^x\.conf:4: 'masquerade' is not"):
         check_supported(cfg)
 
 

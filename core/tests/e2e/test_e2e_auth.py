@@ -47,7 +47,7 @@ def d() -> Iterator[Daemon]:
         f'pki mx.test cert "{rsa.cert}"\npki mx.test key "{rsa.key}"\n'
         f"table creds file:{creds}\ntable sendmap file:{senders}\n"
         f"listen on 127.0.0.1 port {daemon.port} tls pki mx.test auth <creds> "
-        "senders <sendmap>\n"
+        "senders <sendmap> received-auth\n"
         f'table all {{ "@" = "{daemon.user}" }}\n'
         f'action "local" maildir "{daemon.mail}/%{{rcpt.user}}" virtual <all>\n'
         'match from any auth for any action "local"\n'
@@ -97,7 +97,9 @@ def test_auth_plain_and_login_with_sha_crypt(d: Daemon, mech: str, user: str,
         c.sendmail(sender, [f"in{mech.lower()}@localhost"], b"Subject: a\r\n\r\nauthd\r\n")
     got = wait_for(lambda: list((d.mail / f"in{mech.lower()}" / "new").glob("*"))
                    if (d.mail / f"in{mech.lower()}" / "new").is_dir() else [])
-    assert b"with ESMTPSA" in got[-1].read_bytes()
+    data = got[-1].read_bytes()
+    assert b"with ESMTPSA" in data
+    assert b"(mailrider) (auth=yes user=alice)" in data  # received-auth
 
 
 def test_wrong_password_and_unknown_user(d: Daemon) -> None:

@@ -140,6 +140,32 @@ def makemap(args: list[str]) -> int:
     return 0
 
 
+def rebuild_aliases(args: list[str]) -> int:
+    """newaliases: when the ``aliases`` table is a ``db:`` index, rebuild it from
+    its text source (the same path without ``.db``) before the daemon reloads it."""
+    from mailrider.config import parse_file
+    from mailrider.table.makemap import makemap as build
+
+    config_file = args[1] if args[:1] == ["-f"] and len(args) > 1 else paths.CONFIG_FILE
+    if not os.path.exists(config_file):
+        return 0
+    try:
+        table = parse_file(config_file).tables.get("aliases")
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if table is None or table.backend != "db" or not table.path:
+        return 0
+    source = table.path[:-3] if table.path.endswith(".db") else table.path
+    try:
+        n = build(source, table.path, "aliases")
+    except (ConfigError, OSError) as exc:
+        print(f"newaliases: {exc}", file=sys.stderr)
+        return 1
+    print(f"{table.path}: {n} aliases", file=sys.stderr)
+    return 0
+
+
 def sendmail_command(args: list[str], statedir: str) -> int:
     from mailrider import sendmail
 
@@ -227,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] == "sendmail":
         return sendmail_command(args[1:], statedir)
     if args[0] == "newaliases":
+        status = rebuild_aliases(args[1:])
+        if status:
+            return status
         args = ["update", "table", "aliases"]
     try:
         reply = request(statedir, args)

@@ -611,6 +611,7 @@ class Session(asyncio.Protocol):
             ip=None if self.ip == "local" or self.listener.mask_src else self.ip,
             by=self.hostname, with_proto=self.srv.with_protocol, queue_id=self.msgid,
             rcpt=single, tls=self.tls_info[0] if self.tls_info else None,
+            auth=(self.srv.auth_user or "") if self.listener.received_auth else None,
         )
         self.size = 0
         if self.junk or self.tx_junk:

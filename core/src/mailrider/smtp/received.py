@@ -99,6 +99,7 @@ def received_header(
     rcpt: str | None,
     tls: str | None,
     when: float | None = None,
+    auth: str | None = None,
 ) -> bytes:
     """Build one folded ``Received:`` field ending in LF.
 
@@ -106,7 +107,8 @@ def received_header(
     name, ``ip`` its address (``None`` for a local submission), ``by`` our
     host name, ``with_proto`` one of :data:`WITH_PROTOCOLS`, ``queue_id`` the
     message id (alphanumeric), ``rcpt`` the single recipient or None, ``tls``
-    a short description of the TLS session (e.g. ``"TLSv1.3:TLS_AES_256_GCM_SHA384:256"``).
+    a short description of the TLS session (e.g. ``"TLSv1.3:TLS_AES_256_GCM_SHA384:256"``),
+    ``auth`` (``received-auth``) the authenticated user, "" for none, None to say nothing.
     Raises ValueError for a bad ``with_proto`` or ``queue_id`` (programming
     errors, not peer input).
     """
@@ -126,6 +128,9 @@ def received_header(
             first += f" ({rname} {literal})"
         lines.append(first)
         lines.append(f"by {_host_token(by, utf8)} (mailrider)")
+        if auth is not None:  # received-auth: "" for an unauthenticated session
+            user = _COMMENT_BAD_RE.sub("?", auth[:_TOKEN_MAX])
+            lines[-1] += f" (auth=yes user={user})" if auth else " (auth=no)"
     else:
         lines.append(f"Received: by {_host_token(by, utf8)} (mailrider)")
     with_line = f"with {with_proto}"
