@@ -47,8 +47,9 @@ SESSION_TIMEOUT_ENV = "MAILRIDER_SESSION_TIMEOUT"
 # Pregreet test (Postfix postscreen_greet_wait, sendmail greet_pause): the
 # 220 banner waits this long, and a client that talks before it is answered
 # 554 5.7.1 and disconnected (RFC 5321 4.3.1: the client waits for the
-# greeting). Not applied to local (sendmail) sessions. Test-only override:
-# MAILRIDER_GREETING_DELAY in pony's environment.
+# greeting). Not applied to local (sendmail) sessions nor to clients on a
+# loopback address (local programs; benchmarks); the test-only override
+# MAILRIDER_GREETING_DELAY in pony's environment sets it for every client.
 GREETING_DELAY = 1.0
 GREETING_DELAY_ENV = "MAILRIDER_GREETING_DELAY"
 # Concurrent SMTP sessions from one IP address before new ones get

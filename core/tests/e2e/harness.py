@@ -70,9 +70,8 @@ class Daemon:
         self.log_path = self.state / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = dict(os.environ)
-        # pony delays its banner (limits.GREETING_DELAY, pregreet test); tests
-        # keep a short delay so the path is exercised without slowing the suite
-        self.env.setdefault("MAILRIDER_GREETING_DELAY", "0.02")
+        # pony's pregreet delay (limits.GREETING_DELAY) spares loopback clients;
+        # the torture tests set MAILRIDER_GREETING_DELAY to exercise it here
         self.env.update(extra_env or {})
 
     def argv(self) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import ipaddress
 import os
 import socket
 import ssl
@@ -126,7 +127,10 @@ class Session(asyncio.Protocol):
             self.tls_info = tls_summary(transport.get_extra_info("ssl_object"))
             if self.tls_info is not None:
                 log.event("smtp", "tls", session=self.id, ciphers=self.tls_info[1])
-        delay = self.pony.greeting_delay if self.local_user is None else 0.0
+        delay = 0.0
+        if self.local_user is None and (self.pony.greeting_delay_all
+                                        or not _is_loopback(self.ip)):
+            delay = self.pony.greeting_delay
         if delay > 0:
             self.greet_timer = asyncio.get_running_loop().call_later(delay, self._greet)
         else:
@@ -773,6 +777,13 @@ def _split_reply(reply: str) -> tuple[int, str, str]:
     return code, f"{str(code)[0]}.0.0", " ".join(parts[1:])
 
 
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return ip == "local"
+
+
 def _env_seconds(name: str, default: float) -> float:
     """A test-only duration override from the environment (see limits)."""
     try:
@@ -805,6 +816,7 @@ class Pony(common.Process):
         self.per_ip: dict[str, int] = {}
         self.session_timeout = _env_seconds(limits.SESSION_TIMEOUT_ENV, limits.SESSION_TIMEOUT)
         self.greeting_delay = _env_seconds(limits.GREETING_DELAY_ENV, limits.GREETING_DELAY)
+        self.greeting_delay_all = limits.GREETING_DELAY_ENV in os.environ
 
     def _sign(self, cert_hash: str, op: str, data: bytes, padding: int) -> bytes:
         if self.sign_client is None:
