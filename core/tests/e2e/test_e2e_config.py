@@ -71,9 +71,13 @@ BAD = [
      "unknown keyword 'actoin'"),
     ("unknown-action", 'listen on 127.0.0.1\naction "l" maildir\n\n'
      'match from local for local action "nosuch"\n', 4, "no such action 'nosuch'"),
-    ("pki", 'listen on 127.0.0.1\n# TLS\npki mx.example.org cert "/etc/ssl/mx.pem"\n'
-     'pki mx.example.org key "/etc/ssl/mx.key"\naction "l" maildir\n'
-     'match for local action "l"\n', 3, "'pki' is not supported yet by mailrider"),
+    ("pki", 'listen on 127.0.0.1\n# TLS\npki mx.example.org cert "/nonexistent/mx.pem"\n'
+     'pki mx.example.org key "/nonexistent/mx.key"\naction "l" maildir\n'
+     'match for local action "l"\n', 3, "pki mx.example.org: cannot read certificate "
+     "/nonexistent/mx.pem"),
+    ("proxy-v2", 'listen on 127.0.0.1\n# proxies\nlisten on 127.0.0.1 port 2600 proxy-v2\n'
+     'action "l" maildir\nmatch for local action "l"\n', 3,
+     "'proxy-v2' is not supported yet by mailrider"),
     ("relay-srs", 'listen on 127.0.0.1\naction "out" relay srs\nmatch for any action "out"\n',
      2, "'relay srs' is not supported yet by mailrider"),
     ("unterminated", 'listen on 127.0.0.1\naction "l maildir\n', 2, None),

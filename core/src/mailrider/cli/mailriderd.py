@@ -32,6 +32,13 @@ def check(opts: common.Options) -> None:
 
     config = common.load_config(opts)
     validate_backends(config)
+    for name, pki in config.pkis.items():
+        for what, path in (("certificate", pki.cert), ("key", pki.key)):
+            if path is None:
+                raise ConfigError(f"pki {name}: no {what}", pki.where.file, pki.where.line)
+            if not os.access(path, os.R_OK):
+                raise ConfigError(f"pki {name}: cannot read {what} {path}", pki.where.file,
+                                  pki.where.line)
     for lst in config.listeners:
         if lst.address != "socket":
             resolve_listener(lst)
