@@ -123,3 +123,12 @@ def test_swaks_delivers(default_daemon: Daemon) -> None:
                              for p in (d.state / "maildir" / "swaks" / "new").glob("*")])
     assert b"hello from swaks" in msgs[0]
     assert b"Subject: swaks test" in msgs[0]
+
+
+def test_abandoned_transactions_leave_no_spool_file(default_daemon: Daemon) -> None:
+    d = default_daemon
+    for end in (b"RSET\r\n", b"QUIT\r\n", b"MAIL FROM:<b@example.org>\r\n"):
+        raw_session(d.port, [b"EHLO x\r\n", b"MAIL FROM:<a@example.org>\r\n",
+                             b"RCPT TO:<gone@localhost>\r\n", end, b"QUIT\r\n"])
+    # the spool file asked for at RCPT is given back when no DATA follows
+    wait_for(lambda: os.listdir(d.state / "spool" / "temporary") == [])

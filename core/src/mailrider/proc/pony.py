@@ -79,6 +79,7 @@ class Session(asyncio.Protocol):
         self._reset_tx()
 
     def _reset_tx(self) -> None:
+        self.precreate: asyncio.Task[tuple[Any, list[int]]] | None = None
         self.txid = ""
         self.tx_junk = False
         self.filter_data = False
@@ -594,10 +595,19 @@ class Session(asyncio.Protocol):
             return
         self.rcpts.append((rcpt, event.params, res.deliveries))
         self.srv.accept()
+        if self.precreate is None:
+            # the spool file is asked for now, so that DATA does not wait on queue
+            self.precreate = asyncio.get_running_loop().create_task(
+                self.pony.peers["queue"].call(m.MessageCreate(msgid=self.txid)))
 
     async def _data_start(self) -> None:
+        pending, self.precreate = self.precreate, None
         try:
-            reply, fds = await self.pony.peers["queue"].call(m.MessageCreate(msgid=self.txid))
+            if pending is not None:
+                reply, fds = await pending
+            else:
+                reply, fds = await self.pony.peers["queue"].call(
+                    m.MessageCreate(msgid=self.txid))
         except TempFail as exc:
             code, status, text = _split_reply(exc.reply())
             self.srv.reject(code, status, text)
@@ -742,7 +752,27 @@ class Session(asyncio.Protocol):
             os.close(self.fd)
             self.fd = -1
 
+    def _drop_precreate(self) -> None:
+        """A transaction that ends before DATA gives its spool file back."""
+        pending, self.precreate = self.precreate, None
+        if pending is None:
+            return
+
+        def give_back(task: asyncio.Task[tuple[Any, list[int]]]) -> None:
+            if task.cancelled() or task.exception() is not None:
+                return
+            reply, fds = task.result()
+            for fd in fds:
+                os.close(fd)
+            if isinstance(reply, m.MessageCreated):
+                t = asyncio.get_event_loop().create_task(self._rollback(reply.msgid))
+                self.pony.tasks.add(t)
+                t.add_done_callback(self.pony.tasks.discard)
+
+        pending.add_done_callback(give_back)
+
     def _abort_tx(self) -> None:
+        self._drop_precreate()
         if self.filtered and self.txid:
             self._report("tx-rollback" if self.msgid else "tx-reset", [self.txid])
         if self.fd >= 0:

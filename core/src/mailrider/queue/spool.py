@@ -23,6 +23,7 @@ Invariants:
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import ctypes.util
 import errno
@@ -50,6 +51,7 @@ def _load_syncfs() -> object | None:
 
 
 _SYNCFS = _load_syncfs()
+_FSYNC_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
 
 
 @dataclass(slots=True)
@@ -231,14 +233,15 @@ class Spool:
         if self._syncfs is not None:
             self.sync()
             return
+        paths: list[str] = []
         for item in items:
             mdir = self.msgdir(item.msgid)
-            for name in os.listdir(mdir):
-                _fsync_path(os.path.join(mdir, name))
-            _fsync_path(mdir)
-        for hdir in {os.path.join(self.queue, i.msgid[:2]) for i in items}:
-            _fsync_path(hdir)
-        _fsync_path(self.queue)
+            paths += [os.path.join(mdir, name) for name in os.listdir(mdir)]
+            paths.append(mdir)
+        paths += sorted({os.path.join(self.queue, i.msgid[:2]) for i in items})
+        paths.append(self.queue)
+        # concurrent fsyncs share journal commits (jbd2 batches them)
+        list(_FSYNC_POOL.map(_fsync_path, paths))
 
     # -- clean-stop marker ------------------------------------------------------
 
