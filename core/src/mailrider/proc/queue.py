@@ -25,6 +25,11 @@ from mailrider.queue.envelope import Envelope
 from mailrider.queue.spool import PendingCommit, Spool
 
 
+#: a batch smaller than this waits COMMIT_GATHER_DELAY seconds for company
+COMMIT_GATHER_MIN = 8
+COMMIT_GATHER_DELAY = 0.001
+
+
 class Queue(common.Process):
     role = "queue"
 
@@ -88,6 +93,10 @@ class Queue(common.Process):
                     return
                 await self._wake.wait()
             self._wake.clear()
+            if len(self._batch) < COMMIT_GATHER_MIN and not self._closing:
+                # one sync per batch is the cost: give commits already on their
+                # way a moment to join this one (group commit)
+                await asyncio.sleep(COMMIT_GATHER_DELAY)
             batch, self._batch = self._batch, []
             if not batch:
                 continue
