@@ -95,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mailriderd: built-in configuration: mail for <user>@localhost is delivered to "
               f"{os.path.join(opts.statedir, 'maildir', '<user>')}", file=sys.stderr)
     _raise_nofile()
+    if os.geteuid() == 0:
+        # deliveries are forked from the parent and switch to the recipient's
+        # user: everything they import must already be loaded (the interpreter's
+        # files may be unreadable to that user, e.g. a venv under /root)
+        from mailrider.proc.child import preload
+
+        preload()
     if not opts.foreground:
         _daemonize()
     common.set_title("parent")
