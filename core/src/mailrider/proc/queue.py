@@ -24,7 +24,6 @@ from mailrider.queue import envelope as envmod
 from mailrider.queue.envelope import Envelope
 from mailrider.queue.spool import PendingCommit, Spool
 
-
 #: a batch smaller than this waits COMMIT_GATHER_DELAY seconds for company
 COMMIT_GATHER_MIN = 8
 COMMIT_GATHER_DELAY = 0.001
