@@ -8,14 +8,22 @@ several pki picks one by the client's SNI name. Every context passes a
 TLS 1.2 and 1.3 self-test at start. When delegation is unavailable pony
 refuses to start, unless ``smtp key-in-process`` allows it to load the key
 itself, which is logged as a warning at every start.
+
+Benchmarks and tests only: ``MAILRIDER_KEY_IN_PROCESS=force`` in pony's
+environment (:data:`mailrider.limits.KEY_IN_PROCESS_ENV`) skips delegation
+and takes that same in-process path, with the same warning, whatever the
+configuration says; tools/bench/tls_daemon.py uses it to compare one daemon
+with itself. pony reads the key file only here, in ``setup()`` before the
+privilege drop, so root-only keys still load. Never set it in production.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Callable
 
-from mailrider import log
+from mailrider import limits, log
 from mailrider.config.model import Config, Listener
 from mailrider.errors import ConfigError
 
@@ -101,12 +109,16 @@ class ListenerTLS:
         except ValueError as exc:
             raise ConfigError(str(exc), lst.where.file, lst.where.line) from None
         ciphers = lst.ciphers or self.config.smtp_ciphers
+        forced = os.environ.get(limits.KEY_IN_PROCESS_ENV, "") == "force"
         try:
+            if forced:
+                raise delegate.DelegationUnavailable(
+                    f"{limits.KEY_IN_PROCESS_ENV}=force (benchmarks/tests only)")
             ctx = delegate.delegated_context(pki.cert, self.sign, minimum_version=lo,
                                              maximum_version=hi, ciphers=ciphers)
             self.delegated.append(ctx)
         except delegate.DelegationUnavailable as exc:
-            if not self.config.key_in_process:
+            if not (self.config.key_in_process or forced):
                 raise ConfigError(f"pki {name}: key delegation to klondike is unavailable "
                                   f"({exc}); 'smtp key-in-process' would allow pony to hold "
                                   "the key", pki.where.file, pki.where.line) from None
