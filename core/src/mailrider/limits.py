@@ -52,6 +52,11 @@ SESSION_TIMEOUT_ENV = "MAILRIDER_SESSION_TIMEOUT"
 # MAILRIDER_GREETING_DELAY in pony's environment sets it for every client.
 GREETING_DELAY = 1.0
 GREETING_DELAY_ENV = "MAILRIDER_GREETING_DELAY"
+# Benchmark/test-only: MAILRIDER_KEY_IN_PROCESS=force in pony's environment
+# makes pony load its TLS private keys itself instead of delegating them to
+# klondike (proc/pony_tls.py; logged as the 'smtp key-in-process' warning),
+# so tools/bench/tls_daemon.py can compare both with one configuration.
+KEY_IN_PROCESS_ENV = "MAILRIDER_KEY_IN_PROCESS"
 # Concurrent SMTP sessions from one IP address before new ones get
 # 421 4.7.0 (OpenSMTPD has no such keyword; Postfix
 # smtpd_client_connection_count_limit is 50 as well).
@@ -59,6 +64,10 @@ MAX_SESSIONS_PER_IP = 50
 
 # Received headers counted for loop detection (OpenSMTPD: 100 -> 554 5.4.6)
 MAX_HOPS = 100
+
+# ``senders <t> masquerade``: the header section held to rewrite From: (a
+# message whose header section is longer passes through unchanged, logged)
+MASQUERADE_HEADER_MAX = 64 * 1024
 
 # Scheduler (PROTOCOLS.md 7.5): retry base for local delivery and bounces, and
 # for relaying.

@@ -54,8 +54,8 @@ FIRST_USE = [
     ("mta limit max-conn-per-host 3\n", 1, "mta limit"),
     ("scheduler limit max-inflight 3\n", 1, "scheduler limit"),
     ("listen on lo proxy-v2\n", 1, "proxy-v2"),
-    (PKI + "table s { u = a@b }\nlisten on lo tls pki h auth senders <s> masquerade\n", 4,
-     "masquerade"),
+    (PKI + "table s { u = a@b }\nlisten on lo tls pki h auth senders <s> masquerade "
+     "proxy-v2\n", 4, "proxy-v2"),
     ("listen on lo hostnames { 127.0.0.1 = x.example }\n", 1, "hostnames"),
     ("\n" + SUPPORTED + "action r relay srs\n", len(SUPPORTED.splitlines()) + 2,
      "relay srs"),
@@ -76,10 +76,16 @@ def test_first_unsupported_use(text: str, line: int, feature: str) -> None:
 def test_listener_features_in_a_fixed_order() -> None:
     cfg = parse_string(
         PKI + "table c { u = p }\nlisten on lo port 587 tls-require pki h auth <c> "
-        "senders <c> masquerade proxy-v2\n"
+        "senders <c> masquerade hostnames <c> proxy-v2\n"
     )
     uses = unsupported_uses(cfg)
-    assert [f for w, f in uses if w.line == 4] == ["masquerade", "proxy-v2"]
+    assert [f for w, f in uses if w.line == 4] == ["hostnames", "proxy-v2"]
+
+
+def test_masquerade_is_supported() -> None:
+    assert "masquerade" not in UNSUPPORTED
+    check_supported(parse_string(
+        PKI + "table s { u = a@b }\nlisten on lo tls pki h auth senders <s> masquerade\n"))
 
 
 def test_removing_an_entry_supports_the_feature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,8 +97,8 @@ def test_removing_an_entry_supports_the_feature(monkeypatch: pytest.MonkeyPatch)
 def test_hand_built_config_without_seq_sorts_by_line() -> None:
     cfg = Config()
     cfg.listeners.append(Listener("lo", proxy_v2=True, where=Where("x.conf", 9)))
-    cfg.listeners.append(Listener("lo", masquerade=True, where=Where("x.conf", 4)))
-    with pytest.raises(ConfigError, match=r"^x\.conf:4: 'masquerade' is not"):
+    cfg.listeners.append(Listener("lo", hostnames="t", where=Where("x.conf", 4)))
+    with pytest.raises(ConfigError, match=r"^x\.conf:4: 'hostnames' is not"):
         check_supported(cfg)
 
 

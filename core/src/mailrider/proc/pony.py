@@ -28,6 +28,7 @@ from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
 from mailrider.proc.pony_tls import ListenerTLS, tls_summary
+from mailrider.smtp.masquerade import FromRewriter
 from mailrider.smtp.received import received_header
 from mailrider.smtp.reply import Reply
 from mailrider.smtp.server import ServerConfig, SMTPServer
@@ -94,6 +95,8 @@ class Session(asyncio.Protocol):
         #: what went into the spool file: recovery checks it (queue.spool)
         self.digest = hashlib.sha256()
         self.written = 0
+        #: ``senders <t> masquerade``: the From: rewriter of this message
+        self.masq: FromRewriter | None = None
 
     # -- asyncio protocol -----------------------------------------------------------
 
@@ -640,6 +643,10 @@ class Session(asyncio.Protocol):
                 .split("\n")))
         else:
             self._write(hdr, count=False)
+        if (self.listener.masquerade and self.listener.senders is not None
+                and self.srv.auth_user and self.sender):
+            # the sender passed the senders check (_senders): From: becomes it
+            self.masq = FromRewriter(self.sender, limits.MASQUERADE_HEADER_MAX)
         self.srv.accept()
 
     def _write(self, data: bytes, count: bool = True) -> None:
@@ -647,6 +654,30 @@ class Session(asyncio.Protocol):
             return
         if count:
             self.size += len(data)
+            if self.masq is not None and not self.masq.done:
+                data = self.masq.feed(data)
+                if self.masq.overflowed:
+                    log.warning("smtp", "masquerade-skipped", session=self.id,
+                                msgid=self.msgid, reason="header section too long")
+                if not data:
+                    return
+        self._spool(data)
+
+    def _masq_finish(self) -> None:
+        """The end of the message: write what the From: rewriter still holds."""
+        masq, self.masq = self.masq, None
+        if masq is None:
+            return
+        rest = masq.finish()
+        if rest:
+            self._spool(rest)
+        if masq.rewritten:
+            log.event("smtp", "masquerade", session=self.id, msgid=self.msgid,
+                      sender=masq.sender, fields=masq.rewritten)
+
+    def _spool(self, data: bytes) -> None:
+        if self.fd < 0:
+            return
         self.digest.update(data)
         self.written += len(data)
         try:
@@ -671,6 +702,7 @@ class Session(asyncio.Protocol):
                 self._close_fd()
                 self._reset_tx()
                 return
+        self._masq_finish()
         msgid, fd = self.msgid, self.fd
         self.fd = -1
         write_failed = fd < 0 and msgid is not None

@@ -145,12 +145,16 @@ class ListenerTLS:
         from mailrider.crypto import delegate
 
         for ctx in self.delegated:
-            if ctx.verify_mode == ssl.CERT_REQUIRED:
-                continue  # a client certificate would be needed; the plain twin was tested
+            mode = ctx.verify_mode
+            # a verify listener would want a client certificate: test the key
+            # delegation without it, then ask for certificates again
+            ctx.verify_mode = ssl.CERT_NONE
             try:
                 delegate.self_test(ctx)
             except delegate.DelegationUnavailable as exc:
                 raise ConfigError(f"TLS self-test failed: {exc}") from None
+            finally:
+                ctx.verify_mode = mode
         if self.delegated:
             log.event("smtp", "tls-ready", contexts=len(self.delegated), delegated="yes")
 
