@@ -70,6 +70,7 @@ def test_pause_resume_envelope_and_schedule(d: Daemon) -> None:
 def test_stats_status_trace_profile_log(d: Daemon) -> None:
     stats = dict(line.split("=", 1) for line in d.ctl("show", "stats").stdout.splitlines())
     assert int(stats["smtp.session"]) >= 1
+    assert int(stats["smtp.session.inet4"]) >= 1  # smtpctl's key
     assert int(stats["queue.envelope.enqueued"]) >= 3
     assert int(stats["scheduler.envelope"]) >= 3
     assert d.ctl("pause", "smtp").stdout.strip() == "command succeeded"

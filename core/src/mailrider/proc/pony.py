@@ -124,6 +124,9 @@ class Session(asyncio.Protocol):
         self.pony.per_ip[self.ip] = self.pony.per_ip.get(self.ip, 0) + 1
         self.pony.by_id[self.id] = self
         self.pony.count("smtp.session")
+        # smtpctl's show stats keys: smtp.session.inet4 / .inet6 / .local
+        self.pony.count("smtp.session." + ("local" if self.ip == "local" else
+                                           "inet6" if ":" in self.ip else "inet4"))
         log.event("smtp", "connected", session=self.id, address=self.ip,
                   port=self.port or None, user=self.local_user, host=self.hostname)
         self._arm_timer(self.pony.session_timeout)
@@ -131,6 +134,7 @@ class Session(asyncio.Protocol):
             self.tls_info = tls_summary(transport.get_extra_info("ssl_object"))
             if self.tls_info is not None:
                 log.event("smtp", "tls", session=self.id, ciphers=self.tls_info[1])
+                self.pony.count("smtp.tls")
         delay = 0.0
         if self.local_user is None and (self.pony.greeting_delay_all
                                         or not _is_loopback(self.ip)):
@@ -570,6 +574,7 @@ class Session(asyncio.Protocol):
         self.tls_info = tls_summary(new.get_extra_info("ssl_object"))
         if self.tls_info is not None:
             log.event("smtp", "tls", session=self.id, ciphers=self.tls_info[1])
+            self.pony.count("smtp.tls")
             if self.filtered:
                 self._report("link-tls", [self.tls_info[0]])
 
@@ -953,6 +958,7 @@ class Pony(common.Process):
 
     async def deliver(self, msg: m.Deliver, fds: list[int]) -> m.DeliveryResult:
         evpid = str(msg.envelope.get("evpid", ""))
+        self.count("mda.envelope")
         try:
             reply = await self.peers["parent"].ask(m.ForkDelivery(envelope=msg.envelope), fds)
         except TempFail as exc:

@@ -395,6 +395,7 @@ class Mta:
         except (OSError, TimeoutError) as exc:
             text = "timeout" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             raise HostFailed(f"421 4.4.1 Connection to {target.name} failed: {text}") from None
+        self.pony.count("mta.session")
         client = sc.SMTPClient(sc.ClientConfig(
             helo_name=p.helo, lmtp=p.proto == "lmtp", want_starttls=p.starttls, auth=p.auth,
             implicit_tls=implicit))
