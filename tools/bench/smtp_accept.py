@@ -388,6 +388,22 @@ def report(size: int, sessions: int, messages: int, mr: Result, pf: Result | Non
     return "\n".join(out)
 
 
+def median_summary(size: int, accepts: list[tuple[float | None, float | None]]) -> str:
+    """The medians of the accept figures over alternating rounds, and of their ratios."""
+    import statistics
+
+    mine = [a for a, _ in accepts if a]
+    theirs = [b for _, b in accepts if b]
+    ratios = [a / b for a, b in accepts if a and b]
+    parts = [f"{size_label(size)} accepted over {len(accepts)} rounds: mailrider median "
+             f"{fmt(statistics.median(mine) if mine else None)} msg/s"]
+    if theirs:
+        parts.append(f"Postfix median {fmt(statistics.median(theirs))} msg/s")
+        parts.append(f"median ratio {statistics.median(ratios):.2f} "
+                     f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+    return "; ".join(parts)
+
+
 def print_profile(profile_dir: Path, top: int) -> None:
     for path in sorted(profile_dir.glob("*.prof")):
         label = path.stem
@@ -418,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--client", choices=("auto", "smtp-source", "builtin"), default="auto")
     ap.add_argument("--timeout", type=float, default=300.0, help="per run, seconds")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate mailrider and Postfix this many times per size and "
+                         "print the medians (a shared machine is noisy)")
     ns = ap.parse_args(argv)
     if ns.sessions < 1 or ns.messages < 1:
         ap.error("--sessions and --messages must be positive")
@@ -449,14 +468,20 @@ def main(argv: list[str] | None = None) -> int:
 
     status = 0
     for size in sizes:
-        mr = bench_mailrider(load, ns.messages, size, e2e=not ns.no_e2e, profile_dir=profile_dir)
-        pf = None
-        if pf_reason is None:
-            pf = bench_postfix(load, ns.messages, size, e2e=not ns.no_e2e)
-        print()
-        print(report(size, ns.sessions, ns.messages, mr, pf), flush=True)
-        if mr.accept is None:
-            status = 1
+        accepts: list[tuple[float | None, float | None]] = []
+        for _ in range(max(1, ns.rounds)):
+            mr = bench_mailrider(load, ns.messages, size, e2e=not ns.no_e2e,
+                                 profile_dir=profile_dir)
+            pf = None
+            if pf_reason is None:
+                pf = bench_postfix(load, ns.messages, size, e2e=not ns.no_e2e)
+            print()
+            print(report(size, ns.sessions, ns.messages, mr, pf), flush=True)
+            if mr.accept is None:
+                status = 1
+            accepts.append((mr.accept, pf.accept if pf is not None else None))
+        if ns.rounds > 1:
+            print(median_summary(size, accepts), flush=True)
     if profile_dir is not None:
         print_profile(profile_dir, ns.top)
         if tmp_prof:
