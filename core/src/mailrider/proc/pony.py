@@ -304,10 +304,7 @@ class Session(asyncio.Protocol):
             self.helo = event.name
             self.srv.accept()
         elif isinstance(event, ev.MailFrom):
-            self._abort_tx()
-            self.sender = str(event.sender) if event.sender is not None else ""
-            self.mail_params = event.params
-            self.srv.accept()
+            self._begin_tx(str(event.sender) if event.sender is not None else "", event.params)
         elif isinstance(event, ev.RcptTo):
             return self._rcpt(event)
         elif isinstance(event, ev.DataStart):
@@ -414,13 +411,9 @@ class Session(asyncio.Protocol):
                 self.srv.reply(exc.reply)
                 return
             addr = str(new) if new is not None else ""
-        self._abort_tx()
         from mailrider.queue.envelope import new_msgid
 
-        self.txid = new_msgid()
-        self.sender = addr
-        self.mail_params = event.params
-        self.srv.accept()
+        self._begin_tx(addr, event.params, txid=new_msgid())
         self._report("tx-begin", [self.txid])
         self._report("tx-mail", [self.txid, "ok", addr])
 
@@ -545,10 +538,7 @@ class Session(asyncio.Protocol):
         if self.filtered:
             await self._f_mail(event)
             return
-        self._abort_tx()
-        self.sender = sender
-        self.mail_params = event.params
-        self.srv.accept()
+        self._begin_tx(sender, event.params)
 
     async def _starttls(self) -> None:
         """RFC 3207: 220, then the handshake; the machine refused pipelined bytes."""
@@ -788,6 +778,14 @@ class Session(asyncio.Protocol):
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def _begin_tx(self, sender: str, params: Any, txid: str = "") -> None:
+        """MAIL accepted: any earlier transaction ends, this one starts."""
+        self._abort_tx()
+        self.txid = txid
+        self.sender = sender
+        self.mail_params = params
+        self.srv.accept()
 
     def _drop_precreate(self) -> None:
         """A transaction that ends before DATA gives its spool file back."""

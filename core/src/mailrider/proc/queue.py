@@ -196,6 +196,8 @@ class Queue(common.Process):
         finally:
             os.close(fd)
 
+    # remove_envelope runs in a thread: an unlink waits on the journal while a
+    # commit syncs, which must not stall the event loop (and with it commits)
     async def _outcome(self, env: Envelope, res: m.DeliveryResult, fd: int, *,
                        relay: str = "", dsn_relayed: bool = False) -> None:
         evpid = env["evpid"]
@@ -211,14 +213,14 @@ class Queue(common.Process):
                     self._notify(env, res.text, fd, "relayed", relay)
             elif bounce.wanted(env, "delivered"):
                 self._notify(env, res.text, fd, "delivered", relay)
-            self.spool.remove_envelope(evpid)
+            await asyncio.to_thread(self.spool.remove_envelope, evpid)
             self.count("scheduler.delivery.ok")
             self.count("queue.envelope.dequeued")
             self.peers["scheduler"].notify(m.SchedResult(
                 evpid=evpid, status="ok", route=_route(env)))
         elif res.status == "permfail":
             await self._bounce(env, res.text, fd, relay)
-            self.spool.remove_envelope(evpid)
+            await asyncio.to_thread(self.spool.remove_envelope, evpid)
             self.count("scheduler.delivery.permfail")
             self.count("queue.envelope.dequeued")
             self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="permfail"))
@@ -249,7 +251,7 @@ class Queue(common.Process):
             await self._bounce(env, f"554 5.4.7 Delivery time expired: {text}", fd)
         finally:
             os.close(fd)
-        self.spool.remove_envelope(evpid)
+        await asyncio.to_thread(self.spool.remove_envelope, evpid)
         self.count("scheduler.delivery.expired")
         self.count("queue.envelope.dequeued")
         self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="expired"))
