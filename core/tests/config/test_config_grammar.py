@@ -228,8 +228,8 @@ def test_relay_actions() -> None:
             action r1 relay
             action r2 relay host smtp+tls://label@relay.example:587 auth <secrets> \\
                 mail-from "bounce@example.org" pki h ca c tls no-verify srs \\
-                ciphers "HIGH" protocols "tlsv1.2" filter f ttl 1d helo-src <srcs>
-            action r3 relay backup mx mx2.example helo mx.example src <srcs> domain <doms>
+                ciphers "HIGH" protocols "tlsv1.2" filter f ttl 1d helo-src <doms>
+            action r3 relay backup mx mx2.example helo mx.example src <srcs>
             action r4 relay host <relays>
             action r5 relay backup src 192.0.2.7 tls
             """
@@ -249,13 +249,13 @@ def test_relay_actions() -> None:
         "ciphers": "HIGH",
         "protocols": "tlsv1.2",
         "filter": "f",
-        "helo_src": "srcs",
+        "helo_src": "doms",
     }
     assert a["r2"].ttl == 86400
     assert a["r2"].where.line == 11  # 3 lines of PKI, a blank line, 6 more
     assert a["r3"].relay == {
         "backup": True, "backup_mx": "mx2.example", "helo": "mx.example",
-        "src": "srcs", "domain": "doms",
+        "src": "srcs",
     }
     assert a["r4"].relay == {"host_table": "relays"}
     r5 = a["r5"].relay

@@ -45,7 +45,6 @@ def test_supported_subset_passes() -> None:
 
 FIRST_USE = [
     ("listen on lo\naction r relay srs\n", 2, "relay srs"),
-    ("table t { x }\naction r relay helo-src <t>\n", 2, "relay helo-src"),
     ("queue compression\n", 1, "queue compression"),
     ("queue encryption\n", 1, "queue encryption"),
     ("srs key s\n", 1, "srs"),

@@ -38,6 +38,10 @@ class Received:
     data: bytes  # as received: CRLF, dot-stuffed, without the final "."
     tls: bool = False
     auth: str = ""
+    #: the client certificate (ssl getpeercert()), when one was verified
+    peer_cert: dict[str, Any] | None = None
+    tls_version: str = ""
+    cipher: str = ""
 
 
 @dataclass
@@ -65,6 +69,7 @@ class SmtpPeer:
         self.received: list[Received] = []
         self.connections = 0
         self.commands: list[str] = []
+        self.tls_errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -111,6 +116,8 @@ class SmtpPeer:
 
         w(b.greeting)
         helo, mail, rcpts, tls, authed = "", "", [], False, ""
+        peer_cert: dict[str, Any] | None = None
+        tls_info = ("", "")
         while True:
             raw = f.readline(4096)
             if not raw:
@@ -132,7 +139,13 @@ class SmtpPeer:
                     w(f"250{'-' if i < len(lines) - 1 else ' '}{x}")
             elif verb == "STARTTLS" and b.tls is not None and not tls:
                 w("220 2.0.0 Ready to start TLS")
-                conn = b.tls.wrap_socket(conn, server_side=True)
+                try:
+                    conn = b.tls.wrap_socket(conn, server_side=True)
+                except (OSError, ValueError) as exc:
+                    self.tls_errors.append(str(exc))
+                    raise
+                peer_cert = conn.getpeercert() or None
+                tls_info = (conn.version() or "", (conn.cipher() or ("",))[0])
                 f = conn.makefile("rb")
                 tls = True
             elif verb == "AUTH" and b.auth is not None and tls:
@@ -170,7 +183,8 @@ class SmtpPeer:
                     data += chunk
                     if b.close_in_data and len(data) > 10:
                         return
-                self.received.append(Received(helo, mail, rcpts, bytes(data), tls, authed))
+                self.received.append(Received(helo, mail, rcpts, bytes(data), tls, authed,
+                                              peer_cert, *tls_info))
                 w(b.data_end())
             elif verb == "RSET":
                 mail, rcpts = "", []

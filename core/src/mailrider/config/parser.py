@@ -665,14 +665,54 @@ class _Parser:
                 self._local_option(action, opt)
         self._end()
         if method.value == "relay":
-            relay = action.relay
-            if "auth" in relay and "host" not in relay and "host_table" not in relay:
-                raise self._err("relay option 'auth' requires 'host'")
-            if relay.get("backup") and ("host" in relay or "host_table" in relay):
-                raise self._err("relay options 'backup' and 'host' are mutually exclusive")
-            if "helo" in relay and "helo_src" in relay:
-                raise self._err("relay options 'helo' and 'helo-src' are mutually exclusive")
+            self._check_relay(action)
         self.config.actions[action.name] = action
+
+    def _check_relay(self, action: Action) -> None:
+        """What OpenSMTPD's grammar refuses in a relay action (exclusions, the
+        kind of a static table), and TLS protocols and ciphers that could never
+        work. Relay URLs are not checked here: OpenSMTPD's grammar takes any
+        string and its mta fails the delivery temporarily (so does ours, and
+        pony logs a bad static URL with its place at start)."""
+        import ssl
+
+        from mailrider.proc.pony_tls import protocol_range
+
+        relay = action.relay
+        routed = "host" in relay or "host_table" in relay
+        if routed and "domain" in relay:
+            raise self._err("relay options 'host' and 'domain' are mutually exclusive")
+        if "auth" in relay and not routed and "domain" not in relay:
+            raise self._err("relay option 'auth' requires 'host'")
+        if relay.get("backup") and routed:
+            raise self._err("relay options 'backup' and 'host' are mutually exclusive")
+        if relay.get("backup") and "domain" in relay:
+            raise self._err("relay options 'backup' and 'domain' are mutually exclusive")
+        if "helo" in relay and "helo_src" in relay:
+            raise self._err("relay options 'helo' and 'helo-src' are mutually exclusive")
+        for key, option, kind in (("host_table", "host", "list"), ("domain", "domain", "mapping"),
+                                  ("helo_src", "helo-src", "mapping")):
+            name = relay.get(key)
+            table = self.config.tables.get(name) if isinstance(name, str) else None
+            if table is None or table.backend != "static":
+                continue  # file, db and proc tables are read at start
+            if kind == "mapping" and table.mapping is None:
+                raise self._err(f"relay option '{option}' needs a mapping table "
+                                f"(key = value), not a list")
+            if kind == "list" and table.mapping is not None:
+                raise self._err(f"relay option '{option}' needs a list table, not a mapping")
+        protocols = relay.get("protocols")
+        if isinstance(protocols, str):
+            try:
+                protocol_range(protocols)
+            except ValueError as exc:
+                raise self._err(f"relay protocols: {exc}") from None
+        ciphers = relay.get("ciphers")
+        if isinstance(ciphers, str):
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers(ciphers)
+            except ssl.SSLError:
+                raise self._err(f"relay ciphers: no usable cipher in {ciphers!r}") from None
 
     def _local_option(self, action: Action, opt: Token) -> None:
         name = opt.value

@@ -426,8 +426,11 @@ class MxResult:
 @dataclass(frozen=True, slots=True)
 class MtaLookup:
     """pony -> lka: a relay option's table value: ``credentials`` (lookup of
-    the relay URL's label) or ``source`` (fetch). The reply is Ok(text=value)
-    or Error when the table has nothing; a table failure is a TempFail."""
+    the relay URL's label), ``source`` (fetch), ``relayhost`` (fetch for
+    ``host <t>`` when ``key`` is empty, lookup of the recipient domain for
+    ``domain <t>``) or ``addrname`` (lookup of the local address for
+    ``helo-src <t>``). The reply is Ok(text=value) or Error when the table
+    has nothing; a table failure is a TempFail."""
 
     service: str
     table: str

@@ -256,16 +256,17 @@ class Lka(common.Process):
 
     async def mta_lookup(self, msg: m.MtaLookup) -> m.Ok | m.Error:
         """A relay option's value from its table (the secret is never logged)."""
-        if msg.service not in ("credentials", "source"):
+        if msg.service not in ("credentials", "source", "relayhost", "addrname"):
             return m.Error(text=f"unknown service {msg.service}")
         try:
             table = self.tables.get(msg.table)
         except KeyError:
-            return m.Error(text=f"no such table: {msg.table}")
-        if msg.service == "source":
-            value = await table.fetch("source")
+            # a table the configuration names is always declared: a fault
+            raise TempFail(f"no such table: {msg.table}") from None
+        if msg.service == "source" or (msg.service == "relayhost" and not msg.key):
+            value = await table.fetch(msg.service)
         else:
-            value = await table.lookup("credentials", normalise_key("credentials", msg.key))
+            value = await table.lookup(msg.service, normalise_key(msg.service, msg.key))
         return m.Error(text="not found") if value is None else m.Ok(text=value)
 
     async def control(self, msg: m.Control) -> m.ControlReply:

@@ -42,14 +42,15 @@ for tests and benchmarks only.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from mailrider import limits, log
-from mailrider.config.model import Action
-from mailrider.errors import TempFail
+from mailrider.config.model import Action, Where
+from mailrider.errors import ConfigError, TempFail
 from mailrider.ipc import messages as m
 from mailrider.smtp import client as sc
 from mailrider.smtp.reply import Reply
@@ -57,8 +58,11 @@ from mailrider.table.values import RelayHost, parse_credentials, parse_relayhost
 
 if TYPE_CHECKING:
     from mailrider.proc.pony import Pony
+    from mailrider.proc.pony_tls import SignFn
 
 StartTLS = Literal["never", "opportunistic", "require"]
+#: what makes two client TLS contexts different: (verify, ca, pki, ciphers, protocols)
+TlsKey = tuple[bool, str | None, str | None, str | None, str | None]
 
 _READ_MAX = 64 * 1024
 _BODY_CHUNK = 256 * 1024
@@ -92,11 +96,21 @@ class Profile:
     ca: str | None
     auth: tuple[str, str] | None = field(default=None, repr=False)
     src: str | None = None
+    pki: str | None = None
+    ciphers: str | None = None
+    protocols: str | None = None
+    helo_src: str | None = None  # addrname table: HELO name by local address
 
     def key(self, t: Target) -> tuple[Any, ...]:
         user = self.auth[0] if self.auth else None
         return (t.ip, t.port, t.name, self.helo, self.proto, self.starttls, self.verify,
-                self.ca, user, self.src)
+                self.ca, user, self.src, self.pki, self.ciphers, self.protocols,
+                self.helo_src)
+
+    @property
+    def tls_key(self) -> TlsKey:
+        return (self.verify, self.ca if self.verify else None, self.pki, self.ciphers,
+                self.protocols)
 
 
 def _timeout(base: float) -> float:
@@ -178,28 +192,143 @@ class Conn:
 class Mta:
     """Outgoing deliveries of one pony."""
 
-    def __init__(self, pony: Pony) -> None:
+    def __init__(self, pony: Pony, sign: SignFn | None = None) -> None:
         self.pony = pony
         self.config = pony.config
         self.slots = asyncio.Semaphore(limits.MTA_MAX_CONNECTIONS)
         self.route_slots: dict[str, asyncio.Semaphore] = {}
         self.idle: dict[tuple[Any, ...], list[Conn]] = {}
-        # built before the privilege drop: CA files and the system store may
-        # be unreadable after it
-        self.ctx_noverify = ssl.create_default_context()
-        self.ctx_noverify.check_hostname = False
-        self.ctx_noverify.verify_mode = ssl.CERT_NONE
-        self.ctx_verify: dict[str | None, ssl.SSLContext] = {}
-        if any(a.method == "relay" for a in self.config.actions.values()):
-            self.ctx_verify[None] = ssl.create_default_context()
+        #: client certificates sign through pony's klondike channel
+        self.sign = sign if sign is not None else pony._sign
+        # built before the privilege drop: CA files, certificates and the
+        # system store may be unreadable after it
+        self.contexts: dict[TlsKey, ssl.SSLContext] = {}
+        #: pki name -> a server context with the same delegated key, for the
+        #: self-test (run at first use: klondike is not connected yet here)
+        self.pki_test: dict[str, ssl.SSLContext] = {}
+        self.pki_tested: set[str] = set()
+        self.in_process = False
+        self.contexts[(False, None, None, None, None)] = self._build(
+            (False, None, None, None, None), Where())
         for action in self.config.actions.values():
-            ca_name = action.relay.get("ca")
-            if isinstance(ca_name, str) and ca_name in self.config.cas:
-                ca = self.config.cas[ca_name]
+            if action.method != "relay":
+                continue
+            for verify in (True, False):
+                key = self._action_tls(action, verify)
+                if key not in self.contexts:
+                    self.contexts[key] = self._build(key, action.where)
+            for url in self._static_urls(action):
                 try:
-                    self.ctx_verify[ca_name] = ssl.create_default_context(cafile=ca.cert)
-                except (OSError, ssl.SSLError) as exc:
-                    log.error("mta", "ca-load-failed", ca=ca_name, error=str(exc))
+                    parse_relayhost(url)
+                except ValueError as exc:
+                    log.warning("mta", "bad-relay-url", action=action.name,
+                                where=str(action.where), error=str(exc))
+
+    def _static_urls(self, action: Action) -> list[str]:
+        """The relay URLs of ``action`` known before the first mail."""
+        relay = action.relay
+        if isinstance(relay.get("host"), str):
+            return [str(relay["host"])]
+        name = relay.get("host_table") or relay.get("domain")
+        table = self.config.tables.get(name) if isinstance(name, str) else None
+        if table is None or table.backend != "static":
+            return []
+        return list(table.items or []) + list((table.mapping or {}).values())
+
+    # -- TLS contexts --------------------------------------------------------------
+
+    def _action_tls(self, action: Action, verify: bool) -> TlsKey:
+        relay = action.relay
+        ca, pki = relay.get("ca"), relay.get("pki")
+        ciphers = relay.get("ciphers") or self.config.smtp_ciphers
+        protocols = relay.get("protocols")
+        return (verify, ca if isinstance(ca, str) and verify else None,
+                pki if isinstance(pki, str) else None,
+                ciphers if isinstance(ciphers, str) else None,
+                protocols if isinstance(protocols, str) else None)
+
+    def _build(self, key: TlsKey, where: Where) -> ssl.SSLContext:
+        """One client context (PROTOCOLS.md 4.5: ``ca``, ``pki``, ``ciphers``, ``protocols``)."""
+        from mailrider.proc.pony_tls import protocol_range
+
+        verify, ca_name, pki_name, ciphers, protocols = key
+        ca = self.config.cas.get(ca_name) if ca_name else None
+        ctx: ssl.SSLContext | None = None
+        if ca is not None and ca.cert:
+            try:
+                ctx = ssl.create_default_context(cafile=ca.cert)
+            except (OSError, ssl.SSLError) as exc:
+                log.error("mta", "ca-load-failed", ca=ca_name, error=str(exc))
+        if ctx is None:
+            ctx = ssl.create_default_context()
+        if not verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        try:
+            if protocols is not None:
+                ctx.minimum_version, ctx.maximum_version = protocol_range(protocols)
+            if ciphers:
+                ctx.set_ciphers(ciphers)
+        except (ValueError, ssl.SSLError) as exc:
+            raise ConfigError(f"relay TLS: {exc}", where.file, where.line) from None
+        if pki_name is not None:
+            self._client_cert(ctx, pki_name, where)
+        return ctx
+
+    def _client_cert(self, ctx: ssl.SSLContext, name: str, where: Where) -> None:
+        """``relay pki``: the certificate, with its key left in klondike (KLONDIKE.md);
+        in pony only with ``smtp key-in-process`` (or MAILRIDER_KEY_IN_PROCESS=force,
+        benchmarks and tests only), as for listeners (pony_tls)."""
+        from mailrider.crypto import delegate
+
+        pki = self.config.pkis.get(name)
+        if pki is None or pki.cert is None or pki.key is None:
+            raise ConfigError(f"pki {name}: certificate and key are both required",
+                              where.file, where.line)
+        forced = os.environ.get(limits.KEY_IN_PROCESS_ENV, "") == "force"
+        try:
+            if forced:
+                raise delegate.DelegationUnavailable(
+                    f"{limits.KEY_IN_PROCESS_ENV}=force (benchmarks/tests only)")
+            delegate.install(ctx, pki.cert, self.sign)
+            if name not in self.pki_test:
+                self.pki_test[name] = delegate.delegated_context(pki.cert, self.sign)
+        except delegate.DelegationUnavailable as exc:
+            if not (self.config.key_in_process or forced):
+                raise ConfigError(f"pki {name}: key delegation to klondike is unavailable "
+                                  f"({exc}); 'smtp key-in-process' would allow pony to hold "
+                                  "the key", pki.where.file, pki.where.line) from None
+            log.warning("mta", "key-in-process", pki=name, reason=str(exc))
+            self.in_process = True
+            try:
+                ctx.load_cert_chain(pki.cert, pki.key)
+            except (OSError, ssl.SSLError) as exc2:
+                raise ConfigError(f"pki {name}: {exc2}", pki.where.file,
+                                  pki.where.line) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"pki {name}: {exc}", pki.where.file, pki.where.line) from None
+
+    def _context(self, p: Profile) -> ssl.SSLContext:
+        if p.pki is not None and p.pki in self.pki_test and p.pki not in self.pki_tested:
+            self._self_test(p.pki)
+        ctx = self.contexts.get(p.tls_key)
+        if ctx is None:  # not built at start (cannot happen for a configured action)
+            ctx = self.contexts[p.tls_key] = self._build(p.tls_key, Where())
+        return ctx
+
+    def _self_test(self, name: str) -> None:
+        """KLONDIKE.md step 6 for a client certificate, at its first use: a TLS 1.2
+        and 1.3 handshake signed through klondike with the same key."""
+        from mailrider.crypto import delegate
+
+        try:
+            delegate.self_test(self.pki_test[name])
+        except delegate.DelegationUnavailable as exc:
+            log.error("mta", "tls-self-test-failed", pki=name, error=str(exc))
+            raise HostFailed(f"421 4.7.0 Client certificate {name} unusable: "
+                             "key delegation self-test failed") from None
+        self.pki_tested.add(name)
+        log.event("mta", "tls-client-ready", pki=name, delegated="yes")
 
     # -- entry point -------------------------------------------------------------
 
@@ -224,12 +353,12 @@ class Mta:
 
     async def _deliver(self, action: Action, envs: list[dict[str, str]],
                        fd: int) -> list[dict[str, Any]]:
-        relay = action.relay
         domain = envs[0].get("dest", "").rpartition("@")[2].lower()
         url: RelayHost | None = None
-        if isinstance(relay.get("host"), str):
+        text = await self._relay_url(action, domain)
+        if text is not None:
             try:
-                url = parse_relayhost(str(relay["host"]))
+                url = parse_relayhost(text)
             except ValueError as exc:
                 return _all(envs, "tempfail", f"451 4.3.0 {exc}").results
         profile = await self._profile(action, url, envs[0])
@@ -250,8 +379,8 @@ class Mta:
                               port=target.port, error=exc.text)
                     if exc.tls and profile.starttls == "opportunistic":
                         # RFC 3207 4.1: opportunistic TLS may fall back to clear
-                        clear = Profile(profile.helo, profile.proto, "never", False, None,
-                                        profile.auth, profile.src)
+                        clear = dataclasses.replace(profile, starttls="never", verify=False,
+                                                    ca=None)
                         try:
                             return await self._on_host(target, clear, envs, fd)
                         except HostFailed as exc2:
@@ -260,6 +389,33 @@ class Mta:
         return res
 
     # -- routing and options ------------------------------------------------------
+
+    async def _relay_url(self, action: Action, domain: str) -> str | None:
+        """The relay URL: ``host URL``, one of ``host <t>`` (fetch/relayhost,
+        round-robin) or ``domain <t>``'s value for the recipient domain
+        (lookup/relayhost); None: the MX hosts of the domain.
+
+        As OpenSMTPD (mta.c mta_on_smarthost): a table with no answer, a
+        domain missing from the table included, is a temporary failure
+        ("Cannot retrieve smarthost"), and so is a table fault (TempFail).
+        """
+        relay = action.relay
+        host = relay.get("host")
+        if isinstance(host, str):
+            return host
+        table = relay.get("host_table")
+        key = ""
+        if not isinstance(table, str):
+            table = relay.get("domain")
+            if not isinstance(table, str):
+                return None
+            key = domain
+        reply = await self.pony.peers["lka"].ask(
+            m.MtaLookup(service="relayhost", table=table, key=key))
+        if not isinstance(reply, m.Ok) or not reply.text:
+            log.warning("mta", "no-smarthost", table=table, domain=key or None)
+            raise TempFail("Cannot retrieve smarthost", 451, "4.3.0")
+        return reply.text
 
     async def _profile(self, action: Action, url: RelayHost | None,
                        env: dict[str, str]) -> Profile:
@@ -299,8 +455,32 @@ class Mta:
                 m.MtaLookup(service="source", table=srct))
             if isinstance(reply, m.Ok) and reply.text:
                 src = reply.text.strip("[]")
+        _, _, pki, ciphers, protocols = self._action_tls(action, verify)
+        helo_src = relay.get("helo_src")
         return Profile(helo, proto, starttls, verify, ca if isinstance(ca, str) else None,
-                       auth, src)
+                       auth, src, pki, ciphers, protocols,
+                       helo_src if isinstance(helo_src, str) else None)
+
+    async def _helo_from_src(self, p: Profile, writer: asyncio.StreamWriter) -> str:
+        """``helo-src <t>``: the HELO name of the connection's local address
+        (lookup/addrname; IPv4 dotted, IPv6 in brackets). With ``src`` the
+        address is that source and a name must exist (OpenSMTPD: "Failed to
+        retrieve helo string", a temporary failure); without ``src`` (where
+        OpenSMTPD never asks) a missing name means the default HELO."""
+        assert p.helo_src is not None
+        sockname = writer.get_extra_info("sockname")
+        local = str(sockname[0]) if isinstance(sockname, tuple) and sockname else ""
+        key = f"[{local}]" if ":" in local else local
+        try:
+            reply = await self.pony.peers["lka"].ask(
+                m.MtaLookup(service="addrname", table=p.helo_src, key=key))
+        except TempFail as exc:
+            raise HostFailed(f"421 4.3.0 Failed to retrieve helo string: {exc.text}") from None
+        if isinstance(reply, m.Ok) and reply.text:
+            return reply.text.strip()
+        if p.src is not None:
+            raise HostFailed(f"421 4.3.0 Failed to retrieve helo string for {key}")
+        return p.helo
 
     async def _targets(self, action: Action, url: RelayHost | None, domain: str
                        ) -> tuple[list[Target], tuple[str, str] | None]:
@@ -396,9 +576,18 @@ class Mta:
             text = "timeout" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             raise HostFailed(f"421 4.4.1 Connection to {target.name} failed: {text}") from None
         self.pony.count("mta.session")
-        client = sc.SMTPClient(sc.ClientConfig(
-            helo_name=p.helo, lmtp=p.proto == "lmtp", want_starttls=p.starttls, auth=p.auth,
-            implicit_tls=implicit))
+        helo = p.helo
+        try:
+            if p.helo_src is not None:
+                helo = await self._helo_from_src(p, writer)
+            client = sc.SMTPClient(sc.ClientConfig(
+                helo_name=helo, lmtp=p.proto == "lmtp", want_starttls=p.starttls,
+                auth=p.auth, implicit_tls=implicit))
+        except (HostFailed, ValueError) as exc:
+            writer.close()
+            if isinstance(exc, HostFailed):
+                raise
+            raise HostFailed(f"421 4.3.0 Bad HELO name {helo!r} from helo-src") from None
         conn = Conn(self, target, p, reader, writer, client)
         log.event("mta", "connected", relay=conn.relay, port=target.port,
                   tls="yes" if implicit else None)
@@ -408,14 +597,6 @@ class Mta:
             conn.close()
             raise
         return conn
-
-    def _context(self, p: Profile) -> ssl.SSLContext:
-        if not p.verify:
-            return self.ctx_noverify
-        ctx = self.ctx_verify.get(p.ca)
-        if ctx is None:
-            ctx = self.ctx_verify[p.ca] = ssl.create_default_context()
-        return ctx
 
     async def _setup(self, conn: Conn) -> None:
         """Greeting, EHLO, STARTTLS, AUTH: until Ready, or HostFailed."""

@@ -1,0 +1,69 @@
+"""Relay action options: what is refused at ``file:line``, and that the
+routing and TLS options are no longer refused as unsupported."""
+
+from __future__ import annotations
+
+import pytest
+from mailrider.config import UNSUPPORTED, check_supported, parse_string
+from mailrider.errors import ConfigError
+
+PKI = 'pki c.test cert "/c"\npki c.test key "/k"\n'  # lines 1-2
+
+BAD = [
+    ('table r { "a" = "smtp://x" }\naction a relay host smtp://x domain <r>\n',
+     "2: relay options 'host' and 'domain' are mutually exclusive"),
+    ('table l { "smtp://x" }\ntable r { "a" = "smtp://x" }\n'
+     'action a relay host <l> domain <r>\n',
+     "3: relay options 'host' and 'domain' are mutually exclusive"),
+    ('table r { "a" = "smtp://x" }\naction a relay domain <r> backup\n',
+     "2: relay options 'backup' and 'domain' are mutually exclusive"),
+    ("table c { lbl = \"u:p\" }\naction a relay auth <c>\n",
+     "2: relay option 'auth' requires 'host'"),
+    ('table l { "a.test", "b.test" }\naction a relay domain <l>\n',
+     "2: relay option 'domain' needs a mapping table (key = value), not a list"),
+    ("action a relay domain a.test\n",
+     "1: relay option 'domain' needs a mapping table (key = value), not a list"),
+    ('table r { "a" = "smtp://x" }\naction a relay host <r>\n',
+     "2: relay option 'host' needs a list table, not a mapping"),
+    ('table h { "127.0.0.1" }\naction a relay helo-src <h>\n',
+     "2: relay option 'helo-src' needs a mapping table (key = value), not a list"),
+    ('action a relay protocols "tlsv9"\n', "1: relay protocols: unknown TLS protocol 'tlsv9'"),
+    ('action a relay ciphers "NO-SUCH-CIPHER"\n',
+     "1: relay ciphers: no usable cipher in 'NO-SUCH-CIPHER'"),
+    (PKI + "action a relay pki other.test\n", "3: no such pki 'other.test'"),
+    ('action a relay helo x.test helo-src { "127.0.0.1" = "y.test" }\n',
+     "1: relay options 'helo' and 'helo-src' are mutually exclusive"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD, ids=[e for _, e in BAD])
+def test_bad_relay_options(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_string(text, "t.conf")
+    assert str(info.value).startswith(f"t.conf:{expected}")
+
+
+GOOD = [
+    'table l { "smtp://a.test", "smtp+tls://b.test:587" }\naction a relay host <l>\n',
+    'table r { "a.test" = "smtps://x.test", "b.test" = "[2001:db8::1]:2525" }\n'
+    "action a relay domain <r>\n",
+    'table r { "a.test" = "smtp+tls://lbl@x.test" }\ntable c { lbl = "u:p" }\n'
+    "action a relay domain <r> auth <c>\n",
+    "table r file:/etc/mail/relays\naction a relay domain <r>\n",
+    # as OpenSMTPD's grammar: a bad URL fails deliveries (temporarily), not the parse
+    "action a relay host tls+auth://lbl@x.test:587\n",
+    'action a relay src 192.0.2.1 helo-src { "192.0.2.1" = "mx.test" }\n',
+    PKI + 'action a relay host smtp+tls://x.test pki c.test protocols "tlsv1.2,tlsv1.3" '
+    'ciphers "HIGH:!aNULL"\n',
+]
+
+
+@pytest.mark.parametrize("text", GOOD)
+def test_relay_options_parse_and_are_supported(text: str) -> None:
+    check_supported(parse_string(text + "match from any for any action a\n", "t.conf"))
+
+
+def test_relay_routing_and_tls_are_supported() -> None:
+    for feature in ("relay pki", "relay ciphers", "relay protocols", "relay host table",
+                    "relay domain", "relay helo-src"):
+        assert feature not in UNSUPPORTED
