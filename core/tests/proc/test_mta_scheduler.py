@@ -69,3 +69,33 @@ def test_success_releases_waiting_envelopes_of_the_route() -> None:
         assert q.due == ["2" * 16]
 
     run(scenario)
+
+
+def test_release_is_capped_by_mta_max_deferred() -> None:
+    config = Config()
+    config.mta_max_deferred = 2
+
+    async def main() -> None:
+        s = Scheduler(Options(statedir="/nonexistent"), config)
+        await s.setup()
+        q = FakeQueue()
+        s.peers = {"queue": q}  # type: ignore[dict-item]
+        task = asyncio.create_task(s.run())
+        try:
+            now = time.time()
+            ids = [str(i) * 16 for i in range(1, 6)]
+            for i, evpid in enumerate(ids):  # "1..." is the oldest
+                s.insert({"evpid": evpid, "type": "mta", "ctime": now - 10 + i,
+                          "route": "out:x"}, now)
+            await asyncio.sleep(0.1)
+            for evpid in ids[1:]:
+                s.result(m.SchedResult(evpid=evpid, status="tempfail", retry=1))
+            q.due.clear()
+            s.result(m.SchedResult(evpid=ids[0], status="ok", route="out:x"))
+            await asyncio.sleep(0.1)
+            assert sorted(q.due) == ids[1:3]  # the two oldest of the four waiting
+        finally:
+            s.stopping.set()
+            await asyncio.wait_for(task, 2)
+
+    asyncio.run(main())

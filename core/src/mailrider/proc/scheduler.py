@@ -146,15 +146,19 @@ class Scheduler(common.Process):
 
     def _release(self, route: str) -> None:
         """A delivery on this route worked: retry at once the envelopes waiting
-        for it (OpenSMTPD releases a route's held envelopes on success)."""
+        for it (OpenSMTPD releases a route's held envelopes on success), at
+        most ``mta max-deferred`` of them, oldest first (OpenSMTPD's hoststat
+        cache keeps that many per host); the others keep their retry time."""
         now = time.time()
+        waiting = [e for e in self.entries.values()
+                   if e.route == route and e.retry and not e.inflight and not e.suspended
+                   and e.due > now]
+        waiting.sort(key=lambda e: (e.ctime, e.evpid))
         n = 0
-        for e in self.entries.values():
-            if e.route == route and e.retry and not e.inflight and not e.suspended \
-                    and e.due > now:
-                e.due = now
-                self._push(e)
-                n += 1
+        for e in waiting[:max(0, self.config.mta_max_deferred)]:
+            e.due = now
+            self._push(e)
+            n += 1
         if n:
             log.debug("scheduler", "route-released", route=route, envelopes=n)
 
