@@ -149,6 +149,10 @@ SMTP_DATA_END_TIMEOUT = 600.0  # 4.5.3.2.6 final "." reply: 10 minutes
 
 # STARTTLS / smtps: how long a TLS handshake may take before the session ends.
 TLS_HANDSHAKE_TIMEOUT = 30.0
+#: worker threads that run the signing step of server TLS handshakes (pony_tls)
+TLS_HANDSHAKE_THREADS = 2
+#: bytes a client may send while its handshake step runs in a worker
+TLS_HELD_MAX = 64 * 1024
 
 # SMTP AUTH (RFC 4954 4): a server must take client responses in the AUTH
 # exchange of at least 12288 octets, whatever its command line limit; the

@@ -19,6 +19,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mailrider import limits, log
@@ -26,7 +27,7 @@ from mailrider.config.model import Listener
 from mailrider.errors import ConfigError, TempFail
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
-from mailrider.proc import common
+from mailrider.proc import common, pony_tls
 from mailrider.proc.pony_tls import ListenerTLS, tls_summary
 from mailrider.smtp.masquerade import FromRewriter
 from mailrider.smtp.received import received_header
@@ -548,10 +549,8 @@ class Session(asyncio.Protocol):
             return
         self.srv.accept()
         self._flush()
-        loop = asyncio.get_running_loop()
         try:
-            new = await loop.start_tls(self.transport, self, ctx, server_side=True,
-                                       ssl_handshake_timeout=limits.TLS_HANDSHAKE_TIMEOUT)
+            new = await pony_tls.start_tls(self.transport, self, ctx)
         except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
             log.event("smtp", "tls-failed", session=self.id, error=str(exc)[:200])
             if self.transport is not None:
@@ -912,9 +911,11 @@ class Pony(common.Process):
             lst = self.config.listeners[idx]
             sock = socket.socket(fileno=fd)
             ctx = self.tls.contexts.get(idx) if lst.smtps else None
-            server = await loop.create_server(
-                functools.partial(Session, self, lst, index=idx), sock=sock, ssl=ctx,
-                ssl_handshake_timeout=limits.TLS_HANDSHAKE_TIMEOUT if ctx else None)
+            factory: Callable[[], asyncio.BaseProtocol] = functools.partial(
+                Session, self, lst, index=idx)
+            if ctx is not None:  # smtps: TLS from the first byte
+                factory = pony_tls.smtps_factory(ctx, factory)
+            server = await loop.create_server(factory, sock=sock)
             self.servers.append(server)
             log.event("smtp", "listening", address=sock.getsockname()[0],
                       port=sock.getsockname()[1])

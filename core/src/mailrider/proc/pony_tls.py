@@ -19,9 +19,13 @@ privilege drop, so root-only keys still load. Never set it in production.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import ssl
+from asyncio import sslproto
 from collections.abc import Callable
+from typing import Any
 
 from mailrider import limits, log
 from mailrider.config.model import Config, Listener
@@ -167,3 +171,163 @@ def tls_summary(obj: object) -> tuple[str, str] | None:
     cipher = obj.cipher()
     name, bits = (cipher[0], cipher[2]) if cipher else ("?", 0)
     return f"{version}:{name}:{bits}", f"version={version} cipher={name} bits={bits}"
+
+
+# --- handshakes off the event loop ------------------------------------------
+#
+# OpenSSL asks for the server's signature synchronously, in the middle of
+# ``SSLObject.do_handshake()``; with the key in klondike that call waits for
+# a round trip to another process. Run on the event loop, that wait would
+# stall every other session of pony. asyncio's SSLProtocol runs the
+# handshake inline, so the step that consumes the ClientHello (the one that
+# signs) is moved to a worker thread here: ``do_handshake`` releases the GIL
+# inside OpenSSL, the sign callback takes it back only to talk to klondike,
+# and the loop keeps serving other sessions meanwhile. The same is done when
+# the key is in process (tools/bench/tls_daemon.py compares like with like).
+#
+# Invariant: while a step runs in the worker, the loop thread never touches
+# the SSLObject or its two memory BIOs. Bytes that arrive meanwhile wait in
+# a Python buffer; a connection lost meanwhile is handled once the step is
+# back. Only the first step that has bytes to read is moved: the others are
+# cheap (no private-key operation) and stay inline.
+
+_EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
+
+#: SSLProtocol internals the subclass relies on (asyncio of Python 3.11-3.13):
+#: methods, and attributes its ``__init__`` sets
+_METHODS = ("_do_handshake", "_on_handshake_complete", "_process_outgoing", "_fatal_error",
+            "buffer_updated", "connection_lost", "_app_transport")
+_ATTRIBUTES = ("_incoming", "_sslobj", "_state", "_ssl_buffer_view", "_loop", "_transport")
+
+
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        _EXECUTOR = concurrent.futures.ThreadPoolExecutor(
+            max_workers=limits.TLS_HANDSHAKE_THREADS, thread_name_prefix="tls-handshake")
+    return _EXECUTOR
+
+
+def _supported() -> bool:
+    """Whether this Python's SSLProtocol has what OffloadedHandshake overrides and reads."""
+    cls = getattr(sslproto, "SSLProtocol", None)
+    state = getattr(sslproto, "SSLProtocolState", None)
+    if cls is None or not hasattr(state, "DO_HANDSHAKE"):
+        return False
+    names = cls.__init__.__code__.co_names  # attributes assigned in __init__
+    return (all(hasattr(cls, n) or n in names for n in _METHODS)
+            and all(n in names for n in _ATTRIBUTES))
+
+
+#: typeshed knows little of SSLProtocol's internals: the base is typed loosely
+_SSLProtocol: Any = sslproto.SSLProtocol
+
+
+class OffloadedHandshake(_SSLProtocol):  # type: ignore[misc]
+    """asyncio's server-side SSLProtocol, its signing handshake step in a worker."""
+
+    _busy = False
+    _moved = False
+    _held: bytearray | None = None
+    _lost: tuple[BaseException | None] | None = None
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._busy:
+            if self._held is None:
+                self._held = bytearray()
+            self._held += self._ssl_buffer_view[:nbytes]
+            if len(self._held) > limits.TLS_HELD_MAX:  # a client that floods mid-handshake
+                self._held = bytearray()
+                self._transport.abort()
+            return
+        super().buffer_updated(nbytes)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._busy:
+            self._lost = (exc,)
+            return
+        super().connection_lost(exc)
+
+    def _do_handshake(self) -> None:
+        if self._busy:
+            return
+        if self._moved or not self._incoming.pending:
+            super()._do_handshake()
+            return
+        self._moved = self._busy = True
+        fut = self._loop.run_in_executor(_executor(), self._step)
+        fut.add_done_callback(self._stepped)
+
+    def _step(self) -> BaseException | None:
+        try:
+            self._sslobj.do_handshake()
+        except BaseException as exc:  # handed back to the loop thread
+            return exc
+        return None
+
+    def _stepped(self, fut: asyncio.Future[BaseException | None]) -> None:
+        self._busy = False
+        outcome: BaseException | None = (fut.exception() or fut.result()
+                                         if not fut.cancelled() else ConnectionAbortedError())
+        if self._held:
+            self._incoming.write(bytes(self._held))
+        self._held = None
+        if self._lost is not None:
+            super().connection_lost(self._lost[0])
+            return
+        if self._state != sslproto.SSLProtocolState.DO_HANDSHAKE:
+            return  # aborted meanwhile (timeout, EOF, close)
+        if isinstance(outcome, ssl.SSLWantReadError | ssl.SSLWantWriteError):
+            self._process_outgoing()
+            if self._incoming.pending:
+                super()._do_handshake()
+        elif isinstance(outcome, ssl.SSLError):
+            self._on_handshake_complete(outcome)
+        elif outcome is not None:
+            self._fatal_error(outcome, "TLS handshake failed")
+        else:
+            self._on_handshake_complete(None)
+
+
+OFFLOAD = _supported()
+
+
+def server_protocol(loop: asyncio.AbstractEventLoop, app: asyncio.BaseProtocol,
+                    ctx: ssl.SSLContext, waiter: asyncio.Future[None] | None,
+                    call_connection_made: bool = True) -> Any:
+    cls = OffloadedHandshake if OFFLOAD else _SSLProtocol
+    proto = cls(loop, app, ctx, waiter, server_side=True,
+                                      call_connection_made=call_connection_made,
+                                      ssl_handshake_timeout=limits.TLS_HANDSHAKE_TIMEOUT)
+    return proto
+
+
+def smtps_factory(ctx: ssl.SSLContext, app_factory: Callable[[], asyncio.BaseProtocol]
+                  ) -> Callable[[], asyncio.BaseProtocol]:
+    """A protocol factory for ``create_server`` of an smtps listener (TLS from the start)."""
+    def make() -> asyncio.BaseProtocol:
+        loop = asyncio.get_running_loop()
+        proto: asyncio.BaseProtocol = server_protocol(loop, app_factory(), ctx, None)
+        return proto
+    return make
+
+
+async def start_tls(transport: asyncio.Transport, app: asyncio.BaseProtocol,
+                    ctx: ssl.SSLContext) -> asyncio.Transport:
+    """``loop.start_tls(..., server_side=True)`` with the handshake step off the loop."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    proto = server_protocol(loop, app, ctx, waiter, call_connection_made=False)
+    transport.pause_reading()
+    transport.set_protocol(proto)
+    made = loop.call_soon(proto.connection_made, transport)
+    resumed = loop.call_soon(transport.resume_reading)
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        made.cancel()
+        resumed.cancel()
+        raise
+    new: asyncio.Transport = proto._app_transport
+    return new
