@@ -50,7 +50,7 @@ GOOD = [
     'table r { "a.test" = "smtp+tls://lbl@x.test" }\ntable c { lbl = "u:p" }\n'
     "action a relay domain <r> auth <c>\n",
     "table r file:/etc/mail/relays\naction a relay domain <r>\n",
-    # as OpenSMTPD's grammar: a bad URL fails deliveries (temporarily), not the parse
+    # as OpenSMTPD's grammar: a bad URL is not a parse error (check_relay_urls refuses it)
     "action a relay host tls+auth://lbl@x.test:587\n",
     'action a relay src 192.0.2.1 helo-src { "192.0.2.1" = "mx.test" }\n',
     PKI + 'action a relay host smtp+tls://x.test pki c.test protocols "tlsv1.2,tlsv1.3" '
@@ -67,3 +67,26 @@ def test_relay_routing_and_tls_are_supported() -> None:
     for feature in ("relay pki", "relay ciphers", "relay protocols", "relay host table",
                     "relay domain", "relay helo-src"):
         assert feature not in UNSUPPORTED
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ("action a relay host tls+auth://lbl@x.test:587\n", 1),  # OpenSMTPD 5's scheme
+    ('# relays\ntable l { "smtp://a.test", "bogus://b.test" }\naction a relay host <l>\n', 3),
+    ('table r { "a.test" = "lmtp://x.test" }\naction a relay domain <r>\n', 2),  # no port
+])
+def test_check_refuses_a_bad_static_relay_url_at_its_line(text: str, line: int) -> None:
+    """Stricter than OpenSMTPD, which tempfails every mail at delivery: -n and start refuse."""
+    from mailrider.proc.pony_mta import check_relay_urls
+
+    config = parse_string(text + "match from any for any action a\n", "t.conf")
+    with pytest.raises(ConfigError) as info:
+        check_relay_urls(config)
+    assert (info.value.file, info.value.line) == ("t.conf", line)
+    assert "relay host" in info.value.message
+
+
+def test_check_accepts_good_and_dynamic_relay_urls() -> None:
+    from mailrider.proc.pony_mta import check_relay_urls
+
+    for text in GOOD[:4]:
+        check_relay_urls(parse_string(text + "match from any for any action a\n", "t.conf"))

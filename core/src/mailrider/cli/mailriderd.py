@@ -28,10 +28,12 @@ def _running(statedir: str) -> bool:
 def check(opts: common.Options) -> None:
     """Everything ``-n`` checks: grammar, supported features, backends, listen addresses."""
     from mailrider.config import resolve_listener
+    from mailrider.proc.pony_mta import check_relay_urls
     from mailrider.table.registry import validate_backends
 
     config = common.load_config(opts)
     validate_backends(config)
+    check_relay_urls(config)
     for name, pki in config.pkis.items():
         for what, path in (("certificate", pki.cert), ("key", pki.key)):
             if path is None:
@@ -70,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     log.setup("parent", foreground=opts.foreground, verbose=opts.verbose > 0)
     try:
         config = common.load_config(opts)
+        from mailrider.proc.pony_mta import check_relay_urls
         from mailrider.table.registry import validate_backends
 
         validate_backends(config)
+        check_relay_urls(config)
         if _running(opts.statedir):
             print(f"mailriderd: already running (control socket in {opts.statedir})",
                   file=sys.stderr)
