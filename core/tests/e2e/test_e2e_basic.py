@@ -131,4 +131,4 @@ def test_abandoned_transactions_leave_no_spool_file(default_daemon: Daemon) -> N
         raw_session(d.port, [b"EHLO x\r\n", b"MAIL FROM:<a@example.org>\r\n",
                              b"RCPT TO:<gone@localhost>\r\n", end, b"QUIT\r\n"])
     # the spool file asked for at RCPT is given back when no DATA follows
-    wait_for(lambda: os.listdir(d.state / "spool" / "temporary") == [])
+    wait_for(lambda: os.listdir(d.state / "spool" / "incoming") == [])

@@ -96,9 +96,10 @@ def test_kill9_in_the_middle_of_data_leaves_nothing(daemon: Daemon) -> None:
         s.sendall(b"DATA\r\n")
         assert f.readline().startswith(b"354")
         s.sendall(b"Subject: half\r\n\r\n" + (marker + b" line\r\n") * 2000)
-        tmp = d.state / "spool" / "temporary"
-        # the body has reached the spool's temporary file: kill mid-message
-        wait_for(lambda: any(marker in p.read_bytes() for p in tmp.iterdir()))
+        incoming = d.state / "spool" / "incoming"
+        # the body has reached the spool's file being received: kill mid-message
+        wait_for(lambda: any(marker in (p / "message").read_bytes()
+                             for p in incoming.iterdir()))
         d.kill9()
     restart(d)
     assert "purged-uncommitted count=1" in d.log()
@@ -129,6 +130,7 @@ def test_half_committed_message_in_incoming_is_purged() -> None:
                "dest": "staged@localhost", "ctime": str(int(time.time())), "retry": "0",
                "ttl": "3600"}
         (idir / env["evpid"]).write_bytes(envmod.serialise(env))
+        # a spool written before bodies moved into incoming/ (no longer written)
         (spool / "temporary" / envmod.new_msgid()).write_bytes(b"Subject: t\n\npartial")
         du = delivery_user()
         for p in (idir, *idir.iterdir(), *(spool / "temporary").iterdir()):

@@ -365,7 +365,9 @@ class Queue(common.Process):
         for fd in fds:
             os.close(fd)
         if isinstance(msg, m.MessageCreate):
-            msgid, fd = self.spool.create(msg.msgid)
+            # a file creation can wait on the journal while a commit syncs:
+            # never on the event loop, which answers every other session
+            msgid, fd = await asyncio.to_thread(self.spool.create, msg.msgid)
             self._open.add(msgid)
             return m.MessageCreated(msgid=msgid), [fd]
         if isinstance(msg, m.MessageCommit):

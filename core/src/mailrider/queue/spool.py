@@ -2,19 +2,25 @@
 
 Layout under the spool folder (all 0700, owned by the daemon's user)::
 
-    temporary/<msgid>              message being received (pony writes its fd)
-    incoming/<msgid>/              a commit in progress: message + envelopes
+    incoming/<msgid>/message       message being received (pony writes its fd);
+    incoming/<msgid>/<evpid>       at commit, its envelopes join it
+    temporary/                     no longer written; purged at start (older spools)
     queue/<HH>/<msgid>/message     committed message, HH = first 2 hex digits
     queue/<HH>/<msgid>/<evpid>     one envelope per recipient
     purge/                         leftovers moved aside at start, then deleted
 
 Invariants:
 
-- A message is in ``queue/`` only when its body and every envelope are on
-  stable storage: :meth:`Spool.commit_batch` first writes the envelopes into
-  ``incoming/<msgid>/``, moves the body there and syncs, and only then renames
-  the folder into ``queue/`` and syncs again. A crash at any point leaves
-  either nothing in ``queue/`` or the complete message.
+- A message is acknowledged only once its folder is in ``queue/`` and one
+  sync covered it: :meth:`Spool.commit_batch` writes the envelopes into
+  ``incoming/<msgid>/`` beside the body, renames the folder into ``queue/``
+  and syncs. A crash before that sync may leave a folder in ``queue/``
+  whose body is incomplete: never acknowledged, it is found by the body
+  digest every envelope records, checked after an unclean stop.
+- The body is created in its own new folder, not in one shared folder: on
+  ext4 every inode created in one folder comes from that folder's block
+  group, which fills up and makes each creation search (measured: 200 µs
+  against 10 µs for a file in a fresh folder, tools/bench/smtp_accept.py).
 - At start, ``temporary/`` and ``incoming/`` hold only uncommitted data (no
   ``250`` was sent for it) and are purged.
 - Syncing is batched: one ``syncfs(2)`` covers every file of a batch (group
@@ -155,12 +161,18 @@ class Spool:
             msgid = wanted if attempt == 0 and envmod.is_msgid(wanted) else envmod.new_msgid()
             if os.path.exists(self.msgdir(msgid)):
                 continue
+            idir = os.path.join(self.incoming, msgid)
             try:
-                fd = os.open(os.path.join(self.temporary, msgid),
-                             os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.mkdir(idir, 0o700)
             except FileExistsError:
                 continue
             except OSError as exc:
+                raise _spool_error(exc) from exc
+            try:
+                fd = os.open(os.path.join(idir, "message"),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError as exc:
+                shutil.rmtree(idir, ignore_errors=True)
                 raise _spool_error(exc) from exc
             return msgid, fd
         raise TempFail("cannot allocate a message id")
@@ -210,7 +222,6 @@ class Spool:
 
     def _stage(self, item: PendingCommit) -> None:
         idir = os.path.join(self.incoming, item.msgid)
-        os.mkdir(idir, 0o700)
         for env in item.envelopes:
             path = os.path.join(idir, env["evpid"])
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -218,7 +229,6 @@ class Spool:
                 os.write(fd, envmod.serialise(env))
             finally:
                 os.close(fd)
-        os.rename(os.path.join(self.temporary, item.msgid), os.path.join(idir, "message"))
 
     def sync(self) -> None:
         """Everything written to the spool so far reaches the disk."""
@@ -293,8 +303,9 @@ class Spool:
 
     def add_message(self, msgid: str, body: bytes, envelopes: list[Envelope]) -> None:
         """Write a message made by the daemon itself (a bounce) and commit it."""
-        fd = os.open(os.path.join(self.temporary, msgid), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                     0o600)
+        idir = os.path.join(self.incoming, msgid)
+        os.mkdir(idir, 0o700)
+        fd = os.open(os.path.join(idir, "message"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, body)
         finally:
