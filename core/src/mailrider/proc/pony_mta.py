@@ -756,7 +756,6 @@ def _is_ascii(fd: int, size: int) -> bool:
     return True
 
 
-
 def static_relay_urls(config: Config, action: Action) -> list[str]:
     """The relay URLs of ``action`` known before the first mail (literal, static tables)."""
     relay = action.relay
