@@ -156,7 +156,7 @@ class Spool:
     # -- receiving -------------------------------------------------------------
 
     def create(self, wanted: str = "") -> tuple[str, int]:
-        """A fresh msgid (``wanted`` if it is free) and a write fd on its temporary file."""
+        """A fresh msgid (``wanted`` if free), a write fd on ``incoming/<msgid>/message``."""
         for attempt in range(100):
             msgid = wanted if attempt == 0 and envmod.is_msgid(wanted) else envmod.new_msgid()
             if os.path.exists(self.msgdir(msgid)):
@@ -178,11 +178,6 @@ class Spool:
         raise TempFail("cannot allocate a message id")
 
     def rollback(self, msgid: str) -> None:
-        for p in (os.path.join(self.temporary, msgid),):
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
         shutil.rmtree(os.path.join(self.incoming, msgid), ignore_errors=True)
 
     def commit_batch(self, batch: list[PendingCommit]) -> None:
