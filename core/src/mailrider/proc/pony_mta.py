@@ -263,33 +263,20 @@ class Mta:
         in pony only with ``smtp key-in-process`` (or MAILRIDER_KEY_IN_PROCESS=force,
         benchmarks and tests only), as for listeners (pony_tls)."""
         from mailrider.crypto import delegate
+        from mailrider.proc.pony_tls import load_pki
 
         pki = self.config.pkis.get(name)
         if pki is None or pki.cert is None or pki.key is None:
             raise ConfigError(f"pki {name}: certificate and key are both required",
                               where.file, where.line)
-        forced = os.environ.get(limits.KEY_IN_PROCESS_ENV, "") == "force"
-        try:
-            if forced:
-                raise delegate.DelegationUnavailable(
-                    f"{limits.KEY_IN_PROCESS_ENV}=force (benchmarks/tests only)")
-            delegate.install(ctx, pki.cert, self.sign)
-            if name not in self.pki_test:
-                self.pki_test[name] = delegate.delegated_context(pki.cert, self.sign)
-        except delegate.DelegationUnavailable as exc:
-            if not (self.config.key_in_process or forced):
-                raise ConfigError(f"pki {name}: key delegation to klondike is unavailable "
-                                  f"({exc}); 'smtp key-in-process' would allow pony to hold "
-                                  "the key", pki.where.file, pki.where.line) from None
-            log.warning("mta", "key-in-process", pki=name, reason=str(exc))
+        if load_pki(ctx, name, pki, self.sign, self.config, "mta"):
             self.in_process = True
+        elif name not in self.pki_test:
             try:
-                ctx.load_cert_chain(pki.cert, pki.key)
-            except (OSError, ssl.SSLError) as exc2:
-                raise ConfigError(f"pki {name}: {exc2}", pki.where.file,
+                self.pki_test[name] = delegate.delegated_context(pki.cert, self.sign)
+            except (delegate.DelegationUnavailable, OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"pki {name}: {exc}", pki.where.file,
                                   pki.where.line) from None
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"pki {name}: {exc}", pki.where.file, pki.where.line) from None
 
     def _context(self, p: Profile) -> ssl.SSLContext:
         if p.pki is not None and p.pki in self.pki_test and p.pki not in self.pki_tested:

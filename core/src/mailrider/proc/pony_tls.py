@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mailrider import limits, log
-from mailrider.config.model import Config, Listener
+from mailrider.config.model import Config, Listener, Pki
 from mailrider.errors import ConfigError
 
 SignFn = Callable[[str, str, bytes, int], bytes]
@@ -60,6 +60,39 @@ def protocol_range(spec: str | None) -> tuple[ssl.TLSVersion, ssl.TLSVersion]:
 
 def needs_tls(lst: Listener) -> bool:
     return lst.tls or lst.tls_require or lst.smtps
+
+
+def load_pki(ctx: ssl.SSLContext, name: str, pki: Pki, sign: SignFn, config: Config,
+             role: str) -> bool:
+    """Put pki ``name``'s certificate into ``ctx``, its key delegated to klondike.
+
+    Returns True when the key had to be loaded into pony instead: only with
+    ``smtp key-in-process`` (or :data:`limits.KEY_IN_PROCESS_ENV` forced,
+    benchmarks and tests), logged as a warning by ``role``; otherwise a
+    delegation that cannot work is a :class:`ConfigError` at the pki's line.
+    Listeners (server contexts) and ``relay pki`` (client contexts) share it.
+    """
+    from mailrider.crypto import delegate
+
+    assert pki.cert is not None and pki.key is not None
+    forced = os.environ.get(limits.KEY_IN_PROCESS_ENV, "") == "force"
+    try:
+        try:
+            if forced:
+                raise delegate.DelegationUnavailable(
+                    f"{limits.KEY_IN_PROCESS_ENV}=force (benchmarks/tests only)")
+            delegate.install(ctx, pki.cert, sign)
+            return False
+        except delegate.DelegationUnavailable as exc:
+            if not (config.key_in_process or forced):
+                raise ConfigError(f"pki {name}: key delegation to klondike is unavailable "
+                                  f"({exc}); 'smtp key-in-process' would allow pony to hold "
+                                  "the key", pki.where.file, pki.where.line) from None
+            log.warning(role, "key-in-process", pki=name, reason=str(exc))
+            ctx.load_cert_chain(pki.cert, pki.key)
+            return True
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"pki {name}: {exc}", pki.where.file, pki.where.line) from None
 
 
 class ListenerTLS:
@@ -102,8 +135,6 @@ class ListenerTLS:
         return pick
 
     def _context(self, lst: Listener, name: str) -> ssl.SSLContext:
-        from mailrider.crypto import delegate
-
         pki = self.config.pkis.get(name)
         if pki is None or pki.cert is None or pki.key is None:
             raise ConfigError(f"pki {name}: certificate and key are both required",
@@ -113,28 +144,17 @@ class ListenerTLS:
         except ValueError as exc:
             raise ConfigError(str(exc), lst.where.file, lst.where.line) from None
         ciphers = lst.ciphers or self.config.smtp_ciphers
-        forced = os.environ.get(limits.KEY_IN_PROCESS_ENV, "") == "force"
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version, ctx.maximum_version = lo, hi
         try:
-            if forced:
-                raise delegate.DelegationUnavailable(
-                    f"{limits.KEY_IN_PROCESS_ENV}=force (benchmarks/tests only)")
-            ctx = delegate.delegated_context(pki.cert, self.sign, minimum_version=lo,
-                                             maximum_version=hi, ciphers=ciphers)
-            self.delegated.append(ctx)
-        except delegate.DelegationUnavailable as exc:
-            if not (self.config.key_in_process or forced):
-                raise ConfigError(f"pki {name}: key delegation to klondike is unavailable "
-                                  f"({exc}); 'smtp key-in-process' would allow pony to hold "
-                                  "the key", pki.where.file, pki.where.line) from None
-            log.warning("smtp", "key-in-process", pki=name, reason=str(exc))
-            self.in_process = True
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.minimum_version, ctx.maximum_version = lo, hi
             if ciphers:
                 ctx.set_ciphers(ciphers)
-            ctx.load_cert_chain(pki.cert, pki.key)
-        except (OSError, ssl.SSLError) as exc:
+        except ssl.SSLError as exc:
             raise ConfigError(f"pki {name}: {exc}", pki.where.file, pki.where.line) from None
+        if load_pki(ctx, name, pki, self.sign, self.config, "smtp"):
+            self.in_process = True
+        else:
+            self.delegated.append(ctx)
         if lst.tls_verify:
             ctx.verify_mode = ssl.CERT_REQUIRED
             ca = self.config.cas.get(lst.ca) if lst.ca else None
