@@ -76,6 +76,9 @@ class Session(asyncio.Protocol):
         self.helo = ""
         self.busy = False
         self.timer: asyncio.TimerHandle | None = None
+        #: loop time after which the session times out; pushed forward by
+        #: _arm_timer, checked when the one pending timer fires
+        self.deadline = 0.0
         self.greeted = False
         self.greet_timer: asyncio.TimerHandle | None = None
         self._reset_tx()
@@ -184,15 +187,28 @@ class Session(asyncio.Protocol):
             self.transport.close()
 
     def _arm_timer(self, delay: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_later(delay, self._timeout)
+        """Time out ``delay`` seconds from now. Called on every reply and chunk of
+        data: it moves a deadline, and a timer is only made when none is pending
+        (one per session, not one per reply)."""
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + delay
+        if self.timer is not None and self.timer.when() > self.deadline:
+            self.timer.cancel()  # a shorter delay than the pending one
+            self.timer = None
+        if self.timer is None:
+            self.timer = loop.call_at(self.deadline, self._timeout)
 
     def _timeout(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            log.event("smtp", "timeout", session=self.id)
-            self.transport.write(b"421 4.4.2 Timeout, closing connection\r\n")
-            self.transport.close()
+        self.timer = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.deadline:  # activity since: wait for the rest
+            self.timer = loop.call_at(self.deadline, self._timeout)
+            return
+        log.event("smtp", "timeout", session=self.id)
+        self.transport.write(b"421 4.4.2 Timeout, closing connection\r\n")
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if not self.greeted:
