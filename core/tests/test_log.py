@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from mailrider import log
+from mailrider import log, paths
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\w+)\[(\d+)\]: (.*)$")
 
@@ -50,3 +52,25 @@ def test_levels_and_tracing_still_apply(restore: None,
     log.trace("queue", False)
     err = capsys.readouterr().err
     assert "hidden" not in err and "queue shown" in err
+
+
+def test_syslog_datagrams_match_the_handler(restore: None, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(tmp_path / "log")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    server.settimeout(5)
+    monkeypatch.setattr(paths, "SYSLOG_SOCKET", path)
+    try:
+        log.setup("lka", foreground=False)
+        assert log._fast is not None
+        log.event("lka", "lookup", table="t", result="found")
+        logging.getLogger("mailrider.other").info("lka lookup table=t result=found")
+        log.warning("lka", "backend-error", table="t")
+        fast, handler, warning = (server.recv(4096) for _ in range(3))
+    finally:
+        server.close()
+    pid = os.getpid()
+    line = f"<22>mailrider-lka[{pid}]: lka lookup table=t result=found\0".encode()
+    assert fast == handler == line
+    assert warning == f"<20>mailrider-lka[{pid}]: lka backend-error table=t\0".encode()

@@ -22,17 +22,19 @@ _LOGGER = logging.getLogger("mailrider")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\"\\]")
 _verbose = False
 _traced: set[str] = set()
-#: with ``-d``: writes an event line straight to stderr, in the handler's format
-#: (the logging machinery costs more than the rest of an SMTP command)
-_fast: Callable[[str], None] | None = None
+#: writes an event line straight to stderr (``-d``) or syslog, in the bytes the
+#: logging handler would write (its machinery costs more than an SMTP command)
+_fast: Callable[[int, str], None] | None = None
+#: syslog severities of logging's levels
+_SEVERITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
 
 
-def _stderr_writer(role: str) -> Callable[[str], None]:
+def _stderr_writer(role: str) -> Callable[[int, str], None]:
     """``asctime role[pid]: line`` as logging.Formatter would write it, to stderr."""
     lock = threading.Lock()
     stamp = ["", -1]  # the formatted second, and which second it is
 
-    def write(line: str) -> None:
+    def write(level: int, line: str) -> None:
         now = time.time()
         sec = int(now)
         with lock:
@@ -41,6 +43,25 @@ def _stderr_writer(role: str) -> Callable[[str], None]:
                 stamp[1] = sec
             sys.stderr.write(f"{stamp[0]},{int((now - sec) * 1000):03d} {role}"
                              f"[{os.getpid()}]: {line}\n")
+    return write
+
+
+def _syslog_writer(role: str, handler: logging.handlers.SysLogHandler
+                   ) -> Callable[[int, str], None]:
+    """``<pri>mailrider-role[pid]: line\0`` on the handler's socket, as its emit()
+    would send it; on any socket error the handler itself takes over (it reconnects)."""
+    facility = handler.facility << 3
+
+    def write(level: int, line: str) -> None:
+        data = (f"<{facility | _SEVERITY.get(level, 6)}>mailrider-{role}[{os.getpid()}]: "
+                f"{line}\0").encode("utf-8", "replace")
+        sock = getattr(handler, "socket", None)
+        try:
+            if sock is None:
+                raise OSError("no syslog socket")
+            sock.send(data)
+        except OSError:
+            _LOGGER.log(level, line)
     return write
 
 
@@ -71,6 +92,8 @@ def setup(role: str, *, foreground: bool, verbose: bool = False) -> None:
             address=paths.SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_MAIL
         )
         handler.setFormatter(logging.Formatter(f"mailrider-{role}[%(process)d]: %(message)s"))
+        if handler.unixsocket:
+            _fast = _syslog_writer(role, handler)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
@@ -100,7 +123,7 @@ def event(subsystem: str, name: str, /, *, level: int = logging.INFO, **fields: 
     parts = [subsystem, name]
     parts.extend(f"{k.replace('_', '-')}={_escape(v)}" for k, v in fields.items() if v is not None)
     if _fast is not None:
-        _fast(" ".join(parts))
+        _fast(level, " ".join(parts))
     else:
         _LOGGER.log(level, " ".join(parts))
 
