@@ -4,6 +4,7 @@
     python3 tools/bench/smtp_accept.py [--sessions 20] [--messages 2000] [--sizes 1k,100k]
                                        [--no-postfix] [--no-e2e] [--profile]
                                        [--client auto|smtp-source|builtin]
+                                       [--rounds N] [--warmup N] [--settle S]
 
 Run from anywhere; it finds the repository from its own path. Needs the
 ``mailrider`` package importable (an installed venv, or PYTHONPATH=core/src).
@@ -22,6 +23,12 @@ drain
 e2e
     delivery running: time from the first message sent until the last
     message file appears in ``new/``.
+
+Before the accept window each side gets the same preparation: ``--warmup``
+messages (default: as many as measured) sent and delivered (mailrider) or
+flushed from the queue (Postfix), then ``sync`` and ``--settle`` seconds of
+quiet, so that a previous round's removed spool or a fresh daemon's first
+allocations do not fall on one side only.
 
 When Postfix is installed (and we run as root) a throwaway Postfix
 (tools/bench/postfix_peer.py) on another loopback port gets the same load
@@ -204,6 +211,8 @@ class Load:
     tool: str | None  # path of smtp-source, or None for the built-in client
     sessions: int
     timeout: float
+    settle: float = 2.0  # seconds of quiet before each measured accept window
+    warmup: int = 0  # messages sent (and delivered or flushed) first; 0: as many as measured
 
     @property
     def name(self) -> str:
@@ -226,6 +235,14 @@ class Result:
     e2e_accept: float | None = None  # msg/s accepted while delivering
     notes: list[str] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
+
+
+def settle(seconds: float) -> None:
+    """Before a measured window, on both sides alike: write back what earlier phases left
+    dirty (the previous daemon's spool removed, warm-up deliveries), then let the disk
+    go quiet, so that one side's leftovers do not slow the other's syncs."""
+    os.sync()
+    time.sleep(seconds)
 
 
 def rate(n: int, seconds: float | None) -> float | None:
@@ -268,11 +285,12 @@ def bench_mailrider(load: Load, messages: int, size: int, *, e2e: bool, profile_
     box = d.mail / BOX / "new"
     try:
         d.start()
-        warm = min(max(messages // 10, load.sessions), 200)
+        warm = load.warmup or messages
         load.send(d.port, warm, size)
         if wait_count(box, warm, load.timeout) is None:
             res.notes.append("warm-up messages not delivered in time")
         d.ctl("pause", "mda")
+        settle(load.settle)
         before = stats(d)
         dt = load.send(d.port, messages, size)
         res.accept = rate(messages, dt)
@@ -323,9 +341,10 @@ def bench_postfix(load: Load, messages: int, size: int, *, e2e: bool) -> Result:
         return res
     try:
         peer.start()
-        warm = min(max(messages // 10, load.sessions), 200)
+        warm = load.warmup or messages
         load.send(peer.port, warm, size)
         peer.flush()
+        settle(load.settle)
         dt = load.send(peer.port, messages, size)
         res.accept = rate(messages, dt)
         held = peer.count_queue("hold")
@@ -434,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--client", choices=("auto", "smtp-source", "builtin"), default="auto")
     ap.add_argument("--timeout", type=float, default=300.0, help="per run, seconds")
+    ap.add_argument("--warmup", type=int, default=0,
+                    help="messages sent before measuring, on both sides (0: --messages)")
+    ap.add_argument("--settle", type=float, default=2.0,
+                    help="sync, then seconds of quiet before each measured accept window")
     ap.add_argument("--rounds", type=int, default=1,
                     help="alternate mailrider and Postfix this many times per size and "
                          "print the medians (a shared machine is noisy)")
@@ -446,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.client == "smtp-source" and tool is None:
         print("smtp-source not found", file=sys.stderr)
         return 2
-    load = Load(tool, ns.sessions, ns.timeout)
+    load = Load(tool, ns.sessions, ns.timeout, ns.settle, ns.warmup)
     print(f"load tool: {load.name}" + ("" if tool else " (smtp-source not found)"))
     print(f"python: {sys.executable} {sys.version.split()[0]}; cpus: {os.cpu_count()}")
     pf_reason = "--no-postfix" if ns.no_postfix else postfix_peer.available()
