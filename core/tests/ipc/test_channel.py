@@ -137,3 +137,60 @@ def test_large_frames_survive_partial_writes() -> None:
         cb.close()
 
     run(main())
+
+
+def test_frames_of_one_turn_share_sends_and_keep_their_descriptors() -> None:
+    """40 requests with a descriptor each, queued in one turn of the loop: they leave in
+    few sendmsg calls (at most 16 descriptors each, what the peer makes room for), and
+    every request gets its own descriptor, in order, mixed with frames that carry none."""
+    async def main() -> None:
+        seen: list[bytes] = []
+
+        async def handler(chan: Channel, msg: Any, fds: list[int]) -> Any:
+            if isinstance(msg, m.MessageCreate):
+                assert len(fds) == 1
+                seen.append(os.pread(fds[0], 100, 0))
+                os.close(fds[0])
+            else:
+                assert fds == []
+            return m.Ok(text=getattr(msg, "msgid", ""))
+
+        ca, cb = await _pair(handler)
+        sends = 0
+        real = ca.sock.sendmsg
+
+        def counting(*args: Any) -> int:
+            nonlocal sends
+            sends += 1
+            return real(*args)
+
+        ca.sock = _Wrapped(ca.sock, counting)  # type: ignore[assignment]
+        files = []
+        calls = []
+        for i in range(40):
+            f = tempfile.TemporaryFile()
+            f.write(f"file {i}".encode())
+            f.flush()
+            files.append(f)
+            calls.append(ca.call(m.MessageCreate(msgid=f"{i:08x}"), [f.fileno()]))
+            calls.append(ca.call(m.MessageRollback(msgid=str(i))))
+        replies = await asyncio.gather(*calls)
+        for f in files:
+            f.close()
+        assert [r.text for r, _ in replies[::2]] == [f"{i:08x}" for i in range(40)]
+        assert seen == [f"file {i}".encode() for i in range(40)]
+        assert 3 <= sends <= 6  # 40 descriptors: at least 3 sendmsg, not 80
+        ca.close()
+        cb.close()
+
+    run(main())
+
+
+class _Wrapped:
+    """A socket whose sendmsg is observed."""
+
+    def __init__(self, sock: socket.socket, sendmsg: Any) -> None:
+        self._sock, self.sendmsg = sock, sendmsg
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)

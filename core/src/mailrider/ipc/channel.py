@@ -69,6 +69,7 @@ class Channel:
         self._rfds: collections.deque[int] = collections.deque()
         self._wqueue: collections.deque[tuple[memoryview, list[int]]] = collections.deque()
         self._writing = False
+        self._flush_soon = False
         self._next_id = 1
         self._pending: dict[int, asyncio.Future[tuple[Any, list[int]]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -90,19 +91,38 @@ class Channel:
             raise ValueError("too many fds in one frame")
         owned = [os.dup(fd) for fd in fds]
         self._wqueue.append((memoryview(data), owned))
-        if not self._writing:
+        if not self._writing and not self._flush_soon:
+            # frames queued during this turn of the loop (replies to a whole
+            # commit batch, requests of many sessions) leave in one sendmsg
+            self._flush_soon = True
+            self._loop.call_soon(self._flush_turn)
+
+    def _flush_turn(self) -> None:
+        self._flush_soon = False
+        if not self.closed and not self._writing:
             self._flush()
 
     def _flush(self) -> None:
         while self._wqueue:
-            view, fds = self._wqueue[0]
+            # consecutive frames, at most _MAX_FDS descriptors (what the peer's
+            # recvmsg makes room for) and _RECV_SIZE bytes in one sendmsg; the
+            # descriptors travel with its first byte, before the frames naming them
+            views: list[memoryview] = []
+            fds: list[int] = []
+            size = 0
+            for view, vfds in self._wqueue:
+                if views and (len(fds) + len(vfds) > _MAX_FDS or size + len(view) > _RECV_SIZE):
+                    break
+                views.append(view)
+                fds.extend(vfds)
+                size += len(view)
             try:
                 if fds:
                     n = self.sock.sendmsg(
-                        [view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                        views, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
                     )
                 else:
-                    n = self.sock.send(view)
+                    n = self.sock.sendmsg(views)
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError as exc:
@@ -110,14 +130,21 @@ class Channel:
                 self._close()
                 return
             if fds and n > 0:
-                for fd in fds:
-                    os.close(fd)
-                fds.clear()
-            if n == len(view):
-                self._wqueue.popleft()
+                for i in range(len(views)):
+                    for fd in self._wqueue[i][1]:
+                        os.close(fd)
+                    self._wqueue[i][1].clear()
+            whole = n == size
+            while n > 0:
+                view = self._wqueue[0][0]
+                if n >= len(view):
+                    n -= len(view)
+                    self._wqueue.popleft()
+                else:
+                    self._wqueue[0] = (view[n:], [])
+                    n = 0
+            if whole:
                 continue
-            if n:
-                self._wqueue[0] = (view[n:], fds)
             if not self._writing:
                 self._writing = True
                 self._loop.add_writer(self.sock.fileno(), self._on_writable)
@@ -293,4 +320,6 @@ class Channel:
             self.on_close(self)
 
     def close(self) -> None:
+        if not self.closed and self._wqueue and not self._writing:
+            self._flush()  # what this turn of the loop queued still leaves
         self._close()
