@@ -672,8 +672,8 @@ class _Parser:
         """What OpenSMTPD's grammar refuses in a relay action (exclusions, the
         kind of a static table), and TLS protocols and ciphers that could never
         work. Relay URLs are not checked here: OpenSMTPD's grammar takes any
-        string and its mta fails the delivery temporarily (so does ours, and
-        pony logs a bad static URL with its place at start)."""
+        string (compat corpus); ``mailriderd -n`` and the start refuse a bad
+        one known in advance (pony_mta.check_relay_urls)."""
         import ssl
 
         from mailrider.proc.pony_tls import protocol_range

@@ -192,14 +192,14 @@ class Conn:
 class Mta:
     """Outgoing deliveries of one pony."""
 
-    def __init__(self, pony: Pony, sign: SignFn | None = None) -> None:
+    def __init__(self, pony: Pony) -> None:
         self.pony = pony
         self.config = pony.config
         self.slots = asyncio.Semaphore(limits.MTA_MAX_CONNECTIONS)
         self.route_slots: dict[str, asyncio.Semaphore] = {}
         self.idle: dict[tuple[Any, ...], list[Conn]] = {}
         #: client certificates sign through pony's klondike channel
-        self.sign = sign if sign is not None else pony._sign
+        self.sign: SignFn = pony._sign
         # built before the privilege drop: CA files, certificates and the
         # system store may be unreadable after it
         self.contexts: dict[TlsKey, ssl.SSLContext] = {}
