@@ -21,6 +21,14 @@ SPOOL_ROOT = "/var/spool/mailrider"
 #: the unprivileged user the children drop to when started as root
 USER = "_mailrider"
 
+#: the user the queue process runs as: it alone owns the spool (OpenSMTPD's _smtpq)
+QUEUE_USER = "_mailriderq"
+
+#: the user filters, table backends and alias ``|command``/``/file`` deliveries
+#: run as when the configuration names none: it can read neither the spool nor
+#: any daemon process (docs/security.md)
+EXT_USER = "_mailriderx"
+
 #: where OpenSMTPD-style ``table-NAME`` programs are searched
 LIBEXEC_DIRS = (
     os.path.join(sys.prefix, "libexec", "mailrider"),
