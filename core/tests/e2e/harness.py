@@ -37,6 +37,13 @@ def delivery_user() -> pwd.struct_passwd:
     return pwd.getpwuid(os.geteuid())
 
 
+def program_user() -> pwd.struct_passwd:
+    """Who filters, table backends and alias programs run as (paths.EXT_USER under root)."""
+    if os.geteuid() == 0:
+        return pwd.getpwnam(paths.EXT_USER)
+    return pwd.getpwuid(os.geteuid())
+
+
 def wait_for(pred: Callable[[], object], timeout: float = 20.0, interval: float = 0.05) -> object:
     deadline = time.monotonic() + timeout
     while True:

@@ -10,20 +10,20 @@ import socket
 import sys
 
 import pytest
-from harness import Daemon, delivery_user, wait_for
+from harness import Daemon, program_user, wait_for
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "filter" / "testfilter.py"
 
 
 def filter_cmd(d: Daemon, modes: str, name: str) -> str:
-    """The test filter copied where the daemon's user can run it, recording to the mail dir."""
+    """The test filter copied where the program user can run it, recording to the state dir."""
     script = d.state / f"{name}.py"
     shutil.copy(SCRIPT, script)
     os.chmod(script, 0o755)
-    rec = d.mail / f"{name}.rec"
+    rec = d.state / f"{name}.rec"
     rec.touch()
-    du = delivery_user()
-    os.chown(rec, du.pw_uid, du.pw_gid)
+    pu = program_user()
+    os.chown(rec, pu.pw_uid, pu.pw_gid)
     return f'"{sys.executable} {script} {modes} {rec}"'
 
 
@@ -77,7 +77,7 @@ def test_proc_filter_reject_data_rewrite_and_reports(tmp_path: pathlib.Path) -> 
         # f1 adds a header before the first line; f2 upper-cases everything after it
         assert b"\nX-FILTERED: YES\nRECEIVED: " in data
         assert data.endswith(b"\nSUBJECT: HELLO\n\nSECRET BODY\n.DOT LINE\n")
-        events = [line.split("|")[4] for line in (d.mail / "f1.rec").read_text().splitlines()
+        events = [line.split("|")[4] for line in (d.state / "f1.rec").read_text().splitlines()
                   if line.startswith("report|")]
         # one full session, in order (filter-response lines may interleave)
         seq = [e for e in events if e != "filter-response"]

@@ -8,6 +8,13 @@ Frame layout (network byte order)::
     u8  nfds     file descriptors that travel with this frame
     payload      UTF-8 JSON object {"t": <message type>, ...fields}
 
+A channel may be given the set of message types it accepts
+(:mod:`mailrider.ipc.policy`): the type, which every payload names first,
+is checked before anything else of the frame is decoded. A frame of another
+type, a payload that is not a message, or JSON nested too deep closes the
+channel: the peer broke the protocol, and nothing it sent after that is
+believed. Every descriptor received on a closed channel is closed.
+
 Descriptors ride on the ``sendmsg`` call that carries the frame's first byte,
 so on the receiving side they are queued in arrival order and handed to the
 frames that announce them. Payloads are JSON and decoded into registered
@@ -42,6 +49,21 @@ _FLAG_REPLY = 1
 _FLAG_ERROR = 2
 _MAX_FDS = 16
 _RECV_SIZE = 256 * 1024
+#: how every payload starts: the message type is its first member
+_TYPE_PREFIX = b'{"t":"'
+_TYPE_NAME_MAX = 64
+
+
+def frame_type(payload: bytes) -> str | None:
+    """The message type a payload names first, or None when it names none."""
+    if not payload.startswith(_TYPE_PREFIX):
+        return None
+    start = len(_TYPE_PREFIX)
+    end = payload.find(b'"', start, start + _TYPE_NAME_MAX + 1)
+    if end <= start:
+        return None
+    name = payload[start:end]
+    return name.decode("ascii") if name.isascii() and name.isalnum() else None
 
 
 class ChannelClosed(TempFail):
@@ -58,10 +80,13 @@ Handler = Callable[["Channel", Any, list[int]], Awaitable[Any]]
 class Channel:
     """One end of a socketpair to another process."""
 
-    def __init__(self, sock: socket.socket, peer: str, handler: Handler | None = None) -> None:
+    def __init__(self, sock: socket.socket, peer: str, handler: Handler | None = None,
+                 accepts: frozenset[str] | None = None) -> None:
         self.sock = sock
         self.peer = peer
         self.handler = handler
+        #: the message types this end takes from the peer (None: every registered type)
+        self.accepts = accepts
         self.on_close: Callable[[Channel], None] | None = None
         self.closed = False
         self._loop = asyncio.get_running_loop()
@@ -233,10 +258,18 @@ class Channel:
                 self._close()
                 return
             fds = [self._rfds.popleft() for _ in range(nfds)]
+            kind = frame_type(payload)
+            if kind is None or (self.accepts is not None and kind not in self.accepts):
+                log.error("ipc", "refused-frame", peer=self.peer, type=kind or "?")
+                for fd in fds:
+                    os.close(fd)
+                self._close()
+                return
             try:
                 obj = messages.decode(json.loads(payload))
-            except (ValueError, TypeError, KeyError) as exc:
-                log.error("ipc", "bad-frame", peer=self.peer, error=str(exc))
+            except (ValueError, TypeError, KeyError, RecursionError) as exc:
+                log.error("ipc", "bad-frame", peer=self.peer, type=kind,
+                          error=type(exc).__name__)
                 for fd in fds:
                     os.close(fd)
                 self._close()

@@ -33,8 +33,10 @@ def encode(obj: Any) -> dict[str, Any]:
     name = type(obj).__name__
     if name not in _REGISTRY:
         raise TypeError(f"not an IPC message: {name}")
-    out = {f: getattr(obj, f) for f in _FIELDS[name]}
-    out["t"] = name
+    # the type first: a receiver checks it before it decodes the rest (ipc/channel.py)
+    out: dict[str, Any] = {"t": name}
+    for f in _FIELDS[name]:
+        out[f] = getattr(obj, f)
     return out
 
 
@@ -89,10 +91,19 @@ class RcptResult:
 @register
 @dataclass(frozen=True, slots=True)
 class ForwardOpen:
-    """lka asks the parent for a user's ~/.forward (root only)."""
+    """lka asks the parent for a system user's ~/.forward (root only); the
+    parent finds the home folder itself and reads the file as its owner."""
 
     user: str
-    home: str
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class GrantKey:
+    """parent -> lka, once at start: the key that seals delivery grants
+    (:mod:`mailrider.delivery.grant`), in hex."""
+
+    key: str = field(repr=False)
 
 
 @register
@@ -276,13 +287,21 @@ class Signed:
 @register
 @dataclass(frozen=True, slots=True)
 class FilterStart:
-    """lka -> parent: start a filter program; the reply carries its stdio and stderr."""
+    """lka -> parent: start the filter of this name; the parent takes its
+    command, user, group and chroot from its own configuration. The reply
+    carries the program's stdio and stderr."""
 
     name: str
-    command: str
-    user: str | None = None
-    group: str | None = None
-    chroot: str | None = None
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class TableStart:
+    """lka -> parent: start the backend program of the table of this name,
+    as the parent's configuration says, as the unprivileged user for
+    programs. The reply carries its stdio and stderr."""
+
+    name: str
 
 
 @register

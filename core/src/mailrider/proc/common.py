@@ -25,6 +25,7 @@ from mailrider import log, paths, profile
 from mailrider.config.model import Config
 from mailrider.errors import ConfigError
 from mailrider.ipc import messages as m
+from mailrider.ipc import policy
 from mailrider.ipc.channel import Channel, Handler
 
 ROLES = ("control", "lka", "queue", "scheduler", "pony", "klondike")
@@ -122,6 +123,18 @@ def unprivileged_user() -> pwd.struct_passwd | None:
         raise ConfigError(f"user {paths.USER} does not exist; create it (see the port)") from None
 
 
+def ext_user() -> pwd.struct_passwd | None:
+    """The user filters, table backends and alias programs run as when the
+    configuration names none (paths.EXT_USER), or None when not root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(paths.EXT_USER)
+    except KeyError:
+        raise ConfigError(
+            f"user {paths.EXT_USER} does not exist; create it (see the port)") from None
+
+
 def drop_privileges(pw: pwd.struct_passwd | None) -> None:
     if pw is None:
         return
@@ -157,7 +170,7 @@ class Process:
     def connect(self, fds: dict[str, int]) -> None:
         for peer, fd in fds.items():
             sock = socket.socket(fileno=fd)
-            chan = Channel(sock, peer, self.handler_for(peer))
+            chan = Channel(sock, peer, self.handler_for(peer), policy.accepts(self.role, peer))
             chan.on_close = self._peer_closed
             self.peers[peer] = chan
 

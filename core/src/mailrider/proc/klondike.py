@@ -21,7 +21,7 @@ from mailrider import log
 from mailrider.crypto.keys import KeyLoadError, KeyStore, SignError
 from mailrider.errors import TempFail
 from mailrider.ipc import messages as m
-from mailrider.ipc.channel import _FLAG_ERROR, _FLAG_REPLY, _HEADER, Channel
+from mailrider.ipc.channel import _FLAG_ERROR, _FLAG_REPLY, _HEADER, Channel, frame_type
 from mailrider.limits import IPC_FRAME_MAX
 from mailrider.proc import common
 
@@ -89,12 +89,16 @@ class Klondike(common.Process):
                 if length > IPC_FRAME_MAX or nfds:
                     raise ConnectionError("bad frame on the signing line")
                 flags = _FLAG_REPLY
+                payload = recv_exact(length)
+                if frame_type(payload) != "Sign":
+                    # only Sign travels here: anything else is a broken or hostile pony
+                    raise ConnectionError("not a Sign request on the signing line")
                 try:
-                    msg = m.decode(json.loads(recv_exact(length)))
+                    msg = m.decode(json.loads(payload))
                     if not isinstance(msg, m.Sign):
                         raise SignError("only Sign requests here")
                     reply: Any = self.sign(msg)
-                except (TempFail, ValueError, TypeError, KeyError) as exc:
+                except (TempFail, ValueError, TypeError, KeyError, RecursionError) as exc:
                     flags |= _FLAG_ERROR
                     reply = m.Error(text=exc.text if isinstance(exc, TempFail) else "bad request")
                 payload = json.dumps(m.encode(reply), separators=(",", ":")).encode()

@@ -11,10 +11,12 @@ import asyncio
 import dataclasses
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mailrider import __version__, log
 from mailrider.config.model import Action, Filter
+from mailrider.delivery import grant
 from mailrider.dns.resolver import Resolver
 from mailrider.errors import PermFail, TempFail
 from mailrider.filter.host import FilterHost
@@ -34,13 +36,19 @@ class Lka(common.Process):
     role = "lka"
 
     async def setup(self) -> None:
-        self.tables = TableSet(self.config)
+        # as root the parent starts table backends, as the program user: not
+        # as lka's own user, which pony shares (docs/security.md)
+        spawner = self._table_spawner if common.unprivileged_user() is not None else None
+        self.tables = TableSet(self.config, spawner)
         # before the privilege drop: resolv.conf may be unreadable after it
         self.resolver = Resolver(resolver_config(self.config))
         self.filters: FilterHost | None = None
         #: set once tables and filters are up: requests wait for it (as OpenSMTPD's
         #: lka serves nobody before every filter registered)
         self.ready = asyncio.Event()
+        #: seals delivery grants; the parent sends it first thing
+        self.grant_key: bytes | None = None
+        self.key_set = asyncio.Event()
 
     async def run(self) -> None:
         await self.tables.start()
@@ -96,13 +104,25 @@ class Lka(common.Process):
         return ok
 
     async def _start_filter(self, f: Filter) -> tuple[socket.socket, socket.socket | None]:
-        _, fds = await self.peers["parent"].call(m.FilterStart(
-            name=f.name, command=f.command or "", user=f.user, group=f.group, chroot=f.chroot))
+        # by name: the parent reads the command, user and chroot in its own configuration
+        kind = "proc" if self.config.procs.get(f.name) is f else "filter"
+        _, fds = await self.peers["parent"].call(m.FilterStart(name=f"{kind}:{f.name}"))
         if len(fds) != 2:
             for fd in fds:
                 os.close(fd)
             raise TempFail(f"filter {f.name} could not be started")
         return socket.socket(fileno=fds[0]), socket.socket(fileno=fds[1])
+
+    def _table_spawner(self, name: str) -> Callable[[], Awaitable[tuple[socket.socket, int, int]]]:
+        async def spawn() -> tuple[socket.socket, int, int]:
+            reply, fds = await self.peers["parent"].call(m.TableStart(name=name))
+            if len(fds) != 2 or not isinstance(reply, m.Ok) or not reply.text.isdigit():
+                for fd in fds:
+                    os.close(fd)
+                raise TempFail(f"table {name}: the parent could not start its backend")
+            return socket.socket(fileno=fds[0]), fds[1], int(reply.text)
+
+        return spawn
 
     def _filter_data_out(self, sid: str, lines: list[str], error: str) -> None:
         self.peers["pony"].notify(m.FilterData(sid=sid, lines=lines, error=error))
@@ -140,7 +160,8 @@ class Lka(common.Process):
         raise ValueError("not a filter message")
 
     async def _forward(self, user: str, home: str) -> str | None:
-        reply = await self.peers["parent"].ask(m.ForwardOpen(user=user, home=home))
+        # the parent finds the home folder itself: ``home`` may come from a table
+        reply = await self.peers["parent"].ask(m.ForwardOpen(user=user))
         return reply.content if isinstance(reply, m.ForwardContent) else None
 
     async def rcpt(self, msg: m.RcptCheck) -> m.RcptResult:
@@ -180,17 +201,36 @@ class Lka(common.Process):
             log.warning("lka", "tempfail", rcpt=msg.rcpt, error=exc.text)
             return m.RcptResult(accepted=False, reply=exc.reply() if exc.code < 500 else
                                 "451 4.3.0 Temporary failure")
-        return m.RcptResult(accepted=True, deliveries=[
-            {"dispatcher": d.action, "rcpt": d.rcpt, "dest": d.dest, "mda-method": d.method,
-             "mda-arg": d.arg or "", "mda-user": d.user, "mda-uid": str(d.uid),
-             "mda-gid": str(d.gid), "mda-home": d.home, "mda-local-user": d.local_user,
-             "mda-subaddress": d.subaddress}
-            for d in deliveries
-        ])
+        key = self.grant_key
+        if key is None:  # pragma: no cover - the parent sends it before anything else
+            return m.RcptResult(accepted=False, reply="451 4.3.0 Temporary failure")
+        out: list[dict[str, Any]] = []
+        for d in deliveries:
+            fields: dict[str, Any] = {
+                "dispatcher": d.action, "rcpt": d.rcpt, "dest": d.dest, "mda-method": d.method,
+                "mda-arg": d.arg or "", "mda-user": d.user, "mda-uid": str(d.uid),
+                "mda-gid": str(d.gid), "mda-home": d.home, "mda-local-user": d.local_user,
+                "mda-subaddress": d.subaddress}
+            # sealed for the parent, bound to this sender (delivery/grant.py)
+            fields[grant.KEY] = grant.seal(key, {**fields, "sender": msg.sender})
+            out.append(fields)
+        return m.RcptResult(accepted=True, deliveries=out)
 
     async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
+        if isinstance(msg, m.GrantKey):
+            # from the parent only (ipc/policy.py), and only once
+            if self.grant_key is not None:
+                raise ValueError("a second grant key")
+            key = bytes.fromhex(msg.key)
+            if len(key) != grant.KEY_SIZE:
+                raise ValueError("grant key of the wrong size")
+            self.grant_key = key
+            self.key_set.set()
+            return None
         if not self.ready.is_set():
             await self.ready.wait()
+        if not self.key_set.is_set():
+            await self.key_set.wait()
         if isinstance(msg, m.RcptCheck):
             return await self.rcpt(msg)
         if isinstance(msg, m.PeerLookup):

@@ -47,7 +47,7 @@ import pwd
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from mailrider import paths
+from mailrider import log, paths
 from mailrider.config.model import Action, Config
 from mailrider.errors import PermFail, TempFail
 from mailrider.table.base import Table
@@ -352,7 +352,9 @@ def _forward_targets(user: str, content: str | None) -> list[AliasTarget]:
         try:
             targets += parse_alias_targets(line)
         except ValueError as exc:
-            raise TempFail(f"invalid .forward of {user}, line {lineno}: {exc}") from None
+            # logged for the admin; the client learns nothing of the file
+            log.warning("lka", "forward-invalid", user=user, line=lineno, error=str(exc)[:200])
+            raise TempFail(f"invalid .forward of {user}") from None
     return targets
 
 

@@ -15,12 +15,15 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from mailrider import log
-from mailrider.config.model import Config
+from mailrider.config.model import Config, Filter
+from mailrider.delivery import grant
 from mailrider.errors import ConfigError, TempFail
 from mailrider.ipc import messages as m
+from mailrider.ipc import policy
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common, parent_mda
 
@@ -93,10 +96,14 @@ class Parent:
         self.stopping = asyncio.Event()
         self.exit_code = 0
         self.forks: dict[int, asyncio.Future[int]] = {}
-        self.filter_procs: dict[int, subprocess.Popen[bytes]] = {}
+        #: running filter programs: pid -> (filter:NAME or proc:NAME, process)
+        self.filter_procs: dict[int, tuple[str, subprocess.Popen[bytes]]] = {}
+        #: seals delivery grants (delivery/grant.py), read in prepare_statedir
+        self.grant_key = b""
 
     def prepare_statedir(self) -> None:
         os.makedirs(self.opts.statedir, mode=0o711, exist_ok=True)
+        self.grant_key = grant.load_or_create(self.opts.statedir)
         os.makedirs(os.path.join(self.opts.statedir, "spool"), mode=0o700, exist_ok=True)
         offline = os.path.join(self.opts.statedir, "offline")
         os.makedirs(offline, exist_ok=True)
@@ -124,9 +131,11 @@ class Parent:
             theirs.set_inheritable(True)
             keep.append(theirs)
             pairs[role]["parent"] = theirs.fileno()
-            chan = Channel(mine, role, self.handle)
+            chan = Channel(mine, role, self.handle, policy.accepts("parent", role))
             chan.on_close = self._child_channel_closed
             self.peers[role] = chan
+        # lka seals delivery grants with it (delivery/grant.py): the first frame it gets
+        self.peers["lka"].notify(m.GrantKey(key=self.grant_key.hex()))
         for a, b in common.LINKS:
             sa, sb = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             sa.set_inheritable(True)
@@ -161,79 +170,149 @@ class Parent:
     # -- requests from children -------------------------------------------------
 
     async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
-        if isinstance(msg, m.ForkDelivery):
-            if chan.peer != "pony" or len(fds) != 1:
-                raise ValueError("ForkDelivery only from pony with one fd")
+        # the channel let through only what chan.peer may send (ipc/policy.py);
+        # every request is still checked here against the parent's own knowledge
+        if isinstance(msg, m.ForkDelivery) and chan.peer == "pony":
+            if len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                raise ValueError("ForkDelivery without exactly one descriptor")
             try:
                 return await parent_mda.run_delivery(self, msg.envelope, fds[0])
             finally:
                 os.close(fds[0])
-        if isinstance(msg, m.ForwardOpen):
-            if chan.peer != "lka":
-                raise ValueError("ForwardOpen only from lka")
-            return m.ForwardContent(content=parent_mda.read_forward(msg.user, msg.home))
-        if isinstance(msg, m.AuthCheck):
-            if chan.peer != "lka":
-                raise ValueError("AuthCheck only from lka")
-            return await asyncio.to_thread(system_auth, msg.username, msg.password)
-        if isinstance(msg, m.FilterStart):
-            if chan.peer != "lka":
-                raise ValueError("FilterStart only from lka")
-            return self.start_filter(msg)
-        if isinstance(msg, m.Control):
-            return m.ControlReply(lines=[f"parent pid={os.getpid()}"])
         for fd in fds:
             os.close(fd)
+        if isinstance(msg, m.ForwardOpen) and chan.peer == "lka":
+            return m.ForwardContent(content=await parent_mda.read_forward(self, msg.user))
+        if isinstance(msg, m.AuthCheck) and chan.peer == "lka":
+            return await asyncio.to_thread(system_auth, msg.username, msg.password)
+        if isinstance(msg, m.FilterStart) and chan.peer == "lka":
+            return self.start_filter(msg.name)
+        if isinstance(msg, m.TableStart) and chan.peer == "lka":
+            return self.start_table(msg.name)
+        if isinstance(msg, m.Control) and chan.peer == "control":
+            return m.ControlReply(lines=[f"parent pid={os.getpid()}"])
         raise ValueError(f"unexpected message {m.type_name(msg)} from {chan.peer}")
 
-    def start_filter(self, msg: m.FilterStart) -> tuple[m.Ok, list[int]]:
-        """Run a filter program as its user; lka gets its stdio and stderr sockets."""
+    def _configured_filter(self, key: str) -> Filter:
+        """The proc-exec filter or ``proc`` that ``filter:NAME``/``proc:NAME`` names."""
+        kind, _, name = key.partition(":")
+        found = (self.config.procs.get(name) if kind == "proc"
+                 else self.config.filters.get(name) if kind == "filter" else None)
+        if found is None or found.kind != "proc-exec" or not found.command:
+            log.error("parent", "filter-refused", filter=key[:80], error="not a configured program")
+            raise ValueError("no such filter program in the configuration")
+        return found
+
+    def start_filter(self, key: str) -> tuple[m.Ok, list[int]]:
+        """Run a configured filter program as its user (the program user when
+        the configuration names none); lka gets its stdio and stderr sockets.
+        A program already running under this name is stopped first: lka asks
+        again only after losing it."""
         import pwd
         import shlex
 
         from mailrider import paths
 
-        command = msg.command
+        f = self._configured_filter(key)
+        command = f.command or ""
         first = shlex.split(command)[0] if command.strip() else ""
         if first and not first.startswith("/"):
             for folder in paths.libexec_dirs():
                 if os.access(os.path.join(folder, first), os.X_OK):
                     command = os.path.join(folder, command)
                     break
-        user = msg.user
+        user = f.user
         if user is None:
-            upw = common.unprivileged_user()
+            upw = common.ext_user()
             user = upw.pw_name if upw is not None else None
         uid: int | None = None
-        gid: int | str | None = None
+        gid: int | None = None
         groups: list[int] | None = None
         if os.geteuid() == 0 and user is not None:
             pw = pwd.getpwnam(user)
-            uid, gid, groups = pw.pw_uid, msg.group or pw.pw_gid, []
+            uid, gid = pw.pw_uid, pw.pw_gid
+            if f.group is not None:
+                import grp
+
+                gid = grp.getgrnam(f.group).gr_gid
+            groups = []
+            if uid == 0 or gid == 0:
+                log.error("parent", "filter-refused", filter=key, error="runs as root")
+                raise ValueError("a filter never runs as root or group 0")
         chroot = None
-        if msg.chroot:
-            root = msg.chroot
+        if f.chroot:
+            root = f.chroot
 
             def enter_chroot() -> None:  # runs in the child between fork and exec
                 os.chroot(root)
                 os.chdir("/")
 
             chroot = enter_chroot
+        pid, fds = self._launch(key, [paths.SHELL, "-c", f"exec {command}"], None,
+                                uid=uid, gid=gid, groups=groups, preexec=chroot)
+        log.event("parent", "filter-started", filter=f.name, pid=pid, user=user)
+        return m.Ok(), fds
+
+    def start_table(self, name: str) -> tuple[m.Ok, list[int]]:
+        """Run the backend program of a configured proc table as the program
+        user; lka gets its stdio socket and stderr, the reply its pid."""
+        from mailrider.table.proc import backend_command, find_backend
+        from mailrider.table.registry import BUILTIN_BACKENDS
+
+        t = self.config.tables.get(name)
+        if t is None or t.backend in BUILTIN_BACKENDS or t.backend.startswith("/"):
+            log.error("parent", "table-refused", table=name[:80], error="not a proc table")
+            raise ValueError("no such proc table in the configuration")
+        argv, _ = find_backend(t.backend)
+        if argv is None:
+            raise TempFail(f"table {name}: backend {t.backend} not found")
+        executable, args = backend_command(t.name, argv, t.path)
+        pw = common.ext_user()
+        key = f"table:{name}"
+        pid, fds = self._launch(key, args, executable,
+                                uid=pw.pw_uid if pw is not None else None,
+                                gid=pw.pw_gid if pw is not None else None,
+                                groups=[] if pw is not None else None)
+        log.event("parent", "table-started", table=name, pid=pid,
+                  user=pw.pw_name if pw is not None else "")
+        return m.Ok(text=str(pid)), fds
+
+    def _launch(self, key: str, args: list[str], executable: str | None, *, uid: int | None,
+                gid: int | None, groups: list[int] | None,
+                preexec: Callable[[], None] | None = None) -> tuple[int, list[int]]:
+        """Start a program for lka (a filter, a table backend) in its own session.
+
+        One program runs per key: one still running under this key is
+        stopped first, since lka asks again only once it lost the first.
+        Returns its pid and the descriptors lka gets: its stdio and its
+        stderr (the channel sends them, then closes them).
+        """
+        for old_key, old in list(self.filter_procs.values()):
+            if old_key == key:
+                try:
+                    os.killpg(old.pid, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass
         io_mine, io_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         err_mine, err_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             proc = subprocess.Popen(
-                [paths.SHELL, "-c", f"exec {command}"], stdin=io_theirs.fileno(),
+                args, executable=executable, stdin=io_theirs.fileno(),
                 stdout=io_theirs.fileno(), stderr=err_theirs.fileno(), close_fds=True,
                 cwd="/", start_new_session=True, user=uid, group=gid, extra_groups=groups,
-                preexec_fn=chroot)
+                preexec_fn=preexec)
+        except OSError as exc:
+            io_mine.close()
+            err_mine.close()
+            raise TempFail(f"{key}: cannot start {executable or args[0]}: {exc.strerror}") \
+                from None
         finally:
             io_theirs.close()
             err_theirs.close()
-        self.filter_procs[proc.pid] = proc
-        log.event("parent", "filter-started", filter=msg.name, pid=proc.pid, user=user)
-        # the channel sends these descriptors, then closes them
-        return m.Ok(), [io_mine.detach(), err_mine.detach()]
+        self.filter_procs[proc.pid] = (key, proc)
+        return proc.pid, [io_mine.detach(), err_mine.detach()]
 
     # -- supervision --------------------------------------------------------------
 

@@ -1,10 +1,16 @@
-"""Local deliveries, forked by the parent as the recipient's user.
+"""Local deliveries, forked by the parent as the user the parent decides.
 
-pony asks; the parent forks a short-lived child that switches to the user's
-uid/gid (when the daemon runs as root), performs the delivery with the
-functions of :mod:`mailrider.delivery` on the message descriptor pony handed
-over, writes one JSON line with the outcome to a pipe, and exits. The parent
-never blocks on the delivery itself.
+pony hands over an envelope and the message descriptor; the parent checks
+the envelope's grant (:mod:`mailrider.delivery.grant`: lka sealed the fields
+it decided), then decides everything that matters from its own knowledge
+(:func:`decide`): the action and its method, command and folder from its
+configuration; the user, groups and home from the password database, or,
+for an action with a ``userbase`` table, from the sealed grant. It never
+runs a delivery as uid 0 or with group 0. Then it forks a short-lived child
+that switches to that user, performs the delivery with the functions of
+:mod:`mailrider.delivery` on the message descriptor, writes one JSON line
+with the outcome to a pipe, and exits. The parent never blocks on the
+delivery itself.
 """
 
 from __future__ import annotations
@@ -15,139 +21,196 @@ import os
 import pwd
 import signal
 import stat
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mailrider import log, paths
+from mailrider.config.model import Action, Config
+from mailrider.delivery import grant
 from mailrider.errors import PermFail, TempFail
 from mailrider.ipc import messages as m
 
 if TYPE_CHECKING:
     from mailrider.proc.parent import Parent
 
+#: an envelope the parent takes: this many fields at most, each value this long
+_ENVELOPE_FIELDS_MAX = 64
+_ENVELOPE_VALUE_MAX = 8192
+
+
+class Forged(TempFail):
+    """A delivery request whose grant does not verify: not lka's decision."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text, 451, "4.7.0")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A local delivery as the parent decided it."""
+
+    action: Action
+    method: str  # the action's method, or file/pipe for an alias or .forward target
+    arg: str | None  # file: the path; pipe: the command (both sealed); else None
+    user: str
+    home: str
+    uid: int | None  # None: the daemon is not root and delivers as itself
+    gid: int | None
+    groups: tuple[int, ...]
+
+
+def checked_envelope(raw: object) -> dict[str, str]:
+    """The envelope pony sent, if it is a small mapping of strings to strings."""
+    if not isinstance(raw, dict) or len(raw) > _ENVELOPE_FIELDS_MAX:
+        raise Forged("malformed envelope")
+    for k, v in raw.items():
+        if not isinstance(k, str) or not isinstance(v, str) or len(v) > _ENVELOPE_VALUE_MAX:
+            raise Forged("malformed envelope")
+    return dict(raw)
+
+
+def _groups(name: str, gid: int) -> tuple[int, ...]:
+    """The user's groups from the group database, never group 0."""
+    try:
+        found = os.getgrouplist(name, gid)
+    except OSError:
+        found = [gid]
+    return tuple(g for g in dict.fromkeys(found) if g != 0)
+
+
+def decide(config: Config, key: bytes, env: dict[str, str], *, root: bool) -> Plan:
+    """Who runs ``env``'s delivery and what it does, from the parent's own knowledge.
+
+    Raises :class:`Forged` when the grant does not verify, TempFail when the
+    sealed decision no longer fits the configuration or the user database,
+    PermFail for a delivery that must never run (as root, group 0).
+    """
+    if not grant.verify(key, env):
+        raise Forged("delivery grant does not verify")
+    action = config.actions.get(env.get("dispatcher", ""))
+    if action is None:
+        raise TempFail(f"no action {env.get('dispatcher')!r} in the configuration")
+    method = env.get("mda-method", "")
+    arg: str | None = None
+    if method in ("file", "pipe"):
+        arg = env.get("mda-arg") or None
+        if arg is None:
+            raise PermFail("alias target without argument", 550, "5.3.0")
+    elif method != action.method or method not in ("maildir", "mbox", "mda", "lmtp"):
+        raise TempFail(f"action {action.name} does not deliver by {method!r} any more")
+    name = env.get("mda-user", "")
+    if action.user is not None and name != action.user:
+        raise TempFail(f"action {action.name} now delivers as {action.user}, not {name}")
+    if not root:
+        return Plan(action, method, arg, name, env.get("mda-home") or "/", None, None, ())
+    try:
+        pw: pwd.struct_passwd | None = pwd.getpwnam(name)
+    except KeyError:
+        pw = None
+    if action.userbase is not None and action.user is None:
+        # a virtual user of the action's userbase table: lka's sealed answer
+        try:
+            uid, gid = int(env.get("mda-uid", "")), int(env.get("mda-gid", ""))
+        except ValueError:
+            raise TempFail(f"bad uid/gid for {name}") from None
+        home = env.get("mda-home") or "/"
+        groups: tuple[int, ...] = (gid,)
+    elif pw is not None:
+        uid, gid, home = pw.pw_uid, pw.pw_gid, pw.pw_dir
+        groups = _groups(pw.pw_name, gid)
+    else:
+        raise TempFail(f"user {name!r} does not exist")
+    if uid == 0:
+        raise PermFail("refusing to deliver as root", 550, "5.7.1")
+    if gid == 0:
+        raise PermFail("refusing to deliver with group 0", 550, "5.7.1")
+    if uid < 0 or gid < 0:
+        raise TempFail(f"bad uid/gid for {name}")
+    return Plan(action, method, arg, name, home, uid, gid, groups)
+
+
 _FORWARD_MAX = 64 * 1024
 
 
-def read_forward(user: str, home: str) -> str | None:
-    """The user's ~/.forward if safe: owned by the user or root, not group/world-writable."""
-    path = os.path.join(home, ".forward")
+def _switch_user(uid: int, gid: int, groups: tuple[int, ...]) -> None:
+    """In a forked child: become uid/gid with exactly these groups, for good."""
+    os.setgroups(list(groups) or [gid])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.geteuid() != uid or os.getegid() != gid or 0 in os.getgroups():
+        raise PermissionError("credentials not switched")
+
+
+def _forward_child(pw: pwd.struct_passwd) -> bytes:
+    """In a forked child, as the user: the ``~/.forward`` if it is safe, else b""."""
+    _switch_user(pw.pw_uid, pw.pw_gid, _groups(pw.pw_name, pw.pw_gid))
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(os.path.join(pw.pw_dir, ".forward"),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError:
-        return None
+        return b""
     try:
         st = os.fstat(fd)
-        try:
-            uid = pwd.getpwnam(user).pw_uid
-        except KeyError:
-            return None
-        if st.st_uid not in (uid, 0) or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode):
-            log.warning("lka", "forward-unsafe", user=user)
-            return None
-        return os.read(fd, _FORWARD_MAX).decode("utf-8", "replace")
+        # the owner's own regular file, one link (not a hard link to another
+        # file), writable by nobody else
+        if (not stat.S_ISREG(st.st_mode) or st.st_uid != pw.pw_uid or st.st_nlink != 1
+                or st.st_mode & 0o022):
+            return b"\0unsafe"
+        data = os.read(fd, _FORWARD_MAX)
     finally:
         os.close(fd)
+    return b"\1" + data
 
 
-def _deliver(config: Any, env: dict[str, str], msg_fd: int) -> tuple[str, str]:
-    """Runs in the forked child, as the user. Returns (status, text)."""
-    from mailrider.delivery import common as dcommon
-    from mailrider.delivery.format import FormatContext, expand_format
-    from mailrider.delivery.lmtp import deliver_lmtp
-    from mailrider.delivery.maildir import deliver_maildir
-    from mailrider.delivery.mbox import deliver_mbox
-    from mailrider.delivery.mda import deliver_mda
+async def read_forward(parent: Parent, user: str) -> str | None:
+    """A system user's ``~/.forward``, read as that user, or None.
 
-    method = env.get("mda-method", "")
-    arg = env.get("mda-arg") or None
-    action = config.actions.get(env.get("dispatcher", ""))
-    home = env.get("mda-home", "/")
-    user = env.get("mda-user", "")
-    sender = env.get("sender", "")
-    dest = env.get("dest", "")
-    rcpt = env.get("rcpt", dest)
-    ctx = FormatContext(sender=sender, rcpt=rcpt, dest=dest,
-                        user_name=env.get("mda-local-user") or user, user_dir=home,
-                        sub_addr_delim=config.sub_addr_delim)
-    extension = env.get("mda-subaddress", "")
-    prepend = dcommon.delivery_headers(sender, dest)
-
-    def fmt(template: str) -> str:
-        return expand_format(template, ctx)
-
-    # no cwd= for commands: _child has already moved to the home folder, or
-    # to / when it does not exist (a system user's /nonexistent)
-
-    if method in ("file", "pipe") and arg is None:
-        raise PermFail("alias target without argument", 550, "5.3.0")
-    if method == "file":
-        deliver_mbox(arg or "", msg_fd, sender=sender, prepend=prepend)
-    elif method == "pipe":
-        envvars = dcommon.mda_environment(ctx, home=home, user=user, extension=extension)
-        deliver_mda(arg or "", msg_fd, env=envvars, prepend=prepend)
-    elif action is None:
-        raise TempFail(f"no action {env.get('dispatcher')!r} in the configuration")
-    elif method == "maildir":
-        deliver_maildir(fmt(action.arg or "~/Maildir"), msg_fd, prepend=prepend,
-                        junk=action.junk)
-    elif method == "mbox":
-        deliver_mbox(os.path.join(paths.MAILSPOOL_DIR, user), msg_fd, sender=sender,
-                     prepend=prepend)
-    elif method == "mda":
-        envvars = dcommon.mda_environment(ctx, home=home, user=user, extension=extension)
-        deliver_mda(fmt(action.arg or ""), msg_fd, env=envvars, prepend=prepend)
-    elif method == "lmtp":
-        # lmtp: the final user by default, the original recipient with rcpt-to
-        target = rcpt if action.rcpt_to else (env.get("mda-local-user") or user)
-        results = deliver_lmtp(action.arg or "", msg_fd, sender=sender, rcpts=[target],
-                               lhlo=env.get("smtpname", "localhost"), prepend=prepend)
-        if results and results[0] is not None:
-            raise results[0]
-    else:
-        raise PermFail(f"unknown delivery method {method!r}", 550, "5.3.0")
-    return "ok", "Delivered"
-
-
-def _child(config: Any, env: dict[str, str], msg_fd: int, wfd: int) -> None:
-    status, text = "tempfail", "delivery failed"
+    The parent finds the home folder in the password database (not in what
+    lka says); a file that is not the user's own regular file with one link,
+    or is writable by others, is ignored and logged.
+    """
     try:
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        if os.geteuid() == 0:
-            uid, gid = int(env["mda-uid"]), int(env["mda-gid"])
-            if uid == 0:
-                raise PermFail("refusing to deliver as root", 550, "5.7.1")
-            user = env.get("mda-user", "")
-            os.setgid(gid)
-            try:
-                os.initgroups(user, gid)
-            except OSError:
-                os.setgroups([gid])
-            os.setuid(uid)
-        try:
-            os.chdir(env.get("mda-home") or "/")
-        except OSError:
-            os.chdir("/")
-        status, text = _deliver(config, env, msg_fd)
-    except PermFail as exc:
-        status, text = "permfail", exc.reply()
-    except TempFail as exc:
-        status, text = "tempfail", exc.reply()
-    except Exception as exc:  # the child must always report
-        status, text = "tempfail", f"451 4.3.0 delivery error: {type(exc).__name__}: {exc}"
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    if pw.pw_uid == 0 or not os.path.isabs(pw.pw_dir):
+        return None
     try:
-        os.write(wfd, json.dumps({"status": status, "text": text[:500]}).encode())
-    finally:
-        os._exit(0)
+        # nothing to fork for when there is no file (the common case)
+        os.lstat(os.path.join(pw.pw_dir, ".forward"))
+    except OSError:
+        return None
+    out = await _run_forked(parent, lambda: _forward_child(pw))
+    if out is None or not out:
+        return None
+    if out[:1] != b"\1":
+        log.warning("parent", "forward-unsafe", user=user)
+        return None
+    return out[1:].decode("utf-8", "replace")
 
 
-async def run_delivery(parent: Parent, env: dict[str, str], msg_fd: int) -> m.DeliveryResult:
+async def _run_forked(parent: Parent, fn: Any) -> bytes | None:
+    """Run ``fn`` in a forked child; its bytes come back through a pipe.
+
+    None when the child died without answering. The parent's loop never
+    waits on the child: the pipe is read as it becomes readable.
+    """
     loop = asyncio.get_running_loop()
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         os.close(rfd)
-        _child(parent.config, env, msg_fd, wfd)
+        data = b""
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            data = fn()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(wfd, view):]
+        finally:
+            os._exit(0)
     os.close(wfd)
     done: asyncio.Future[int] = loop.create_future()
     parent.forks[pid] = done
@@ -170,10 +233,102 @@ async def run_delivery(parent: Parent, env: dict[str, str], msg_fd: int) -> m.De
         loop.remove_reader(rfd)
         os.close(rfd)
     await done
-    evpid = env.get("evpid", "")
+    return b"".join(chunks) if chunks else None
+
+
+def _deliver(config: Config, plan: Plan, env: dict[str, str], msg_fd: int) -> tuple[str, str]:
+    """Runs in the forked child, as the user. Returns (status, text)."""
+    from mailrider.delivery import common as dcommon
+    from mailrider.delivery.format import FormatContext, expand_format
+    from mailrider.delivery.lmtp import deliver_lmtp
+    from mailrider.delivery.maildir import deliver_maildir
+    from mailrider.delivery.mbox import deliver_mbox
+    from mailrider.delivery.mda import deliver_mda
+
+    method, arg, action = plan.method, plan.arg, plan.action
+    home, user = plan.home, plan.user
+    sender = env.get("sender", "")
+    dest = env.get("dest", "")
+    rcpt = env.get("rcpt", dest)
+    ctx = FormatContext(sender=sender, rcpt=rcpt, dest=dest,
+                        user_name=env.get("mda-local-user") or user, user_dir=home,
+                        sub_addr_delim=config.sub_addr_delim)
+    extension = env.get("mda-subaddress", "")
+    prepend = dcommon.delivery_headers(sender, dest)
+
+    def fmt(template: str) -> str:
+        return expand_format(template, ctx)
+
+    # no cwd= for commands: _child has already moved to the home folder, or
+    # to / when it does not exist (a system user's /nonexistent)
+
+    if method == "file":
+        deliver_mbox(arg or "", msg_fd, sender=sender, prepend=prepend)
+    elif method == "pipe":
+        envvars = dcommon.mda_environment(ctx, home=home, user=user, extension=extension)
+        deliver_mda(arg or "", msg_fd, env=envvars, prepend=prepend)
+    elif method == "maildir":
+        deliver_maildir(fmt(action.arg or "~/Maildir"), msg_fd, prepend=prepend,
+                        junk=action.junk)
+    elif method == "mbox":
+        deliver_mbox(os.path.join(paths.MAILSPOOL_DIR, user), msg_fd, sender=sender,
+                     prepend=prepend)
+    elif method == "mda":
+        envvars = dcommon.mda_environment(ctx, home=home, user=user, extension=extension)
+        deliver_mda(fmt(action.arg or ""), msg_fd, env=envvars, prepend=prepend)
+    elif method == "lmtp":
+        # lmtp: the final user by default, the original recipient with rcpt-to
+        target = rcpt if action.rcpt_to else (env.get("mda-local-user") or user)
+        results = deliver_lmtp(action.arg or "", msg_fd, sender=sender, rcpts=[target],
+                               lhlo=env.get("smtpname", "localhost"), prepend=prepend)
+        if results and results[0] is not None:
+            raise results[0]
+    else:  # pragma: no cover - decide() admits no other method
+        raise PermFail(f"unknown delivery method {method!r}", 550, "5.3.0")
+    return "ok", "Delivered"
+
+
+def _child(config: Config, plan: Plan, env: dict[str, str], msg_fd: int) -> bytes:
+    status, text = "tempfail", "delivery failed"
     try:
-        res = json.loads(b"".join(chunks))
+        if plan.uid is not None and plan.gid is not None:
+            _switch_user(plan.uid, plan.gid, plan.groups)
+        try:
+            os.chdir(plan.home or "/")
+        except OSError:
+            os.chdir("/")
+        status, text = _deliver(config, plan, env, msg_fd)
+    except PermFail as exc:
+        status, text = "permfail", exc.reply()
+    except TempFail as exc:
+        status, text = "tempfail", exc.reply()
+    except Exception as exc:  # the child must always report
+        status, text = "tempfail", f"451 4.3.0 delivery error: {type(exc).__name__}: {exc}"
+    return json.dumps({"status": status, "text": text[:500]}).encode()
+
+
+async def run_delivery(parent: Parent, raw: object, msg_fd: int) -> m.DeliveryResult:
+    """One local delivery pony asked for: checked, decided, then forked."""
+    evpid = str(raw.get("evpid", "")) if isinstance(raw, dict) else ""
+    try:
+        env = checked_envelope(raw)
+        plan = decide(parent.config, parent.grant_key, env, root=os.geteuid() == 0)
+    except Forged as exc:
+        # pony (or whoever wrote the envelope) asked for what lka never decided
+        log.error("parent", "forged-delivery", evpid=evpid[:16], error=exc.text,
+                  user=str(raw.get("mda-user", ""))[:64] if isinstance(raw, dict) else "",
+                  method=str(raw.get("mda-method", ""))[:16] if isinstance(raw, dict) else "")
+        return m.DeliveryResult(evpid=evpid, status="tempfail", text=exc.reply())
+    except PermFail as exc:
+        log.warning("parent", "delivery-refused", evpid=evpid, error=exc.text)
+        return m.DeliveryResult(evpid=evpid, status="permfail", text=exc.reply())
+    except TempFail as exc:
+        log.warning("parent", "delivery-refused", evpid=evpid, error=exc.text)
+        return m.DeliveryResult(evpid=evpid, status="tempfail", text=exc.reply())
+    out = await _run_forked(parent, lambda: _child(parent.config, plan, env, msg_fd))
+    try:
+        res = json.loads(out or b"")
         return m.DeliveryResult(evpid=evpid, status=str(res["status"]), text=str(res["text"]))
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, TypeError):
         return m.DeliveryResult(evpid=evpid, status="tempfail",
                                 text="451 4.3.0 delivery process died")

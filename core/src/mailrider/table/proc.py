@@ -32,7 +32,8 @@ import random
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import mailrider
 from mailrider import limits, paths
@@ -86,6 +87,64 @@ def find_backend(backend: str) -> tuple[list[str] | None, list[str]]:
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return [path], searched
     return None, searched
+
+
+class BackendProcess(Protocol):
+    """What :class:`ProcTable` needs of a running backend."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+#: starts the backend of a table elsewhere (in mailriderd, the parent starts it
+#: as the program user): returns its stdio socket, the read end of its stderr
+#: and its pid
+Spawner = Callable[[], Awaitable[tuple[socket.socket, int, int]]]
+
+
+class _RemoteProcess:
+    """A backend another process started: its end is the end of its stderr.
+
+    Its exit status is unknown here (reported as -1). terminate() and kill()
+    only let go of it: its stdio is closed by then, on which a backend exits,
+    and its starter stops whatever is left when the table starts again.
+    """
+
+    def __init__(self, pid: int, ended: asyncio.Future[None]) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._ended = ended
+
+    async def wait(self) -> int:
+        await asyncio.shield(self._ended)
+        self.returncode = -1
+        return -1
+
+    def terminate(self) -> None:
+        if not self._ended.done():
+            self._ended.set_result(None)
+
+    kill = terminate
+
+
+def backend_command(name: str, argv: list[str], config_path: str | None) -> tuple[str, list[str]]:
+    """The executable and argv that start the backend of table ``name``."""
+    if TABLE_NAME_ARG in argv:
+        args = [name if a == TABLE_NAME_ARG else a for a in argv]
+    else:
+        args = [name, *argv[1:]]
+    if config_path is not None:
+        args.append(config_path)
+    return argv[0], args
 
 
 def _timestamp() -> str:
@@ -226,8 +285,11 @@ class ProcTable(Table):
         handshake_timeout: float = limits.TABLE_HANDSHAKE_TIMEOUT,
         restart_min: float = limits.TABLE_RESTART_MIN,
         restart_max: float = limits.TABLE_RESTART_MAX,
+        spawner: Spawner | None = None,
     ) -> None:
         super().__init__(name)
+        #: None: start the backend here, as a child of this process
+        self.spawner = spawner
         if not name or any(c in name for c in "|\r\n\0"):
             raise ValueError(f"invalid table name {name!r}")
         if not argv:
@@ -243,7 +305,7 @@ class ProcTable(Table):
         self._state = "new"  # new, up, down, closed
         self._pending: dict[str, _Pending] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: BackendProcess | None = None
         self._wire: _Wire | None = None
         self._generation = 0
         self._handshake: asyncio.Future[frozenset[str]] | None = None
@@ -253,7 +315,7 @@ class ProcTable(Table):
         self._delay = restart_min
         self._tasks: set[asyncio.Task[None]] = set()
         self._stderr: dict[
-            asyncio.subprocess.Process, tuple[asyncio.ReadTransport, _StderrLog]
+            BackendProcess, tuple[asyncio.ReadTransport, _StderrLog]
         ] = {}
         self._restarter: asyncio.Task[None] | None = None
         # set while start() runs: requests that arrive meanwhile (lka serves
@@ -265,13 +327,7 @@ class ProcTable(Table):
     # -- life cycle -------------------------------------------------------
 
     def _command(self) -> tuple[str, list[str]]:
-        if TABLE_NAME_ARG in self.argv:
-            args = [self.name if a == TABLE_NAME_ARG else a for a in self.argv]
-        else:
-            args = [self.name, *self.argv[1:]]
-        if self.config_path is not None:
-            args.append(self.config_path)
-        return self.argv[0], args
+        return backend_command(self.name, self.argv, self.config_path)
 
     @property
     def running(self) -> bool:
@@ -314,10 +370,7 @@ class ProcTable(Table):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._restarter
 
-    async def _spawn(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._generation += 1
-        generation = self._generation
+    async def _spawn_here(self) -> tuple[socket.socket, int, asyncio.subprocess.Process]:
         executable, args = self._command()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         err_read, err_write = os.pipe()
@@ -339,13 +392,25 @@ class ProcTable(Table):
         finally:
             theirs.close()
             os.close(err_write)
-        self._proc = proc
+        return ours, err_read, proc
+
+    async def _spawn(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._generation += 1
+        generation = self._generation
+        proc: BackendProcess
+        if self.spawner is not None:
+            ours, err_read, pid = await self.spawner()
+        else:
+            ours, err_read, local = await self._spawn_here()
         # stderr: our own pipe, so that close() can close it (asyncio's would
         # outlive the loop when a grandchild keeps it open)
         log = _StderrLog(self.name)
         stderr, _ = await loop.connect_read_pipe(
             lambda: log, os.fdopen(err_read, "rb", buffering=0)
         )
+        proc = local if self.spawner is None else _RemoteProcess(pid, log.finished)
+        self._proc = proc
         self._stderr[proc] = (stderr, log)
         self._handshake = loop.create_future()
         self._registering = set()
@@ -401,11 +466,11 @@ class ProcTable(Table):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _watch(self, proc: asyncio.subprocess.Process, generation: int) -> None:
+    async def _watch(self, proc: BackendProcess, generation: int) -> None:
         status = await proc.wait()
         self._lost(generation, f"exited with status {status}")
 
-    async def _reap(self, proc: asyncio.subprocess.Process, *, grace: float) -> None:
+    async def _reap(self, proc: BackendProcess, *, grace: float) -> None:
         if proc.returncode is None and grace > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), grace)
@@ -451,7 +516,7 @@ class ProcTable(Table):
             self._delay = self.restart_min
         self._restarter = loop.create_task(self._restart(self._proc))
 
-    async def _restart(self, old: asyncio.subprocess.Process | None) -> None:
+    async def _restart(self, old: BackendProcess | None) -> None:
         if old is not None:
             await self._reap(old, grace=1.0)
             logger.info("table %s: old backend exited with status %s", self.name, old.returncode)

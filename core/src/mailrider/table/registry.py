@@ -26,7 +26,7 @@ import importlib
 import ipaddress
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import cast
 
 from mailrider import paths
@@ -43,7 +43,9 @@ BUILTIN_BACKENDS = frozenset({"static", "file", "db", "getpwnam"})
 BUILTIN_TABLES = ("localhost", "localnames", "anyhost", "anydestination", "getpwnam")
 
 FindBackend = Callable[[str], tuple[list[str] | None, list[str]]]
-ProcFactory = Callable[[str, list[str], str | None], Table]
+ProcFactory = Callable[..., Table]
+#: for a table name, what starts its backend elsewhere (table.proc.Spawner)
+SpawnerFor = Callable[[str], Callable[[], Awaitable[tuple[socket.socket, int, int]]]]
 
 
 def _proc_api() -> tuple[FindBackend, ProcFactory]:
@@ -139,11 +141,13 @@ class AnyTable(StaticTable):
 # --- opening tables -------------------------------------------------------------
 
 
-def open_table(t: model.Table, delim: str = "+") -> Table:
+def open_table(t: model.Table, delim: str = "+", spawner_for: SpawnerFor | None = None) -> Table:
     """The backend object for one ``table`` statement (not started yet).
 
     ``delim`` is the sub-address delimiter built-in tables ignore when
-    matching mailaddr entries (``smtp sub-addr-delim``).
+    matching mailaddr entries (``smtp sub-addr-delim``); ``spawner_for``, when
+    given, starts proc backends elsewhere (mailriderd's parent) instead of as
+    children of this process.
     """
     backend = t.backend
     if backend == "static":
@@ -163,7 +167,9 @@ def open_table(t: model.Table, delim: str = "+") -> Table:
     argv, searched = find_backend(backend)
     if argv is None:
         raise _not_found(t, searched)
-    return proc_table(t.name, argv, t.path)
+    if spawner_for is None:
+        return proc_table(t.name, argv, t.path)
+    return proc_table(t.name, argv, t.path, spawner=spawner_for(t.name))
 
 
 def _where(t: model.Table) -> tuple[str, int]:
@@ -191,7 +197,7 @@ def validate_backends(config: model.Config) -> None:
 class TableSet:
     """The tables of one configuration, plus the built-ins."""
 
-    def __init__(self, config: model.Config) -> None:
+    def __init__(self, config: model.Config, spawner_for: SpawnerFor | None = None) -> None:
         self.config = config
         addresses = interface_addresses()
         self._tables: dict[str, Table] = {
@@ -202,7 +208,7 @@ class TableSet:
             "getpwnam": GetpwnamTable("getpwnam"),
         }
         for name, t in config.tables.items():
-            self._tables[name] = open_table(t, config.sub_addr_delim)
+            self._tables[name] = open_table(t, config.sub_addr_delim, spawner_for)
 
     def get(self, name: str) -> Table:
         """The table called ``name``; KeyError when there is none."""

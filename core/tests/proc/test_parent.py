@@ -1,0 +1,316 @@
+"""The parent's request handlers, played against by a hostile pony and lka.
+
+A real :class:`Parent` serves one end of a socketpair with its real policy
+row; the test holds the other end and speaks the real IPC, as a pony or an
+lka that an attacker controls would. Every forged delivery is refused and
+logged and runs nothing; a genuine grant (sealed with the key, as lka seals)
+runs, which shows the test would see a command that ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import signal
+import socket
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mailrider import paths
+from mailrider.config import parse_string
+from mailrider.delivery import grant
+from mailrider.ipc import messages as m
+from mailrider.ipc import policy
+from mailrider.ipc.channel import Channel, RemoteError
+from mailrider.proc import common
+from mailrider.proc.parent import Parent
+
+KEY = bytes(range(32))
+
+
+def program_user() -> pwd.struct_passwd:
+    return pwd.getpwnam(paths.EXT_USER) if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
+
+
+CONFIG = """
+table aliases {{ "hook" = "|/bin/true" }}
+table remote {{ "x" = "y" }}
+filter "f" proc-exec "/bin/cat"
+action "local" maildir "{box}/%{{user.username}}" alias <aliases>
+action "prog" mda "/bin/true"
+match from any for any action "local"
+"""
+
+
+def make_parent(box: Path) -> Parent:
+    cfg = parse_string(CONFIG.format(box=box), file="test.conf")
+    parent = Parent(common.Options(statedir=str(box)), cfg)
+    parent.grant_key = KEY
+    return parent
+
+
+Talk = Callable[[str, Any, list[int]], Awaitable[Any]]
+
+
+def serve(box: Path, peer: str, body: Callable[[Parent, Channel], Awaitable[None]]) -> None:
+    """Run ``body`` with a channel that is ``peer`` to a real parent."""
+
+    async def main() -> None:
+        parent = make_parent(box)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGCHLD, parent.reap)
+        mine, theirs = socket.socketpair()
+        served = Channel(mine, peer, parent.handle, policy.accepts("parent", peer))
+        attacker = Channel(theirs, "parent")  # sends whatever it likes
+        try:
+            await body(parent, attacker)
+        finally:
+            loop.remove_signal_handler(signal.SIGCHLD)
+            attacker.close()
+            served.close()
+            for pid in list(parent.filter_procs):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    asyncio.run(main())
+
+
+def genuine(box: Path, marker: Path, **over: str) -> dict[str, str]:
+    """An envelope for an alias |command, sealed as lka seals it."""
+    pu = program_user()
+    env = {
+        "evpid": "0123456789abcdef", "dispatcher": "local", "sender": "a@example.org",
+        "rcpt": "hook@localhost", "dest": "hook@localhost", "mda-method": "pipe",
+        "mda-arg": f"/bin/sh -c 'id -u > {marker}'", "mda-user": pu.pw_name,
+        "mda-uid": str(pu.pw_uid), "mda-gid": str(pu.pw_gid), "mda-home": "/",
+        "mda-local-user": "", "mda-subaddress": "",
+    }
+    env.update(over)
+    env[grant.KEY] = grant.seal(KEY, env)
+    return env
+
+
+async def deliver(chan: Channel, env: dict[str, str]) -> m.DeliveryResult:
+    with tempfile.TemporaryFile() as f:
+        f.write(b"Subject: x\n\nbody\n")
+        f.flush()
+        reply = await chan.ask(m.ForkDelivery(envelope=env), [f.fileno()])
+    assert isinstance(reply, m.DeliveryResult)
+    return reply
+
+
+@pytest.fixture
+def box() -> Path:
+    d = Path(tempfile.mkdtemp(prefix="mailrider-parent-", dir="/tmp"))
+    os.chmod(d, 0o777)  # the delivery user writes its marker here
+    return d
+
+
+def test_genuine_grant_runs(box: Path) -> None:
+    marker = box / "ran"
+
+    async def body(parent: Parent, pony: Channel) -> None:
+        res = await deliver(pony, genuine(box, marker))
+        assert res.status == "ok", res.text
+
+    serve(box, "pony", body)
+    # it ran, as the program user and not as root
+    assert marker.read_text().strip() == str(program_user().pw_uid)
+
+
+@pytest.mark.parametrize("forge", [
+    "unsealed", "wrong-key", "other-user", "gid-0", "uid-0", "other-command", "other-sender",
+    "other-action",
+])
+def test_forged_deliveries_are_refused_and_logged(
+        box: Path, forge: str, caplog: pytest.LogCaptureFixture) -> None:
+    marker = box / "ran"
+    env = genuine(box, marker)
+    if forge == "unsealed":
+        del env[grant.KEY]
+    elif forge == "wrong-key":
+        env[grant.KEY] = grant.seal(bytes(32), env)
+    elif forge == "other-user":
+        env["mda-user"] = "nobody"
+    elif forge == "gid-0":
+        env["mda-gid"] = "0"
+    elif forge == "uid-0":
+        env.update({"mda-user": "root", "mda-uid": "0"})
+    elif forge == "other-command":
+        env["mda-arg"] = f"/bin/sh -c 'id > {marker}'"
+    elif forge == "other-sender":
+        env["sender"] = "-oQ/tmp/evil@example.org"
+    elif forge == "other-action":
+        env.update({"dispatcher": "prog", "mda-method": "mda"})
+
+    async def body(parent: Parent, pony: Channel) -> None:
+        res = await deliver(pony, env)
+        assert res.status == "tempfail"
+        assert res.text.startswith("451 4.7.0")
+
+    with caplog.at_level(logging.INFO):
+        serve(box, "pony", body)
+    assert not marker.exists()
+    assert "forged-delivery" in caplog.text
+
+
+def test_malformed_envelopes_are_forgeries(box: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def body(parent: Parent, pony: Channel) -> None:
+        for bad in ({"mda-user": ["root"]}, {str(i): "x" for i in range(1000)},
+                    {"mda-arg": "x" * 100000}):
+            res = await deliver(pony, bad)  # type: ignore[arg-type]
+            assert res.status == "tempfail"
+
+    with caplog.at_level(logging.INFO):
+        serve(box, "pony", body)
+    assert caplog.text.count("forged-delivery") == 3
+
+
+def test_sealed_but_root_is_still_refused(box: Path) -> None:
+    from mailrider.errors import PermFail
+    from mailrider.proc.parent_mda import decide
+
+    cfg = parse_string(CONFIG.format(box=box) + 'action "vu" maildir userbase <remote>\n',
+                       file="test.conf")
+    root = os.geteuid() == 0
+    env = genuine(box, box / "ran", **{"mda-user": "root", "mda-uid": "0", "mda-gid": "0"})
+    if root:
+        with pytest.raises(PermFail, match="as root"):
+            decide(cfg, KEY, env, root=True)
+    # a virtual user whose table says gid 0: sealed by lka, refused all the same
+    env = genuine(box, box / "ran", **{"dispatcher": "vu", "mda-method": "maildir",
+                                       "mda-arg": "", "mda-user": "v", "mda-uid": "5000",
+                                       "mda-gid": "0"})
+    with pytest.raises(PermFail, match="group 0"):
+        decide(cfg, KEY, env, root=True)
+
+
+def test_system_user_credentials_come_from_the_password_database(box: Path) -> None:
+    from mailrider.proc.parent_mda import decide
+
+    cfg = parse_string(CONFIG.format(box=box), file="test.conf")
+    pu = program_user()
+    # lka sealed a wrong gid for a system user: the parent uses the database's
+    env = genuine(box, box / "ran", **{"mda-gid": str(pu.pw_gid + 4242)})
+    plan = decide(cfg, KEY, env, root=True)
+    assert (plan.uid, plan.gid) == (pu.pw_uid, pu.pw_gid)
+    assert 0 not in plan.groups
+    # the method's command comes from the configuration, never from the envelope
+    env = genuine(box, box / "ran", **{"dispatcher": "prog", "mda-method": "mda",
+                                       "mda-arg": "/bin/sh -c evil"})
+    plan = decide(cfg, KEY, env, root=True)
+    assert plan.arg is None and plan.action.arg == "/bin/true"
+
+
+def test_pony_may_not_start_filters_or_read_forwards(box: Path) -> None:
+    async def body(parent: Parent, pony: Channel) -> None:
+        with pytest.raises(Exception):
+            await pony.ask(m.FilterStart(name="filter:f"))
+        assert not parent.filter_procs
+
+    serve(box, "pony", body)
+
+
+def test_lka_starts_configured_filters_only(box: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def body(parent: Parent, lka: Channel) -> None:
+        for name in ("filter:nope", "filter:/bin/sh", "proc:f", "f", "table:remote"):
+            with pytest.raises(RemoteError):
+                await lka.ask(m.FilterStart(name=name))
+        assert not parent.filter_procs
+        reply, fds = await lka.call(m.FilterStart(name="filter:f"))
+        assert isinstance(reply, m.Ok) and len(fds) == 2
+        [(key, proc)] = parent.filter_procs.values()
+        assert key == "filter:f"
+        if os.geteuid() == 0:
+            # run as the program user, never root, never group 0
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            uid_line = next(x for x in status.splitlines() if x.startswith("Uid:"))
+            assert uid_line.split()[1] == str(program_user().pw_uid)
+        for fd in fds:
+            os.close(fd)
+
+    with caplog.at_level(logging.INFO):
+        serve(box, "lka", body)
+    assert "filter-refused" in caplog.text
+
+
+def test_lka_starts_proc_tables_only(box: Path) -> None:
+    async def body(parent: Parent, lka: Channel) -> None:
+        for name in ("aliases", "nope", "../../bin/sh"):
+            with pytest.raises(RemoteError):
+                await lka.ask(m.TableStart(name=name))
+        assert not parent.filter_procs
+
+    serve(box, "lka", body)
+
+
+def test_forward_is_read_from_the_password_database_home(box: Path) -> None:
+    async def body(parent: Parent, lka: Channel) -> None:
+        # no such user, root, and a user without the file: nothing, nothing read as root
+        for user in ("no-such-user-here", "root", program_user().pw_name):
+            reply = await lka.ask(m.ForwardOpen(user=user))
+            assert isinstance(reply, m.ForwardContent) and reply.content is None
+
+    serve(box, "lka", body)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reads as another user: needs root")
+def test_forward_is_read_as_its_owner(box: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import subprocess
+
+    name = f"mrfwd{os.getpid() % 100000}"
+    home = box / "home"
+    home.mkdir()
+    subprocess.run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell",
+                    "/usr/sbin/nologin", name], check=True)
+    try:
+        pw = pwd.getpwnam(name)
+        os.chown(home, pw.pw_uid, pw.pw_gid)
+        os.chmod(home, 0o700)
+        fwd = home / ".forward"
+        secret = box / "secret"
+        secret.write_text("root:$6$secret:19000::::::\n")
+        os.chmod(secret, 0o600)
+        mine = home / "mine"
+
+        def own(text: str, mode: int = 0o600, at: Path = fwd) -> None:
+            at.write_text(text)
+            os.chown(at, pw.pw_uid, pw.pw_gid)
+            os.chmod(at, mode)
+
+        async def ask(lka: Channel) -> str | None:
+            reply = await lka.ask(m.ForwardOpen(user=name))
+            assert isinstance(reply, m.ForwardContent)
+            return reply.content
+
+        async def body(parent: Parent, lka: Channel) -> None:
+            own("bob@example.org\n")
+            assert await ask(lka) == "bob@example.org\n"
+            fwd.unlink()
+            os.link(secret, fwd)  # a hard link to a root-only file
+            assert await ask(lka) is None
+            fwd.unlink()
+            own("x\n", at=mine)
+            fwd.symlink_to(mine)  # a symbolic link, even to the user's own file
+            assert await ask(lka) is None
+            fwd.unlink()
+            own("bob@example.org\n", mode=0o620)  # writable by the group
+            assert await ask(lka) is None
+            fwd.unlink()
+            os.mkfifo(fwd)  # would block a reader that waited for a writer
+            os.chown(fwd, pw.pw_uid, pw.pw_gid)
+            assert await ask(lka) is None
+
+        with caplog.at_level(logging.INFO):
+            serve(box, "lka", body)
+        assert "secret" not in caplog.text
+        assert caplog.text.count("forward-unsafe") >= 2
+    finally:
+        subprocess.run(["userdel", name], check=False)
