@@ -318,3 +318,30 @@ def test_registered_at_run_time() -> None:
         "lookup-result|00000002|error|unsupported operation"
     )
     assert h.finish() == 0
+
+
+def test_backends_make_themselves_non_dumpable() -> None:
+    """A backend's memory and environment hold database passwords: no other
+    process of its user may read them (PR_GET_DUMPABLE reads 0 afterwards)."""
+    import ctypes
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("prctl is Linux's")
+    from mailrider.table import sdk
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        libc = ctypes.CDLL(None)
+        before = libc.prctl(3, 0, 0, 0, 0)
+        sdk._not_dumpable()
+        after = libc.prctl(3, 0, 0, 0, 0)
+        os.write(w, f"{before},{after}".encode())
+        os._exit(0)
+    os.close(w)
+    got = os.read(r, 100).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert got == "1,0"

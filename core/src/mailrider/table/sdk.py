@@ -531,6 +531,18 @@ async def _serve(
     return status
 
 
+def _not_dumpable() -> None:
+    """Keep other processes of this user out of our memory and environment
+    (database passwords): no ptrace, no /proc/<pid>/mem or environ. Linux only."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+    except (OSError, AttributeError):
+        pass
+
+
 def run(
     backend_factory: Callable[[str, str | None], Backend],
     *,
@@ -550,6 +562,7 @@ def run(
     argv = sys.argv if argv is None else argv
     config_path = argv[1] if len(argv) > 1 else None
     name = os.path.basename(argv[0]) if argv else "table"
+    _not_dumpable()
     if not logging.getLogger().handlers:
         logging.basicConfig(
             stream=sys.stderr, level=logging.INFO, format="%(levelname)s: %(message)s"
