@@ -66,8 +66,13 @@ def test_proc_filter_reject_data_rewrite_and_reports(tmp_path: pathlib.Path) -> 
                              "filter f chain { f1, f2 }\n" + text)
     with d:
         replies = session(d.port, [b"EHLO client.example\r\n", b"MAIL FROM:<spam@x.example>\r\n",
-                                   b"QUIT\r\n"])
+                                   b"MAIL FROM:<plain@x.example>\r\n",
+                                   b"MAIL FROM:<later@x.example>\r\n", b"QUIT\r\n"])
         assert "550 5.7.1 no spam here" in replies
+        # the filter's reply reaches the client unchanged, as OpenSMTPD sends it:
+        # no enhanced status code is made up when the filter gave none
+        assert "550 no plain mail here" in replies, replies
+        assert "451 4.7.1 not now" in replies, replies
         with smtplib.SMTP("127.0.0.1", d.port, timeout=20) as c:
             c.sendmail("ok@x.example", ["bob@localhost"],
                        b"Subject: hello\r\n\r\nsecret body\r\n.dot line\r\n")

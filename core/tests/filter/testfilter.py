@@ -64,6 +64,10 @@ for line in sys.stdin:
         continue
     if phase == "mail-from" and "reject-mail" in modes and "spam" in param:
         out(f"filter-result|{sid}|{token}|reject|550 5.7.1 no spam here")
+    elif phase == "mail-from" and "reject-mail" in modes and "plain" in param:
+        out(f"filter-result|{sid}|{token}|reject|550 no plain mail here")
+    elif phase == "mail-from" and "reject-mail" in modes and "later" in param:
+        out(f"filter-result|{sid}|{token}|reject|451 4.7.1 not now")
     elif phase == "mail-from" and "junk-mail" in modes:
         out(f"filter-result|{sid}|{token}|junk")
     elif phase == "mail-from" and "report-mail" in modes:

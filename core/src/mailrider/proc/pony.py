@@ -31,7 +31,7 @@ from mailrider.proc import common, pony_tls
 from mailrider.proc.pony_tls import ListenerTLS, tls_summary
 from mailrider.smtp.masquerade import FromRewriter
 from mailrider.smtp.received import received_header
-from mailrider.smtp.reply import Reply
+from mailrider.smtp.reply import Reply, split_status
 from mailrider.smtp.server import ServerConfig, SMTPServer
 from mailrider.smtp.server import events as ev
 
@@ -358,11 +358,11 @@ class Session(asyncio.Protocol):
     def _apply(self, d: m.FilterDecision) -> bool:
         """Act on reject/disconnect/junk; True when the command ends here."""
         if d.decision in ("reject", "disconnect"):
-            code, status, text = _split_reply(d.param or "421 4.3.0 Internal server error")
-            if d.decision == "disconnect" or code == 421:
-                self.srv.close(Reply(code, status, text))
+            reply = filter_reply(d.param)
+            if d.decision == "disconnect" or reply.code == 421:
+                self.srv.close(reply)
             else:
-                self.srv.reject(code, status, text)
+                self.srv.reply(reply)
             return True
         if d.decision == "junk":
             if self.txid:
@@ -386,8 +386,7 @@ class Session(asyncio.Protocol):
         except TempFail:
             d = m.FilterDecision("disconnect", "421 4.3.0 Temporary failure in filter")
         if isinstance(d, m.FilterDecision) and d.decision in ("reject", "disconnect"):
-            code, status, text = _split_reply(d.param or "421 4.3.0 Internal server error")
-            self.transport.write(Reply(code, status, text).to_bytes())
+            self.transport.write(filter_reply(d.param).to_bytes())
             self.transport.close()
             return
         if isinstance(d, m.FilterDecision) and d.decision == "junk":
@@ -855,6 +854,20 @@ def _split_reply(reply: str) -> tuple[int, str, str]:
     if len(parts) >= 2 and parts[1][:1] in "245" and parts[1].count(".") == 2:
         return code, parts[1], parts[2] if len(parts) > 2 else ""
     return code, f"{str(code)[0]}.0.0", " ".join(parts[1:])
+
+
+def filter_reply(param: str | None) -> Reply:
+    """A filter's reject/disconnect text as the client will see it: unchanged,
+    as OpenSMTPD sends it (``550 text`` gets no enhanced status added). Text
+    that is not a 4xx/5xx reply (``NNN text``) becomes a 421 (RFC 5321 4.2)."""
+    text = param or ""
+    if not (len(text) >= 5 and text[0] in "45" and text[1:3].isdigit() and text[3] == " "):
+        return Reply(421, "", "Internal server error")
+    code, rest = int(text[:3]), text[4:]
+    status, after = split_status(rest)
+    if status and status[0] == text[0]:
+        return Reply(code, status, after)
+    return Reply(code, "", rest)
 
 
 def _is_loopback(ip: str) -> bool:
