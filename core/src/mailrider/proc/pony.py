@@ -29,6 +29,7 @@ from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common, pony_tls
 from mailrider.proc.pony_tls import ListenerTLS, tls_summary
+from mailrider.smtp.hygiene import HeaderHygiene
 from mailrider.smtp.masquerade import FromRewriter
 from mailrider.smtp.received import received_header
 from mailrider.smtp.reply import Reply, split_status
@@ -101,6 +102,8 @@ class Session(asyncio.Protocol):
         self.written = 0
         #: ``senders <t> masquerade``: the From: rewriter of this message
         self.masq: FromRewriter | None = None
+        #: Bcc: removed, Date:/Message-ID: added where OpenSMTPD adds them
+        self.hygiene: HeaderHygiene | None = None
 
     # -- asyncio protocol -----------------------------------------------------------
 
@@ -652,6 +655,7 @@ class Session(asyncio.Protocol):
                 .split("\n")))
         else:
             self._write(hdr, count=False)
+        self.hygiene = HeaderHygiene(self.hostname, self._submission())
         if (self.listener.masquerade and self.listener.senders is not None
                 and self.srv.auth_user and self.sender):
             # the sender passed the senders check (_senders): From: becomes it
@@ -663,6 +667,8 @@ class Session(asyncio.Protocol):
             return
         if count:
             self.size += len(data)
+            if self.hygiene is not None and not self.hygiene.done:
+                data = self.hygiene.feed(data)
             if self.masq is not None and not self.masq.done:
                 data = self.masq.feed(data)
                 if self.masq.overflowed:
@@ -672,12 +678,24 @@ class Session(asyncio.Protocol):
                     return
         self._spool(data)
 
-    def _masq_finish(self) -> None:
-        """The end of the message: write what the From: rewriter still holds."""
+    def _submission(self) -> bool:
+        """Does this session submit new mail, so that Date: and Message-ID: are
+        added when missing (RFC 6409 8.2, 8.3)? Exactly where OpenSMTPD adds
+        them: the local socket (sendmail) and a listener on the submission
+        port 587; never to mail relayed to us."""
+        return self.ip == "local" or self.listener.port == 587
+
+    def _headers_finish(self) -> None:
+        """The end of the message: write what the header hygiene and the From:
+        rewriter still hold."""
+        hygiene, self.hygiene = self.hygiene, None
+        tail = hygiene.finish() if hygiene is not None else b""
         masq, self.masq = self.masq, None
         if masq is None:
+            if tail:
+                self._spool(tail)
             return
-        rest = masq.finish()
+        rest = masq.feed(tail) + masq.finish()
         if rest:
             self._spool(rest)
         if masq.rewritten:
@@ -711,7 +729,7 @@ class Session(asyncio.Protocol):
                 self._close_fd()
                 self._reset_tx()
                 return
-        self._masq_finish()
+        self._headers_finish()
         msgid, fd = self.msgid, self.fd
         self.fd = -1
         write_failed = fd < 0 and msgid is not None
