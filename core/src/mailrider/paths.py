@@ -85,3 +85,7 @@ RESOLV_CONF = "/etc/resolv.conf"
 
 #: the shadow password file, read by the parent for ``auth`` without a table
 SHADOW_FILE = "/etc/shadow"
+
+#: the system's crypt(3) library, tried in order (libxcrypt on Linux; "" is the
+#: C library itself, where the BSDs keep crypt)
+LIBCRYPT_NAMES = ("libcrypt.so.1", "libcrypt.so.2", "libcrypt.so", "")

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import shutil
+import subprocess
 
 import pytest
-from mailrider.crypto import shacrypt
+from mailrider.crypto import passwords, shacrypt, syscrypt
 from mailrider.crypto.passwords import UnsupportedHash, hash_password, verify_password
 from mailrider.errors import TempFail
 
@@ -47,11 +49,9 @@ def test_known_dovecot_style_value() -> None:
 
 
 @pytest.mark.parametrize(("stored", "scheme"), [
-    ("$2b$12$abcdefghijklmnopqrstuuAbCdEfGhIjKlMnOpQrStUvWxYz01234", "bcrypt"),
-    ("$2y$10$abcdefghijklmnopqrstuuAbCdEfGhIjKlMnOpQrStUvWxYz01234", "bcrypt"),
-    ("{CRYPT}$2b$10$abcdefghijklmnopqrstuu", "bcrypt"),
-    ("$y$j9T$salt$hash", "yescrypt"),
-    ("$1$salt$hash", "md5-crypt"),
+    ("$argon2id$v=19$m=65536,t=2,p=1$c29tZXNhbHQ$abc", "argon2"),  # libxcrypt has none
+    ("{CRYPT}abJnggxhB/yWI", "CRYPT (not a $id$ hash)"),
+    ("{BLF-CRYPT}" + SHA6, "BLF-CRYPT (mismatched prefix)"),
     ("{PLAIN}s3cret", "PLAIN"),
     ("{CLEARTEXT}s3cret", "CLEARTEXT"),
     ("s3cret", "unknown"),
@@ -81,3 +81,81 @@ def test_hash_password_output_verifies() -> None:
     assert stored.startswith("$6$")
     assert verify_password("tr0ub4dor&3", stored)
     assert verify_password("tr0ub4dor&3", "{CRYPT}" + hash_password("tr0ub4dor&3", "$5$"))
+
+
+# -- crypt(3) schemes through the system library (libxcrypt) ---------------------
+
+needs_lib = pytest.mark.skipif(not syscrypt.available(), reason="no system crypt(3) library")
+MKPASSWD = shutil.which("mkpasswd")
+
+
+@needs_lib
+@pytest.mark.parametrize("prefix", ["$y$", "$gy$", "$2b$", "$2y$", "$7$", "$1$", "$5$", "$6$"])
+def test_system_schemes_right_and_wrong(prefix: str) -> None:
+    setting = syscrypt.gensalt(prefix)
+    if setting is None:
+        pytest.skip(f"the system library cannot make {prefix} hashes")
+    stored = syscrypt.crypt("s3cret", setting)
+    assert stored is not None and stored.startswith(prefix)
+    assert verify_password("s3cret", stored) is True
+    assert verify_password("s3cret ", stored) is False
+    assert verify_password("", stored) is False
+    assert verify_password("s3cret\0more", stored) is False
+    assert verify_password("s3cret", "{CRYPT}" + stored) is True
+
+
+@needs_lib
+def test_known_bcrypt_vector() -> None:
+    # Openwall crypt_blowfish's test vector, computed elsewhere
+    stored = "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW"
+    assert verify_password("U*U", stored) is True
+    assert verify_password("U*V", stored) is False
+    assert verify_password("U*U", "{BLF-CRYPT}" + stored) is True
+
+
+@needs_lib
+@pytest.mark.skipif(MKPASSWD is None, reason="mkpasswd (Debian: whois) not installed")
+@pytest.mark.parametrize("method", ["yescrypt", "bcrypt", "sha512crypt"])
+def test_hashes_made_by_mkpasswd(method: str) -> None:
+    assert MKPASSWD is not None
+    res = subprocess.run([MKPASSWD, "-m", method, "-s"], input="wonder land\n",
+                         capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        pytest.skip(f"mkpasswd cannot make {method}: {res.stderr.strip()}")
+    stored = res.stdout.strip()
+    assert verify_password("wonder land", stored) is True
+    assert verify_password("wonder lane", stored) is False
+
+
+@needs_lib
+@pytest.mark.parametrize(("stored", "scheme"), [
+    ("$y$j9T$salt$hash", "yescrypt (malformed)"),
+    ("$2b$12$tooshort", "bcrypt"),  # the library refuses such a setting
+])
+def test_malformed_system_hashes_raise(stored: str, scheme: str) -> None:
+    with pytest.raises(UnsupportedHash) as info:
+        verify_password("s3cret", stored)
+    assert info.value.scheme == scheme
+
+
+def test_sha_crypt_falls_back_when_the_library_is_missing_or_refuses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(syscrypt, "crypt", lambda password, setting: None)
+    assert verify_password("s3cret", SHA6) is True
+    assert verify_password("s3cret", SHA5) is True
+    assert verify_password("nope", SHA6) is False
+    for stored, scheme in (("$y$j9T$abc$def", "yescrypt"), ("$2b$05$" + "a" * 53, "bcrypt")):
+        with pytest.raises(UnsupportedHash) as info:
+            verify_password("s3cret", stored)
+        assert info.value.scheme == scheme
+
+
+def test_no_library_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(syscrypt.paths, "LIBCRYPT_NAMES", ("libno-such-crypt.so.9",))
+    monkeypatch.setattr(syscrypt, "_loaded", False)
+    monkeypatch.setattr(syscrypt, "_impl", None)
+    assert syscrypt.available() is False
+    assert syscrypt.crypt("s3cret", "$6$abc") is None
+    assert verify_password("s3cret", SHA6) is True
+    with pytest.raises(UnsupportedHash):
+        passwords.verify_password("s3cret", "$y$j9T$abc$def")

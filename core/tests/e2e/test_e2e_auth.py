@@ -1,11 +1,13 @@
 """SMTP AUTH against a real daemon: only inside TLS, PLAIN and LOGIN, $6$/$5$
-hashes from the openssl CLI, senders, and rules on authenticated users."""
+hashes from the openssl CLI, yescrypt and bcrypt made by the system, senders,
+and rules on authenticated users."""
 
 from __future__ import annotations
 
 import base64
 import os
 import pathlib
+import shutil
 import smtplib
 import socket
 import ssl
@@ -15,7 +17,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from harness import Daemon, wait_for
+from harness import Daemon, free_port, wait_for
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "crypto"))
 from pki_util import OPENSSL, make_pki
@@ -145,3 +147,69 @@ def test_failures_close_the_session_after_three(d: Daemon) -> None:
                 break
         assert codes[:2] == [535, 535] and codes[2] in (421, 0)
         assert time.monotonic() - started >= 1.0  # each failure is answered late
+
+
+def system_hash(method: str, password: str) -> str | None:
+    """A hash made by the system: mkpasswd (Debian: whois), else its crypt(3)."""
+    mkpasswd = shutil.which("mkpasswd")
+    if mkpasswd is not None:
+        res = subprocess.run([mkpasswd, "-m", method, "-s"], input=password + "\n",
+                             capture_output=True, text=True, timeout=30)
+        if res.returncode == 0:
+            return res.stdout.strip()
+    from mailrider.crypto import syscrypt
+
+    setting = syscrypt.gensalt({"yescrypt": "$y$", "bcrypt": "$2b$"}[method])
+    return syscrypt.crypt(password, setting) if setting else None
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None
+                    or shutil.which("chpasswd") is None,
+                    reason="needs root, useradd and chpasswd for a throwaway system user")
+def test_system_user_with_yescrypt_and_table_bcrypt() -> None:
+    """``auth`` without a table checks /etc/shadow, where Debian writes yescrypt;
+    a table's bcrypt hash goes the same way through lka."""
+    yes = system_hash("yescrypt", "snow white")
+    bcrypt = system_hash("bcrypt", "seven dwarfs")
+    if yes is None or bcrypt is None:
+        pytest.skip("the system cannot make yescrypt/bcrypt hashes")
+    name = f"mrtest{os.getpid() % 100000}"
+    subprocess.run(["useradd", "--no-create-home", "--home-dir", "/nonexistent",
+                    "--shell", "/usr/sbin/nologin", name], check=True, timeout=60)
+    try:
+        subprocess.run(["chpasswd", "-e"], input=f"{name}:{yes}\n", text=True, check=True,
+                       timeout=60)
+        daemon = Daemon(config="")
+        keys = daemon.state / "keys"
+        keys.mkdir(mode=0o700)
+        rsa = make_pki(keys, "mx", "rsa", cn="mx.test")
+        daemon.cafile = rsa.cert  # type: ignore[attr-defined]
+        creds = daemon.state / "creds"
+        creds.write_text(f"dwarf {bcrypt}\n")
+        os.chmod(creds, 0o644)
+        table_port = free_port()
+        assert daemon.config_path is not None
+        daemon.config_path.write_text(
+            f'pki mx.test cert "{rsa.cert}"\npki mx.test key "{rsa.key}"\n'
+            f"table creds file:{creds}\n"
+            f"listen on 127.0.0.1 port {daemon.port} tls pki mx.test auth\n"
+            f"listen on 127.0.0.1 port {table_port} tls pki mx.test auth <creds>\n"
+            'match from any for any reject\n')
+        with daemon as d:
+            with tls_client(d) as c:
+                assert c.login(name, "snow white")[0] == 235
+            with tls_client(d) as c:
+                c.user, c.password = name, "snow whitE"
+                with pytest.raises(smtplib.SMTPAuthenticationError) as info:
+                    c.auth("PLAIN", c.auth_plain)
+                assert info.value.smtp_code == 535
+            d.port, main_port = table_port, d.port
+            try:
+                with tls_client(d) as c:
+                    assert c.login("dwarf", "seven dwarfs")[0] == 235
+            finally:
+                d.port = main_port
+            assert "unsupported password hash" not in d.log()
+            assert "snow white" not in d.log()
+    finally:
+        subprocess.run(["userdel", name], timeout=60)
