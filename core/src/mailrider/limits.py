@@ -134,6 +134,8 @@ DNS_TTL_MAX = 7 * 86400
 DNS_NEG_TTL_MAX = 3 * 3600
 # PTR names checked by FCrDNS before giving up.
 DNS_PTR_MAX = 10
+# The hosts file read for client names (dns/hosts.py): bytes read at most.
+HOSTS_FILE_MAX = 4 * 1024 * 1024
 
 # SMTP client (smtp/client.py). RFC 5321 4.5.3.1.5 bounds a reply line at
 # 512 octets; like the LMTP client we accept longer ones from lax servers.

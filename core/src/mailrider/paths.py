@@ -77,8 +77,14 @@ def libexec_dirs() -> tuple[str, ...]:
 #: the system mailbox folder for ``mbox`` deliveries
 MAILSPOOL_DIR = "/var/mail"
 
-#: the hosts file (names are never sent to DNS by the listener code)
+#: the hosts file: client addresses it names get their name from it, not DNS
 HOSTS_FILE = "/etc/hosts"
+
+
+def hosts_file() -> str:
+    """The hosts file; ``MAILRIDER_HOSTS_FILE`` replaces it, for tests whose
+    daemons must not depend on the machine's own /etc/hosts."""
+    return os.environ.get("MAILRIDER_HOSTS_FILE") or HOSTS_FILE
 
 #: the system resolver configuration (nameservers, search list, options)
 RESOLV_CONF = "/etc/resolv.conf"

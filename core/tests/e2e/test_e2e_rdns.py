@@ -1,10 +1,12 @@
 """Reverse DNS of clients, against a DNS server the test runs on loopback
-(never the machine's resolver): Received header, ``from rdns`` rules and the
-built-in ``fcrdns`` filter condition."""
+(never the machine's resolver) and a hosts file of the test's own (never the
+machine's /etc/hosts): Received header, ``from rdns`` rules and the built-in
+``fcrdns`` / ``rdns`` filter conditions."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
 import socket
 import sys
@@ -66,8 +68,17 @@ def session(ip: str, port: int, lines: list[bytes]) -> list[bytes]:
     return out
 
 
-def test_rdns_rules_filter_and_received(dns: ThreadedDNS) -> None:
-    d = Daemon(config=(
+def hosts_env(tmp_path: pathlib.Path, text: str) -> dict[str, str]:
+    """A hosts file for the daemon (readable after its privilege drop)."""
+    path = tmp_path / "hosts"
+    path.write_text(text)
+    os.chmod(tmp_path, 0o755)
+    os.chmod(path, 0o644)
+    return {"MAILRIDER_HOSTS_FILE": str(path)}
+
+
+def test_rdns_rules_filter_and_received(dns: ThreadedDNS, tmp_path: pathlib.Path) -> None:
+    d = Daemon(extra_env=hosts_env(tmp_path, "# names nothing here\n"), config=(
         "resolver nameserver 127.0.0.1 port " + str(dns.port) + "\n"
         "resolver timeout 2\n"
         "table names {{ \"*.rdns.test\" }}\n"
@@ -91,3 +102,31 @@ def test_rdns_rules_filter_and_received(dns: ThreadedDNS) -> None:
         none = session("127.0.0.3", d.port, [b"EHLO x\r\n"])
         assert none[0].startswith(b"220")
     assert dns.server.count("1.0.0.127.in-addr.arpa") >= 1
+
+
+def test_loopback_named_by_the_hosts_file_without_dns(dns: ThreadedDNS,
+                                                      tmp_path: pathlib.Path) -> None:
+    """As OpenSMTPD through the C library: 127.0.0.1 is ``localhost`` from the
+    hosts file, so ``!rdns`` does not disconnect it and no query is sent."""
+    before = dns.server.count("1.0.0.127.in-addr.arpa")
+    d = Daemon(extra_env=hosts_env(tmp_path, "127.0.0.1 localhost\n::1 localhost\n"), config=(
+        "resolver nameserver 127.0.0.1 port " + str(dns.port) + "\n"
+        "resolver timeout 2\n"
+        'filter named phase connect match !rdns disconnect "421 4.7.1 who are you"\n'
+        "listen on 127.0.0.1 port {port} filter named\n"
+        'table all {{ "@" = "{user}" }}\n'
+        'action "local" maildir "{mail}/%{{rcpt.user}}" virtual <all>\n'
+        'match from any for any action "local"\n'))
+    with d:
+        good = session("127.0.0.1", d.port, [
+            b"EHLO x\r\n", b"MAIL FROM:<a@b.example>\r\n", b"RCPT TO:<h@localhost>\r\n",
+            b"DATA\r\n", b"Subject: hosts\r\n\r\nhi\r\n.\r\n", b"QUIT\r\n"])
+        assert good[0].startswith(b"220") and good[-2].startswith(b"250 2.0.0"), good
+        got = wait_for(lambda: list((d.mail / "h" / "new").glob("*"))
+                       if (d.mail / "h" / "new").is_dir() else [])
+        assert b"Received: from x (localhost [127.0.0.1])" in got[0].read_bytes()
+        # an address neither the file nor DNS names has no name: disconnected
+        none = session("127.0.0.3", d.port, [])
+        assert none[0].startswith(b"421 4.7.1 who are you"), none
+    assert dns.server.count("1.0.0.127.in-addr.arpa") == before
+    assert dns.server.count("3.0.0.127.in-addr.arpa") >= 1

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 
 from mailrider import limits, paths
 from mailrider.dns import wire
+from mailrider.dns.hosts import HostsFile
 from mailrider.dns.wire import DNSFormatError, Message, Question, RData, SOAData, name_key
 from mailrider.errors import MailriderError
 
@@ -217,12 +218,14 @@ class Resolver:
     """An asynchronous stub resolver; see the module docstring."""
 
     def __init__(
-        self, config: ResolverConfig, *, clock: Callable[[], float] = time.monotonic
+        self, config: ResolverConfig, *, clock: Callable[[], float] = time.monotonic,
+        hosts: HostsFile | None = None,
     ) -> None:
         if not config.nameservers:
             raise ValueError("no nameserver configured")
         self._config = config
         self._clock = clock
+        self._hosts = hosts
         self._cache: OrderedDict[tuple[str, int], tuple[float, Answer | _NX]] = OrderedDict()
         self._inflight: dict[tuple[str, int], asyncio.Future[Answer]] = {}
 
@@ -317,8 +320,14 @@ class Resolver:
         """Forward-confirmed reverse DNS: ``(name, "pass"|"fail"|"error")``.
 
         "pass" when a PTR name of ``ip`` resolves back to ``ip``; "error"
-        when DNS failed temporarily on the way; "fail" otherwise.
+        when DNS failed temporarily on the way; "fail" otherwise. An address
+        the hosts file names is answered from the file alone, as the C
+        library answers it (``hosts: files dns``): no query is sent.
         """
+        if self._hosts is not None:
+            local = self._hosts.fcrdns(ip)
+            if local is not None:
+                return local
         addr = ipaddress.ip_address(ip)
         try:
             names = await self._ptr_names(ip)

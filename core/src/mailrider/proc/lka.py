@@ -14,9 +14,10 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mailrider import __version__, log
+from mailrider import __version__, log, paths
 from mailrider.config.model import Action, Filter
 from mailrider.delivery import grant
+from mailrider.dns.hosts import HostsFile
 from mailrider.dns.resolver import Resolver
 from mailrider.errors import PermFail, TempFail
 from mailrider.filter.host import FilterHost
@@ -41,7 +42,8 @@ class Lka(common.Process):
         spawner = self._table_spawner if common.unprivileged_user() is not None else None
         self.tables = TableSet(self.config, spawner)
         # before the privilege drop: resolv.conf may be unreadable after it
-        self.resolver = Resolver(resolver_config(self.config))
+        self.resolver = Resolver(resolver_config(self.config),
+                                 hosts=HostsFile(paths.hosts_file()).load())
         self.filters: FilterHost | None = None
         #: set once tables and filters are up: requests wait for it (as OpenSMTPD's
         #: lka serves nobody before every filter registered)
