@@ -65,6 +65,11 @@ MAX_SESSIONS_PER_IP = 50
 # Received headers counted for loop detection (OpenSMTPD: 100 -> 554 5.4.6)
 MAX_HOPS = 100
 
+# Header hygiene (smtp/hygiene.py): bytes of one line start held while its
+# field name is read (RFC 5322 2.1.1: 998 characters and CRLF); a longer line
+# without a colon is not a header field.
+HEADER_LINE_HOLD = 1000
+
 # ``senders <t> masquerade``: the header section held to rewrite From: (a
 # message whose header section is longer passes through unchanged, logged)
 MASQUERADE_HEADER_MAX = 64 * 1024

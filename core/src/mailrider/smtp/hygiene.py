@@ -15,9 +15,10 @@ dot-unstuffed) and the spool file. In the header section it
 Invariants:
 
 - Streaming: a field is classified from its first bytes and then passed
-  through (or dropped) as it arrives. At most ``limit`` bytes of one line are
-  held while its field name is read; a longer line without a colon is not a
-  header field, so the header section ends there.
+  through (or dropped) as it arrives. At most ``limit`` bytes of one line
+  (:data:`limits.HEADER_LINE_HOLD`) are held while its field name is read; a
+  longer line without a colon is not a header field, so the header section
+  ends there.
 - Only the header section is examined; every byte of the body, and of every
   field that is kept, is passed through byte-identical, in order.
 - The fields added are built from our host name, a random id and the clock,
@@ -31,12 +32,12 @@ import re
 import secrets
 import time
 
+from mailrider import limits
+
 # RFC 5322 3.6.8 field name (ftext), obsolete WSP before the colon allowed
 _FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _DROP = frozenset({b"bcc", b"resent-bcc"})
 _HOST_BAD = re.compile(r"[^A-Za-z0-9.\-_\[\]:]")
-#: RFC 5322 2.1.1: a line is at most 998 characters plus CRLF
-LINE_HOLD_MAX = 1000
 
 
 def message_id(hostname: str) -> bytes:
@@ -55,7 +56,7 @@ def date_field(when: float | None = None) -> bytes:
 class HeaderHygiene:
     """Drop Bcc:/Resent-Bcc:, optionally add Date:/Message-ID:; the rest unchanged."""
 
-    def __init__(self, hostname: str, add_missing: bool, limit: int = LINE_HOLD_MAX,
+    def __init__(self, hostname: str, add_missing: bool, limit: int = limits.HEADER_LINE_HOLD,
                  when: float | None = None) -> None:
         self.hostname = hostname
         self.add_missing = add_missing
