@@ -154,7 +154,9 @@ def test_no_library_found(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(syscrypt.paths, "LIBCRYPT_NAMES", ("libno-such-crypt.so.9",))
     monkeypatch.setattr(syscrypt, "_loaded", False)
     monkeypatch.setattr(syscrypt, "_impl", None)
+    monkeypatch.setattr(syscrypt, "_lib", None)
     assert syscrypt.available() is False
+    assert syscrypt.gensalt("$y$") is None
     assert syscrypt.crypt("s3cret", "$6$abc") is None
     assert verify_password("s3cret", SHA6) is True
     with pytest.raises(UnsupportedHash):

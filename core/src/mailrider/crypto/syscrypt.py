@@ -33,6 +33,7 @@ _DATA_SIZE = 256 * 1024
 _lock = threading.Lock()
 _loaded = False
 _impl: Callable[[bytes, bytes], bytes | None] | None = None
+_lib: ctypes.CDLL | None = None
 _where = ""
 
 
@@ -74,7 +75,7 @@ def _bind(lib: ctypes.CDLL) -> Callable[[bytes, bytes], bytes | None] | None:
 
 
 def _load() -> Callable[[bytes, bytes], bytes | None] | None:
-    global _loaded, _impl, _where
+    global _loaded, _impl, _lib, _where
     with _lock:
         if _loaded:
             return _impl
@@ -86,7 +87,7 @@ def _load() -> Callable[[bytes, bytes], bytes | None] | None:
                 continue
             impl = _bind(lib)
             if impl is not None:
-                _impl, _where = impl, name or "the C library"
+                _impl, _lib, _where = impl, lib, name or "the C library"
                 break
         return _impl
 
@@ -122,20 +123,18 @@ def gensalt(prefix: str) -> str | None:
     """A new setting for ``prefix`` (``$y$``, ``$2b$``, ...) with the library's
     default cost, from libxcrypt's crypt_gensalt_rn; None when unavailable."""
     _load()
-    for name in paths.LIBCRYPT_NAMES:
-        try:
-            lib = ctypes.CDLL(name or None)
-        except OSError:
-            continue
-        if not hasattr(lib, "crypt_gensalt_rn"):
-            continue
-        fn = lib.crypt_gensalt_rn
-        fn.restype = ctypes.c_char_p
-        fn.argtypes = (ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int,
-                       ctypes.c_char_p, ctypes.c_int)
-        buf = ctypes.create_string_buffer(256)
-        out: bytes | None = fn(prefix.encode("ascii"), 0, None, 0, buf, 256)
-        if out and not out.startswith(b"*"):
-            return out.decode("ascii")
+    lib = _lib
+    if lib is None or not hasattr(lib, "crypt_gensalt_rn"):
         return None
-    return None
+    fn = lib.crypt_gensalt_rn
+    fn.restype = ctypes.c_char_p
+    fn.argtypes = (ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int,
+                   ctypes.c_char_p, ctypes.c_int)
+    buf = ctypes.create_string_buffer(256)
+    try:
+        out: bytes | None = fn(prefix.encode("ascii"), 0, None, 0, buf, 256)
+    except (ValueError, UnicodeError):
+        return None
+    if not out or out.startswith(b"*"):
+        return None
+    return out.decode("ascii", "replace")
