@@ -1,4 +1,4 @@
-"""The parent's request handlers, played against by a hostile pony and lka.
+"""The parent's request handlers, played against by a hostile queue, pony and lka.
 
 A real :class:`Parent` serves one end of a socketpair with its real policy
 row; the test holds the other end and speaks the real IPC, as a pony or an
@@ -116,11 +116,11 @@ def box() -> Path:
 def test_genuine_grant_runs(box: Path) -> None:
     marker = box / "ran"
 
-    async def body(parent: Parent, pony: Channel) -> None:
-        res = await deliver(pony, genuine(box, marker))
+    async def body(parent: Parent, queue: Channel) -> None:
+        res = await deliver(queue, genuine(box, marker))
         assert res.status == "ok", res.text
 
-    serve(box, "pony", body)
+    serve(box, "queue", body)
     # it ran, as the program user and not as root
     assert marker.read_text().strip() == str(program_user().pw_uid)
 
@@ -150,26 +150,26 @@ def test_forged_deliveries_are_refused_and_logged(
     elif forge == "other-action":
         env.update({"dispatcher": "prog", "mda-method": "mda"})
 
-    async def body(parent: Parent, pony: Channel) -> None:
-        res = await deliver(pony, env)
+    async def body(parent: Parent, queue: Channel) -> None:
+        res = await deliver(queue, env)
         assert res.status == "tempfail"
         assert res.text.startswith("451 4.7.0")
 
     with caplog.at_level(logging.INFO):
-        serve(box, "pony", body)
+        serve(box, "queue", body)
     assert not marker.exists()
     assert "forged-delivery" in caplog.text
 
 
 def test_malformed_envelopes_are_forgeries(box: Path, caplog: pytest.LogCaptureFixture) -> None:
-    async def body(parent: Parent, pony: Channel) -> None:
+    async def body(parent: Parent, queue: Channel) -> None:
         for bad in ({"mda-user": ["root"]}, {str(i): "x" for i in range(1000)},
                     {"mda-arg": "x" * 100000}):
-            res = await deliver(pony, bad)  # type: ignore[arg-type]
+            res = await deliver(queue, bad)  # type: ignore[arg-type]
             assert res.status == "tempfail"
 
     with caplog.at_level(logging.INFO):
-        serve(box, "pony", body)
+        serve(box, "queue", body)
     assert caplog.text.count("forged-delivery") == 3
 
 
@@ -209,10 +209,14 @@ def test_system_user_credentials_come_from_the_password_database(box: Path) -> N
     assert plan.arg is None and plan.action.arg == "/bin/true"
 
 
-def test_pony_may_not_start_filters_or_read_forwards(box: Path) -> None:
+def test_pony_may_not_start_filters_or_deliver(box: Path) -> None:
+    marker = box / "ran"
+
     async def body(parent: Parent, pony: Channel) -> None:
+        # pony asks the parent for nothing: even a genuine grant closes the channel
         with pytest.raises(Exception):
-            await pony.ask(m.FilterStart(name="filter:f"))
+            await deliver(pony, genuine(box, marker))
+        assert pony.closed
         assert not parent.filter_procs
 
     serve(box, "pony", body)

@@ -187,14 +187,6 @@ class SchedCommand:
 
 @register
 @dataclass(frozen=True, slots=True)
-class Deliver:
-    """queue -> pony: deliver one envelope; the message fd travels along."""
-
-    envelope: dict[str, Any]
-
-
-@register
-@dataclass(frozen=True, slots=True)
 class DeliveryResult:
     evpid: str
     status: str  # ok, tempfail, permfail
@@ -207,7 +199,8 @@ class DeliveryResult:
 @register
 @dataclass(frozen=True, slots=True)
 class ForkDelivery:
-    """pony -> parent: run one local delivery as the user; the message fd travels along."""
+    """queue -> parent: run one local delivery as the user lka's sealed grant
+    names; the message fd travels along. The reply is a DeliveryResult."""
 
     envelope: dict[str, Any]
 

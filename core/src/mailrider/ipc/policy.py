@@ -10,8 +10,9 @@ to its own requests: nothing else reaches a handler or a waiting caller.
 The rows follow from the roles (docs/processes.md, docs/security.md): pony,
 the network-facing process, may only ask the queue to create, commit and
 roll back its own messages, ask lka about rules, lookups and filters, and
-hand the parent a delivery that lka sealed; it can remove, expire, pause
-or schedule nothing.
+klondike for TLS signatures; it asks the parent for nothing, and can
+remove, expire, pause or schedule nothing. Local deliveries go from the
+queue to the parent, sealed by lka.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ _CONTROL_REPLY = frozenset({"ControlReply"})
 
 ACCEPTS: dict[tuple[str, str], frozenset[str]] = {
     # (receiver, sender): type names
-    ("parent", "pony"): frozenset({"ForkDelivery"}),
+    ("parent", "pony"): frozenset(),
     ("parent", "lka"): frozenset({"ForwardOpen", "AuthCheck", "FilterStart", "TableStart"}),
     ("parent", "control"): frozenset({"Control"}),
-    ("parent", "queue"): frozenset(),
+    ("parent", "queue"): frozenset({"ForkDelivery"}),
     ("parent", "scheduler"): frozenset(),
     ("parent", "klondike"): frozenset(),
     ("lka", "parent"): frozenset({"GrantKey", "ForwardContent", "AuthResult"}),
@@ -37,11 +38,11 @@ ACCEPTS: dict[tuple[str, str], frozenset[str]] = {
     }),
     ("lka", "queue"): frozenset({"RcptCheck"}),
     ("lka", "control"): frozenset({"Control"}),
-    ("pony", "parent"): frozenset({"LocalSession", "DeliveryResult"}),
+    ("pony", "parent"): frozenset({"LocalSession"}),
     ("pony", "lka"): frozenset({
         "FilterData", "RcptResult", "PeerInfo", "MxResult", "FilterDecision", "AuthResult",
     }),
-    ("pony", "queue"): frozenset({"Deliver", "DeliverBatch", "MessageCreated"}),
+    ("pony", "queue"): frozenset({"DeliverBatch", "MessageCreated"}),
     ("pony", "control"): frozenset({"LocalSession", "Control"}),
     ("pony", "klondike"): frozenset({"Signed"}),
     ("queue", "pony"): frozenset({
@@ -50,8 +51,8 @@ ACCEPTS: dict[tuple[str, str], frozenset[str]] = {
     }),
     ("queue", "scheduler"): frozenset({"SchedDue"}),
     ("queue", "lka"): frozenset({"RcptResult"}),
+    ("queue", "parent"): frozenset({"DeliveryResult"}),
     ("queue", "control"): frozenset({"Control"}),
-    ("queue", "parent"): frozenset(),
     ("scheduler", "queue"): frozenset({"SchedInsert", "SchedResult"}),
     ("scheduler", "control"): frozenset({"Control"}),
     ("scheduler", "parent"): frozenset(),

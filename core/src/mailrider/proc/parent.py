@@ -172,7 +172,7 @@ class Parent:
     async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
         # the channel let through only what chan.peer may send (ipc/policy.py);
         # every request is still checked here against the parent's own knowledge
-        if isinstance(msg, m.ForkDelivery) and chan.peer == "pony":
+        if isinstance(msg, m.ForkDelivery) and chan.peer == "queue":
             if len(fds) != 1:
                 for fd in fds:
                     os.close(fd)

@@ -1002,24 +1002,7 @@ class Pony(common.Process):
         factory = functools.partial(Session, self, lst, local_user=msg.user, index=idx)
         await loop.connect_accepted_socket(factory, sock)
 
-    async def deliver(self, msg: m.Deliver, fds: list[int]) -> m.DeliveryResult:
-        evpid = str(msg.envelope.get("evpid", ""))
-        self.count("mda.envelope")
-        try:
-            reply = await self.peers["parent"].ask(m.ForkDelivery(envelope=msg.envelope), fds)
-        except TempFail as exc:
-            return m.DeliveryResult(evpid=evpid, status="tempfail", text=exc.reply())
-        if isinstance(reply, m.DeliveryResult):
-            return reply
-        return m.DeliveryResult(evpid=evpid, status="tempfail", text="451 4.3.0 bad reply")
-
     async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
-        if isinstance(msg, m.Deliver):
-            try:
-                return await self.deliver(msg, fds)
-            finally:
-                for fd in fds:
-                    os.close(fd)
         if isinstance(msg, m.DeliverBatch):
             try:
                 return await self.mta.deliver(msg, fds[0] if fds else -1)
