@@ -194,3 +194,7 @@ BOUNCE_FLUSH_DELAY = 1.0
 AUTH_FAIL_DELAY = 0.5
 AUTH_FAIL_DELAY_MAX = 10.0
 AUTH_FAIL_WINDOW = 600.0
+
+#: local maildir deliveries of one user that share one delivery process and
+#: one sync (proc/parent_mda.py)
+DELIVERY_BATCH_MAX = 32

@@ -209,3 +209,45 @@ def test_no_hard_links_falls_back_to_rename(
     final = deliver_maildir(str(md), make_fd(b"x\n"))
     assert Path(final).read_bytes() == b"x\n"
     assert _listing(md / "tmp") == []
+
+
+def test_batch_delivers_every_message_with_two_syncs(
+        tmp_path: Path, make_fd: MakeFd, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailrider.delivery import maildir
+
+    synced: list[str] = []
+    real = maildir.MaildirBatch._sync
+    monkeypatch.setattr(maildir.MaildirBatch, "_sync",
+                        lambda self, paths: (synced.append(paths[0]), real(self, paths)))
+    batch = maildir.MaildirBatch()
+    boxes = [tmp_path / "a", tmp_path / "b", tmp_path / "a"]
+    for i, box in enumerate(boxes):
+        assert batch.add(str(box), make_fd(b"Subject: %d\n\nbody\n" % i), prepend=b"X: y\n") == i
+    # nothing is visible before the commit
+    assert not list((tmp_path / "a" / "new").iterdir())
+    done = batch.commit()
+    assert all(isinstance(p, str) for p in done)
+    assert [Path(str(p)).read_bytes() for p in done] == [
+        b"X: y\nSubject: %d\n\nbody\n" % i for i in range(3)]
+    assert len(list((tmp_path / "a" / "new").iterdir())) == 2
+    assert not list((tmp_path / "a" / "tmp").iterdir())
+    assert len(synced) == 2  # one before the links, one after, for all three
+    assert batch.commit() == []
+
+
+def test_batch_failure_of_one_leaves_the_others(tmp_path: Path, make_fd: MakeFd) -> None:
+    from mailrider.delivery.maildir import MaildirBatch
+
+    batch = MaildirBatch()
+    batch.add(str(tmp_path / "good"), make_fd(SAMPLE))
+    batch.add(str(tmp_path / "bad"), make_fd(SAMPLE))
+    # new/ of the second disappears before the commit: its message cannot be linked
+    (tmp_path / "bad" / "new").rmdir()
+    good, bad = batch.commit()
+    assert isinstance(good, str) and Path(good).read_bytes() == SAMPLE
+    assert isinstance(bad, TempFail)
+    assert not list((tmp_path / "bad" / "tmp").iterdir())  # nothing left behind
+    (tmp_path / "ro").mkdir(mode=0o500)
+    if os.geteuid() != 0:
+        with pytest.raises(TempFail):
+            batch.add(str(tmp_path / "ro" / "box"), make_fd(SAMPLE))

@@ -318,3 +318,43 @@ def test_forward_is_read_as_its_owner(box: Path, caplog: pytest.LogCaptureFixtur
         assert caplog.text.count("forward-unsafe") >= 2
     finally:
         subprocess.run(["userdel", name], check=False)
+
+
+def test_maildir_deliveries_of_one_user_share_one_process(box: Path) -> None:
+    mail = box / "mail"
+    mail.mkdir()
+    os.chmod(mail, 0o777)
+    pu = program_user()
+    action = f'action "box" maildir "{mail}/%{{user.username}}" user {pu.pw_name}\n'
+
+    def env(i: int) -> dict[str, str]:
+        e = {"evpid": f"{i:016x}", "dispatcher": "box", "sender": "a@example.org",
+             "rcpt": f"u{i}@localhost", "dest": f"u{i}@localhost", "mda-method": "maildir",
+             "mda-arg": "", "mda-user": pu.pw_name, "mda-uid": str(pu.pw_uid),
+             "mda-gid": str(pu.pw_gid), "mda-home": "/", "mda-local-user": "same",
+             "mda-subaddress": ""}
+        e[grant.KEY] = grant.seal(KEY, e)
+        return e
+
+    async def main() -> None:
+        cfg = parse_string(CONFIG.format(box=box) + action, file="test.conf")
+        parent = Parent(common.Options(statedir=str(box)), cfg)
+        parent.grant_key = KEY
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGCHLD, parent.reap)
+        mine, theirs = socket.socketpair()
+        served = Channel(mine, "queue", parent.handle, policy.accepts("parent", "queue"))
+        queue = Channel(theirs, "parent")
+        try:
+            results = await asyncio.gather(*(deliver(queue, env(i)) for i in range(5)))
+        finally:
+            loop.remove_signal_handler(signal.SIGCHLD)
+            queue.close()
+            served.close()
+        assert [r.status for r in results] == ["ok"] * 5, results
+
+    asyncio.run(main())
+    files = list((mail / "same" / "new").iterdir())
+    assert len(files) == 5
+    # maildir names carry the writer's pid: one process wrote them all
+    assert len({f.name.split("P")[1].split("Q")[0] for f in files}) == 1

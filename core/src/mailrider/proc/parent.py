@@ -100,6 +100,7 @@ class Parent:
         self.filter_procs: dict[int, tuple[str, subprocess.Popen[bytes]]] = {}
         #: seals delivery grants (delivery/grant.py), read in prepare_statedir
         self.grant_key = b""
+        self.deliveries = parent_mda.Deliveries(self)
 
     def prepare_statedir(self) -> None:
         os.makedirs(self.opts.statedir, mode=0o711, exist_ok=True)

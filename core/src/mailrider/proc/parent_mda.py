@@ -8,9 +8,10 @@ configuration; the user, groups and home from the password database, or,
 for an action with a ``userbase`` table, from the sealed grant. It never
 runs a delivery as uid 0 or with group 0. Then it forks a short-lived child
 that switches to that user, performs the delivery with the functions of
-:mod:`mailrider.delivery` on the message descriptor, writes one JSON line
-with the outcome to a pipe, and exits. The parent never blocks on the
-delivery itself.
+:mod:`mailrider.delivery` on the message descriptor, writes its outcome as
+JSON to a pipe, and exits. Maildir deliveries of one user that arrive
+together share one child and one sync (:class:`Deliveries`). The parent
+never blocks on a delivery itself.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mailrider import log, paths
+from mailrider import limits, log, paths
 from mailrider.config.model import Action, Config
 from mailrider.delivery import grant
+from mailrider.delivery.maildir import MaildirBatch
 from mailrider.errors import PermFail, TempFail
 from mailrider.ipc import messages as m
 
@@ -236,12 +238,13 @@ async def _run_forked(parent: Parent, fn: Any) -> bytes | None:
     return b"".join(chunks) if chunks else None
 
 
-def _deliver(config: Config, plan: Plan, env: dict[str, str], msg_fd: int) -> tuple[str, str]:
-    """Runs in the forked child, as the user. Returns (status, text)."""
+def _deliver(config: Config, plan: Plan, env: dict[str, str], msg_fd: int,
+             batch: MaildirBatch) -> tuple[str, str] | int:
+    """Runs in the forked child, as the user. Returns (status, text), or for a
+    maildir delivery (added to ``batch``) its index there: done at commit."""
     from mailrider.delivery import common as dcommon
     from mailrider.delivery.format import FormatContext, expand_format
     from mailrider.delivery.lmtp import deliver_lmtp
-    from mailrider.delivery.maildir import deliver_maildir
     from mailrider.delivery.mbox import deliver_mbox
     from mailrider.delivery.mda import deliver_mda
 
@@ -268,8 +271,8 @@ def _deliver(config: Config, plan: Plan, env: dict[str, str], msg_fd: int) -> tu
         envvars = dcommon.mda_environment(ctx, home=home, user=user, extension=extension)
         deliver_mda(arg or "", msg_fd, env=envvars, prepend=prepend)
     elif method == "maildir":
-        deliver_maildir(fmt(action.arg or "~/Maildir"), msg_fd, prepend=prepend,
-                        junk=action.junk)
+        return batch.add(fmt(action.arg or "~/Maildir"), msg_fd, prepend=prepend,
+                         junk=action.junk)
     elif method == "mbox":
         deliver_mbox(os.path.join(paths.MAILSPOOL_DIR, user), msg_fd, sender=sender,
                      prepend=prepend)
@@ -288,23 +291,114 @@ def _deliver(config: Config, plan: Plan, env: dict[str, str], msg_fd: int) -> tu
     return "ok", "Delivered"
 
 
-def _child(config: Config, plan: Plan, env: dict[str, str], msg_fd: int) -> bytes:
-    status, text = "tempfail", "delivery failed"
+def _outcome(exc: Exception) -> tuple[str, str]:
+    if isinstance(exc, PermFail):
+        return "permfail", exc.reply()
+    if isinstance(exc, TempFail):
+        return "tempfail", exc.reply()
+    return "tempfail", f"451 4.3.0 delivery error: {type(exc).__name__}: {exc}"
+
+
+def _batch_child(config: Config, jobs: list[_Job]) -> bytes:
+    """In a forked child: every job of one user, maildirs synced together.
+
+    Writes a JSON list of {status, text}, one per job, in order.
+    """
+    results: list[tuple[str, str]] = [("tempfail", "451 4.3.0 delivery failed")] * len(jobs)
     try:
-        if plan.uid is not None and plan.gid is not None:
-            _switch_user(plan.uid, plan.gid, plan.groups)
+        first = jobs[0].plan
+        if first.uid is not None and first.gid is not None:
+            _switch_user(first.uid, first.gid, first.groups)
+        batch = MaildirBatch()
+        pending: dict[int, int] = {}
+        for i, job in enumerate(jobs):
+            try:
+                try:
+                    os.chdir(job.plan.home or "/")
+                except OSError:
+                    os.chdir("/")
+                done = _deliver(config, job.plan, job.env, job.fd, batch)
+                if isinstance(done, int):
+                    pending[i] = done
+                else:
+                    results[i] = done
+            except Exception as exc:  # each job must report
+                results[i] = _outcome(exc)
+        committed = batch.commit()
+        for i, index in pending.items():
+            final = committed[index]
+            results[i] = ("ok", "Delivered") if isinstance(final, str) else _outcome(final)
+    except Exception as exc:  # the credentials could not be taken: every job fails
+        results = [_outcome(exc)] * len(jobs)
+    return json.dumps([{"status": st, "text": tx[:500]} for st, tx in results]).encode()
+
+
+@dataclass(slots=True)
+class _Job:
+    plan: Plan
+    env: dict[str, str]
+    fd: int
+    done: asyncio.Future[m.DeliveryResult]
+
+
+class Deliveries:
+    """The parent's local deliveries, batched per user.
+
+    Maildir deliveries for the same credentials that arrive in one turn of
+    the event loop share one forked process and one sync (at most
+    :data:`~mailrider.limits.DELIVERY_BATCH_MAX` each); other methods run a
+    process each, in parallel, as a slow ``mda`` command must not hold up
+    the others.
+    """
+
+    def __init__(self, parent: Parent) -> None:
+        self.parent = parent
+        self._waiting: dict[tuple[object, ...], list[_Job]] = {}
+        self._flushing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, plan: Plan, env: dict[str, str], fd: int) -> asyncio.Future[m.DeliveryResult]:
+        loop = asyncio.get_running_loop()
+        job = _Job(plan, env, fd, loop.create_future())
+        if plan.method == "maildir":
+            key: tuple[object, ...] = (plan.uid, plan.gid, plan.groups)
+        else:
+            key = (id(job),)
+        self._waiting.setdefault(key, []).append(job)
+        if not self._flushing:
+            self._flushing = True
+            loop.call_soon(self._flush)
+        return job.done
+
+    def _flush(self) -> None:
+        self._flushing = False
+        waiting, self._waiting = self._waiting, {}
+        size = limits.DELIVERY_BATCH_MAX
+        for jobs in waiting.values():
+            for start in range(0, len(jobs), size):
+                task = asyncio.get_running_loop().create_task(self._run(jobs[start:start + size]))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        config = self.parent.config
         try:
-            os.chdir(plan.home or "/")
-        except OSError:
-            os.chdir("/")
-        status, text = _deliver(config, plan, env, msg_fd)
-    except PermFail as exc:
-        status, text = "permfail", exc.reply()
-    except TempFail as exc:
-        status, text = "tempfail", exc.reply()
-    except Exception as exc:  # the child must always report
-        status, text = "tempfail", f"451 4.3.0 delivery error: {type(exc).__name__}: {exc}"
-    return json.dumps({"status": status, "text": text[:500]}).encode()
+            out = await _run_forked(self.parent, lambda: _batch_child(config, jobs))
+            answers = json.loads(out or b"")
+            if not isinstance(answers, list) or len(answers) != len(jobs):
+                raise ValueError("short answer")
+        except (OSError, ValueError):
+            answers = [None] * len(jobs)
+        for job, res in zip(jobs, answers, strict=True):
+            evpid = job.env.get("evpid", "")
+            try:
+                result = m.DeliveryResult(evpid=evpid, status=str(res["status"]),
+                                          text=str(res["text"]))
+            except (TypeError, KeyError):
+                result = m.DeliveryResult(evpid=evpid, status="tempfail",
+                                          text="451 4.3.0 delivery process died")
+            if not job.done.done():
+                job.done.set_result(result)
 
 
 async def run_delivery(parent: Parent, raw: object, msg_fd: int) -> m.DeliveryResult:
@@ -325,10 +419,4 @@ async def run_delivery(parent: Parent, raw: object, msg_fd: int) -> m.DeliveryRe
     except TempFail as exc:
         log.warning("parent", "delivery-refused", evpid=evpid, error=exc.text)
         return m.DeliveryResult(evpid=evpid, status="tempfail", text=exc.reply())
-    out = await _run_forked(parent, lambda: _child(parent.config, plan, env, msg_fd))
-    try:
-        res = json.loads(out or b"")
-        return m.DeliveryResult(evpid=evpid, status=str(res["status"]), text=str(res["text"]))
-    except (ValueError, KeyError, TypeError):
-        return m.DeliveryResult(evpid=evpid, status="tempfail",
-                                text="451 4.3.0 delivery process died")
+    return await parent.deliveries.submit(plan, env, msg_fd)
