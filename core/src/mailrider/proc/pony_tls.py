@@ -315,6 +315,16 @@ class TLSLayer(asyncio.Protocol):
     def phase(self) -> Phase:
         return self._phase
 
+    @property
+    def socket_paused(self) -> bool:
+        """The socket is not read: the app paused reading and input piled up."""
+        return self._socket_paused
+
+    @property
+    def ended_while_busy(self) -> tuple[bool, bool]:
+        """(EOF, connection lost) noted while a handshake step is in the worker."""
+        return self._busy and self._eof, self._lost is not None
+
     # -- the socket transport's protocol ---------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -585,16 +595,27 @@ class TLSLayer(asyncio.Protocol):
         self._drain()
 
     def _drain(self) -> None:
-        """CLOSING: drop what the client still sends, until its close_notify or EOF."""
+        """CLOSING: wait for the client's close_notify, or its EOF.
+
+        ``read()`` is over once our close_notify is out: a repeated ``unwrap()``
+        reads on, one record a call. Data after our close_notify is an error
+        for OpenSSL 3 (as for asyncio's own TLS): the socket is closed then,
+        its input already read, so the close does not become a reset.
+        """
         done = self._eof
-        try:
-            while self._obj.read(limits.TLS_READ_CHUNK):
-                pass
-            done = True
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLError:
-            done = True
+        while True:
+            before = self._inbio.pending
+            try:
+                self._obj.unwrap()
+                done = True  # the client's close_notify
+                break
+            except (ssl.SSLWantReadError, ssl.SSLSyscallError):
+                if not self._inbio.pending or self._inbio.pending >= before:
+                    break
+            except ssl.SSLError:
+                done = True
+                break
+        self._send()
         if done:
             self._phase = Phase.CLOSED
             self._cancel_timer()
