@@ -231,8 +231,10 @@ def tls_summary(obj: object) -> tuple[str, str] | None:
 # - ``close()`` sends close_notify, then waits for the client's close_notify
 #   or EOF (at most :data:`limits.TLS_SHUTDOWN_TIMEOUT`) before closing the
 #   socket, so that unread input does not turn the close into a reset that
-#   could destroy our last reply; an EOF without close_notify is passed on as
-#   ``eof_received`` after every complete record (a truncated one is dropped).
+#   could destroy our last reply (data after our close_notify is an error for
+#   OpenSSL 3: the socket is closed then, that input read); an EOF without
+#   close_notify is passed on as ``eof_received`` after every complete record
+#   (a truncated one is dropped).
 
 _EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
 
