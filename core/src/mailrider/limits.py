@@ -160,6 +160,18 @@ TLS_HANDSHAKE_TIMEOUT = 30.0
 TLS_HANDSHAKE_THREADS = 2
 #: bytes a client may send while its handshake step runs in a worker
 TLS_HELD_MAX = 64 * 1024
+#: after our close_notify, how long the client has to send its own (or close)
+#: before the connection is cut (RFC 8446 6.1; asyncio's default as well)
+TLS_SHUTDOWN_TIMEOUT = 30.0
+#: RFC 8446 5.1: a record carries at most 2^14 octets of plaintext; one read
+#: of pony's TLS layer asks for one record's worth
+TLS_READ_CHUNK = 16 * 1024
+#: plaintext encrypted at a time by one write of pony's TLS layer (16 records)
+TLS_WRITE_CHUNK = 256 * 1024
+#: ciphertext kept for a session that paused reading: past the high mark the
+#: socket stops being read, under the low mark it is read again
+TLS_READ_HIGH = 256 * 1024
+TLS_READ_LOW = 64 * 1024
 
 # SMTP AUTH (RFC 4954 4): a server must take client responses in the AUTH
 # exchange of at least 12288 octets, whatever its command line limit; the

@@ -9,6 +9,14 @@ TLS 1.2 and 1.3 self-test at start. When delegation is unavailable pony
 refuses to start, unless ``smtp key-in-process`` allows it to load the key
 itself, which is logged as a warning at every start.
 
+The TLS of smtps and STARTTLS sessions is a layer of our own
+(:class:`TLSLayer` below the session, :class:`TLSTransport` handed to it),
+built on the public ``ssl.SSLObject``/``ssl.MemoryBIO`` and asyncio's public
+protocol and transport classes: its handshake steps, where OpenSSL asks
+klondike to sign, run in a worker thread so that the event loop keeps
+serving the other sessions. It uses no private name of ``asyncio`` or
+``ssl`` (a test scans this module for them).
+
 Benchmarks and tests only: ``MAILRIDER_KEY_IN_PROCESS=force`` in pony's
 environment (:data:`mailrider.limits.KEY_IN_PROCESS_ENV`) skips delegation
 and takes that same in-process path, with the same warning, whatever the
@@ -20,10 +28,11 @@ privilege drop, so root-only keys still load. Never set it in production.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import enum
 import os
 import ssl
-from asyncio import sslproto
 from collections.abc import Callable
 from typing import Any
 
@@ -146,6 +155,7 @@ class ListenerTLS:
         ciphers = lst.ciphers or self.config.smtp_ciphers
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version, ctx.maximum_version = lo, hi
+        refuse_renegotiation(ctx)
         try:
             if ciphers:
                 ctx.set_ciphers(ciphers)
@@ -193,31 +203,40 @@ def tls_summary(obj: object) -> tuple[str, str] | None:
     return f"{version}:{name}:{bits}", f"version={version} cipher={name} bits={bits}"
 
 
-# --- handshakes off the event loop ------------------------------------------
+# --- pony's TLS layer ---------------------------------------------------------
 #
 # OpenSSL asks for the server's signature synchronously, in the middle of
 # ``SSLObject.do_handshake()``; with the key in klondike that call waits for
 # a round trip to another process. Run on the event loop, that wait would
-# stall every other session of pony. asyncio's SSLProtocol runs the
-# handshake inline, so the step that consumes the ClientHello (the one that
-# signs) is moved to a worker thread here: ``do_handshake`` releases the GIL
+# stall every other session of pony. So pony has a TLS layer of its own, made
+# of public parts only (``ssl.SSLObject`` over two ``ssl.MemoryBIO``, an
+# ``asyncio.Protocol`` below and an ``asyncio.Transport`` above): every
+# handshake step runs in a worker thread of a small pool
+# (:data:`limits.TLS_HANDSHAKE_THREADS`): ``do_handshake`` releases the GIL
 # inside OpenSSL, the sign callback takes it back only to talk to klondike,
-# and the loop keeps serving other sessions meanwhile. The same is done when
-# the key is in process (tools/bench/tls_daemon.py compares like with like).
+# and the loop serves other sessions meanwhile. Reads and writes after the
+# handshake run on the loop: they never use the key, since renegotiation (a
+# new handshake inside ``read``) is refused. The same is done when the key is
+# in process (tools/bench/tls_daemon.py compares like with like).
 #
-# Invariant: while a step runs in the worker, the loop thread never touches
-# the SSLObject or its two memory BIOs. Bytes that arrive meanwhile wait in
-# a Python buffer; a connection lost meanwhile is handled once the step is
-# back. Only the first step that has bytes to read is moved: the others are
-# cheap (no private-key operation) and stay inline.
+# Invariants:
+# - while a step runs in the worker (``busy``), the loop thread never touches
+#   the SSLObject or its two memory BIOs: bytes that arrive meanwhile wait in
+#   a Python buffer of at most :data:`limits.TLS_HELD_MAX` octets (the
+#   connection is cut beyond), and a connection lost meanwhile is handled
+#   once the step is back;
+# - the application protocol gets ``connection_made`` once (smtps: when the
+#   handshake is done; STARTTLS: it already had it on the clear transport) and
+#   then exactly one ``connection_lost``, whatever ends the connection;
+# - ``close()`` sends close_notify, then waits for the client's close_notify
+#   or EOF (at most :data:`limits.TLS_SHUTDOWN_TIMEOUT`) before closing the
+#   socket, so that unread input does not turn the close into a reset that
+#   could destroy our last reply (data after our close_notify is an error for
+#   OpenSSL 3: the socket is closed then, that input read); an EOF without
+#   close_notify is passed on as ``eof_received`` after every complete record
+#   (a truncated one is dropped).
 
 _EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
-
-#: SSLProtocol internals the subclass relies on (asyncio of Python 3.11-3.13):
-#: methods, and attributes its ``__init__`` sets
-_METHODS = ("_do_handshake", "_on_handshake_complete", "_process_outgoing", "_fatal_error",
-            "buffer_updated", "connection_lost", "_app_transport")
-_ATTRIBUTES = ("_incoming", "_sslobj", "_state", "_ssl_buffer_view", "_loop", "_transport")
 
 
 def _executor() -> concurrent.futures.ThreadPoolExecutor:
@@ -228,126 +247,551 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
     return _EXECUTOR
 
 
-def _supported() -> bool:
-    """Whether this Python's SSLProtocol has what OffloadedHandshake overrides and reads."""
-    cls = getattr(sslproto, "SSLProtocol", None)
-    state = getattr(sslproto, "SSLProtocolState", None)
-    if cls is None or not hasattr(state, "DO_HANDSHAKE"):
-        return False
-    names = cls.__init__.__code__.co_names  # attributes assigned in __init__
-    return (all(hasattr(cls, n) or n in names for n in _METHODS)
-            and all(n in names for n in _ATTRIBUTES))
+def refuse_renegotiation(ctx: ssl.SSLContext) -> None:
+    """A renegotiation would be a handshake (a signature) inside ``read`` on the loop."""
+    if not ctx.options & ssl.OP_NO_RENEGOTIATION:
+        ctx.options |= ssl.OP_NO_RENEGOTIATION
 
 
-#: typeshed knows little of SSLProtocol's internals: the base is typed loosely
-_SSLProtocol: Any = sslproto.SSLProtocol
+class Phase(enum.Enum):
+    HANDSHAKE = "handshake"
+    WRAPPED = "wrapped"
+    CLOSING = "closing"  # our close_notify is sent; the client's (or its EOF) awaited
+    CLOSED = "closed"  # the socket is closed, closing or lost: TLS is over
 
 
-class OffloadedHandshake(_SSLProtocol):  # type: ignore[misc]
-    """asyncio's server-side SSLProtocol, its signing handshake step in a worker."""
+def _feed(app: asyncio.BaseProtocol, data: bytes) -> None:
+    if isinstance(app, asyncio.BufferedProtocol):
+        view = memoryview(data)
+        while view:
+            buf = memoryview(app.get_buffer(len(view)))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            app.buffer_updated(n)
+            view = view[n:]
+    elif isinstance(app, asyncio.Protocol):
+        app.data_received(data)
 
-    _busy = False
-    _moved = False
-    _held: bytearray | None = None
-    _lost: tuple[BaseException | None] | None = None
 
-    def buffer_updated(self, nbytes: int) -> None:
-        if self._busy:
-            if self._held is None:
-                self._held = bytearray()
-            self._held += self._ssl_buffer_view[:nbytes]
-            if len(self._held) > limits.TLS_HELD_MAX:  # a client that floods mid-handshake
-                self._held = bytearray()
-                self._transport.abort()
+class TLSLayer(asyncio.Protocol):
+    """Server-side TLS between a socket transport and an application protocol.
+
+    The protocol of the socket transport; the application talks to
+    :attr:`app_transport`. ``connected`` says whether the application already
+    had ``connection_made`` (STARTTLS); ``waiter`` gets the handshake's outcome;
+    ``reading`` is False for an application that starts with reading paused.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, app: asyncio.BaseProtocol,
+                 ctx: ssl.SSLContext, *, connected: bool,
+                 waiter: asyncio.Future[None] | None = None, reading: bool = True) -> None:
+        refuse_renegotiation(ctx)
+        self.app = app
+        self.app_transport = TLSTransport(self)
+        self._loop = loop
+        self._connected = connected
+        self._waiter = waiter
+        self._inbio = ssl.MemoryBIO()
+        self._outbio = ssl.MemoryBIO()
+        self._obj = ctx.wrap_bio(self._inbio, self._outbio, server_side=True)
+        self._info: dict[str, Any] = {"sslcontext": ctx}
+        self._socket: asyncio.Transport | None = None
+        self._phase = Phase.HANDSHAKE
+        self._timer: asyncio.TimerHandle | None = None
+        self._busy = False  # a handshake step is in the worker
+        self._held = bytearray()  # bytes received meanwhile
+        self._lost: tuple[Exception | None] | None = None  # connection lost meanwhile
+        self._error: Exception | None = None  # what ended the session, for the app
+        self._eof = False  # the client's EOF (TCP)
+        self._peer_closed = False  # the client's close_notify
+        self._app_eof = False  # app.eof_received() called
+        self._app_lost = False  # app.connection_lost() called (or scheduled)
+        self._app_closing = False  # the app called close() or abort()
+        self._reading_paused = not reading  # by the app
+        self._socket_paused = False  # socket reading paused by us (app paused, input piling)
+        self._writing_paused = False  # by the socket transport
+        self._told_paused = False  # app.pause_writing() called, resume_writing() owed
+        self._pending: collections.deque[bytes] = collections.deque()  # plaintext to encrypt
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def socket_paused(self) -> bool:
+        """The socket is not read: the app paused reading and input piled up."""
+        return self._socket_paused
+
+    @property
+    def ended_while_busy(self) -> tuple[bool, bool]:
+        """(EOF, connection lost) noted while a handshake step is in the worker."""
+        return self._busy and self._eof, self._lost is not None
+
+    # -- the socket transport's protocol ---------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._socket = transport
+        self._timer = self._loop.call_later(limits.TLS_HANDSHAKE_TIMEOUT,
+                                            self._handshake_timeout)
+        self._advance()
+
+    def data_received(self, data: bytes) -> None:
+        if self._phase is Phase.CLOSED:
             return
-        super().buffer_updated(nbytes)
+        if self._busy:
+            self._held += data
+            if len(self._held) > limits.TLS_HELD_MAX:  # a client flooding mid-handshake
+                self._held.clear()
+                self._abandon(ConnectionAbortedError("too much input during the TLS handshake"))
+            return
+        self._inbio.write(data)
+        self._advance()
 
-    def connection_lost(self, exc: BaseException | None) -> None:
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._advance()
+        return True  # the layer closes the socket itself, once TLS is done with it
+
+    def connection_lost(self, exc: Exception | None) -> None:
         if self._busy:
             self._lost = (exc,)
             return
-        super().connection_lost(exc)
+        self._gone(exc)
 
-    def _do_handshake(self) -> None:
-        if self._busy:
-            return
-        if self._moved or not self._incoming.pending:
-            super()._do_handshake()
-            return
-        self._moved = self._busy = True
-        fut = self._loop.run_in_executor(_executor(), self._step)
-        fut.add_done_callback(self._stepped)
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._tell_app_writing()
 
-    def _step(self) -> BaseException | None:
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._tell_app_writing()
+
+    # -- the application's transport (TLSTransport calls these) -------------------------
+
+    def extra_info(self, name: str, default: Any = None) -> Any:
+        if name in self._info:
+            return self._info[name]
+        if self._socket is not None:
+            return self._socket.get_extra_info(name, default)
+        return default
+
+    def closing(self) -> bool:
+        return self._app_closing or self._phase in (Phase.CLOSING, Phase.CLOSED)
+
+    def app_write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data or self.closing():
+            return
+        self._pending.append(data if isinstance(data, bytes) else bytes(data))
+        self._push()
+
+    def app_close(self) -> None:
+        if self._app_closing:
+            return
+        self._app_closing = True
+        self._shutdown()
+
+    def app_abort(self) -> None:
+        self._app_closing = True
+        self._abandon(None)
+
+    def app_pause_reading(self) -> None:
+        self._reading_paused = True
+
+    def app_resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            self._loop.call_soon(self._advance)
+
+    def app_reading(self) -> bool:
+        return not self._reading_paused and not self.closing()
+
+    def write_buffer_size(self) -> int:
+        size = self._outbio.pending + sum(map(len, self._pending))
+        if self._socket is not None:
+            size += self._socket.get_write_buffer_size()
+        return size
+
+    def write_buffer_limits(self) -> tuple[int, int]:
+        if self._socket is None:
+            return 0, 0
+        return self._socket.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None, low: int | None) -> None:
+        if self._socket is not None:
+            self._socket.set_write_buffer_limits(high, low)
+
+    # -- the machine ---------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Do what the input and events so far allow (loop thread, never while busy)."""
+        if self._busy or self._socket is None:
+            return
+        if self._phase is Phase.HANDSHAKE:
+            if self._inbio.pending:
+                self._busy = True
+                fut = self._loop.run_in_executor(_executor(), self._handshake_step)
+                fut.add_done_callback(self._stepped)
+            elif self._eof:
+                self._fail(ConnectionResetError("connection closed during the TLS handshake"))
+        elif self._phase is Phase.WRAPPED:
+            self._read()
+        elif self._phase is Phase.CLOSING:
+            self._drain()
+
+    def _handshake_step(self) -> Exception | None:
+        """In a worker: one handshake step; the one that signs waits for klondike."""
         try:
-            self._sslobj.do_handshake()
-        except BaseException as exc:  # handed back to the loop thread
+            self._obj.do_handshake()
+        except Exception as exc:  # handed back to the loop thread
             return exc
         return None
 
-    def _stepped(self, fut: asyncio.Future[BaseException | None]) -> None:
+    def _stepped(self, fut: asyncio.Future[Exception | None]) -> None:
         self._busy = False
-        outcome: BaseException | None = (fut.exception() or fut.result()
-                                         if not fut.cancelled() else ConnectionAbortedError())
+        outcome = (fut.result() if not fut.cancelled() and fut.exception() is None
+                   else ConnectionAbortedError("TLS handshake step did not finish"))
         if self._held:
-            self._incoming.write(bytes(self._held))
-        self._held = None
+            self._inbio.write(bytes(self._held))
+            self._held.clear()
         if self._lost is not None:
-            super().connection_lost(self._lost[0])
+            exc = self._lost[0]
+            self._lost = None
+            self._gone(exc)
             return
-        if self._state != sslproto.SSLProtocolState.DO_HANDSHAKE:
-            return  # aborted meanwhile (timeout, EOF, close)
-        if isinstance(outcome, ssl.SSLWantReadError | ssl.SSLWantWriteError):
-            self._process_outgoing()
-            if self._incoming.pending:
-                super()._do_handshake()
-        elif isinstance(outcome, ssl.SSLError):
-            self._on_handshake_complete(outcome)
-        elif outcome is not None:
-            self._fatal_error(outcome, "TLS handshake failed")
+        if self._phase is not Phase.HANDSHAKE:
+            return  # cut meanwhile (timeout, flood)
+        self._send()  # this step's flight, or its alert
+        try:
+            if outcome is None:
+                self._handshake_done()
+            elif isinstance(outcome, ssl.SSLWantReadError):
+                self._advance()
+            else:
+                self._fail(outcome)
+        except Exception as exc:  # the application's connection_made or data_received
+            self._loop.call_exception_handler({"message": "TLS session callback failed",
+                                               "exception": exc, "protocol": self.app})
+            self._abandon(exc)
+
+    def _handshake_done(self) -> None:
+        self._cancel_timer()
+        self._phase = Phase.WRAPPED
+        obj = self._obj
+        self._info.update(ssl_object=obj, peercert=obj.getpeercert(), cipher=obj.cipher(),
+                          compression=obj.compression(), sslcontext=obj.context)
+        if not self._connected:
+            self._connected = True
+            self.app.connection_made(self.app_transport)
+        self._wake(None)
+        self._tell_app_writing()
+        self._push()
+        self._advance()
+
+    def _fail(self, exc: Exception, *, abort: bool = False) -> None:
+        """The handshake failed: tell the waiter, send our alert if any, close
+        (cut when the alert cannot leave at once: a client that does not read
+        must not keep the socket)."""
+        self._phase = Phase.CLOSED
+        self._cancel_timer()
+        self._error = exc
+        self._wake(exc)
+        if not self._busy:
+            self._send()
+        sock = self._socket
+        if sock is not None:
+            abort = abort or self._busy or sock.get_write_buffer_size() > 0
+        self._close_socket(abort=abort)
+
+    def _handshake_timeout(self) -> None:
+        self._timer = None
+        if self._phase is Phase.HANDSHAKE:
+            self._fail(ConnectionAbortedError(
+                f"TLS handshake not done in {limits.TLS_HANDSHAKE_TIMEOUT:g} s"), abort=True)
+
+    def _read(self) -> None:
+        """WRAPPED: decrypt what is here for the app, unless it paused reading."""
+        if self._reading_paused:
+            self._control_socket_reading()
+            return
+        chunks: list[bytes] = []
+        try:
+            while chunk := self._obj.read(limits.TLS_READ_CHUNK):
+                chunks.append(chunk)
+            self._peer_closed = True  # read() gives b"" on close_notify
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            self._peer_closed = True
+        except ssl.SSLError as exc:  # a bad record: OpenSSL queued an alert
+            self._send()
+            self._abandon(exc)
+            return
+        self._send()  # alerts or key updates the records asked for
+        if chunks:
+            _feed(self.app, b"".join(chunks))
+        if self._phase is not Phase.WRAPPED:
+            return  # the app closed meanwhile
+        if (self._peer_closed or (self._eof and not self._reading_paused)) and not self._app_eof:
+            # close_notify, or an EOF without it: a stream truncated after
+            # its last complete record (RFC 8446 6.1), passed on all the same
+            if self._app_eof_received():
+                return  # the app keeps the connection open and closes it later
+            self._shutdown()
+            return
+        self._control_socket_reading()
+
+    def _app_eof_received(self) -> bool:
+        if self._app_eof or self._app_lost or not self._connected:
+            return False
+        self._app_eof = True
+        app = self.app
+        if isinstance(app, asyncio.Protocol | asyncio.BufferedProtocol):
+            return bool(app.eof_received())
+        return False
+
+    def _push(self) -> None:
+        """Encrypt what the app wrote onto the socket, a chunk at a time."""
+        if self._phase is not Phase.WRAPPED:
+            return
+        while self._pending:
+            data = self._pending[0]
+            view = memoryview(data)
+            done = 0
+            try:
+                while done < len(view):
+                    done += self._obj.write(view[done:done + limits.TLS_WRITE_CHUNK])
+                    self._send()
+            except ssl.SSLWantReadError:  # needs the client's records first
+                self._pending[0] = data[done:]
+                break
+            except ssl.SSLError as exc:
+                self._abandon(exc)
+                return
+            self._pending.popleft()
+        self._send()
+
+    def _shutdown(self) -> None:
+        """Send close_notify; close the socket once the client has closed too."""
+        if self._phase is Phase.HANDSHAKE:
+            self._fail(ConnectionAbortedError("closed during the TLS handshake"), abort=True)
+            return
+        if self._phase is not Phase.WRAPPED:
+            return
+        self._phase = Phase.CLOSING
+        self._push()
+        self._pending.clear()
+        try:
+            self._obj.unwrap()
+        except ssl.SSLError:  # SSLWantReadError: the client's close_notify is not here yet
+            pass
+        self._send()
+        if self._peer_closed or self._eof:
+            self._phase = Phase.CLOSED
+            self._close_socket(abort=False)
+            return
+        self._timer = self._loop.call_later(limits.TLS_SHUTDOWN_TIMEOUT, self._shutdown_timeout)
+        if self._socket_paused and self._socket is not None:
+            self._socket_paused = False
+            self._socket.resume_reading()
+        self._drain()
+
+    def _drain(self) -> None:
+        """CLOSING: wait for the client's close_notify, or its EOF.
+
+        ``read()`` is over once our close_notify is out: a repeated ``unwrap()``
+        reads on, one record a call. Data after our close_notify is an error
+        for OpenSSL 3 (as for asyncio's own TLS): the socket is closed then,
+        its input already read, so the close does not become a reset.
+        """
+        done = self._eof
+        while True:
+            before = self._inbio.pending
+            try:
+                self._obj.unwrap()
+                done = True  # the client's close_notify
+                break
+            except (ssl.SSLWantReadError, ssl.SSLSyscallError):
+                if not self._inbio.pending or self._inbio.pending >= before:
+                    break
+            except ssl.SSLError:
+                done = True
+                break
+        self._send()
+        if done:
+            self._phase = Phase.CLOSED
+            self._cancel_timer()
+            self._close_socket(abort=False)
+
+    def _shutdown_timeout(self) -> None:
+        self._timer = None
+        if self._phase is Phase.CLOSING:
+            self._abandon(None)
+
+    def _abandon(self, exc: Exception | None) -> None:
+        """Cut the connection now (an error, a flood, abort())."""
+        if self._error is None:
+            self._error = exc
+        if self._phase is Phase.HANDSHAKE:
+            self._wake(exc or ConnectionAbortedError("TLS handshake aborted"))
+        self._phase = Phase.CLOSED
+        self._cancel_timer()
+        self._close_socket(abort=True)
+
+    def _gone(self, exc: Exception | None) -> None:
+        """The socket's connection_lost (handled once no step is in the worker)."""
+        self._phase = Phase.CLOSED
+        self._cancel_timer()
+        self._held.clear()
+        self._pending.clear()
+        exc = exc or self._error
+        self._wake(exc or ConnectionResetError("connection lost during the TLS handshake"))
+        if self._connected and not self._app_lost:
+            self._app_lost = True
+            self._loop.call_soon(self.app.connection_lost, exc)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _send(self) -> None:
+        """What OpenSSL wrote to the outgoing BIO, onto the socket (never while busy)."""
+        data = self._outbio.read()
+        if data and self._socket is not None and not self._socket.is_closing():
+            self._socket.write(data)
+
+    def _close_socket(self, *, abort: bool) -> None:
+        sock = self._socket
+        if sock is None:
+            return
+        if not self._busy:
+            self._send()
+        if abort:
+            sock.abort()
         else:
-            self._on_handshake_complete(None)
+            sock.close()
+
+    def _wake(self, exc: Exception | None) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is None or waiter.done():
+            return
+        if exc is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(exc)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _control_socket_reading(self) -> None:
+        sock = self._socket
+        if sock is None or sock.is_closing():
+            return
+        pending = self._inbio.pending
+        if self._reading_paused and pending >= limits.TLS_READ_HIGH and not self._socket_paused:
+            self._socket_paused = True
+            sock.pause_reading()
+        elif self._socket_paused and pending <= limits.TLS_READ_LOW:
+            self._socket_paused = False
+            sock.resume_reading()
+
+    def _tell_app_writing(self) -> None:
+        if self._phase is Phase.HANDSHAKE or not self._connected or self._app_lost:
+            return
+        if self._writing_paused and not self._told_paused:
+            self._told_paused = True
+            self.app.pause_writing()
+        elif not self._writing_paused and self._told_paused:
+            self._told_paused = False
+            self.app.resume_writing()
 
 
-OFFLOAD = _supported()
+class TLSTransport(asyncio.Transport):
+    """What the application holds: plaintext in and out of a :class:`TLSLayer`."""
 
+    def __init__(self, layer: TLSLayer) -> None:
+        super().__init__()
+        self._layer = layer
 
-def server_protocol(loop: asyncio.AbstractEventLoop, app: asyncio.BaseProtocol,
-                    ctx: ssl.SSLContext, waiter: asyncio.Future[None] | None,
-                    call_connection_made: bool = True) -> Any:
-    cls = OffloadedHandshake if OFFLOAD else _SSLProtocol
-    proto = cls(loop, app, ctx, waiter, server_side=True,
-                                      call_connection_made=call_connection_made,
-                                      ssl_handshake_timeout=limits.TLS_HANDSHAKE_TIMEOUT)
-    return proto
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``ssl_object``, ``peercert``, ``cipher``, ``compression``, ``sslcontext`` (the
+        one SNI chose, once the handshake is done), else the socket transport's."""
+        return self._layer.extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self._layer.closing()
+
+    def close(self) -> None:
+        self._layer.app_close()
+
+    def abort(self) -> None:
+        self._layer.app_abort()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._layer.app = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._layer.app
+
+    def is_reading(self) -> bool:
+        return self._layer.app_reading()
+
+    def pause_reading(self) -> None:
+        self._layer.app_pause_reading()
+
+    def resume_reading(self) -> None:
+        self._layer.app_resume_reading()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._layer.app_write(data)
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("TLS has no half-close")
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return self._layer.write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._layer.write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._layer.set_write_buffer_limits(high, low)
 
 
 def smtps_factory(ctx: ssl.SSLContext, app_factory: Callable[[], asyncio.BaseProtocol]
                   ) -> Callable[[], asyncio.BaseProtocol]:
-    """A protocol factory for ``create_server`` of an smtps listener (TLS from the start)."""
+    """A protocol factory for ``create_server`` of an smtps listener (TLS from the start):
+    the application's ``connection_made`` comes once the handshake is done."""
+    refuse_renegotiation(ctx)
+
     def make() -> asyncio.BaseProtocol:
-        loop = asyncio.get_running_loop()
-        proto: asyncio.BaseProtocol = server_protocol(loop, app_factory(), ctx, None)
-        return proto
+        return TLSLayer(asyncio.get_running_loop(), app_factory(), ctx, connected=False)
     return make
 
 
 async def start_tls(transport: asyncio.Transport, app: asyncio.BaseProtocol,
                     ctx: ssl.SSLContext) -> asyncio.Transport:
-    """``loop.start_tls(..., server_side=True)`` with the handshake step off the loop."""
+    """Server-side TLS on ``app``'s clear ``transport`` (STARTTLS); the TLS transport.
+
+    Raises ``ssl.SSLError`` or ``ConnectionError`` when the handshake fails
+    (the connection is closed then, and ``app`` gets ``connection_lost``). The
+    TLS transport starts with reading paused if ``transport`` had it paused
+    (pony does while its STARTTLS step runs): what the client pipelines behind
+    its Finished reaches ``app`` only once it has taken the new transport.
+    """
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
-    proto = server_protocol(loop, app, ctx, waiter, call_connection_made=False)
-    transport.pause_reading()
-    transport.set_protocol(proto)
-    made = loop.call_soon(proto.connection_made, transport)
-    resumed = loop.call_soon(transport.resume_reading)
+    layer = TLSLayer(loop, app, ctx, connected=True, waiter=waiter,
+                     reading=transport.is_reading())
+    transport.set_protocol(layer)
+    layer.connection_made(transport)
+    transport.resume_reading()
     try:
         await waiter
-    except BaseException:
-        transport.close()
-        made.cancel()
-        resumed.cancel()
+    except asyncio.CancelledError:
+        transport.abort()
         raise
-    new: asyncio.Transport = proto._app_transport
-    return new
+    return layer.app_transport
