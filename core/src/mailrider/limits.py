@@ -210,3 +210,6 @@ AUTH_FAIL_WINDOW = 600.0
 #: local maildir deliveries of one user that share one delivery process and
 #: one sync (proc/parent_mda.py)
 DELIVERY_BATCH_MAX = 32
+#: delivery processes of one user at a time; its deliveries that arrive
+#: meanwhile wait and go together in the next batch
+DELIVERY_BATCHES_PER_USER = 2

@@ -17,6 +17,7 @@ never blocks on a delivery itself.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import pwd
@@ -344,16 +345,19 @@ class _Job:
 class Deliveries:
     """The parent's local deliveries, batched per user.
 
-    Maildir deliveries for the same credentials that arrive in one turn of
-    the event loop share one forked process and one sync (at most
-    :data:`~mailrider.limits.DELIVERY_BATCH_MAX` each); other methods run a
-    process each, in parallel, as a slow ``mda`` command must not hold up
-    the others.
+    Maildir deliveries for the same credentials share a forked process and
+    its syncs, at most :data:`~mailrider.limits.DELIVERY_BATCH_MAX` each.
+    Batches form by themselves under load: while
+    :data:`~mailrider.limits.DELIVERY_BATCHES_PER_USER` processes of a user
+    are running, that user's new deliveries wait for one to end, then go
+    together; an idle daemon delivers at once. Other methods run a process
+    each, in parallel: a slow ``mda`` command must not hold up the others.
     """
 
     def __init__(self, parent: Parent) -> None:
         self.parent = parent
         self._waiting: dict[tuple[object, ...], list[_Job]] = {}
+        self._running: dict[tuple[object, ...], int] = {}
         self._flushing = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -366,19 +370,39 @@ class Deliveries:
             key = (id(job),)
         self._waiting.setdefault(key, []).append(job)
         if not self._flushing:
+            # every delivery that arrives in this turn of the loop can join
             self._flushing = True
             loop.call_soon(self._flush)
         return job.done
 
     def _flush(self) -> None:
         self._flushing = False
-        waiting, self._waiting = self._waiting, {}
+        for key in list(self._waiting):
+            self._start(key)
+
+    def _start(self, key: tuple[object, ...]) -> None:
         size = limits.DELIVERY_BATCH_MAX
-        for jobs in waiting.values():
-            for start in range(0, len(jobs), size):
-                task = asyncio.get_running_loop().create_task(self._run(jobs[start:start + size]))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        while self._waiting.get(key) and \
+                self._running.get(key, 0) < limits.DELIVERY_BATCHES_PER_USER:
+            jobs = self._waiting[key]
+            batch, rest = jobs[:size], jobs[size:]
+            if rest:
+                self._waiting[key] = rest
+            else:
+                del self._waiting[key]
+            self._running[key] = self._running.get(key, 0) + 1
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(functools.partial(self._done, key))
+
+    def _done(self, key: tuple[object, ...], task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        left = self._running[key] - 1
+        if left:
+            self._running[key] = left
+        else:
+            del self._running[key]
+        self._start(key)
 
     async def _run(self, jobs: list[_Job]) -> None:
         config = self.parent.config
