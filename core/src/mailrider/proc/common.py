@@ -21,7 +21,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mailrider import log, paths, profile
+from mailrider import __version__, log, paths, profile
 from mailrider.config.model import Config
 from mailrider.errors import ConfigError
 from mailrider.ipc import messages as m
@@ -71,6 +71,7 @@ def parse_options(argv: list[str], prog: str = "mailriderd") -> Options:
     p.add_argument("-D", metavar="macro=value", action="append", default=[],
                    help="define a macro, overriding the configuration file")
     p.add_argument("-S", metavar="statedir", help="state folder (spool, control socket)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ns = p.parse_args(argv)
     macros: dict[str, str] = {}
     for item in ns.D:
