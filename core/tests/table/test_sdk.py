@@ -47,7 +47,7 @@ def test_read_config_syntax(tmp_path: Path) -> None:
         "database": "mail",
         "query_alias": "SELECT a FROM b WHERE c=?",
         "url": "ldap://host:389",
-        # the colon is skipped only when a blank follows (PROTOCOLS.md 2.0)
+        # the colon is skipped only when a blank follows (docs/table-protocol.md §10.1)
         "odd": ":value",
     }
 

@@ -153,7 +153,7 @@ def read_config(
     known: Iterable[str] | None = None,
     allow_duplicates: bool = False,
 ) -> dict[str, str]:
-    """Read a backend config file in the common syntax of PROTOCOLS.md 2.0.
+    """Read a backend config file in the common syntax of docs/table-protocol.md §10.1.
 
     One ``key value`` per line; the key ends at the first space, tab or
     colon; then blanks, and a colon followed by a blank (or the end of the
@@ -507,7 +507,7 @@ async def _serve(
         reader: asyncio.BaseTransport
         writer: asyncio.BaseTransport
         if _same_socket(in_fd, out_fd):
-            # PROTOCOLS 1.1: one socketpair end is both stdin and stdout. Pipe
+            # docs/table-protocol.md §1: one socketpair end is both stdin and stdout. Pipe
             # transports would take the peer's requests for a hang-up.
             os.close(out_fd)
             sock = socket.socket(fileno=in_fd)

@@ -1,7 +1,7 @@
 """mailrider-table-redis: a table backend answering from Redis.
 
 The configuration file keeps the keys of OpenSMTPD's table-redis
-(PROTOCOLS.md 2.2) and adds TLS, unix sockets, ACL user names and a query
+(docs/table-protocol.md §10.3) and adds TLS, unix sockets, ACL user names and a query
 timeout. Invariants:
 
 - The lookup key is always exactly one command argument: a ``query_*``
@@ -412,7 +412,7 @@ def _text(value: object) -> str:
 
 
 class RedisBackend(Backend):
-    """The table: check/lookup per PROTOCOLS.md 2.2, update re-reads the config."""
+    """The table: check/lookup per docs/table-protocol.md §10.3, update re-reads the config."""
 
     services = SERVICES
 
