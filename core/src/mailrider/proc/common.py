@@ -121,7 +121,9 @@ def unprivileged_user() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(paths.USER)
     except KeyError:
-        raise ConfigError(f"user {paths.USER} does not exist; create it (see the port)") from None
+        raise ConfigError(
+            f"user {paths.USER} does not exist; create it: useradd --system --no-create-home "
+            f"--home-dir /nonexistent --shell /usr/sbin/nologin {paths.USER}") from None
 
 
 def ext_user() -> pwd.struct_passwd | None:
