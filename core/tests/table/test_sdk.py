@@ -336,6 +336,9 @@ def test_backends_make_themselves_non_dumpable() -> None:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         libc = ctypes.CDLL(None)
+        # run() in the tests above made this (pytest's) process non-dumpable
+        # already, and a fork inherits that: start from dumpable
+        libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, 1
         before = libc.prctl(3, 0, 0, 0, 0)
         sdk._not_dumpable()
         after = libc.prctl(3, 0, 0, 0, 0)
