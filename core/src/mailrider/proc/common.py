@@ -121,9 +121,13 @@ def unprivileged_user() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(paths.USER)
     except KeyError:
-        raise ConfigError(
-            f"user {paths.USER} does not exist; create it: useradd --system --no-create-home "
-            f"--home-dir /nonexistent --shell /usr/sbin/nologin {paths.USER}") from None
+        raise ConfigError(missing_user(paths.USER)) from None
+
+
+def missing_user(name: str) -> str:
+    """The error for a system user the daemon needs, with the command that makes it."""
+    return (f"user {name} does not exist; create it: useradd --system --no-create-home "
+            f"--home-dir /nonexistent --shell /usr/sbin/nologin {name}")
 
 
 def ext_user() -> pwd.struct_passwd | None:
@@ -134,8 +138,7 @@ def ext_user() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(paths.EXT_USER)
     except KeyError:
-        raise ConfigError(
-            f"user {paths.EXT_USER} does not exist; create it (see the port)") from None
+        raise ConfigError(missing_user(paths.EXT_USER)) from None
 
 
 def drop_privileges(pw: pwd.struct_passwd | None) -> None:
