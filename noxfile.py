@@ -21,7 +21,13 @@ LOCAL = {tomllib.loads((p / "pyproject.toml").read_text())["project"]["name"]: p
 nox.options.sessions = ["core", *[p.name for p in EXTRAS], "lint", "types", "build"]
 nox.options.reuse_existing_virtualenvs = True
 
-TEST_DEPS = ["pytest", "hypothesis"]
+#: the development tools at the exact versions of tools/dev-requirements.txt
+PINS = {
+    line.split("==")[0].lower(): line
+    for line in (ROOT / "tools" / "dev-requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+}
+TEST_DEPS = [PINS["pytest"], PINS["hypothesis"]]
 
 
 def _local_requirements(dist: pathlib.Path) -> list[str]:
@@ -53,7 +59,13 @@ def _extra_session(dist: pathlib.Path) -> None:
     @nox.session(name=dist.name)
     def run(session: nox.Session) -> None:
         session.install(*TEST_DEPS)
-        session.install(*_local_requirements(dist))
+        reqs = _local_requirements(dist)
+        # the distribution itself (last) with its optional dependencies
+        meta = tomllib.loads((dist / "pyproject.toml").read_text())["project"]
+        optional = ",".join(meta.get("optional-dependencies", {}))
+        if optional:
+            reqs[-1] += f"[{optional}]"
+        session.install(*reqs)
         session.run("pytest", "-p", "no:cacheprovider", str(dist / "tests"), *session.posargs)
 
 
@@ -63,20 +75,20 @@ for _dist in EXTRAS:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install(PINS["ruff"])
     session.run("ruff", "check", "core", "extras", "tools", "noxfile.py")
 
 
 @nox.session
 def types(session: nox.Session) -> None:
-    session.install("mypy")
+    session.install(PINS["mypy"])
     session.run("mypy", "--strict", "core/src/mailrider", env={"MYPYPATH": "core/src"})
 
 
 @nox.session
 def build(session: nox.Session) -> None:
     """sdist + wheel of every distribution into dist/, then check them."""
-    session.install("build", "twine")
+    session.install(PINS["build"], PINS["twine"])
     out = ROOT / "dist"
     out.mkdir(exist_ok=True)
     for p in [ROOT / "core", *EXTRAS]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Conformance checker for stdio table backends (protocol 0.1, PROTOCOLS.md 1).
+"""Conformance checker for stdio table backends (protocol 0.1, docs/table-protocol.md).
 
     check_table.py [--vectors FILE] [--config PATH] [--name NAME]
                    [--timeout S] [--keep-argv0] -- COMMAND [ARG...]
@@ -99,7 +99,7 @@ def parse_vectors(path: str) -> list[Request]:
 
 
 def judge(req: Request, reply: str) -> None:
-    """Check one reply's syntax (PROTOCOLS.md 1.4) and its expectation."""
+    """Check one reply's syntax (docs/table-protocol.md §4) and its expectation."""
     req.reply = reply
     kind, _, rest = reply.partition("|")
     _rid, sep, status = rest.partition("|")

@@ -301,7 +301,7 @@ def freebsd(dist: Dist) -> dict[str, str]:
         "",
         "LICENSE=\tISC",
         "",
-        "BUILD_DEPENDS=\t${PYTHON_PKGNAMEPREFIX}flit-core>=3.9:devel/py-flit-core@${PY_FLAVOR}",
+        "BUILD_DEPENDS=\t${PYTHON_PKGNAMEPREFIX}flit-core>=3.12:devel/py-flit-core@${PY_FLAVOR}",
     ]
     runs = [f"{d}>={dist.version}:mail/{d}" for d in dist.local_deps]
     runs += [f"${{PYTHON_PKGNAMEPREFIX}}{DRIVERS[d][1].split('/py-')[1]}>0:{DRIVERS[d][1]}"

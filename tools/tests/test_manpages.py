@@ -123,7 +123,7 @@ def mailriderctl_commands() -> list[str]:
 
 def mailriderctl_options() -> list[str]:
     source = inspect.getsource(mailriderctl.main)
-    return sorted(set(re.findall(r'opt == "(-[a-zA-Z])"', source)))
+    return sorted(set(re.findall(r'opt == "(-[a-zA-Z]|--[a-z-]+)"', source)))
 
 
 # -- the tests ---------------------------------------------------------------
@@ -133,7 +133,7 @@ def test_extractors_find_what_we_know() -> None:
     # guards against a parser change making the checks below vacuous
     assert {"-d", "-n", "-v", "-f", "-D", "-S"} <= set(mailriderd_options())
     assert {"show queue", "update table", "mda", "log verbose"} <= set(mailriderctl_commands())
-    assert {"-S", "-j"} <= set(mailriderctl_options())
+    assert {"-S", "-j", "--version"} <= set(mailriderctl_options())
     assert {"listen", "match", "action", "table"} <= config_parser.KEYWORDS
     runs = documented(MAN / "mailriderctl.8", ("Cm",))
     assert "show queue" in runs and "pause mda" in runs

@@ -1,4 +1,4 @@
-"""Error types that carry their SMTP meaning (STYLE rule 4).
+"""Error types that carry their SMTP meaning.
 
 A permanent failure is never confused with a temporary one: a backend that
 is down raises :class:`TempFail`, a key that is absent is a normal "not

@@ -1,4 +1,4 @@
-"""Every protocol limit, named, with the RFC section it comes from (STYLE rule 6).
+"""Every protocol limit, named, with the RFC section it comes from.
 
 Values here are defaults; the configuration may override those marked
 configurable.
@@ -74,7 +74,7 @@ HEADER_LINE_HOLD = 1000
 # message whose header section is longer passes through unchanged, logged)
 MASQUERADE_HEADER_MAX = 64 * 1024
 
-# Scheduler (PROTOCOLS.md 7.5): retry base for local delivery and bounces, and
+# Scheduler (docs/queue.md §5): retry base for local delivery and bounces, and
 # for relaying.
 RETRY_BASE_MDA = 10
 RETRY_BASE_MTA = 400
@@ -182,7 +182,7 @@ AUTH_LINE_MAX = 12288 + 2
 # Failed authentications in one session before 421 4.7.0 (configurable).
 AUTH_MAX_FAILURES = 3
 
-# -- mta: outgoing connections (OpenSMTPD's mta limits, PROTOCOLS.md 4.8) --
+# -- mta: outgoing connections (after OpenSMTPD's mta limits, docs/config.md §8) --
 #: connections open at once to other hosts, in all
 MTA_MAX_CONNECTIONS = 100
 #: connections open at once for one route (recipient domain or relay host)
@@ -198,7 +198,7 @@ MTA_MAX_HOSTS = 10
 #: recipients in one outgoing transaction (RFC 5321 4.5.3.1.8: at least 100)
 MTA_MAX_RCPT = 100
 #: a delivery-status notification waits this long for more recipients of
-#: the same message before it is sent (PROTOCOLS.md 7.6)
+#: the same message before it is sent (docs/queue.md §6)
 BOUNCE_FLUSH_DELAY = 1.0
 
 # AUTH failures: each failure from one address within the window adds this

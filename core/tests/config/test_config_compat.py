@@ -35,6 +35,7 @@ def shared_dir() -> Path:
 
 
 CORPUS = shared_dir() / "compat" / "smtpd-conf"
+NO_CORPUS = f"no compat corpus at {CORPUS} (MAILRIDER_SHARED names the folder holding compat/)"
 VERDICTS = CORPUS / "OPENSMTPD-7.8-VERDICTS.md"
 _ROW = re.compile(r"^\|\s*(\S+\.conf)\s*\|\s*(\w+)\s*\|(.*?)\|(.*?)\|\s*$")
 _PARSE_ERROR = re.compile(r"`[^`:]+\.conf:(\d+): ([^`]*)`")
@@ -75,7 +76,7 @@ def corpus_params() -> list[object]:
 
 def test_verdicts_cover_the_corpus() -> None:
     if not VERDICTS.is_file():
-        pytest.skip(f"no compat corpus at {CORPUS}")
+        pytest.skip(NO_CORPUS)
     table = verdicts()
     assert len(table) == 20
     assert set(table) == {p.name for p in CORPUS.glob("*.conf")}
@@ -84,7 +85,7 @@ def test_verdicts_cover_the_corpus() -> None:
 @pytest.mark.parametrize("path", corpus_params())
 def test_grammar_agrees_with_opensmtpd(path: Path | None) -> None:
     if path is None:
-        pytest.skip(f"no compat corpus at {CORPUS}")
+        pytest.skip(NO_CORPUS)
     accepted, error_line = verdicts()[path.name]
     text = path.read_text(encoding="utf-8")
     if error_line is not None:
@@ -101,7 +102,7 @@ def test_grammar_agrees_with_opensmtpd(path: Path | None) -> None:
 @pytest.mark.parametrize("path", corpus_params())
 def test_support_check_names_line_and_feature(path: Path | None) -> None:
     if path is None:
-        pytest.skip(f"no compat corpus at {CORPUS}")
+        pytest.skip(NO_CORPUS)
     text = path.read_text(encoding="utf-8")
     if verdicts()[path.name][1] is not None:
         pytest.skip("rejected by the grammar, like OpenSMTPD")
@@ -118,7 +119,7 @@ def test_support_check_names_line_and_feature(path: Path | None) -> None:
 def test_file_02_rejected_at_line_6() -> None:
     path = CORPUS / "02-KirillPhilatov-Mail_server_setup.conf"
     if not path.is_file():
-        pytest.skip(f"no compat corpus at {CORPUS}")
+        pytest.skip(NO_CORPUS)
     with pytest.raises(ConfigError) as info:
         parse_string(path.read_text(encoding="utf-8"), path.name)
     assert str(info.value) == f"{path.name}:6: syntax error near '<'"
@@ -127,7 +128,7 @@ def test_file_02_rejected_at_line_6() -> None:
 def test_corpus_details() -> None:
     """Corners of the corpus parse into what they say."""
     if not CORPUS.is_dir():
-        pytest.skip(f"no compat corpus at {CORPUS}")
+        pytest.skip(NO_CORPUS)
 
     def load(prefix: str) -> Config:
         (path,) = CORPUS.glob(prefix + "-*.conf")

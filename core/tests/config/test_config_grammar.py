@@ -1,4 +1,4 @@
-"""Every form of the smtpd.conf grammar (PROTOCOLS.md 4.2-4.8) parses into the model."""
+"""Every form of the smtpd.conf grammar (docs/config.md) parses into the model."""
 
 from __future__ import annotations
 
@@ -483,7 +483,7 @@ def test_file_without_final_newline() -> None:
 
 
 def test_example_configurations_from_protocols() -> None:
-    # PROTOCOLS.md 4.9 (c), with the grammar's corners
+    # a Debian-style local relay host, with the grammar's corners
     cfg = parse(
         """
         table aliases file:/etc/aliases

@@ -1,4 +1,4 @@
-"""Format specifiers (PROTOCOLS.md 4.5)."""
+"""Format specifiers (docs/config.md §5)."""
 
 from __future__ import annotations
 

@@ -207,6 +207,7 @@ def shared_dir() -> Path:
 
 
 CORPUS = shared_dir() / "compat" / "smtpd-conf"
+NO_CORPUS = f"no compat corpus at {CORPUS} (MAILRIDER_SHARED names the folder holding compat/)"
 VERDICTS = CORPUS / "OPENSMTPD-7.8-VERDICTS.md"
 _ROW = re.compile(r"^\|\s*(\S+\.conf)\s*\|\s*(\w+)\s*\|(.*?)\|(.*?)\|\s*$")
 _OPENSMTPD_LINE = re.compile(r"`[^`:]+\.conf:(\d+): ([^`]*)`")
@@ -261,7 +262,7 @@ def classify(path: Path, res: subprocess.CompletedProcess[str],
 def test_compat_corpus_with_mailriderd_n() -> None:
     files = sorted(CORPUS.glob("*.conf"))
     if not files:
-        pytest.skip(f"no compat corpus at {CORPUS}")
+        pytest.skip(NO_CORPUS)
     grammar = opensmtpd_grammar_lines()
     rows = []
     for path in files:

@@ -1,4 +1,4 @@
-"""End to end: every local delivery method against a real mailriderd (PROTOCOLS.md 4.5).
+"""End to end: every local delivery method against a real mailriderd (docs/config.md §8).
 
 One daemon serves the whole module; each method has its own test domain:
 

@@ -1,4 +1,5 @@
-"""End to end: tables as an operator uses them (issue 3; PROTOCOLS.md 1, 4.2, 4.6).
+"""End to end: tables as an operator uses them (issue 3; docs/table-protocol.md,
+docs/config.md §2, §8).
 
 One daemon serves the module. Its rules, by recipient domain:
 

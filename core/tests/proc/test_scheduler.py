@@ -2,7 +2,7 @@ from mailrider.proc.scheduler import next_attempt
 
 
 def test_retry_times_are_anchored_on_creation_time() -> None:
-    # PROTOCOLS.md 7.5: ctime + base * n^2, smallest n >= retry in the future
+    # docs/queue.md §5: ctime + base * n^2, smallest n >= retry in the future
     assert next_attempt(1000, 1, 400, 1000) == 1400
     assert next_attempt(1000, 2, 400, 1000) == 2600
     # a late attempt skips to the next slot that still lies ahead

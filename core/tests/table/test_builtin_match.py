@@ -1,4 +1,4 @@
-"""Matching semantics of built-in tables on check (PROTOCOLS.md 1.5)."""
+"""Matching semantics of built-in tables on check (docs/table-protocol.md §6)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mailrider import __version__
 from mailrider.table.sdk import Backend, BackendError, ConfigFileError, read_config, run
 
 HANDSHAKE = (
@@ -46,7 +47,7 @@ def test_read_config_syntax(tmp_path: Path) -> None:
         "database": "mail",
         "query_alias": "SELECT a FROM b WHERE c=?",
         "url": "ldap://host:389",
-        # the colon is skipped only when a blank follows (PROTOCOLS.md 2.0)
+        # the colon is skipped only when a blank follows (docs/table-protocol.md §10.1)
         "odd": ":value",
     }
 
@@ -335,6 +336,9 @@ def test_backends_make_themselves_non_dumpable() -> None:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         libc = ctypes.CDLL(None)
+        # run() in the tests above made this (pytest's) process non-dumpable
+        # already, and a fork inherits that: start from dumpable
+        libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, 1
         before = libc.prctl(3, 0, 0, 0, 0)
         sdk._not_dumpable()
         after = libc.prctl(3, 0, 0, 0, 0)
@@ -345,3 +349,52 @@ def test_backends_make_themselves_non_dumpable() -> None:
     os.close(r)
     os.waitpid(pid, 0)
     assert got == "1,0"
+
+
+# -- the command line ----------------------------------------------------------------
+
+
+class NeverBuilt(Backend):
+    services = ("domain",)
+
+    def __init__(self, table_name: str, config_path: str | None) -> None:
+        raise AssertionError("an option must be answered before the protocol starts")
+
+
+def _run_options(args: list[str]) -> int:
+    # stdin/stdout are a socketpair end nobody writes to: if run() went on to
+    # the protocol it would read EOF and return 1, never 0 or 2
+    mine, theirs = socket.socketpair()
+    mine.close()
+    try:
+        return run(NeverBuilt, argv=["/usr/bin/mailrider-table-x", *args],
+                   stdin=theirs.fileno(), stdout=theirs.fileno())
+    finally:
+        theirs.close()
+
+
+@pytest.mark.parametrize("option", ["--help", "-h"])
+def test_help_answers_without_reading_stdin(option: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run_options([option]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: mailrider-table-x [CONFIG]\n")
+
+
+def test_version_is_the_core_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run_options(["--version"]) == 0
+    assert capsys.readouterr().out == f"mailrider-table-x {__version__}\n"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--verbose"], "unknown option --verbose"),
+    (["-x"], "unknown option -x"),
+    (["/etc/a.conf", "--help"], "unknown option --help"),
+    (["/etc/a.conf", "/etc/b.conf"], "too many arguments"),
+])
+def test_other_arguments_are_refused(args: list[str], message: str,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run_options(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"mailrider-table-x: {message}\nusage: ")

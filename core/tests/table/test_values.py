@@ -1,4 +1,4 @@
-"""Parsers of table values, per service (PROTOCOLS.md 1.6)."""
+"""Parsers of table values, per service (docs/table-protocol.md §7)."""
 
 from __future__ import annotations
 

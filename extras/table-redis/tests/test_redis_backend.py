@@ -45,7 +45,7 @@ def test_default_template_found_notfound_error(
         b.check(service, f"{p}wrongtype")
 
 
-# -- reply-type rules of PROTOCOLS 2.2 ------------------------------------------------------
+# -- reply-type rules of docs/table-protocol.md §10.3 ---------------------------------------
 
 
 def test_check_integer_reply_is_its_truth(target: Target, write_config: Write) -> None:

@@ -14,6 +14,9 @@ from mailrider_table_sql.placeholders import (
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+# SQLAlchemy 1.4 has no psycopg (3) dialect; psycopg2's has the same paramstyle
+PSYCOPG = getattr(postgresql, "psycopg", postgresql.psycopg2)
+
 
 @pytest.mark.parametrize(
     ("dialect", "query", "text", "count"),
@@ -99,7 +102,7 @@ def test_rewrite_errors(dialect: Dialect, query: str, message: str) -> None:
     [
         (
             POSTGRES,
-            postgresql.psycopg.dialect(),
+            PSYCOPG.dialect(),
             "SELECT '%:a' || a::text FROM t WHERE k = $1",
             "SELECT '%%:a' || a::text FROM t WHERE k =  %(key)s ",
         ),

@@ -9,7 +9,7 @@ import socket
 import sys
 from typing import Any
 
-from mailrider import paths
+from mailrider import __version__, paths
 from mailrider.errors import ConfigError
 from mailrider.proc.control import format_queue_line, socket_path
 
@@ -235,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         elif opt == "-j":
             as_json = True
         elif opt in ("-h", "--help"):
-            print(__doc__)
+            print(f"usage: mailriderctl [-S statedir] [-j] command [args ...]\n\n{__doc__}")
+            return 0
+        elif opt == "--version":
+            print(f"mailriderctl {__version__}")
             return 0
         else:
             print(f"mailriderctl: unknown option {opt}", file=sys.stderr)

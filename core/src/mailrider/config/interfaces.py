@@ -30,7 +30,7 @@ from mailrider import paths
 from mailrider.config.model import Listener
 from mailrider.errors import ConfigError
 
-#: the hosts file, from the paths module (STYLE rule 8)
+#: the hosts file, from the paths module
 HOSTS_FILE: str | None = paths.HOSTS_FILE
 #: the kernel's network tables (a kernel interface, not a porter's choice)
 PROC_NET = "/proc/net"

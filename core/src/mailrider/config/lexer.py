@@ -1,4 +1,4 @@
-"""Tokenizer for ``smtpd.conf`` (PROTOCOLS.md 4.1).
+"""Tokenizer for ``smtpd.conf`` (docs/config.md §1).
 
 Invariants:
 

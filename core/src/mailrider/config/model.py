@@ -174,7 +174,7 @@ class Config:
     matches: list[Match] = field(default_factory=list)
     filters: dict[str, Filter] = field(default_factory=dict)
     procs: dict[str, Filter] = field(default_factory=dict)
-    #: global options, defaults as in OpenSMTPD (PROTOCOLS.md 4.8)
+    #: global options, defaults as in OpenSMTPD (docs/config.md §6)
     hostname: str | None = None  # "smtp hostname"? no: the server name, from the system
     admd: str | None = None
     max_message_size: int = 35 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""Parser for the ``smtpd.conf`` grammar (PROTOCOLS.md section 4).
+"""Parser for the ``smtpd.conf`` grammar (docs/config.md).
 
 Invariants:
 
@@ -65,7 +65,7 @@ KEYWORDS = frozenset(
     """.split()
 )
 
-#: tables that exist without a declaration (PROTOCOLS.md 4.2)
+#: tables that exist without a declaration (docs/config.md §2)
 BUILTIN_TABLES = frozenset({"localhost", "localnames", "anyhost", "anydestination", "getpwnam"})
 
 #: table backends built into the daemon; any other name is a proc table

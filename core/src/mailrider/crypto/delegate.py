@@ -269,8 +269,9 @@ def memory_handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
 
 def self_test(ctx: ssl.SSLContext, client_ctx: ssl.SSLContext | None = None, *,
               server_hostname: str | None = None) -> list[str]:
-    """KLONDIKE.md step 6: a TLS 1.2 and a TLS 1.3 handshake in memory with ``ctx``
-    (a server context), each of which must make a delegated signature.
+    """The start-up self-test (docs/processes.md §5): a TLS 1.2 and a TLS 1.3
+    handshake in memory with ``ctx`` (a server context), each of which must make
+    a delegated signature.
 
     Versions outside ``ctx``'s minimum/maximum are skipped. The default client
     does not verify the chain (only the handshake signature, which TLS always

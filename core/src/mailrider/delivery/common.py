@@ -6,7 +6,7 @@ they never move nor close: every read is an ``os.pread`` from an explicit
 offset, so the caller's file position is irrelevant and left untouched.
 
 The queued message has LF line endings, is dot-unstuffed and starts with our
-Received header (PROTOCOLS.md 7.3); the bytes are never decoded.
+Received header (docs/queue.md §3); the bytes are never decoded.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def sanitize_text(text: str, limit: int = 200) -> str:
 
 
 def _header_value(value: str) -> bytes:
-    # No CR, LF, NUL or other control may reach a header line (STYLE rule 5).
+    # No CR, LF, NUL or other control may reach a header line.
     return "".join(c for c in value if c.isprintable()).encode("utf-8", "replace")
 
 
@@ -79,7 +79,7 @@ def _env_value(value: str) -> str:
 def mda_environment(
     ctx: FormatContext, *, home: str, user: str, extension: str
 ) -> dict[str, str]:
-    """The environment of an mda command (PROTOCOLS.md 4.5, MDA contract).
+    """The environment of an mda command (docs/config.md §5, the mda contract).
 
     ``RECIPIENT`` is the expanded destination, ``ORIGINAL_RECIPIENT`` the
     address as received; ``LOCAL`` and ``DOMAIN`` are the two halves of the

@@ -1,4 +1,4 @@
-"""Format specifiers of delivery templates (PROTOCOLS.md 4.5).
+"""Format specifiers of delivery templates (docs/config.md §5).
 
 A template such as ``~/Maildir/%{rcpt.user:lowercase|strip}`` is expanded
 right before a delivery. Grammar of one specifier::

@@ -1,4 +1,4 @@
-"""mda delivery: pipe the message into a shell command (PROTOCOLS.md 4.5).
+"""mda delivery: pipe the message into a shell command (docs/config.md §5).
 
 The command runs as ``/bin/sh -c command`` (``paths.SHELL``) with exactly
 the environment given, the message on stdin, stdout on ``/dev/null`` and

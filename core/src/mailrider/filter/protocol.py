@@ -1,4 +1,4 @@
-"""The filter protocol, version 0.7 (PROTOCOLS.md 3), as lines.
+"""The filter protocol, version 0.7 (docs/filter-protocol.md), as lines.
 
 Pure functions: build the lines we send, parse the lines a filter sends.
 Nothing here does I/O. A line a filter sends that does not parse raises
@@ -29,7 +29,7 @@ FILTER_PHASES = frozenset({
 
 DECISIONS = frozenset({"proceed", "junk", "reject", "disconnect", "rewrite", "report"})
 
-#: filter-response names of phases (PROTOCOLS.md 3.3: "connected", "tls")
+#: filter-response names of phases (docs/filter-protocol.md §3: "connected", "tls")
 RESPONSE_PHASE = {"connect": "connected", "starttls": "tls"}
 
 

@@ -1,4 +1,4 @@
-"""Typed IPC messages (STYLE rule 3).
+"""Typed IPC messages (docs/processes.md §3).
 
 Each message is a frozen dataclass whose fields are JSON values (str, int,
 float, bool, None, lists and dicts of those). :func:`encode` turns one into a

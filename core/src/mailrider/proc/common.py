@@ -21,7 +21,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mailrider import log, paths, profile
+from mailrider import __version__, log, paths, profile
 from mailrider.config.model import Config
 from mailrider.errors import ConfigError
 from mailrider.ipc import messages as m
@@ -71,6 +71,7 @@ def parse_options(argv: list[str], prog: str = "mailriderd") -> Options:
     p.add_argument("-D", metavar="macro=value", action="append", default=[],
                    help="define a macro, overriding the configuration file")
     p.add_argument("-S", metavar="statedir", help="state folder (spool, control socket)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ns = p.parse_args(argv)
     macros: dict[str, str] = {}
     for item in ns.D:
@@ -120,7 +121,13 @@ def unprivileged_user() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(paths.USER)
     except KeyError:
-        raise ConfigError(f"user {paths.USER} does not exist; create it (see the port)") from None
+        raise ConfigError(missing_user(paths.USER)) from None
+
+
+def missing_user(name: str) -> str:
+    """The error for a system user the daemon needs, with the command that makes it."""
+    return (f"user {name} does not exist; create it: useradd --system --no-create-home "
+            f"--home-dir /nonexistent --shell /usr/sbin/nologin {name}")
 
 
 def ext_user() -> pwd.struct_passwd | None:
@@ -131,8 +138,7 @@ def ext_user() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(paths.EXT_USER)
     except KeyError:
-        raise ConfigError(
-            f"user {paths.EXT_USER} does not exist; create it (see the port)") from None
+        raise ConfigError(missing_user(paths.EXT_USER)) from None
 
 
 def drop_privileges(pw: pwd.struct_passwd | None) -> None:

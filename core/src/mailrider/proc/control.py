@@ -265,7 +265,7 @@ class Control(common.Process):
 
 
 def format_queue_line(env: dict[str, str], runstate: str, delay: str) -> str:
-    """One ``show queue`` line: the 14 fields of smtpctl (PROTOCOLS.md 5)."""
+    """One ``show queue`` line: the 14 fields of smtpctl (mailriderctl(8))."""
     sockaddr = env.get("sockaddr", "")
     family = "local" if sockaddr in ("", "local") else ("inet6" if ":" in sockaddr else "inet4")
     ctime = int(env.get("ctime", "0") or 0)

@@ -1,4 +1,4 @@
-"""DNS for outgoing mail, done by lka for pony's mta (ARCHITECTURE: lka owns DNS).
+"""DNS for outgoing mail, done by lka for pony's mta (docs/processes.md §1: lka owns DNS).
 
 One resolver (one cache, one set of sockets) serves every delivery; pony
 asks over IPC once per attempt, which costs far less than the DNS round

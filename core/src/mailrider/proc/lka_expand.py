@@ -1,4 +1,4 @@
-"""Recipient expansion, done by lka at RCPT time (PROTOCOLS.md 1.7, 4.5).
+"""Recipient expansion, done by lka at RCPT time (docs/table-protocol.md §8, docs/config.md §8).
 
 :func:`expand` turns one accepted recipient and the action its rule chose
 into the list of deliveries the queue will store. The rules:

@@ -1,7 +1,7 @@
-"""Rule matching for one envelope (PROTOCOLS.md 4.6), done by lka.
+"""Rule matching for one envelope (docs/config.md §8), done by lka.
 
 Rules are tried in file order; the first whose every condition holds wins.
-A condition asks a table with the service and key of PROTOCOLS.md 1.7. A
+A condition asks a table with the service and key of docs/table-protocol.md §8. A
 table that cannot answer raises TempFail, which stops the evaluation: the
 recipient gets a 4xx, never a wrong 5xx.
 """
@@ -71,7 +71,7 @@ async def condition_holds(tables: TableSet, c: Condition, e: Envelope) -> bool:
         if c.table is None:
             ok = bool(e.rdns)
         else:
-            # PROTOCOLS.md 1.7: OpenSMTPD asks netaddr with the host name (sic);
+            # docs/table-protocol.md §8: OpenSMTPD asks netaddr with the host name (sic);
             # we ask domain, so that wildcard domains work as they read
             ok = bool(e.rdns) and await _check(tables, c.table, rx or "domain", e.rdns)
     else:

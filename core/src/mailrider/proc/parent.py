@@ -144,7 +144,7 @@ class Parent:
             keep += [sa, sb]
             pairs[a][b] = sa.fileno()
             pairs[b][a] = sb.fileno()
-        # pony's blocking line to klondike for private-key operations (KLONDIKE.md)
+        # pony's blocking line to klondike for private-key operations (docs/processes.md §5)
         sa, sb = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sa.set_inheritable(True)
         sb.set_inheritable(True)

@@ -51,7 +51,7 @@ class Session(asyncio.Protocol):
         self.local_user = local_user
         self.listener = listener
         self.index = index
-        #: does this session go through filters (PROTOCOLS.md 3)?
+        #: does this session go through filters (docs/filter-protocol.md)?
         self.filtered = bool(listener.filters) and index >= 0
         self.junk = False
         self.hostname = listener.hostname or pony.hostname

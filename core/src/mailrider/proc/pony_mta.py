@@ -9,7 +9,7 @@ sockets, TLS, timers and connection reuse.
 
 Where mail goes:
 
-- ``relay host URL``: that host (PROTOCOLS.md 4.5): ``smtp://`` with
+- ``relay host URL``: that host (docs/config.md §8): ``smtp://`` with
   opportunistic STARTTLS, ``smtp+tls://`` STARTTLS required, ``smtps://``
   TLS from the start, ``smtp+notls://`` never TLS, ``lmtp://host:port``.
   Certificates are verified (against the action's ``ca``, else the system
@@ -231,7 +231,7 @@ class Mta:
                 protocols if isinstance(protocols, str) else None)
 
     def _build(self, key: TlsKey, where: Where) -> ssl.SSLContext:
-        """One client context (PROTOCOLS.md 4.5: ``ca``, ``pki``, ``ciphers``, ``protocols``)."""
+        """One client context (docs/config.md §8: ``ca``, ``pki``, ``ciphers``, ``protocols``)."""
         from mailrider.proc.pony_tls import protocol_range
 
         verify, ca_name, pki_name, ciphers, protocols = key
@@ -259,7 +259,7 @@ class Mta:
         return ctx
 
     def _client_cert(self, ctx: ssl.SSLContext, name: str, where: Where) -> None:
-        """``relay pki``: the certificate, with its key left in klondike (KLONDIKE.md);
+        """``relay pki``: the certificate, with its key left in klondike (docs/processes.md §5);
         in pony only with ``smtp key-in-process`` (or MAILRIDER_KEY_IN_PROCESS=force,
         benchmarks and tests only), as for listeners (pony_tls)."""
         from mailrider.crypto import delegate
@@ -287,8 +287,8 @@ class Mta:
         return ctx
 
     def _self_test(self, name: str) -> None:
-        """KLONDIKE.md step 6 for a client certificate, at its first use: a TLS 1.2
-        and 1.3 handshake signed through klondike with the same key."""
+        """The self-test of docs/processes.md §5 for a client certificate, at its
+        first use: a TLS 1.2 and 1.3 handshake signed through klondike with the same key."""
         from mailrider.crypto import delegate
 
         try:

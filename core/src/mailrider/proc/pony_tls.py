@@ -3,7 +3,7 @@
 Each pki a listener uses gets its own ``ssl.SSLContext`` built by
 :func:`mailrider.crypto.delegate.delegated_context`: the context holds the
 certificate chain and a key object with public parts only, whose private
-operations are round trips to klondike (KLONDIKE.md). A listener with
+operations are round trips to klondike (docs/processes.md §5). A listener with
 several pki picks one by the client's SNI name. Every context passes a
 TLS 1.2 and 1.3 self-test at start. When delegation is unavailable pony
 refuses to start, unless ``smtp key-in-process`` allows it to load the key
@@ -175,7 +175,9 @@ class ListenerTLS:
         return ctx
 
     def self_test(self) -> None:
-        """KLONDIKE.md step 6 for every delegated context; raises on failure."""
+        """The start-up self-test (docs/processes.md §5) of every delegated context.
+
+        Raises on failure."""
         from mailrider.crypto import delegate
 
         for ctx in self.delegated:

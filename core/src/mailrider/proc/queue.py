@@ -261,7 +261,7 @@ class Queue(common.Process):
 
     def _maybe_warn(self, env: Envelope, reason: str, fd: int, relay: str, retry: int) -> None:
         """A "delayed" notification when the next try falls after a warn-interval
-        not yet reported (PROTOCOLS.md 7.5); ``last-bounce`` remembers it."""
+        not yet reported (docs/queue.md §6); ``last-bounce`` remembers it."""
         if not self.config.bounce_warn_interval or not bounce.wanted(env, "delayed"):
             return
         ctime = int(env.get("ctime", "0") or 0)
@@ -294,7 +294,7 @@ class Queue(common.Process):
 
     def _notify(self, env: Envelope, reason: str, fd: int, kind: str, relay: str) -> None:
         """Add a recipient to the notification of its message (sent ~1 s after
-        the last addition, PROTOCOLS.md 7.6). The original is read now: the
+        the last addition, docs/queue.md §6). The original is read now: the
         message file goes away with its last envelope."""
         key = (env["evpid"][:8], kind, env.get("sender", ""))
         pending = self._dsn.get(key)

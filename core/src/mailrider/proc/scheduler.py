@@ -1,7 +1,7 @@
 """scheduler: when each envelope is tried next.
 
 State is in memory only (the spool is the truth; the queue re-inserts every
-envelope at start). Retry times follow OpenSMTPD (PROTOCOLS.md 7.5): the
+envelope at start). Retry times follow OpenSMTPD (docs/queue.md §5): the
 next attempt is ``ctime + base * n**2`` for the smallest n >= the retry count
 that lies in the future, base 10 s for local delivery and bounces, 400 s for
 relaying. An envelope whose next attempt would fall after ``ctime + ttl``

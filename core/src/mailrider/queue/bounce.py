@@ -2,7 +2,7 @@
 
 One notification covers every recipient of one message that reached the
 same state (failed, delayed, delivered, relayed) at about the same time
-(the queue groups them, PROTOCOLS.md 7.6). It has three parts: a
+(the queue groups them, docs/queue.md §6). It has three parts: a
 human-readable explanation, a ``message/delivery-status`` part (per-message
 fields, then one block per recipient with Final-Recipient,
 Original-Recipient, Action, Status, Remote-MTA and Diagnostic-Code), and

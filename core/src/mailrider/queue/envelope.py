@@ -1,7 +1,7 @@
 """The envelope: one recipient of one message, as stored in the spool.
 
 On disk an envelope is a small text file of ``key: value`` lines (in the
-spirit of OpenSMTPD's, PROTOCOLS.md 7.3, with our own keys for what lka
+spirit of OpenSMTPD's, docs/queue.md §3, with our own keys for what lka
 resolved at RCPT time). Values never contain CR or LF: :func:`serialise`
 refuses them, so a hostile address cannot add a line. Unknown keys are kept,
 so a newer daemon's envelopes survive a downgrade.
@@ -27,7 +27,7 @@ Envelope = dict[str, str]
 
 
 def new_msgid() -> str:
-    """A random non-zero 32-bit id, 8 lowercase hex digits (PROTOCOLS.md 7.1)."""
+    """A random non-zero 32-bit id, 8 lowercase hex digits (docs/queue.md §1)."""
     while True:
         v = secrets.randbits(32)
         if v:

@@ -1,6 +1,6 @@
 """mailrider.smtp: sans-I/O SMTP machines, replies, paths and trace fields.
 
-Nothing in this package performs I/O; see STYLE.md rule 1.
+Nothing in this package performs I/O: the process modules own sockets, timers and TLS.
 """
 
 from mailrider.smtp import events

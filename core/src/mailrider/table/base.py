@@ -1,4 +1,4 @@
-"""The table API every backend implements (PROTOCOLS.md 1.3-1.7).
+"""The table API every backend implements (docs/table-protocol.md §3-8).
 
 A table answers four operations for a *service*:
 

@@ -1,4 +1,4 @@
-"""How built-in tables answer ``check`` (PROTOCOLS.md 1.5).
+"""How built-in tables answer ``check`` (docs/table-protocol.md §6).
 
 For static, file and db tables the host side does the matching (proc tables
 get the literal key and decide themselves):

@@ -1,9 +1,9 @@
-"""Host side of the stdio table protocol 0.1 (PROTOCOLS.md 1).
+"""Host side of the stdio table protocol 0.1 (docs/table-protocol.md).
 
 A proc table is an external program: it is found by :func:`find_backend`,
 started with one end of a socketpair as both its stdin and stdout, greeted
 with the four ``config|`` lines and answers with ``register|`` lines.
-:class:`ProcTable` then speaks the request/reply lines of PROTOCOLS.md 1.3/1.4.
+:class:`ProcTable` then speaks the request/reply lines of docs/table-protocol.md §3 and §4.
 
 Invariants, where we are deliberately stricter or more robust than OpenSMTPD:
 

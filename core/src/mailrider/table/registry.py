@@ -1,4 +1,4 @@
-"""Every table of a configuration, by name (PROTOCOLS.md 4.2).
+"""Every table of a configuration, by name (docs/config.md §2).
 
 :class:`TableSet` opens one :class:`Table` per ``table`` statement (anonymous
 inline tables included, under their generated names) plus the built-in

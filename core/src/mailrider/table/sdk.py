@@ -35,6 +35,9 @@ Invariants of :func:`run`:
 - The table name is the one of the handshake (``config|tablename|``), which
   holds even when ``argv[0]`` is not the table name (interpreters, shebang
   scripts); the config path is ``argv[1]``.
+- The command line is the daemon's (the program name, then at most a config
+  path): ``--help`` and ``--version`` answer and exit 0 before any protocol
+  I/O; any other option, or a second argument, exits 2 with the usage.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import IO, ClassVar
 
-from mailrider import limits
+from mailrider import __version__, limits
 from mailrider.errors import ConfigError
 from mailrider.table.base import SERVICES
 
@@ -150,7 +153,7 @@ def read_config(
     known: Iterable[str] | None = None,
     allow_duplicates: bool = False,
 ) -> dict[str, str]:
-    """Read a backend config file in the common syntax of PROTOCOLS.md 2.0.
+    """Read a backend config file in the common syntax of docs/table-protocol.md §10.1.
 
     One ``key value`` per line; the key ends at the first space, tab or
     colon; then blanks, and a colon followed by a blank (or the end of the
@@ -504,7 +507,7 @@ async def _serve(
         reader: asyncio.BaseTransport
         writer: asyncio.BaseTransport
         if _same_socket(in_fd, out_fd):
-            # PROTOCOLS 1.1: one socketpair end is both stdin and stdout. Pipe
+            # docs/table-protocol.md §1: one socketpair end is both stdin and stdout. Pipe
             # transports would take the peer's requests for a hang-up.
             os.close(out_fd)
             sock = socket.socket(fileno=in_fd)
@@ -543,6 +546,36 @@ def _not_dumpable() -> None:
         pass
 
 
+USAGE = """\
+usage: {prog} [CONFIG]
+       {prog} --help | --version
+
+A mailrider table backend. mailriderd starts it for each table line that
+names it ("table NAME BACKEND:/absolute/config/path") and speaks the stdio
+table protocol 0.1 with it over stdin and stdout; CONFIG is that path.
+"""
+
+
+def command_line(prog: str, args: list[str]) -> int | None:
+    """Answer ``--help``/``--version``; None when ``args`` are the daemon's (a path or nothing).
+
+    Returns the exit status when the program must stop: 0 after help or the
+    version, 2 (usage on stderr) for an unknown option or extra arguments.
+    """
+    if not args or (len(args) == 1 and not args[0].startswith("-")):
+        return None
+    if args == ["--help"] or args == ["-h"]:
+        print(USAGE.format(prog=prog), end="")
+        return 0
+    if args == ["--version"]:
+        print(f"{prog} {__version__}")
+        return 0
+    bad = next((a for a in args if a.startswith("-")), None)
+    problem = f"unknown option {bad}" if bad is not None else "too many arguments"
+    print(f"{prog}: {problem}\n" + USAGE.format(prog=prog), end="", file=sys.stderr)
+    return 2
+
+
 def run(
     backend_factory: Callable[[str, str | None], Backend],
     *,
@@ -553,21 +586,29 @@ def run(
 ) -> int:
     """Serve the table protocol until the daemon closes the pipe; return the exit status.
 
-    ``argv`` defaults to ``sys.argv`` (``argv[1]`` = config path, if any);
-    ``stdin``/``stdout`` (file descriptors or binary files) default to the
-    process's own. The backend is built with ``backend_factory(table name,
-    config path)`` once the handshake is read; if that raises, the error is
-    logged and 1 returned. Logs go to stderr.
+    ``argv`` defaults to ``sys.argv`` (``argv[1]`` = config path, if any; see
+    :func:`command_line` for the options); ``stdin``/``stdout`` (file
+    descriptors or binary files) default to the process's own. The backend is
+    built with ``backend_factory(table name, config path)`` once the handshake
+    is read; if that raises, the error is logged and 1 returned. Logs go to
+    stderr.
     """
     argv = sys.argv if argv is None else argv
-    config_path = argv[1] if len(argv) > 1 else None
     name = os.path.basename(argv[0]) if argv else "table"
+    status = command_line(name, list(argv[1:]))
+    if status is not None:
+        return status
     _not_dumpable()
+    config_path = argv[1] if len(argv) > 1 else None
     if not logging.getLogger().handlers:
         logging.basicConfig(
             stream=sys.stderr, level=logging.INFO, format="%(levelname)s: %(message)s"
         )
     in_fd = os.dup(0 if stdin is None else _fd(stdin))
+    if os.isatty(in_fd):
+        # a person ran it by hand: say why nothing happens
+        print(f"{name}: waiting for the table protocol on stdin (mailriderd starts this "
+              "program; --help)", file=sys.stderr)
     if stdout is None:
         # the protocol keeps a private fd 1; stray writes go to stderr instead
         out_fd = os.dup(1)

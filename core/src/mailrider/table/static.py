@@ -16,7 +16,7 @@ from mailrider.table.base import SERVICES, Table
 from mailrider.table.match import EntryIndex
 
 #: built-in tables never answer ``auth``: the caller falls back to a
-#: ``credentials`` lookup and checks the hash itself (PROTOCOLS.md 1.7)
+#: ``credentials`` lookup and checks the hash itself (docs/table-protocol.md §8)
 BUILTIN_SERVICES = frozenset(SERVICES) - {"auth"}
 
 

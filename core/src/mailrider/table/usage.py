@@ -1,4 +1,4 @@
-"""Which service each configuration item asks of which table (PROTOCOLS.md 1.7).
+"""Which service each configuration item asks of which table (docs/table-protocol.md §8).
 
 Used at start: a proc backend registers the services it answers, and a table
 used for a service its backend did not register is an error that names the

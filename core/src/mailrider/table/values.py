@@ -1,4 +1,4 @@
-"""Parsers for the values tables return, one per service (PROTOCOLS.md 1.6).
+"""Parsers for the values tables return, one per service (docs/table-protocol.md §7).
 
 Every parser takes the text exactly as a table produced it and either returns
 a typed value or raises :class:`ValueError` whose message says what is wrong
@@ -271,7 +271,7 @@ class RelayHost:
 
 
 def parse_relayhost(value: str) -> RelayHost:
-    """Parse and validate a relay URL (PROTOCOLS.md 4.5)."""
+    """Parse and validate a relay URL (docs/config.md §8)."""
     text = value.strip()
     if not text or any(c.isspace() for c in text):
         raise ValueError(f"invalid relay URL {value!r}")

@@ -1,7 +1,7 @@
 """mailrider-table-ldap: a table backend answering from an LDAP directory.
 
 The configuration file keeps the keys of OpenSMTPD's table-ldap
-(PROTOCOLS.md 2.3) and adds ``auth_filter`` (the ``auth`` service, answered
+(docs/table-protocol.md §10.4) and adds ``auth_filter`` (the ``auth`` service, answered
 by binding as the user), ``query_timeout`` and a working ``update``.
 Invariants:
 
@@ -52,7 +52,7 @@ __all__ = ["LDAPBackend", "LDAPConfig", "compile_filter", "load_config", "main"]
 
 logger = logging.getLogger("mailrider.table.ldap")
 
-#: services and how many attributes each needs (PROTOCOLS.md 2.3)
+#: services and how many attributes each needs (docs/table-protocol.md §10.4)
 ATTRIBUTE_COUNT = {
     "alias": 1,
     "credentials": 2,

@@ -1,7 +1,7 @@
 """mailrider-table-redis: a table backend answering from Redis.
 
 The configuration file keeps the keys of OpenSMTPD's table-redis
-(PROTOCOLS.md 2.2) and adds TLS, unix sockets, ACL user names and a query
+(docs/table-protocol.md §10.3) and adds TLS, unix sockets, ACL user names and a query
 timeout. Invariants:
 
 - The lookup key is always exactly one command argument: a ``query_*``
@@ -21,7 +21,9 @@ timeout. Invariants:
 
 from __future__ import annotations
 
+import inspect
 import logging
+import re
 import sys
 import threading
 import time
@@ -70,6 +72,28 @@ DEFAULT_TIMEOUT = 5.0
 DATABASE_MAX = 256  # as OpenSMTPD's table-redis
 POOL_SIZE = 16  # the SDK runs 8 handler threads; room for update's ping
 _DOWN_FOR = 2.0  # seconds a failing master is skipped in favour of the slave
+# redis-py before 5.0 speaks only RESP2 and has no ``protocol`` argument (a
+# Connection built with it raises TypeError); later versions may default to
+# RESP3, whose reply types differ, so it is asked for explicitly there.
+_HAS_PROTOCOL = tuple(int(n) for n in re.findall(r"\d+", redis.__version__)[:1]) >= (5,)
+# get_connection() requires a command name before redis-py 5.3 and deprecates
+# one after; the name only chose a connection for cluster clients.
+_GET_PARAMS = inspect.signature(redis.BlockingConnectionPool.get_connection).parameters
+_NEEDS_COMMAND_NAME = (
+    "command_name" in _GET_PARAMS
+    and _GET_PARAMS["command_name"].default is inspect.Parameter.empty
+)
+# disconnect(inuse_connections=False) (redis-py 4.4) spares connections that a
+# query of the replaced configuration still uses. Before it, disconnect() cuts
+# them under that query (which then fails with AttributeError), so the old pool
+# is left to the garbage collector instead: each connection closes when freed.
+_CAN_SPARE_INUSE = "inuse_connections" in inspect.signature(
+    redis.BlockingConnectionPool.disconnect).parameters
+# a unix socket connection takes socket_connect_timeout since redis-py 4.4;
+# before, its connect() is bounded by socket_timeout, which is the same value
+_UNIX_PARAMS = inspect.signature(redis.UnixDomainSocketConnection.__init__).parameters
+_UNIX_CONNECT_TIMEOUT = "socket_connect_timeout" in _UNIX_PARAMS or any(
+    p.kind is inspect.Parameter.VAR_KEYWORD for p in _UNIX_PARAMS.values())
 
 
 def split_template(template: str) -> tuple[tuple[str, bool], ...]:
@@ -266,12 +290,15 @@ class _Server:
             "socket_timeout": cfg.timeout,
             "socket_connect_timeout": cfg.timeout,
             "retry": Retry(NoBackoff(), 0),
-            "protocol": 2,
         }
+        if _HAS_PROTOCOL:
+            kwargs["protocol"] = 2
         cls: type[redis.Connection] | type[redis.UnixDomainSocketConnection]
         if endpoint.path:
             cls = redis.UnixDomainSocketConnection
             kwargs["path"] = endpoint.path
+            if not _UNIX_CONNECT_TIMEOUT:
+                del kwargs["socket_connect_timeout"]
         else:
             kwargs["host"] = endpoint.host
             kwargs["port"] = endpoint.port
@@ -293,7 +320,11 @@ class _Server:
         # One retry when a pooled connection turns out dead (server restart);
         # a timeout is not retried, it already cost the whole budget.
         for attempt in (1, 2):
-            conn = self.pool.get_connection()  # type: ignore[no-untyped-call]
+            conn = (
+                self.pool.get_connection(args[0])  # type: ignore[no-untyped-call]
+                if _NEEDS_COMMAND_NAME
+                else self.pool.get_connection()  # type: ignore[no-untyped-call]
+            )
             try:
                 conn.send_command(*args)
                 return conn.read_response()
@@ -311,7 +342,8 @@ class _Server:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        self.pool.disconnect(inuse_connections=False)
+        if _CAN_SPARE_INUSE:
+            self.pool.disconnect(inuse_connections=False)
 
 
 class _State:
@@ -380,7 +412,7 @@ def _text(value: object) -> str:
 
 
 class RedisBackend(Backend):
-    """The table: check/lookup per PROTOCOLS.md 2.2, update re-reads the config."""
+    """The table: check/lookup per docs/table-protocol.md §10.3, update re-reads the config."""
 
     services = SERVICES
 

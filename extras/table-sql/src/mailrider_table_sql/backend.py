@@ -2,7 +2,7 @@
 
 A driver package subclasses :class:`SQLBackend`, names its :class:`Dialect`
 and its connection keys and builds the SQLAlchemy engine; everything else —
-the query keys of PROTOCOLS.md 2.1, validation, value formats, the
+the query keys of docs/table-protocol.md §10.2, validation, value formats, the
 ``fetch_source`` cache, retries and ``update`` — lives here.
 
 Invariants:
@@ -61,7 +61,7 @@ QUERIES: dict[str, tuple[str, int, str]] = {
 FETCH_KEYS = ("fetch_source", "fetch_source_expire", "fetch_source_refresh")
 COMMON_KEYS = (*QUERIES, *FETCH_KEYS, "query_timeout")
 
-DEFAULT_FETCH_EXPIRE = 60  # seconds (PROTOCOLS.md 2.1)
+DEFAULT_FETCH_EXPIRE = 60  # seconds (docs/table-protocol.md §10.2)
 DEFAULT_FETCH_REFRESH = 1000  # fetches
 DEFAULT_QUERY_TIMEOUT = 5.0  # seconds; below the daemon's TABLE_REQUEST_TIMEOUT (10 s)
 POOL_SIZE = 8  # = the SDK's worker threads
@@ -117,7 +117,7 @@ def _text(value: object) -> str:
 
 
 class _Source:
-    """The ``fetch_source`` rows, handed out round-robin (PROTOCOLS.md 2.1)."""
+    """The ``fetch_source`` rows, handed out round-robin (docs/table-protocol.md §10.2)."""
 
     def __init__(self, expire: float, refresh: int) -> None:
         self.expire = expire
@@ -291,7 +291,7 @@ class Store:
 
 
 class SQLBackend(Backend):
-    """A table answered by SQL queries (PROTOCOLS.md 2.1).
+    """A table answered by SQL queries (docs/table-protocol.md §10.2).
 
     Subclasses set :attr:`dialect`, :attr:`connection_keys` and
     :attr:`required_keys` and implement :meth:`create_engine` (with

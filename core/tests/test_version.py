@@ -1,0 +1,42 @@
+"""``--version`` of the installed programs: one line, the name and mailrider.__version__."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+from mailrider import __version__
+from mailrider.cli import mailriderctl
+from mailrider.proc import common
+
+
+def test_installed_metadata_is_the_module_version() -> None:
+    assert importlib.metadata.version("mailrider") == __version__
+
+
+def test_mailriderd_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        common.parse_options(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"mailriderd {__version__}\n"
+
+
+def test_mailriderctl_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert mailriderctl.main(["--version"]) == 0
+    assert capsys.readouterr().out == f"mailriderctl {__version__}\n"
+
+
+@pytest.mark.parametrize("program", ["mailriderd", "mailriderctl"])
+def test_console_script_version(program: str) -> None:
+    # the scripts installed beside this interpreter, else the ones on PATH
+    path = pathlib.Path(sys.executable).parent / program
+    found = str(path) if path.exists() else shutil.which(program)
+    if found is None:
+        pytest.skip(f"{program} is not installed")
+    res = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL)
+    assert (res.returncode, res.stdout, res.stderr) == (0, f"{program} {__version__}\n", "")
