@@ -466,6 +466,13 @@ def debian(dist: Dist, all_dists: list[Dist]) -> dict[str, str]:
         "%:",
         "\tdh $@ --with python3 --buildsystem=pybuild",
         "",
+        "# bookworm's flit_core (3.8) reads neither an SPDX licence expression nor",
+        "# license-files (flit_core 3.12): give it the older table form; the",
+        "# licence travels in debian/copyright",
+        "execute_before_dh_auto_configure:",
+        "\tsed -i -e 's/^license = \"\\(.*\\)\"$$/license = {text = \"\\1\"}/' \\",
+        "\t    -e '/^license-files = /d' -e 's/flit_core>=3.12/flit_core>=3.4/' pyproject.toml",
+        "",
     ]
     if dist.is_core:
         rules += [
