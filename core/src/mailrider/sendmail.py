@@ -221,32 +221,70 @@ def write_offline(statedir: str, sender: str, rcpts: list[str], message: bytes) 
     return path
 
 
-def read_offline(path: str) -> tuple[int, str, list[str], bytes] | None:
-    """Open an offline file safely: (owner uid, sender, recipients, message) or None."""
+class OfflineRefused(Exception):
+    """An entry of the offline queue that is not a message we may read (the reason)."""
+
+
+def read_offline(folder: int | str, name: str,
+                 max_size: int = OFFLINE_MAX) -> tuple[int, str, list[str], bytes]:
+    """Read one offline file safely: (owner uid, sender, recipients, message).
+
+    The folder is writable by every local user, so an entry may be anything:
+    a symlink to a secret, a hard link, a FIFO, a device, a directory, a file
+    that keeps growing. The entry must be a regular file with one link (by
+    ``lstat``, then by ``fstat`` of the descriptor opened without following
+    links and without blocking, the same inode both times); at most the size
+    checked is read, and a file that grew since is refused. ``folder`` is a
+    descriptor of the folder (or its path). Raises :class:`OfflineRefused`.
+    """
+    import stat as st_mod
+
+    if "/" in name or name in ("", ".", ".."):
+        raise OfflineRefused("bad name")
+    dir_fd = folder if isinstance(folder, int) else None
+    path = name if dir_fd is not None else os.path.join(str(folder), name)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
+        before = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        raise OfflineRefused(exc.strerror or "stat failed") from None
+    if not st_mod.S_ISREG(before.st_mode):
+        raise OfflineRefused("not a regular file")
+    if before.st_nlink != 1:
+        raise OfflineRefused("more than one link")
+    if before.st_size > max_size:
+        raise OfflineRefused("too large")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        raise OfflineRefused(exc.strerror or "open failed") from None
     try:
         st = os.fstat(fd)
-        import stat as st_mod
-
-        if not st_mod.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > OFFLINE_MAX:
-            return None
-        data = b""
-        while chunk := os.read(fd, 1 << 20):
+        if (st.st_ino, st.st_dev) != (before.st_ino, before.st_dev) \
+                or not st_mod.S_ISREG(st.st_mode) or st.st_nlink != 1 \
+                or st.st_size > max_size:
+            raise OfflineRefused("changed while opened")
+        data = bytearray()
+        while len(data) < st.st_size:
+            chunk = os.read(fd, min(1 << 20, st.st_size - len(data)))
+            if not chunk:
+                break
             data += chunk
+        if len(data) != st.st_size or os.read(fd, 1):
+            raise OfflineRefused("changed while read")
+    except OSError as exc:
+        raise OfflineRefused(exc.strerror or "read failed") from None
     finally:
         os.close(fd)
-    head, _, message = data.partition(b"\n")
+    head, _, message = bytes(data).partition(b"\n")
     try:
         meta = json.loads(head)
         sender = str(meta["sender"])
         rcpts = [str(r) for r in meta["rcpts"]]
-    except (ValueError, KeyError, TypeError):
-        return None
-    if any(c in x for x in [sender, *rcpts] for c in "\r\n<>"):
-        return None
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise OfflineRefused("bad header") from None
+    if not rcpts or any(c in x for x in [sender, *rcpts] for c in "\r\n<>"):
+        raise OfflineRefused("bad addresses")
     return st.st_uid, sender, rcpts, message
 
 

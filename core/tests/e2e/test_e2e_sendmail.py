@@ -87,3 +87,43 @@ def test_ordinary_user_may_submit_but_not_control() -> None:
             assert user == "_mailrider" or ctl.stdout == ""
         else:
             assert "need root privileges" in ctl.stdout + ctl.stderr
+
+
+def test_hostile_offline_entries_skipped_good_ones_submitted() -> None:
+    """What a local user can leave in offline/ while the daemon is down: a
+    symlink to a secret, a FIFO, a directory, a huge file, a hard link. None
+    blocks the start or leaks; both good entries (sorted around them) arrive."""
+    d = Daemon()
+    try:
+        d.start()
+        d.stop()
+        offline = d.state / "offline"
+        for rcpt in ("first", "last"):
+            res = sendmail(d, [f"{rcpt}@localhost"], f"Subject: {rcpt}\n\nok\n".encode())
+            assert res.returncode == 0, res.stderr
+        first, last = sorted(os.listdir(offline))
+        os.rename(offline / first, offline / "0-first")
+        os.rename(offline / last, offline / "9-last")
+        secret = d.state / "secret"
+        secret.write_bytes(b'{"sender": "x@localhost", "rcpts": ["thief@localhost"]}\n'
+                           b"Subject: s\n\nTOP-SECRET\n")
+        os.symlink("/etc/shadow", offline / "1-shadow")
+        os.symlink(secret, offline / "2-secret")
+        os.mkfifo(offline / "3-fifo")
+        (offline / "4-dir").mkdir()
+        with open(offline / "5-huge", "wb") as f:
+            f.write(b'{"sender": "x@localhost", "rcpts": ["huge@localhost"]}\n')
+            f.truncate(1 << 40)  # sparse: a terabyte on paper
+        os.link(secret, offline / "6-hardlink")
+        d.start()
+        for name in ("first", "last"):
+            got = wait_for(lambda n=name: delivered(d, n))
+            assert got[0].endswith(b"\nok\n")
+        wait_for(lambda: sorted(os.listdir(offline)) == ["4-dir"])
+        log = d.log()
+        for name in ("1-shadow", "2-secret", "3-fifo", "4-dir", "5-huge", "6-hardlink"):
+            assert f"offline-refused file={name}" in log
+        assert not delivered(d, "thief") and not delivered(d, "huge")
+        assert "TOP-SECRET" not in log and secret.exists()
+    finally:
+        d.cleanup()

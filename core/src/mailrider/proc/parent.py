@@ -358,43 +358,70 @@ class Parent:
         return self.exit_code
 
     async def submit_offline(self) -> None:
-        """Submit what ``sendmail`` left in the offline queue while we were down."""
-        import pwd
+        """Submit what ``sendmail`` left in the offline queue while we were down.
 
+        Every local user may write in that folder, so each entry is read off
+        the event loop with the checks of :func:`sendmail.read_offline` (no
+        link followed, regular file of one link, at most the size checked);
+        an entry refused is removed unless it is a directory (left, logged),
+        and one entry never stops the others.
+        """
         from mailrider import sendmail
 
         folder = os.path.join(self.opts.statedir, sendmail.OFFLINE)
         try:
-            names = sorted(os.listdir(folder))
+            dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return
-        for name in names:
-            path = os.path.join(folder, name)
-            item = sendmail.read_offline(path)
-            if item is None:
-                log.warning("parent", "offline-refused", file=name)
-                os.unlink(path)
-                continue
-            uid, sender, rcpts, message = item
+        try:
+            names = sorted(os.listdir(dir_fd))
+            for name in names:
+                await self._submit_offline_one(dir_fd, name)
+        except OSError as exc:
+            log.warning("parent", "offline-failed", error=exc.strerror)
+        finally:
+            os.close(dir_fd)
+
+    async def _submit_offline_one(self, dir_fd: int, name: str) -> None:
+        import pwd
+        import stat
+
+        from mailrider import sendmail
+
+        try:
+            item = await asyncio.to_thread(sendmail.read_offline, dir_fd, name)
+        except sendmail.OfflineRefused as exc:
+            log.warning("parent", "offline-refused", file=name, reason=str(exc))
             try:
-                user = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                user = str(uid)
-            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                await self.peers["pony"].ask(m.LocalSession(user=user, uid=uid),
-                                             [theirs.fileno()])
-                theirs.close()
-                mine.settimeout(300)
-                reply = await asyncio.to_thread(sendmail.submit, mine, sender, rcpts, message)
-            except (OSError, sendmail.SubmitError, TempFail) as exc:
-                log.warning("parent", "offline-failed", file=name, error=str(exc))
-                continue  # kept for the next start
-            finally:
-                mine.close()
-                theirs.close()
-            os.unlink(path)
-            log.event("parent", "offline-submitted", file=name, user=user, reply=reply[:60])
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(name, dir_fd=dir_fd)
+            except OSError:
+                pass
+            return
+        uid, sender, rcpts, message = item
+        try:
+            user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            user = str(uid)
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await self.peers["pony"].ask(m.LocalSession(user=user, uid=uid),
+                                         [theirs.fileno()])
+            theirs.close()
+            mine.settimeout(300)
+            reply = await asyncio.to_thread(sendmail.submit, mine, sender, rcpts, message)
+        except (OSError, sendmail.SubmitError, TempFail) as exc:
+            log.warning("parent", "offline-failed", file=name, error=str(exc))
+            return  # kept for the next start
+        finally:
+            mine.close()
+            theirs.close()
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass
+        log.event("parent", "offline-submitted", file=name, user=user, reply=reply[:60])
 
     async def shutdown(self) -> None:
         for pid in list(self.children):
