@@ -57,10 +57,26 @@ GREETING_DELAY_ENV = "MAILRIDER_GREETING_DELAY"
 # klondike (proc/pony_tls.py; logged as the 'smtp key-in-process' warning),
 # so tools/bench/tls_daemon.py can compare both with one configuration.
 KEY_IN_PROCESS_ENV = "MAILRIDER_KEY_IN_PROCESS"
-# Concurrent SMTP sessions from one IP address before new ones get
-# 421 4.7.0 (OpenSMTPD has no such keyword; Postfix
-# smtpd_client_connection_count_limit is 50 as well).
+# Concurrent SMTP sessions from one client before new ones get 421 4.7.0
+# (configurable: smtp limit sessions-per-address; OpenSMTPD has no such
+# keyword; Postfix smtpd_client_connection_count_limit is 50 as well). An
+# IPv6 client is counted by its /64 (RFC 6177: one site, often one host, gets
+# a /64 and may use any address in it).
 MAX_SESSIONS_PER_IP = 50
+IPV6_CLIENT_PREFIX = 64
+# The same cap for loopback and local socket clients (smtp limit
+# sessions-per-local-address); 0: none, as Postfix exempts $mynetworks, so a
+# local web application may open hundreds of connections.
+MAX_SESSIONS_PER_LOCAL = 0
+# SMTP sessions open at once, all clients together (smtp limit sessions);
+# above it new connections get 421 4.7.0. Each session costs pony a few KiB
+# and one descriptor.
+MAX_SESSIONS = 10000
+# Deliveries the recipients of one transaction may expand to, after
+# removing duplicates (smtp limit max-deliveries): RCPTs past it get
+# 452 4.5.3 (RFC 5321 4.5.3.1.10), so aliases cannot make one transaction
+# hold an unbounded list in pony.
+MAX_DELIVERIES = 10000
 
 # Received headers counted for loop detection (OpenSMTPD: 100 -> 554 5.4.6)
 MAX_HOPS = 100

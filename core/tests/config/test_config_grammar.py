@@ -518,3 +518,10 @@ def test_builtin_default_configuration_parses(tmp_path: Path) -> None:
     cfg = parse_string(default_config_text(str(tmp_path)), macros={"port": "2600"})
     assert cfg.listeners[0].port == 2600
     check_supported(cfg)
+
+
+def test_smtp_limit_sessions_and_deliveries() -> None:
+    cfg = parse_string("smtp limit sessions 1000 sessions-per-address 20\n"
+                       "smtp limit sessions-per-local-address 0 max-deliveries 500 max-rcpt 9\n")
+    assert (cfg.max_sessions, cfg.max_sessions_per_address, cfg.max_sessions_per_local,
+            cfg.max_deliveries, cfg.max_rcpt) == (1000, 20, 0, 500, 9)

@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import resource
+import socket
 import time
 from collections.abc import Iterator
 
 import pytest
 import torture_util as tu
 from harness import Daemon
-from mailrider import limits
 
 LIMITS_CONFIG = """listen on 127.0.0.1 port {port}
 smtp max-message-size 5M
 smtp limit max-rcpt 5 max-mails 3
-table all {{ "@" = "{user}" }}
+{local_cap}table all {{ "@" = "{user}" }}
 action "local" maildir "{mail}/%{{rcpt.user}}" virtual <all>
 match from any for local action "local"
 """
 TIMEOUT = 3.0
+#: loopback clients are exempt from the per-address cap unless configured:
+#: ``daemon`` caps them as any other address, ``load_daemon`` keeps the default
+LOCAL_CAP = 50
 
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon]:
-    d = Daemon(LIMITS_CONFIG, extra_env={"MAILRIDER_SESSION_TIMEOUT": str(TIMEOUT)}).start()
+    config = LIMITS_CONFIG.replace(
+        "{local_cap}", f"smtp limit sessions-per-local-address {LOCAL_CAP}\n")
+    d = Daemon(config, extra_env={"MAILRIDER_SESSION_TIMEOUT": str(TIMEOUT)}).start()
     yield d
     d.cleanup()
 
@@ -35,7 +40,7 @@ def load_daemon() -> Iterator[Daemon]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
     try:
-        d = Daemon(LIMITS_CONFIG).start()
+        d = Daemon(LIMITS_CONFIG.replace("{local_cap}", "")).start()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     yield d
@@ -48,9 +53,26 @@ def test_caps_answered_with_their_codes(daemon: Daemon) -> None:
 
 
 def test_sessions_per_ip_capped(daemon: Daemon) -> None:
-    t = tu.check_per_ip_cap(daemon, limits.MAX_SESSIONS_PER_IP, ip="127.0.0.7")
+    t = tu.check_per_ip_cap(daemon, LOCAL_CAP, ip="127.0.0.7")
     assert t.attempts == 4 and t.failures == 0, t.notes
     assert "reason=too-many-sessions" in daemon.log()
+
+
+def test_200_loopback_sessions_served_by_default(load_daemon: Daemon) -> None:
+    """A local web application opening 200 connections from 127.0.0.1 is
+    served: loopback clients are exempt from the per-address cap by default."""
+    socks = []
+    try:
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", load_daemon.port), timeout=10,
+                                         source_address=("127.0.0.1", 0))
+            socks.append(s)
+        banners = [s.recv(200) for s in socks]
+        refused = [b for b in banners if not b.startswith(b"220 ")]
+        assert not refused, refused[:3]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def test_slowloris_timed_out(daemon: Daemon) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mailrider import limits
+
 
 @dataclass(slots=True)
 class Where:
@@ -180,6 +182,14 @@ class Config:
     max_message_size: int = 35 * 1024 * 1024
     max_mails: int = 100
     max_rcpt: int = 1000
+    #: ``smtp limit`` (mailrider only, defaults in limits): deliveries one
+    #: transaction may expand to; SMTP sessions open at once; per client
+    #: address (IPv6 by /64) for other clients, and for loopback and local
+    #: socket clients (0: no cap, Postfix's mynetworks exemption)
+    max_deliveries: int = limits.MAX_DELIVERIES
+    max_sessions: int = limits.MAX_SESSIONS
+    max_sessions_per_address: int = limits.MAX_SESSIONS_PER_IP
+    max_sessions_per_local: int = limits.MAX_SESSIONS_PER_LOCAL
     sub_addr_delim: str = "+"
     queue_ttl: int = 4 * 86400
     queue_compression: bool = False

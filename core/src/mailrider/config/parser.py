@@ -65,6 +65,17 @@ KEYWORDS = frozenset(
     """.split()
 )
 
+#: ``smtp limit`` keyword -> (Config attribute, smallest value); 0 means
+#: "no cap" where it is allowed
+_SMTP_LIMITS = {
+    "max-mails": ("max_mails", 1),
+    "max-rcpt": ("max_rcpt", 1),
+    "max-deliveries": ("max_deliveries", 1),
+    "sessions": ("max_sessions", 1),
+    "sessions-per-address": ("max_sessions_per_address", 1),
+    "sessions-per-local-address": ("max_sessions_per_local", 0),
+}
+
 #: tables that exist without a declaration (docs/config.md §2)
 BUILTIN_TABLES = frozenset({"localhost", "localnames", "anyhost", "anydestination", "getpwnam"})
 
@@ -999,12 +1010,9 @@ class _Parser:
             seen = 0
             while not self._at_end() or not seen:
                 key = self._next()
-                if key.kind == WORD and key.value in ("max-mails", "max-rcpt"):
-                    value = self._number(self._value(), key.value, 1)
-                    if key.value == "max-mails":
-                        self.config.max_mails = value
-                    else:
-                        self.config.max_rcpt = value
+                if key.kind == WORD and key.value in _SMTP_LIMITS:
+                    attr, minimum = _SMTP_LIMITS[key.value]
+                    setattr(self.config, attr, self._number(self._value(), key.value, minimum))
                     seen += 1
                 elif key.kind in (NL, EOF):
                     raise self._err(f"syntax error near {key.describe()}", key)

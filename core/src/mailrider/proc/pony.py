@@ -73,6 +73,8 @@ class Session(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.id = os.urandom(8).hex()
         self.ip = ""
+        #: what the per-address session cap counts (client_key)
+        self.client = ""
         self.port = 0
         self.helo = ""
         self.busy = False
@@ -121,14 +123,17 @@ class Session(asyncio.Protocol):
             transport.write(b"421 4.3.2 Service paused, try again later\r\n")
             transport.close()
             return
-        if (self.local_user is None
-                and self.pony.per_ip.get(self.ip, 0) >= limits.MAX_SESSIONS_PER_IP):
-            log.event("smtp", "refused", address=self.ip, reason="too-many-sessions")
-            transport.write(b"421 4.7.0 Too many connections from your address\r\n")
+        self.client = client_key(self.ip)
+        refused = self.pony.session_refused(self.ip, self.client, self.local_user is not None)
+        if refused is not None:
+            log.event("smtp", "refused", address=self.ip, reason=refused)
+            transport.write(b"421 4.7.0 Too many connections from your address\r\n"
+                            if refused == "too-many-sessions" else
+                            b"421 4.7.0 Too many connections, try again later\r\n")
             transport.close()
             return
         self.pony.sessions.add(self)
-        self.pony.per_ip[self.ip] = self.pony.per_ip.get(self.ip, 0) + 1
+        self.pony.per_ip[self.client] = self.pony.per_ip.get(self.client, 0) + 1
         self.pony.by_id[self.id] = self
         self.pony.count("smtp.session")
         # smtpctl's show stats keys: smtp.session.inet4 / .inet6 / .local
@@ -238,11 +243,11 @@ class Session(asyncio.Protocol):
             self.greet_timer.cancel()
         if self in self.pony.sessions:
             self.pony.sessions.discard(self)
-            left = self.pony.per_ip.get(self.ip, 1) - 1
+            left = self.pony.per_ip.get(self.client, 1) - 1
             if left > 0:
-                self.pony.per_ip[self.ip] = left
+                self.pony.per_ip[self.client] = left
             else:
-                self.pony.per_ip.pop(self.ip, None)
+                self.pony.per_ip.pop(self.client, None)
             self.pony.count("smtp.session.closed")
         self._abort_tx()
         self.pony.by_id.pop(self.id, None)
@@ -888,11 +893,29 @@ def filter_reply(param: str | None) -> Reply:
     return Reply(code, "", rest)
 
 
+def client_key(ip: str) -> str:
+    """What the per-address session cap counts: an IPv4 address (also when
+    mapped into IPv6), an IPv6 client's /64 network, or ``local``."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        net = int(addr) >> (128 - limits.IPV6_CLIENT_PREFIX) << (128 - limits.IPV6_CLIENT_PREFIX)
+        return f"{ipaddress.IPv6Address(net)}/{limits.IPV6_CLIENT_PREFIX}"
+    return str(addr)
+
+
 def _is_loopback(ip: str) -> bool:
     try:
-        return ipaddress.ip_address(ip).is_loopback
+        addr = ipaddress.ip_address(ip)
     except ValueError:
         return ip == "local"
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -923,7 +946,7 @@ class Pony(common.Process):
         from mailrider.proc.pony_mta import Mta
 
         self.mta = Mta(self)
-        #: open SMTP sessions by client address (limits.MAX_SESSIONS_PER_IP)
+        #: open SMTP sessions by client_key (smtp limit sessions-per-address)
         self.per_ip: dict[str, int] = {}
         self.session_timeout = _env_seconds(limits.SESSION_TIMEOUT_ENV, limits.SESSION_TIMEOUT)
         self.greeting_delay = _env_seconds(limits.GREETING_DELAY_ENV, limits.GREETING_DELAY)
@@ -969,6 +992,24 @@ class Pony(common.Process):
         await self.stopping.wait()
         for server in self.servers:
             server.close()
+
+    def session_refused(self, ip: str, client: str, socket_session: bool) -> str | None:
+        """Why a new session from ``ip`` (counted as ``client``, its client_key)
+        is refused, or None.
+
+        Sessions through the local socket (sendmail) are never refused here;
+        loopback clients have their own per-address cap, none by default.
+        """
+        if socket_session:
+            return None
+        cfg = self.config
+        if len(self.sessions) >= cfg.max_sessions:
+            return "too-many-sessions-total"
+        local = _is_loopback(ip)
+        cap = cfg.max_sessions_per_local if local else cfg.max_sessions_per_address
+        if cap and self.per_ip.get(client, 0) >= cap:
+            return "too-many-sessions"
+        return None
 
     def auth_failed(self, ip: str) -> float:
         """Count a failed AUTH from ``ip``; the delay before answering it."""
