@@ -28,6 +28,7 @@ from mailrider.errors import ConfigError, TempFail
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common, pony_tls
+from mailrider.proc.pony_deliveries import Deliveries
 from mailrider.proc.pony_tls import ListenerTLS, tls_summary
 from mailrider.smtp.hygiene import HeaderHygiene
 from mailrider.smtp.masquerade import FromRewriter
@@ -95,7 +96,13 @@ class Session(asyncio.Protocol):
         self.fdone: asyncio.Future[None] | None = None
         self.sender: str | None = None
         self.mail_params: Any = None
-        self.rcpts: list[tuple[str, Any, list[dict[str, Any]]]] = []
+        #: accepted recipients (address, RCPT parameters); their deliveries
+        #: are in self.deliveries, bounded (smtp limit max-deliveries)
+        self.rcpts: list[tuple[str, Any]] = []
+        self.deliveries = Deliveries(self.pony.config.max_deliveries)
+        #: recipients lka accepted in this transaction: the same one again
+        #: expands to deliveries already held, so lka is not asked twice
+        self.rcpt_accepted: set[str] = set()
         self.msgid: str | None = None
         self.fd = -1
         self.size = 0
@@ -599,6 +606,10 @@ class Session(asyncio.Protocol):
         rcpt = str(event.rcpt)
         if not event.rcpt.domain:  # <postmaster>
             rcpt = f"{event.rcpt.local}@{self.hostname}"
+        if rcpt in self.rcpt_accepted:
+            self.rcpts.append((rcpt, event.params))
+            self.srv.accept()
+            return
         try:
             res = await self.pony.peers["lka"].ask(
                 m.RcptCheck(session=self._session_info(), sender=self.sender or "", rcpt=rcpt))
@@ -613,7 +624,13 @@ class Session(asyncio.Protocol):
                       rcpt=rcpt, result=reply)
             self.srv.reject(code, status, text)
             return
-        self.rcpts.append((rcpt, event.params, res.deliveries))
+        if not self.deliveries.add(len(self.rcpts), res.deliveries):
+            log.event("smtp", "failed-command", session=self.id, command="RCPT", rcpt=rcpt,
+                      result="too many deliveries", deliveries=len(self.deliveries))
+            self.srv.reject(452, "4.5.3", "Too many recipients")
+            return
+        self.rcpts.append((rcpt, event.params))
+        self.rcpt_accepted.add(rcpt)
         self.srv.accept()
         if self.precreate is None:
             # the spool file is asked for now, so that DATA does not wait on queue
@@ -781,26 +798,26 @@ class Session(asyncio.Protocol):
         out: list[dict[str, Any]] = []
         params = self.mail_params
         size, digest = str(self.written), self.digest.hexdigest()
-        for rcpt, rparams, deliveries in self.rcpts:
-            for d in deliveries:
-                action = self.pony.config.actions.get(str(d.get("dispatcher")))
-                ttl = (action.ttl if action is not None and action.ttl
-                       else self.pony.config.queue_ttl)
-                env = dict(d)
-                env.update({
-                    "type": "mta" if d.get("mda-method") == "relay" else "mda",
-                    "tag": self.listener.tag or "", "smtpname": self.hostname,
-                    "helo": self.helo, "hostname": "<unknown>", "sockaddr": self.ip,
-                    "sender": self.sender or "", "rcpt": rcpt, "ctime": now, "retry": "0",
-                    "ttl": str(ttl),
-                    "dsn-notify": ",".join(sorted(getattr(rparams, "notify", None) or ())),
-                    "dsn-orcpt": getattr(rparams, "orcpt", None) or "",
-                    "dsn-ret": getattr(params, "ret", None) or "",
-                    "dsn-envid": getattr(params, "envid", None) or "",
-                    "message-size": size,
-                    "message-sha256": digest,
-                })
-                out.append(env)
+        for index, d in self.deliveries:
+            rcpt, rparams = self.rcpts[index]
+            action = self.pony.config.actions.get(str(d.get("dispatcher")))
+            ttl = (action.ttl if action is not None and action.ttl
+                   else self.pony.config.queue_ttl)
+            env = d
+            env.update({
+                "type": "mta" if d.get("mda-method") == "relay" else "mda",
+                "tag": self.listener.tag or "", "smtpname": self.hostname,
+                "helo": self.helo, "hostname": "<unknown>", "sockaddr": self.ip,
+                "sender": self.sender or "", "rcpt": rcpt, "ctime": now, "retry": "0",
+                "ttl": str(ttl),
+                "dsn-notify": ",".join(sorted(getattr(rparams, "notify", None) or ())),
+                "dsn-orcpt": getattr(rparams, "orcpt", None) or "",
+                "dsn-ret": getattr(params, "ret", None) or "",
+                "dsn-envid": getattr(params, "envid", None) or "",
+                "message-size": size,
+                "message-sha256": digest,
+            })
+            out.append(env)
         return out
 
     async def _rollback(self, msgid: str | None) -> None:
