@@ -217,8 +217,12 @@ MTA_MAX_RCPT = 100
 #: the same message before it is sent (docs/queue.md §6)
 BOUNCE_FLUSH_DELAY = 1.0
 
-# AUTH failures: each failure from one address within the window adds this
-# many seconds before the 535 is sent, up to the maximum (slows guessing).
+# AUTH failures: each failure from one client (an address, an IPv6 /64)
+# within the window makes the next attempt from it wait this many seconds
+# more, up to the maximum, BEFORE its password is checked, and attempts from
+# one client are checked one after the other: guessing cannot make the
+# server hash passwords faster than this allows. An attempt that would wait
+# longer than the maximum is answered 454 4.7.0 without checking.
 AUTH_FAIL_DELAY = 0.5
 AUTH_FAIL_DELAY_MAX = 10.0
 AUTH_FAIL_WINDOW = 600.0
@@ -229,3 +233,9 @@ DELIVERY_BATCH_MAX = 32
 #: delivery processes of one user at a time; its deliveries that arrive
 #: meanwhile wait and go together in the next batch
 DELIVERY_BATCHES_PER_USER = 2
+
+# Worker threads that check password hashes (lka for tables, the parent for
+# system users), off the event loop, and the checks that may wait for one
+# (queued or running) before new ones get 454 4.7.0 at once.
+AUTH_WORKERS = 2
+AUTH_PENDING_MAX = 32

@@ -79,3 +79,33 @@ def test_global_cap_counts_every_client_but_not_the_local_socket() -> None:
     assert _open(pony, "192.0.2.99") == "too-many-sessions-total"
     assert _open(pony, "127.0.0.1") == "too-many-sessions-total"
     assert pony.session_refused("local", "local", True) is None
+
+
+def _auth_pony() -> Any:
+    pony: Any = Pony.__new__(Pony)
+    pony.auth_failures = {}
+    pony.auth_next = {}
+    return pony
+
+
+def test_auth_wait_comes_before_the_check_and_spaces_attempts_per_client() -> None:
+    pony = _auth_pony()
+    assert pony.auth_wait("192.0.2.1") == 0.0  # no failure yet: checked at once
+    pony.auth_failed("192.0.2.1")
+    pony.auth_failed("192.0.2.1")
+    delay = 2 * limits.AUTH_FAIL_DELAY
+    # attempts on many sessions at once each take the next slot
+    first, second = pony.auth_wait("192.0.2.1"), pony.auth_wait("192.0.2.1")
+    assert first == pytest.approx(delay, abs=0.05)
+    assert second == pytest.approx(2 * delay, abs=0.05)
+    assert pony.auth_wait("192.0.2.2") == 0.0  # another client is not slowed
+
+
+def test_auth_wait_past_the_maximum_is_refused_unchecked() -> None:
+    pony = _auth_pony()
+    client = client_key("2001:db8::1")
+    for _ in range(100):
+        pony.auth_failed(client)
+    waits = [pony.auth_wait(client_key(f"2001:db8::{i}")) for i in range(1, 4)]
+    assert waits[0] == pytest.approx(limits.AUTH_FAIL_DELAY_MAX, abs=0.05)
+    assert waits[1:] == [None, None]  # same /64: no slot within the maximum

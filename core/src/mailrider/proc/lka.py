@@ -14,7 +14,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mailrider import __version__, log, paths
+from mailrider import __version__, limits, log, paths
 from mailrider.config.model import Action, Filter
 from mailrider.delivery import grant
 from mailrider.dns.hosts import HostsFile
@@ -26,6 +26,7 @@ from mailrider.ipc.channel import Channel
 from mailrider.proc import common, lka_dns, lka_rules
 from mailrider.proc.lka_dns import resolver_config
 from mailrider.proc.lka_expand import expand
+from mailrider.proc.workers import WorkerPool
 from mailrider.table.base import normalise_key
 from mailrider.table.registry import TableSet
 
@@ -45,6 +46,7 @@ class Lka(common.Process):
         self.resolver = Resolver(resolver_config(self.config),
                                  hosts=HostsFile(paths.hosts_file()).load())
         self.filters: FilterHost | None = None
+        self.auth_pool = WorkerPool(limits.AUTH_WORKERS, limits.AUTH_PENDING_MAX, "lka-auth")
         #: set once tables and filters are up: requests wait for it (as OpenSMTPD's
         #: lka serves nobody before every filter registered)
         self.ready = asyncio.Event()
@@ -76,6 +78,7 @@ class Lka(common.Process):
         finally:
             if self.filters is not None:
                 self.filters.close()
+            self.auth_pool.close()
             await self.tables.close()
 
     async def peer_lookup(self, msg: m.PeerLookup) -> m.PeerInfo:
@@ -273,7 +276,10 @@ class Lka(common.Process):
             if value is None:
                 return m.AuthResult("fail")
             _, stored = parse_credentials(user, value)
-            return m.AuthResult("ok" if verify_password(msg.password, stored) else "fail")
+            # hundreds of thousands of hash rounds: in the bounded pool, never
+            # on the loop that serves every other session's requests
+            ok = await self.auth_pool.run(verify_password, msg.password, stored)
+            return m.AuthResult("ok" if ok else "fail")
         except UnsupportedHash as exc:
             log.warning("lka", "auth-unsupported-hash", user=user, scheme=exc.scheme)
             return m.AuthResult("error", exc.reply())

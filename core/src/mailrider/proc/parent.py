@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from mailrider import log
+from mailrider import limits, log
 from mailrider.config.model import Config, Filter
 from mailrider.delivery import grant
 from mailrider.errors import ConfigError, TempFail
@@ -26,6 +26,7 @@ from mailrider.ipc import messages as m
 from mailrider.ipc import policy
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common, parent_mda
+from mailrider.proc.workers import WorkerPool
 
 
 def bind_listeners(config: Config) -> list[tuple[int, socket.socket]]:
@@ -101,6 +102,8 @@ class Parent:
         #: seals delivery grants (delivery/grant.py), read in prepare_statedir
         self.grant_key = b""
         self.deliveries = parent_mda.Deliveries(self)
+        #: system_auth (shadow hashes) runs here, bounded, off the event loop
+        self.auth_pool = WorkerPool(limits.AUTH_WORKERS, limits.AUTH_PENDING_MAX, "parent-auth")
 
     def prepare_statedir(self) -> None:
         os.makedirs(self.opts.statedir, mode=0o711, exist_ok=True)
@@ -187,7 +190,7 @@ class Parent:
         if isinstance(msg, m.ForwardOpen) and chan.peer == "lka":
             return m.ForwardContent(content=await parent_mda.read_forward(self, msg.user))
         if isinstance(msg, m.AuthCheck) and chan.peer == "lka":
-            return await asyncio.to_thread(system_auth, msg.username, msg.password)
+            return await self.auth_pool.run(system_auth, msg.username, msg.password)
         if isinstance(msg, m.FilterStart) and chan.peer == "lka":
             return self.start_filter(msg.name)
         if isinstance(msg, m.TableStart) and chan.peer == "lka":

@@ -521,8 +521,22 @@ class Session(asyncio.Protocol):
         return True
 
     async def _auth(self, event: Any) -> None:
-        """AUTH PLAIN/LOGIN: lka checks; failures cost a delay growing per address."""
+        """AUTH PLAIN/LOGIN: lka checks, after the wait that this client's
+        earlier failures cost (Pony.auth_wait): the delay comes before the
+        password is hashed, so guessing cannot make the server work faster."""
         user = event.username
+        wait = self.pony.auth_wait(self.client)
+        if wait is None:
+            await asyncio.sleep(limits.AUTH_FAIL_DELAY_MAX)
+            log.event("smtp", "authentication", session=self.id, user=user, result="tempfail",
+                      reason="too-many-attempts")
+            self.pony.count("smtp.auth.throttled")
+            self.srv.reject(454, "4.7.0", "Too many authentication attempts, try again later")
+            if self.filtered:
+                self._report("link-auth", ["error", user])
+            return
+        if wait > 0:
+            await asyncio.sleep(wait)
         try:
             res = await self.pony.peers["lka"].ask(m.AuthCheck(
                 table=self.listener.auth_table, username=user, password=event.password))
@@ -535,11 +549,10 @@ class Session(asyncio.Protocol):
                       mechanism=event.mechanism)
             self.pony.count("smtp.auth.ok")
         elif result == "fail":
-            delay = self.pony.auth_failed(self.ip)
+            self.pony.auth_failed(self.client)
             log.event("smtp", "authentication", session=self.id, user=user,
-                      result="permfail", mechanism=event.mechanism, delay=f"{delay:.1f}s")
+                      result="permfail", mechanism=event.mechanism, delay=f"{wait:.1f}s")
             self.pony.count("smtp.auth.fail")
-            await asyncio.sleep(delay)
             self.srv.reject(535, "5.7.8", "Authentication credentials invalid")
         else:
             log.event("smtp", "authentication", session=self.id, user=user, result="tempfail")
@@ -955,7 +968,10 @@ class Pony(common.Process):
         self.tls.build()
         self.sessions: set[Session] = set()
         self.by_id: dict[str, Session] = {}
+        #: failed AUTH by client_key: (count in the window, last failure)
         self.auth_failures: dict[str, tuple[int, float]] = {}
+        #: by client_key: when its next AUTH attempt may be checked (auth_wait)
+        self.auth_next: dict[str, float] = {}
         self.rdns_lookup = needs_rdns(self.config)
         self.tasks: set[asyncio.Task[None]] = set()
         self.servers: list[asyncio.base_events.Server] = []
@@ -1028,18 +1044,40 @@ class Pony(common.Process):
             return "too-many-sessions"
         return None
 
-    def auth_failed(self, ip: str) -> float:
-        """Count a failed AUTH from ``ip``; the delay before answering it."""
+    def _auth_count(self, client: str, now: float) -> int:
+        count, last = self.auth_failures.get(client, (0, now))
+        return 0 if now - last > limits.AUTH_FAIL_WINDOW else count
+
+    def auth_failed(self, client: str) -> None:
+        """Count a failed AUTH from ``client`` (a client_key)."""
         now = time.monotonic()
-        count, last = self.auth_failures.get(ip, (0, now))
-        if now - last > limits.AUTH_FAIL_WINDOW:
-            count = 0
-        count += 1
-        self.auth_failures[ip] = (count, now)
+        self.auth_failures[client] = (self._auth_count(client, now) + 1, now)
         if len(self.auth_failures) > 10000:  # bounded: forget the oldest half
             for key, _ in sorted(self.auth_failures.items(), key=lambda kv: kv[1][1])[:5000]:
                 del self.auth_failures[key]
-        return min(limits.AUTH_FAIL_DELAY * count, limits.AUTH_FAIL_DELAY_MAX)
+
+    def auth_wait(self, client: str) -> float | None:
+        """Seconds an AUTH attempt from ``client`` waits before its password is
+        checked, or None when that would exceed AUTH_FAIL_DELAY_MAX (the
+        attempt is then refused unchecked).
+
+        Each failure within the window adds AUTH_FAIL_DELAY, and attempts of
+        one client are spaced by that delay even when they come on many
+        sessions at once: each takes the next slot after the last one given.
+        """
+        now = time.monotonic()
+        delay = min(limits.AUTH_FAIL_DELAY * self._auth_count(client, now),
+                    limits.AUTH_FAIL_DELAY_MAX)
+        if delay <= 0:
+            return 0.0
+        start = max(now, self.auth_next.get(client, 0.0)) + delay
+        if start - now > limits.AUTH_FAIL_DELAY_MAX:
+            return None
+        if len(self.auth_next) > 10000:  # bounded: slots already past are forgotten
+            for key in [k for k, t in self.auth_next.items() if t <= now]:
+                del self.auth_next[key]
+        self.auth_next[client] = start
+        return start - now
 
     def stats(self) -> dict[str, int]:
         out = dict(self.counters)
