@@ -78,6 +78,11 @@ MAX_SESSIONS = 10000
 # hold an unbounded list in pony.
 MAX_DELIVERIES = 10000
 
+# Data-line filters: message bytes a session may have sent to lka that the
+# filters have not read yet; past it pony stops reading the client until
+# they catch up (backpressure: a slow filter must not make lka buffer mail).
+FILTER_DATA_WINDOW = 256 * 1024
+
 # Received headers counted for loop detection (OpenSMTPD: 100 -> 554 5.4.6)
 MAX_HOPS = 100
 

@@ -343,6 +343,22 @@ class FilterHost:
 
         return forward
 
+    async def data_drain(self, sid: str) -> None:
+        """Wait until the session's data-line filters have read what they were
+        given (their input buffers in lka under the high-water mark); pony
+        sends no more than a window of lines before this returns, so what lka
+        holds for one session is bounded. Raises FilterFailed when a filter
+        does not read its input within the timeout."""
+        s = self.sessions.get(sid)
+        if s is None:
+            return
+        for proc in list(s.data_filters):
+            try:
+                await asyncio.wait_for(proc.drain(), self.timeout)
+            except TimeoutError:
+                log.error("filter", "timeout", filter=proc.name, session=sid, phase="data-line")
+                raise FilterFailed(f"filter {proc.name} does not read its input") from None
+
     def data_lines(self, sid: str, lines: list[str]) -> None:
         s = self.sessions.get(sid)
         if s is None or not s.data_filters:

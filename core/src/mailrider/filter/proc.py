@@ -19,6 +19,8 @@ from mailrider.filter import protocol as p
 
 HANDSHAKE_TIMEOUT = 30.0
 LINE_MAX = 64 * 1024
+#: data streams remembered as closed by their session (see FilterProcess._closed)
+CLOSED_MAX = 1024
 
 
 class FilterFailed(TempFail):
@@ -40,6 +42,9 @@ class FilterProcess:
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[tuple[str, str], asyncio.Future[p.FilterResult]] = {}
         self._sinks: dict[tuple[str, str], Callable[[str], None]] = {}
+        #: data streams closed before the filter returned their last line
+        #: (the session ended): what still comes for them is dropped quietly
+        self._closed: dict[tuple[str, str], None] = {}
         self._report_sink: Callable[[str, str], None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -120,6 +125,10 @@ class FilterProcess:
         if isinstance(out, p.DataLine):
             sink = self._sinks.get((out.sid, out.token))
             if sink is None:
+                if (out.sid, out.token) in self._closed:
+                    if out.line == ".":
+                        del self._closed[(out.sid, out.token)]
+                    return
                 log.warning("filter", "stray-dataline", filter=self.name, session=out.sid)
                 return
             if out.line == ".":
@@ -187,5 +196,19 @@ class FilterProcess:
     def data_line(self, sid: str, token: str, line: str) -> None:
         self._write(p.filter_line("data-line", sid, token, [line]))
 
+    async def drain(self) -> None:
+        """Wait until what we wrote to the filter is under the transport's
+        high-water mark: the filter reads as fast as it is fed, or the feeder
+        waits (data-line backpressure). A filter gone returns at once."""
+        if not self.alive or self._writer is None:
+            return
+        try:
+            await self._writer.drain()
+        except (ConnectionError, OSError):
+            pass
+
     def close_data(self, sid: str, token: str) -> None:
-        self._sinks.pop((sid, token), None)
+        if self._sinks.pop((sid, token), None) is not None:
+            self._closed[(sid, token)] = None
+            if len(self._closed) > CLOSED_MAX:  # bounded: the oldest are forgotten
+                del self._closed[next(iter(self._closed))]

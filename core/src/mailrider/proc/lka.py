@@ -21,6 +21,7 @@ from mailrider.dns.hosts import HostsFile
 from mailrider.dns.resolver import Resolver
 from mailrider.errors import PermFail, TempFail
 from mailrider.filter.host import FilterHost
+from mailrider.filter.proc import FilterFailed
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common, lka_dns, lka_rules
@@ -158,6 +159,12 @@ class Lka(common.Process):
             return m.Ok(text="yes")
         if isinstance(msg, m.FilterData):
             host.data_lines(msg.sid, list(msg.lines))
+            # the reply (when pony asked) waits until the filters read them:
+            # pony's window of unanswered lines is what lka holds per session
+            try:
+                await host.data_drain(msg.sid)
+            except FilterFailed as exc:
+                self._filter_data_out(msg.sid, [], "421 4.3.0 " + exc.text)
             return None
         if isinstance(msg, m.FilterEnd):
             host.end(msg.sid)

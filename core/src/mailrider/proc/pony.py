@@ -85,6 +85,11 @@ class Session(asyncio.Protocol):
         self.deadline = 0.0
         self.greeted = False
         self.greet_timer: asyncio.TimerHandle | None = None
+        #: message bytes sent to the data-line filters and not yet answered by
+        #: lka (across transactions: answers may come after the end of one);
+        #: reading is paused above limits.FILTER_DATA_WINDOW
+        self.f_inflight = 0
+        self.f_paused = False
         self._reset_tx()
 
     def _reset_tx(self) -> None:
@@ -477,14 +482,45 @@ class Session(asyncio.Protocol):
         self._report("tx-data", [self.txid, "ok" if self.msgid else "tempfail"])
 
     def _filter_chunk(self, data: bytes) -> None:
-        """Message bytes -> dot-stuffed lines for the data-line filters."""
+        """Message bytes -> dot-stuffed lines for the data-line filters.
+
+        Backpressure: each batch of lines is a request that lka answers once
+        the filters have read it; while more than FILTER_DATA_WINDOW bytes
+        are unanswered, the client's socket is not read."""
         buf = self.fline + data
         parts = buf.split(b"\n")
         self.fline = parts.pop()
-        if parts:
-            lines = [("." + ln.decode("utf-8", "surrogateescape")) if ln.startswith(b".")
-                     else ln.decode("utf-8", "surrogateescape") for ln in parts]
-            self.pony.peers["lka"].notify(m.FilterData(sid=self.id, lines=lines))
+        if len(self.fline) > limits.FILTER_DATA_WINDOW:
+            # no newline for that long: pass it on in pieces (such a line
+            # makes the SMTP machine refuse the message at its end anyway)
+            parts.append(self.fline)
+            self.fline = b""
+        if not parts:
+            return
+        lines = [("." + ln.decode("utf-8", "surrogateescape")) if ln.startswith(b".")
+                 else ln.decode("utf-8", "surrogateescape") for ln in parts]
+        size = len(buf) - len(self.fline)
+        self.f_inflight += size
+        task = asyncio.get_running_loop().create_task(self._filter_send(lines, size))
+        self.pony.tasks.add(task)
+        task.add_done_callback(self.pony.tasks.discard)
+        if self.f_inflight > limits.FILTER_DATA_WINDOW and not self.f_paused:
+            self.f_paused = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+
+    async def _filter_send(self, lines: list[str], size: int) -> None:
+        try:
+            await self.pony.peers["lka"].ask(m.FilterData(sid=self.id, lines=lines))
+        except TempFail as exc:
+            self.filter_output([], exc.text or "filter failed")
+        finally:
+            self.f_inflight -= size
+            if self.f_paused and self.f_inflight <= limits.FILTER_DATA_WINDOW // 2:
+                self.f_paused = False
+                if (not self.busy and self.transport is not None
+                        and not self.transport.is_closing()):
+                    self.transport.resume_reading()
 
     def filter_output(self, lines: list[str], error: str) -> None:
         """Lines back from the filters: un-stuff and write to the spool file."""
