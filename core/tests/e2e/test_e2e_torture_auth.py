@@ -80,10 +80,11 @@ def _guesser(d: Daemon, n: int, stop: threading.Event, clients: list[smtplib.SMT
                 if code == 421:
                     break
             c.close()
-        except (OSError, smtplib.SMTPException):
+        except (OSError, smtplib.SMTPException) as exc:
             if stop.is_set():
                 return
-            tally["error"] = tally.get("error", 0) + 1
+            name = f"error:{type(exc).__name__}:{str(exc)[:60]}"
+            tally[name] = tally.get(name, 0) + 1
             time.sleep(0.1)
 
 
