@@ -75,7 +75,8 @@ MAX_SESSIONS = 10000
 # Deliveries the recipients of one transaction may expand to, after
 # removing duplicates (smtp limit max-deliveries): RCPTs past it get
 # 452 4.5.3 (RFC 5321 4.5.3.1.10), so aliases cannot make one transaction
-# hold an unbounded list in pony.
+# hold an unbounded list in pony. Ten times as many expansions, duplicates
+# included, bound lka's work for one transaction (proc/pony_deliveries.py).
 MAX_DELIVERIES = 10000
 
 # Data-line filters: message bytes a session may have sent to lka that the

@@ -57,3 +57,27 @@ def test_fields_unknown_to_pony_travel_unchanged_and_strings_are_shared() -> Non
     (_, got_a), (_, got_b) = list(ds)
     assert got_a == a and got_b == b
     assert got_a["mda-home"] is got_b["mda-home"]
+
+
+def test_expansions_bounded_duplicates_included() -> None:
+    ds = Deliveries(3)  # at most 3 held, 30 expanded
+    members = [_d(f"m{i}@x") for i in range(3)]
+    for i in range(10):
+        assert not ds.exhausted()
+        assert ds.add(i, members)
+    assert len(ds) == 3 and ds.expanded == 30
+    assert ds.exhausted()
+    assert not ds.add(10, members[:1])
+    ds = Deliveries(3)
+    assert ds.add(0, [_d(f"m{i}@x") for i in range(2)] * 14)  # 28 expanded, 2 held
+    assert not ds.add(1, [_d("m0@x")] * 3)  # 31 > 30: refused though nothing is new
+    assert ds.exhausted()  # and the transaction has had its share
+    assert not ds.add(2, [_d("n@x")])
+
+
+def test_refused_recipients_count_as_expansions() -> None:
+    ds = Deliveries(2)  # 20 expansions
+    assert ds.add(0, [_d("a@x"), _d("b@x")])
+    for i in range(6):
+        assert not ds.add(i + 1, [_d(f"c{i}@x"), _d(f"d{i}@x"), _d(f"e{i}@x")])
+    assert ds.expanded == 20 and ds.exhausted() and len(ds) == 2

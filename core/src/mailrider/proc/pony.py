@@ -659,6 +659,12 @@ class Session(asyncio.Protocol):
             self.rcpts.append((rcpt, event.params))
             self.srv.accept()
             return
+        if self.deliveries.exhausted():
+            # the transaction already cost lka its share: no more expansions
+            log.event("smtp", "failed-command", session=self.id, command="RCPT", rcpt=rcpt,
+                      result="too many deliveries", deliveries=len(self.deliveries))
+            self.srv.reject(452, "4.5.3", "Too many recipients")
+            return
         try:
             res = await self.pony.peers["lka"].ask(
                 m.RcptCheck(session=self._session_info(), sender=self.sender or "", rcpt=rcpt))

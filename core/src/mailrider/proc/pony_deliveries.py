@@ -10,6 +10,10 @@ pony hold recipients x members dictionaries. Invariants:
   recipient) is dropped: the first recipient that brought it keeps it;
 - at most ``limit`` deliveries are held; a recipient whose new deliveries do
   not fit is refused whole (none of them is kept);
+- lka's work is bounded too: once the recipients of the transaction brought
+  ``EXPANSION_FACTOR`` times ``limit`` deliveries, duplicates included,
+  further recipients are refused (1000 RCPTs naming sub-addresses of one
+  large list would otherwise cost lka a million expansions);
 - each delivery is stored as a tuple of values beside a shared tuple of
   field names, its strings shared across deliveries, so the bound is on a
   few hundred bytes per delivery rather than on a dictionary each.
@@ -22,11 +26,15 @@ from typing import Any
 
 #: the fields that make two deliveries the same (a dest compared without case)
 _KEY_FIELDS = ("dispatcher", "mda-method", "mda-arg", "mda-user", "mda-local-user")
+#: deliveries expanded (duplicates included) per delivery held, at most
+EXPANSION_FACTOR = 10
 
 
 class Deliveries:
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        #: deliveries lka returned for this transaction, duplicates included
+        self.expanded = 0
         self._seen: set[tuple[Any, ...]] = set()
         self._schemas: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._strings: dict[str, str] = {}
@@ -36,8 +44,15 @@ class Deliveries:
     def __len__(self) -> int:
         return len(self._items)
 
+    def exhausted(self) -> bool:
+        """Has this transaction had all the expansions it may have?"""
+        return self.expanded >= self.limit * EXPANSION_FACTOR
+
     def add(self, rcpt_index: int, deliveries: list[dict[str, Any]]) -> bool:
         """Keep the new ones among ``deliveries``; False (nothing kept) past the limit."""
+        self.expanded += len(deliveries)  # lka's work, whether kept or not
+        if self.expanded > self.limit * EXPANSION_FACTOR:
+            return False
         new: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         keys: set[tuple[Any, ...]] = set()
         for d in deliveries:
