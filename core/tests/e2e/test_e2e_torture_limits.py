@@ -75,6 +75,26 @@ def test_200_loopback_sessions_served_by_default(load_daemon: Daemon) -> None:
             s.close()
 
 
+def test_global_session_cap() -> None:
+    """smtp limit sessions: past it every client, loopback too, gets 421."""
+    config = LIMITS_CONFIG.replace("{local_cap}", "smtp limit sessions 5\n")
+    with Daemon(config) as d:
+        socks = [socket.create_connection(("127.0.0.1", d.port), timeout=10,
+                                          source_address=(f"127.0.5.{i + 1}", 0))
+                 for i in range(5)]
+        try:
+            assert all(s.recv(200).startswith(b"220 ") for s in socks)
+            extra = socket.create_connection(("127.0.0.1", d.port), timeout=10,
+                                             source_address=("127.0.5.99", 0))
+            out = tu.recv_until_closed(extra, 10)
+            extra.close()
+            assert out.startswith(b"421 4.7.0"), out
+        finally:
+            for s in socks:
+                s.close()
+        assert "reason=too-many-sessions-total" in d.log()
+
+
 def test_slowloris_timed_out(daemon: Daemon) -> None:
     t = tu.check_slowloris(daemon, clients=5, timeout=TIMEOUT, deadline=time.monotonic() + 30)
     assert t.attempts == 5 and t.failures == 0, t.notes
