@@ -10,6 +10,11 @@ from __future__ import annotations
 # We allow more, as Postfix and OpenSMTPD do, because ESMTP parameters
 # (RFC 1870 SIZE, RFC 3461 DSN ORCPT/ENVID, RFC 6531 SMTPUTF8) lengthen it.
 COMMAND_LINE_MAX = 2048
+#: bytes pony keeps reading into a session's machine while a command waits on
+#: another process: enough for a client's whole pipelined group (RFC 2920), so
+#: that what it sent after STARTTLS or a DATA about to be refused is seen when
+#: the answer is given; past this, reading pauses until the answer
+PIPELINE_READ_AHEAD = 64 * 1024
 
 # RFC 5321 4.5.3.1.6: a text line is at most 1000 octets including CRLF.
 # Longer lines are a reason to reject (RFC 5322 2.1.1 hard limit 998 + CRLF).

@@ -36,22 +36,33 @@ def test_rsa_operations(pkis: dict[str, Pki], backend: str, which: str) -> None:
     public = der.certificate_key(pathlib.Path(pki.cert).read_bytes())
     assert h == hashlib.sha256(public.spki).hexdigest() and h in store
     assert store.names == {which: h}
-    block = b"\x00" + os.urandom(255)
+    mhash = hashlib.sha256(b"hello").digest()
+    block = rsa.pss_encode(mhash, public.n.bit_length(), os.urandom(32))
     sig = store.sign(h, "rsa_priv_enc", block, rsa.RSA_NO_PADDING)
     assert pow(int.from_bytes(sig, "big"), public.e, public.n) == int.from_bytes(block, "big")
     digest_info = bytes.fromhex("3031300d060960864801650304020105000420") + os.urandom(32)
     sig = store.sign(h, "rsa_priv_enc", digest_info, rsa.RSA_PKCS1_PADDING)
     em = pow(int.from_bytes(sig, "big"), public.e, public.n).to_bytes(256, "big")
     assert em == b"\x00\x01" + b"\xff" * (256 - 3 - 51) + b"\x00" + digest_info
+    assert store.counters["sign"] == 2 and store.counters["sign.rsa_priv_enc"] == 2
     ciphertext = pow(int.from_bytes(block, "big"), public.e, public.n).to_bytes(256, "big")
-    assert store.sign(h, "rsa_priv_dec", ciphertext, rsa.RSA_NO_PADDING) == block
-    assert store.counters["sign"] == 3 and store.counters["sign.rsa_priv_enc"] == 2
     for bad in [("nope", "rsa_priv_enc", block, 3), (h, "ecdsa_sign", b"x" * 32, 0),
-                (h, "rsa_priv_dec", sig, rsa.RSA_PKCS1_PADDING), (h, "rsa_priv_enc", b"x" * 257, 3),
-                (h, "frobnicate", block, 3)]:
+                (h, "rsa_priv_enc", b"x" * 257, 3), (h, "frobnicate", block, 3),
+                # decryption is not offered, in any padding
+                (h, "rsa_priv_dec", ciphertext, rsa.RSA_NO_PADDING),
+                (h, "rsa_priv_dec", sig, rsa.RSA_PKCS1_PADDING),
+                # raw RSA on anything but a PSS encoding would be decryption in disguise
+                (h, "rsa_priv_enc", ciphertext, rsa.RSA_NO_PADDING),
+                (h, "rsa_priv_enc", block[:-1] + b"\xbd", rsa.RSA_NO_PADDING),
+                (h, "rsa_priv_enc", block[:100] + bytes([block[100] ^ 1]) + block[101:],
+                 rsa.RSA_NO_PADDING),
+                # PKCS#1 v1.5 over a DigestInfo only; OAEP and the rest are refused
+                (h, "rsa_priv_enc", b"x" * 51, rsa.RSA_PKCS1_PADDING),
+                (h, "rsa_priv_enc", digest_info + b"x", rsa.RSA_PKCS1_PADDING),
+                (h, "rsa_priv_enc", digest_info, 4), (h, "rsa_priv_enc", block, 5)]:
         with pytest.raises(keys.SignError):
             store.sign(*bad)
-    assert store.counters["sign.errors"] == 5
+    assert store.counters["sign.errors"] == 13
     store.close()
 
 
@@ -66,8 +77,12 @@ def test_ecdsa_signatures_verify(pkis: dict[str, Pki], which: str, tmp_path: pat
     assert sig[0] == 0x30  # DER SEQUENCE
     assert _verify_ecdsa(pkis[which], digest, sig, tmp_path)
     assert not _verify_ecdsa(pkis[which], hashlib.sha256(b"other").digest(), sig, tmp_path)
-    with pytest.raises(keys.SignError):
-        store.sign(h, "rsa_priv_enc", digest, 1)
+    for op, data, padding in [("rsa_priv_enc", digest, 1), ("rsa_priv_dec", digest, 3),
+                              ("ecdsa_sign", digest + b"x", 0), ("ecdsa_sign", b"", 0),
+                              ("ecdsa_sign", digest, 1)]:
+        with pytest.raises(keys.SignError):
+            store.sign(h, op, data, padding)
+    assert store.counters["sign.errors"] == 5
     store.close()
 
 

@@ -54,12 +54,10 @@ def test_raw_operations_agree_with_libcrypto(pkis: dict[str, Pki]) -> None:
     key = _key(pkis["rsa"])
     store = keys.KeyStore("libcrypto")
     h = store.load("rsa", pkis["rsa"].cert, pkis["rsa"].key)
-    block = b"\x00\x01" + bytes(range(254))
+    block = rsa.pss_encode(hashlib.sha384(b"x").digest(), key.n.bit_length(), b"s" * 48)
     ours = rsa.private_encrypt(key, block, rsa.RSA_NO_PADDING)
     assert ours == store.sign(h, "rsa_priv_enc", block, rsa.RSA_NO_PADDING)
     assert pow(int.from_bytes(ours, "big"), key.e, key.n) == int.from_bytes(block, "big")
-    assert rsa.private_decrypt(key, ours, rsa.RSA_NO_PADDING) == \
-        store.sign(h, "rsa_priv_dec", ours, rsa.RSA_NO_PADDING)
     store.close()
 
 
@@ -88,9 +86,59 @@ def test_blinding_gives_the_same_result(pkis: dict[str, Pki]) -> None:
     (b"x" * 255, rsa.RSA_NO_PADDING, rsa.private_encrypt),  # not k bytes
     (b"\xff" * 256, rsa.RSA_NO_PADDING, rsa.private_encrypt),  # >= n
     (b"x" * 32, 4, rsa.private_encrypt),  # OAEP is no signature padding
-    (b"x" * 256, rsa.RSA_PKCS1_PADDING, rsa.private_decrypt),  # padding oracle refused
 ])
 def test_bad_inputs_are_refused(pkis: dict[str, Pki], data: bytes, padding: int,
                                 fn: object) -> None:
     with pytest.raises(rsa.RSAError):
         fn(_key(pkis["rsa"]), data, padding)  # type: ignore[operator]
+
+
+def test_there_is_no_private_decryption() -> None:
+    assert not hasattr(rsa, "private_decrypt")
+    assert "rsa_priv_dec" not in keys.OPS
+
+
+@needs_openssl
+@pytest.mark.parametrize("digest", ["sha256", "sha384", "sha512"])
+def test_openssl_pss_encodings_are_recognised(pkis: dict[str, Pki], tmp_path: pathlib.Path,
+                                              digest: str) -> None:
+    # what OpenSSL's TLS stack hands a raw RSA signature: PSS, salt as long as the hash
+    key = _key(pkis["rsa"])
+    bits = key.n.bit_length()
+    (tmp_path / "dgst").write_bytes(hashlib.new(digest, b"mailrider").digest())
+
+    def recovered(saltlen: str) -> bytes:
+        sig = openssl("pkeyutl", "-sign", "-inkey", pkis["rsa"].key, "-in", str(tmp_path / "dgst"),
+                      "-pkeyopt", f"digest:{digest}", "-pkeyopt", "rsa_padding_mode:pss",
+                      "-pkeyopt", f"rsa_pss_saltlen:{saltlen}")
+        return pow(int.from_bytes(sig, "big"), key.e, key.n).to_bytes(key.size, "big")
+
+    em = recovered("digest")
+    assert rsa.pss_encoded(em, bits)
+    assert not rsa.pss_encoded(recovered("0"), bits)  # TLS always salts with the hash length
+    assert not rsa.pss_encoded(em[:-1] + b"\xbb", bits)
+    assert not rsa.pss_encoded(em[1:], bits)
+    # and ours is one openssl accepts
+    ours = rsa.pss_encode(hashlib.new(digest, b"mailrider").digest(), bits, b"\x07" *
+                          hashlib.new(digest).digest_size)
+    assert rsa.pss_encoded(ours, bits)
+    (tmp_path / "sig").write_bytes(rsa.private_encrypt(key, ours, rsa.RSA_NO_PADDING))
+    (tmp_path / "pub").write_bytes(openssl("x509", "-in", pkis["rsa"].cert, "-pubkey", "-noout"))
+    out = openssl("pkeyutl", "-verify", "-pubin", "-inkey", str(tmp_path / "pub"),
+                  "-in", str(tmp_path / "dgst"), "-sigfile", str(tmp_path / "sig"),
+                  "-pkeyopt", f"digest:{digest}", "-pkeyopt", "rsa_padding_mode:pss",
+                  "-pkeyopt", "rsa_pss_saltlen:digest")
+    assert b"Success" in out
+
+
+@pytest.mark.parametrize("bits", [1024, 1025, 2047, 2048, 3072, 4097])
+def test_pss_shape_for_odd_modulus_sizes(bits: int) -> None:
+    for hlen in (32, 48, 64):
+        if (bits + 6) // 8 < 2 * hlen + 2:
+            continue  # no room for SHA-512 with its salt in a 1024-bit modulus
+        em = rsa.pss_encode(bytes(range(hlen)), bits, b"\x5a" * hlen)
+        assert len(em) == (bits + 7) // 8 and rsa.pss_encoded(em, bits)
+        assert not rsa.pss_encoded(em, bits + 8)
+    for junk in (b"\x00" * ((bits + 7) // 8), b"\x00" * ((bits + 7) // 8 - 1) + b"\xbc",
+                 b"\x01" + b"\xbc" * ((bits + 7) // 8 - 1)):
+        assert not rsa.pss_encoded(junk, bits)

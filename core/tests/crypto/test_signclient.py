@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import json
+import logging
 import socket
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from mailrider import log
 from mailrider.config.model import Config
 from mailrider.config.model import Pki as ConfigPki
-from mailrider.crypto import delegate, libcrypto
+from mailrider.crypto import delegate, libcrypto, rsa
 from mailrider.crypto.signclient import SignClient, SignFailed
 from mailrider.errors import ConfigError
 from mailrider.ipc import messages as m
-from mailrider.ipc.channel import Channel
+from mailrider.ipc.channel import _FLAG_ERROR, _FLAG_REPLY, _HEADER, Channel
 from mailrider.proc import common
 from mailrider.proc.klondike import Klondike
 from pki_util import Pki
@@ -24,8 +28,9 @@ from pki_util import Pki
 
 class Running:
     def __init__(self, proc: Klondike, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                 control: Channel) -> None:
+                 control: Channel, sign_line: socket.socket) -> None:
         self.proc, self.loop, self.sock, self.control = proc, loop, sock, control
+        self.sign_line = sign_line
 
     def ask(self, msg: object) -> object:
         return asyncio.run_coroutine_threadsafe(self.control.ask(msg), self.loop).result(10)
@@ -46,6 +51,7 @@ def klondike(pkis: dict[str, Pki]) -> Iterator[Running]:
     loop = asyncio.new_event_loop()
     pony_end, klondike_end = socket.socketpair()
     ctl_a, ctl_b = socket.socketpair()
+    sign_a, sign_b = socket.socketpair()
     ready = threading.Event()
     holder: dict[str, Channel] = {}
 
@@ -54,7 +60,8 @@ def klondike(pkis: dict[str, Pki]) -> Iterator[Running]:
 
         async def main() -> None:
             await proc.setup()
-            proc.connect({"pony": klondike_end.detach(), "control": ctl_b.detach()})
+            proc.connect({"pony": klondike_end.detach(), "control": ctl_b.detach(),
+                          "pony-sign": sign_b.detach()})
             holder["control"] = Channel(ctl_a, "klondike")
             ready.set()
             await proc.stopping.wait()
@@ -64,10 +71,16 @@ def klondike(pkis: dict[str, Pki]) -> Iterator[Running]:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     assert ready.wait(10)
-    yield Running(proc, loop, pony_end, holder["control"])
+    yield Running(proc, loop, pony_end, holder["control"], sign_a)
     loop.call_soon_threadsafe(proc.stopping.set)
     thread.join(10)
     pony_end.close()
+    sign_a.close()
+
+
+def _pss(seed: int) -> bytes:
+    """A modulus-sized PSS encoding for the 2048-bit test key, as TLS hands it over."""
+    return rsa.pss_encode(hashlib.sha256(bytes([seed])).digest(), 2048, bytes([seed]) * 32)
 
 
 def test_sign_round_trip_and_stats(klondike: Running) -> None:
@@ -76,7 +89,7 @@ def test_sign_round_trip_and_stats(klondike: Running) -> None:
         klondike.proc.config.pkis)
     client = SignClient(klondike.sock)
     h = keystore.names["rsa"]
-    block = b"\x00" + b"\x17" * 255
+    block = _pss(0x17)
     sig = client.sign(h, "rsa_priv_enc", block, 3)
     assert sig == keystore.sign(h, "rsa_priv_enc", block, 3)
     with pytest.raises(SignFailed, match="no key for this certificate"):
@@ -121,7 +134,7 @@ def test_threads_share_one_client(klondike: Running) -> None:
     assert keystore is not None
     client = SignClient(klondike.sock)
     h = keystore.names["rsa"]
-    blocks = [bytes([0, i]) + b"\x01" * 254 for i in range(8)]
+    blocks = [_pss(i) for i in range(8)]
     results: dict[int, bytes] = {}
 
     def work(i: int) -> None:
@@ -152,3 +165,62 @@ def test_a_bad_key_stops_klondike(pkis: dict[str, Pki]) -> None:
     with pytest.raises(ConfigError, match="does not match"):
         asyncio.run(proc.setup())
 
+
+
+def _frame(sock: socket.socket, reqid: int, payload: object) -> tuple[int, object]:
+    """Play a hostile pony on the signing line: one raw frame out, the reply's flags and body."""
+    body = json.dumps(payload).encode()
+    sock.sendall(_HEADER.pack(len(body), reqid, 0, 0) + body)
+    sock.settimeout(10)
+    header = b""
+    while len(header) < _HEADER.size:
+        header += sock.recv(_HEADER.size - len(header))
+    length, rid, flags, nfds = _HEADER.unpack(header)
+    assert rid == reqid and nfds == 0 and flags & _FLAG_REPLY
+    data = b""
+    while len(data) < length:
+        data += sock.recv(length - len(data))
+    return flags, m.decode(json.loads(data))
+
+
+def test_a_pony_asking_to_decrypt_is_refused_and_logged(
+        klondike: Running, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(log, "_fast", None)  # through logging, where caplog sees it
+    keystore = klondike.proc.keys
+    assert keystore is not None
+    h = keystore.names["rsa"]
+    n = keystore.sign(h, "rsa_priv_enc", _pss(1), 3)  # any modulus-sized value below n
+    b64 = base64.b64encode(n).decode()
+    forged: list[dict[str, object]] = [
+        {"t": "Sign", "cert_hash": h, "op": "rsa_priv_dec", "data_b64": b64, "padding": 3},
+        {"t": "Sign", "cert_hash": h, "op": "rsa_priv_dec", "data_b64": b64, "padding": 1},
+        # the same decryption asked as a raw "signature" of a ciphertext
+        {"t": "Sign", "cert_hash": h, "op": "rsa_priv_enc", "data_b64": b64, "padding": 3},
+        {"t": "Sign", "cert_hash": h, "op": "rsa_priv_enc", "data_b64": b64, "padding": 4},
+        {"t": "Sign", "cert_hash": "../../etc/passwd", "op": "rsa_priv_enc", "data_b64": b64,
+         "padding": 3},
+        {"t": "Sign", "cert_hash": h, "op": ["rsa_priv_enc"], "data_b64": b64, "padding": 3},
+        {"t": "Sign", "cert_hash": h, "op": "rsa_priv_enc", "data_b64": b64, "padding": "3"},
+        {"t": "Sign", "cert_hash": h, "op": "rsa_priv_enc", "data_b64": "A" * 100000,
+         "padding": 3},
+        {"t": "Sign", "cert_hash": h, "op": "rsa_priv_enc", "data_b64": "%%%", "padding": 3},
+    ]
+    with caplog.at_level(logging.INFO):
+        for i, payload in enumerate(forged, 1):
+            flags, reply = _frame(klondike.sign_line, i, payload)
+            assert flags & _FLAG_ERROR and isinstance(reply, m.Error), payload
+            assert not isinstance(reply, m.Signed)
+        # the line still serves what TLS needs
+        flags, reply = _frame(klondike.sign_line, 99, m.encode(m.Sign(
+            cert_hash=h, op="rsa_priv_enc", padding=3,
+            data_b64=base64.b64encode(_pss(2)).decode())))
+        assert not flags & _FLAG_ERROR and isinstance(reply, m.Signed)
+    refused = [r.getMessage() for r in caplog.records if "sign-refused" in r.getMessage()]
+    assert sum("op=rsa_priv_dec" in line and "operation not offered" in line
+               for line in refused) == 2
+    assert sum("malformed request" in line for line in refused) == 4
+    failed = [r.getMessage() for r in caplog.records if "sign-failed" in r.getMessage()]
+    assert len(failed) == 2 and "not a PSS encoding" in failed[0]
+    assert klondike.proc.stats()["klondike.sign.refused"] == 7
+    assert klondike.proc.stats()["klondike.sign.errors"] == 9

@@ -158,6 +158,34 @@ def test_raw_keeps_everything() -> None:
     assert expand_format("%{rcpt.user:lowercase}", ctx, raw_default=True) == "../a b"
 
 
+@pytest.mark.parametrize(
+    ("template", "user", "expected"),
+    [
+        ("%{rcpt.user}", "-oProxyCommand=x", ":oProxyCommand=x"),
+        ("%{rcpt.user:raw}", "-f/etc/passwd", ":f/etc/passwd"),
+        ("%{sender}", "--help", ":-help@evil.example"),
+        ("%{rcpt.user:lowercase|strip}", "-X+tag", ":x"),
+        # a dash that only the substring brings to the front
+        ("%{rcpt.user[1:]}", "a-rf", ":rf"),
+        ("%{rcpt.user[-2:]:raw}", "ab-c", ":c"),
+        # inside a value, or in the template itself, a dash stays
+        ("%{rcpt.user}", "a-b", "a-b"),
+        ("-f %{rcpt.user}", "bob", "-f bob"),
+        ("--to=%{rcpt.user}", "-x", "--to=:x"),
+    ],
+)
+def test_leading_dash_neutralised(template: str, user: str, expected: str) -> None:
+    assert expand_format(template, _ctx_with_user(user)) == expected
+
+
+def test_leading_dash_neutralised_with_raw_default_but_not_in_trusted_values() -> None:
+    ctx = FormatContext(sender="-s@x", rcpt="-r@x", dest="-d@x", user_name="-u",
+                        user_dir="-home", mda="-mda")
+    assert expand_format("prog %{sender} %{rcpt} %{dest} %{user.username}", ctx,
+                         raw_default=True) == "prog :s@x :r@x :d@x :u"
+    assert expand_format("%{user.directory} %{mda}", ctx) == "-home -mda"
+
+
 def test_leading_dot_neutralised_after_substring() -> None:
     ctx = _ctx_with_user("a..b")
     # The substring starts with a dot: it must not survive at the front.

@@ -33,6 +33,7 @@ def test_expansion_is_safe_unless_raw(sender: str, rcpt: str, dest: str, user: s
     assert set(out) <= SAFE_CHARS | {":"}  # ":" replaces every unsafe character
     assert not (set(out) & SHELL)
     assert not out.startswith(".")  # never "." or ".." as a path component
+    assert not out.startswith("-")  # never an option of a command
     path = expand_format("/var/mail/%{" + spec + "}/%{rcpt.domain}/%{rcpt.user}", ctx)
     parts = path.split("/")
     assert len(parts) == 6  # no expansion added a component
@@ -42,10 +43,23 @@ def test_expansion_is_safe_unless_raw(sender: str, rcpt: str, dest: str, user: s
 @settings(max_examples=200, deadline=2000)
 @given(addresses)
 def test_raw_keeps_the_value(rcpt: str) -> None:
-    # raw is the administrator's explicit choice: the value is kept as is
+    # raw is the administrator's explicit choice: the value is kept as is, except
+    # that it never starts with "-"
     ctx = _ctx(rcpt, rcpt, rcpt, "u")
-    assert expand_format("%{rcpt:raw}", ctx) == rcpt
-    assert expand_format("%{sender:raw}", ctx) == rcpt
+    kept = ":" + rcpt[1:] if rcpt.startswith("-") else rcpt
+    assert expand_format("%{rcpt:raw}", ctx) == kept
+    assert expand_format("%{sender:raw}", ctx) == kept
+
+
+@settings(max_examples=300, deadline=2000)
+@given(addresses, addresses, evil, st.sampled_from(PEER_NAMES), index, modifiers, st.booleans())
+def test_no_value_from_the_peer_starts_with_a_dash(sender: str, rcpt: str, user: str, name: str,
+                                                   idx: str, mods: list[str], raw: bool) -> None:
+    ctx = _ctx("-" + sender, "-" + rcpt, "--" + rcpt, "-" + user)
+    spec = name + idx + (":" + "|".join(mods + ["raw"] * raw) if mods or raw else "")
+    out = expand_format("%{" + spec + "}", ctx)
+    assert not out.startswith("-")
+    assert not expand_format("%{" + spec + "}", ctx, raw_default=True).startswith("-")
 
 
 @settings(max_examples=300, deadline=2000)

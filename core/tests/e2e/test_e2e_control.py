@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import smtplib
+import socket
 import subprocess
 import sys
 import time
@@ -112,6 +113,39 @@ def test_discover_envelope_copied_by_hand(d: Daemon) -> None:
     os.chown(mdir / new, st.st_uid, st.st_gid)
     assert d.ctl("discover", evpid[:8]).stdout.strip() == "1 envelope discovered"
     assert any(r[0] == new for r in queue_lines(d))
+
+
+def _raw(d: Daemon, words: list[str]) -> dict[str, object]:
+    """One request on the control socket itself, past mailriderctl's own checks."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(d.state / "control.sock"))
+        s.sendall(json.dumps({"cmd": words}).encode() + b"\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    reply = json.loads(data)
+    assert isinstance(reply, dict)
+    return reply
+
+
+def test_paths_as_ids_are_refused(d: Daemon) -> None:
+    victim = d.state / "victim"
+    victim.write_text("precious\n")
+    before = d.ctl("show", "queue").stdout
+    for ident in ["../../etc/passwd", str(victim), "../victim", "../../../victim", "..", "all/..",
+                  queue_lines(d)[0][0] + "/../../../../victim"]:
+        for words in (["remove", ident], ["schedule", ident], ["show", "envelope", ident],
+                      ["show", "message", ident], ["discover", ident],
+                      ["pause", "envelope", ident], ["resume", "envelope", ident]):
+            reply = _raw(d, words)
+            assert reply["ok"] is False and reply["lines"] == ["command failed: invalid id"], \
+                (words, reply)
+            res = d.ctl(*words, check=False)
+            assert res.returncode == 1 and "invalid id" in res.stderr and not res.stdout
+    assert victim.read_text() == "precious\n"
+    assert d.ctl("show", "queue").stdout == before
+    assert "invalid-id" in d.log()
 
 
 def test_remove_and_resume_delivers_the_rest(d: Daemon) -> None:

@@ -349,6 +349,35 @@ def test_starttls_auth_plain_smarthost(tmp_path: Path) -> None:
             assert "s3cret" not in d.log()
 
 
+def _auth_conf(peer_port: int, url: str, options: str = "", ca: Path | None = None) -> str:
+    extra = 'table creds {{ "lbl" = "joe:s3cret" }}\n'
+    if ca is not None:
+        extra = f'ca testca cert "{ca}"\n' + extra
+    return config_a(peer_port, extra=extra).replace(
+        f"relay host smtp://127.0.0.1:{peer_port}",
+        f"relay host {url.format(port=peer_port)} auth <creds>{options}", 1)
+
+
+@pytest.mark.parametrize(("url", "options", "reply"), [
+    ("smtp+tls://lbl@127.0.0.1:{port}", "", r"TLS handshake .*failed.*relay credentials not sent"),
+    # what used to send the password over TLS that nobody checked
+    ("smtp+tls://lbl@127.0.0.1:{port}", " tls no-verify",
+     r"451 4\.7\.0 Relay credentials are only sent to a verified TLS peer \(tls no-verify\)"),
+])
+def test_auth_never_goes_to_an_unverified_peer(tmp_path: Path, url: str, options: str,
+                                               reply: str) -> None:
+    _ca, cert, key = make_certs(tmp_path)  # a CA the daemon is not told about
+    with SmtpPeer(Behaviour(tls=server_context(cert, key), auth=("joe", "s3cret"))) as peer:
+        with Daemon(_auth_conf(peer.port, url, options)) as d:
+            smtp_send(d.port, "alice@local.test", ["sec@remote.test"], MSG)
+            wait_log(d, r"delivery result .*rcpt=sec@remote\.test .*result=TempFail .*" + reply)
+            time.sleep(0.5)
+            assert not any(c.upper().startswith("AUTH") for c in peer.commands), peer.commands
+            assert not any(c.upper().startswith("MAIL") for c in peer.commands)  # no clear retry
+            assert not peer.received
+            assert "s3cret" not in d.log()
+
+
 def test_unverifiable_certificate_is_a_temporary_failure(tmp_path: Path) -> None:
     _ca, cert, key = make_certs(tmp_path)
     with SmtpPeer(Behaviour(tls=server_context(cert, key))) as peer:

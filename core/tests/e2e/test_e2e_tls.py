@@ -128,6 +128,96 @@ def test_starttls_injection_is_not_executed(d: Daemon) -> None:
     assert d.log().count("smtp message ") == before
 
 
+def _talk(d: Daemon, *sends: bytes, wait_first: bool = False) -> bytes:
+    """EHLO, then ``sends``; everything the server says until it closes."""
+    with socket.create_connection(("127.0.0.1", d.port), timeout=20) as s:
+        s.settimeout(20)
+        s.recv(1000)
+        s.sendall(b"EHLO x\r\n")
+        out = b""
+        while not out.endswith(b"250 STARTTLS\r\n"):
+            out += s.recv(4000)
+        out = b""
+        for i, chunk in enumerate(sends):
+            if i and wait_first:
+                while b"\r\n" not in out:  # the answer to the first send, then in clear
+                    out += s.recv(4000)
+            s.sendall(chunk)
+        try:
+            while chunk := s.recv(4000):
+                out += chunk
+        except ConnectionResetError:
+            pass  # unread bytes of ours: the 421 before it was read already
+    return out
+
+
+def test_pipelining_after_starttls_or_refused_data_gets_421(d: Daemon) -> None:
+    before = d.log().count("smtp protocol-error ")
+    evil = b"MAIL FROM:<evil@x.example>\r\nRCPT TO:<inj@localhost>\r\nDATA\r\n"
+    # in the same packet as STARTTLS: no 220 at all
+    out = _talk(d, b"STARTTLS\r\n" + evil)
+    assert out.startswith(b"421 4.7.0 ") and out.endswith(b" Protocol violation\r\n"), out
+    # after our 220, in clear instead of a handshake
+    out = _talk(d, b"STARTTLS\r\n", evil, wait_first=True)
+    assert out.startswith(b"220 2.0.0 Ready to start TLS\r\n421 4.7.0 "), out
+    # behind a DATA refused for want of a recipient: the body is never run
+    out = _talk(d, b"MAIL FROM:<a@example.org>\r\nDATA\r\n" + evil + b"Subject: x\r\n")
+    assert out.startswith(b"250 2.1.0 Ok\r\n503 5.5.1 Need RCPT command\r\n421 4.7.0 "), out
+    assert b"354" not in out
+    wait_for(lambda: d.log().count("smtp protocol-error ") >= before + 3)
+    log = d.log()
+    assert "Traceback" not in log and "internal-error" not in log
+    assert d.maildir("inj") == []
+
+
+@pytest.mark.parametrize("then_close", [False, True])
+def test_ehlo_in_the_same_flight_as_the_handshake_end(d: Daemon, then_close: bool) -> None:
+    # a TLS 1.3 client may send its first command with its Finished (and even
+    # its close_notify and EOF, as `openssl s_client <file` does): pony gets
+    # them before its STARTTLS step has told the machine TLS is up
+    ctx = client_ctx(d, "mx.test", ssl.TLSVersion.TLSv1_3)
+    with socket.create_connection(("127.0.0.1", d.port), timeout=20) as s:
+        s.settimeout(20)
+        out = s.recv(1000)
+        s.sendall(b"EHLO x\r\n")
+        while not out.endswith(b"250 STARTTLS\r\n"):
+            out += s.recv(4000)
+        s.sendall(b"STARTTLS\r\n")
+        while not out.endswith(b"220 2.0.0 Ready to start TLS\r\n"):
+            out += s.recv(4000)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname="mx.test")
+        for _ in range(20):
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                s.sendall(outgoing.read())
+                incoming.write(s.recv(65536))
+        tls.write(b"EHLO y\r\n")
+        if then_close:
+            with pytest.raises(ssl.SSLWantReadError):
+                tls.unwrap()  # queues our close_notify
+            s.sendall(outgoing.read())  # Finished, EHLO, close_notify
+            s.shutdown(socket.SHUT_WR)
+            wait_for(lambda: f"{s.getsockname()[1]}" in d.log()
+                     and "disconnected" in d.log().split(f"port={s.getsockname()[1]}")[-1])
+            assert "internal-error" not in d.log()
+            return
+        s.sendall(outgoing.read())  # the client's Finished and EHLO in one write
+        text = b""
+        while b"\r\n250 " not in b"\r\n" + text:
+            data = s.recv(65536)
+            assert data, text
+            incoming.write(data)
+            try:
+                text += tls.read(65536)
+            except ssl.SSLWantReadError:
+                pass
+        assert text.startswith(b"250-") and b"STARTTLS" not in text, text
+    assert "internal-error" not in d.log()
+
+
 def test_tls_require_refuses_mail_before_starttls(d: Daemon) -> None:
     with smtplib.SMTP("127.0.0.1", d.require_port, timeout=20) as c:  # type: ignore[attr-defined]
         c.ehlo()

@@ -361,6 +361,40 @@ def after_tls(config: ClientConfig, ehlo: bytes) -> C:
     return c
 
 
+VERIFIED_AUTH_CFG = ClientConfig("relay.example.net", auth=("user", "s3cr3t"),
+                                 auth_needs_verified_tls=True)
+
+
+@pytest.mark.parametrize("verified", [False, True])
+def test_auth_waits_for_a_verified_peer(verified: bool) -> None:
+    c = to_starttls(VERIFIED_AUTH_CFG)
+    c.feed(b"220 ready\r\n")
+    c.c.tls_established(verified=verified)
+    assert c.take() == b"EHLO relay.example.net\r\n"
+    c.feed(b"250-mx\r\n250 AUTH LOGIN PLAIN\r\n")
+    sent = c.take()
+    if verified:
+        assert sent.startswith(b"AUTH PLAIN ")
+        return
+    assert b"AUTH" not in sent and b"s3cr3t" not in sent
+    f = c.last()
+    assert isinstance(f, Failed) and f.temporary
+    assert f.reply.text == ("Refusing to authenticate to a TLS peer whose certificate "
+                            "was not verified")
+
+
+@pytest.mark.parametrize("verified", [False, True])
+def test_auth_over_implicit_tls_needs_it_verified(verified: bool) -> None:
+    cfg = ClientConfig("relay.example.net", auth=("user", "s3cr3t"),
+                       auth_needs_verified_tls=True, implicit_tls=True,
+                       implicit_tls_verified=verified)
+    c = C(cfg).feed(b"220 mx\r\n")
+    c.take()
+    c.feed(b"250-mx\r\n250 AUTH PLAIN\r\n")
+    assert c.take().startswith(b"AUTH PLAIN ") == verified
+    assert isinstance(c.last(), Failed) != verified
+
+
 def test_auth_plain_after_tls() -> None:
     c = after_tls(AUTH_CFG, b"250-mx\r\n250 AUTH LOGIN PLAIN\r\n")
     line = c.take()

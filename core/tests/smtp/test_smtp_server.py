@@ -462,6 +462,56 @@ def test_starttls_data_before_handshake() -> None:
     assert d.kinds()[-2:] == ["ProtocolError", "ConnectionClosed"]
 
 
+def test_cleartext_seen_by_the_io_layer_after_220() -> None:
+    # pony peeks at the first byte after its 220: not a TLS record -> this call
+    d = Driver(TLS_CFG).feed(HELLO + b"STARTTLS\r\n")
+    assert d.last() == "220 2.0.0 Ready to start TLS"
+    d.srv.cleartext_after_starttls()
+    assert d.srv.next_event() == ev.ProtocolError("data received before the TLS handshake")
+    assert d.srv.next_event() == ev.ConnectionClosed()
+    assert d.srv.data_to_send() == b"421 4.7.0 mx.example.org Protocol violation\r\n"
+    assert d.srv.closed
+    with pytest.raises(LocalProtocolError):
+        Driver(TLS_CFG).feed(HELLO).srv.cleartext_after_starttls()
+
+
+def test_bytes_held_while_an_answer_is_awaited_are_counted() -> None:
+    srv = SMTPServer(TLS_CFG)
+    srv.receive(HELLO)
+    assert srv.next_event() is not None and srv.buffered == 0
+    srv.receive(b"MAIL FROM:<a@b.example>\r\nNOOP\r\n")
+    assert srv.next_event() is None  # the HELLO still awaits its answer
+    assert srv.buffered == len(b"MAIL FROM:<a@b.example>\r\nNOOP\r\n")
+    srv.accept()
+    assert isinstance(srv.next_event(), ev.MailFrom)
+    assert srv.buffered == len(b"NOOP\r\n")
+
+
+@pytest.mark.parametrize("refuse", ["rcpt", "data"])
+def test_body_read_while_an_answer_was_awaited_closes_after_refused_data(refuse: str) -> None:
+    # pony keeps reading while lka or queue answers: the body a client pipelined
+    # behind DATA is in the buffer by the time DATA is refused
+    srv = SMTPServer(CONFIG)
+    srv.receive(HELLO)
+    srv.next_event()
+    srv.accept()
+    srv.receive(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n")
+    srv.next_event()
+    srv.accept()
+    assert isinstance(srv.next_event(), ev.RcptTo)
+    srv.receive(b"MAIL FROM:<evil@x.example>\r\nRCPT TO:<v@y.example>\r\n")
+    if refuse == "rcpt":
+        srv.reject(550, "5.7.1", "no")
+    else:
+        srv.accept()
+        assert srv.next_event() == ev.DataStart()
+        srv.reject(451, "4.3.0", "Queue unavailable")
+    assert isinstance(srv.next_event(), ev.ProtocolError)
+    assert srv.next_event() == ev.ConnectionClosed()
+    assert srv.next_event() is None
+    assert srv.data_to_send().endswith(b"421 4.7.0 mx.example.org Protocol violation\r\n")
+
+
 def test_starttls_sequence() -> None:
     d = Driver(TLS_CFG).feed(b"STARTTLS\r\n" + HELLO + b"STARTTLS now\r\n"
                              b"MAIL FROM:<a@b.example>\r\nSTARTTLS\r\n")

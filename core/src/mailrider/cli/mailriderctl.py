@@ -11,7 +11,7 @@ from typing import Any
 
 from mailrider import __version__, paths
 from mailrider.errors import ConfigError
-from mailrider.proc.control import format_queue_line, socket_path
+from mailrider.proc.control import format_queue_line, invalid_id, socket_path
 
 #: every command, as fixed words; a trailing "*" takes one argument, "[*]" an optional one
 COMMANDS = (
@@ -260,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         if status:
             return status
         args = ["update", "table", "aliases"]
+    bad = invalid_id(args)
+    if bad is not None:
+        print(f"mailriderctl: invalid id: {bad!r}", file=sys.stderr)
+        return 1
     try:
         reply = request(statedir, args)
     except OSError:

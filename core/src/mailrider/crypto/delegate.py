@@ -19,8 +19,10 @@ Invariants:
 Operation names and paddings are those of :mod:`mailrider.crypto.keys`. TLS
 1.3 RSA signatures arrive as ``RSA_NO_PADDING`` (OpenSSL did the PSS
 encoding), TLS 1.2 ones as PSS or as ``RSA_PKCS1_PADDING`` over a DigestInfo;
-ECDSA returns a DER signature. Static RSA key exchange cannot work (it would
-need padded decryption) and is excluded by the default cipher list.
+ECDSA returns a DER signature. The key's private decryption hook refuses
+without asking anyone: TLS with (EC)DHE never decrypts, static RSA key
+exchange is excluded by the default cipher list, and klondike would refuse
+the operation anyway.
 """
 
 from __future__ import annotations
@@ -90,12 +92,11 @@ def key_info(ctx: ssl.SSLContext) -> DelegatedKey:
     return _KEYS[ctx]
 
 
-def _rsa_hook(info: DelegatedKey, op: str, sign: SignFn) -> Callable[[int, int, int, int, int],
-                                                                     int]:
+def _rsa_hook(info: DelegatedKey, sign: SignFn) -> Callable[[int, int, int, int, int], int]:
     def hook(flen: int, src: int, dst: int, rsa: int, padding: int) -> int:
         try:
-            out = sign(info.cert_hash, op, ctypes.string_at(src, flen), padding)
-            if len(out) > info.size or (op == "rsa_priv_enc" and len(out) != info.size):
+            out = sign(info.cert_hash, "rsa_priv_enc", ctypes.string_at(src, flen), padding)
+            if len(out) != info.size:
                 raise ValueError("reply of the wrong length")
             ctypes.memmove(dst, out, len(out))
             info.calls += 1
@@ -103,6 +104,13 @@ def _rsa_hook(info: DelegatedKey, op: str, sign: SignFn) -> Callable[[int, int, 
         except BaseException:  # nothing may unwind into OpenSSL
             info.failures += 1
             return -1
+    return hook
+
+
+def _refuse_decrypt(info: DelegatedKey) -> Callable[[int, int, int, int, int], int]:
+    def hook(flen: int, src: int, dst: int, rsa: int, padding: int) -> int:
+        info.failures += 1
+        return -1
     return hook
 
 
@@ -160,8 +168,8 @@ def install(ctx: ssl.SSLContext, cert_path: str, sign: SignFn) -> DelegatedKey:
         size = (public.n.bit_length() + 7) // 8
         info = DelegatedKey(cert_path, public.hash, "rsa", size)
         meth = c.RSA_meth_dup(c.RSA_get_default_method())
-        enc = libcrypto.RSA_PRIV_FN(_rsa_hook(info, "rsa_priv_enc", sign))
-        dec = libcrypto.RSA_PRIV_FN(_rsa_hook(info, "rsa_priv_dec", sign))
+        enc = libcrypto.RSA_PRIV_FN(_rsa_hook(info, sign))
+        dec = libcrypto.RSA_PRIV_FN(_refuse_decrypt(info))
         keep += [enc, dec, meth]
         if not meth or c.RSA_meth_set_priv_enc(meth, enc) != 1 \
                 or c.RSA_meth_set_priv_dec(meth, dec) != 1:

@@ -8,6 +8,12 @@ key lives in OpenSSL's memory and OpenSSL signs, else RSA keys are used by
 :mod:`mailrider.crypto.rsa` and EC keys are refused (an ECDSA nonce made
 with Python integers is too easy to get wrong). Errors never carry key
 bytes.
+
+Only signing is offered, and only on the inputs TLS signs: a PSS encoding for
+raw RSA (:func:`mailrider.crypto.rsa.pss_encoded`), a DigestInfo (or TLS 1.0's
+MD5 || SHA-1) for PKCS#1 v1.5, a digest of a known size for ECDSA. RSA
+decryption is never offered, so a hostile pony cannot use the key to decrypt
+(a recorded RSA key exchange, a Bleichenbacher oracle) or sign arbitrary values.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from dataclasses import dataclass
 from mailrider.crypto import der, libcrypto, rsa
 from mailrider.errors import ConfigError, TempFail
 
-OPS = ("rsa_priv_enc", "rsa_priv_dec", "ecdsa_sign")
+#: the private operations TLS signing needs, and nothing else: no RSA decryption
+OPS = ("rsa_priv_enc", "ecdsa_sign")
 #: the mode bits a key file may have (OpenSMTPD: owner rw, group r at most)
 KEY_MODE_ALLOWED = 0o740
 _KEY_FILE_MAX = 1024 * 1024
-_DIGEST_MAX = 64
+#: digest sizes ECDSA signs in TLS: SHA-1 (TLS 1.2 at most), SHA-224/256/384/512
+_ECDSA_DIGEST_SIZES = frozenset({20, 28, 32, 48, 64})
 
 
 class KeyLoadError(ConfigError):
@@ -42,6 +50,7 @@ class _Key:
     kind: str  # "rsa" or "ec"
     size: int  # RSA modulus bytes, or the largest ECDSA signature
     backend: str  # "libcrypto" or "python"
+    bits: int = 0  # RSA modulus bits
     handle: int = 0  # RSA * or EC_KEY * (libcrypto)
     pkey: int = 0  # EVP_PKEY * (libcrypto)
     py: rsa.PrivateKey | None = None
@@ -140,7 +149,8 @@ class KeyStore:
             assert pykey is not None
             if (pykey.n, pykey.e) != (public.n, public.e):
                 raise KeyLoadError(f"{key_path}: key does not match {cert_path}")
-            key = _Key(name, public.hash, "rsa", pykey.size, "python", py=pykey)
+            key = _Key(name, public.hash, "rsa", pykey.size, "python",
+                       bits=pykey.n.bit_length(), py=pykey)
         old = self._keys.get(key.cert_hash)
         if old is not None and old.name != name:
             # two pki entries, one key pair: either name's key signs
@@ -181,6 +191,7 @@ class KeyStore:
             c.EVP_PKEY_free(pkey)
             raise
         return _Key(name, public.hash, public.kind, int(size), "libcrypto",
+                    bits=public.n.bit_length() if public.kind == "rsa" else 0,
                     handle=int(handle), pkey=int(pkey))
 
     def sign(self, cert_hash: str, op: str, data: bytes, padding: int) -> bytes:
@@ -201,18 +212,24 @@ class KeyStore:
         key = self._keys.get(cert_hash)
         if key is None:
             raise SignError("no key for this certificate")
-        if op not in OPS or (op == "ecdsa_sign") != (key.kind == "ec"):
+        if op not in OPS:
+            raise SignError("operation not offered")
+        if (op == "ecdsa_sign") != (key.kind == "ec"):
             raise SignError(f"operation {op} does not fit a {key.kind} key")
-        if key.kind == "rsa" and len(data) > key.size:
-            raise SignError("input longer than the modulus")
-        if op == "rsa_priv_dec" and padding != rsa.RSA_NO_PADDING:
-            raise SignError("only raw RSA decryption is offered")
-        if op == "ecdsa_sign" and not 0 < len(data) <= _DIGEST_MAX:
-            raise SignError("bad digest length")
+        if op == "ecdsa_sign":
+            if padding != 0 or len(data) not in _ECDSA_DIGEST_SIZES:
+                raise SignError("not a digest TLS signs")
+        elif padding == rsa.RSA_PKCS1_PADDING:
+            if not rsa.pkcs1_digest_info(data):
+                raise SignError("not a DigestInfo TLS signs")
+        elif padding == rsa.RSA_NO_PADDING:
+            # TLS hands raw input only PSS-encoded; anything else would be decryption
+            if not rsa.pss_encoded(data, key.bits):
+                raise SignError("raw input is not a PSS encoding")
+        else:
+            raise SignError("padding not offered")
         if key.py is not None:
-            if op == "rsa_priv_enc":
-                return rsa.private_encrypt(key.py, data, padding)
-            return rsa.private_decrypt(key.py, data, padding)
+            return rsa.private_encrypt(key.py, data, padding)
         lib = self._lib
         assert lib is not None
         c = lib.crypto
@@ -222,8 +239,7 @@ class KeyStore:
             if c.ECDSA_sign(0, data, len(data), buf, ctypes.byref(siglen), key.handle) != 1:
                 raise SignError(f"ECDSA_sign: {lib.errors()}")
             return buf.raw[: siglen.value]
-        fn = c.RSA_private_encrypt if op == "rsa_priv_enc" else c.RSA_private_decrypt
-        n = int(fn(len(data), data, buf, key.handle, padding))
+        n = int(c.RSA_private_encrypt(len(data), data, buf, key.handle, padding))
         if n < 0:
             raise SignError(f"{op}: {lib.errors()}")
         return buf.raw[:n]

@@ -71,7 +71,6 @@ _CRYPTO: dict[str, tuple[object, tuple[object, ...]]] = {
     "RSA_meth_set_priv_enc": (I, (P, RSA_PRIV_FN)),
     "RSA_meth_set_priv_dec": (I, (P, RSA_PRIV_FN)),
     "RSA_private_encrypt": (I, (I, P, P, P, I)),
-    "RSA_private_decrypt": (I, (I, P, P, P, I)),
     "EC_KEY_new": (P, ()),
     "EC_KEY_free": (None, (P,)),
     "EC_KEY_get0_group": (P, (P,)),

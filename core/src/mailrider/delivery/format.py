@@ -20,6 +20,14 @@ Invariants:
   controls, non-ASCII) becomes ``:``, and a leading ``.`` becomes ``:`` as
   well. A recipient therefore can neither climb directories (no ``/``, and
   no expansion can begin a ``..`` component) nor inject shell syntax.
+- A value from the peer never starts with ``-``, even with ``raw``: a
+  leading ``-`` becomes ``:``, so an address such as ``-oProxyCommand=x@dom``
+  cannot become an option of the command it lands in (``mda "prog
+  %{sender}"``). ``raw`` lifts the character filter, never this rule; the
+  administrator's ``%{user.directory}`` and ``%{mda}`` are exempt. (OpenSMTPD
+  keeps ``-`` in its safe set and relies on the MDA; we choose to refuse it
+  the first position instead, which costs only addresses that start with a
+  dash.)
 - ``%{user.directory}`` and ``%{mda}`` come from the administrator (the
   userbase and the action), not from the peer, and are paths or commands by
   nature: they are inserted unsanitised, as the ``~`` prefix is.
@@ -194,7 +202,12 @@ def _expand_one(spec: str, ctx: FormatContext, raw_default: bool) -> str:
             raw = True
     if index is not None:
         value = _substring(value, index, spec)
-    return value if raw else sanitize(value)
+    if not raw:
+        value = sanitize(value)
+    if name not in _TRUSTED and value.startswith("-"):
+        # never an option of the command it lands in, raw or not (module doc)
+        value = UNSAFE_REPLACEMENT + value[1:]
+    return value
 
 
 def expand_format(template: str, ctx: FormatContext, *, raw_default: bool = False) -> str:

@@ -4,11 +4,16 @@ Requests are one JSON line ``{"cmd": [words...]}``; the answer is one JSON
 line ``{"ok": bool, "lines": [...], "data": {...}}``. The peer's uid is read
 from the socket (SO_PEERCRED): root and the user the daemon was started by
 may do everything; anyone else is refused, as smtpctl refuses non-root users.
+
+An envelope or message id is checked here before any process sees it (and
+again by the process that acts on it): hex of its fixed length, or "all"
+where the command takes it; anything else is answered ``invalid id``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import pwd
@@ -22,6 +27,7 @@ from mailrider.errors import TempFail
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
+from mailrider.queue import envelope as envmod
 
 REQUEST_MAX = 64 * 1024
 MESSAGE_SHOW_MAX = 64 * 1024 * 1024
@@ -147,6 +153,10 @@ class Control(common.Process):
         return m.ControlReply(ok=ok, lines=["command succeeded" if ok else "command failed"])
 
     async def _dispatch(self, w: list[str]) -> m.ControlReply:
+        bad = invalid_id(w)
+        if bad is not None:
+            log.warning("control", "invalid-id", command=" ".join(w[:2]))
+            return m.ControlReply(ok=False, lines=["command failed: invalid id"])
         cmd = " ".join(w[:2])
         arg = w[2] if len(w) > 2 else ""
         if cmd == "show queue":
@@ -262,6 +272,28 @@ class Control(common.Process):
             lines.append(format_queue_line(env, str(state), str(delay)))
             rows.append(env)
         return m.ControlReply(lines=lines, data={"envelopes": rows})
+
+
+def invalid_id(words: list[str]) -> str | None:
+    """The id argument of ``words`` when that command takes one and it is not
+    valid, else None: ``show envelope`` takes an envelope id; ``show message``
+    and ``discover`` an envelope or message id; ``schedule``, ``remove`` and
+    ``pause``/``resume envelope`` those or "all"."""
+    if words[:2] == ["show", "envelope"]:
+        args, check = words[2:], envmod.is_evpid
+    elif words[:2] == ["show", "message"]:
+        args, check = words[2:], functools.partial(envmod.is_target, all_ok=False)
+    elif words[:2] in (["pause", "envelope"], ["resume", "envelope"]):
+        args, check = words[2:], envmod.is_target
+    elif words[:1] == ["discover"]:
+        args, check = words[1:], functools.partial(envmod.is_target, all_ok=False)
+    elif words[:1] in (["schedule"], ["remove"]):
+        args, check = words[1:], envmod.is_target
+    else:
+        return None
+    if len(args) != 1 or check(args[0]):
+        return None  # a missing or extra argument is an unknown command
+    return args[0]
 
 
 def format_queue_line(env: dict[str, str], runstate: str, delay: str) -> str:

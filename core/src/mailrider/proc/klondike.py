@@ -5,6 +5,12 @@ drop: key files are readable by root only), then answers ``Sign`` requests
 from pony with the private operation pony's TLS stack delegates to it (see
 :mod:`mailrider.crypto.delegate`). It never touches the network and never
 sends key material anywhere; only the results of private operations leave.
+
+Only the signatures TLS needs are offered (:data:`mailrider.crypto.keys.OPS`);
+a request for anything else, or with fields of the wrong type or size, is
+refused with an error reply and logged as ``sign-refused``: pony is the least
+trusted process, and a key that decrypts on request would hand recorded
+sessions to whoever runs code in it.
 """
 
 from __future__ import annotations
@@ -13,17 +19,23 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 import socket
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 from mailrider import log
-from mailrider.crypto.keys import KeyLoadError, KeyStore, SignError
+from mailrider.crypto.keys import OPS, KeyLoadError, KeyStore, SignError
 from mailrider.errors import TempFail
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import _FLAG_ERROR, _FLAG_REPLY, _HEADER, Channel, frame_type
 from mailrider.limits import IPC_FRAME_MAX
 from mailrider.proc import common
+
+#: the SHA-256 of a SubjectPublicKeyInfo, in hex
+_CERT_HASH = re.compile(r"[0-9a-f]{64}")
+#: base64 of the largest input: a 16384-bit RSA modulus
+_DATA_B64_MAX = 4 * ((16384 // 8 + 2) // 3)
 
 
 class Klondike(common.Process):
@@ -46,11 +58,17 @@ class Klondike(common.Process):
     def sign(self, msg: m.Sign) -> m.Signed:
         if self.keys is None:
             raise SignError("no keys loaded")
+        op = msg.op if isinstance(msg.op, str) else type(msg.op).__name__
+        if op not in OPS:
+            self._refuse(op[:32], "operation not offered")
+        if not (isinstance(msg.cert_hash, str) and _CERT_HASH.fullmatch(msg.cert_hash)
+                and type(msg.padding) is int and isinstance(msg.data_b64, str)
+                and len(msg.data_b64) <= _DATA_B64_MAX):
+            self._refuse(op, "malformed request")
         try:
             data = base64.b64decode(msg.data_b64, validate=True)
         except (binascii.Error, ValueError):
-            self.count("klondike.sign.errors")
-            raise SignError("bad request") from None
+            self._refuse(op, "malformed request")
         try:
             out = self.keys.sign(msg.cert_hash, msg.op, data, msg.padding)
         except SignError as exc:
@@ -60,6 +78,12 @@ class Klondike(common.Process):
             raise
         self.count("klondike.sign")
         return m.Signed(data_b64=base64.b64encode(out).decode("ascii"))
+
+    def _refuse(self, op: str, reason: str) -> NoReturn:
+        self.count("klondike.sign.errors")
+        self.count("klondike.sign.refused")
+        log.warning(self.role, "sign-refused", op=op, reason=reason)
+        raise SignError(reason)
 
     def connect(self, fds: dict[str, int]) -> None:
         sign_fd = fds.pop("pony-sign", None)
@@ -112,6 +136,7 @@ class Klondike(common.Process):
         return {
             "klondike.sign": self.counters.get("klondike.sign", 0),
             "klondike.sign.errors": self.counters.get("klondike.sign.errors", 0),
+            "klondike.sign.refused": self.counters.get("klondike.sign.refused", 0),
             "klondike.keys": len(self.keys) if self.keys is not None else 0,
         }
 

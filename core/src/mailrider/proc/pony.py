@@ -79,6 +79,10 @@ class Session(asyncio.Protocol):
         self.port = 0
         self.helo = ""
         self.busy = False
+        #: during the STARTTLS handshake: application data that came with the
+        #: client's last handshake flight, before the machine knows TLS is up
+        self.tls_early: bytearray | None = None
+        self.tls_early_eof = False
         self.timer: asyncio.TimerHandle | None = None
         #: loop time after which the session times out; pushed forward by
         #: _arm_timer, checked when the one pending timer fires
@@ -234,6 +238,13 @@ class Session(asyncio.Protocol):
         if not self.greeted:
             self._pregreet()
             return
+        if self.tls_early is not None:
+            # decrypted already (only the TLS transport calls us now), but
+            # srv.tls_started() comes when _starttls resumes: hold it till then
+            self.tls_early += data
+            if len(self.tls_early) > limits.TLS_HELD_MAX and self.transport is not None:
+                self.transport.abort()
+            return
         # RFC 5321 4.5.3.2.7: the timeout runs while awaiting a command; it is
         # re-armed by replies and message data (_flush, _process), not by each
         # byte, so a client trickling a command a byte at a time (slowloris)
@@ -241,12 +252,21 @@ class Session(asyncio.Protocol):
         self.srv.receive(data)
         if not self.busy:
             self._process()
+        elif (self.srv.buffered >= limits.PIPELINE_READ_AHEAD and self.transport is not None
+              and not self.transport.is_closing()):
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
+        if self.tls_early is not None:
+            self.tls_early_eof = True  # after the early data, once TLS is up
+            return None
         self.srv.receive(b"")
         if not self.busy:
             self._process()
-        return None
+        # a client that pipelines and half-closes still gets the replies of the
+        # step in flight: keep the transport open; the machine closes it after
+        # (over TLS reading is paused meanwhile, so no EOF comes here then)
+        return True if self.busy and not self.srv.closed and not self.srv.tls else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
@@ -299,9 +319,12 @@ class Session(asyncio.Protocol):
         self._flush()
 
     def _start(self, coro: Any) -> None:
-        """Run one step that needs IPC; reading pauses until it is done."""
+        """Run one step that needs IPC. Reading goes on into the machine, which
+        parses nothing until the answer (so bytes pipelined after STARTTLS or a
+        DATA that is refused are seen as such), up to PIPELINE_READ_AHEAD bytes."""
         self.busy = True
-        if self.transport is not None:
+        if self.srv.tls and self.transport is not None:
+            # asyncio's TLS transport closes at EOF whatever we answer: no read-ahead
             self.transport.pause_reading()
         task = asyncio.get_running_loop().create_task(self._await(coro))
         self.pony.tasks.add(task)
@@ -323,9 +346,16 @@ class Session(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
             self._process()
+        elif self.srv.closed:
+            self._process()  # the events that closed it (ProtocolError, ConnectionClosed)
 
     def _handle(self, event: Any) -> Any:
         """Return a coroutine for events that need IPC, else act and return None."""
+        if isinstance(event, ev.ProtocolError):
+            # the machine has queued its 421 and closed the session: _flush sends it
+            log.event("smtp", "protocol-error", session=self.id, reason=event.reason)
+            self.pony.count("smtp.session.protocol-error")
+            return None
         if isinstance(event, ev.StartTLS):
             return self._starttls()
         if isinstance(event, ev.Auth):
@@ -352,7 +382,7 @@ class Session(asyncio.Protocol):
             self._abort_tx()
         elif isinstance(event, ev.Quit | ev.ConnectionClosed):
             self._abort_tx()
-        else:
+        elif self.srv.awaiting_answer:
             self.srv.reject(502, "5.5.1", "Command not implemented")
         return None
 
@@ -628,17 +658,31 @@ class Session(asyncio.Protocol):
             return
         self.srv.accept()
         self._flush()
+        if self.srv.closed or self.transport is None or self.transport.is_closing():
+            return  # bytes were pipelined after STARTTLS: 421 instead of 220
         try:
+            if not await pony_tls.client_speaks_tls(self.transport,
+                                                    limits.TLS_HANDSHAKE_TIMEOUT):
+                # commands pipelined after STARTTLS that came after our 220
+                self.srv.cleartext_after_starttls()
+                return
+            self.tls_early = bytearray()
             new = await pony_tls.start_tls(self.transport, self, ctx)
         except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
+            self.tls_early = None
             log.event("smtp", "tls-failed", session=self.id, error=str(exc)[:200])
             if self.transport is not None:
                 self.transport.abort()
             return
+        early, self.tls_early = self.tls_early, None
         if new is None:
             return
         self.transport = new
         self.srv.tls_started()
+        if early:
+            self.srv.receive(bytes(early))  # _await's _process reads it as commands
+        if self.tls_early_eof:
+            self.srv.receive(b"")
         self.tls_info = tls_summary(new.get_extra_info("ssl_object"))
         if self.tls_info is not None:
             log.event("smtp", "tls", session=self.id, ciphers=self.tls_info[1])

@@ -16,6 +16,12 @@ Where mail goes:
   store) for smtp+tls and smtps and with ``tls``, unless ``tls no-verify``;
   opportunistic TLS is never verified and, when the handshake fails, the
   same host is tried again in clear.
+- ``auth <table>``: credentials go only to a peer whose certificate verified.
+  With ``auth``, ``smtp://`` requires STARTTLS and verifies like
+  ``smtp+tls://``; ``tls no-verify``, ``smtp+notls`` and ``lmtp`` are refused
+  (the delivery fails temporarily, saying why), and a handshake that does
+  not verify fails the host before AUTH; the client machine checks it once
+  more (``auth_needs_verified_tls``).
 - otherwise the MX hosts of the recipient domain, which lka resolves
   (lka_dns), on port 25 (``mta port`` for tests), in preference order; with
   ``backup [mx name]`` only hosts preferred to ourselves.
@@ -67,6 +73,11 @@ TlsKey = tuple[bool, str | None, str | None, str | None, str | None]
 _READ_MAX = 64 * 1024
 _BODY_CHUNK = 256 * 1024
 _QUIT_TIMEOUT = 10.0
+
+
+def _withheld(p: Profile) -> str:
+    """What a failed handshake adds to its reply when credentials were to follow."""
+    return "; relay credentials not sent" if p.auth is not None else ""
 
 
 class HostFailed(Exception):
@@ -418,6 +429,14 @@ class Mta:
             except ValueError:
                 raise TempFail(f"bad credentials for relay label {label}", 451,
                                "4.7.0") from None
+            if noverify or proto in ("smtp+notls", "lmtp"):
+                why = "tls no-verify" if noverify else f"{proto} has no TLS"
+                log.warning("mta", "auth-refused", action=action.name, reason=why)
+                raise TempFail(f"Relay credentials are only sent to a verified TLS peer "
+                               f"({why})", 451, "4.7.0")
+            # never over opportunistic, unverified TLS, and never in clear
+            starttls = "require" if starttls == "opportunistic" else starttls
+            verify = True
         src: str | None = None
         srct = relay.get("src")
         if isinstance(srct, str):
@@ -541,7 +560,8 @@ class Mta:
                 local_addr=(p.src, 0) if p.src else None,
                 limit=limits.SMTP_REPLY_LINE_MAX * 4), _timeout(limits.MTA_CONNECT_TIMEOUT))
         except ssl.SSLError as exc:
-            raise HostFailed(f"421 4.7.0 TLS handshake failed: {exc.reason or exc}") from None
+            raise HostFailed(f"421 4.7.0 TLS handshake failed: {exc.reason or exc}"
+                             f"{_withheld(p)}") from None
         except (OSError, TimeoutError) as exc:
             text = "timeout" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             raise HostFailed(f"421 4.4.1 Connection to {target.name} failed: {text}") from None
@@ -552,7 +572,8 @@ class Mta:
                 helo = await self._helo_from_src(p, writer)
             client = sc.SMTPClient(sc.ClientConfig(
                 helo_name=helo, lmtp=p.proto == "lmtp", want_starttls=p.starttls,
-                auth=p.auth, implicit_tls=implicit))
+                auth=p.auth, auth_needs_verified_tls=True, implicit_tls=implicit,
+                implicit_tls_verified=ctx is not None and ctx.verify_mode == ssl.CERT_REQUIRED))
         except (HostFailed, ValueError) as exc:
             writer.close()
             if isinstance(exc, HostFailed):
@@ -591,8 +612,8 @@ class Mta:
                 except (ssl.SSLError, OSError, TimeoutError) as exc:
                     reason = getattr(exc, "reason", None) or str(exc) or "timeout"
                     raise HostFailed(f"421 4.7.0 TLS handshake with {conn.relay} failed: "
-                                     f"{reason}", tls=True) from None
-                conn.client.tls_established()
+                                     f"{reason}{_withheld(conn.profile)}", tls=True) from None
+                conn.client.tls_established(verified=ctx.verify_mode == ssl.CERT_REQUIRED)
                 continue
             if isinstance(ev, sc.Failed):
                 raise HostFailed(_reply_text(ev.reply))

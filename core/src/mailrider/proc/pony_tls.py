@@ -32,6 +32,7 @@ import collections
 import concurrent.futures
 import enum
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -772,6 +773,55 @@ def smtps_factory(ctx: ssl.SSLContext, app_factory: Callable[[], asyncio.BasePro
     def make() -> asyncio.BaseProtocol:
         return TLSLayer(asyncio.get_running_loop(), app_factory(), ctx, connected=False)
     return make
+
+
+#: the first byte of every TLS record a ClientHello can come in (handshake)
+_TLS_HANDSHAKE_RECORD = 0x16
+
+
+async def client_speaks_tls(transport: asyncio.Transport, timeout: float) -> bool:
+    """After our 220 to STARTTLS: wait for the client's first byte and look at it
+    without consuming it. False when it is not the start of a TLS handshake
+    record (the client went on in clear: RFC 3207 4.2, answered with 421
+    rather than a handshake error) or the client closed; TimeoutError after
+    ``timeout``. The transport's reading is paused on return."""
+    loop = asyncio.get_running_loop()
+    transport.pause_reading()
+    raw = transport.get_extra_info("socket")
+    if raw is None:
+        return True
+    # the transport owns its descriptor: watch and peek through a duplicate
+    peek = socket.socket(fileno=os.dup(raw.fileno()))
+    try:
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(peek.fileno(), readable)
+        try:
+            await asyncio.wait_for(ready, timeout)
+        finally:
+            loop.remove_reader(peek.fileno())
+        try:
+            first = peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True  # readable went away: let the handshake wait for it
+        except OSError:
+            return False
+        if first[:1] == bytes([_TLS_HANDSHAKE_RECORD]):
+            return True
+        try:
+            # what the client sent in clear is never read as commands; taken off
+            # the socket so that closing it does not reset the connection
+            # before our 421 arrives
+            peek.recv(limits.PIPELINE_READ_AHEAD, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        return False
+    finally:
+        peek.close()
 
 
 async def start_tls(transport: asyncio.Transport, app: asyncio.BaseProtocol,

@@ -376,6 +376,9 @@ class Queue(common.Process):
         if isinstance(msg, m.MessageCommit):
             return await self.commit(msg)
         if isinstance(msg, m.MessageRollback):
+            if not envmod.is_msgid(msg.msgid):
+                log.warning("queue", "invalid-id", peer=chan.peer, request="rollback")
+                raise ValueError("invalid message id")
             self._open.discard(msg.msgid)
             self.spool.rollback(msg.msgid)
             return m.Ok()
@@ -419,21 +422,25 @@ class Queue(common.Process):
             for _msgid, envs in self.spool.walk():
                 rows.extend(envs)
             return m.ControlReply(data={"envelopes": rows})
+        if msg.command in ("show-envelope", "remove"):
+            evpid = msg.args[0] if len(msg.args) == 1 else ""
+            if not envmod.is_evpid(evpid):
+                log.warning("queue", "invalid-id", request=msg.command)
+                return m.ControlReply(ok=False, lines=["command failed: invalid envelope id"])
         if msg.command == "show-envelope":
             try:
-                env = self.spool.load_envelope(msg.args[0])
-            except (OSError, ValueError, IndexError):
+                env = self.spool.load_envelope(evpid)
+            except (OSError, ValueError):
                 return m.ControlReply(ok=False, lines=["command failed: no such envelope"])
             return m.ControlReply(lines=envmod.serialise(env).decode().splitlines())
         if msg.command == "remove":
-            evpid = msg.args[0] if msg.args else ""
             self.spool.remove_envelope(evpid)
             self.count("queue.envelope.removed")
             self.count("queue.envelope.dequeued")
             return m.ControlReply()
         if msg.command == "show-message":
-            ident = msg.args[0] if msg.args else ""
-            if not (envmod.is_msgid(ident) or envmod.is_evpid(ident)):
+            ident = msg.args[0] if len(msg.args) == 1 else ""
+            if not envmod.is_target(ident, all_ok=False):
                 return m.ControlReply(ok=False, lines=["command failed: invalid id"])
             try:
                 fd = self.spool.open_message(ident[:8])
@@ -441,7 +448,9 @@ class Queue(common.Process):
                 return m.ControlReply(ok=False, lines=["command failed: no such message"])
             return m.ControlReply(), [fd]  # type: ignore[return-value]
         if msg.command == "discover":
-            ident = msg.args[0] if msg.args else ""
+            ident = msg.args[0] if len(msg.args) == 1 else ""
+            if not envmod.is_target(ident, all_ok=False):
+                return m.ControlReply(ok=False, lines=["command failed: invalid id"])
             found = await self._discover(ident)
             return m.ControlReply(lines=[
                 f"{found} envelope{'s' if found != 1 else ''} discovered"])
@@ -449,7 +458,7 @@ class Queue(common.Process):
 
     async def _discover(self, ident: str) -> int:
         """Hand the scheduler envelopes copied into the queue by hand."""
-        if not (envmod.is_msgid(ident) or envmod.is_evpid(ident)):
+        if not envmod.is_target(ident, all_ok=False):
             return 0
         mdir = self.spool.msgdir(ident[:8])
         try:

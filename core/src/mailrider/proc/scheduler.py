@@ -20,6 +20,7 @@ from mailrider import limits, log
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
+from mailrider.queue import envelope as envmod
 
 
 @dataclass(slots=True)
@@ -34,6 +35,10 @@ class Entry:
     suspended: bool = False
     generation: int = 0
     route: str = ""  # relay envelopes: action and domain (released together)
+
+
+#: commands that take an envelope id, a message id or "all"
+_TARGETED = frozenset({"schedule", "remove", "pause-envelope", "resume-envelope"})
 
 
 def next_attempt(ctime: float, retry: int, base: int, now: float) -> float:
@@ -184,6 +189,9 @@ class Scheduler(common.Process):
 
     def command(self, msg: m.Control) -> m.ControlReply | None:
         cmd, target = msg.command, (msg.args[0] if msg.args else "all")
+        if cmd in _TARGETED and (len(msg.args) > 1 or not envmod.is_target(target)):
+            log.warning("scheduler", "invalid-id", request=cmd)
+            return m.ControlReply(ok=False, lines=["command failed: invalid id"])
 
         def select() -> list[Entry]:
             if target == "all":
@@ -240,6 +248,9 @@ class Scheduler(common.Process):
             now = time.time()
             added = 0
             for d in msg.envelopes:
+                if not isinstance(d, dict) or not envmod.is_evpid(d.get("evpid")):
+                    log.warning("scheduler", "invalid-id", peer=chan.peer, request="insert")
+                    continue
                 if msg.discover and str(d.get("evpid")) in self.entries:
                     continue
                 self.insert(d, now)

@@ -5,6 +5,12 @@ spirit of OpenSMTPD's, docs/queue.md §3, with our own keys for what lka
 resolved at RCPT time). Values never contain CR or LF: :func:`serialise`
 refuses them, so a hostile address cannot add a line. Unknown keys are kept,
 so a newer daemon's envelopes survive a downgrade.
+
+Identifiers are lowercase hex of a fixed length (a message id 8 digits, an
+envelope id 16, the first 8 being its message's) and nothing else: every
+handler that receives one checks it with :func:`is_msgid`, :func:`is_evpid`
+or :func:`is_target` before it goes anywhere near a path, so an id can never
+be ``../..`` or an absolute path.
 """
 
 from __future__ import annotations
@@ -42,12 +48,21 @@ def new_evpid(msgid: str) -> str:
             return f"{msgid}{v:08x}"
 
 
-def is_msgid(text: str) -> bool:
-    return len(text) == 8 and all(c in "0123456789abcdef" for c in text)
+_HEX = frozenset("0123456789abcdef")
 
 
-def is_evpid(text: str) -> bool:
-    return len(text) == 16 and all(c in "0123456789abcdef" for c in text)
+def is_msgid(text: object) -> bool:
+    return isinstance(text, str) and len(text) == 8 and _HEX.issuperset(text)
+
+
+def is_evpid(text: object) -> bool:
+    return isinstance(text, str) and len(text) == 16 and _HEX.issuperset(text)
+
+
+def is_target(text: object, *, all_ok: bool = True) -> bool:
+    """What ``schedule``, ``remove``, ``pause``/``resume envelope`` take: an
+    envelope id, a message id (its every envelope) or, if ``all_ok``, "all"."""
+    return (all_ok and text == "all") or is_msgid(text) or is_evpid(text)
 
 
 def msgid_of(evpid: str) -> str:

@@ -145,12 +145,17 @@ class Spool:
     # -- paths ---------------------------------------------------------------
 
     def msgdir(self, msgid: str) -> str:
+        # the last line of defence: no id that is not hex of its length makes a path
+        if not envmod.is_msgid(msgid):
+            raise ValueError("invalid message id")
         return os.path.join(self.queue, msgid[:2], msgid)
 
     def message_path(self, msgid: str) -> str:
         return os.path.join(self.msgdir(msgid), "message")
 
     def envelope_path(self, evpid: str) -> str:
+        if not envmod.is_evpid(evpid):
+            raise ValueError("invalid envelope id")
         return os.path.join(self.msgdir(evpid[:8]), evpid)
 
     # -- receiving -------------------------------------------------------------
@@ -178,6 +183,8 @@ class Spool:
         raise TempFail("cannot allocate a message id")
 
     def rollback(self, msgid: str) -> None:
+        if not envmod.is_msgid(msgid):
+            raise ValueError("invalid message id")
         shutil.rmtree(os.path.join(self.incoming, msgid), ignore_errors=True)
 
     def commit_batch(self, batch: list[PendingCommit]) -> None:

@@ -87,7 +87,9 @@ class ClientConfig:
     """How to behave towards one server.
 
     ``auth`` (username, password) is only used over TLS unless
-    ``allow_plain_auth``; it is left out of the repr.  ``want_dsn`` passes
+    ``allow_plain_auth``, and with ``auth_needs_verified_tls`` only over TLS
+    whose peer certificate the application verified (``implicit_tls_verified``,
+    ``tls_established(verified=True)``); it is left out of the repr.  ``want_dsn`` passes
     DSN parameters on when the server offers DSN (RFC 3461 4).
     """
 
@@ -96,8 +98,10 @@ class ClientConfig:
     want_starttls: Literal["never", "opportunistic", "require"] = "opportunistic"
     auth: tuple[str, str] | None = field(default=None, repr=False)
     allow_plain_auth: bool = False
+    auth_needs_verified_tls: bool = False
     want_dsn: bool = True
     implicit_tls: bool = False  # smtps: the session is TLS from the start
+    implicit_tls_verified: bool = False  # ... and its peer certificate verified
     reply_line_max: int = limits.SMTP_REPLY_LINE_MAX
     reply_lines_max: int = limits.SMTP_REPLY_LINES_MAX
 
@@ -323,6 +327,8 @@ _R_EOF: Final = Reply(421, "4.4.2", "Connection closed by the server")
 _R_TLS_MISSING: Final = Reply(421, "4.7.0", "TLS required but not offered")
 _R_AUTH_CLEAR: Final = Reply(421, "4.7.0", "Refusing to authenticate without TLS")
 _R_AUTH_MISSING: Final = Reply(421, "4.7.0", "No supported AUTH mechanism offered")
+_R_AUTH_UNVERIFIED: Final = Reply(421, "4.7.0", "Refusing to authenticate to a TLS peer "
+                                                "whose certificate was not verified")
 _R_SIZE: Final = Reply(552, "5.3.4", "Message size exceeds the server's fixed maximum")
 _R_8BIT: Final = Reply(554, "5.6.3", "8-bit content not supported")
 _R_UTF8: Final = Reply(553, "5.6.7", "SMTPUTF8 not supported by the server")
@@ -344,6 +350,7 @@ class SMTPClient:
         self._expect: deque[_K] = deque([_K.GREETING])
         self._lines: list[tuple[int, str]] = []  # lines of the reply being read
         self._tls = config.implicit_tls
+        self._tls_verified = config.implicit_tls and config.implicit_tls_verified
         self._ext: dict[str, str] = {}
         self._helo_tried = False
         self._starttls_tried = False
@@ -411,11 +418,13 @@ class SMTPClient:
         self._out.clear()
         return out
 
-    def tls_established(self) -> None:
+    def tls_established(self, *, verified: bool = False) -> None:
         """The TLS handshake after StartTLSReady completed: greet again
-        (RFC 3207 4.2: all knowledge from before TLS is discarded)."""
+        (RFC 3207 4.2: all knowledge from before TLS is discarded).
+        ``verified``: the peer's certificate was checked and good."""
         self._check("tls_established")
         self._tls = True
+        self._tls_verified = verified
         self._ext = {}
         self._buf.clear()
         self._lines.clear()
@@ -701,6 +710,9 @@ class SMTPClient:
     def _start_auth(self, creds: tuple[str, str]) -> None:
         if not self._tls and not self._config.allow_plain_auth:
             self._fatal(_R_AUTH_CLEAR, "auth")
+            return
+        if self._config.auth_needs_verified_tls and not self._tls_verified:
+            self._fatal(_R_AUTH_UNVERIFIED, "auth")
             return
         mechs = self._ext.get("AUTH", "").upper().split()
         user, password = creds

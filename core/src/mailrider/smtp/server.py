@@ -293,6 +293,11 @@ class SMTPServer:
         return self._pending is not None and self._delivered
 
     @property
+    def buffered(self) -> int:
+        """Bytes received and not yet parsed (held while an answer is awaited)."""
+        return len(self._buf)
+
+    @property
     def tls(self) -> bool:
         """True when the session runs over TLS."""
         return self._tls
@@ -441,6 +446,14 @@ class SMTPServer:
         self._buf.clear()
         self._scan = 0
         self._enter(State.INIT)
+
+    def cleartext_after_starttls(self) -> None:
+        """After our 220 the client went on in clear instead of a handshake
+        (seen by the I/O layer before any TLS byte was read): the same 421 and
+        ProtocolError as bytes given to :meth:`receive` at that point."""
+        if self._state is not State.TLS:
+            raise LocalProtocolError("cleartext_after_starttls() outside STARTTLS")
+        self._protocol_error("data received before the TLS handshake")
 
     def close(self, reply: Reply | None = None) -> None:
         """Close the session from the application side (timeout, shutdown),
