@@ -33,6 +33,7 @@ import collections
 import errno
 import json
 import os
+import re
 import socket
 import struct
 import time
@@ -50,20 +51,13 @@ _FLAG_ERROR = 2
 _MAX_FDS = 16
 _RECV_SIZE = 256 * 1024
 #: how every payload starts: the message type is its first member
-_TYPE_PREFIX = b'{"t":"'
-_TYPE_NAME_MAX = 64
+_TYPE_FIRST = re.compile(rb'\{\s*"t"\s*:\s*"([A-Za-z0-9]{1,64})"')
 
 
 def frame_type(payload: bytes) -> str | None:
     """The message type a payload names first, or None when it names none."""
-    if not payload.startswith(_TYPE_PREFIX):
-        return None
-    start = len(_TYPE_PREFIX)
-    end = payload.find(b'"', start, start + _TYPE_NAME_MAX + 1)
-    if end <= start:
-        return None
-    name = payload[start:end]
-    return name.decode("ascii") if name.isascii() and name.isalnum() else None
+    found = _TYPE_FIRST.match(payload, 0, 128)
+    return found.group(1).decode("ascii") if found else None
 
 
 class ChannelClosed(TempFail):

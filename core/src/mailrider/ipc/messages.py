@@ -257,7 +257,7 @@ class LocalSession:
 class Sign:
     """pony -> klondike: one private-key operation for a TLS handshake.
 
-    ``op`` is rsa_priv_enc, rsa_priv_dec or ecdsa_sign; ``padding`` is
+    ``op`` is rsa_priv_enc or ecdsa_sign (klondike never decrypts); ``padding`` is
     OpenSSL's RSA padding number (0 for ECDSA); ``cert_hash`` is the SHA-256
     of the certificate's SubjectPublicKeyInfo, in hex.
     """
