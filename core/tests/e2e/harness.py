@@ -1,9 +1,11 @@
 """Start a real mailriderd on a free loopback port in a private state folder.
 
 Used by the end-to-end tests and by tools/bench and tools/torture. When the
-tests run as root the daemon drops to the unprivileged user (paths.USER),
-as in production, so every folder it must reach is made traversable and
-the mail folder belongs to the delivery user.
+tests run as root the daemon drops to the unprivileged users (paths.USER,
+paths.QUEUE_USER for the queue) and chroots its children, as in production,
+so every folder it must reach is made traversable, the mail folder belongs
+to the delivery user and the ``ext`` folder to the user filters and alias
+commands run as (paths.EXT_USER).
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def wait_for(pred: Callable[[], object], timeout: float = 20.0, interval: float 
 
 
 class Daemon:
-    """One mailriderd under test. ``config`` may use {port}, {mail}, {state}, {user}."""
+    """One mailriderd under test. ``config`` may use {port}, {mail}, {state}, {user},
+    {ext} (a folder writable by filters and alias commands)."""
 
     def __init__(self, config: str | None = None, *, port: int | None = None,
                  extra_env: dict[str, str] | None = None) -> None:
@@ -67,12 +70,17 @@ class Daemon:
         du = delivery_user()
         self.user = du.pw_name
         os.chown(self.mail, du.pw_uid, du.pw_gid)
+        self.ext = self.state / "ext"
+        self.ext.mkdir(mode=0o700)
+        xu = program_user()
+        os.chown(self.ext, xu.pw_uid, xu.pw_gid)
         self.port = port or free_port()
         self.config_path: Path | None = None
         if config is not None:
             self.config_path = self.state / "mailrider.conf"
             self.config_path.write_text(config.format(port=self.port, mail=self.mail,
-                                                      state=self.state, user=self.user))
+                                                      state=self.state, user=self.user,
+                                                      ext=self.ext))
             os.chmod(self.config_path, 0o644)
         self.log_path = self.state / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
