@@ -39,6 +39,13 @@ def delivery_user() -> pwd.struct_passwd:
     return pwd.getpwuid(os.geteuid())
 
 
+def queue_user() -> pwd.struct_passwd:
+    """Who owns the spool (and runs the queue): what a test writes there must be its."""
+    if os.geteuid() == 0:
+        return pwd.getpwnam(paths.QUEUE_USER)
+    return pwd.getpwuid(os.geteuid())
+
+
 def program_user() -> pwd.struct_passwd:
     """Who filters, table backends and alias programs run as (paths.EXT_USER under root)."""
     if os.geteuid() == 0:

@@ -74,14 +74,19 @@ def _run_profiled(role: str, run: Callable[[], int]) -> int:
 
 
 #: standard-library modules imported lazily at run time (by asyncio, sockets,
-#: sqlite, email) that must be loaded before the privilege drop: after it, the
-#: interpreter's own files may be unreadable (a chroot, or a Python installed
-#: under a private home folder)
+#: sqlite, email, codecs) that must be loaded before the privilege drop: after
+#: it, the interpreter's own files are out of reach (the chroot, or a Python
+#: installed under a private home folder)
 PRELOAD = (
     "concurrent.futures.thread", "encodings.idna", "encodings.ascii", "encodings.latin_1",
     "email.utils", "email.message", "email.parser", "sqlite3", "importlib.metadata",
     "json", "asyncio.subprocess", "asyncio.unix_events", "ipaddress", "hashlib", "hmac",
     "secrets", "shlex", "ssl", "zlib", "base64", "uuid", "decimal", "dbm",
+    # codecs are imported at their first use: an SMTPUTF8 domain is measured as
+    # punycode, data may be decoded as UTF-16/32 or with a BOM
+    "encodings.punycode", "encodings.utf_8_sig", "encodings.utf_16", "encodings.utf_32",
+    "encodings.raw_unicode_escape", "encodings.unicode_escape", "stringprep", "unicodedata",
+    "email._parseaddr", "email.charset", "email.header", "datetime", "calendar",
 )
 
 

@@ -267,7 +267,7 @@ class Process:
             self.stopping.set()
 
     #: under root, Landlock forbids this role every filesystem access once
-    #: confined, and every TCP bind and connect with landlock_net
+    #: confined (landlock_fs), every TCP bind and connect (landlock_net)
     landlock_fs = False
     landlock_net = False
 

@@ -94,33 +94,38 @@ def landlock_abi() -> int:
     return max(abi, 0)
 
 
-def landlock(*, deny_net: bool) -> int:
-    """Forbid this process every filesystem access, signals and abstract unix
-    sockets beyond itself, and with ``deny_net`` every TCP bind and connect.
+def landlock(*, deny_fs: bool = True, deny_net: bool) -> int:
+    """From now on forbid this process every filesystem access (``deny_fs``), every
+    TCP bind and connect (``deny_net``), and signals and abstract unix sockets
+    beyond itself.
 
     Descriptors already open keep working. Returns the ABI version applied, 0
-    when the kernel offers none. Needs ``no_new_privs`` (or root)."""
+    when the kernel offers none (or nothing it offers was asked for). Needs
+    ``no_new_privs`` (or root)."""
     abi = landlock_abi()
     if abi <= 0:
         return 0
     libc = common._libc()
     assert libc is not None
     attr = _RulesetAttr()
-    attr.handled_access_fs = _FS_RIGHTS[max(v for v in _FS_RIGHTS if v <= abi)]
     size = 8
+    if deny_fs:
+        attr.handled_access_fs = _FS_RIGHTS[max(v for v in _FS_RIGHTS if v <= abi)]
     if deny_net and abi >= 4:
         attr.handled_access_net = _NET_RIGHTS
         size = 16
     if abi >= 6:
         attr.scoped = _SCOPES
         size = 24
+    if not (attr.handled_access_fs or attr.handled_access_net or attr.scoped):
+        return 0
     fd = int(libc.syscall(ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET), ctypes.byref(attr),
                           ctypes.c_size_t(size), ctypes.c_uint32(0)))
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"landlock_create_ruleset: {os.strerror(err)}")
     try:
-        # no rule is added: nothing on the filesystem is granted
+        # no rule is added: nothing that is handled is granted
         if int(libc.syscall(ctypes.c_long(_SYS_LANDLOCK_RESTRICT_SELF), ctypes.c_int(fd),
                             ctypes.c_uint32(0))) != 0:
             err = ctypes.get_errno()
@@ -195,10 +200,14 @@ def confine(role: str, pw: pwd.struct_passwd | None, *, chroot: str | None = Non
     nnp = set_no_new_privs()
     set_nondumpable()
     applied = 0
-    if pw is not None and landlock_fs:
+    if pw is not None and (landlock_fs or deny_net):
         if not nnp:
             raise OSError("no_new_privs could not be set")
-        applied = landlock(deny_net=deny_net)
+        try:
+            applied = landlock(deny_fs=landlock_fs, deny_net=deny_net)
+        except OSError as exc:
+            # best effort, as on a kernel without it: the chroot still holds
+            log.warning(role, "landlock-failed", error=str(exc))
     if threading.active_count() > 1:
         # no_new_privs and Landlock bind the calling thread and its future threads only
         log.warning(role, "confine-threads", threads=threading.active_count())

@@ -32,6 +32,9 @@ COMMIT_GATHER_DELAY = 0.001
 class Queue(common.Process):
     role = "queue"
 
+    #: the spool is all it touches once chrooted; it never opens a TCP connection
+    landlock_net = True
+
     def chroot_dir(self) -> str | None:
         return common.spool_dir(self.opts.statedir)
 
