@@ -195,7 +195,7 @@ def test_hostile_filter_reaches_neither_spool_nor_daemon_processes(d: Daemon) ->
         s.recv(512)
     wait_for(lambda: "SPY done" in d.log(), timeout=30)
     lines = [ln for ln in d.log().splitlines() if "filter=spy" in ln and "SPY" in ln]
-    check_spy(spy_results(lines))
+    check_spy(spy_results(lines), uid=program_user().pw_uid)
     assert not (d.state / "spool" / "planted").exists()
 
 
