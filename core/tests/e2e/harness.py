@@ -105,16 +105,30 @@ class Daemon:
         return argv
 
     def start(self, timeout: float = 30.0) -> Daemon:
+        # a restart finds the previous daemon's control socket (its control
+        # process, chrooted, cannot remove it): ready means a new one is bound
+        self._old_control = self._control_inode()
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(self.argv(), stdout=logf, stderr=logf,
                                          start_new_session=True, env=self.env)
         wait_for(self._ready, timeout)
         return self
 
+    def _control_inode(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.state / "control.sock")
+        except OSError:
+            return None
+        return st.st_ino, st.st_ctime_ns  # an inode number alone may be reused
+
     def _ready(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"mailriderd exited {self.proc.returncode}:\n{self.log()}")
+        # pony may greet before control has bound its socket: mailriderctl
+        # right after start() would find no daemon
+        if self._control_inode() in (None, self._old_control):
+            return False
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
                 # any reply will do: a connect-phase filter may refuse us with a 5xx
