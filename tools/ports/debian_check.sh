@@ -8,7 +8,7 @@
 # files, runs lintian (any E: tag fails), installs both with apt, starts the
 # installed /usr/bin/mailriderd with its built-in configuration on a free port
 # (systemd need not run: the daemon is started directly as root and drops to
-# _mailrider), delivers one message with smtplib, checks that it reached the
+# _mailrider and _mailriderq), delivers one message with smtplib, checks that it reached the
 # Maildir, checks that the extra's backend is found through libexec, stops the
 # daemon and purges both packages, checking that no file they owned is left.
 #
@@ -100,7 +100,9 @@ INSTALLED=1
 DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 	"$CORE_DEB" "$EXTRA_DEB" >"$WORK/install.log" 2>&1 ||
 	{ tail -20 "$WORK/install.log"; fail "apt-get install"; }
-getent passwd _mailrider >/dev/null || fail "user _mailrider was not created"
+for u in _mailrider _mailriderq _mailriderx; do
+	getent passwd "$u" >/dev/null || fail "user $u was not created"
+done
 [ -x "/usr/libexec/mailrider/table-${EXTRA#table-}" ] ||
 	fail "/usr/libexec/mailrider/table-${EXTRA#table-} is missing"
 [ -f /usr/share/man/man8/mailriderd.8.gz ] || fail "mailriderd.8 is not installed"
@@ -132,14 +134,16 @@ while time.time() < deadline:
         time.sleep(0.2)
 sys.exit(1)
 EOF
-# each child re-executes itself, then drops root: wait for all six to have done so
+# each child re-executes itself, then drops root: wait for all six to have done
+# so (the queue to its own user, the others to _mailrider)
 USERS=
+WANT=" 5 _mailrider 1 _mailriderq"
 for _ in $(seq 1 50); do
-	USERS=$(ps --ppid "$DAEMON" -o user:32=,args= | awk '/mailrider\.proc\.child/ {print $1}' | sort | uniq -c | tr -s ' ')
-	[ "$USERS" = " 6 _mailrider" ] && break
+	USERS=$(ps --ppid "$DAEMON" -o user:32=,args= | awk '/mailrider\.proc\.child/ {print $1}' | sort | uniq -c | tr -s ' ' | tr -d '\n')
+	[ "$USERS" = "$WANT" ] && break
 	sleep 0.2
 done
-[ "$USERS" = " 6 _mailrider" ] || fail "children: '$USERS', want 6 running as _mailrider"
+[ "$USERS" = "$WANT" ] || fail "children: '$USERS', want 5 running as _mailrider, 1 as _mailriderq"
 CHILDREN=$(ps --ppid "$DAEMON" -o pid=)
 
 step "deliver one message"

@@ -12,8 +12,10 @@ tools/tests/test_ports.py can check that contrib/ is up to date.
 Invariants:
 
 - Paths agree with core/src/mailrider/paths.py: the configuration file is
-  /etc/mail/mailrider.conf, the state folder /var/spool/mailrider, the user
-  and group _mailrider, and backends are found in PREFIX/libexec/mailrider,
+  /etc/mail/mailrider.conf, the state folder /var/spool/mailrider, the users
+  (each with its own group) _mailrider (the daemon's processes), _mailriderq
+  (the queue, owner of the spool) and _mailriderx (filters, table backends and
+  alias commands), and backends are found in PREFIX/libexec/mailrider,
   where every port installs each extra's program as ``table-NAME`` (a
   symlink to its ``mailrider-table-NAME`` console script).
 - flit cannot install data files, so every port installs the man pages from
@@ -34,10 +36,18 @@ from dataclasses import dataclass
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 USER = "_mailrider"
-#: OpenBSD and FreeBSD want a fixed id, registered in their ports trees
-#: (infrastructure/db/user.list, UIDs/GIDs): claim one before committing a port
-BSD_ID = 920
+QUEUE_USER = "_mailriderq"
+EXT_USER = "_mailriderx"
 SPOOL = "/var/spool/mailrider"
+#: every user the daemon needs: (name, comment, home)
+USERS = (
+    (USER, "mailrider daemon", SPOOL),
+    (QUEUE_USER, "mailrider queue", "/nonexistent"),
+    (EXT_USER, "mailrider filters and commands", "/nonexistent"),
+)
+#: OpenBSD and FreeBSD want fixed ids, registered in their ports trees
+#: (infrastructure/db/user.list, UIDs/GIDs): claim them before committing a port
+BSD_IDS = {USER: 920, QUEUE_USER: 921, EXT_USER: 922}
 CONFIG = "/etc/mail/mailrider.conf"
 MAINTAINER = "mailrider developers <mailrider@example.org>"
 #: the Debian changelog date of each version (a fixed value keeps the output stable)
@@ -194,9 +204,11 @@ def openbsd(dist: Dist) -> dict[str, str]:
     files["pkg/DESCR"] = _descr(dist) + "\n"
     if dist.is_core:
         files["pkg/PLIST"] = (
-            f"@newgroup {USER}:{BSD_ID}\n"
-            f"@newuser {USER}:{BSD_ID}:{USER}::mailrider daemon:{SPOOL}:/sbin/nologin\n"
-            "@rcscript ${RCDIR}/mailriderd\n"
+            "".join(f"@newgroup {name}:{BSD_IDS[name]}\n" for name, _, _ in USERS)
+            + "".join(f"@newuser {name}:{BSD_IDS[name]}:{name}::{comment}:"
+                      f"{home if home == SPOOL else '/var/empty'}:/sbin/nologin\n"
+                      for name, comment, home in USERS)
+            + "@rcscript ${RCDIR}/mailriderd\n"
             "@comment the rest comes from `make update-plist`; keep the lines below\n"
             "share/examples/mailrider/\n"
             "share/examples/mailrider/mailrider.conf\n"
@@ -231,7 +243,9 @@ OPENBSD_README = f"""\
 +-------------------------------------------------------------------------------
 
 The daemon starts as root, binds its ports and runs every other process as
-the {USER} user. Its state folder (queue and control socket) is
+the {USER} user, except the queue ({QUEUE_USER}, the only owner of the
+spool); filters and alias commands run as {EXT_USER} unless the
+configuration names a user. Its state folder (queue and control socket) is
 {SPOOL}; it is created at the first start.
 
 Configuration
@@ -320,8 +334,8 @@ def freebsd(dist: Dist) -> dict[str, str]:
             "USE_RC_SUBR=\tmailriderd",
             "SUB_LIST=\tPYTHON_CMD=${PYTHON_CMD}",
             "",
-            f"USERS=\t\t{USER}",
-            f"GROUPS=\t\t{USER}",
+            f"USERS=\t\t{' '.join(name for name, _, _ in USERS)}",
+            f"GROUPS=\t\t{' '.join(name for name, _, _ in USERS)}",
         ]
     plist = []
     for section, pages in _sections(dist).items():
@@ -405,8 +419,9 @@ run_rc_command "$1"
 FREEBSD_MESSAGE = f"""[
 {{ type: install
   message: <<EOM
-mailriderd runs its processes as the {USER} user; its queue and control
-socket are in {SPOOL}.
+mailriderd runs its processes as the {USER} user, its queue as
+{QUEUE_USER}, filters and alias commands as {EXT_USER}; its queue and
+control socket are in {SPOOL}.
 
 Copy %%PREFIX%%/etc/mail/mailrider.conf.sample to
 %%PREFIX%%/etc/mail/mailrider.conf, edit it, check it with
@@ -525,11 +540,11 @@ def debian(dist: Dist, all_dists: list[Dist]) -> dict[str, str]:
         files[f"{pkg}.examples"] = "examples/*.conf\n"
         files[f"{pkg}.dirs"] = "usr/libexec/mailrider\n"
         files[f"{pkg}.service"] = DEBIAN_SERVICE
-        files[f"{pkg}.sysusers"] = (
-            f"u {USER} - \"mailrider daemon\" {SPOOL} /usr/sbin/nologin\n"
-        )
+        files[f"{pkg}.sysusers"] = "".join(
+            f"u {name} - \"{comment}\" {home} /usr/sbin/nologin\n"
+            for name, comment, home in USERS)
         files[f"{pkg}.tmpfiles"] = (
-            "# the daemon makes spool/ (0700, _mailrider) and the rest itself\n"
+            f"# the daemon makes spool/ (0700, {QUEUE_USER}), empty/ and the rest itself\n"
             f"d {SPOOL} 0711 root root -\n"
         )
         files[f"{pkg}.postinst"] = DEBIAN_POSTINST
@@ -594,11 +609,18 @@ WantedBy=multi-user.target
 DEBIAN_POSTINST = f"""#!/bin/sh
 set -e
 
-# dh_installsysusers creates {USER} where systemd-sysusers exists; without
-# systemd (containers, other init systems) create it here
-if [ "$1" = "configure" ] && ! getent passwd {USER} >/dev/null; then
-\tuseradd --system --user-group --home-dir {SPOOL} --no-create-home \\
-\t\t--shell /usr/sbin/nologin --comment "mailrider daemon" {USER}
+# dh_installsysusers creates the users where systemd-sysusers exists;
+# without systemd (containers, other init systems) create them here
+if [ "$1" = "configure" ]; then
+\tgetent passwd {USER} >/dev/null || useradd --system --user-group \\
+\t\t--home-dir {SPOOL} --no-create-home --shell /usr/sbin/nologin \\
+\t\t--comment "mailrider daemon" {USER}
+\tgetent passwd {QUEUE_USER} >/dev/null || useradd --system --user-group \\
+\t\t--home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin \\
+\t\t--comment "mailrider queue" {QUEUE_USER}
+\tgetent passwd {EXT_USER} >/dev/null || useradd --system --user-group \\
+\t\t--home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin \\
+\t\t--comment "mailrider filters and commands" {EXT_USER}
 fi
 
 #DEBHELPER#
@@ -651,7 +673,8 @@ this folder is out of date).
   Claim a free uid/gid in infrastructure/db/user.list, then run
   `make makesum update-plist` to complete pkg/PLIST.
 - `freebsd/NAME/`: a port for `/usr/ports/mail/NAME` (USE_PYTHON=pep517).
-  Register `_mailrider` in UIDs and GIDs; run `make makesum`.
+  Register `_mailrider`, `_mailriderq` and `_mailriderx` in UIDs and GIDs;
+  run `make makesum`.
 - `debian/NAME/debian/`: copy into an unpacked sdist and run
   `dpkg-buildpackage -us -uc -b`; tools/ports/debian_check.sh does so and
   tests the packages.

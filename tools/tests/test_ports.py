@@ -49,12 +49,20 @@ def test_paths_agree_with_paths_module() -> None:
 
     files = generate.render()
     assert paths.USER == generate.USER
+    assert paths.QUEUE_USER == generate.QUEUE_USER
+    assert paths.EXT_USER == generate.EXT_USER
     assert paths.SPOOL_ROOT == generate.SPOOL
     assert paths.CONFIG_FILE == generate.CONFIG
     assert "/usr/libexec/mailrider" in paths.LIBEXEC_DIRS  # Debian's sys.prefix/libexec
     assert "/usr/local/libexec/mailrider" in paths.LIBEXEC_DIRS  # the BSDs'
     plist = files["openbsd/mailrider/pkg/PLIST"]
-    assert f"@newuser {paths.USER}:" in plist and f"@newgroup {paths.USER}:" in plist
+    freebsd = files["freebsd/mailrider/Makefile"]
+    postinst = files["debian/mailrider/debian/mailrider.postinst"]
+    for user in (paths.USER, paths.QUEUE_USER, paths.EXT_USER):
+        assert f"@newuser {user}:" in plist and f"@newgroup {user}:" in plist
+        assert f"u {user} " in files["debian/mailrider/debian/mailrider.sysusers"]
+        assert f" {user}\n" in postinst
+        assert user in freebsd.split("USERS=")[1].splitlines()[0]
     assert "@sample ${SYSCONFDIR}" + paths.CONFIG_FILE.removeprefix("/etc") in plist
     service = files["debian/mailrider/debian/mailrider.service"]
     assert f"ReadWritePaths={paths.SPOOL_ROOT}\n" in service

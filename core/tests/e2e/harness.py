@@ -1,9 +1,11 @@
 """Start a real mailriderd on a free loopback port in a private state folder.
 
 Used by the end-to-end tests and by tools/bench and tools/torture. When the
-tests run as root the daemon drops to the unprivileged user (paths.USER),
-as in production, so every folder it must reach is made traversable and
-the mail folder belongs to the delivery user.
+tests run as root the daemon drops to the unprivileged users (paths.USER,
+paths.QUEUE_USER for the queue) and chroots its children, as in production,
+so every folder it must reach is made traversable, the mail folder belongs
+to the delivery user and the ``ext`` folder to the user filters and alias
+commands run as (paths.EXT_USER).
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ def delivery_user() -> pwd.struct_passwd:
     return pwd.getpwuid(os.geteuid())
 
 
+def queue_user() -> pwd.struct_passwd:
+    """Who owns the spool (and runs the queue): what a test writes there must be its."""
+    if os.geteuid() == 0:
+        return pwd.getpwnam(paths.QUEUE_USER)
+    return pwd.getpwuid(os.geteuid())
+
+
 def program_user() -> pwd.struct_passwd:
     """Who filters, table backends and alias programs run as (paths.EXT_USER under root)."""
     if os.geteuid() == 0:
@@ -56,7 +65,8 @@ def wait_for(pred: Callable[[], object], timeout: float = 20.0, interval: float 
 
 
 class Daemon:
-    """One mailriderd under test. ``config`` may use {port}, {mail}, {state}, {user}."""
+    """One mailriderd under test. ``config`` may use {port}, {mail}, {state}, {user},
+    {ext} (a folder writable by filters and alias commands)."""
 
     def __init__(self, config: str | None = None, *, port: int | None = None,
                  extra_env: dict[str, str] | None = None) -> None:
@@ -67,12 +77,17 @@ class Daemon:
         du = delivery_user()
         self.user = du.pw_name
         os.chown(self.mail, du.pw_uid, du.pw_gid)
+        self.ext = self.state / "ext"
+        self.ext.mkdir(mode=0o700)
+        xu = program_user()
+        os.chown(self.ext, xu.pw_uid, xu.pw_gid)
         self.port = port or free_port()
         self.config_path: Path | None = None
         if config is not None:
             self.config_path = self.state / "mailrider.conf"
             self.config_path.write_text(config.format(port=self.port, mail=self.mail,
-                                                      state=self.state, user=self.user))
+                                                      state=self.state, user=self.user,
+                                                      ext=self.ext))
             os.chmod(self.config_path, 0o644)
         self.log_path = self.state / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -90,16 +105,30 @@ class Daemon:
         return argv
 
     def start(self, timeout: float = 30.0) -> Daemon:
+        # a restart finds the previous daemon's control socket (its control
+        # process, chrooted, cannot remove it): ready means a new one is bound
+        self._old_control = self._control_inode()
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(self.argv(), stdout=logf, stderr=logf,
                                          start_new_session=True, env=self.env)
         wait_for(self._ready, timeout)
         return self
 
+    def _control_inode(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.state / "control.sock")
+        except OSError:
+            return None
+        return st.st_ino, st.st_ctime_ns  # an inode number alone may be reused
+
     def _ready(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"mailriderd exited {self.proc.returncode}:\n{self.log()}")
+        # pony may greet before control has bound its socket: mailriderctl
+        # right after start() would find no daemon
+        if self._control_inode() in (None, self._old_control):
+            return False
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
                 # any reply will do: a connect-phase filter may refuse us with a 5xx

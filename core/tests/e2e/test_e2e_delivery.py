@@ -30,7 +30,7 @@ from e2e_util import (
     wait_file,
     wait_files,
 )
-from harness import Daemon, delivery_user, wait_for
+from harness import Daemon, delivery_user, program_user, wait_for
 
 CONFIG = """\
 listen on 127.0.0.1 port {port}
@@ -68,12 +68,13 @@ class Env:
         self.lmtp_tcp = LmtpServer()
         port = self.lmtp_tcp.address.rpartition(":")[2]
         self.d = Daemon(CONFIG.replace("LMTPPORT", port))
-        st, mail = self.d.state, self.d.mail
+        # |command and /file targets run as the external user: they write in its folder
+        st, ext = self.d.state, self.d.ext
         (st / "aliases").write_text(
-            f"team: {self.d.user}, \"|cat > {mail}/al-pipe\", {mail}/al-file, "
+            f"team: {self.d.user}, \"|cat > {ext}/al-pipe\", {ext}/al-file, "
             f":include:{st}/al-include\n"
             f"# a comment\nother: {self.d.user}\n")
-        (st / "al-include").write_text(f"# included\n{mail}/al-inc-file\n")
+        (st / "al-include").write_text(f"# included\n{ext}/al-inc-file\n")
         for name in ("aliases", "al-include"):
             os.chmod(st / name, 0o644)
         self.lmtp_unix = LmtpServer(str(st / "lmtp.sock"))
@@ -219,17 +220,20 @@ def test_virtual_fan_out(env: Env) -> None:
 
 
 def test_aliases_file_user_pipe_file_and_include(env: Env) -> None:
-    mail = env.d.mail
+    mail, ext = env.d.mail, env.d.ext
     accepted(smtp_send(env.d.port, SENDER, ["team@alias.test"]))
     wait_delivered(env.d, "team@alias.test", 4)
     (msg,) = wait_files(mail / "al" / env.d.user / "new")
     assert split_delivery(msg)[2] == BODY
-    piped = wait_file(mail / "al-pipe")
+    piped = wait_file(ext / "al-pipe")
+    # no action user: the command ran as the external user, not a daemon user
+    assert (ext / "al-pipe").stat().st_uid == program_user().pw_uid
     assert split_delivery(piped)[0] == (b"Return-Path: <alice@example.org>\n"
                                         b"Delivered-To: team@alias.test")
     assert split_delivery(piped)[2] == BODY
     for name in ("al-file", "al-inc-file"):
-        data = wait_file(mail / name)
+        data = wait_file(ext / name)
+        assert (ext / name).stat().st_uid == program_user().pw_uid
         first, _, rest = data.partition(b"\n")
         assert first.startswith(b"From alice@example.org "), first
         assert rest.startswith(b"Return-Path: <alice@example.org>\n")
@@ -238,7 +242,7 @@ def test_aliases_file_user_pipe_file_and_include(env: Env) -> None:
         assert rest.endswith(b"last line\n\n")
     # every target got exactly one copy
     assert len(files_in(mail / "al" / env.d.user / "new")) == 1
-    assert (mail / "al-file").read_bytes().count(b"\nSubject: e2e\n") == 1
+    assert (ext / "al-file").read_bytes().count(b"\nSubject: e2e\n") == 1
 
 
 def test_alias_unknown_user_is_refused(env: Env) -> None:

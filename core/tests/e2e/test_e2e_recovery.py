@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Daemon, delivery_user, wait_for
+from harness import Daemon, queue_user, wait_for
 from mailrider.queue import envelope as envmod
 from test_e2e_crash import queue_lines, restart, spool_leftovers, wait_drained
 
@@ -132,9 +132,9 @@ def test_half_committed_message_in_incoming_is_purged() -> None:
         (idir / env["evpid"]).write_bytes(envmod.serialise(env))
         # a spool written before bodies moved into incoming/ (no longer written)
         (spool / "temporary" / envmod.new_msgid()).write_bytes(b"Subject: t\n\npartial")
-        du = delivery_user()
+        qu = queue_user()
         for p in (idir, *idir.iterdir(), *(spool / "temporary").iterdir()):
-            os.chown(p, du.pw_uid, du.pw_gid)
+            os.chown(p, qu.pw_uid, qu.pw_gid)
         restart(d)
         assert "purged-uncommitted count=2" in d.log()
         assert spool_leftovers(d) == []

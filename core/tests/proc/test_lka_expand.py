@@ -40,8 +40,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 @pytest.fixture(autouse=True)
 def daemon_user_is_me(monkeypatch: pytest.MonkeyPatch) -> None:
-    # alias file/pipe targets run as the daemon user when we are root
-    monkeypatch.setattr(paths, "USER", ME.pw_name)
+    # alias file/pipe targets run as the external user when we are root
+    monkeypatch.setattr(paths, "EXT_USER", ME.pw_name)
 
 
 def setup(
@@ -201,7 +201,7 @@ def test_alias_chain_too_deep() -> None:
     assert (exc.value.code, exc.value.status) == (550, "5.4.6")
 
 
-def test_file_and_pipe_targets_run_as_the_daemon_user() -> None:
+def test_file_and_pipe_targets_run_as_the_external_user() -> None:
     cfg, ts, action = setup(alias={"log": '/var/log/copy, "|/usr/bin/prog -x, y"'})
     ds = go(cfg, ts, action, "log@x")
     assert [(d.method, d.arg) for d in ds] == [
@@ -211,6 +211,21 @@ def test_file_and_pipe_targets_run_as_the_daemon_user() -> None:
     assert {(d.user, d.uid, d.local_user, d.dest) for d in ds} == {
         (ME.pw_name, ME.pw_uid, "", "log@x")
     }
+
+
+def test_pipe_target_never_runs_as_the_daemon_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    # lka itself runs as the daemon's user once dropped: an alias command must
+    # still get the external user, never lka's own uid (which reaches the daemon)
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+    monkeypatch.setattr(paths, "USER", ME.pw_name)
+    monkeypatch.setattr(paths, "EXT_USER", nobody.pw_name)
+    monkeypatch.setattr(os, "geteuid", lambda: ME.pw_uid or 1)
+    cfg, ts, action = setup(alias={"log": '"|/usr/bin/prog"'})
+    [d] = go(cfg, ts, action, "log@x")
+    assert (d.method, d.user, d.uid) == ("pipe", "nobody", nobody.pw_uid)
 
 
 def test_file_target_with_action_user() -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from mailrider import log
 from mailrider.errors import ConfigError
-from mailrider.proc import common
+from mailrider.proc import common, confine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     fds = {p: int(f) for p, f in (x.split("=") for x in fdspec.split(",") if x)}
     opts = common.parse_options(rest)
     common.set_title(role)
+    confine.set_nondumpable()
     log.setup(role, foreground=opts.foreground, verbose=opts.verbose > 0)
     try:
         config = common.load_config(opts)
@@ -43,15 +44,21 @@ def main(argv: list[str] | None = None) -> int:
 def _run_profiled(role: str, run: Callable[[], int]) -> int:
     """Run ``run``; under MAILRIDER_PROFILE=DIR with cProfile, dumped to DIR/<role>.prof.
 
-    For benchmarks (tools/bench): DIR must be writable by the unprivileged
-    user, as the dump happens after the privilege drop. Only the main thread
-    is profiled (work handed to asyncio.to_thread shows up as loop waiting).
+    For benchmarks (tools/bench). The file is opened before the privilege drop
+    and the chroot, which would put DIR out of reach. Only the main thread is
+    profiled (work handed to asyncio.to_thread shows up as loop waiting).
     """
     outdir = os.environ.get("MAILRIDER_PROFILE", "")
     if not outdir:
         return run()
     import cProfile
+    import marshal
 
+    try:
+        out = open(os.path.join(outdir, f"{role}.prof"), "wb")
+    except OSError as exc:
+        log.warning(role, "profile-dump-failed", error=str(exc))
+        return run()
     prof = cProfile.Profile()
     prof.enable()
     try:
@@ -59,20 +66,27 @@ def _run_profiled(role: str, run: Callable[[], int]) -> int:
     finally:
         prof.disable()
         try:
-            prof.dump_stats(os.path.join(outdir, f"{role}.prof"))
+            with out:
+                prof.create_stats()
+                marshal.dump(prof.stats, out)
         except OSError as exc:
             log.warning(role, "profile-dump-failed", error=str(exc))
 
 
 #: standard-library modules imported lazily at run time (by asyncio, sockets,
-#: sqlite, email) that must be loaded before the privilege drop: after it, the
-#: interpreter's own files may be unreadable (a chroot, or a Python installed
-#: under a private home folder)
+#: sqlite, email, codecs) that must be loaded before the privilege drop: after
+#: it, the interpreter's own files are out of reach (the chroot, or a Python
+#: installed under a private home folder)
 PRELOAD = (
     "concurrent.futures.thread", "encodings.idna", "encodings.ascii", "encodings.latin_1",
     "email.utils", "email.message", "email.parser", "sqlite3", "importlib.metadata",
     "json", "asyncio.subprocess", "asyncio.unix_events", "ipaddress", "hashlib", "hmac",
     "secrets", "shlex", "ssl", "zlib", "base64", "uuid", "decimal", "dbm",
+    # codecs are imported at their first use: an SMTPUTF8 domain is measured as
+    # punycode, data may be decoded as UTF-16/32 or with a BOM
+    "encodings.punycode", "encodings.utf_8_sig", "encodings.utf_16", "encodings.utf_32",
+    "encodings.raw_unicode_escape", "encodings.unicode_escape", "stringprep", "unicodedata",
+    "email._parseaddr", "email.charset", "email.header", "datetime", "calendar",
 )
 
 
@@ -100,10 +114,12 @@ async def _serve(cls: type[common.Process], opts: common.Options, config: object
                  fds: dict[str, int]) -> int:
     proc = cls(opts, config)  # type: ignore[arg-type]
     await proc.setup()
-    pw = common.unprivileged_user()
+    pw = common.role_user(proc.role)
     if pw is not None:
         preload()
-    common.drop_privileges(pw)
+        proc.before_confine()
+    confine.confine(proc.role, pw, chroot=proc.chroot_dir(), landlock_fs=proc.landlock_fs,
+                    deny_net=proc.landlock_net)
     proc.connect(fds)
     common.install_stop_signals(proc.stopping.set)
     log.debug(proc.role, "started", pid=os.getpid())

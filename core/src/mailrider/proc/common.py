@@ -103,14 +103,30 @@ def load_config(opts: Options) -> Config:
     return cfg
 
 
+_LIBC: ctypes.CDLL | None = None
+
+
+def _libc() -> ctypes.CDLL | None:
+    """The C library, loaded once (before any chroot: finding it reads the disk)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        except OSError:
+            return None
+    return _LIBC
+
+
 def set_title(role: str) -> None:
     """Name the process after its role (what ``ps -e`` and ``top`` show)."""
     title = f"mailrider:{role}"[:15].encode()
+    libc = _libc()
+    if libc is None:
+        return
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         pr_set_name = 15
         libc.prctl(pr_set_name, ctypes.c_char_p(title), 0, 0, 0)
-    except (OSError, AttributeError):
+    except AttributeError:
         pass
 
 
@@ -118,16 +134,33 @@ def unprivileged_user() -> pwd.struct_passwd | None:
     """The user children drop to, or None when not running as root."""
     if os.geteuid() != 0:
         return None
-    try:
-        return pwd.getpwnam(paths.USER)
-    except KeyError:
-        raise ConfigError(missing_user(paths.USER)) from None
+    return system_user(paths.USER)
 
 
 def missing_user(name: str) -> str:
     """The error for a system user the daemon needs, with the command that makes it."""
     return (f"user {name} does not exist; create it: useradd --system --no-create-home "
             f"--home-dir /nonexistent --shell /usr/sbin/nologin {name}")
+
+
+def system_user(name: str) -> pwd.struct_passwd:
+    """One of the daemon's own users; ConfigError saying how to create it when missing."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(missing_user(name)) from None
+
+
+def queue_user() -> pwd.struct_passwd | None:
+    """The user the queue drops to (it alone owns the spool), or None when not root."""
+    if os.geteuid() != 0:
+        return None
+    return system_user(paths.QUEUE_USER)
+
+
+def role_user(role: str) -> pwd.struct_passwd | None:
+    """The user the child ``role`` drops to (None when not running as root)."""
+    return queue_user() if role == "queue" else unprivileged_user()
 
 
 def ext_user() -> pwd.struct_passwd | None:
@@ -147,8 +180,23 @@ def drop_privileges(pw: pwd.struct_passwd | None) -> None:
     os.setgroups([])
     os.setgid(pw.pw_gid)
     os.setuid(pw.pw_uid)
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 or os.getegid() == 0:
         raise OSError("still root after dropping privileges")
+
+
+def confining() -> bool:
+    """Whether children chroot (and Landlock) themselves: only when started as root."""
+    return os.geteuid() == 0
+
+
+def empty_dir(statedir: str) -> str:
+    """The empty, root-owned folder pony, scheduler and control are chrooted to."""
+    return os.path.join(statedir, "empty")
+
+
+def spool_dir(statedir: str) -> str:
+    """The spool: the queue user's alone, and the queue's root once chrooted."""
+    return os.path.join(statedir, "spool")
 
 
 def group_name(gid: int) -> str:
@@ -217,6 +265,18 @@ class Process:
         if not self.stopping.is_set():
             log.error(self.role, "peer-lost", peer=chan.peer)
             self.stopping.set()
+
+    #: under root, Landlock forbids this role every filesystem access once
+    #: confined (landlock_fs), every TCP bind and connect (landlock_net)
+    landlock_fs = False
+    landlock_net = False
+
+    def chroot_dir(self) -> str | None:
+        """Where this role is chrooted once set up, when started as root."""
+        return None
+
+    def before_confine(self) -> None:
+        """Load what is read lazily and is out of reach once confined (as root only)."""
 
     async def setup(self) -> None:
         """Work done before privileges are dropped (open files, read keys)."""

@@ -61,6 +61,12 @@ def peer_uid(sock: socket.socket) -> int:
 
 class Control(common.Process):
     role = "control"
+    landlock_fs = True
+    landlock_net = True
+
+    def chroot_dir(self) -> str | None:
+        # the socket is bound and listening before: clients reach it by its path
+        return common.empty_dir(self.opts.statedir)
 
     async def setup(self) -> None:
         self.path = socket_path(self.opts.statedir)

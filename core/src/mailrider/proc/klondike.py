@@ -40,6 +40,12 @@ _DATA_B64_MAX = 4 * ((16384 // 8 + 2) // 3)
 
 class Klondike(common.Process):
     role = "klondike"
+    landlock_fs = True
+    landlock_net = True
+
+    def chroot_dir(self) -> str | None:
+        # every key is read in setup(); nothing on disk is needed afterwards
+        return common.empty_dir(self.opts.statedir)
     keys: KeyStore | None = None
 
     async def setup(self) -> None:

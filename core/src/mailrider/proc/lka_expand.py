@@ -192,9 +192,12 @@ class _Expander:
         return UserInfo(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
 
     def _daemon_user(self) -> UserInfo:
-        if os.geteuid() == 0:
-            return self._system_user(paths.USER)
+        # alias |command and /file targets with no action user: under root never
+        # a daemon process's user (lka itself runs as one once dropped), which
+        # could reach the spool or the daemon's memory, but the external user
         pw = pwd.getpwuid(os.getuid())
+        if os.geteuid() == 0 or pw.pw_name in (paths.USER, paths.QUEUE_USER):
+            return self._system_user(paths.EXT_USER)
         return UserInfo(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
 
     # --- nodes -----------------------------------------------------------------

@@ -106,17 +106,23 @@ class Parent:
         self.auth_pool = WorkerPool(limits.AUTH_WORKERS, limits.AUTH_PENDING_MAX, "parent-auth")
 
     def prepare_statedir(self) -> None:
+        from mailrider.proc import confine
+
         os.makedirs(self.opts.statedir, mode=0o711, exist_ok=True)
         self.grant_key = grant.load_or_create(self.opts.statedir)
-        os.makedirs(os.path.join(self.opts.statedir, "spool"), mode=0o700, exist_ok=True)
+        spool = common.spool_dir(self.opts.statedir)
+        os.makedirs(spool, mode=0o700, exist_ok=True)
         offline = os.path.join(self.opts.statedir, "offline")
         os.makedirs(offline, exist_ok=True)
         # every local user may drop mail here while the daemon is down, but
         # nobody may list or touch another's files (sticky, no read for others)
         os.chmod(offline, 0o1733 if os.geteuid() == 0 else 0o700)
-        pw = common.unprivileged_user()
-        if pw is not None:
-            os.chown(os.path.join(self.opts.statedir, "spool"), pw.pw_uid, pw.pw_gid)
+        qpw = common.queue_user()
+        if qpw is not None:
+            common.unprivileged_user()  # a missing user stops the start here, by name
+            common.ext_user()
+            confine.own_spool(spool, qpw)
+            confine.make_empty_dir(common.empty_dir(self.opts.statedir))
         if self.config.file == "<built-in>":
             import pwd
 

@@ -1045,6 +1045,21 @@ def _env_seconds(name: str, default: float) -> float:
 
 class Pony(common.Process):
     role = "pony"
+    #: no landlock_net: pony connects to other hosts (mta) and serves its listeners
+    landlock_fs = True
+
+    def chroot_dir(self) -> str | None:
+        return common.empty_dir(self.opts.statedir)
+
+    def before_confine(self) -> None:
+        # the OpenSSL binding is found through /proc/self/maps, absent once chrooted;
+        # TLS contexts (server and client, with their CA stores) are built in setup()
+        from mailrider.crypto import libcrypto
+
+        try:
+            libcrypto.load()
+        except libcrypto.Unavailable:
+            pass
 
     async def setup(self) -> None:
         self.hostname = _hostname()

@@ -32,8 +32,16 @@ COMMIT_GATHER_DELAY = 0.001
 class Queue(common.Process):
     role = "queue"
 
+    #: the spool is all it touches once chrooted; it never opens a TCP connection
+    landlock_net = True
+
+    def chroot_dir(self) -> str | None:
+        return common.spool_dir(self.opts.statedir)
+
     async def setup(self) -> None:
-        self.spool = Spool(os.path.join(self.opts.statedir, "spool"))
+        # chrooted (under root), the spool is the queue's whole filesystem: "/"
+        root = "/" if common.confining() else common.spool_dir(self.opts.statedir)
+        self.spool = Spool(root)
         self._batch: list[tuple[PendingCommit, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._closing = False
@@ -43,7 +51,7 @@ class Queue(common.Process):
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        # after the privilege drop: the spool belongs to the unprivileged user
+        # after the privilege drop: the spool belongs to the queue user
         self.spool.setup()
         purged = self.spool.purge_uncommitted()
         if purged:

@@ -50,6 +50,11 @@ def next_attempt(ctime: float, retry: int, base: int, now: float) -> float:
 
 class Scheduler(common.Process):
     role = "scheduler"
+    landlock_fs = True
+    landlock_net = True
+
+    def chroot_dir(self) -> str | None:
+        return common.empty_dir(self.opts.statedir)
 
     async def setup(self) -> None:
         self.entries: dict[str, Entry] = {}
