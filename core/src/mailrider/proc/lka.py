@@ -41,7 +41,10 @@ class Lka(common.Process):
     async def setup(self) -> None:
         # as root the parent starts table backends, as the program user: not
         # as lka's own user, which pony shares (docs/security.md)
-        spawner = self._table_spawner if common.unprivileged_user() is not None else None
+        #: started as root: the parent starts table backends and reads .forward
+        #: files (decided here, before the privilege drop)
+        self.privileged = common.unprivileged_user() is not None
+        spawner = self._table_spawner if self.privileged else None
         self.tables = TableSet(self.config, spawner)
         # before the privilege drop: resolv.conf may be unreadable after it
         self.resolver = Resolver(resolver_config(self.config),
@@ -194,7 +197,7 @@ class Lka(common.Process):
                 return m.RcptResult(accepted=False, reply=REJECTED)
             action = self.config.actions[rule.action]
             local, _, domain = msg.rcpt.rpartition("@")
-            forward = self._forward if common.unprivileged_user() is not None else None
+            forward = self._forward if self.privileged else None
 
             async def route(rlocal: str, rdomain: str) -> Action | None:
                 # an address inside an expansion goes where the rules send it

@@ -433,6 +433,13 @@ class Parent:
         log.event("parent", "offline-submitted", file=name, user=user, reply=reply[:60])
 
     async def shutdown(self) -> None:
+        from mailrider.proc.control import socket_path
+
+        # control, chrooted, cannot remove its own socket
+        try:
+            os.unlink(socket_path(self.opts.statedir))
+        except OSError:
+            pass
         for pid in list(self.children):
             try:
                 os.kill(pid, signal.SIGTERM)

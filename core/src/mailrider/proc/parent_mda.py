@@ -150,8 +150,10 @@ def _forward_child(pw: pwd.struct_passwd) -> bytes:
     try:
         fd = os.open(os.path.join(pw.pw_dir, ".forward"),
                      os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
-    except OSError:
+    except FileNotFoundError:
         return b""
+    except OSError:
+        return b"\0unsafe"  # a link, or not the user's to read
     try:
         st = os.fstat(fd)
         # the owner's own regular file, one link (not a hard link to another
