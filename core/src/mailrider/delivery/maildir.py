@@ -25,6 +25,7 @@ import time
 
 from mailrider.delivery.common import Message, os_failure
 from mailrider.errors import TempFail
+from mailrider.syncfs import SYNCFS
 
 __all__ = ["JUNK_FOLDER", "MaildirBatch", "deliver_maildir", "folder_path", "unique_name"]
 
@@ -223,17 +224,6 @@ def deliver_maildir(
         raise os_failure(exc, "maildir") from exc
 
 
-def _load_syncfs() -> object | None:
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SYNCFS = _load_syncfs()
 
 
 class MaildirBatch:
@@ -281,8 +271,8 @@ class MaildirBatch:
                 if dev in done:
                     continue
                 done.add(dev)
-                if _SYNCFS is not None:
-                    if _SYNCFS(fd) != 0:  # type: ignore[operator]
+                if SYNCFS is not None:
+                    if SYNCFS(fd) != 0:
                         err = ctypes.get_errno()
                         raise OSError(err, os.strerror(err))
                 else:

@@ -43,20 +43,8 @@ from mailrider import log
 from mailrider.errors import TempFail
 from mailrider.queue import envelope as envmod
 from mailrider.queue.envelope import Envelope
+from mailrider.syncfs import SYNCFS
 
-
-def _load_syncfs() -> object | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SYNCFS = _load_syncfs()
 _FSYNC_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
 
 
@@ -74,7 +62,7 @@ class Spool:
         self.incoming = os.path.join(root, "incoming")
         self.queue = os.path.join(root, "queue")
         self.purge = os.path.join(root, "purge")
-        self._syncfs = _SYNCFS if use_syncfs else None
+        self._syncfs = SYNCFS if use_syncfs else None
         self._rootfd = -1
 
     # -- setup and recovery --------------------------------------------------
@@ -235,7 +223,7 @@ class Spool:
     def sync(self) -> None:
         """Everything written to the spool so far reaches the disk."""
         if self._syncfs is not None:
-            if self._syncfs(self._rootfd) != 0:  # type: ignore[operator]
+            if self._syncfs(self._rootfd) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, os.strerror(err))
         else:
