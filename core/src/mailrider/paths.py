@@ -95,3 +95,8 @@ SHADOW_FILE = "/etc/shadow"
 #: the system's crypt(3) library, tried in order (libxcrypt on Linux; "" is the
 #: C library itself, where the BSDs keep crypt)
 LIBCRYPT_NAMES = ("libcrypt.so.1", "libcrypt.so.2", "libcrypt.so", "")
+
+
+def control_socket(statedir: str) -> str:
+    """The control socket of the daemon whose state folder is ``statedir``."""
+    return os.path.join(statedir, "control.sock")

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from mailrider import paths
+
 OFFLINE = "offline"
 #: offline files are refused above this size (the daemon's default max-message-size)
 OFFLINE_MAX = 35 * 1024 * 1024
@@ -197,11 +199,10 @@ def submit(sock: socket.socket, sender: str, rcpts: list[str], message: bytes) -
 
 def connect_local(statedir: str) -> socket.socket:
     """A local SMTP session through the control socket."""
-    from mailrider.proc.control import socket_path
 
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(300)
-    s.connect(socket_path(statedir))
+    s.connect(paths.control_socket(statedir))
     s.sendall(json.dumps({"cmd": ["enqueue"]}).encode() + b"\n")
     return s
 

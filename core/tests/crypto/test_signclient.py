@@ -20,7 +20,8 @@ from mailrider.crypto import delegate, libcrypto, rsa
 from mailrider.crypto.signclient import SignClient, SignFailed
 from mailrider.errors import ConfigError
 from mailrider.ipc import messages as m
-from mailrider.ipc.channel import _FLAG_ERROR, _FLAG_REPLY, _HEADER, Channel
+from mailrider.ipc.channel import Channel
+from mailrider.ipc.frame import FLAG_ERROR, FLAG_REPLY, HEADER
 from mailrider.proc import common
 from mailrider.proc.klondike import Klondike
 from pki_util import Pki
@@ -170,13 +171,13 @@ def test_a_bad_key_stops_klondike(pkis: dict[str, Pki]) -> None:
 def _frame(sock: socket.socket, reqid: int, payload: object) -> tuple[int, object]:
     """Play a hostile pony on the signing line: one raw frame out, the reply's flags and body."""
     body = json.dumps(payload).encode()
-    sock.sendall(_HEADER.pack(len(body), reqid, 0, 0) + body)
+    sock.sendall(HEADER.pack(len(body), reqid, 0, 0) + body)
     sock.settimeout(10)
     header = b""
-    while len(header) < _HEADER.size:
-        header += sock.recv(_HEADER.size - len(header))
-    length, rid, flags, nfds = _HEADER.unpack(header)
-    assert rid == reqid and nfds == 0 and flags & _FLAG_REPLY
+    while len(header) < HEADER.size:
+        header += sock.recv(HEADER.size - len(header))
+    length, rid, flags, nfds = HEADER.unpack(header)
+    assert rid == reqid and nfds == 0 and flags & FLAG_REPLY
     data = b""
     while len(data) < length:
         data += sock.recv(length - len(data))
@@ -209,13 +210,13 @@ def test_a_pony_asking_to_decrypt_is_refused_and_logged(
     with caplog.at_level(logging.INFO):
         for i, payload in enumerate(forged, 1):
             flags, reply = _frame(klondike.sign_line, i, payload)
-            assert flags & _FLAG_ERROR and isinstance(reply, m.Error), payload
+            assert flags & FLAG_ERROR and isinstance(reply, m.Error), payload
             assert not isinstance(reply, m.Signed)
         # the line still serves what TLS needs
         flags, reply = _frame(klondike.sign_line, 99, m.encode(m.Sign(
             cert_hash=h, op="rsa_priv_enc", padding=3,
             data_b64=base64.b64encode(_pss(2)).decode())))
-        assert not flags & _FLAG_ERROR and isinstance(reply, m.Signed)
+        assert not flags & FLAG_ERROR and isinstance(reply, m.Signed)
     refused = [r.getMessage() for r in caplog.records if "sign-refused" in r.getMessage()]
     assert sum("op=rsa_priv_dec" in line and "operation not offered" in line
                for line in refused) == 2

@@ -1,4 +1,4 @@
-from mailrider.proc.scheduler import next_attempt
+from mailrider.queue.schedule import next_attempt
 
 
 def test_retry_times_are_anchored_on_creation_time() -> None:

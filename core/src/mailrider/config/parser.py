@@ -687,7 +687,7 @@ class _Parser:
         one known in advance (pony_mta.check_relay_urls)."""
         import ssl
 
-        from mailrider.proc.pony_tls import protocol_range
+        from mailrider.config.tls import protocol_range
 
         relay = action.relay
         routed = "host" in relay or "host_table" in relay

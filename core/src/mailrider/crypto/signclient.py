@@ -21,7 +21,7 @@ import threading
 
 from mailrider.errors import TempFail
 from mailrider.ipc import messages
-from mailrider.ipc.channel import _FLAG_ERROR, _FLAG_REPLY, _HEADER
+from mailrider.ipc.frame import FLAG_ERROR, FLAG_REPLY, HEADER, frame
 from mailrider.limits import IPC_FRAME_MAX
 
 #: how long a handshake waits for klondike before failing
@@ -55,17 +55,16 @@ class SignClient:
     def _exchange(self, msg: messages.Sign) -> messages.Signed:
         reqid = self._next_id
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
-        payload = json.dumps(messages.encode(msg), separators=(",", ":")).encode()
-        self._sock.sendall(_HEADER.pack(len(payload), reqid, 0, 0) + payload)
+        self._sock.sendall(frame(msg, reqid))
         while True:
-            length, rid, flags, nfds = _HEADER.unpack(self._recv_exact(_HEADER.size))
+            length, rid, flags, nfds = HEADER.unpack(self._recv_exact(HEADER.size))
             if length > IPC_FRAME_MAX or nfds:
                 raise ConnectionError("unexpected frame from klondike")
             body = self._recv_exact(length)
-            if not flags & _FLAG_REPLY or rid != reqid:
+            if not flags & FLAG_REPLY or rid != reqid:
                 continue  # not ours (klondike sends no notices on this socket)
             reply = messages.decode(json.loads(body))
-            if flags & _FLAG_ERROR:
+            if flags & FLAG_ERROR:
                 text = reply.text if isinstance(reply, messages.Error) else "remote error"
                 raise SignFailed(f"klondike: {text}")
             if not isinstance(reply, messages.Signed):

@@ -1,12 +1,7 @@
 """Framed messages between mailrider processes, with file-descriptor passing.
 
-Frame layout (network byte order)::
-
-    u32 length   payload length in bytes (<= limits.IPC_FRAME_MAX)
-    u32 reqid    0 for a one-way notice, else the id a reply echoes
-    u8  flags    1 = reply, 2 = error reply
-    u8  nfds     file descriptors that travel with this frame
-    payload      UTF-8 JSON object {"t": <message type>, ...fields}
+The frame itself (header, JSON payload naming its type first) is
+:mod:`mailrider.ipc.frame`.
 
 A channel may be given the set of message types it accepts
 (:mod:`mailrider.ipc.policy`): the type, which every payload names first,
@@ -33,9 +28,7 @@ import collections
 import errno
 import json
 import os
-import re
 import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -43,21 +36,12 @@ from typing import Any
 from mailrider import log, profile
 from mailrider.errors import TempFail
 from mailrider.ipc import messages
+from mailrider.ipc.frame import FLAG_ERROR, FLAG_REPLY, HEADER, frame_type
+from mailrider.ipc.frame import payload as encode_payload
 from mailrider.limits import IPC_FRAME_MAX
 
-_HEADER = struct.Struct("!IIBB")
-_FLAG_REPLY = 1
-_FLAG_ERROR = 2
 _MAX_FDS = 16
 _RECV_SIZE = 256 * 1024
-#: how every payload starts: the message type is its first member
-_TYPE_FIRST = re.compile(rb'\{\s*"t"\s*:\s*"([A-Za-z0-9]{1,64})"')
-
-
-def frame_type(payload: bytes) -> str | None:
-    """The message type a payload names first, or None when it names none."""
-    found = _TYPE_FIRST.match(payload, 0, 128)
-    return found.group(1).decode("ascii") if found else None
 
 
 class ChannelClosed(TempFail):
@@ -98,10 +82,10 @@ class Channel:
     # -- sending -------------------------------------------------------------
 
     def _frame(self, obj: Any, reqid: int, flags: int, nfds: int) -> bytes:
-        payload = json.dumps(messages.encode(obj), separators=(",", ":")).encode()
+        payload = encode_payload(obj)
         if len(payload) > IPC_FRAME_MAX:
             raise ValueError(f"ipc frame too large: {len(payload)}")
-        return _HEADER.pack(len(payload), reqid, flags, nfds) + payload
+        return HEADER.pack(len(payload), reqid, flags, nfds) + payload
 
     def _enqueue(self, data: bytes, fds: Sequence[int]) -> None:
         if self.closed:
@@ -200,7 +184,7 @@ class Channel:
         return reply
 
     def _reply(self, reqid: int, obj: Any, fds: Sequence[int] = (), error: bool = False) -> None:
-        flags = _FLAG_REPLY | (_FLAG_ERROR if error else 0)
+        flags = FLAG_REPLY | (FLAG_ERROR if error else 0)
         if not self.closed:
             self._enqueue(self._frame(obj, reqid, flags, len(fds)), fds)
 
@@ -236,9 +220,9 @@ class Channel:
     def _parse(self) -> None:
         buf = self._rbuf
         pos = 0
-        hsize = _HEADER.size
+        hsize = HEADER.size
         while len(buf) - pos >= hsize:
-            length, reqid, flags, nfds = _HEADER.unpack_from(buf, pos)
+            length, reqid, flags, nfds = HEADER.unpack_from(buf, pos)
             if length > IPC_FRAME_MAX:
                 log.error("ipc", "frame-too-large", peer=self.peer, size=length)
                 self._close()
@@ -272,13 +256,13 @@ class Channel:
         del buf[:pos]
 
     def _dispatch(self, reqid: int, flags: int, obj: Any, fds: list[int]) -> None:
-        if flags & _FLAG_REPLY:
+        if flags & FLAG_REPLY:
             fut = self._pending.pop(reqid, None)
             if fut is None or fut.done():
                 for fd in fds:
                     os.close(fd)
                 return
-            if flags & _FLAG_ERROR:
+            if flags & FLAG_ERROR:
                 text = obj.text if isinstance(obj, messages.Error) else "remote error"
                 fut.set_exception(RemoteError(text))
             else:

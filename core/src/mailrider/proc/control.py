@@ -22,7 +22,7 @@ import struct
 import time
 from typing import Any
 
-from mailrider import log, profile
+from mailrider import log, paths, profile
 from mailrider.errors import TempFail
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
@@ -50,7 +50,7 @@ MONITOR_HEADER = [
 
 
 def socket_path(statedir: str) -> str:
-    return os.path.join(statedir, "control.sock")
+    return paths.control_socket(statedir)
 
 
 def peer_uid(sock: socket.socket) -> int:

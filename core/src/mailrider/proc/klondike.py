@@ -28,7 +28,8 @@ from mailrider import log
 from mailrider.crypto.keys import OPS, KeyLoadError, KeyStore, SignError
 from mailrider.errors import TempFail
 from mailrider.ipc import messages as m
-from mailrider.ipc.channel import _FLAG_ERROR, _FLAG_REPLY, _HEADER, Channel, frame_type
+from mailrider.ipc.channel import Channel
+from mailrider.ipc.frame import FLAG_ERROR, FLAG_REPLY, HEADER, frame, frame_type
 from mailrider.limits import IPC_FRAME_MAX
 from mailrider.proc import common
 
@@ -115,10 +116,10 @@ class Klondike(common.Process):
 
         try:
             while True:
-                length, reqid, _flags, nfds = _HEADER.unpack(recv_exact(_HEADER.size))
+                length, reqid, _flags, nfds = HEADER.unpack(recv_exact(HEADER.size))
                 if length > IPC_FRAME_MAX or nfds:
                     raise ConnectionError("bad frame on the signing line")
-                flags = _FLAG_REPLY
+                flags = FLAG_REPLY
                 payload = recv_exact(length)
                 if frame_type(payload) != "Sign":
                     # only Sign travels here: anything else is a broken or hostile pony
@@ -129,10 +130,9 @@ class Klondike(common.Process):
                         raise SignError("only Sign requests here")
                     reply: Any = self.sign(msg)
                 except (TempFail, ValueError, TypeError, KeyError, RecursionError) as exc:
-                    flags |= _FLAG_ERROR
+                    flags |= FLAG_ERROR
                     reply = m.Error(text=exc.text if isinstance(exc, TempFail) else "bad request")
-                payload = json.dumps(m.encode(reply), separators=(",", ":")).encode()
-                sock.sendall(_HEADER.pack(len(payload), reqid, flags, 0) + payload)
+                sock.sendall(frame(reply, reqid, flags))
         except (OSError, ConnectionError) as exc:
             if not self.stopping.is_set():
                 log.error(self.role, "sign-line-lost", error=str(exc))

@@ -433,11 +433,11 @@ class Parent:
         log.event("parent", "offline-submitted", file=name, user=user, reply=reply[:60])
 
     async def shutdown(self) -> None:
-        from mailrider.proc.control import socket_path
+        from mailrider import paths
 
         # control, chrooted, cannot remove its own socket
         try:
-            os.unlink(socket_path(self.opts.statedir))
+            os.unlink(paths.control_socket(self.opts.statedir))
         except OSError:
             pass
         for pid in list(self.children):

@@ -243,7 +243,7 @@ class Mta:
 
     def _build(self, key: TlsKey, where: Where) -> ssl.SSLContext:
         """One client context (docs/config.md §8: ``ca``, ``pki``, ``ciphers``, ``protocols``)."""
-        from mailrider.proc.pony_tls import protocol_range
+        from mailrider.config.tls import protocol_range
 
         verify, ca_name, pki_name, ciphers, protocols = key
         ca = self.config.cas.get(ca_name) if ca_name else None

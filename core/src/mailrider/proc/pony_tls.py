@@ -39,33 +39,11 @@ from typing import Any
 
 from mailrider import limits, log
 from mailrider.config.model import Config, Listener, Pki
+from mailrider.config.tls import protocol_range
 from mailrider.errors import ConfigError
 
 SignFn = Callable[[str, str, bytes, int], bytes]
 
-_VERSIONS = {
-    "tlsv1.0": ssl.TLSVersion.TLSv1, "tlsv1.1": ssl.TLSVersion.TLSv1_1,
-    "tlsv1.2": ssl.TLSVersion.TLSv1_2, "tlsv1.3": ssl.TLSVersion.TLSv1_3,
-}
-
-
-def protocol_range(spec: str | None) -> tuple[ssl.TLSVersion, ssl.TLSVersion]:
-    """libtls-style ``protocols`` ("secure", "default", "all", "tlsv1.2,tlsv1.3", "legacy")."""
-    if spec is None or spec.lower() in ("secure", "default"):
-        return ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.MAXIMUM_SUPPORTED
-    if spec.lower() in ("all", "legacy"):
-        return ssl.TLSVersion.TLSv1, ssl.TLSVersion.MAXIMUM_SUPPORTED
-    chosen = []
-    for word in spec.replace(":", ",").split(","):
-        word = word.strip().lower()
-        if word.startswith("!"):
-            continue
-        if word not in _VERSIONS:
-            raise ValueError(f"unknown TLS protocol {word!r}")
-        chosen.append(_VERSIONS[word])
-    if not chosen:
-        raise ValueError(f"no TLS protocol in {spec!r}")
-    return min(chosen), max(chosen)
 
 
 def needs_tls(lst: Listener) -> bool:

@@ -18,10 +18,10 @@ from mailrider.errors import TempFail
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
-from mailrider.proc.scheduler import next_attempt
 from mailrider.queue import bounce
 from mailrider.queue import envelope as envmod
 from mailrider.queue.envelope import Envelope
+from mailrider.queue.schedule import next_attempt
 from mailrider.queue.spool import PendingCommit, Spool
 
 #: a batch smaller than this waits COMMIT_GATHER_DELAY seconds for company

@@ -21,6 +21,7 @@ from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
 from mailrider.queue import envelope as envmod
+from mailrider.queue.schedule import next_attempt
 
 
 @dataclass(slots=True)
@@ -39,13 +40,6 @@ class Entry:
 
 #: commands that take an envelope id, a message id or "all"
 _TARGETED = frozenset({"schedule", "remove", "pause-envelope", "resume-envelope"})
-
-
-def next_attempt(ctime: float, retry: int, base: int, now: float) -> float:
-    n = max(retry, 1)
-    while ctime + base * n * n <= now:
-        n += 1
-    return ctime + base * n * n
 
 
 class Scheduler(common.Process):

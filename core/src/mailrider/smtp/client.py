@@ -43,8 +43,8 @@ from typing import Final, Literal
 
 from mailrider import limits
 from mailrider.smtp.address import xtext_encode
+from mailrider.smtp.errors import LocalProtocolError
 from mailrider.smtp.reply import Reply, split_status
-from mailrider.smtp.server import LocalProtocolError
 
 __all__ = [
     "AuthResult",

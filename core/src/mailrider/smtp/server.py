@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from mailrider import limits
-from mailrider.errors import MailriderError
 from mailrider.smtp import events
 from mailrider.smtp.address import (
     AddressError,
@@ -49,14 +48,11 @@ from mailrider.smtp.address import (
     parse_rcpt_params,
     split_path,
 )
+from mailrider.smtp.errors import LocalProtocolError
 from mailrider.smtp.received import with_protocol
 from mailrider.smtp.reply import Reply, split_status
 
 __all__ = ["LocalProtocolError", "SMTPServer", "ServerConfig", "State", "events"]
-
-
-class LocalProtocolError(MailriderError):
-    """The application used the machine wrongly (e.g. answered no question)."""
 
 
 @dataclass(frozen=True, slots=True)
