@@ -176,7 +176,7 @@ class Queue(common.Process):
                     res = m.DeliveryResult(evpid=evpid, status="tempfail", text=exc.reply())
             await self._outcome(env, res, fd)
         finally:
-            os.close(fd)
+            await _close_off_loop(fd)
 
     async def deliver_mta(self, envs: list[Envelope]) -> None:
         """Several relay envelopes of one message and route: one transaction."""
@@ -205,7 +205,7 @@ class Queue(common.Process):
                 await self._outcome(env, res, fd, relay=str(r.get("relay") or ""),
                                     dsn_relayed=bool(r.get("dsn_relayed")))
         finally:
-            os.close(fd)
+            await _close_off_loop(fd)
 
     # remove_envelope runs in a thread: an unlink waits on the journal while a
     # commit syncs, which must not stall the event loop (and with it commits)
@@ -485,6 +485,13 @@ class Queue(common.Process):
             return 0
         reply = await self.peers["scheduler"].ask(m.SchedInsert(envelopes=envs, discover=True))
         return int(reply.text) if isinstance(reply, m.Ok) and reply.text.isdigit() else 0
+
+
+async def _close_off_loop(fd: int) -> None:
+    """Close a message descriptor in a worker thread: once its message is
+    removed, the last close frees the file, which waits on the journal while
+    a commit syncs (measured: 200 us a close on the loop, under load)."""
+    await asyncio.to_thread(os.close, fd)
 
 
 def _route(env: Envelope) -> str:
