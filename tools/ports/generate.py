@@ -50,6 +50,12 @@ USERS = (
 BSD_IDS = {USER: 920, QUEUE_USER: 921, EXT_USER: 922}
 CONFIG = "/etc/mail/mailrider.conf"
 MAINTAINER = "mailrider developers <mailrider@example.org>"
+#: Debian's revision of the packages (source format 3.0 (quilt): the upstream
+#: tarball is the sdist, named NAME_VERSION.orig.tar.gz beside the tree)
+DEBIAN_REVISION = "1"
+#: the programs Debian policy 11.6 wants from every mail transport agent, and
+#: the traditional /usr/lib/sendmail; mailriderctl acts after the name it is run as
+MTA_LINKS = ("usr/sbin/sendmail", "usr/lib/sendmail", "usr/bin/mailq", "usr/bin/newaliases")
 #: the Debian changelog date of each version (a fixed value keeps the output stable)
 RELEASE_DATES = {"0.1.0": "Wed, 25 Nov 2026 12:00:00 +0000"}
 DEFAULT_DATE = "Wed, 25 Nov 2026 12:00:00 +0000"
@@ -75,6 +81,7 @@ class Dist:
     local_deps: list[str]  # other distributions of this tree
     drivers: list[str]  # keys of DRIVERS
     man_pages: list[str]  # paths relative to the distribution folder
+    python: str = ""  # the minimum Python version from requires-python ("3.11")
 
     @property
     def is_core(self) -> bool:
@@ -128,7 +135,14 @@ def load(folder: pathlib.Path, local_names: set[str]) -> Dist:
         local_deps=local,
         drivers=drivers,
         man_pages=man,
+        python=_min_python(meta.get("requires-python", "")),
     )
+
+
+def _min_python(spec: str) -> str:
+    """``3.11`` from ``>=3.11`` (the only form the pyproject files use)."""
+    match = re.fullmatch(r"\s*>=\s*([0-9]+(?:\.[0-9]+)*)\s*", spec)
+    return match.group(1) if match else ""
 
 
 def discover(root: pathlib.Path = ROOT) -> list[Dist]:
@@ -447,8 +461,12 @@ def debian(dist: Dist, all_dists: list[Dist]) -> dict[str, str]:
     pkg = dist.name
     deb_deps = [f"{d} (>= {dist.version})" for d in dist.local_deps]
     deb_deps += [DRIVERS[d][2] for d in dist.drivers]
+    if dist.python:
+        deb_deps.insert(0, f"python3 (>= {dist.python})")
     build_deps = [
         "debhelper-compat (= 13)",
+        # compat 13 runs dh_installsysusers only when asked (compat 14 does by default)
+        *(["dh-sequence-installsysusers"] if dist.is_core else []),
         "dh-python",
         "pybuild-plugin-pyproject",
         "python3-all",
@@ -467,6 +485,13 @@ def debian(dist: Dist, all_dists: list[Dist]) -> dict[str, str]:
         "Architecture: all",
         "Depends: " + ",\n         ".join(["${misc:Depends}", "${python3:Depends}", *deb_deps]),
     ]
+    if dist.is_core:
+        # a mail server: it takes the place of Postfix, Exim... (policy 7.6.2)
+        control += [
+            "Provides: mail-transport-agent",
+            "Conflicts: mail-transport-agent",
+            "Replaces: mail-transport-agent",
+        ]
     control += [f"Description: {dist.comment}"]
     control += [" " + (line or ".") for line in _descr(dist).splitlines()]
     files["control"] = "\n".join(control) + "\n"
@@ -483,22 +508,27 @@ def debian(dist: Dist, all_dists: list[Dist]) -> dict[str, str]:
         "",
         "# bookworm's flit_core (3.8) reads neither an SPDX licence expression nor",
         "# license-files (flit_core 3.12): give it the older table form; the",
-        "# licence travels in debian/copyright",
+        "# licence travels in debian/copyright. The upstream file is put back on",
+        "# clean, so that dpkg-source sees no change outside debian/",
+        "UPSTREAM_PYPROJECT = debian/pyproject.toml.upstream",
         "execute_before_dh_auto_configure:",
+        "\t[ -f $(UPSTREAM_PYPROJECT) ] || cp -p pyproject.toml $(UPSTREAM_PYPROJECT)",
         "\tsed -i -e 's/^license = \"\\(.*\\)\"$$/license = {text = \"\\1\"}/' \\",
         "\t    -e '/^license-files = /d' -e 's/flit_core>=3.12/flit_core>=3.4/' pyproject.toml",
+        "",
+        "execute_after_dh_clean:",
+        "\t[ ! -f $(UPSTREAM_PYPROJECT) ] || mv $(UPSTREAM_PYPROJECT) pyproject.toml",
         "",
     ]
     if dist.is_core:
         rules += [
-            "# the daemon starts when configured; enabling it on install would take",
-            "# port 2525 with the built-in configuration before the admin has chosen",
-            "override_dh_installsystemd:",
-            "\tdh_installsystemd --no-enable --no-start",
+            "# the configuration is a conffile: dpkg keeps the admin's changes on upgrade",
+            "execute_after_dh_auto_install:",
+            f"\tinstall -D -m 0644 debian/conf/mailrider.conf debian/{pkg}{CONFIG}",
             "",
         ]
     files["rules"] = "\n".join(rules)
-    version = f"{dist.version}-1"
+    version = f"{dist.version}-{DEBIAN_REVISION}"
     files["changelog"] = (
         f"{pkg} ({version}) unstable; urgency=medium\n\n"
         f"  * Release {dist.version}.\n\n"
@@ -523,7 +553,7 @@ def debian(dist: Dist, all_dists: list[Dist]) -> dict[str, str]:
         " ACTION OF CONTRACT, NEGLIGENCE OR OTHER TORTIOUS ACTION, ARISING OUT OF\n"
         " OR IN CONNECTION WITH THE USE OR PERFORMANCE OF THIS SOFTWARE.\n"
     )
-    files["source/format"] = "3.0 (native)\n"
+    files["source/format"] = "3.0 (quilt)\n"
     if dist.man_pages:
         files[f"{pkg}.manpages"] = "".join(f"{p}\n" for p in dist.man_pages)
     # dh_python3 maps requirements to packages: our distributions are not
@@ -537,6 +567,12 @@ def debian(dist: Dist, all_dists: list[Dist]) -> dict[str, str]:
             f"usr/bin/{dist.name} usr/libexec/mailrider/table-{dist.backend}\n"
         )
     if dist.is_core:
+        links = [f"usr/bin/mailriderctl {link}" for link in MTA_LINKS]
+        if "man/mailriderctl.8" in dist.man_pages:
+            links += [f"usr/share/man/man8/mailriderctl.8.gz usr/share/man/man8/{name}.8.gz"
+                      for name in ("sendmail", "mailq", "newaliases")]
+        files[f"{pkg}.links"] = "".join(f"{line}\n" for line in links)
+        files["conf/mailrider.conf"] = DEBIAN_CONFIG
         files[f"{pkg}.examples"] = "examples/*.conf\n"
         files[f"{pkg}.dirs"] = "usr/libexec/mailrider\n"
         files[f"{pkg}.service"] = DEBIAN_SERVICE
@@ -560,8 +596,8 @@ Wants=network-online.target
 
 [Service]
 Type=simple
-ExecStartPre=/usr/bin/mailriderd -n
-ExecStart=/usr/bin/mailriderd -d
+ExecStartPre=/usr/bin/mailriderd -n -f {CONFIG}
+ExecStart=/usr/bin/mailriderd -d -f {CONFIG}
 Restart=on-failure
 
 # Hardening. The parent stays root and keeps only the capabilities it uses:
@@ -606,11 +642,34 @@ SystemCallArchitectures=native
 WantedBy=multi-user.target
 """
 
+DEBIAN_CONFIG = f"""\
+# {CONFIG}: the configuration of mailrider, see mailrider.conf(5).
+# Check it with `mailriderd -n` after a change, then restart the daemon
+# (`systemctl restart mailrider`).
+#
+# As installed: accept mail from this machine only (port 25 on the loopback,
+# and /usr/sbin/sendmail) for its own names, and deliver it to ~/Maildir of
+# the local user it is for, after the aliases of /etc/aliases (a text file:
+# `newaliases` re-reads it). Other examples: /usr/share/doc/mailrider/examples/.
+
+# `mailriderd -D port=N` listens on port N instead
+port = "25"
+
+table aliases file:/etc/aliases
+
+listen on localhost port $port
+
+action "local" maildir "~/Maildir" alias <aliases>
+
+match from local for local action "local"
+"""
+
 DEBIAN_POSTINST = f"""#!/bin/sh
 set -e
 
-# dh_installsysusers creates the users where systemd-sysusers exists;
-# without systemd (containers, other init systems) create them here
+# the sysusers file (/usr/lib/sysusers.d/mailrider.conf, applied by the
+# snippet below) describes the users; they are also made here first, so that
+# neither a root without systemd-sysusers nor the service started below lacks them
 if [ "$1" = "configure" ]; then
 \tgetent passwd {USER} >/dev/null || useradd --system --user-group \\
 \t\t--home-dir {SPOOL} --no-create-home --shell /usr/sbin/nologin \\
@@ -675,9 +734,12 @@ this folder is out of date).
 - `freebsd/NAME/`: a port for `/usr/ports/mail/NAME` (USE_PYTHON=pep517).
   Register `_mailrider`, `_mailriderq` and `_mailriderx` in UIDs and GIDs;
   run `make makesum`.
-- `debian/NAME/debian/`: copy into an unpacked sdist and run
-  `dpkg-buildpackage -us -uc -b`; tools/ports/debian_check.sh does so and
-  tests the packages.
+- `debian/NAME/debian/`: source format 3.0 (quilt). Put the sdist beside the
+  tree as `NAME_VERSION.orig.tar.gz`, copy this folder into the unpacked sdist
+  and run `dpkg-buildpackage -us -uc`; tools/ports/debian_check.sh does so and
+  tests the packages. The core package is the system's mail transport agent
+  (it replaces Postfix or Exim, provides /usr/sbin/sendmail, mailq and
+  newaliases) and installs /etc/mail/mailrider.conf as a conffile.
 
 flit cannot install data files, so each port installs the man pages (and the
 core's examples) from the sdist's `man/` and `examples/` folders. Every extra's

@@ -115,3 +115,59 @@ def test_unknown_requirement_is_an_error(tmp_path: pathlib.Path) -> None:
         assert "left-pad" in str(exc)
     else:
         raise AssertionError("an unmapped requirement was accepted")
+
+
+def test_debian_core_package_is_a_mail_transport_agent() -> None:
+    """It takes Postfix's place: the virtual package, the programs of policy 11.6, a conffile."""
+    from mailrider import paths
+    from mailrider.config import parse_string
+
+    files = generate.render()
+    deb = "debian/mailrider/debian/"
+    control = files[deb + "control"]
+    for field in ("Provides", "Conflicts", "Replaces"):
+        assert f"\n{field}: mail-transport-agent\n" in control, field
+    links = dict(line.split(" ", 1)[::-1] for line in files[deb + "mailrider.links"].splitlines())
+    for program in ("usr/sbin/sendmail", "usr/bin/mailq", "usr/bin/newaliases"):
+        assert links[program] == "usr/bin/mailriderctl", program
+    # mailriderctl acts after the name it is run as: those names must stay the ones it knows
+    ctl = (ROOT / "core/src/mailrider/cli/mailriderctl.py").read_text()
+    for name in ("sendmail", "mailq", "newaliases"):
+        assert f'prog == "{name}"' in ctl, name
+    # the configuration is installed where the daemon reads it, and the service uses it
+    rules = files[deb + "rules"]
+    assert f"debian/conf/mailrider.conf debian/mailrider{paths.CONFIG_FILE}\n" in rules
+    service = files[deb + "mailrider.service"]
+    assert f"\nExecStartPre=/usr/bin/mailriderd -n -f {paths.CONFIG_FILE}\n" in service
+    assert f"\nExecStart=/usr/bin/mailriderd -d -f {paths.CONFIG_FILE}\n" in service
+    cfg = parse_string(files[deb + "conf/mailrider.conf"], file="mailrider.conf")
+    assert [(lst.address, lst.port) for lst in cfg.listeners] == [("localhost", 25)]
+    moved = parse_string(files[deb + "conf/mailrider.conf"], macros={"port": "2525"})
+    assert [lst.port for lst in moved.listeners] == [2525]  # debian_check.sh relies on it
+    # compat 13 runs dh_installsysusers only through its sequence
+    assert "debhelper-compat (= 13)" in control
+    assert "dh-sequence-installsysusers" in control
+    assert deb + "mailrider.sysusers" in files
+
+
+def test_debian_packages_need_the_python_the_code_needs() -> None:
+    files = generate.render()
+    for dist in generate.discover():
+        spec = tomllib.loads((dist.folder / "pyproject.toml").read_text())["project"][
+            "requires-python"]
+        assert spec == f">={dist.python}"
+        control = files[f"debian/{dist.name}/debian/control"]
+        assert f"python3 (>= {dist.python})" in control
+        assert "Provides: mail-transport-agent" not in control or dist.is_core
+
+
+def test_debian_source_format_fits_the_version() -> None:
+    """A native package has no Debian revision; 3.0 (quilt) has one (and an orig tarball)."""
+    files = generate.render()
+    for dist in generate.discover():
+        deb = f"debian/{dist.name}/debian/"
+        version = files[deb + "changelog"].split("(", 1)[1].split(")", 1)[0]
+        fmt = files[deb + "source/format"].strip()
+        assert fmt in ("3.0 (native)", "3.0 (quilt)")
+        assert ("-" in version) == (fmt == "3.0 (quilt)"), (dist.name, version, fmt)
+        assert version.split("-")[0] == dist.version
