@@ -40,3 +40,16 @@ def test_console_script_version(program: str) -> None:
     res = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=60,
                          stdin=subprocess.DEVNULL)
     assert (res.returncode, res.stdout, res.stderr) == (0, f"{program} {__version__}\n", "")
+
+
+def test_mailriderctl_into_a_closed_pipe_has_no_traceback() -> None:
+    import subprocess
+    import sys
+
+    # many lines into a reader that reads none: the write fails with EPIPE
+    r = subprocess.run(
+        f"{sys.executable} -c 'import sys; sys.argv=[\"mailriderctl\", \"--help\"]; "
+        "from mailrider.cli.mailriderctl import main; import builtins; "
+        "p = builtins.print; builtins.print = lambda *a, **k: [p(*a, **k) for _ in range(20000)]; "
+        "sys.exit(main())' | true", shell=True, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in r.stderr, r.stderr
