@@ -59,8 +59,11 @@ def check_file(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_good_file_is_ok(folder: Path) -> None:
+    # -n reads file tables as the start does: this one must exist
+    (folder / "aliases").write_text("root: admin\n")
+    os.chmod(folder / "aliases", 0o644)
     path = folder / "good.conf"
-    path.write_text(GOOD)
+    path.write_text(GOOD.replace("/etc/mail/aliases", f"{folder}/aliases"))
     res = check_file(path)
     assert (res.returncode, res.stdout, res.stderr) == (0, "configuration OK\n", "")
 
@@ -118,6 +121,150 @@ def test_backend_not_found_says_where_it_looked(folder: Path) -> None:
     os.chmod(prog, 0o755)
     res = mailriderd("-n", "-f", str(path), env=env)
     assert (res.returncode, res.stdout) == (0, "configuration OK\n"), res.stderr
+
+
+# --- -n is as strict as the start -----------------------------------------------
+
+def start_daemon(path: Path, state: Path,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``mailriderd -d`` on ``path``: a configuration it refuses must end it at once."""
+    return mailriderd("-d", "-f", str(path), "-S", str(state), env=env)
+
+
+def assert_refused_alike(path: Path, state: Path, expected: str,
+                         env: dict[str, str] | None = None) -> None:
+    """``-n`` and the start both exit 1 with exactly the line ``expected``."""
+    res = mailriderd("-n", "-f", str(path), env=env)
+    assert (res.returncode, res.stdout, res.stderr) == (1, "", expected + "\n")
+    res = start_daemon(path, state, env)
+    assert (res.returncode, res.stderr) == (1, expected + "\n")
+    assert "Traceback" not in res.stdout
+
+
+TLS_HEAD = ('pki mx.example.org cert "/nonexistent/mx.pem"\n'
+            'pki mx.example.org key "/nonexistent/mx.key"\n')
+TLS_TAIL = 'action "l" maildir\nmatch for local action "l"\n'
+STRICT = [
+    # (name, text, line, message)
+    ("listen-ciphers", TLS_HEAD + "# submission\n"
+     'listen on 127.0.0.1 port {port} tls pki mx.example.org ciphers "NOPE"\n' + TLS_TAIL, 4,
+     "listen ciphers: no usable cipher in 'NOPE'"),
+    ("listen-protocols", TLS_HEAD
+     + 'listen on 127.0.0.1 port {port} smtps pki mx.example.org protocols "sslv9"\n' + TLS_TAIL,
+     3, "listen protocols: unknown TLS protocol 'sslv9'"),
+    ("smtp-ciphers", 'listen on 127.0.0.1 port {port}\n\nsmtp ciphers "NOPE"\n' + TLS_TAIL, 3,
+     "smtp ciphers: no usable cipher in 'NOPE'"),
+    ("missing-file-table", 'listen on 127.0.0.1 port {port}\n'
+     'table aliases file:{folder}/nosuch-aliases\n'
+     'action "l" maildir alias <aliases>\nmatch for local action "l"\n', 2,
+     "table aliases: cannot read {folder}/nosuch-aliases: No such file or directory"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "line", "message"), STRICT, ids=[c[0] for c in STRICT])
+def test_check_refuses_what_start_refuses(folder: Path, name: str, text: str, line: int,
+                                          message: str) -> None:
+    path = folder / f"{name}.conf"
+    path.write_text(text.format(port=free_port(), folder=folder))
+    assert_refused_alike(path, folder / "state",
+                         f"{path}:{line}: {message.format(folder=folder)}")
+
+
+def test_bad_line_of_a_file_table_is_named_at_its_own_line(folder: Path) -> None:
+    table = folder / "aliases"
+    table.write_text("root: admin\n\nroot: other\n")
+    os.chmod(table, 0o644)
+    path = folder / "dup.conf"
+    path.write_text(f'listen on 127.0.0.1 port {free_port()}\ntable aliases file:{table}\n'
+                    'action "l" maildir alias <aliases>\nmatch for local action "l"\n')
+    assert_refused_alike(path, folder / "state",
+                         f"{table}:3: duplicate key 'root' (first on line 1)")
+
+
+def test_berkeley_db_table_says_how_to_convert_it(folder: Path) -> None:
+    # the metadata page of a Berkeley DB hash file, as OpenSMTPD's makemap
+    # writes it on Linux (libdb): its magic at offset 12
+    db = folder / "aliases.db"
+    db.write_bytes(bytes(12) + (0x00061561).to_bytes(4, "little") + bytes(4080))
+    os.chmod(db, 0o644)
+    path = folder / "bdb.conf"
+    path.write_text(f'listen on 127.0.0.1 port {free_port()}\n\n'
+                    f'table aliases db:{db}\n'
+                    'action "l" maildir alias <aliases>\nmatch for local action "l"\n')
+    assert_refused_alike(
+        path, folder / "state",
+        f"{path}:3: table aliases: {db} is a Berkeley DB file (OpenSMTPD's makemap); "
+        f"rebuild it from its text source: mailriderctl makemap -o {db} {folder}/aliases "
+        f"(with the -t type given to makemap)")
+    # the command it names gives a table the same file accepts
+    (folder / "aliases").write_text("root: admin\n")
+    os.chmod(folder / "aliases", 0o644)
+    db.unlink()
+    conv = subprocess.run([sys.executable, "-m", "mailrider.cli.mailriderctl", "makemap",
+                           "-o", str(db), str(folder / "aliases")],
+                          capture_output=True, text=True, timeout=60)
+    assert conv.returncode == 0, conv.stderr
+    os.chmod(db, 0o644)
+    res = check_file(path)
+    assert (res.returncode, res.stdout) == (0, "configuration OK\n"), res.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="backends run as the program user only as root")
+def test_backend_the_program_user_cannot_run(folder: Path) -> None:
+    from mailrider import paths
+
+    libexec = folder / "libexec"
+    libexec.mkdir()
+    prog = libexec / "table-private"
+    prog.write_text("#!/bin/sh\nexit 0\n")
+    os.chmod(prog, 0o700)  # root's own: the program user cannot run it
+    path = folder / "private.conf"
+    path.write_text(f'listen on 127.0.0.1 port {free_port()}\n'
+                    'table users private:/etc/mail/users.conf\n'
+                    'action "l" maildir virtual <users>\nmatch for local action "l"\n')
+    env = dict(os.environ, MAILRIDER_LIBEXEC=str(libexec))
+    assert_refused_alike(
+        path, folder / "state",
+        f"{path}:2: table users: user {paths.EXT_USER} cannot run the backend program {prog} "
+        f"(check the mode of the file and of every folder above it)", env=env)
+    # executable but not readable: a script is refused too (sh must read it)
+    os.chmod(prog, 0o711)
+    res = mailriderd("-n", "-f", str(path), env=env)
+    assert res.returncode == 1
+    assert "cannot run the backend program" in res.stderr
+    os.chmod(prog, 0o755)
+    res = mailriderd("-n", "-f", str(path), env=env)
+    assert (res.returncode, res.stdout) == (0, "configuration OK\n"), res.stderr
+
+
+def test_check_without_a_file_names_the_built_in_configuration(folder: Path) -> None:
+    from mailrider import paths
+
+    if os.path.exists(paths.CONFIG_FILE):
+        pytest.skip(f"{paths.CONFIG_FILE} exists on this machine")
+    res = mailriderd("-n", "-S", str(folder / "state"))
+    assert (res.returncode, res.stderr) == (0, "")
+    assert res.stdout == (f"configuration OK (the built-in configuration: there is no "
+                          f"{paths.CONFIG_FILE})\n")
+
+
+def test_child_config_error_is_one_line(folder: Path) -> None:
+    # what a child finds wrong at start (here lka, whose table file is missing)
+    # is the line -n would print, and exit status 1, never a traceback
+    path = folder / "child.conf"
+    path.write_text(f'listen on 127.0.0.1 port {free_port()}\n'
+                    f'table aliases file:{folder}/nosuch\n'
+                    'action "l" maildir alias <aliases>\nmatch for local action "l"\n')
+    state = folder / "state"
+    state.mkdir()
+    mine, theirs = socket.socketpair()
+    with mine, theirs:
+        res = subprocess.run(
+            [sys.executable, "-m", "mailrider.proc.child", "-x", "lka",
+             "--fds", f"parent={theirs.fileno()}", "-S", str(state), "-f", str(path), "-d"],
+            pass_fds=[theirs.fileno()], capture_output=True, text=True, timeout=60)
+    assert (res.returncode, res.stderr) == (
+        1, f"{path}:2: table aliases: cannot read {folder}/nosuch: No such file or directory\n")
 
 
 def test_error_in_an_included_file_names_that_file(folder: Path) -> None:

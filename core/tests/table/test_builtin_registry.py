@@ -249,3 +249,56 @@ def test_configured_sub_address_delimiter_reaches_the_tables() -> None:
     t = TableSet(cfg).get("senders")
     assert run(t.check("mailaddr", "joe-list@example.org"))
     assert not run(t.check("mailaddr", "joe+list@example.org"))
+
+
+# --- check_tables: what -n and the start find wrong with tables ----------------
+
+
+def _config(*tables: Table) -> Config:
+    cfg = Config()
+    for t in tables:
+        cfg.tables[t.name] = t
+    return cfg
+
+
+def test_check_tables_missing_file_is_named_at_the_table(tmp_path: pathlib.Path) -> None:
+    where = Where("/etc/mail/mailrider.conf", 4)
+    cfg = _config(Table("aliases", "file", path=str(tmp_path / "none"), where=where))
+    with pytest.raises(ConfigError) as info:
+        registry.check_tables(cfg)
+    assert str(info.value) == (f"/etc/mail/mailrider.conf:4: table aliases: cannot read "
+                               f"{tmp_path}/none: No such file or directory")
+
+
+def test_check_tables_berkeley_db(tmp_path: pathlib.Path) -> None:
+    from mailrider.table.db import is_berkeley_db
+
+    where = Where("/etc/mail/mailrider.conf", 2)
+    db = tmp_path / "virtuals.db"
+    # DB 1.85 (OpenBSD's libc): the btree magic first, in big-endian order
+    db.write_bytes((0x00053162).to_bytes(4, "big") + bytes(508))
+    assert is_berkeley_db(str(db))
+    with pytest.raises(ConfigError) as info:
+        registry.check_tables(_config(Table("v", "db", path=str(db), where=where)))
+    assert str(info.value).startswith(
+        f"/etc/mail/mailrider.conf:2: table v: {db} is a Berkeley DB file (OpenSMTPD's makemap); "
+        f"rebuild it from its text source: mailriderctl makemap -o {db} {tmp_path}/virtuals ")
+    # the same error when lka opens it, at the table's line (TableSet.start)
+    with pytest.raises(ConfigError) as started:
+        run(TableSet(_config(Table("v", "db", path=str(db), where=where))).start())
+    assert str(started.value) == str(info.value)
+    # not every unreadable db file is a Berkeley one
+    other = tmp_path / "garbage.db"
+    other.write_bytes(b"\x00" * 512)
+    assert not is_berkeley_db(str(other))
+    with pytest.raises(ConfigError) as info:
+        registry.check_tables(_config(Table("g", "db", path=str(other), where=where)))
+    assert "cannot open db" in str(info.value)
+
+
+def test_check_tables_accepts_good_tables(tmp_path: pathlib.Path) -> None:
+    src = tmp_path / "aliases"
+    src.write_text("root: admin\n")
+    makemap(str(src))
+    registry.check_tables(_config(Table("a", "file", path=str(src)),
+                                  Table("d", "db", path=str(src) + ".db")))

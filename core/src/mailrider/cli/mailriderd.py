@@ -8,7 +8,8 @@ import resource
 import socket
 import sys
 
-from mailrider import log
+from mailrider import log, paths
+from mailrider.config.model import Config
 from mailrider.errors import ConfigError
 from mailrider.proc import common
 from mailrider.proc.control import socket_path
@@ -25,14 +26,17 @@ def _running(statedir: str) -> bool:
         s.close()
 
 
-def check(opts: common.Options) -> None:
-    """Everything ``-n`` checks: grammar, supported features, backends, listen addresses."""
+def check(opts: common.Options) -> Config:
+    """Everything ``-n`` checks, which start checks too before it forks a
+    child: grammar, supported features, TLS settings (parser), tables (files
+    read, db files opened, backend programs runnable by the program user),
+    relay URLs, pki files, listen addresses. Returns the configuration."""
     from mailrider.config import resolve_listener
     from mailrider.proc.pony_mta import check_relay_urls
-    from mailrider.table.registry import validate_backends
+    from mailrider.table.registry import check_tables
 
     config = common.load_config(opts)
-    validate_backends(config)
+    check_tables(config, reader=common.unprivileged_user(), runner=common.ext_user())
     check_relay_urls(config)
     for name, pki in config.pkis.items():
         for what, path in (("certificate", pki.cert), ("key", pki.key)):
@@ -44,6 +48,7 @@ def check(opts: common.Options) -> None:
     for lst in config.listeners:
         if lst.address != "socket":
             resolve_listener(lst)
+    return config
 
 
 def _daemonize() -> None:
@@ -63,20 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     opts = common.parse_options(list(sys.argv[1:] if argv is None else argv))
     if opts.check_only:
         try:
-            check(opts)
+            config = check(opts)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 1
-        print("configuration OK")
+        if config.file == "<built-in>":
+            print(f"configuration OK (the built-in configuration: there is no {paths.CONFIG_FILE})")
+        else:
+            print("configuration OK")
         return 0
     log.setup("parent", foreground=opts.foreground, verbose=opts.verbose > 0)
     try:
-        config = common.load_config(opts)
-        from mailrider.proc.pony_mta import check_relay_urls
-        from mailrider.table.registry import validate_backends
-
-        validate_backends(config)
-        check_relay_urls(config)
+        config = check(opts)  # what -n refuses never gets as far as a child
         if _running(opts.statedir):
             print(f"mailriderd: already running (control socket in {opts.statedir})",
                   file=sys.stderr)

@@ -567,7 +567,23 @@ class _Parser:
             raise self._err("listen option 'ca' requires 'pki'")
         if listener.senders and not (listener.auth or listener.auth_optional):
             raise self._err("listen option 'senders' requires 'auth' or 'auth-optional'")
+        self._check_listener_tls(listener)
         self.config.listeners.append(listener)
+
+    def _check_listener_tls(self, listener: Listener) -> None:
+        """The listener's ``protocols`` and ``ciphers`` as pony builds its TLS
+        context from them at start, so ``-n`` refuses what start would."""
+        from mailrider.config.tls import check_ciphers, protocol_range
+
+        try:
+            protocol_range(listener.protocols)
+        except ValueError as exc:
+            raise self._err(f"listen protocols: {exc}") from None
+        if listener.ciphers is not None:
+            try:
+                check_ciphers(listener.ciphers)
+            except ValueError as exc:
+                raise self._err(f"listen ciphers: {exc}") from None
 
     def _listen_option(self, listener: Listener, opt: Token) -> None:
         name = opt.value
@@ -685,9 +701,7 @@ class _Parser:
         work. Relay URLs are not checked here: OpenSMTPD's grammar takes any
         string (compat corpus); ``mailriderd -n`` and the start refuse a bad
         one known in advance (pony_mta.check_relay_urls)."""
-        import ssl
-
-        from mailrider.config.tls import protocol_range
+        from mailrider.config.tls import check_ciphers, protocol_range
 
         relay = action.relay
         routed = "host" in relay or "host_table" in relay
@@ -721,9 +735,9 @@ class _Parser:
         ciphers = relay.get("ciphers")
         if isinstance(ciphers, str):
             try:
-                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers(ciphers)
-            except ssl.SSLError:
-                raise self._err(f"relay ciphers: no usable cipher in {ciphers!r}") from None
+                check_ciphers(ciphers)
+            except ValueError as exc:
+                raise self._err(f"relay ciphers: {exc}") from None
 
     def _local_option(self, action: Action, opt: Token) -> None:
         name = opt.value
@@ -1024,7 +1038,14 @@ class _Parser:
                 raise self._err(f"invalid sub-addr-delim: {tok.value}", tok)
             self.config.sub_addr_delim = tok.value
         elif self._is_kw(opt, "ciphers"):
-            self.config.smtp_ciphers = self._value().value
+            from mailrider.config.tls import check_ciphers
+
+            tok = self._value()
+            try:
+                check_ciphers(tok.value)
+            except ValueError as exc:
+                raise self._err(f"smtp ciphers: {exc}", tok) from None
+            self.config.smtp_ciphers = tok.value
         elif self._is_kw(opt, "rdns"):
             # mailrider only: look up every client's reverse DNS name (and
             # check it forward) for Received headers, filters and reports

@@ -31,3 +31,13 @@ def protocol_range(spec: str | None) -> tuple[ssl.TLSVersion, ssl.TLSVersion]:
     if not chosen:
         raise ValueError(f"no TLS protocol in {spec!r}")
     return min(chosen), max(chosen)
+
+
+def check_ciphers(spec: str) -> None:
+    """Raise ValueError when OpenSSL selects no cipher from ``spec``, as
+    ``SSLContext.set_ciphers`` does when pony and the relay client build
+    their contexts at start."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers(spec)
+    except ssl.SSLError:
+        raise ValueError(f"no usable cipher in {spec!r}") from None

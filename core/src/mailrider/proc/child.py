@@ -30,15 +30,24 @@ def main(argv: list[str] | None = None) -> int:
     log.setup(role, foreground=opts.foreground, verbose=opts.verbose > 0)
     try:
         config = common.load_config(opts)
-    except ConfigError as exc:
-        log.error(role, "config-error", error=str(exc))
-        return 1
-    module = importlib.import_module(f"mailrider.proc.{role}")
-    cls: type[common.Process] = module.PROCESS
-    try:
+        module = importlib.import_module(f"mailrider.proc.{role}")
+        cls: type[common.Process] = module.PROCESS
         return _run_profiled(role, lambda: asyncio.run(_serve(cls, opts, config, fds)))
+    except ConfigError as exc:
+        config_error(role, opts, exc)
+        return 1
     except KeyboardInterrupt:
         return 0
+
+
+def config_error(role: str, opts: common.Options, exc: ConfigError) -> None:
+    """A configuration error at start: the one line ``file:line: message``
+    (as ``mailriderd -n`` prints it) on the terminal in the foreground, else
+    in the log; never a traceback."""
+    if opts.foreground:
+        print(exc, file=sys.stderr, flush=True)
+    else:
+        log.error(role, "config-error", error=str(exc))
 
 
 def _run_profiled(role: str, run: Callable[[], int]) -> int:

@@ -38,6 +38,46 @@ DB_FORMAT = "1"
 DB_KINDS = ("map", "set", "aliases")
 
 
+#: Berkeley DB magic numbers (hash, btree, queue, heap), at offset 12 of the
+#: metadata page (DB 2 and later, OpenSMTPD's makemap on Linux) or at offset 0
+#: (DB 1.85, OpenBSD's libc dbopen), in either byte order
+_BERKELEY_MAGIC = frozenset({0x00061561, 0x00053162, 0x00042253, 0x00074582})
+
+
+def is_berkeley_db(path: str) -> bool:
+    """Whether ``path`` starts like a Berkeley DB file (an OpenSMTPD ``db:`` table)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    if len(head) < 16:
+        return False
+    for off in (0, 12):
+        word = head[off : off + 4]
+        if {int.from_bytes(word, "little"), int.from_bytes(word, "big")} & _BERKELEY_MAGIC:
+            return True
+    return False
+
+
+def berkeley_hint(name: str, path: str) -> str:
+    """The error for a Berkeley DB file, saying how to rebuild it for mailrider."""
+    source = path[:-3] if path.endswith(".db") else "SOURCE"
+    return (f"table {name}: {path} is a Berkeley DB file (OpenSMTPD's makemap); "
+            f"rebuild it from its text source: mailriderctl makemap -o {path} {source} "
+            f"(with the -t type given to makemap)")
+
+
+def open_db_file(name: str, path: str) -> _Db:
+    """Open a db file for table ``name``; ConfigError (without a place) when it cannot be."""
+    try:
+        return _Db(path)
+    except (sqlite3.Error, ValueError, KeyError) as exc:
+        if is_berkeley_db(path):
+            raise ConfigError(berkeley_hint(name, path)) from None
+        raise ConfigError(f"table {name}: cannot open db {path}: {exc}") from None
+
+
 def open_readonly(path: str) -> sqlite3.Connection:
     uri = "file:" + urllib.parse.quote(path) + "?mode=ro"
     return sqlite3.connect(uri, uri=True, isolation_level=None)
@@ -105,10 +145,7 @@ class DbTable(Table):
         return _Db(self.path)
 
     async def start(self) -> None:
-        try:
-            self._db = self._open()
-        except (sqlite3.Error, ValueError, KeyError) as exc:
-            raise ConfigError(f"table {self.name}: cannot open db {self.path}: {exc}") from None
+        self._db = open_db_file(self.name, self.path)
 
     async def close(self) -> None:
         if self._db is not None:

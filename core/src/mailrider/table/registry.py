@@ -24,6 +24,8 @@ import asyncio
 import contextlib
 import importlib
 import ipaddress
+import os
+import pwd
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Iterator
@@ -33,8 +35,8 @@ from mailrider import paths
 from mailrider.config import model
 from mailrider.errors import ConfigError
 from mailrider.table.base import Table
-from mailrider.table.db import DbTable
-from mailrider.table.file import FileTable
+from mailrider.table.db import DbTable, open_db_file
+from mailrider.table.file import FileTable, read_table_file
 from mailrider.table.getpwnam import GetpwnamTable
 from mailrider.table.static import StaticTable
 
@@ -194,6 +196,105 @@ def validate_backends(config: model.Config) -> None:
             raise _not_found(t, searched)
 
 
+def user_can(pw: pwd.struct_passwd, path: str, mode: int) -> bool:
+    """Whether the user ``pw``, with its own group and no other (as a process
+    that dropped to it), may access ``path`` with ``mode`` (os.R_OK, os.X_OK).
+
+    Asked in a forked child that drops to the user: the kernel walks every
+    folder above ``path`` as it would for the real process. Root only.
+    """
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child, reported by its exit status
+        code = 2
+        try:
+            os.setgroups([])
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            code = 0 if os.access(path, mode) else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def _program_runnable(pw: pwd.struct_passwd, path: str) -> bool:
+    """Whether ``pw`` can exec ``path``: execute permission, and for a script
+    read permission and an interpreter it can execute in turn."""
+    if not user_can(pw, path, os.X_OK):
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.readline(256)
+    except OSError:
+        return True  # exec reports it; nothing more to learn here
+    if not head.startswith(b"#!"):
+        return True
+    words = head[2:].split()
+    interpreter = os.fsdecode(words[0]) if words else ""
+    return user_can(pw, path, os.R_OK) and (
+        not interpreter or user_can(pw, interpreter, os.X_OK))
+
+
+def _check_file_table(t: model.Table, path: str, reader: pwd.struct_passwd | None) -> None:
+    if reader is not None and os.path.exists(path) and not user_can(reader, path, os.R_OK):
+        raise ConfigError(f"table {t.name}: user {reader.pw_name} cannot read {path}",
+                          *_where(t))
+    try:
+        read_table_file(path)  # a bad line is reported at its own file:line
+    except OSError as exc:
+        raise ConfigError(f"table {t.name}: cannot read {path}: {exc.strerror or exc}",
+                          *_where(t)) from None
+    except UnicodeError:
+        raise ConfigError(f"table {t.name}: {path} is not UTF-8 text", *_where(t)) from None
+
+
+def _check_db_table(t: model.Table, path: str, reader: pwd.struct_passwd | None) -> None:
+    if reader is not None and os.path.exists(path) and not user_can(reader, path, os.R_OK):
+        raise ConfigError(f"table {t.name}: user {reader.pw_name} cannot read {path}",
+                          *_where(t))
+    try:
+        db = open_db_file(t.name, path)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, *_where(t)) from None
+    db.conn.close()
+
+
+def check_tables(config: model.Config, reader: pwd.struct_passwd | None = None,
+                 runner: pwd.struct_passwd | None = None) -> None:
+    """Everything about the tables that start would find wrong, as ConfigError
+    at the ``table`` statement (``mailriderd -n`` and the start run it):
+
+    - ``file:`` tables are read and parsed, ``db:`` files opened (a Berkeley
+      DB file from OpenSMTPD's makemap is named as such), both readable by
+      ``reader``, the user lka reads them as (None: not running as root);
+    - proc backends are found, and ``runner``, the user they run as, can
+      execute their program.
+    """
+    for t in config.tables.values():
+        if t.backend == "file" or t.backend.startswith("/"):
+            path = t.path if t.backend == "file" else t.backend
+            if not path:
+                raise ConfigError(f"table {t.name}: file backend needs a path", *_where(t))
+            _check_file_table(t, path, reader)
+            continue
+        if t.backend == "db":
+            if not t.path:
+                raise ConfigError(f"table {t.name}: db backend needs a path", *_where(t))
+            _check_db_table(t, t.path, reader)
+            continue
+        if t.backend in BUILTIN_BACKENDS:
+            continue
+        find_backend, _ = _proc_api()
+        argv, searched = find_backend(t.backend)
+        if argv is None:
+            raise _not_found(t, searched)
+        if runner is not None and not _program_runnable(runner, argv[0]):
+            raise ConfigError(
+                f"table {t.name}: user {runner.pw_name} cannot run the backend program "
+                f"{argv[0]} (check the mode of the file and of every folder above it)",
+                *_where(t))
+
+
 class TableSet:
     """The tables of one configuration, plus the built-ins."""
 
@@ -228,13 +329,19 @@ class TableSet:
         return len(self._tables)
 
     async def start(self) -> None:
-        """Start every table; if one fails, close the others and re-raise its error."""
+        """Start every table; if one fails, close the others and re-raise its
+        error (a ConfigError names the ``table`` statement's file and line)."""
         tables = list(self._tables.values())
         results = await asyncio.gather(*(t.start() for t in tables), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
+        errors = [(t, r) for t, r in zip(tables, results, strict=True)
+                  if isinstance(r, BaseException)]
         if errors:
             await self.close()
-            raise errors[0]
+            table, exc = errors[0]
+            statement = self.config.tables.get(table.name)
+            if isinstance(exc, ConfigError) and not exc.file and statement is not None:
+                raise ConfigError(exc.message, *_where(statement)) from None
+            raise exc
 
     async def close(self) -> None:
         tables = list(self._tables.values())
