@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -17,7 +20,26 @@ def test_there_are_examples() -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_checks_ok(path: pathlib.Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "mailrider.cli.mailriderd", "-n", "-f", str(path)],
+    # -n reads file tables as the start does (under root, as the daemon's
+    # user): the example's /etc/mail files are made, empty, in a folder of
+    # their own that user can reach
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="mailrider-example-", dir="/tmp"))
+    try:
+        _check_example(path, tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _check_example(path: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    text = path.read_text()
+    for name in set(re.findall(r"file:/etc/mail/([\w.-]+)", text)):
+        (tmp_path / name).write_text("")
+    conf = tmp_path / path.name
+    conf.write_text(text.replace("file:/etc/mail/", f"file:{tmp_path}/"))
+    tmp_path.chmod(0o755)
+    for f in tmp_path.iterdir():
+        f.chmod(0o644)
+    res = subprocess.run([sys.executable, "-m", "mailrider.cli.mailriderd", "-n", "-f", str(conf)],
                          capture_output=True, text=True, timeout=60)
     assert (res.returncode, res.stdout.strip()) == (0, "configuration OK"), res.stderr
 
