@@ -237,6 +237,28 @@ def test_backend_the_program_user_cannot_run(folder: Path) -> None:
     assert (res.returncode, res.stdout) == (0, "configuration OK\n"), res.stderr
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
+def test_pki_klondike_could_not_load(folder: Path) -> None:
+    # -n loads each certificate and key as klondike does at start
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "crypto"))
+    from pki_util import make_pki
+
+    a = make_pki(folder, "a", "rsa", "mx.example.org")
+    b = make_pki(folder, "b", "rsa", "other.example.org")
+    garbage = folder / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    os.chmod(garbage, 0o644)
+    for name, cert, key, message in (
+            ("mismatch", a.cert, b.key, f"{b.key}: key does not match its certificate"),
+            ("garbage", str(garbage), a.key, f"{garbage}: no certificate found")):
+        path = folder / f"{name}.conf"
+        path.write_text(f'pki mx.example.org cert "{cert}"\npki mx.example.org key "{key}"\n'
+                        f'listen on 127.0.0.1 port {free_port()} tls pki mx.example.org\n'
+                        + TLS_TAIL)
+        assert_refused_alike(path, folder / "state",
+                             f"{path}:1: pki mx.example.org: {message}")
+
+
 def test_check_without_a_file_names_the_built_in_configuration(folder: Path) -> None:
     from mailrider import paths
 

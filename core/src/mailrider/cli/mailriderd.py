@@ -7,6 +7,8 @@ import os
 import resource
 import socket
 import sys
+from collections.abc import Callable
+from functools import partial
 
 from mailrider import log, paths
 from mailrider.config.model import Config
@@ -45,10 +47,57 @@ def check(opts: common.Options) -> Config:
             if not os.access(path, os.R_OK):
                 raise ConfigError(f"pki {name}: cannot read {what} {path}", pki.where.file,
                                   pki.where.line)
+    _check_keys(config)
     for lst in config.listeners:
         if lst.address != "socket":
             resolve_listener(lst)
     return config
+
+
+def _check_keys(config: Config) -> None:
+    """Load every pki's certificate and key as klondike will at start, in a
+    forked child: the checking process (at start the parent, which forks
+    deliveries later) never holds key bytes (docs/security.md)."""
+    for name, pki in sorted(config.pkis.items()):
+        cert, key = pki.cert, pki.key
+        if cert is None or key is None:
+            continue
+        error = _in_child(partial(_load_key, name, cert, key))
+        if error is not None:
+            raise ConfigError(f"pki {name}: {error}", pki.where.file, pki.where.line)
+
+
+def _load_key(name: str, cert: str, key: str) -> None:
+    from mailrider.crypto.keys import KeyStore
+
+    KeyStore().load(name, cert, key)
+
+
+def _in_child(run: Callable[[], object]) -> str | None:
+    """Run ``run`` in a forked child; its ConfigError's message (or another
+    error's text), or None when it succeeded."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child, reported through the pipe
+        os.close(rfd)
+        code = 1
+        try:
+            try:
+                run()
+                code = 0
+            except ConfigError as exc:
+                os.write(wfd, exc.message.encode("utf-8", "replace")[:4096])
+            except Exception as exc:  # reported as one line, never a traceback
+                os.write(wfd, str(exc).encode("utf-8", "replace")[:4096])
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as f:
+        text = f.read(8192).decode("utf-8", "replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == 0:
+        return None
+    return text or "the check failed"
 
 
 def _daemonize() -> None:

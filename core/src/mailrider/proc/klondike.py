@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 from mailrider import log
 from mailrider.crypto.keys import OPS, KeyLoadError, KeyStore, SignError
-from mailrider.errors import TempFail
+from mailrider.errors import ConfigError, TempFail
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.ipc.frame import FLAG_ERROR, FLAG_REPLY, HEADER, frame, frame_type
@@ -58,7 +58,8 @@ class Klondike(common.Process):
                 cert_hash = self.keys.load(name, pki.cert, pki.key)
             except KeyLoadError as exc:
                 log.error(self.role, "key-load-failed", pki=name, error=exc.message)
-                raise
+                raise ConfigError(f"pki {name}: {exc.message}", pki.where.file,
+                                  pki.where.line) from None
             log.debug(self.role, "key-loaded", pki=name, hash=cert_hash[:16],
                       backend=self.keys.backend)
 
