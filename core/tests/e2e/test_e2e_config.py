@@ -259,6 +259,42 @@ def test_pki_klondike_could_not_load(folder: Path) -> None:
                              f"{path}:1: pki mx.example.org: {message}")
 
 
+def test_filter_program_not_found(folder: Path) -> None:
+    path = folder / "filter.conf"
+    path.write_text(f'filter f1 proc-exec "{folder}/no-such-filter -x"\n'
+                    f'listen on 127.0.0.1 port {free_port()} filter f1\n' + TLS_TAIL)
+    assert_refused_alike(path, folder / "state",
+                         f"{path}:1: filter f1: program {folder}/no-such-filter not found")
+    # a proc statement is named as such; a bare name is looked for in libexec, then PATH
+    path.write_text('# programs\nproc p1 "no-such-filter-program"\nfilter f1 proc p1\n'
+                    f'listen on 127.0.0.1 port {free_port()} filter f1\n' + TLS_TAIL)
+    env = dict(os.environ, MAILRIDER_LIBEXEC=f"{folder}/libexec")
+    assert_refused_alike(path, folder / "state",
+                         f"{path}:2: proc p1: program no-such-filter-program not found "
+                         f"(looked in: {folder}/libexec, PATH)", env=env)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="filters switch user only under root")
+def test_filter_user_and_program_permissions(folder: Path) -> None:
+    from mailrider import paths
+
+    prog = folder / "filter-private"
+    prog.write_text("#!/bin/sh\nexit 0\n")
+    os.chmod(prog, 0o700)
+    path = folder / "filter.conf"
+    path.write_text(f'filter f1 proc-exec "{prog}"\n'
+                    f'listen on 127.0.0.1 port {free_port()} filter f1\n' + TLS_TAIL)
+    assert_refused_alike(
+        path, folder / "state",
+        f"{path}:1: filter f1: user {paths.EXT_USER} cannot run the program {prog} "
+        f"(check the mode of the file and of every folder above it)")
+    os.chmod(prog, 0o755)
+    path.write_text(f'filter f1 proc-exec "{prog}" user no-such-user-here\n'
+                    f'listen on 127.0.0.1 port {free_port()} filter f1\n' + TLS_TAIL)
+    assert_refused_alike(path, folder / "state",
+                         f"{path}:1: filter f1: user no-such-user-here does not exist")
+
+
 def test_check_without_a_file_names_the_built_in_configuration(folder: Path) -> None:
     from mailrider import paths
 

@@ -32,13 +32,17 @@ def check(opts: common.Options) -> Config:
     """Everything ``-n`` checks, which start checks too before it forks a
     child: grammar, supported features, TLS settings (parser), tables (files
     read, db files opened, backend programs runnable by the program user),
-    relay URLs, pki files, listen addresses. Returns the configuration."""
+    filter programs (found, runnable by their user), relay URLs, pki
+    certificates and keys (loaded as klondike will), listen addresses.
+    Returns the configuration."""
     from mailrider.config import resolve_listener
+    from mailrider.filter.programs import check_programs
     from mailrider.proc.pony_mta import check_relay_urls
     from mailrider.table.registry import check_tables
 
     config = common.load_config(opts)
     check_tables(config, reader=common.unprivileged_user(), runner=common.ext_user())
+    check_programs(config, common.ext_user())
     check_relay_urls(config)
     for name, pki in config.pkis.items():
         for what, path in (("certificate", pki.cert), ("key", pki.key)):

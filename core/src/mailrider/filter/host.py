@@ -26,6 +26,7 @@ from mailrider.config.model import Condition, Config, Filter
 from mailrider.errors import TempFail
 from mailrider.filter import protocol as p
 from mailrider.filter.proc import FilterFailed, FilterProcess
+from mailrider.filter.programs import used_filters
 from mailrider.table.base import normalise_key
 from mailrider.table.registry import TableSet
 
@@ -98,17 +99,7 @@ class FilterHost:
         return f
 
     def used_filters(self) -> list[Filter]:
-        names: list[str] = []
-        for lst in self.config.listeners:
-            for n in lst.filters:
-                if n not in names:
-                    names.append(n)
-        out: list[Filter] = []
-        for n in names:
-            f = self.config.filters[n]
-            members = [self.config.filters[c] for c in f.chain] if f.kind == "chain" else [f]
-            out.extend(m for m in members if m not in out)
-        return out
+        return used_filters(self.config)
 
     async def start(self) -> None:
         """Start every proc filter a listener uses; fail if one cannot register."""

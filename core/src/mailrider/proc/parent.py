@@ -221,18 +221,12 @@ class Parent:
         A program already running under this name is stopped first: lka asks
         again only after losing it."""
         import pwd
-        import shlex
 
         from mailrider import paths
+        from mailrider.filter.programs import filter_command
 
         f = self._configured_filter(key)
-        command = f.command or ""
-        first = shlex.split(command)[0] if command.strip() else ""
-        if first and not first.startswith("/"):
-            for folder in paths.libexec_dirs():
-                if os.access(os.path.join(folder, first), os.X_OK):
-                    command = os.path.join(folder, command)
-                    break
+        command = filter_command(f.command or "")
         user = f.user
         if user is None:
             upw = common.ext_user()

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import cast
 
 from mailrider import paths
+from mailrider.access import program_runnable, user_can
 from mailrider.config import model
 from mailrider.errors import ConfigError
 from mailrider.table.base import Table
@@ -196,49 +197,16 @@ def validate_backends(config: model.Config) -> None:
             raise _not_found(t, searched)
 
 
-def user_can(pw: pwd.struct_passwd, path: str, mode: int) -> bool:
-    """Whether the user ``pw``, with its own group and no other (as a process
-    that dropped to it), may access ``path`` with ``mode`` (os.R_OK, os.X_OK).
-
-    Asked in a forked child that drops to the user: the kernel walks every
-    folder above ``path`` as it would for the real process. Root only.
-    """
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child, reported by its exit status
-        code = 2
-        try:
-            os.setgroups([])
-            os.setgid(pw.pw_gid)
-            os.setuid(pw.pw_uid)
-            code = 0 if os.access(path, mode) else 1
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) == 0
-
-
-def _program_runnable(pw: pwd.struct_passwd, path: str) -> bool:
-    """Whether ``pw`` can exec ``path``: execute permission, and for a script
-    read permission and an interpreter it can execute in turn."""
-    if not user_can(pw, path, os.X_OK):
-        return False
-    try:
-        with open(path, "rb") as f:
-            head = f.readline(256)
-    except OSError:
-        return True  # exec reports it; nothing more to learn here
-    if not head.startswith(b"#!"):
-        return True
-    words = head[2:].split()
-    interpreter = os.fsdecode(words[0]) if words else ""
-    return user_can(pw, path, os.R_OK) and (
-        not interpreter or user_can(pw, interpreter, os.X_OK))
+def _check_readable(t: model.Table, path: str, reader: pwd.struct_passwd | None) -> None:
+    if reader is None or not os.path.exists(path):
+        return
+    if not user_can(reader.pw_uid, reader.pw_gid, path, os.R_OK):
+        raise ConfigError(f"table {t.name}: user {reader.pw_name} cannot read {path}",
+                          *_where(t))
 
 
 def _check_file_table(t: model.Table, path: str, reader: pwd.struct_passwd | None) -> None:
-    if reader is not None and os.path.exists(path) and not user_can(reader, path, os.R_OK):
-        raise ConfigError(f"table {t.name}: user {reader.pw_name} cannot read {path}",
-                          *_where(t))
+    _check_readable(t, path, reader)
     try:
         read_table_file(path)  # a bad line is reported at its own file:line
     except OSError as exc:
@@ -249,9 +217,7 @@ def _check_file_table(t: model.Table, path: str, reader: pwd.struct_passwd | Non
 
 
 def _check_db_table(t: model.Table, path: str, reader: pwd.struct_passwd | None) -> None:
-    if reader is not None and os.path.exists(path) and not user_can(reader, path, os.R_OK):
-        raise ConfigError(f"table {t.name}: user {reader.pw_name} cannot read {path}",
-                          *_where(t))
+    _check_readable(t, path, reader)
     try:
         db = open_db_file(t.name, path)
     except ConfigError as exc:
@@ -288,7 +254,7 @@ def check_tables(config: model.Config, reader: pwd.struct_passwd | None = None,
         argv, searched = find_backend(t.backend)
         if argv is None:
             raise _not_found(t, searched)
-        if runner is not None and not _program_runnable(runner, argv[0]):
+        if runner is not None and not program_runnable(runner.pw_uid, runner.pw_gid, argv[0]):
             raise ConfigError(
                 f"table {t.name}: user {runner.pw_name} cannot run the backend program "
                 f"{argv[0]} (check the mode of the file and of every folder above it)",

@@ -1,0 +1,124 @@
+"""The programs of proc filters: which ones a start runs, how their command
+is found, and what ``mailriderd -n`` (and the start, before it forks) checks
+of them (docs/config.md §3).
+
+The parent runs a filter's command through ``/bin/sh -c "exec COMMAND"``,
+as the filter's ``user`` (``group``), or the program user when none is
+named, inside its ``chroot`` when one is given; a first word that is not a
+path is looked for in the libexec folders first, then on ``PATH``.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shlex
+import shutil
+
+from mailrider import paths
+from mailrider.access import program_runnable
+from mailrider.config.model import Config, Filter
+from mailrider.errors import ConfigError
+
+
+def used_filters(config: Config) -> list[Filter]:
+    """The filters the listeners use, chains expanded, each once, in order."""
+    names: list[str] = []
+    for lst in config.listeners:
+        for n in lst.filters:
+            if n not in names:
+                names.append(n)
+    out: list[Filter] = []
+    for n in names:
+        f = config.filters[n]
+        members = [config.filters[c] for c in f.chain] if f.kind == "chain" else [f]
+        out.extend(m for m in members if m not in out)
+    return out
+
+
+def filter_command(command: str) -> str:
+    """``command`` with its first word made a path when a libexec folder has it."""
+    first = shlex.split(command)[0] if command.strip() else ""
+    if first and not first.startswith("/"):
+        for folder in paths.libexec_dirs():
+            if os.access(os.path.join(folder, first), os.X_OK):
+                return os.path.join(folder, command)
+    return command
+
+
+class _Program:
+    """One program to check, with the statement that names its command."""
+
+    def __init__(self, f: Filter, what: str) -> None:
+        self.f = f
+        self.what = what  # "filter" (proc-exec) or "proc"
+
+    def err(self, message: str) -> ConfigError:
+        f = self.f
+        return ConfigError(f"{self.what} {f.name}: {message}", f.where.file, f.where.line)
+
+    def path(self) -> str:
+        """The program's path as seen from outside its chroot ("" when unknown)."""
+        f = self.f
+        try:
+            words = shlex.split(filter_command(f.command or ""))
+        except ValueError as exc:
+            raise self.err(f"cannot parse the command: {exc}") from None
+        if not words:
+            raise self.err("empty command")
+        first = words[0]
+        if f.chroot:
+            return os.path.join(f.chroot, first.lstrip("/")) if first.startswith("/") else ""
+        if first.startswith("/"):
+            return first
+        return shutil.which(first) or ""
+
+
+def _programs(config: Config) -> list[_Program]:
+    out: list[_Program] = []
+    for used in used_filters(config):
+        if used.kind == "proc" and used.command is not None:
+            proc = config.procs.get(used.command)
+            if proc is not None:
+                out.append(_Program(proc, "proc"))
+        elif used.kind == "proc-exec":
+            out.append(_Program(used, "filter"))
+    return out
+
+
+def check_programs(config: Config, default_user: pwd.struct_passwd | None) -> None:
+    """Raise ConfigError, at the statement naming the command, for the first
+    program a start would fail to run: a ``user`` or ``group`` that does not
+    exist, a program not found, or (``default_user`` given: running as root)
+    one its user cannot execute. ``default_user`` is the program user."""
+    for prog in _programs(config):
+        f = prog.f
+        # as the parent: users switch only under root
+        pw = default_user
+        gid = pw.pw_gid if pw is not None else None
+        if default_user is not None and f.user is not None:
+            try:
+                pw = pwd.getpwnam(f.user)
+            except KeyError:
+                raise prog.err(f"user {f.user} does not exist") from None
+            gid = pw.pw_gid
+        if default_user is not None and f.group is not None:
+            try:
+                gid = grp.getgrnam(f.group).gr_gid
+            except KeyError:
+                raise prog.err(f"group {f.group} does not exist") from None
+        if pw is not None and (pw.pw_uid == 0 or gid == 0):
+            raise prog.err("a filter never runs as root or group 0")
+        program = prog.path()
+        if not program:
+            if f.chroot:
+                continue  # a command found through PATH inside a chroot: not checked
+            first = shlex.split(f.command or "")[0]
+            raise prog.err(f"program {first} not found (looked in: "
+                           f"{', '.join(paths.libexec_dirs())}, PATH)")
+        if not os.path.exists(program):
+            raise prog.err(f"program {program} not found")
+        if pw is not None and gid is not None and not program_runnable(pw.pw_uid, gid, program):
+            raise prog.err(f"user {pw.pw_name} cannot run the program {program} (check the "
+                           f"mode of the file and of every folder above it)")
