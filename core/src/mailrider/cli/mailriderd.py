@@ -42,8 +42,8 @@ def check(opts: common.Options) -> Config:
 
     config = common.load_config(opts)
     check_tables(config, reader=common.unprivileged_user(), runner=common.ext_user())
-    check_programs(config, common.ext_user())
     check_relay_urls(config)
+    check_programs(config, common.ext_user())
     for name, pki in config.pkis.items():
         for what, path in (("certificate", pki.cert), ("key", pki.key)):
             if path is None:
