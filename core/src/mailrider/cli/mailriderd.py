@@ -61,7 +61,7 @@ def check(opts: common.Options) -> Config:
 def _check_keys(config: Config) -> None:
     """Load every pki's certificate and key as klondike will at start, in a
     forked child: the checking process (at start the parent, which forks
-    deliveries later) never holds key bytes (docs/security.md)."""
+    deliveries later) never holds key bytes (processes.md §5)."""
     for name, pki in sorted(config.pkis.items()):
         cert, key = pki.cert, pki.key
         if cert is None or key is None:
