@@ -10,7 +10,10 @@ those inside functions too).
 
 from __future__ import annotations
 
-import ast
+import functools
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mailrider
@@ -23,9 +26,13 @@ SHARED = {"common", "child", "confine", "workers"}
 FAMILIES = ("pony", "lka", "parent", "queue", "scheduler", "control", "klondike")
 
 
-def _imports(path: Path) -> list[tuple[str, list[str], int]]:
-    """(module, names, line) of every import of a mailrider module in ``path``."""
-    here = ".".join(path.relative_to(SRC.parent).with_suffix("").parts)
+_SCAN = r"""
+import ast, json, sys
+from pathlib import Path
+src = Path(sys.argv[1])
+result = {}
+for path in sorted(src.rglob("*.py")):
+    here = ".".join(path.relative_to(src.parent).with_suffix("").parts)
     out = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -37,7 +44,23 @@ def _imports(path: Path) -> list[tuple[str, list[str], int]]:
             else:
                 mod = node.module or ""
             out.append((mod, [a.name for a in node.names], node.lineno))
-    return [x for x in out if x[0] == "mailrider" or x[0].startswith("mailrider.")]
+    result[str(path)] = [x for x in out if x[0] == "mailrider" or x[0].startswith("mailrider.")]
+print(json.dumps(result))
+"""
+
+
+@functools.cache
+def _scan() -> dict[str, list[tuple[str, list[str], int]]]:
+    # in a fresh interpreter: CPython 3.11.2's ast can fail with "AST constructor
+    # recursion depth mismatch" after an earlier test provoked a RecursionError
+    res = subprocess.run([sys.executable, "-c", _SCAN, str(SRC)], capture_output=True,
+                         text=True, check=True, timeout=120)
+    return {k: [(m, n, line) for m, n, line in v] for k, v in json.loads(res.stdout).items()}
+
+
+def _imports(path: Path) -> list[tuple[str, list[str], int]]:
+    """(module, names, line) of every import of a mailrider module in ``path``."""
+    return _scan()[str(path)]
 
 
 def _modules() -> list[Path]:

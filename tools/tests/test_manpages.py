@@ -122,7 +122,7 @@ def mailriderctl_commands() -> list[str]:
 
 
 def mailriderctl_options() -> list[str]:
-    source = inspect.getsource(mailriderctl.main)
+    source = inspect.getsource(mailriderctl.run)
     return sorted(set(re.findall(r'opt == "(-[a-zA-Z]|--[a-z-]+)"', source)))
 
 

@@ -217,7 +217,7 @@ def smtp_on_stdio(statedir: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _main(argv)
+        return run(argv)
     except BrokenPipeError:
         # the reader went away (`mailriderctl show queue | head`): no traceback;
         # stdout points nowhere so that the interpreter's final flush is quiet
@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
+    """mailriderctl itself (main() adds the quiet end on a closed pipe)."""
     args = list(sys.argv[1:] if argv is None else argv)
     prog = os.path.basename(sys.argv[0]) if argv is None else "mailriderctl"
     if prog == "sendmail":
