@@ -680,6 +680,11 @@ if [ "$1" = "configure" ]; then
 \tgetent passwd {EXT_USER} >/dev/null || useradd --system --user-group \\
 \t\t--home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin \\
 \t\t--comment "mailrider filters and commands" {EXT_USER}
+\t# the packaged configuration reads the system's aliases, as Debian's MTAs
+\t# do: make the file when no other MTA left one (never replace it)
+\tif [ ! -e /etc/aliases ]; then
+\t\tprintf 'postmaster: root\\n' > /etc/aliases
+\tfi
 fi
 
 #DEBHELPER#
