@@ -73,7 +73,7 @@ def serve(box: Path, peer: str, body: Callable[[Parent, Channel], Awaitable[None
             loop.remove_signal_handler(signal.SIGCHLD)
             attacker.close()
             served.close()
-            for pid in list(parent.filter_procs):
+            for pid in list(parent.programs):
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
@@ -217,7 +217,7 @@ def test_pony_may_not_start_filters_or_deliver(box: Path) -> None:
         with pytest.raises(Exception):
             await deliver(pony, genuine(box, marker))
         assert pony.closed
-        assert not parent.filter_procs
+        assert not parent.programs
 
     serve(box, "pony", body)
 
@@ -227,10 +227,10 @@ def test_lka_starts_configured_filters_only(box: Path, caplog: pytest.LogCapture
         for name in ("filter:nope", "filter:/bin/sh", "proc:f", "f", "table:remote"):
             with pytest.raises(RemoteError):
                 await lka.ask(m.FilterStart(name=name))
-        assert not parent.filter_procs
+        assert not parent.programs
         reply, fds = await lka.call(m.FilterStart(name="filter:f"))
         assert isinstance(reply, m.Ok) and len(fds) == 2
-        [(key, proc)] = parent.filter_procs.values()
+        [(key, proc)] = parent.programs.values()
         assert key == "filter:f"
         if os.geteuid() == 0:
             # run as the program user, never root, never group 0
@@ -250,7 +250,7 @@ def test_lka_starts_proc_tables_only(box: Path) -> None:
         for name in ("aliases", "nope", "../../bin/sh"):
             with pytest.raises(RemoteError):
                 await lka.ask(m.TableStart(name=name))
-        assert not parent.filter_procs
+        assert not parent.programs
 
     serve(box, "lka", body)
 

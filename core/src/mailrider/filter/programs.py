@@ -47,6 +47,31 @@ def filter_command(command: str) -> str:
     return command
 
 
+def filter_credentials(f: Filter, default_user: pwd.struct_passwd | None
+                       ) -> tuple[pwd.struct_passwd | None, int | None]:
+    """Who the parent runs ``f``'s program as: its ``user`` (else
+    ``default_user``, the program user) and gid (its ``group``, else the
+    user's). ``(None, None)`` when ``default_user`` is None: not root, no
+    switch. ValueError names a user or group that does not exist, or root."""
+    if default_user is None:
+        return None, None
+    pw, gid = default_user, default_user.pw_gid
+    if f.user is not None:
+        try:
+            pw = pwd.getpwnam(f.user)
+        except KeyError:
+            raise ValueError(f"user {f.user} does not exist") from None
+        gid = pw.pw_gid
+    if f.group is not None:
+        try:
+            gid = grp.getgrnam(f.group).gr_gid
+        except KeyError:
+            raise ValueError(f"group {f.group} does not exist") from None
+    if pw.pw_uid == 0 or gid == 0:
+        raise ValueError("a filter never runs as root or group 0")
+    return pw, gid
+
+
 class _Program:
     """One program to check, with the statement that names its command."""
 
@@ -94,22 +119,10 @@ def check_programs(config: Config, default_user: pwd.struct_passwd | None) -> No
     one its user cannot execute. ``default_user`` is the program user."""
     for prog in _programs(config):
         f = prog.f
-        # as the parent: users switch only under root
-        pw = default_user
-        gid = pw.pw_gid if pw is not None else None
-        if default_user is not None and f.user is not None:
-            try:
-                pw = pwd.getpwnam(f.user)
-            except KeyError:
-                raise prog.err(f"user {f.user} does not exist") from None
-            gid = pw.pw_gid
-        if default_user is not None and f.group is not None:
-            try:
-                gid = grp.getgrnam(f.group).gr_gid
-            except KeyError:
-                raise prog.err(f"group {f.group} does not exist") from None
-        if pw is not None and (pw.pw_uid == 0 or gid == 0):
-            raise prog.err("a filter never runs as root or group 0")
+        try:
+            pw, gid = filter_credentials(f, default_user)
+        except ValueError as exc:
+            raise prog.err(str(exc)) from None
         program = prog.path()
         if not program:
             if f.chroot:

@@ -97,8 +97,8 @@ class Parent:
         self.stopping = asyncio.Event()
         self.exit_code = 0
         self.forks: dict[int, asyncio.Future[int]] = {}
-        #: running filter programs: pid -> (filter:NAME or proc:NAME, process)
-        self.filter_procs: dict[int, tuple[str, subprocess.Popen[bytes]]] = {}
+        #: programs started for lka: pid -> (filter:NAME, proc:NAME or table:NAME, process)
+        self.programs: dict[int, tuple[str, subprocess.Popen[bytes]]] = {}
         #: seals delivery grants (delivery/grant.py), read in prepare_statedir
         self.grant_key = b""
         self.deliveries = parent_mda.Deliveries(self)
@@ -220,31 +220,16 @@ class Parent:
         the configuration names none); lka gets its stdio and stderr sockets.
         A program already running under this name is stopped first: lka asks
         again only after losing it."""
-        import pwd
-
         from mailrider import paths
-        from mailrider.filter.programs import filter_command
+        from mailrider.filter.programs import filter_command, filter_credentials
 
         f = self._configured_filter(key)
         command = filter_command(f.command or "")
-        user = f.user
-        if user is None:
-            upw = common.ext_user()
-            user = upw.pw_name if upw is not None else None
-        uid: int | None = None
-        gid: int | None = None
-        groups: list[int] | None = None
-        if os.geteuid() == 0 and user is not None:
-            pw = pwd.getpwnam(user)
-            uid, gid = pw.pw_uid, pw.pw_gid
-            if f.group is not None:
-                import grp
-
-                gid = grp.getgrnam(f.group).gr_gid
-            groups = []
-            if uid == 0 or gid == 0:
-                log.error("parent", "filter-refused", filter=key, error="runs as root")
-                raise ValueError("a filter never runs as root or group 0")
+        try:
+            pw, gid = filter_credentials(f, common.ext_user())
+        except ValueError as exc:
+            log.error("parent", "filter-refused", filter=key, error=str(exc))
+            raise
         chroot = None
         if f.chroot:
             root = f.chroot
@@ -255,8 +240,10 @@ class Parent:
 
             chroot = enter_chroot
         pid, fds = self._launch(key, [paths.SHELL, "-c", f"exec {command}"], None,
-                                uid=uid, gid=gid, groups=groups, preexec=chroot)
-        log.event("parent", "filter-started", filter=f.name, pid=pid, user=user)
+                                uid=pw.pw_uid if pw is not None else None, gid=gid,
+                                groups=[] if pw is not None else None, preexec=chroot)
+        log.event("parent", "filter-started", filter=f.name, pid=pid,
+                  user=pw.pw_name if pw is not None else f.user)
         return m.Ok(), fds
 
     def start_table(self, name: str) -> tuple[m.Ok, list[int]]:
@@ -293,7 +280,7 @@ class Parent:
         Returns its pid and the descriptors lka gets: its stdio and its
         stderr (the channel sends them, then closes them).
         """
-        for old_key, old in list(self.filter_procs.values()):
+        for old_key, old in list(self.programs.values()):
             if old_key == key:
                 try:
                     os.killpg(old.pid, signal.SIGTERM)
@@ -315,7 +302,7 @@ class Parent:
         finally:
             io_theirs.close()
             err_theirs.close()
-        self.filter_procs[proc.pid] = (key, proc)
+        self.programs[proc.pid] = (key, proc)
         return proc.pid, [io_mine.detach(), err_mine.detach()]
 
     # -- supervision --------------------------------------------------------------
@@ -340,8 +327,9 @@ class Parent:
                 if not fut.done():
                     fut.set_result(code)
                 continue
-            if self.filter_procs.pop(pid, None) is not None:
-                log.warning("parent", "filter-exited", pid=pid, status=code)
+            program = self.programs.pop(pid, None)
+            if program is not None:
+                log.warning("parent", "program-exited", program=program[0], pid=pid, status=code)
                 continue
             role = self.children.pop(pid, None)
             if role is not None and not self.stopping.is_set():
@@ -449,7 +437,7 @@ class Parent:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for pid in list(self.filter_procs):
+        for pid in list(self.programs):
             try:
                 os.killpg(pid, signal.SIGTERM)
             except (ProcessLookupError, PermissionError):
