@@ -92,6 +92,10 @@ RESOLV_CONF = "/etc/resolv.conf"
 #: the shadow password file, read by the parent for ``auth`` without a table
 SHADOW_FILE = "/etc/shadow"
 
+#: route(8), asked for the default routes' interfaces (``listen on egress``)
+#: where Linux's /proc/net/route does not exist
+ROUTE_PROGRAM = "/sbin/route"
+
 #: the system's crypt(3) library, tried in order (libxcrypt on Linux; "" is the
 #: C library itself, where the BSDs keep crypt)
 LIBCRYPT_NAMES = ("libcrypt.so.1", "libcrypt.so.2", "libcrypt.so", "")
