@@ -107,16 +107,20 @@ def test_backend_not_found_says_where_it_looked(folder: Path) -> None:
     path = folder / "backend.conf"
     path.write_text('listen on 127.0.0.1\n\ntable users nosuchbackend:/etc/mail/users.conf\n'
                     'action "l" maildir virtual <users>\nmatch for local action "l"\n')
-    env = dict(os.environ, MAILRIDER_LIBEXEC=f"{folder}/a:{folder}/b")
+    # ours first, then OpenSMTPD's folders
+    env = dict(os.environ, MAILRIDER_LIBEXEC=f"{folder}/a:{folder}/b",
+               MAILRIDER_OPENSMTPD_LIBEXEC=f"{folder}/smtpd")
     res = mailriderd("-n", "-f", str(path), env=env)
     assert res.returncode == 1
     assert res.stderr == (
         f"{path}:3: table users: backend 'nosuchbackend' not found (looked in: "
         f"entry point 'nosuchbackend' of group mailrider.tables, "
-        f"{folder}/a/table-nosuchbackend, {folder}/b/table-nosuchbackend)\n")
-    # once the program is there, the same file is fine
-    (folder / "b").mkdir()
-    prog = folder / "b" / "table-nosuchbackend"
+        f"{folder}/a/table-nosuchbackend, {folder}/b/table-nosuchbackend, "
+        f"{folder}/smtpd/table-nosuchbackend)\n")
+    # once the program is there (here: where OpenSMTPD keeps its own), the
+    # same file is fine
+    (folder / "smtpd").mkdir()
+    prog = folder / "smtpd" / "table-nosuchbackend"
     prog.write_text("#!/bin/sh\nexit 0\n")
     os.chmod(prog, 0o755)
     res = mailriderd("-n", "-f", str(path), env=env)
@@ -268,10 +272,11 @@ def test_filter_program_not_found(folder: Path) -> None:
     # a proc statement is named as such; a bare name is looked for in libexec, then PATH
     path.write_text('# programs\nproc p1 "no-such-filter-program"\nfilter f1 proc p1\n'
                     f'listen on 127.0.0.1 port {free_port()} filter f1\n' + TLS_TAIL)
-    env = dict(os.environ, MAILRIDER_LIBEXEC=f"{folder}/libexec")
+    env = dict(os.environ, MAILRIDER_LIBEXEC=f"{folder}/libexec",
+               MAILRIDER_OPENSMTPD_LIBEXEC=f"{folder}/smtpd")
     assert_refused_alike(path, folder / "state",
                          f"{path}:2: proc p1: program no-such-filter-program not found "
-                         f"(looked in: {folder}/libexec, PATH)", env=env)
+                         f"(looked in: {folder}/libexec, {folder}/smtpd, PATH)", env=env)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="filters switch user only under root")
