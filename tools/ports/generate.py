@@ -290,6 +290,16 @@ rc_reload=NO
 rc_cmd $1
 """
 
+#: what each BSD port's notes say of TLS keys (docs/ports.md §4)
+KEYS_NOTE = """\
+The klondike process keeps the TLS private keys out of the SMTP process
+(pony), which asks it for every signature. That needs CPython with the TLS
+library as shared objects (OpenSSL 1.1.1 or 3.x, or LibreSSL 3.5 or later).
+It is tested on Linux only; on this system `mailriderd -n` says whether it
+works. If it does not, every pki TLS uses needs `smtp key-in-process` in
+mailrider.conf, which lets pony load the keys itself (a warning is logged at
+every start), and `mailriderd -n` names those pki and says why."""
+
 OPENBSD_README = f"""\
 +-------------------------------------------------------------------------------
 | Running ${{PKGSTEM}} on OpenBSD
@@ -323,7 +333,13 @@ mailrider instead:
 Table backends
 ==============
 Backends (mailrider-table-*) are found as ${{PREFIX}}/libexec/mailrider/table-NAME,
-like OpenSMTPD's table-* programs, and through Python entry points.
+and through Python entry points; OpenSMTPD's own table-* programs (from
+opensmtpd-extras, in ${{LOCALBASE}}/libexec/smtpd) are found next, so
+existing table lines keep working.
+
+TLS keys
+========
+{KEYS_NOTE}
 """
 
 
@@ -495,6 +511,11 @@ and enable the daemon in /etc/rc.conf:
   mailriderd_enable="YES"
 
 To replace the base system's mailer, see mailer.conf(5).
+
+Table backends installed for OpenSMTPD (%%PREFIX%%/libexec/smtpd/table-*)
+are found after mailrider's own.
+
+{KEYS_NOTE}
 EOM
 }}
 ]
@@ -632,6 +653,7 @@ def debian(dist: Dist, all_dists: list[Dist]) -> dict[str, str]:
             f"d {SPOOL} 0711 root root -\n"
         )
         files[f"{pkg}.postinst"] = DEBIAN_POSTINST
+        files["README.Debian"] = DEBIAN_README
         files[f"{pkg}.postrm"] = DEBIAN_POSTRM
     return files
 
@@ -710,6 +732,21 @@ listen on localhost port $port
 action "local" maildir "~/Maildir" alias <aliases>
 
 match from local for local action "local"
+"""
+
+DEBIAN_README = f"""\
+mailrider for Debian
+====================
+
+The configuration is {CONFIG} (a conffile); check it with `mailriderd -n`
+and restart with `systemctl restart mailrider`. Table backends are found in
+/usr/libexec/mailrider, then in /usr/libexec/opensmtpd (OpenSMTPD's own).
+
+TLS keys
+--------
+{KEYS_NOTE}
+Debian's python3 uses the system's OpenSSL 3 as shared libraries, so the
+keys stay in klondike with no option.
 """
 
 DEBIAN_POSTINST = f"""#!/bin/sh

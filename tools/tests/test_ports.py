@@ -291,3 +291,22 @@ def test_port_paths_file_travels_in_the_wheel(tmp_path: pathlib.Path) -> None:
         z.extractall(tmp_path / "installed")
         assert "mailrider/paths.toml" in z.namelist()
     assert _paths_of(tmp_path / "installed") == PORT_EXPECTED["freebsd"]
+
+
+def test_every_core_port_says_what_key_delegation_needs() -> None:
+    """docs/ports.md §4: each port's notes name the requirement and the way out."""
+    files = generate.render()
+    for note in ("openbsd/mailrider/pkg/README", "freebsd/mailrider/pkg-message",
+                 "debian/mailrider/debian/README.Debian"):
+        text = " ".join(files[note].split())
+        assert "smtp key-in-process" in text, note
+        assert "OpenSSL 1.1.1 or 3.x, or LibreSSL 3.5 or later" in text, note
+        assert "mailriderd -n" in text, note
+    # the same requirement as the daemon's own message
+    from mailrider.cli.mailriderd import DELEGATION_NEEDS
+
+    assert DELEGATION_NEEDS.startswith("CPython with a dynamically linked OpenSSL 1.1.1 or 3.x, "
+                                       "or LibreSSL 3.5 or later")
+    from mailrider.crypto import libcrypto
+
+    assert libcrypto.LIBRESSL_MIN == (3, 5, 0)

@@ -263,6 +263,29 @@ def test_pki_klondike_could_not_load(folder: Path) -> None:
                              f"{path}:1: pki mx.example.org: {message}")
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
+def test_check_says_when_keys_must_stay_in_pony(folder: Path) -> None:
+    """-n names the pki whose keys pony will hold, and why; never silently."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "crypto"))
+    from pki_util import make_pki
+
+    a = make_pki(folder, "a", "rsa", "mx.example.org")
+    path = folder / "tls.conf"
+    path.write_text(f'pki mx.example.org cert "{a.cert}"\npki mx.example.org key "{a.key}"\n'
+                    f"listen on 127.0.0.1 port {free_port()} tls pki mx.example.org\n" + TLS_TAIL)
+    res = mailriderd("-n", "-f", str(path))
+    assert (res.returncode, res.stdout, res.stderr) == (0, "configuration OK\n", "")
+    # where delegation cannot work (here forced, as the benchmarks do)
+    env = dict(os.environ, MAILRIDER_KEY_IN_PROCESS="force")
+    res = mailriderd("-n", "-f", str(path), env=env)
+    assert (res.returncode, res.stdout) == (0, "configuration OK\n")
+    assert res.stderr.startswith("mailriderd: warning: the keys of pki mx.example.org will be "
+                                 "loaded into pony, the SMTP process ('smtp key-in-process'): "
+                                 "delegation to klondike is unavailable here "
+                                 "(MAILRIDER_KEY_IN_PROCESS=force"), res.stderr
+    assert "dynamically linked OpenSSL" in res.stderr
+
+
 def test_filter_program_not_found(folder: Path) -> None:
     path = folder / "filter.conf"
     path.write_text(f'filter f1 proc-exec "{folder}/no-such-filter -x"\n'
