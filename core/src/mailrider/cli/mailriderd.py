@@ -188,11 +188,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mailriderd: already running (control socket in {opts.statedir})",
                   file=sys.stderr)
             return 1
-        from mailrider.proc.parent import Parent, bind_listeners
+        from mailrider.proc.parent import Parent, bind_listeners, bind_metrics
 
         parent = Parent(opts, config)
         parent.prepare_statedir()
         listeners = bind_listeners(config)
+        metrics_socks = bind_metrics(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     common.set_title("parent")
 
     async def _main() -> int:
-        await parent.start(listeners)
+        await parent.start(listeners, metrics_socks)
         log.event("parent", "started", pid=os.getpid(), statedir=opts.statedir, listen=addrs)
         return await parent.run()
 
