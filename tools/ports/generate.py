@@ -31,7 +31,7 @@ import pathlib
 import re
 import sys
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -113,6 +113,8 @@ class Dist:
     drivers: list[str]  # keys of DRIVERS
     man_pages: list[str]  # paths relative to the distribution folder
     python: str = ""  # the minimum Python version from requires-python ("3.11")
+    #: the lower bound the pyproject file puts on each driver ("2.0"), when any
+    driver_min: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_core(self) -> bool:
@@ -147,12 +149,16 @@ def load(folder: pathlib.Path, local_names: set[str]) -> Dist:
     meta = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
     local: list[str] = []
     drivers: list[str] = []
+    driver_min: dict[str, str] = {}
     for req in meta.get("dependencies", []):
         name = _req_name(req)
         if name in local_names:
             local.append(name)
         elif name in DRIVERS:
             drivers.append(name)
+            low = re.search(r">=\s*([0-9]+(?:\.[0-9]+)*)", req)
+            if low:
+                driver_min[name] = low.group(1)
         else:
             raise SystemExit(f"{folder.name}: no port known for requirement {req!r}; "
                              "add it to DRIVERS in tools/ports/generate.py")
@@ -165,6 +171,7 @@ def load(folder: pathlib.Path, local_names: set[str]) -> Dist:
         scripts=sorted(meta.get("scripts", {})),
         local_deps=local,
         drivers=drivers,
+        driver_min=driver_min,
         man_pages=man,
         python=_min_python(meta.get("requires-python", "")),
     )
@@ -529,7 +536,11 @@ def debian(dist: Dist, all_dists: list[Dist]) -> dict[str, str]:
     files: dict[str, str] = {}
     pkg = dist.name
     deb_deps = [f"{d} (>= {dist.version})" for d in dist.local_deps]
-    deb_deps += [DRIVERS[d][2] for d in dist.drivers]
+    # the code's lower bound, so that a release whose driver is too old (bookworm's
+    # SQLAlchemy 1.4 for the postgres backend, which needs 2.0) refuses to
+    # install instead of failing at start
+    deb_deps += [f"{DRIVERS[d][2]} (>= {dist.driver_min[d]})" if d in dist.driver_min
+                 else DRIVERS[d][2] for d in dist.drivers]
     if dist.python:
         deb_deps.insert(0, f"python3 (>= {dist.python})")
     build_deps = [

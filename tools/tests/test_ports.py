@@ -310,3 +310,17 @@ def test_every_core_port_says_what_key_delegation_needs() -> None:
     from mailrider.crypto import libcrypto
 
     assert libcrypto.LIBRESSL_MIN == (3, 5, 0)
+
+
+def test_debian_drivers_carry_the_codes_lower_bound() -> None:
+    """A driver too old for the code refuses to install rather than failing at
+    start: bookworm's SQLAlchemy 1.4 cannot run the postgres backend (2.0)."""
+    files = generate.render()
+    for dist in generate.discover():
+        control = files[f"debian/{dist.name}/debian/control"]
+        for driver in dist.drivers:
+            low = dist.driver_min[driver]
+            assert f"{generate.DRIVERS[driver][2]} (>= {low})" in control, (dist.name, driver)
+    postgres = files["debian/mailrider-table-postgres/debian/control"]
+    assert "python3-sqlalchemy (>= 2.0)" in postgres
+    assert "python3-sqlalchemy (>= 1.4.46)" in files["debian/mailrider-table-sql/debian/control"]
