@@ -38,7 +38,7 @@ def read_port_file(path: str) -> dict[str, str | tuple[str, ...]]:
             data = f.read()
     except FileNotFoundError:
         return {}
-    import tomllib
+    import tomllib  # only where a port wrote the file: programs start faster without it
 
     try:
         table = tomllib.loads(data.decode("utf-8"))
