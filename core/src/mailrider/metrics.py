@@ -43,7 +43,7 @@ PREFIX = "mailrider_"
 GAUGES = frozenset({"scheduler.envelope", "scheduler.envelope.inflight", "klondike.keys",
                     "uptime"})
 #: the label values the scheduler may report
-TYPES = ("mda", "mta")
+TYPES = ("mda", "mta", "bounce")
 STATES = ("pending", "deferred", "inflight", "held", "suspended")
 RESULTS = ("ok", "permfail", "expired")
 
@@ -163,7 +163,7 @@ def render(snap: Snapshot) -> str:
         family(name, kind, f"show stats {key}.")
         out.append(f"{name} {int(snap.counters[key])}")
     family("mailrider_queue_envelopes", "gauge",
-           "Envelopes in the queue, by type (mda local, mta relay) and scheduler state.")
+           "Envelopes in the queue, by type (mda local, mta relay, bounce) and state.")
     for t in TYPES:
         for s in STATES:
             out.append(f'mailrider_queue_envelopes{{type="{t}",state="{s}"}} '
