@@ -842,6 +842,10 @@ this folder is out of date).
   (it replaces Postfix or Exim, provides /usr/sbin/sendmail, mailq and
   newaliases) and installs /etc/mail/mailrider.conf as a conffile.
 
+Each BSD port writes `src/mailrider/paths.toml` into the unpacked sdist before
+the build (`files/paths.toml`, `files/paths.toml.in`): the system's paths,
+which `mailrider/paths.py` reads at import (docs/ports.md §1).
+
 flit cannot install data files, so each port installs the man pages (and the
 core's examples) from the sdist's `man/` and `examples/` folders. Every extra's
 program is also installed as `libexec/mailrider/table-NAME`, where mailriderd
