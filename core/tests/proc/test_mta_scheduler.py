@@ -41,8 +41,8 @@ def test_pause_mta_holds_relay_envelopes_only() -> None:
     async def scenario(s: Scheduler, q: FakeQueue) -> None:
         s.command(m.Control(command="pause-mta"))
         now = time.time()
-        s.insert({"evpid": "a" * 16, "type": "mta", "ctime": now, "route": "out:x"}, now)
-        s.insert({"evpid": "b" * 16, "type": "mda", "ctime": now}, now)
+        s.insert(m.SchedEntry(evpid="a" * 16, type="mta", ctime=int(now), route="out:x"), now)
+        s.insert(m.SchedEntry(evpid="b" * 16, type="mda", ctime=int(now)), now)
         await asyncio.sleep(0.1)
         assert q.due == ["b" * 16]
         s.command(m.Control(command="resume-mta"))
@@ -56,7 +56,7 @@ def test_success_releases_waiting_envelopes_of_the_route() -> None:
     async def scenario(s: Scheduler, q: FakeQueue) -> None:
         now = time.time()
         for evpid, route in (("1" * 16, "out:x"), ("2" * 16, "out:x"), ("3" * 16, "out:y")):
-            s.insert({"evpid": evpid, "type": "mta", "ctime": now, "route": route}, now)
+            s.insert(m.SchedEntry(evpid=evpid, type="mta", ctime=int(now), route=route), now)
         await asyncio.sleep(0.1)
         assert sorted(q.due) == ["1" * 16, "2" * 16, "3" * 16]
         for evpid in ("2" * 16, "3" * 16):
@@ -85,8 +85,8 @@ def test_release_is_capped_by_mta_max_deferred() -> None:
             now = time.time()
             ids = [str(i) * 16 for i in range(1, 6)]
             for i, evpid in enumerate(ids):  # "1..." is the oldest
-                s.insert({"evpid": evpid, "type": "mta", "ctime": now - 10 + i,
-                          "route": "out:x"}, now)
+                s.insert(m.SchedEntry(evpid=evpid, type="mta", ctime=int(now) - 10 + i,
+                                      route="out:x"), now)
             await asyncio.sleep(0.1)
             for evpid in ids[1:]:
                 s.result(m.SchedResult(evpid=evpid, status="tempfail", retry=1))

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from mailrider.proc.pony_deliveries import Deliveries
+from mailrider.queue.envelope import Delivery, delivery_from_fields
 
 
-def _d(dest: str, **kw: str) -> dict[str, Any]:
+def _d(dest: str, **kw: str) -> Delivery:
     d = {"dispatcher": "local", "rcpt": "list@example.org", "dest": dest,
          "mda-method": "maildir", "mda-arg": "", "mda-user": "u", "mda-uid": "1000",
          "mda-gid": "1000", "mda-home": "/home/u", "mda-local-user": "u",
          "mda-subaddress": ""}
     d.update(kw)
-    return d
+    return delivery_from_fields(d)
 
 
 def test_duplicates_across_recipients_kept_once_with_the_first_recipient() -> None:
@@ -22,9 +21,9 @@ def test_duplicates_across_recipients_kept_once_with_the_first_recipient() -> No
     assert ds.add(0, members)
     assert ds.add(1, [_d("M3@Example.org"), _d("m9@example.org"), _d("m9@example.org")])
     assert ds.add(2, members)
-    got = list(ds)
+    got = list(ds.items())
     assert len(ds) == 6
-    assert [(i, d["dest"]) for i, d in got] == [(0, f"m{i}@example.org") for i in range(5)] \
+    assert [(i, d.dest) for i, d in got] == [(0, f"m{i}@example.org") for i in range(5)] \
         + [(1, "m9@example.org")]
     assert got[0][1] == members[0]
 
@@ -46,17 +45,18 @@ def test_a_recipient_past_the_limit_is_refused_whole() -> None:
     assert len(ds) == 10
     assert not ds.add(3, [_d("c@x")])
     assert ds.add(4, [_d("a5@x")])  # nothing new always fits
-    assert {i for i, _ in ds} == {0, 2}
+    assert {i for i, _ in ds.items()} == {0, 2}
 
 
-def test_fields_unknown_to_pony_travel_unchanged_and_strings_are_shared() -> None:
+def test_deliveries_travel_unchanged_and_strings_are_shared() -> None:
     ds = Deliveries(100)
-    a = _d("a@x", **{"lka-seal": "abc"})
+    a = _d("a@x", **{"mda-grant": "ab" * 32})
     b = _d("b@x", **{"mda-home": "".join(["/home/", "u"])})
+    assert a.home is not b.home
     assert ds.add(0, [a, b])
-    (_, got_a), (_, got_b) = list(ds)
-    assert got_a == a and got_b == b
-    assert got_a["mda-home"] is got_b["mda-home"]
+    (_, got_a), (_, got_b) = list(ds.items())
+    assert got_a == a and got_b == b and got_a.grant == "ab" * 32
+    assert got_a.home is got_b.home
 
 
 def test_expansions_bounded_duplicates_included() -> None:

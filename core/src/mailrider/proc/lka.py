@@ -28,6 +28,7 @@ from mailrider.proc import common, lka_dns, lka_rules
 from mailrider.proc.lka_dns import resolver_config
 from mailrider.proc.lka_expand import expand
 from mailrider.proc.workers import WorkerPool
+from mailrider.queue import envelope as envmod
 from mailrider.table.base import normalise_key
 from mailrider.table.registry import TableSet
 
@@ -219,16 +220,16 @@ class Lka(common.Process):
         key = self.grant_key
         if key is None:  # pragma: no cover - the parent sends it before anything else
             return m.RcptResult(accepted=False, reply="451 4.3.0 Temporary failure")
-        out: list[dict[str, Any]] = []
+        out: list[envmod.Delivery] = []
         for d in deliveries:
-            fields: dict[str, Any] = {
-                "dispatcher": d.action, "rcpt": d.rcpt, "dest": d.dest, "mda-method": d.method,
-                "mda-arg": d.arg or "", "mda-user": d.user, "mda-uid": str(d.uid),
-                "mda-gid": str(d.gid), "mda-home": d.home, "mda-local-user": d.local_user,
-                "mda-subaddress": d.subaddress}
-            # sealed for the parent, bound to this sender (delivery/grant.py)
-            fields[grant.KEY] = grant.seal(key, {**fields, "sender": msg.sender})
-            out.append(fields)
+            decided = envmod.Delivery(
+                dispatcher=d.action, rcpt=d.rcpt, dest=d.dest, method=d.method,
+                arg=d.arg or "", user=d.user, uid=d.uid, gid=d.gid, home=d.home,
+                local_user=d.local_user, subaddress=d.subaddress)
+            # sealed for the parent, bound to this sender (delivery/grant.py), over
+            # the fields as the envelope codec writes them
+            seal = grant.seal(key, {**envmod.delivery_fields(decided), "sender": msg.sender})
+            out.append(dataclasses.replace(decided, grant=seal))
         return m.RcptResult(accepted=True, deliveries=out)
 
     async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
