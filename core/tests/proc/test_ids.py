@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 from mailrider.config.model import Config
 from mailrider.ipc import messages as m
-from mailrider.proc.common import Options
+from mailrider.proc.common import Options, spool_dir
 from mailrider.proc.control import invalid_id
 from mailrider.proc.queue import Queue
 from mailrider.proc.scheduler import Scheduler
 from mailrider.queue import envelope as envmod
 from mailrider.queue.envelope import Delivery, Envelope
+from mailrider.queue.spool import Spool
 
 #: what a hostile peer or a careless operator may pass where an id belongs
 JUNK = ["../../etc/passwd", "/etc/passwd", "..", "", "all/../..", "0123456789abcdef/..",
@@ -52,6 +53,8 @@ def victim(tmp_path: pathlib.Path) -> pathlib.Path:
 def _queue(statedir: pathlib.Path) -> Queue:
     q = Queue(Options(statedir=str(statedir)), Config())
     asyncio.run(q.setup())
+    # as root the queue runs chrooted in its spool, which it calls "/": not here
+    q.spool = Spool(spool_dir(str(statedir)))
     q.spool.setup()
     return q
 
