@@ -197,111 +197,164 @@ class Envelope:
 
 # -- the codec ---------------------------------------------------------------
 
-#: Delivery attribute <-> key
-_DELIVERY_KEYS = (
-    ("dispatcher", "dispatcher"), ("rcpt", "rcpt"), ("dest", "dest"),
-    ("method", "mda-method"), ("arg", "mda-arg"), ("user", "mda-user"),
-    ("uid", "mda-uid"), ("gid", "mda-gid"), ("home", "mda-home"),
-    ("local_user", "mda-local-user"), ("subaddress", "mda-subaddress"),
-    ("grant", "mda-grant"),
+# How each attribute is written: text as it is, a count (non-negative), an id
+# (uid/gid, -1 for none), words (flags, space-separated), a list (NOTIFY,
+# comma-separated).
+_TEXT, _COUNT, _ID, _WORDS, _LIST = range(5)
+
+#: (key, attribute, kind) of a Delivery
+_DELIVERY_SPEC = (
+    ("dispatcher", "dispatcher", _TEXT), ("rcpt", "rcpt", _TEXT), ("dest", "dest", _TEXT),
+    ("mda-method", "method", _TEXT), ("mda-arg", "arg", _TEXT), ("mda-user", "user", _TEXT),
+    ("mda-uid", "uid", _ID), ("mda-gid", "gid", _ID), ("mda-home", "home", _TEXT),
+    ("mda-local-user", "local_user", _TEXT), ("mda-subaddress", "subaddress", _TEXT),
+    ("mda-grant", "grant", _TEXT),
 )
-#: Envelope attribute <-> key (evpid, delivery, extra apart)
-_ENVELOPE_KEYS = (
-    ("type", "type"), ("tag", "tag"), ("smtpname", "smtpname"), ("helo", "helo"),
-    ("hostname", "hostname"), ("sockaddr", "sockaddr"), ("sender", "sender"),
-    ("ctime", "ctime"), ("last_try", "last-try"), ("retry", "retry"), ("ttl", "ttl"),
-    ("flags", "flags"), ("dsn_notify", "dsn-notify"), ("dsn_ret", "dsn-ret"),
-    ("dsn_envid", "dsn-envid"), ("dsn_orcpt", "dsn-orcpt"), ("errorline", "errorline"),
-    ("bounce_type", "bounce-type"), ("last_bounce", "last-bounce"),
-    ("message_size", "message-size"), ("message_sha256", "message-sha256"),
+#: (key, attribute, kind) of an Envelope (evpid, delivery and extra apart)
+_ENVELOPE_SPEC = (
+    ("type", "type", _TEXT), ("tag", "tag", _TEXT), ("smtpname", "smtpname", _TEXT),
+    ("helo", "helo", _TEXT), ("hostname", "hostname", _TEXT), ("sockaddr", "sockaddr", _TEXT),
+    ("sender", "sender", _TEXT), ("ctime", "ctime", _COUNT), ("last-try", "last_try", _COUNT),
+    ("retry", "retry", _COUNT), ("ttl", "ttl", _COUNT), ("flags", "flags", _WORDS),
+    ("dsn-notify", "dsn_notify", _LIST), ("dsn-ret", "dsn_ret", _TEXT),
+    ("dsn-envid", "dsn_envid", _TEXT), ("dsn-orcpt", "dsn_orcpt", _TEXT),
+    ("errorline", "errorline", _TEXT), ("bounce-type", "bounce_type", _TEXT),
+    ("last-bounce", "last_bounce", _COUNT), ("message-size", "message_size", _COUNT),
+    ("message-sha256", "message_sha256", _TEXT),
 )
-_INTS = frozenset({"uid", "gid", "ctime", "last_try", "retry", "ttl", "last_bounce",
-                   "message_size"})
-#: integers that may be negative (a relay delivery's uid and gid are -1)
-_SIGNED = frozenset({"uid", "gid"})
-_KNOWN = frozenset({"version", "evpid"} | {k for _, k in _DELIVERY_KEYS}
-                   | {k for _, k in _ENVELOPE_KEYS})
+_DELIVERY_KEYS = frozenset(k for k, _, _ in _DELIVERY_SPEC)
+_KNOWN = frozenset({"version", "evpid"} | _DELIVERY_KEYS
+                   | {k for k, _, _ in _ENVELOPE_SPEC})
+#: the write order: ORDER's keys, then the other known keys and unknown ones,
+#: alphabetically; (key, attribute, kind, of the delivery?) of the first part
+_HEAD = tuple(sorted(
+    [(k, a, kind, True) for k, a, kind in _DELIVERY_SPEC if k in _RANK]
+    + [(k, a, kind, False) for k, a, kind in _ENVELOPE_SPEC if k in _RANK],
+    key=lambda x: _RANK[x[0]]))
+_TAIL = tuple((k, a, kind, True) for k, a, kind in _DELIVERY_SPEC if k not in _RANK) + tuple(
+    (k, a, kind, False) for k, a, kind in _ENVELOPE_SPEC if k not in _RANK)
 
 
-def _text(value: object) -> str:
+def _render(value: Any, kind: int) -> str:
+    if kind == _TEXT:
+        return str(value)
+    if kind == _WORDS:
+        return " ".join(value)
+    if kind == _LIST:
+        return ",".join(value)
     return "" if value is None else str(value)
 
 
-def _put(out: dict[str, str], key: str, value: str) -> None:
-    if "\n" in value or "\r" in value:
-        raise ValueError(f"envelope field {key!r} holds a line break")
-    if value:
-        out[key] = value
+def _no_breaks(fields: dict[str, str]) -> dict[str, str]:
+    blob = "".join(fields.values())
+    if "\n" in blob or "\r" in blob:
+        bad = next(k for k, v in fields.items() if "\n" in v or "\r" in v)
+        raise ValueError(f"envelope field {bad!r} holds a line break")
+    return fields
 
 
 def delivery_fields(d: Delivery) -> dict[str, str]:
     """The keys of a delivery (what lka answers, what its grant covers)."""
     out: dict[str, str] = {}
-    for attr, key in _DELIVERY_KEYS:
-        _put(out, key, _text(getattr(d, attr)))
-    return out
+    for key, attr, kind, _ in _HEAD + _TAIL:
+        if key in _DELIVERY_KEYS:
+            text = _render(getattr(d, attr), kind)
+            if text:
+                out[key] = text
+    return _no_breaks(out)
 
 
 def to_fields(env: Envelope) -> dict[str, str]:
     """The envelope as ``key: value`` pairs, in the order they are written."""
     if env.evpid and not is_evpid(env.evpid):
         raise ValueError("envelope without a valid evpid")
-    fields: dict[str, str] = {"version": VERSION}
-    _put(fields, "evpid", env.evpid)
-    fields.update(delivery_fields(env.delivery))
-    for attr, key in _ENVELOPE_KEYS:
-        value = getattr(env, attr)
-        if attr == "flags":
-            _put(fields, key, " ".join(value))
-        elif attr == "dsn_notify":
-            _put(fields, key, ",".join(value))
-        else:
-            _put(fields, key, _text(value))
-    for key, value in env.extra:
+    out: dict[str, str] = {"version": VERSION}
+    if env.evpid:
+        out["evpid"] = env.evpid
+    d = env.delivery
+    for key, attr, kind, of_delivery in _HEAD:
+        text = _render(getattr(d if of_delivery else env, attr), kind)
+        if text:
+            out[key] = text
+    tail: list[tuple[str, str]] = []
+    for key, attr, kind, of_delivery in _TAIL:
+        text = _render(getattr(d if of_delivery else env, attr), kind)
+        if text:
+            tail.append((key, text))
+    for key, text in env.extra:
         if key in _KNOWN or not key or ":" in key or "\n" in key or "\r" in key:
             raise ValueError(f"bad envelope key {key[:40]!r}")
-        _put(fields, key, value)
-    return dict(sorted(fields.items(), key=lambda kv: (_RANK.get(kv[0], len(ORDER)), kv[0])))
+        if text:
+            tail.append((key, text))
+    tail.sort()
+    out.update(tail)
+    return _no_breaks(out)
 
 
-def _int(attr: str, key: str, value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise ValueError(f"envelope field {key!r} is not a number") from None
-    if str(n) != value or (n < 0 and attr not in _SIGNED):
-        raise ValueError(f"envelope field {key!r} is not a number")
-    return n
-
-
-def _typed(attr: str, key: str, value: str) -> object:
-    if attr in _INTS:
-        return _int(attr, key, value) if value else None
-    if attr == "flags":
-        return tuple(value.split())
-    if attr == "dsn_notify":
-        return tuple(x for x in value.split(",") if x)
-    return value
-
-
-def _check(fields: Mapping[str, object]) -> dict[str, str]:
-    if not isinstance(fields, Mapping) or len(fields) > FIELDS_MAX:
+def _check(fields: Mapping[str, object]) -> Mapping[str, str]:
+    if not isinstance(fields, dict) or len(fields) > FIELDS_MAX:
         raise ValueError("malformed envelope")
-    for k, v in fields.items():
-        if not isinstance(k, str) or not isinstance(v, str) or len(v) > VALUE_MAX:
-            raise ValueError("malformed envelope")
-        if "\n" in v or "\r" in v or "\n" in k or "\r" in k or ":" in k:
-            raise ValueError(f"envelope field {k[:40]!r} holds a line break")
-    return dict(fields)  # type: ignore[arg-type]
+    try:
+        # str.join takes strings only: one pass in C checks every type
+        keys, values = "\0".join(fields), "\0".join(fields.values())
+    except TypeError:
+        raise ValueError("malformed envelope") from None
+    if fields and max(map(len, fields.values())) > VALUE_MAX:
+        raise ValueError("malformed envelope")
+    if "\n" in values or "\r" in values or "\n" in keys or "\r" in keys or ":" in keys:
+        raise ValueError("envelope field holds a line break")
+    return fields
+
+
+def _number(key: str, value: str, signed: bool) -> int:
+    digits = value[1:] if signed and value[:1] == "-" else value
+    # canonical decimal only: ASCII digits, no sign, no leading zero, no "_"
+    if not (digits.isascii() and digits.isdigit()) or (digits[0] == "0" and value != "0"):
+        raise ValueError(f"envelope field {key!r} is not a number")
+    return int(value)
+
+
+def _groups(spec: tuple[tuple[str, str, int], ...]) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """``spec``'s (key, attribute) pairs by kind."""
+    return tuple(tuple((k, a) for k, a, kind in spec if kind == want)
+                 for want in (_TEXT, _COUNT, _ID, _WORDS, _LIST))
+
+
+_DELIVERY_GROUPS = _groups(_DELIVERY_SPEC)
+_ENVELOPE_GROUPS = _groups(_ENVELOPE_SPEC)
+
+
+def _typed(groups: tuple[tuple[tuple[str, str], ...], ...], f: Mapping[str, str]
+           ) -> dict[str, Any]:
+    """The attributes that ``f`` gives a value (the others keep their default)."""
+    text, counts, ids, words, lists = groups
+    get = f.get
+    kw: dict[str, Any] = {a: v for k, a in text if (v := get(k))}
+    for k, a in counts:
+        if v := get(k):
+            kw[a] = _number(k, v, False)
+    for k, a in ids:
+        if v := get(k):
+            kw[a] = _number(k, v, True)
+    for k, a in words:
+        if v := get(k):
+            kw[a] = tuple(v.split())
+    for k, a in lists:
+        if v := get(k):
+            kw[a] = tuple(x for x in v.split(",") if x)
+    return kw
+
+
+def _delivery(f: Mapping[str, str]) -> Delivery:
+    kw = _typed(_DELIVERY_GROUPS, f)
+    for attr in ("dispatcher", "rcpt", "dest", "method"):
+        kw.setdefault(attr, "")
+    return Delivery(**kw)
 
 
 def delivery_from_fields(fields: Mapping[str, object]) -> Delivery:
     """A delivery from its keys (others are ignored)."""
-    f = _check(fields)
-    kw: dict[str, Any] = {}
-    for attr, key in _DELIVERY_KEYS:
-        kw[attr] = _typed(attr, key, f.get(key, ""))
-    return Delivery(**kw)
+    return _delivery(_check(fields))
 
 
 def from_fields(fields: Mapping[str, object], *, draft: bool = False) -> Envelope:
@@ -322,15 +375,11 @@ def from_fields(fields: Mapping[str, object], *, draft: bool = False) -> Envelop
             raise ValueError("a new envelope names no evpid")
     elif not is_evpid(evpid):
         raise ValueError("envelope without a valid evpid")
-    kw: dict[str, Any] = {}
-    for attr, key in _ENVELOPE_KEYS:
-        value = f.get(key, "")
-        if value or attr not in _INTS:
-            kw[attr] = _typed(attr, key, value)
-    if not kw["type"]:
-        del kw["type"]  # a file without one: a local delivery, as always
-    extra = tuple(sorted((k, v) for k, v in f.items() if k not in _KNOWN and v))
-    return Envelope(evpid=evpid, delivery=delivery_from_fields(f), extra=extra, **kw)
+    kw = _typed(_ENVELOPE_GROUPS, f)
+    unknown = f.keys() - _KNOWN
+    if unknown:
+        kw["extra"] = tuple(sorted((k, f[k]) for k in unknown if f[k]))
+    return Envelope(evpid=evpid, delivery=_delivery(f), **kw)
 
 
 def serialise(env: Envelope) -> bytes:
