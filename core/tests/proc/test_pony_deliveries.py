@@ -21,7 +21,7 @@ def test_duplicates_across_recipients_kept_once_with_the_first_recipient() -> No
     assert ds.add(0, members)
     assert ds.add(1, [_d("M3@Example.org"), _d("m9@example.org"), _d("m9@example.org")])
     assert ds.add(2, members)
-    got = list(ds.items())
+    got = list(ds)
     assert len(ds) == 6
     assert [(i, d.dest) for i, d in got] == [(0, f"m{i}@example.org") for i in range(5)] \
         + [(1, "m9@example.org")]
@@ -45,7 +45,7 @@ def test_a_recipient_past_the_limit_is_refused_whole() -> None:
     assert len(ds) == 10
     assert not ds.add(3, [_d("c@x")])
     assert ds.add(4, [_d("a5@x")])  # nothing new always fits
-    assert {i for i, _ in ds.items()} == {0, 2}
+    assert {i for i, _ in ds} == {0, 2}
 
 
 def test_deliveries_travel_unchanged_and_strings_are_shared() -> None:
@@ -54,7 +54,7 @@ def test_deliveries_travel_unchanged_and_strings_are_shared() -> None:
     b = _d("b@x", **{"mda-home": "".join(["/home/", "u"])})
     assert a.home is not b.home
     assert ds.add(0, [a, b])
-    (_, got_a), (_, got_b) = list(ds.items())
+    (_, got_a), (_, got_b) = list(ds)
     assert got_a == a and got_b == b and got_a.grant == "ab" * 32
     assert got_a.home is got_b.home
 

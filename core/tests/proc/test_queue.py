@@ -94,8 +94,7 @@ def test_commit_names_and_writes_the_envelopes(tmp_path: Path) -> None:
         os.close(fds[0])
         drafts = [envelope("00000000", r).replace(evpid="") for r in ("u@x.example",
                                                                        "v@x.example")]
-        commit = wire(m.MessageCommit(msgid=created.msgid, envelopes=[
-            {k: v for k, v in envmod.to_fields(d).items() if k != "version"} for d in drafts]))
+        commit = wire(m.MessageCommit(msgid=created.msgid, envelopes=drafts))
         reply = await h.q.handle(FakeChan(), commit, [])  # type: ignore[arg-type]
         assert reply == m.Ok(text=created.msgid)
         [ins] = h.scheduler.of(m.SchedInsert)[-1:]
@@ -106,6 +105,10 @@ def test_commit_names_and_writes_the_envelopes(tmp_path: Path) -> None:
             # the queue named it; everything else is what pony sent
             assert on_disk == draft.replace(evpid=entry.evpid)
             assert (entry.type, entry.ttl, entry.route) == ("mda", 3600, "")
+        # pony may not name an envelope: the codec refuses the frame
+        with pytest.raises(ValueError):
+            wire(m.MessageCommit(msgid=created.msgid, envelopes=[
+                drafts[0].replace(evpid=envmod.new_evpid(created.msgid))]))
         # a message it did not open is refused
         with pytest.raises(Exception, match="unknown message"):
             await h.q.handle(FakeChan(), wire(m.MessageCommit(msgid="deadbeef",  # type: ignore[arg-type]

@@ -213,3 +213,20 @@ def test_a_reply_travels_typed() -> None:
                 [550, "", "x", [1]]):
         with pytest.raises(ValueError):
             m.REPLY.decode(bad)
+
+
+def test_refusals_travel_as_typed_replies() -> None:
+    from mailrider.errors import PermFail, TempFail
+
+    refused = m.RcptResult(accepted=False, reply=Reply(550, "5.1.1", "Invalid recipient"))
+    assert _wire(refused) == refused
+    assert m.encode(refused)["reply"] == [550, "5.1.1", "Invalid recipient", []]
+    assert _wire(m.AuthResult("error")) == m.AuthResult("error", None)
+    for bad in ("550 5.1.1 text", [550, "4.1.1", "status of another class", []]):
+        with pytest.raises(ValueError):
+            m.decode({"t": "RcptResult", "accepted": False, "reply": bad})
+    default = Reply(451, "4.3.0", "Temporary failure")
+    assert m.reply_of(PermFail("No such user", 550, "5.1.1"), default) == Reply(
+        550, "5.1.1", "No such user")
+    assert m.reply_of(TempFail("x", 451, "5.0.0"), default) is default  # no such reply
+    assert m.reply_of(TempFail("x", 250, "2.0.0"), default) is default  # not a failure

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from mailrider.errors import SMTPFailure
 from mailrider.queue import envelope as envmod
 from mailrider.queue.envelope import Delivery, Envelope
 from mailrider.smtp.reply import Reply
@@ -68,6 +69,16 @@ DELIVERIES = _list_of(_Codec(envmod.delivery_fields, envmod.delivery_from_fields
 #: an SMTP reply: [code, status, text, [continuation lines]]
 REPLY = _Codec(lambda r: [r.code, r.status, r.text, list(r.lines)], _reply_decode)
 OPTIONAL_REPLY = _optional(REPLY)
+
+
+def reply_of(exc: SMTPFailure, default: Reply) -> Reply:
+    """The reply a failure implies, typed; ``default`` when its code and
+    status make no valid failure reply (a 2xx, a status of another class)."""
+    try:
+        reply = Reply(exc.code, exc.status, exc.text)
+    except ValueError:
+        return default
+    return reply if reply.code >= 400 else default
 
 
 def _codec(codec: _Codec) -> Any:
@@ -176,7 +187,8 @@ class RcptCheck:
 @dataclass(frozen=True, slots=True)
 class RcptResult:
     accepted: bool
-    reply: str = ""  # the full SMTP reply when refused
+    #: the SMTP reply when refused
+    reply: Reply | None = field(default=None, metadata=_codec(OPTIONAL_REPLY))
     #: lka's decision for each address the recipient expands to, sealed
     deliveries: list[Delivery] = field(default_factory=list, metadata=_codec(DELIVERIES))
 
@@ -225,8 +237,11 @@ class MessageCreated:
 @register
 @dataclass(frozen=True, slots=True)
 class MessageCommit:
+    """pony -> queue: the envelopes of the message, built from lka's deliveries;
+    the queue names each one (they come without an evpid)."""
+
     msgid: str
-    envelopes: list[dict[str, Any]]
+    envelopes: list[Envelope] = field(metadata=_codec(DRAFTS))
 
 
 @register
@@ -503,7 +518,8 @@ class AuthCheck:
 @dataclass(frozen=True, slots=True)
 class AuthResult:
     result: str  # "ok", "fail" or "error"
-    reply: str = ""
+    #: with "error": the reply the client gets, when not the default 454
+    reply: Reply | None = field(default=None, metadata=_codec(OPTIONAL_REPLY))
 
 
 @register

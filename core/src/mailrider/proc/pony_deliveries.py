@@ -79,13 +79,6 @@ class Deliveries:
             return self._strings.setdefault(value, value)
         return value
 
-    def items(self) -> Iterator[tuple[int, Delivery]]:
+    def __iter__(self) -> Iterator[tuple[int, Delivery]]:
         """(recipient index, delivery) in the order they were added."""
         return iter(self._items)
-
-    def __iter__(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(recipient index, delivery as envelope fields) in the order they were added."""
-        from mailrider.queue.envelope import delivery_fields
-
-        for index, d in self._items:
-            yield index, delivery_fields(d)

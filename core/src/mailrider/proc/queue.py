@@ -21,7 +21,7 @@ from mailrider.ipc.channel import Channel
 from mailrider.proc import common
 from mailrider.queue import bounce
 from mailrider.queue import envelope as envmod
-from mailrider.queue.envelope import Delivery, Envelope
+from mailrider.queue.envelope import Envelope
 from mailrider.queue.schedule import next_attempt
 from mailrider.queue.spool import PendingCommit, Spool
 
@@ -123,7 +123,7 @@ class Queue(common.Process):
         if msg.msgid not in self._open:
             raise TempFail("unknown message")
         # the queue names each envelope: pony's come without an id
-        envs = [_draft(d).replace(evpid=envmod.new_evpid(msg.msgid)) for d in msg.envelopes]
+        envs = [draft.replace(evpid=envmod.new_evpid(msg.msgid)) for draft in msg.envelopes]
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._batch.append((PendingCommit(msg.msgid, envs), fut))
         self._wake.set()
@@ -333,7 +333,7 @@ class Queue(common.Process):
             return
         if not isinstance(res, m.RcptResult) or not res.accepted:
             log.event("bounce", "no-route", evpid=evpid, to=sender,
-                      reason=getattr(res, "reply", ""))
+                      reason=str(res.reply or "") if isinstance(res, m.RcptResult) else "")
             return
         body = bounce.build_report(items, original, kind=kind, full=full)
         msgid = envmod.new_msgid()
@@ -342,7 +342,7 @@ class Queue(common.Process):
             evpid=envmod.new_evpid(msgid), delivery=dataclasses.replace(d, rcpt=sender),
             type="mta" if d.relayed else "bounce", sender="", ctime=now, retry=0,
             ttl=limits.BOUNCE_TTL, smtpname=env.smtpname, flags=("bounce",),
-            bounce_type=kind) for d in _deliveries(res)]
+            bounce_type=kind) for d in res.deliveries]
         try:
             await asyncio.to_thread(self.spool.add_message, msgid, body, envs)
         except (OSError, TempFail) as exc:
@@ -478,13 +478,6 @@ async def _close_off_loop(fd: int) -> None:
     await asyncio.to_thread(os.close, fd)
 
 
-def _draft(e: Envelope | dict[str, Any]) -> Envelope:
-    return e if isinstance(e, Envelope) else envmod.from_fields(e, draft=True)
-
-
-def _deliveries(res: m.RcptResult) -> list[Delivery]:
-    return [envmod.delivery_from_fields(d) if isinstance(d, dict) else d
-            for d in res.deliveries]
 
 
 @dataclass(slots=True)
