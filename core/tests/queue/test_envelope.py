@@ -230,3 +230,17 @@ def test_refusals_travel_as_typed_replies() -> None:
         550, "5.1.1", "No such user")
     assert m.reply_of(TempFail("x", 451, "5.0.0"), default) is default  # no such reply
     assert m.reply_of(TempFail("x", 250, "2.0.0"), default) is default  # not a failure
+
+
+@pytest.mark.parametrize("result", [
+    {"evpid": "0000abcd00000001", "status": "delivered"},
+    {"evpid": "0000abcd00000001", "status": "ok", "text": 550},
+    {"evpid": "0000abcd00000001", "status": "ok", "dsn_relayed": "yes"},
+    {"evpid": "../../x", "status": "ok"},
+])
+def test_delivery_results_are_checked_as_they_arrive(result: dict[str, object]) -> None:
+    # the queue removes, bounces or rewrites the envelope on a result
+    with pytest.raises(ValueError):
+        m.decode({"t": "DeliveryResults", "results": [result]})
+    with pytest.raises(ValueError):
+        m.decode({"t": "DeliveryResult", **result})

@@ -334,6 +334,18 @@ class DeliveryResult:
     relay: str = ""
     dsn_relayed: bool = False
 
+    def __post_init__(self) -> None:
+        # the queue acts on it (removes, bounces, writes the text into the
+        # envelope): a peer's result is checked as it is decoded
+        if not envmod.is_evpid(self.evpid) or self.status not in DELIVERY_STATUSES:
+            raise ValueError("malformed delivery result")
+        if not (isinstance(self.text, str) and isinstance(self.relay, str)
+                and isinstance(self.dsn_relayed, bool)):
+            raise ValueError("malformed delivery result")
+
+
+DELIVERY_STATUSES = ("ok", "tempfail", "permfail")
+
 
 # -- pony <-> parent ------------------------------------------------------------
 

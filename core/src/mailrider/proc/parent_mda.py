@@ -420,7 +420,7 @@ class Deliveries:
             try:
                 result = m.DeliveryResult(evpid=evpid, status=str(res["status"]),
                                           text=str(res["text"]))
-            except (TypeError, KeyError):
+            except (TypeError, KeyError, ValueError):
                 result = m.DeliveryResult(evpid=evpid, status="tempfail",
                                           text="451 4.3.0 delivery process died")
             if not job.done.done():
