@@ -60,19 +60,19 @@ def test_a_sealed_envelope_is_decided_from_the_configuration() -> None:
 ])
 def test_a_forged_grant_is_refused(forge: dict[str, object]) -> None:
     env = sealed()
-    forged = env.replace(delivery=dataclasses.replace(env.delivery, **forge))  # type: ignore[arg-type]
+    forged = dataclasses.replace(env, delivery=dataclasses.replace(env.delivery, **forge))  # type: ignore[arg-type]
     with pytest.raises(Forged) as caught:
         decide(CFG, KEY, forged, root=True)
     assert caught.value.reply().startswith("451 4.7.0")
     # the sender and the key are sealed too
     with pytest.raises(Forged):
-        decide(CFG, KEY, env.replace(sender="other@y.example"), root=True)
+        decide(CFG, KEY, dataclasses.replace(env, sender="other@y.example"), root=True)
     with pytest.raises(Forged):
         decide(CFG, bytes(32), env, root=True)
 
 
 def test_fields_outside_the_grant_do_not_matter() -> None:
-    env = sealed().replace(retry=4, errorline="451 4.0.0 x", extra=(("x-new", "1"),))
+    env = dataclasses.replace(sealed(), retry=4, errorline="451 4.0.0 x", extra=(("x-new", "1"),))
     assert decide(CFG, KEY, env, root=False).user == ME.pw_name
 
 

@@ -6,6 +6,7 @@ temporary folder. No daemon is started."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -92,7 +93,7 @@ def test_commit_names_and_writes_the_envelopes(tmp_path: Path) -> None:
         assert isinstance(created, m.MessageCreated) and envmod.is_msgid(created.msgid)
         os.write(fds[0], BODY)
         os.close(fds[0])
-        drafts = [envelope("00000000", r).replace(evpid="") for r in ("u@x.example",
+        drafts = [dataclasses.replace(envelope("00000000", r), evpid="") for r in ("u@x.example",
                                                                        "v@x.example")]
         commit = wire(m.MessageCommit(msgid=created.msgid, envelopes=drafts))
         reply = await h.q.handle(FakeChan(), commit, [])  # type: ignore[arg-type]
@@ -103,12 +104,12 @@ def test_commit_names_and_writes_the_envelopes(tmp_path: Path) -> None:
         for entry, draft in zip(ins.envelopes, drafts, strict=True):
             on_disk = h.q.spool.load_envelope(entry.evpid)
             # the queue named it; everything else is what pony sent
-            assert on_disk == draft.replace(evpid=entry.evpid)
+            assert on_disk == dataclasses.replace(draft, evpid=entry.evpid)
             assert (entry.type, entry.ttl, entry.route) == ("mda", 3600, "")
         # pony may not name an envelope: the codec refuses the frame
         with pytest.raises(ValueError):
             wire(m.MessageCommit(msgid=created.msgid, envelopes=[
-                drafts[0].replace(evpid=envmod.new_evpid(created.msgid))]))
+                dataclasses.replace(drafts[0], evpid=envmod.new_evpid(created.msgid))]))
         # a message it did not open is refused
         with pytest.raises(Exception, match="unknown message"):
             await h.q.handle(FakeChan(), wire(m.MessageCommit(msgid="deadbeef",  # type: ignore[arg-type]
@@ -149,7 +150,7 @@ def test_a_temporary_failure_is_written_back_for_the_scheduler(tmp_path: Path) -
         later = h.q.spool.load_envelope(env.evpid)
         assert later.retry == 1 and later.errorline == "452 4.2.2 Mailbox full"
         assert later.last_try is not None and later.last_try >= env.ctime
-        assert later.replace(retry=0, errorline="", last_try=None) == env
+        assert dataclasses.replace(later, retry=0, errorline="", last_try=None) == env
 
     serve(tmp_path, body, answers={"parent": _parent("tempfail", "452 4.2.2 Mailbox\nfull")})
 

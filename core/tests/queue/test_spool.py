@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -66,7 +67,7 @@ def test_remove_last_envelope_removes_message(tmp_path: os.PathLike[str]) -> Non
     sp.commit_batch([PendingCommit(msgid, [e1, e2])])
     sp.remove_envelope(e1.evpid)
     assert os.path.isdir(sp.msgdir(msgid))
-    e2 = e2.replace(retry=3)
+    e2 = dataclasses.replace(e2, retry=3)
     sp.update_envelope(e2)
     assert sp.load_envelope(e2.evpid).retry == 3
     sp.remove_envelope(e2.evpid)
@@ -75,14 +76,14 @@ def test_remove_last_envelope_removes_message(tmp_path: os.PathLike[str]) -> Non
 
 def test_envelope_refuses_line_breaks() -> None:
     env = _env("0000abcd", "a@x.example")
-    env = env.replace(sender="a@x.example\nrcpt: evil@y.example")
+    env = dataclasses.replace(env, sender="a@x.example\nrcpt: evil@y.example")
     with pytest.raises(ValueError):
         envmod.serialise(env)
 
 
 def test_envelope_round_trip_and_version_check() -> None:
     env = _env("0000abcd", "a@x.example")
-    env = env.replace(extra=(("custom-key", "kept"),))
+    env = dataclasses.replace(env, extra=(("custom-key", "kept"),))
     assert envmod.parse(envmod.serialise(env)) == env
     with pytest.raises(ValueError):
         envmod.parse(b"version: 99\nevpid: 0000abcd00000001\n")
@@ -109,7 +110,7 @@ def test_recovery_after_unclean_stop_discards_bodies_not_on_disk(
         os.write(fd, body)
         os.close(fd)
         env = _env(msgid, "a@x.example")
-        env = env.replace(message_size=len(body), message_sha256=body_digest(body))
+        env = dataclasses.replace(env, message_size=len(body), message_sha256=body_digest(body))
         items.append(PendingCommit(msgid, [env]))
     sp.commit_batch(items)
     # what a crash before the sync can leave: the rename landed, the data did not

@@ -123,7 +123,8 @@ class Queue(common.Process):
         if msg.msgid not in self._open:
             raise TempFail("unknown message")
         # the queue names each envelope: pony's come without an id
-        envs = [draft.replace(evpid=envmod.new_evpid(msg.msgid)) for draft in msg.envelopes]
+        envs = [dataclasses.replace(draft, evpid=envmod.new_evpid(msg.msgid))
+                for draft in msg.envelopes]
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._batch.append((PendingCommit(msg.msgid, envs), fut))
         self._wake.set()
@@ -223,8 +224,8 @@ class Queue(common.Process):
             self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="permfail"))
         else:
             retry = env.retry + 1
-            env = env.replace(
-                retry=retry, last_try=int(time.time()),
+            env = dataclasses.replace(
+                env, retry=retry, last_try=int(time.time()),
                 errorline=res.text[:300].replace("\n", " ").replace("\r", " "))
             env = self._maybe_warn(env, res.text, fd, relay, retry)
             try:
@@ -272,7 +273,7 @@ class Queue(common.Process):
                if nxt >= ctime + w and last < ctime + w]
         if not due:
             return env
-        env = env.replace(last_bounce=int(now))
+        env = dataclasses.replace(env, last_bounce=int(now))
         self._notify(env, reason, fd, "delayed", relay)
         return env
 

@@ -6,7 +6,7 @@ recipient (the action, the delivery method and user, the seal of the grant)
 is its :class:`Delivery`. Envelopes are built once, from lka's answer, by
 pony at commit (and by the queue for a notification), then only read: a
 change (a retry count, an error line) is a new envelope made with
-:meth:`Envelope.replace`.
+``dataclasses.replace``, whose keywords mypy checks.
 
 One codec serves the disk and the IPC (docs/queue.md §3): :func:`to_fields`
 gives the ``key: value`` pairs, :func:`from_fields` checks and types them.
@@ -36,7 +36,6 @@ so an id can never be ``../..`` or an absolute path.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import secrets
 from collections.abc import Mapping
@@ -190,9 +189,6 @@ class Envelope:
     def notify(self) -> frozenset[str]:
         """The NOTIFY conditions, upper case."""
         return frozenset(x.strip().upper() for x in self.dsn_notify if x.strip())
-
-    def replace(self, **changes: Any) -> Envelope:
-        return dataclasses.replace(self, **changes)
 
 
 # -- the codec ---------------------------------------------------------------

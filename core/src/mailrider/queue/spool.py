@@ -32,6 +32,7 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import ctypes.util
+import dataclasses
 import errno
 import hashlib
 import os
@@ -301,8 +302,9 @@ class Spool:
         finally:
             os.close(fd)
         digest = body_digest(body)
-        item = PendingCommit(msgid, [e.replace(message_size=len(body), message_sha256=digest)
-                                     for e in envelopes])
+        item = PendingCommit(msgid, [
+            dataclasses.replace(e, message_size=len(body), message_sha256=digest)
+            for e in envelopes])
         self.commit_batch([item])
         if item.error is not None:
             raise item.error
