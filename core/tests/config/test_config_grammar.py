@@ -220,6 +220,7 @@ def test_relay_actions() -> None:
         PKI
         + textwrap.dedent(
             """
+            srs key "k"
             table secrets file:/etc/secrets
             table relays { "smtp://a.example" }
             table doms file:/etc/doms
@@ -252,7 +253,7 @@ def test_relay_actions() -> None:
         "helo_src": "doms",
     }
     assert a["r2"].ttl == 86400
-    assert a["r2"].where.line == 11  # 3 lines of PKI, a blank line, 6 more
+    assert a["r2"].where.line == 12  # 3 lines of PKI, a blank line, 7 more
     assert a["r3"].relay == {
         "backup": True, "backup_mx": "mx2.example", "helo": "mx.example",
         "src": "srcs",

@@ -791,6 +791,10 @@ class _Parser:
             if self._accept("no-verify"):
                 relay["tls_noverify"] = True
         elif name == "srs":
+            # as OpenSMTPD: the key comes first (docs/config.md §9)
+            if self.config.srs_key is None:
+                raise self._err("an srs key is required for srs to be specified in an action",
+                                opt)
             relay["srs"] = True
         elif name == "filter":
             flt = self._value()
@@ -1164,7 +1168,11 @@ class _Parser:
             else:
                 self.config.srs_key = self._value().value
         elif self._is_kw(opt, "ttl"):
-            self.config.srs_ttl = self._duration(self._value())
+            ttl = self._value()
+            self.config.srs_ttl = self._duration(ttl)
+            # the SRS timestamp counts days
+            if self.config.srs_ttl < 86400:
+                raise self._err(f'ttl delay "{ttl.value}" is too short', ttl)
         else:
             raise self._unexpected(opt)
         self._end()

@@ -51,10 +51,11 @@ import asyncio
 import dataclasses
 import os
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from mailrider import limits, log
+from mailrider import limits, log, srs
 from mailrider.config.model import Action, Config, Where
 from mailrider.errors import ConfigError, TempFail
 from mailrider.ipc import messages as m
@@ -625,6 +626,10 @@ class Mta:
         first = envs[0]
         relay = self._relay_of(first)
         sender = str(relay.get("mail_from") or first.get("sender", ""))
+        if relay.get("srs") and self.config.srs_key:
+            # docs/config.md §9: forwarded mail leaves with our SRS address
+            sender = srs.forward_sender(sender, first.get("rcpt", ""), first.get("dest", ""),
+                                        self.config.srs_key, time.time())
         rcpts: list[tuple[str, sc.RcptDSN]] = []
         by_rcpt: dict[str, list[dict[str, str]]] = {}
         for e in envs:
