@@ -506,6 +506,19 @@ def test_list_commas_optional_trailing_allowed_never_doubled() -> None:
         parse("filter a proc-exec x\nfilter b proc-exec y\nlisten on lo filter { a,, b }\n")
 
 
+def test_static_tables_take_arrows_as_opensmtpd() -> None:
+    cfg = parse('table m { joe => "joe@example.org", "k 2"=>v2\n  k3 = v3 }\n'
+                'action a mbox alias { root => joe }\n')
+    assert cfg.tables["m"].mapping == {"joe": "joe@example.org", "k 2": "v2", "k3": "v3"}
+    alias = cfg.actions["a"].alias
+    assert alias is not None and cfg.tables[alias].mapping == {"root": "joe"}
+    with pytest.raises(ConfigError, match=r"^g\.conf:1: table mixes list and mapping entries$"):
+        parse("table t { a, b => c }\n")
+    # only between a key and a value
+    with pytest.raises(ConfigError, match=r"^g\.conf:1: syntax error near '=>'$"):
+        parse("table t { => c }\n")
+
+
 def test_anonymous_names_never_overwrite_user_tables() -> None:
     cfg = parse('table "<anon:1>" { mine }\naction a mbox alias theirs\n')
     assert cfg.tables["<anon:1>"].items == ["mine"]

@@ -33,7 +33,7 @@ import re
 import socket
 from collections.abc import Callable, Iterator
 
-from mailrider.config.lexer import EOF, NL, STRING, WORD, Lexer, Token
+from mailrider.config.lexer import ARROW, EOF, NL, STRING, WORD, Lexer, Token
 from mailrider.config.model import (
     Action,
     Ca,
@@ -342,7 +342,7 @@ class _Parser:
                 continue
             comma = False
             key = self._value()
-            if self._peek().kind == "=":
+            if self._peek().kind in ("=", ARROW):
                 self._next()
                 if items:
                     raise self._err("table mixes list and mapping entries", key)
