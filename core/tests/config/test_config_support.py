@@ -40,6 +40,8 @@ srs key "k1"
 srs key backup "k0"
 srs ttl 2d
 action "fwd" relay host smtp://relay.example srs
+mda wrapper "w" "/usr/bin/wrap %{mda}"
+action "wrapped" mda "/usr/bin/deliver" wrapper "w"
 """
 
 
@@ -50,7 +52,6 @@ def test_supported_subset_passes() -> None:
 FIRST_USE = [
     ("queue compression\n", 1, "queue compression"),
     ("queue encryption\n", 1, "queue encryption"),
-    ('mda wrapper w "x"\n', 1, "mda wrapper"),
     ("mta limit max-conn-per-host 3\n", 1, "mta limit"),
     ("scheduler limit max-inflight 3\n", 1, "scheduler limit"),
     ("listen on lo proxy-v2\n", 1, "proxy-v2"),

@@ -26,8 +26,6 @@ UNSUPPORTED: dict[str, str] = {
     "hostnames": "per-address banner names from a table",
     "proxy-v2": "PROXY protocol v2 on a listener",
     "relay filter": "filters on relay actions",
-    "wrapper": "mda wrappers in actions",
-    "mda wrapper": "mda wrapper definitions",
     "queue compression": "compressed queue files",
     "queue encryption": "encrypted queue files",
     "mta limit": "relay connection limits",

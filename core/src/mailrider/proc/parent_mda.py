@@ -17,6 +17,7 @@ never blocks on a delivery itself.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import os
@@ -34,6 +35,7 @@ from mailrider.errors import PermFail, TempFail
 from mailrider.ipc import messages as m
 
 if TYPE_CHECKING:
+    from mailrider.delivery.format import FormatContext
     from mailrider.proc.parent import Parent
 
 #: an envelope the parent takes: this many fields at most, each value this long
@@ -241,6 +243,24 @@ async def _run_forked(parent: Parent, fn: Any) -> bytes | None:
     return b"".join(chunks) if chunks else None
 
 
+def wrapped(config: Config, action: Action, command: str, ctx: FormatContext) -> str:
+    """The command line to run: ``command``, or the action's ``mda wrapper`` around it.
+
+    As OpenSMTPD: the wrapper's command has its format specifiers expanded,
+    ``%{mda}`` being the (expanded) command. Both come from the parent's own
+    configuration, by the action's name the grant sealed, never from the
+    envelope (docs/security.md, rule 1; docs/config.md §11).
+    """
+    from mailrider.delivery.format import expand_format
+
+    if action.wrapper is None:
+        return command
+    template = config.mda_wrappers.get(action.wrapper)
+    if template is None:  # the parser refuses an undeclared wrapper
+        raise TempFail(f"no mda wrapper {action.wrapper!r}", 451, "4.3.0")
+    return expand_format(template, dataclasses.replace(ctx, mda=command))
+
+
 def _deliver(config: Config, plan: Plan, env: dict[str, str], msg_fd: int,
              batch: MaildirBatch) -> tuple[str, str] | int:
     """Runs in the forked child, as the user. Returns (status, text), or for a
@@ -272,7 +292,8 @@ def _deliver(config: Config, plan: Plan, env: dict[str, str], msg_fd: int,
         deliver_mbox(arg or "", msg_fd, sender=sender, prepend=prepend)
     elif method == "pipe":
         envvars = dcommon.mda_environment(ctx, home=home, user=user, extension=extension)
-        deliver_mda(arg or "", msg_fd, env=envvars, prepend=prepend)
+        deliver_mda(wrapped(config, action, arg or "", ctx), msg_fd, env=envvars,
+                    prepend=prepend)
     elif method == "maildir":
         return batch.add(fmt(action.arg or "~/Maildir"), msg_fd, prepend=prepend,
                          junk=action.junk)
@@ -281,7 +302,8 @@ def _deliver(config: Config, plan: Plan, env: dict[str, str], msg_fd: int,
                      prepend=prepend)
     elif method == "mda":
         envvars = dcommon.mda_environment(ctx, home=home, user=user, extension=extension)
-        deliver_mda(fmt(action.arg or ""), msg_fd, env=envvars, prepend=prepend)
+        deliver_mda(wrapped(config, action, fmt(action.arg or ""), ctx), msg_fd, env=envvars,
+                    prepend=prepend)
     elif method == "lmtp":
         # lmtp: the final user by default, the original recipient with rcpt-to
         target = rcpt if action.rcpt_to else (env.get("mda-local-user") or user)
