@@ -376,6 +376,9 @@ class Deliveries:
     are running, that user's new deliveries wait for one to end, then go
     together; an idle daemon delivers at once. Other methods run a process
     each, in parallel: a slow ``mda`` command must not hold up the others.
+    ``mda limit max-session`` caps the delivery processes running at once,
+    ``max-session-per-user`` those of one user (docs/config.md §12); a
+    delivery over either waits for a process to end.
     """
 
     def __init__(self, parent: Parent) -> None:
@@ -384,6 +387,16 @@ class Deliveries:
         self._running: dict[tuple[object, ...], int] = {}
         self._flushing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        #: delivery processes running, in all and by user (``mda limit``)
+        self.sessions = 0
+        self.user_sessions: dict[str, int] = {}
+
+    def _session_allowed(self, user: str) -> bool:
+        """``mda limit max-session`` and ``max-session-per-user`` (docs/config.md §12)."""
+        caps = self.parent.config.mda_limits
+        return (self.sessions < caps.get("max-session", limits.MDA_MAX_SESSIONS)
+                and self.user_sessions.get(user, 0)
+                < caps.get("max-session-per-user", limits.MDA_MAX_SESSIONS_PER_USER))
 
     def submit(self, plan: Plan, env: dict[str, str], fd: int) -> asyncio.Future[m.DeliveryResult]:
         loop = asyncio.get_running_loop()
@@ -409,24 +422,38 @@ class Deliveries:
         while self._waiting.get(key) and \
                 self._running.get(key, 0) < limits.DELIVERY_BATCHES_PER_USER:
             jobs = self._waiting[key]
+            user = jobs[0].plan.user
+            if not self._session_allowed(user):
+                return  # started when a delivery process ends (_done)
             batch, rest = jobs[:size], jobs[size:]
             if rest:
                 self._waiting[key] = rest
             else:
                 del self._waiting[key]
             self._running[key] = self._running.get(key, 0) + 1
+            self.sessions += 1
+            self.user_sessions[user] = self.user_sessions.get(user, 0) + 1
             task = asyncio.get_running_loop().create_task(self._run(batch))
             self._tasks.add(task)
-            task.add_done_callback(functools.partial(self._done, key))
+            task.add_done_callback(functools.partial(self._done, key, user))
 
-    def _done(self, key: tuple[object, ...], task: asyncio.Task[None]) -> None:
+    def _done(self, key: tuple[object, ...], user: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         left = self._running[key] - 1
         if left:
             self._running[key] = left
         else:
             del self._running[key]
+        self.sessions -= 1
+        if self.user_sessions[user] > 1:
+            self.user_sessions[user] -= 1
+        else:
+            del self.user_sessions[user]
         self._start(key)
+        if self._waiting:
+            # a place under the mda limits: deliveries of other keys, oldest
+            # key first (dicts keep insertion order)
+            self._flush()
 
     async def _run(self, jobs: list[_Job]) -> None:
         config = self.parent.config
