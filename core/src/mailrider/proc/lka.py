@@ -36,6 +36,15 @@ NO_RULE = "550 5.7.1 Delivery not authorized, message refused"
 REJECTED = "550 5.7.1 Recipient rejected by policy"
 
 
+def _internal(env: lka_rules.Envelope) -> lka_rules.Envelope:
+    """An address we made (an expansion's target, a decoded SRS address).
+
+    As OpenSMTPD's EF_INTERNAL envelopes: ``from`` conditions see the local
+    source (``from local`` holds), not the client's address or name.
+    """
+    return dataclasses.replace(env, ip="local", rdns="")
+
+
 class Lka(common.Process):
     role = "lka"
 
@@ -207,6 +216,8 @@ class Lka(common.Process):
             rcpt=rcpt, auth_user=str(s.get("auth", "")), tls=bool(s.get("tls")),
             rdns=str(s.get("rdns", "")),
         )
+        if rcpt != msg.rcpt:
+            env = _internal(env)
         self.count("lka.rcpt")
         try:
             rule = await lka_rules.match_rule(self.config, self.tables, env)
@@ -222,7 +233,8 @@ class Lka(common.Process):
             async def route(rlocal: str, rdomain: str) -> Action | None:
                 # an address inside an expansion goes where the rules send it
                 # (e.g. a relay for a remote domain), as if it were a RCPT
-                inner = dataclasses.replace(env, rcpt=f"{rlocal}@{rdomain}")
+                # made by us (docs/config.md §8)
+                inner = dataclasses.replace(_internal(env), rcpt=f"{rlocal}@{rdomain}")
                 found = await lka_rules.match_rule(self.config, self.tables, inner)
                 if found is None or found.reject or found.action is None:
                     return None
