@@ -23,7 +23,6 @@ from mailrider.errors import ConfigError
 
 #: feature (as written in the configuration) -> what it is
 UNSUPPORTED: dict[str, str] = {
-    "hostnames": "per-address banner names from a table",
     "proxy-v2": "PROXY protocol v2 on a listener",
     "relay filter": "filters on relay actions",
     "queue compression": "compressed queue files",
