@@ -24,7 +24,6 @@ from mailrider.errors import ConfigError
 #: feature (as written in the configuration) -> what it is
 UNSUPPORTED: dict[str, str] = {
     "proxy-v2": "PROXY protocol v2 on a listener",
-    "relay filter": "filters on relay actions",
     "queue compression": "compressed queue files",
     "queue encryption": "encrypted queue files",
     "mta limit": "relay connection limits",
