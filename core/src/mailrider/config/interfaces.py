@@ -23,7 +23,7 @@ Invariants:
   ``route -n get default`` (and ``-inet6``), the interface the kernel would
   send to 0.0.0.0 and :: through. On OpenBSD that is the automatic members
   of the ``egress`` interface group; interfaces an administrator adds to the
-  group by hand are not seen (docs/config.md §9).
+  group by hand are not seen (docs/config.md §14).
 """
 
 from __future__ import annotations
