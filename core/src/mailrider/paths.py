@@ -89,6 +89,12 @@ def hosts_file() -> str:
 #: the system resolver configuration (nameservers, search list, options)
 RESOLV_CONF = "/etc/resolv.conf"
 
+
+def resolv_conf() -> str:
+    """The resolver configuration for programs without a daemon configuration
+    (``mailriderctl spf walk``); ``MAILRIDER_RESOLV_CONF`` replaces it, for tests."""
+    return os.environ.get("MAILRIDER_RESOLV_CONF") or RESOLV_CONF
+
 #: the shadow password file, read by the parent for ``auth`` without a table
 SHADOW_FILE = "/etc/shadow"
 

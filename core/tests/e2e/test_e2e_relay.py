@@ -131,6 +131,24 @@ def test_relay_host_delivers_exact_bytes(a: Daemon, b: Daemon) -> None:
     wait_for(lambda: queue_empty(a), 10)
 
 
+def test_ctl_shows_hosts_relays_routes(a: Daemon, b: Daemon) -> None:
+    """After test_relay_host_delivers_exact_bytes: smtpctl's show hosts|relays|routes."""
+    hosts = a.ctl("show", "hosts").stdout.splitlines()
+    assert any(re.fullmatch(r"127\.0\.0\.1 127\.0\.0\.1 refcount=\d+ nconn=\d+ "
+                            r"lastconn=(\d+[dhms])+", h) for h in hosts), hosts
+    relays = a.ctl("show", "relays").stdout.splitlines()
+    assert any(r.startswith(f"[relay:127.0.0.1,port={b.port},smtp] refcount=") for r in relays), \
+        relays
+    routes = a.ctl("show", "routes").stdout.splitlines()
+    match = [re.fullmatch(r"(\d+)\. \[\] <-> 127\.0\.0\.1 \(127\.0\.0\.1\) [N-]--- nconn=\d+ "
+                          r"nerror=\d+ penalty=\d+ timeout=-", r) for r in routes]
+    assert any(match), routes
+    route_id = next(m.group(1) for m in match if m)
+    assert a.ctl("resume", "route", route_id).stdout == "command succeeded\n"
+    assert a.ctl("resume", "route", "999999", check=False).returncode == 1
+    assert a.ctl("show", "hoststats").returncode == 0
+
+
 def test_mx_route_through_test_dns(a: Daemon, b: Daemon, dns: DnsThread) -> None:
     t = smtp_send(a.port, "alice@local.test", ["dave@example.test"], MSG)
     assert t.data is not None and t.data[0] == 250

@@ -58,6 +58,7 @@ from mailrider import limits, log
 from mailrider.config.model import Action, Config, Where
 from mailrider.errors import ConfigError, TempFail
 from mailrider.ipc import messages as m
+from mailrider.proc.pony_mta_show import MtaShow, relay_text
 from mailrider.smtp import client as sc
 from mailrider.smtp.reply import Reply
 from mailrider.table.values import RelayHost, parse_credentials, parse_relayhost
@@ -158,6 +159,7 @@ class Conn:
         self.mails = 0
         self.idle_timer: asyncio.TimerHandle | None = None
         self.extensions: dict[str, str] = {}
+        self.shown_as = ""  # the relay text of show relays, once connected
 
     @property
     def relay(self) -> str:
@@ -186,6 +188,10 @@ class Conn:
             self.idle_timer = None
         if not self.writer.is_closing():
             self.writer.close()
+        if self.shown_as:
+            self.mta.show.disconnected(self.shown_as, self.profile.src, self.target.ip,
+                                       self.target.name)
+            self.shown_as = ""
 
     async def quit(self) -> None:
         try:
@@ -219,6 +225,7 @@ class Mta:
         self.pki_test: dict[str, ssl.SSLContext] = {}
         self.pki_tested: set[str] = set()
         self.in_process = False
+        self.show = MtaShow()
         self.contexts[(False, None, None, None, None)] = self._build(
             (False, None, None, None, None), Where())
         for action in self.config.actions.values():
@@ -228,6 +235,20 @@ class Mta:
                 key = self._action_tls(action, verify)
                 if key not in self.contexts:
                     self.contexts[key] = self._build(key, action.where)
+
+    def control(self, msg: m.Control) -> m.ControlReply | None:
+        """``show hosts|relays|routes|hoststats`` and ``resume route``; None: not ours."""
+        if msg.command in ("show-hosts", "show-relays", "show-routes", "show-hoststats"):
+            return m.ControlReply(lines=self.show.lines(msg.command[5:]))
+        if msg.command == "resume-route":
+            arg = msg.args[0] if msg.args else "0"
+            if not arg.isdigit() or len(arg) > 19:
+                return m.ControlReply(ok=False, lines=["command failed: invalid route id"])
+            n = self.show.resume(int(arg))
+            return m.ControlReply(ok=n > 0 or arg == "0",
+                                  lines=["command succeeded" if n or arg == "0"
+                                         else "command failed: no such route"])
+        return None
 
     # -- TLS contexts --------------------------------------------------------------
 
@@ -330,6 +351,8 @@ class Mta:
             except Exception as exc:  # never leave the queue without an answer
                 log.error("mta", "internal-error", error=repr(exc))
                 results += _all(chunk, "tempfail", "451 4.3.0 Internal error").results
+        failed = next((str(r.get("text")) for r in results if r.get("status") != "ok"), None)
+        self.show.result(envs[0].get("dest", "").rpartition("@")[2].lower(), failed)
         return m.DeliveryResults(results=results)
 
     async def _deliver(self, action: Action, envs: list[dict[str, str]],
@@ -348,6 +371,9 @@ class Mta:
         if err is not None:
             status, text = err
             return _all(envs, status, text).results
+        self.show.relay_of_task.set(relay_text(
+            url.host if url else domain, url.port if url else None, profile.proto,
+            str(action.relay["auth"]) if action.relay.get("auth") else None))
         sem = self.route_slots.setdefault(route, asyncio.Semaphore(limits.MTA_MAX_CONN_PER_ROUTE))
         last = "451 4.4.1 No host could be reached"
         async with self.slots, sem:
@@ -356,6 +382,7 @@ class Mta:
                     return await self._on_host(target, profile, envs, fd)
                 except HostFailed as exc:
                     last = exc.text
+                    self.show.failed(profile.src, target.ip, target.name, exc.text)
                     log.event("mta", "host-failed", relay=f"{target.name} [{target.ip}]",
                               port=target.port, error=exc.text)
                     if exc.tls and profile.starttls == "opportunistic":
@@ -580,6 +607,8 @@ class Mta:
                 raise
             raise HostFailed(f"421 4.3.0 Bad HELO name {helo!r} from helo-src") from None
         conn = Conn(self, target, p, reader, writer, client)
+        conn.shown_as = self.show.connected(self.show.relay_of_task.get(), p.src, target.ip,
+                                            target.name)
         log.event("mta", "connected", relay=conn.relay, port=target.port,
                   tls="yes" if implicit else None)
         try:
