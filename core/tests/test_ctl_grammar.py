@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 from mailrider.cli import mailriderctl as ctl
+from mailrider.log import duration_text
 from mailrider.proc import control
-from mailrider.proc.pony_mta_show import MtaShow, duration_text, relay_text
+from mailrider.proc.pony_mta_show import MtaShow, relay_text
 
 EVPID = "0123456789abcdef"
 

@@ -103,6 +103,12 @@ SHADOW_FILE = "/etc/shadow"
 LIBCRYPT_NAMES = ("libcrypt.so.1", "libcrypt.so.2", "libcrypt.so", "")
 
 
+def fallback_log(statedir: str) -> str:
+    """Where a daemon without a syslog socket (:data:`SYSLOG_SOCKET`) logs
+    once detached, rather than losing its lines."""
+    return os.path.join(statedir, "mailriderd.log")
+
+
 def control_socket(statedir: str) -> str:
     """The control socket of the daemon whose state folder is ``statedir``."""
     return os.path.join(statedir, "control.sock")

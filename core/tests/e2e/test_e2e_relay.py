@@ -124,9 +124,9 @@ def test_relay_host_delivers_exact_bytes(a: Daemon, b: Daemon) -> None:
     assert b"From: Alice" + body == MSG.replace(b"\r\n", b"\n")
     assert got.startswith(b"Return-Path: <alice@local.test>\n")
     # one transaction for both recipients of the message
-    wait_log(a, rf"delivery result evpid={msgid}\w+ .*rcpt=carol@remote.test .*"
-                r"relay=.?127.0.0.1 \[127.0.0.1\].? .*result=Ok")
-    assert len(re.findall(rf"delivery result evpid={msgid}\w+ .*result=Ok", a.log())) == 2
+    wait_log(a, rf"delivery evpid={msgid}\w+ .*(?:to|rcpt)=<carol@remote.test> .*"
+                r"relay=.?127.0.0.1 \[127.0.0.1\].? .*result=\"?Ok\b")
+    assert len(re.findall(rf"delivery evpid={msgid}\w+ .*result=\"?Ok\b", a.log())) == 2
     assert a.log().count('mta connected relay="127.0.0.1 [127.0.0.1]"') == 1
     wait_for(lambda: queue_empty(a), 10)
 
@@ -153,15 +153,15 @@ def test_mx_route_through_test_dns(a: Daemon, b: Daemon, dns: DnsThread) -> None
     t = smtp_send(a.port, "alice@local.test", ["dave@example.test"], MSG)
     assert t.data is not None and t.data[0] == 250
     wait_for(lambda: len(b.maildir("md/dave")) == 1, 20)
-    wait_log(a, r"delivery result .*rcpt=dave@example.test .*relay=.?mx.example.test "
-                r"\[127.0.0.1\].? .*result=Ok")
+    wait_log(a, r"delivery .*(?:to|rcpt)=<dave@example.test> .*relay=.?mx.example.test "
+                r"\[127.0.0.1\].? .*result=\"?Ok\b")
     assert dns.server is not None and dns.server.count("example.test", wire.MX) >= 1
 
 
 def test_null_mx_bounces_with_556(a: Daemon) -> None:
     t = smtp_send(a.port, "alice@local.test", ["nobody@nullmx.test"], MSG)
     assert t.data is not None and t.data[0] == 250
-    wait_log(a, r"delivery result .*rcpt=nobody@nullmx.test .*result=PermFail "
+    wait_log(a, r"delivery .*(?:to|rcpt)=<nobody@nullmx.test> .*result=\"?PermFail\"? "
                 r"stat=\"?556 5.1.10")
     wait_for(lambda: a.maildir("md/alice"), 20)
     raw = a.maildir("md/alice")[-1]
@@ -212,14 +212,14 @@ def test_4xx_then_2xx_after_schedule(peer_a: tuple[SmtpPeer, Daemon]) -> None:
     peer, d = peer_a
     t = smtp_send(d.port, "alice@local.test", ["grey@remote.test"], MSG)
     assert t.data is not None and t.data[0] == 250
-    wait_log(d, r"delivery result .*rcpt=grey@remote.test .*result=TempFail "
+    wait_log(d, r"delivery .*(?:to|rcpt)=<grey@remote.test> .*result=\"?TempFail\"? "
                 r"stat=\"?451 4.7.1 Greylisted")
     assert not peer.received
     show = d.ctl("show", "queue").stdout
     assert "grey@remote.test" in show
     d.ctl("schedule", "all")
     wait_for(lambda: peer.received, 20)
-    wait_log(d, r"delivery result .*rcpt=grey@remote.test .*result=Ok")
+    wait_log(d, r"delivery .*(?:to|rcpt)=<grey@remote.test> .*result=\"?Ok\b")
     assert peer.received[0].rcpts == ["RCPT TO:<grey@remote.test>"]
     wait_for(lambda: queue_empty(d), 10)
 
@@ -265,7 +265,7 @@ def test_close_in_data_is_temporary(peer_a: tuple[SmtpPeer, Daemon]) -> None:
     peer, d = peer_a
     t = smtp_send(d.port, "alice@local.test", ["cut@remote.test"], MSG)
     assert t.data is not None and t.data[0] == 250
-    wait_log(d, r"delivery result .*rcpt=cut@remote.test .*result=TempFail")
+    wait_log(d, r"delivery .*(?:to|rcpt)=<cut@remote.test> .*result=\"?TempFail\"?")
     assert "cut@remote.test" in d.ctl("show", "queue").stdout
     assert not peer.received
     assert not d.maildir("md/alice")
@@ -277,8 +277,8 @@ def test_expiry_with_short_ttl_bounces(peer_a: tuple[SmtpPeer, Daemon]) -> None:
     _peer, d = peer_a
     t = smtp_send(d.port, "alice@local.test", ["full@short.test"], MSG)
     assert t.data is not None and t.data[0] == 250
-    wait_log(d, r"delivery result .*rcpt=full@short.test .*result=TempFail")
-    wait_log(d, r"delivery expired .*rcpt=full@short.test", 20)
+    wait_log(d, r"delivery .*(?:to|rcpt)=<full@short.test> .*result=\"?TempFail\"?")
+    wait_log(d, r"relay: Expire for \S+ .*to=<full@short.test>,", 20)
     wait_for(lambda: d.maildir("md/alice"), 20)
     [raw] = d.maildir("md/alice")
     msg, parts = dsn_parts(raw)
@@ -388,7 +388,8 @@ def test_auth_never_goes_to_an_unverified_peer(tmp_path: Path, url: str, options
     with SmtpPeer(Behaviour(tls=server_context(cert, key), auth=("joe", "s3cret"))) as peer:
         with Daemon(_auth_conf(peer.port, url, options)) as d:
             smtp_send(d.port, "alice@local.test", ["sec@remote.test"], MSG)
-            wait_log(d, r"delivery result .*rcpt=sec@remote\.test .*result=TempFail .*" + reply)
+            wait_log(d, r"delivery .*(?:to|rcpt)=<sec@remote\.test> .*result=\"?TempFail\"? .*"
+                     + reply)
             time.sleep(0.5)
             assert not any(c.upper().startswith("AUTH") for c in peer.commands), peer.commands
             assert not any(c.upper().startswith("MAIL") for c in peer.commands)  # no clear retry
@@ -404,7 +405,7 @@ def test_unverifiable_certificate_is_a_temporary_failure(tmp_path: Path) -> None
             f"relay host smtp+tls://127.0.0.1:{peer.port}", 1)
         with Daemon(conf) as d:
             smtp_send(d.port, "alice@local.test", ["v@remote.test"], MSG)
-            wait_log(d, r"delivery result .*rcpt=v@remote.test .*result=TempFail "
+            wait_log(d, r"delivery .*(?:to|rcpt)=<v@remote.test> .*result=\"?TempFail\"? "
                         r".*TLS handshake")
             assert not peer.received
 
@@ -425,8 +426,8 @@ def test_silent_host_times_out_then_next_mx() -> None:
                 assert t.data is not None and t.data[0] == 250
                 wait_for(lambda: good.received, 30)
                 wait_log(d, r"mta host-failed relay=.?slow.multi.test \[127.0.0.2\].? .*Timeout")
-                wait_log(d, r"delivery result .*rcpt=x@multi.test .*"
-                            r"relay=.?good.multi.test \[127.0.0.3\].? .*result=Ok")
+                wait_log(d, r"delivery .*(?:to|rcpt)=<x@multi.test> .*"
+                            r"relay=.?good.multi.test \[127.0.0.3\].? .*result=\"?Ok\b")
                 assert silent.connections == 1
     finally:
         silent.close()

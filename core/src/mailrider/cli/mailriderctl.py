@@ -315,16 +315,15 @@ def run(argv: list[str] | None = None) -> int:
     """mailriderctl itself (main() adds the quiet end on a closed pipe)."""
     args = list(sys.argv[1:] if argv is None else argv)
     prog = os.path.basename(sys.argv[0]) if argv is None else "mailriderctl"
+    if args == ["--version"]:
+        # under every name: mailriderctl, mailq, sendmail, makemap, newaliases
+        print(f"{prog} {__version__}")
+        return 0
     if prog in ("sendmail", "send-mail"):
         args = ["sendmail", *args]
     elif prog == "mailq":
-        if args in (["--version"], ["--help"]):
-            return run(args)
         args = ["show", "queue", *args]
     elif prog == "makemap":
-        if args == ["--version"]:
-            print(f"makemap {__version__}")
-            return 0
         return makemap(args)
     elif prog == "newaliases":
         args = ["newaliases", *args]

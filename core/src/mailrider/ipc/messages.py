@@ -134,6 +134,8 @@ class MessageCreated:
 class MessageCommit:
     msgid: str
     envelopes: list[dict[str, Any]]
+    #: the SMTP session's id, which leads the queue's ``smtp envelope`` log lines
+    session: str = ""
 
 
 @register

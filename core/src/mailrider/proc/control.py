@@ -23,11 +23,10 @@ import time
 from typing import Any
 
 from mailrider import log, paths, profile
-from mailrider.errors import TempFail
+from mailrider.errors import TempFail, plain_reason
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
-from mailrider.proc.pony_mta_show import duration_text
 from mailrider.queue import envelope as envmod
 
 REQUEST_MAX = 64 * 1024
@@ -135,7 +134,7 @@ class Control(common.Process):
                                      "data": reply.data}).encode() + b"\n")
             await writer.drain()
         except (OSError, ValueError, TimeoutError) as exc:
-            log.warning("control", "client-error", error=str(exc))
+            log.warning("control", "client-error", error=plain_reason(exc))
         finally:
             writer.close()
 
@@ -279,7 +278,7 @@ class Control(common.Process):
             rep = await self._ask(peer, "stats")
             counters.update({str(k): int(v) for k, v in rep.data.get("counters", {}).items()})
         up = int(time.time() - self.started)
-        lines = [f"uptime={up}", f"uptime.human={duration_text(up)}"]
+        lines = [f"uptime={up}", f"uptime.human={log.duration_text(up)}"]
         lines += [f"{k}={v}" for k, v in sorted(counters.items())]
         return m.ControlReply(lines=lines, data={"counters": counters})
 

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mailrider import limits, log
 from mailrider.config.model import Action, Config, Where
-from mailrider.errors import ConfigError, TempFail
+from mailrider.errors import ConfigError, TempFail, plain_reason
 from mailrider.ipc import messages as m
 from mailrider.proc.pony_mta_show import MtaShow, relay_text
 from mailrider.smtp import client as sc
@@ -590,8 +590,8 @@ class Mta:
             raise HostFailed(f"421 4.7.0 TLS handshake failed: {exc.reason or exc}"
                              f"{_withheld(p)}") from None
         except (OSError, TimeoutError) as exc:
-            text = "timeout" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            raise HostFailed(f"421 4.4.1 Connection to {target.name} failed: {text}") from None
+            raise HostFailed(f"421 4.4.1 Connection to {target.name} port {target.port} failed: "
+                             f"{plain_reason(exc)}") from None
         self.pony.count("mta.session")
         helo = p.helo
         try:

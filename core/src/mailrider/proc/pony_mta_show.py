@@ -16,17 +16,10 @@ import contextvars
 import time
 from dataclasses import dataclass
 
+from mailrider.log import duration_text
+
 #: bound on each table (hosts, relays, routes, host statuses)
 ENTRIES_MAX = 4096
-
-
-def duration_text(seconds: int) -> str:
-    """``1d2h3m4s`` with zero parts left out, ``0s`` for none (smtpctl's form)."""
-    if seconds == 0:
-        return "0s"
-    sign, t = ("-", -seconds) if seconds < 0 else ("", seconds)
-    parts = [(t // 86400, "d"), (t // 3600 % 24, "h"), (t // 60 % 60, "m"), (t % 60, "s")]
-    return sign + "".join(f"{v}{u}" for v, u in parts if v)
 
 
 @dataclass(slots=True)

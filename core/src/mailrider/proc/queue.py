@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailrider import limits, log, profile
-from mailrider.errors import TempFail
+from mailrider.errors import TempFail, plain_reason
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
@@ -145,9 +145,12 @@ class Queue(common.Process):
         self.peers["scheduler"].notify(
             m.SchedInsert(envelopes=[self._sched_entry(e) for e in envs]))
         self.count("queue.envelope.enqueued", len(envs))
+        session = msg.session if envmod.is_evpid(msg.session) else None
         for env in envs:
-            log.event("queue", "envelope", evpid=env["evpid"], rcpt=env.get("rcpt"),
-                      dest=env.get("dest"))
+            # OpenSMTPD's line, under the session that received the message
+            log.emit("smtp", "envelope", {"session": session, "evpid": env["evpid"],
+                                          "from": _addr(env.get("sender")),
+                                          "to": _addr(env.get("rcpt"))})
         return m.Ok(text=msg.msgid)
 
     # -- delivery ------------------------------------------------------------------
@@ -157,7 +160,7 @@ class Queue(common.Process):
             env = self.spool.load_envelope(evpid)
             fd = self.spool.open_message(evpid[:8])
         except (OSError, ValueError) as exc:
-            log.error("queue", "load-failed", evpid=evpid, error=str(exc))
+            log.error("queue", "load-failed", evpid=evpid, error=plain_reason(exc))
             self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="removed"))
             return
         try:
@@ -184,7 +187,7 @@ class Queue(common.Process):
         try:
             fd = self.spool.open_message(msgid)
         except OSError as exc:
-            log.error("queue", "load-failed", msgid=msgid, error=str(exc))
+            log.error("queue", "load-failed", msgid=msgid, error=plain_reason(exc))
             for env in envs:
                 self.peers["scheduler"].notify(
                     m.SchedResult(evpid=env["evpid"], status="removed"))
@@ -213,11 +216,7 @@ class Queue(common.Process):
                        relay: str = "", dsn_relayed: bool = False) -> None:
         evpid = env["evpid"]
         delay = int(time.time()) - int(env.get("ctime", "0") or 0)
-        log.event("delivery", "result", evpid=evpid, sender=env.get("sender") or "<>",
-                  rcpt=env.get("rcpt"), dest=env.get("dest"), relay=relay or None,
-                  delay=f"{delay}s",
-                  result={"ok": "Ok", "tempfail": "TempFail", "permfail": "PermFail"}.get(
-                      res.status, res.status), stat=res.text)
+        log_delivery(env, res.status, res.text, relay, delay)
         if res.status == "ok":
             if env.get("type") == "mta":
                 if not dsn_relayed and bounce.wanted(env, "relayed"):
@@ -258,7 +257,7 @@ class Queue(common.Process):
             return
         try:
             text = env.get("errorline") or "Envelope expired"
-            log.event("delivery", "expired", evpid=evpid, rcpt=env.get("rcpt"), stat=text)
+            log_queue(env, "Expire", "Envelope expired")
             await self._bounce(env, f"554 5.4.7 Delivery time expired: {text}", fd)
         finally:
             os.close(fd)
@@ -442,6 +441,10 @@ class Queue(common.Process):
                 return m.ControlReply(ok=False, lines=["command failed: no such envelope"])
             return m.ControlReply(lines=envmod.serialise(env).decode().splitlines())
         if msg.command == "remove":
+            try:
+                log_queue(self.spool.load_envelope(evpid), "Remove", "Removed by administrator")
+            except (OSError, ValueError):
+                pass
             self.spool.remove_envelope(evpid)
             self.count("queue.envelope.removed")
             self.count("queue.envelope.dequeued")
@@ -508,6 +511,40 @@ class _PendingDSN:
     full: bool
     items: list[bounce.Item] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
+
+
+def _addr(value: str | None) -> str:
+    return f"<{value or ''}>"
+
+
+def log_delivery(env: Envelope, status: str, text: str, relay: str, delay: int) -> None:
+    """OpenSMTPD's ``mta delivery`` / ``mda delivery`` line for one outcome
+    (docs/logging.md); the envelope id stands for the delivery session's."""
+    evpid = env.get("evpid", "")
+    result = {"ok": "Ok", "tempfail": "TempFail", "permfail": "PermFail"}.get(status, status)
+    rcpt = env.get("rcpt") if env.get("rcpt") != env.get("dest") else None
+    fields: dict[str, object] = {"session": evpid, "evpid": evpid,
+                                 "from": _addr(env.get("sender")), "to": _addr(env.get("dest"))}
+    if env.get("type") == "mta":
+        fields.update(rcpt=_addr(rcpt or "-"), source=log.Quoted("-"),
+                      relay=log.Quoted(relay or "-"), delay=log.duration_text(delay),
+                      result=log.Quoted(result), stat=log.Quoted(text))
+        log.emit("mta", "delivery", fields)
+    else:
+        fields.update(rcpt=_addr(rcpt) if rcpt else None, user=env.get("mda-user") or None,
+                      delay=log.duration_text(delay), result=result, stat=text)
+        log.emit("mda", "delivery", fields)
+
+
+def log_queue(env: Envelope, what: str, stat: str) -> None:
+    """OpenSMTPD's line for an envelope the queue ends itself (expired, removed):
+    ``delivery: Expire for EVPID: from=<...>, to=<...>, rcpt=<...>, delay=..., stat=...``."""
+    rcpt = env.get("rcpt") if env.get("rcpt") != env.get("dest") else "-"
+    delay = int(time.time()) - int(env.get("ctime", "0") or 0)
+    kind = "relay" if env.get("type") == "mta" else "delivery"
+    log.emit(f"{kind}:", f"{what} for {env.get('evpid', '')}:",
+             {"from": f"<{env.get('sender', '')}>,", "to": f"<{env.get('dest', '')}>,",
+              "rcpt": f"<{rcpt}>,", "delay": f"{log.duration_text(delay)},", "stat": stat})
 
 
 PROCESS = Queue
