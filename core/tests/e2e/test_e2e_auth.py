@@ -20,10 +20,10 @@ from collections.abc import Iterator
 import pytest
 from harness import Daemon, free_port, wait_for
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "crypto"))
 from pki_util import OPENSSL, make_pki
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl CLI not installed")
 
