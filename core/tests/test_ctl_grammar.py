@@ -31,6 +31,8 @@ EVPID = "0123456789abcdef"
     (["prof", "all"], ["profile", "all"]),
     (["makemap", "-t", "aliases", "x"], ["makemap", "-t", "aliases", "x"]),
     (["sendmail", "-t"], ["sendmail", "-t"]),
+    (["newaliases"], ["newaliases"]),  # <args> may be empty
+    (["sendmail"], ["sendmail"]),
     (["encrypt"], ["encrypt"]),
     (["up", "t", "aliases"], ["update", "table", "aliases"]),
 ])

@@ -111,7 +111,7 @@ def parse_command(words: list[str]) -> list[str]:
             out.append(word.lower())
         else:
             out.append(word if fit.startswith("<") else fit)
-    if " ".join(path) not in COMMANDS:
+    if " ".join(path) not in COMMANDS and " ".join([*path, "<args>"]) not in COMMANDS:
         raise BadCommand(_possibilities(out, _children(path)))
     return out
 
@@ -319,7 +319,7 @@ def run(argv: list[str] | None = None) -> int:
         # under every name: mailriderctl, mailq, sendmail, makemap, newaliases
         print(f"{prog} {__version__}")
         return 0
-    if prog in ("sendmail", "send-mail"):
+    if prog == "sendmail" or prog == "send-mail":
         args = ["sendmail", *args]
     elif prog == "mailq":
         args = ["show", "queue", *args]
