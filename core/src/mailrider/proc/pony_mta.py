@@ -349,7 +349,8 @@ class Mta:
             except TempFail as exc:
                 results += _all(chunk, "tempfail", exc.reply()).results
             except Exception as exc:  # never leave the queue without an answer
-                log.error("mta", "internal-error", error=repr(exc))
+                log.error("mta", "internal-error",
+                          error=f"{type(exc).__name__}: {plain_reason(exc)}")
                 results += _all(chunk, "tempfail", "451 4.3.0 Internal error").results
         failed = next((str(r.get("text")) for r in results if r.get("status") != "ok"), None)
         self.show.result(envs[0].get("dest", "").rpartition("@")[2].lower(), failed)
