@@ -128,6 +128,16 @@ def test_relay_host_delivers_exact_bytes(a: Daemon, b: Daemon) -> None:
                 r"relay=.?127.0.0.1 \[127.0.0.1\].? .*result=\"?Ok\b")
     assert len(re.findall(rf"delivery evpid={msgid}\w+ .*result=\"?Ok\b", a.log())) == 2
     assert a.log().count('mta connected relay="127.0.0.1 [127.0.0.1]"') == 1
+    # OpenSMTPD's layout: the connection's id leads its lines and its deliveries'
+    conn = re.search(rf"([0-9a-f]{{16}}) mta connecting address=smtp://127\.0\.0\.1:{b.port} "
+                     r"host=127\.0\.0\.1$", a.log(), re.M)
+    assert conn, a.log()
+    sid = conn.group(1)
+    assert f"{sid} mta connected " in a.log()
+    assert len(re.findall(rf"{sid} mta delivery evpid={msgid}\w+ from=<alice@local\.test> "
+                          r"to=<(bob|carol)@remote\.test> rcpt=<-> source=\"-\" "
+                          r"relay=\"127\.0\.0\.1 \[127\.0\.0\.1\]\" delay=\d+s "
+                          r"result=\"Ok\" stat=\"250 ", a.log())) == 2, a.log()
     wait_for(lambda: queue_empty(a), 10)
 
 

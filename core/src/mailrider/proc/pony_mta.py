@@ -160,6 +160,7 @@ class Conn:
         self.idle_timer: asyncio.TimerHandle | None = None
         self.extensions: dict[str, str] = {}
         self.shown_as = ""  # the relay text of show relays, once connected
+        self.id = os.urandom(8).hex()  # leads this connection's log lines
 
     @property
     def relay(self) -> str:
@@ -204,6 +205,7 @@ class Conn:
         except (OSError, TimeoutError, sc.LocalProtocolError):
             pass
         self.close()
+        log.event("mta", "disconnected", session=self.id, reason="quit", messages=self.mails)
 
 
 class Mta:
@@ -580,6 +582,10 @@ class Mta:
 
     async def _connect(self, target: Target, p: Profile) -> Conn:
         implicit = p.proto == "smtps"
+        sid = os.urandom(8).hex()
+        scheme = {"smtp": "smtp+tls" if p.starttls == "require" else "smtp"}.get(p.proto, p.proto)
+        log.event("mta", "connecting", session=sid,
+                  address=f"{scheme}://{target.ip}:{target.port}", host=target.name)
         ctx = self._context(p) if implicit else None
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(
@@ -608,9 +614,10 @@ class Mta:
                 raise
             raise HostFailed(f"421 4.3.0 Bad HELO name {helo!r} from helo-src") from None
         conn = Conn(self, target, p, reader, writer, client)
+        conn.id = sid
         conn.shown_as = self.show.connected(self.show.relay_of_task.get(), p.src, target.ip,
                                             target.name)
-        log.event("mta", "connected", relay=conn.relay, port=target.port,
+        log.event("mta", "connected", session=sid, relay=conn.relay, port=target.port,
                   tls="yes" if implicit else None)
         try:
             await self._setup(conn)
@@ -752,7 +759,8 @@ class Mta:
             st, text = done.get(dest, ("tempfail", "451 4.4.2 No reply for this recipient"))
             for e in envs:
                 out.append({"evpid": e["evpid"], "status": st, "text": text,
-                            "relay": conn.relay, "dsn_relayed": dsn_relayed and st == "ok"})
+                            "relay": conn.relay, "session": conn.id,
+                            "dsn_relayed": dsn_relayed and st == "ok"})
         return out
 
 

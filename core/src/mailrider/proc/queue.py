@@ -206,17 +206,18 @@ class Queue(common.Process):
                 res = m.DeliveryResult(evpid=env["evpid"], status=str(r.get("status")),
                                        text=str(r.get("text", "")))
                 await self._outcome(env, res, fd, relay=str(r.get("relay") or ""),
-                                    dsn_relayed=bool(r.get("dsn_relayed")))
+                                    dsn_relayed=bool(r.get("dsn_relayed")),
+                                    session=str(r.get("session") or ""))
         finally:
             await _close_off_loop(fd)
 
     # remove_envelope runs in a thread: an unlink waits on the journal while a
     # commit syncs, which must not stall the event loop (and with it commits)
     async def _outcome(self, env: Envelope, res: m.DeliveryResult, fd: int, *,
-                       relay: str = "", dsn_relayed: bool = False) -> None:
+                       relay: str = "", dsn_relayed: bool = False, session: str = "") -> None:
         evpid = env["evpid"]
         delay = int(time.time()) - int(env.get("ctime", "0") or 0)
-        log_delivery(env, res.status, res.text, relay, delay)
+        log_delivery(env, res.status, res.text, relay, delay, session)
         if res.status == "ok":
             if env.get("type") == "mta":
                 if not dsn_relayed and bounce.wanted(env, "relayed"):
@@ -517,13 +518,16 @@ def _addr(value: str | None) -> str:
     return f"<{value or ''}>"
 
 
-def log_delivery(env: Envelope, status: str, text: str, relay: str, delay: int) -> None:
+def log_delivery(env: Envelope, status: str, text: str, relay: str, delay: int,
+                 session: str = "") -> None:
     """OpenSMTPD's ``mta delivery`` / ``mda delivery`` line for one outcome
-    (docs/logging.md); the envelope id stands for the delivery session's."""
+    (docs/logging.md), under the id of the mta connection that carried it
+    (``session``, checked) or else the envelope's own."""
     evpid = env.get("evpid", "")
     result = {"ok": "Ok", "tempfail": "TempFail", "permfail": "PermFail"}.get(status, status)
     rcpt = env.get("rcpt") if env.get("rcpt") != env.get("dest") else None
-    fields: dict[str, object] = {"session": evpid, "evpid": evpid,
+    lead = session if envmod.is_evpid(session) else evpid
+    fields: dict[str, object] = {"session": lead, "evpid": evpid,
                                  "from": _addr(env.get("sender")), "to": _addr(env.get("dest"))}
     if env.get("type") == "mta":
         fields.update(rcpt=_addr(rcpt or "-"), source=log.Quoted("-"),
