@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import smtplib
+import socket
 import subprocess
 from pathlib import Path
 
@@ -38,12 +39,16 @@ def test_session_lines_lead_with_the_session_id() -> None:
         with smtplib.SMTP("127.0.0.1", d.port, timeout=10) as c:
             c.sendmail("alice@example.org", [f"{d.user}@localhost"], b"Subject: x\r\n\r\nhi\r\n")
         wait_for(lambda: re.search(r"mda delivery ", d.log()), 30)
+        with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
+            s.recv(100)  # the greeting; then hang up without QUIT
+        wait_for(lambda: "reason=disconnect" in d.log(), 30)
         log = d.log()
-    m = re.search(rf"({SID}) smtp connected address=127\.0\.0\.1 host=\S+", log)
+    assert re.search(rf"{SID} smtp disconnected reason=disconnect$", log, re.M), log
+    m = re.search(rf"({SID}) smtp message msgid=[0-9a-f]{{8}} size=\d+ nrcpt=1 proto=ESMTP$",
+                  log, re.M)
     assert m, log
     sid = m.group(1)
-    assert re.search(rf"{sid} smtp message msgid=[0-9a-f]{{8}} size=\d+ nrcpt=1 proto=ESMTP",
-                     log), log
+    assert re.search(rf"{sid} smtp connected address=127\.0\.0\.1 host=\S+$", log, re.M), log
     assert re.search(rf"{sid} smtp envelope evpid=[0-9a-f]{{16}} from=<alice@example\.org> "
                      rf"to=<{d.user}@localhost>", log), log
     assert re.search(rf"{sid} smtp disconnected reason=quit", log), log
