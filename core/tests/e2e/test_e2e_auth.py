@@ -134,6 +134,8 @@ def test_auth_failures_in_the_form_fail2ban_reads(d: Daemon, tmp_path: pathlib.P
     assert failed, log
     sid = failed.group(1)
     assert re.search(rf"\]: {sid} smtp connected address=127\.0\.0\.1 host=\S+$", log, re.M)
+    assert re.search(rf"\]: {sid} smtp failed-command command=\"AUTH PLAIN \(\.\.\.\)\" "
+                     r"result=\"535 5\.7\.8 ", log), log
     f2b = shutil.which("fail2ban-regex")
     common = pathlib.Path("/etc/fail2ban/filter.d/common.conf")
     if f2b is None or not common.is_file():

@@ -38,6 +38,8 @@ def test_session_lines_lead_with_the_session_id() -> None:
     with Daemon() as d:
         with smtplib.SMTP("127.0.0.1", d.port, timeout=10) as c:
             c.sendmail("alice@example.org", [f"{d.user}@localhost"], b"Subject: x\r\n\r\nhi\r\n")
+            c.mail("alice@example.org")
+            assert c.rcpt("someone@elsewhere.example")[0] >= 500  # no relaying here
         wait_for(lambda: re.search(r"mda delivery ", d.log()), 30)
         with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
             s.recv(100)  # the greeting; then hang up without QUIT
@@ -52,6 +54,8 @@ def test_session_lines_lead_with_the_session_id() -> None:
     assert re.search(rf"{sid} smtp envelope evpid=[0-9a-f]{{16}} from=<alice@example\.org> "
                      rf"to=<{d.user}@localhost>", log), log
     assert re.search(rf"{sid} smtp disconnected reason=quit", log), log
+    assert re.search(rf"{sid} smtp failed-command command=\"RCPT TO:<someone@elsewhere\.example>\" "
+                     r"result=\"5\d\d ", log), log
     assert re.search(rf"{SID} mda delivery evpid=[0-9a-f]{{16}} from=<alice@example\.org> "
                      rf"to=<{d.user}@localhost> .*delay=\d+s result=Ok stat=", log), log
 

@@ -617,6 +617,9 @@ class Session(asyncio.Protocol):
             self.host.auth_failed(self.client)
             log.event("smtp", "authentication", session=self.id, user=user,
                       result="permfail")
+            log.event("smtp", "failed-command", session=self.id,
+                      command=log.Quoted(f"AUTH {event.mechanism} (...)"),
+                      result=log.Quoted("535 5.7.8 Authentication credentials invalid"))
             log.debug("smtp", "auth-failed", session=self.id, mechanism=event.mechanism,
                       delay=f"{wait:.1f}s")
             self.host.count("smtp.auth.fail")
@@ -642,8 +645,10 @@ class Session(asyncio.Protocol):
             self.srv.reject(451, "4.3.0", "Temporary failure, try again later")
             return
         if not (isinstance(res, m.Ok) and res.text == "yes"):
-            log.event("smtp", "failed-command", session=self.id, command="MAIL",
-                      sender=sender, user=self.srv.auth_user, result="sender not owned")
+            log.event("smtp", "failed-command", session=self.id,
+                      command=log.Quoted(f"MAIL FROM:<{sender}>"), result=log.Quoted(
+                          "550 5.7.1 Sender address not owned by the authenticated user"),
+                      user=self.srv.auth_user)
             self.srv.reject(550, "5.7.1", "Sender address not owned by the authenticated user")
             return
         if self.filtered:
@@ -709,8 +714,10 @@ class Session(asyncio.Protocol):
             return
         if self.deliveries.exhausted():
             # the transaction already cost lka its share: no more expansions
-            log.event("smtp", "failed-command", session=self.id, command="RCPT", rcpt=rcpt,
-                      result="too many deliveries", deliveries=len(self.deliveries))
+            log.event("smtp", "failed-command", session=self.id,
+                      command=log.Quoted(f"RCPT TO:<{rcpt}>"),
+                      result=log.Quoted("452 4.5.3 Too many recipients"),
+                      deliveries=len(self.deliveries))
             self.srv.reject(452, "4.5.3", "Too many recipients")
             return
         try:
@@ -723,13 +730,15 @@ class Session(asyncio.Protocol):
         if not isinstance(res, m.RcptResult) or not res.accepted:
             reply = getattr(res, "reply", "") or "451 4.3.0 Temporary failure"
             code, status, text = _split_reply(reply)
-            log.event("smtp", "failed-command", session=self.id, command="RCPT",
-                      rcpt=rcpt, result=reply)
+            log.event("smtp", "failed-command", session=self.id,
+                      command=log.Quoted(f"RCPT TO:<{rcpt}>"), result=log.Quoted(reply))
             self.srv.reject(code, status, text)
             return
         if not self.deliveries.add(len(self.rcpts), res.deliveries):
-            log.event("smtp", "failed-command", session=self.id, command="RCPT", rcpt=rcpt,
-                      result="too many deliveries", deliveries=len(self.deliveries))
+            log.event("smtp", "failed-command", session=self.id,
+                      command=log.Quoted(f"RCPT TO:<{rcpt}>"),
+                      result=log.Quoted("452 4.5.3 Too many recipients"),
+                      deliveries=len(self.deliveries))
             self.srv.reject(452, "4.5.3", "Too many recipients")
             return
         self.rcpts.append((rcpt, event.params))
