@@ -133,7 +133,8 @@ def test_auth_failures_in_the_form_fail2ban_reads(d: Daemon, tmp_path: pathlib.P
                        r"result=permfail$", log, re.M)
     assert failed, log
     sid = failed.group(1)
-    assert re.search(rf"\]: {sid} smtp connected address=127\.0\.0\.1 host=\S+$", log, re.M)
+    assert re.search(rf"\]: {sid} smtp connected address=127\.0\.0\.1 host=\S+ port=\d+$",
+                     log, re.M)
     assert re.search(rf"\]: {sid} smtp failed-command command=\"AUTH PLAIN \(\.\.\.\)\" "
                      r"result=\"535 5\.7\.8 ", log), log
     f2b = shutil.which("fail2ban-regex")

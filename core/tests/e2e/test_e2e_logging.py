@@ -50,7 +50,8 @@ def test_session_lines_lead_with_the_session_id() -> None:
                   log, re.M)
     assert m, log
     sid = m.group(1)
-    assert re.search(rf"{sid} smtp connected address=127\.0\.0\.1 host=\S+$", log, re.M), log
+    assert re.search(rf"{sid} smtp connected address=127\.0\.0\.1 host=\S+ port=\d+$", log,
+                     re.M), log
     assert re.search(rf"{sid} smtp envelope evpid=[0-9a-f]{{16}} from=<alice@example\.org> "
                      rf"to=<{d.user}@localhost>", log), log
     assert re.search(rf"{sid} smtp disconnected reason=quit", log), log

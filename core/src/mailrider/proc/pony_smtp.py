@@ -204,10 +204,10 @@ class Session(asyncio.Protocol):
         # smtpctl's show stats keys: smtp.session.inet4 / .inet6 / .local
         self.host.count("smtp.session." + ("local" if self.ip == "local" else
                                            "inet6" if ":" in self.ip else "inet4"))
-        # OpenSMTPD's line exactly (docs/logging.md): parsers anchor on it; a
-        # local session adds the submitting user
+        # OpenSMTPD's line (docs/logging.md), then ours: the client's port,
+        # the submitting user of a local session
         log.event("smtp", "connected", session=self.id, address=self.ip, host=self.hostname,
-                  user=self.local_user)
+                  port=self.port or None, user=self.local_user)
         self._arm_timer(self.host.session_timeout)
         if self.listener.smtps:
             self.tls_info = tls_summary(transport.get_extra_info("ssl_object"))
