@@ -28,6 +28,7 @@ from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
 from mailrider.queue import envelope as envmod
+from mailrider.queue.envelope import Envelope
 
 REQUEST_MAX = 64 * 1024
 MESSAGE_SHOW_MAX = 64 * 1024 * 1024
@@ -287,17 +288,21 @@ class Control(common.Process):
         rs = (await self._ask("scheduler", "runstate")).data.get("runstate", {})
         lines = []
         rows = []
-        for env in rep.data.get("envelopes", []):
-            evpid = env.get("evpid", "")
-            if only and not evpid.startswith(only):
+        for row in rep.data.get("envelopes", []):
+            try:
+                env = envmod.from_fields(row)
+            except ValueError:
                 continue
-            state, delay = rs.get(evpid, ["pending", 0])
-            if state == "suspend":
+            if only and not env.evpid.startswith(only):
+                continue
+            state, delay = rs.get(env.evpid, ["pending", 0])
+            suspended = state == "suspend"
+            if suspended:
                 # smtpctl: a paused envelope keeps its run state, its flags say so
-                env = {**env, "flags": f"{env.get('flags', '')} suspend"}
                 state = "pending"
-            lines.append(format_queue_line(env, str(state), str(delay)))
-            rows.append(env)
+            lines.append(format_queue_line(env, str(state), str(delay),
+                                           ("suspend",) if suspended else ()))
+            rows.append(row)
         return m.ControlReply(lines=lines, data={"envelopes": rows})
 
 
@@ -352,21 +357,19 @@ _QUEUE_FLAGS = (("bounce", "bounce"), ("authenticated", "auth"), ("internal", "i
                 ("suspend", "suspend"), ("hold", "hold"))
 
 
-def format_queue_line(env: dict[str, str], runstate: str, delay: str) -> str:
+def format_queue_line(env: Envelope, runstate: str, delay: str,
+                      more_flags: tuple[str, ...] = ()) -> str:
     """One ``show queue`` line: the 14 fields of smtpctl (mailriderctl(8))."""
-    sockaddr = env.get("sockaddr", "")
+    sockaddr = env.sockaddr
     family = "local" if sockaddr in ("", "local") else ("inet6" if ":" in sockaddr else "inet4")
-    ctime = int(env.get("ctime", "0") or 0)
-    ttl = int(env.get("ttl", "0") or 0)
-    words = env.get("flags", "").split()
+    ctime, ttl = env.ctime, env.ttl
+    words = (*env.flags, *more_flags)
     # smtpctl's words and order
     flags = ",".join(short for word, short in _QUEUE_FLAGS if word in words)
-    error = env.get("errorline", "").replace("|", "\\|")
+    error = env.errorline.replace("|", "\\|")
     fields = [
-        env.get("evpid", ""), family, env.get("type", "mda"), flags,
-        env.get("sender", ""), env.get("rcpt", ""), env.get("dest", ""), str(ctime),
-        str(ctime + ttl), env.get("last-try", "0"), env.get("retry", "0"), runstate, delay,
-        error,
+        env.evpid, family, env.type, flags, env.sender, env.rcpt, env.dest, str(ctime),
+        str(ctime + ttl), str(env.last_try or 0), str(env.retry), runstate, delay, error,
     ]
     return "|".join(fields)
 

@@ -51,19 +51,22 @@ import asyncio
 import dataclasses
 import os
 import ssl
+import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from mailrider import limits, log
+from mailrider import limits, log, srs
 from mailrider.config.model import Action, Config, Where
 from mailrider.config.tls import protocol_range
 from mailrider.crypto import delegate
 from mailrider.errors import ConfigError, TempFail, plain_reason
+from mailrider.filter.programs import relay_filters
 from mailrider.ipc import messages as m
-from mailrider.proc.pony_filter import Peer
+from mailrider.proc.pony_filter import FilterClient, Peer
 from mailrider.proc.pony_mta_show import MtaShow, relay_text
-from mailrider.proc.pony_tls import SignFn, load_pki
+from mailrider.proc.pony_tls import SignFn, load_pki, tls_summary
+from mailrider.queue.envelope import Envelope, msgid_of
 from mailrider.smtp import client as sc
 from mailrider.smtp.reply import Reply
 from mailrider.table.values import RelayHost, parse_credentials, parse_relayhost
@@ -113,12 +116,14 @@ class Profile:
     ciphers: str | None = None
     protocols: str | None = None
     helo_src: str | None = None  # addrname table: HELO name by local address
+    #: the relay action whose ``filter`` option gets this session's reports
+    filter: str | None = None
 
     def key(self, t: Target) -> tuple[Any, ...]:
         user = self.auth[0] if self.auth else None
         return (t.ip, t.port, t.name, self.helo, self.proto, self.starttls, self.verify,
                 self.ca, user, self.src, self.pki, self.ciphers, self.protocols,
-                self.helo_src)
+                self.helo_src, self.filter)
 
     @property
     def tls_key(self) -> TlsKey:
@@ -162,6 +167,19 @@ class Conn:
         self.extensions: dict[str, str] = {}
         self.shown_as = ""  # the relay text of show relays, once connected
         self.id = os.urandom(8).hex()  # leads this connection's log lines
+        #: the name given in EHLO (helo-src may choose it per connection)
+        self.helo = profile.helo
+        #: smtp-out reports to the relay action's filters (docs/filter-protocol.md §8)
+        self.filter: FilterClient | None = None
+
+    def report(self, event: str, params: list[str]) -> None:
+        if self.filter is not None:
+            self.filter.report(event, params)
+
+    def report_tls(self) -> None:
+        info = tls_summary(self.writer.get_extra_info("ssl_object"))
+        if info is not None:
+            self.report("link-tls", [info[0]])
 
     @property
     def relay(self) -> str:
@@ -194,6 +212,9 @@ class Conn:
             self.mta.show.disconnected(self.shown_as, self.profile.src, self.target.ip,
                                        self.target.name)
             self.shown_as = ""
+        if self.filter is not None:  # lka reports link-disconnect and forgets it
+            self.filter.end()
+            self.filter = None
 
     async def quit(self) -> None:
         try:
@@ -352,13 +373,13 @@ class Mta:
     # -- entry point -------------------------------------------------------------
 
     async def deliver(self, msg: m.DeliverBatch, fd: int) -> m.DeliveryResults:
-        envs = [{str(k): str(v) for k, v in e.items()} for e in msg.envelopes]
+        envs = list(msg.envelopes)
         if not envs:
             return m.DeliveryResults(results=[])
-        action = self.config.actions.get(envs[0].get("dispatcher", ""))
+        action = self.config.actions.get(envs[0].dispatcher)
         if action is None or action.method != "relay" or fd < 0:
             return _all(envs, "tempfail", "451 4.3.0 No relay action for this envelope")
-        results: list[dict[str, Any]] = []
+        results: list[m.DeliveryResult] = []
         for i in range(0, len(envs), limits.MTA_MAX_RCPT):
             chunk = envs[i:i + limits.MTA_MAX_RCPT]
             try:
@@ -369,13 +390,13 @@ class Mta:
                 log.error("mta", "internal-error",
                           error=f"{type(exc).__name__}: {plain_reason(exc)}")
                 results += _all(chunk, "tempfail", "451 4.3.0 Internal error").results
-        failed = next((str(r.get("text")) for r in results if r.get("status") != "ok"), None)
-        self.show.result(envs[0].get("dest", "").rpartition("@")[2].lower(), failed)
+        failed = next((r.text for r in results if r.status != "ok"), None)
+        self.show.result(envs[0].dest.rpartition("@")[2].lower(), failed)
         return m.DeliveryResults(results=results)
 
-    async def _deliver(self, action: Action, envs: list[dict[str, str]],
-                       fd: int) -> list[dict[str, Any]]:
-        domain = envs[0].get("dest", "").rpartition("@")[2].lower()
+    async def _deliver(self, action: Action, envs: list[Envelope],
+                       fd: int) -> list[m.DeliveryResult]:
+        domain = envs[0].dest.rpartition("@")[2].lower()
         url: RelayHost | None = None
         text = await self._relay_url(action, domain)
         if text is not None:
@@ -444,9 +465,9 @@ class Mta:
         return reply.text
 
     async def _profile(self, action: Action, url: RelayHost | None,
-                       env: dict[str, str]) -> Profile:
+                       env: Envelope) -> Profile:
         relay = action.relay
-        helo = str(relay.get("helo") or env.get("smtpname") or self.pony.hostname)
+        helo = str(relay.get("helo") or env.smtpname or self.pony.hostname)
         proto = url.proto if url else "smtp"
         tls_flag = bool(relay.get("tls"))
         noverify = bool(relay.get("tls_noverify"))
@@ -493,7 +514,8 @@ class Mta:
         helo_src = relay.get("helo_src")
         return Profile(helo, proto, starttls, verify, ca if isinstance(ca, str) else None,
                        auth, src, pki, ciphers, protocols,
-                       helo_src if isinstance(helo_src, str) else None)
+                       helo_src if isinstance(helo_src, str) else None,
+                       action.name if relay_filters(self.config, action) else None)
 
     async def _helo_from_src(self, p: Profile, writer: asyncio.StreamWriter) -> str:
         """``helo-src <t>``: the HELO name of the connection's local address
@@ -542,8 +564,8 @@ class Mta:
 
     # -- one host -----------------------------------------------------------------
 
-    async def _on_host(self, target: Target, profile: Profile, envs: list[dict[str, str]],
-                       fd: int) -> list[dict[str, Any]]:
+    async def _on_host(self, target: Target, profile: Profile, envs: list[Envelope],
+                       fd: int) -> list[m.DeliveryResult]:
         conn = self._take_idle(profile.key(target))
         if conn is not None:
             try:
@@ -628,16 +650,38 @@ class Mta:
             raise HostFailed(f"421 4.3.0 Bad HELO name {helo!r} from helo-src") from None
         conn = Conn(self, target, p, reader, writer, client)
         conn.id = sid
+        conn.helo = helo
         conn.shown_as = self.show.connected(self.show.relay_of_task.get(), p.src, target.ip,
                                             target.name)
         log.event("mta", "connected", session=sid, relay=conn.relay, port=target.port,
                   tls="yes" if implicit else None)
+        if p.filter is not None:
+            self._filter_begin(conn, p.filter)
         try:
             await self._setup(conn)
         except HostFailed:
             conn.close()
             raise
         return conn
+
+    def _filter_begin(self, conn: Conn, action: str) -> None:
+        """The session's filter client, and link-connect (lka reports it)."""
+        def noop() -> None:
+            pass
+
+        def addr(info: object) -> str:
+            if not isinstance(info, tuple) or len(info) < 2:
+                return "local"
+            return f"[{info[0]}]:{info[1]}" if ":" in str(info[0]) else f"{info[0]}:{info[1]}"
+
+        conn.filter = FilterClient(os.urandom(8).hex(), self.pony.peers["lka"], self.pony.spawn,
+                                   write=lambda data: None, pause=noop, resume=noop,
+                                   subsystem="mta")
+        conn.filter.begin_out(action, conn.target.name,
+                              addr(conn.writer.get_extra_info("sockname")),
+                              addr(conn.writer.get_extra_info("peername")))
+        if conn.profile.proto == "smtps":
+            conn.report_tls()
 
     async def _setup(self, conn: Conn) -> None:
         """Greeting, EHLO, STARTTLS, AUTH: until Ready, or HostFailed."""
@@ -649,8 +693,16 @@ class Mta:
             except OSError as exc:
                 raise HostFailed(f"421 4.4.1 Connection to {conn.relay} lost: "
                                  f"{exc.strerror or exc}") from None
+            if isinstance(ev, sc.Greeting):
+                conn.report("link-greeting", [ev.text.split(" ", 1)[0]])
+                continue
+            if isinstance(ev, sc.AuthResult):
+                user = conn.profile.auth[0] if conn.profile.auth else ""
+                conn.report("link-auth", ["pass" if ev.ok else "fail", user])
+                continue
             if isinstance(ev, sc.Ready):
                 conn.extensions = ev.extensions
+                conn.report("link-identify", [conn.client.hello_verb, conn.helo])
                 return
             if isinstance(ev, sc.StartTLSReady):
                 await conn.flush()
@@ -664,36 +716,43 @@ class Mta:
                     raise HostFailed(f"421 4.7.0 TLS handshake with {conn.relay} failed: "
                                      f"{reason}{_withheld(conn.profile)}", tls=True) from None
                 conn.client.tls_established(verified=ctx.verify_mode == ssl.CERT_REQUIRED)
+                conn.report_tls()
                 continue
             if isinstance(ev, sc.Failed):
                 raise HostFailed(_reply_text(ev.reply))
             if isinstance(ev, sc.Closed):
                 raise HostFailed(f"421 4.4.2 Connection closed by {conn.relay}")
 
-    async def _transaction(self, conn: Conn, envs: list[dict[str, str]],
-                           fd: int) -> list[dict[str, Any]]:
+    async def _transaction(self, conn: Conn, envs: list[Envelope],
+                           fd: int) -> list[m.DeliveryResult]:
         first = envs[0]
         relay = self._relay_of(first)
-        sender = str(relay.get("mail_from") or first.get("sender", ""))
+        sender = str(relay.get("mail_from") or first.sender)
+        if relay.get("srs") and self.config.srs_key:
+            # docs/config.md §9: forwarded mail leaves with our SRS address
+            sender = srs.forward_sender(sender, first.rcpt, first.dest, self.config.srs_key,
+                                        time.time())
         rcpts: list[tuple[str, sc.RcptDSN]] = []
-        by_rcpt: dict[str, list[dict[str, str]]] = {}
+        by_rcpt: dict[str, list[Envelope]] = {}
         for e in envs:
-            dest = e.get("dest", "")
+            dest = e.dest
             if dest not in by_rcpt:
-                notify = frozenset(x for x in e.get("dsn-notify", "").upper().split(",") if x)
-                rcpts.append((dest, sc.RcptDSN(notify, e.get("dsn-orcpt") or None)))
+                notify = frozenset(x for x in ",".join(e.dsn_notify).upper().split(",") if x)
+                rcpts.append((dest, sc.RcptDSN(notify, e.dsn_orcpt or None)))
             by_rcpt.setdefault(dest, []).append(e)
         size = os.fstat(fd).st_size
-        ret = first.get("dsn-ret", "").upper()
+        ret = first.dsn_ret.upper()
         smtputf8 = not (sender.isascii() and all(r.isascii() for r, _ in rcpts))
         body_8bit = not _is_ascii(fd, size)
         done: dict[str, tuple[str, str]] = {}  # dest -> (status, text)
         started = False
+        msgid = msgid_of(first.evpid)
+        tx = _TxReports(conn, msgid)
         try:
             conn.client.start_transaction(
                 sender, rcpts, size, body_8bit, smtputf8,
                 dsn_ret="FULL" if ret == "FULL" else ("HDRS" if ret == "HDRS" else None),
-                envid=first.get("dsn-envid") or None)
+                envid=first.dsn_envid or None)
         except sc.LocalProtocolError as exc:
             self._park(conn)
             return _all(envs, "permfail", f"554 5.6.0 Cannot send: {exc}").results
@@ -703,10 +762,13 @@ class Mta:
                 ev = await conn.event()
                 if isinstance(ev, sc.MailResult):
                     started = True
+                    tx.mail(sender)
                 elif isinstance(ev, sc.RcptResult):
                     if ev.reply.code >= 400:
                         done[ev.rcpt] = (_status(ev.reply), _reply_text(ev.reply))
+                    tx.rcpt(ev.rcpt, _status(ev.reply), by_rcpt.get(ev.rcpt, []))
                 elif isinstance(ev, sc.DataReady):
+                    tx.data("ok")
                     offset = 0
                     while offset < size:
                         chunk = os.pread(fd, min(_BODY_CHUNK, size - offset), offset)
@@ -726,8 +788,11 @@ class Mta:
                             continue
                     for dest, _ in rcpts:
                         done.setdefault(dest, (st, text))
+                    tx.end(size if any(x[0] == "ok" for x in done.values()) else None)
                     break
                 elif isinstance(ev, sc.Failed):
+                    tx.failed(ev.stage, "tempfail" if ev.temporary or ev.fatal else "permfail")
+                    tx.end(None)
                     if ev.fatal and not started:
                         raise HostFailed(_reply_text(ev.reply))
                     text = _reply_text(ev.reply)
@@ -743,9 +808,11 @@ class Mta:
                 elif isinstance(ev, sc.Closed):
                     raise HostFailed(f"421 4.4.2 Connection closed by {conn.relay}")
         except HostFailed:
+            tx.end(None)
             conn.close()
             raise
         except (OSError, TimeoutError) as exc:
+            tx.end(None)
             conn.close()
             if not started:
                 raise HostFailed(f"421 4.4.2 {conn.relay}: "
@@ -760,27 +827,66 @@ class Mta:
         self._park(conn)
         return self._results(conn, by_rcpt, done, dsn_relayed)
 
-    def _relay_of(self, env: dict[str, str]) -> dict[str, object]:
-        action = self.config.actions.get(env.get("dispatcher", ""))
+    def _relay_of(self, env: Envelope) -> dict[str, object]:
+        action = self.config.actions.get(env.dispatcher)
         return action.relay if action is not None else {}
 
     @staticmethod
-    def _results(conn: Conn, by_rcpt: dict[str, list[dict[str, str]]],
-                 done: dict[str, tuple[str, str]], dsn_relayed: bool) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    def _results(conn: Conn, by_rcpt: dict[str, list[Envelope]],
+                 done: dict[str, tuple[str, str]], dsn_relayed: bool
+                 ) -> list[m.DeliveryResult]:
+        out: list[m.DeliveryResult] = []
         for dest, envs in by_rcpt.items():
             st, text = done.get(dest, ("tempfail", "451 4.4.2 No reply for this recipient"))
             for e in envs:
-                out.append({"evpid": e["evpid"], "status": st, "text": text,
-                            "relay": conn.relay, "session": conn.id,
-                            "dsn_relayed": dsn_relayed and st == "ok"})
+                out.append(m.DeliveryResult(evpid=e.evpid, status=st, text=text,
+                                            relay=conn.relay, session=conn.id,
+                                            dsn_relayed=dsn_relayed and st == "ok"))
         return out
 
 
-def _all(envs: list[dict[str, str]], status: str, text: str) -> m.DeliveryResults:
+class _TxReports:
+    """The tx-* reports of one outgoing transaction (smtp-out), as OpenSMTPD
+    sends them: tx-begin and tx-mail once MAIL is accepted, tx-envelope and
+    tx-rcpt per recipient, tx-data, then tx-commit (or tx-rollback) and
+    tx-reset. Nothing when the session has no filter."""
+
+    def __init__(self, conn: Conn, msgid: str) -> None:
+        self.conn, self.msgid = conn, msgid
+        self.begun = False
+
+    def mail(self, sender: str) -> None:
+        self.begun = True
+        self.conn.report("tx-begin", [self.msgid])
+        self.conn.report("tx-mail", [self.msgid, "ok", sender])
+
+    def rcpt(self, rcpt: str, status: str, envs: list[Envelope]) -> None:
+        for e in envs:
+            self.conn.report("tx-envelope", [self.msgid, e.evpid])
+        self.conn.report("tx-rcpt", [self.msgid, status, rcpt])
+
+    def data(self, status: str) -> None:
+        self.conn.report("tx-data", [self.msgid, status])
+
+    def failed(self, stage: sc.Stage, status: str) -> None:
+        if stage == "data":
+            self.data(status)
+
+    def end(self, size: int | None) -> None:
+        """The transaction is over: committed (``size`` bytes) or not (None)."""
+        if not self.begun:
+            return
+        self.begun = False
+        if size is not None:
+            self.conn.report("tx-commit", [self.msgid, str(size)])
+        else:
+            self.conn.report("tx-rollback", [self.msgid])
+        self.conn.report("tx-reset", [self.msgid])
+
+
+def _all(envs: list[Envelope], status: str, text: str) -> m.DeliveryResults:
     return m.DeliveryResults(results=[
-        {"evpid": e.get("evpid", ""), "status": status, "text": text, "relay": "",
-         "dsn_relayed": False} for e in envs])
+        m.DeliveryResult(evpid=e.evpid, status=status, text=text) for e in envs])
 
 
 def _status(reply: Reply) -> str:
