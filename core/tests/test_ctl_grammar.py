@@ -113,10 +113,13 @@ def test_show_envelope_in_smtpctl_order() -> None:
 
 
 def test_queue_line_flags_in_smtpctl_words() -> None:
-    env = {"evpid": EVPID, "sockaddr": "192.0.2.1", "type": "mta",
-           "flags": "suspend authenticated bounce", "sender": "a@b", "rcpt": "c@d",
-           "dest": "c@d", "ctime": "100", "ttl": "50"}
-    fields = control.format_queue_line(env, "pending", "30").split("|")
+    from mailrider.queue.envelope import Delivery, Envelope
+
+    env = Envelope(evpid=EVPID, delivery=Delivery(dispatcher="out", rcpt="c@d", dest="c@d",
+                                                  method="relay"),
+                   type="mta", sockaddr="192.0.2.1", sender="a@b", ctime=100, ttl=50,
+                   flags=("authenticated", "bounce"))
+    fields = control.format_queue_line(env, "pending", "30", ("suspend",)).split("|")
     assert fields[:4] == [EVPID, "inet4", "mta", "bounce,auth,suspend"]
     assert fields[7:9] == ["100", "150"] and fields[11:13] == ["pending", "30"]
 
