@@ -292,4 +292,7 @@ def install_stop_signals(stop: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # mailriderd(8) SIGNALS: SIGHUP reloads nothing (restart to apply a new
+    # configuration); a stray SIGUSR1/SIGUSR2 must not end a process uncleanly
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)

@@ -263,6 +263,9 @@ class Pony(common.Process):
                 return m.ControlReply(lines=["command succeeded"])
             if msg.command == "status":
                 return m.ControlReply(data={"paused_smtp": self.paused_smtp})
+            shown = self.mta.control(msg)
+            if shown is not None:
+                return shown
             return await self.control(msg)
         raise ValueError(f"pony: unexpected {m.type_name(msg)} from {chan.peer}")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailrider import limits, log, profile
-from mailrider.errors import TempFail
+from mailrider.errors import TempFail, plain_reason
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
@@ -135,9 +135,11 @@ class Queue(common.Process):
         self.peers["scheduler"].notify(
             m.SchedInsert(envelopes=[m.SchedEntry.of(e) for e in envs]))
         self.count("queue.envelope.enqueued", len(envs))
+        session = msg.session if envmod.is_evpid(msg.session) else None
         for env in envs:
-            log.event("queue", "envelope", evpid=env.evpid, rcpt=env.rcpt or None,
-                      dest=env.dest or None)
+            # OpenSMTPD's line, under the session that received the message
+            log.emit("smtp", "envelope", {"session": session, "evpid": env.evpid,
+                                          "from": _addr(env.sender), "to": _addr(env.rcpt)})
         return m.Ok(text=msg.msgid)
 
     # -- delivery ------------------------------------------------------------------
@@ -147,7 +149,7 @@ class Queue(common.Process):
             env = self.spool.load_envelope(evpid)
             fd = self.spool.open_message(evpid[:8])
         except (OSError, ValueError) as exc:
-            log.error("queue", "load-failed", evpid=evpid, error=str(exc))
+            log.error("queue", "load-failed", evpid=evpid, error=plain_reason(exc))
             self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="removed"))
             return
         try:
@@ -174,7 +176,7 @@ class Queue(common.Process):
         try:
             fd = self.spool.open_message(msgid)
         except OSError as exc:
-            log.error("queue", "load-failed", msgid=msgid, error=str(exc))
+            log.error("queue", "load-failed", msgid=msgid, error=plain_reason(exc))
             for env in envs:
                 self.peers["scheduler"].notify(
                     m.SchedResult(evpid=env.evpid, status="removed"))
@@ -200,11 +202,7 @@ class Queue(common.Process):
     async def _outcome(self, env: Envelope, res: m.DeliveryResult, fd: int) -> None:
         evpid, relay = env.evpid, res.relay
         delay = int(time.time()) - env.ctime
-        log.event("delivery", "result", evpid=evpid, sender=env.sender or "<>",
-                  rcpt=env.rcpt or None, dest=env.dest or None, relay=relay or None,
-                  delay=f"{delay}s",
-                  result={"ok": "Ok", "tempfail": "TempFail", "permfail": "PermFail"}.get(
-                      res.status, res.status), stat=res.text)
+        log_delivery(env, res.status, res.text, relay, delay, res.session)
         if res.status == "ok":
             if env.type == "mta":
                 if not res.dsn_relayed and bounce.wanted(env, "relayed"):
@@ -245,7 +243,7 @@ class Queue(common.Process):
             return
         try:
             text = env.errorline or "Envelope expired"
-            log.event("delivery", "expired", evpid=evpid, rcpt=env.rcpt or None, stat=text)
+            log_queue(env, "Expire", "Envelope expired")
             await self._bounce(env, f"554 5.4.7 Delivery time expired: {text}", fd)
         finally:
             os.close(fd)
@@ -427,6 +425,10 @@ class Queue(common.Process):
                 return m.ControlReply(ok=False, lines=["command failed: no such envelope"])
             return m.ControlReply(lines=envmod.serialise(env).decode().splitlines())
         if msg.command == "remove":
+            try:
+                log_queue(self.spool.load_envelope(evpid), "Remove", "Removed by administrator")
+            except (OSError, ValueError):
+                pass
             self.spool.remove_envelope(evpid)
             self.count("queue.envelope.removed")
             self.count("queue.envelope.dequeued")
@@ -487,6 +489,42 @@ class _PendingDSN:
     full: bool
     items: list[bounce.Item] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
+
+
+def _addr(value: str | None) -> str:
+    return f"<{value or ''}>"
+
+
+def log_delivery(env: Envelope, status: str, text: str, relay: str, delay: int,
+                 session: str = "") -> None:
+    """OpenSMTPD's ``mta delivery`` / ``mda delivery`` line for one outcome
+    (docs/logging.md), under the id of the mta connection that carried it
+    (``session``, checked) or else the envelope's own."""
+    result = {"ok": "Ok", "tempfail": "TempFail", "permfail": "PermFail"}.get(status, status)
+    rcpt = env.rcpt if env.rcpt != env.dest else None
+    lead = session if envmod.is_evpid(session) else env.evpid
+    fields: dict[str, object] = {"session": lead, "evpid": env.evpid,
+                                 "from": _addr(env.sender), "to": _addr(env.dest)}
+    if env.type == "mta":
+        fields.update(rcpt=_addr(rcpt or "-"), source=log.Quoted("-"),
+                      relay=log.Quoted(relay or "-"), delay=log.duration_text(delay),
+                      result=log.Quoted(result), stat=log.Quoted(text))
+        log.emit("mta", "delivery", fields)
+    else:
+        fields.update(rcpt=_addr(rcpt) if rcpt else None, user=env.delivery.user or None,
+                      delay=log.duration_text(delay), result=result, stat=text)
+        log.emit("mda", "delivery", fields)
+
+
+def log_queue(env: Envelope, what: str, stat: str) -> None:
+    """OpenSMTPD's line for an envelope the queue ends itself (expired, removed):
+    ``delivery: Expire for EVPID: from=<...>, to=<...>, rcpt=<...>, delay=..., stat=...``."""
+    rcpt = env.rcpt if env.rcpt != env.dest else "-"
+    delay = int(time.time()) - env.ctime
+    kind = "relay" if env.type == "mta" else "delivery"
+    log.emit(f"{kind}:", f"{what} for {env.evpid}:",
+             {"from": f"<{env.sender}>,", "to": f"<{env.dest}>,", "rcpt": f"<{rcpt}>,",
+              "delay": f"{log.duration_text(delay)},", "stat": stat})
 
 
 PROCESS = Queue
