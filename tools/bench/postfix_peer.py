@@ -283,6 +283,13 @@ class PostfixPeer:
         except OSError:
             return ""
 
+    def master_pid(self) -> int | None:
+        """master(8)'s pid (every other Postfix process is its child), or None."""
+        try:
+            return int((self.spool / "pid" / "master.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
     def stop(self) -> None:
         if self.running:
             self._run(POSTFIX, "-c", str(self.config), "stop")

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         # files may be unreadable to that user, e.g. a venv under /root)
         from mailrider.proc.child import preload
 
-        preload()
+        preload("parent")
     if not opts.foreground:
         _daemonize()
     common.set_title("parent")

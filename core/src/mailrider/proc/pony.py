@@ -1076,7 +1076,7 @@ class Pony(common.Process):
         self.rdns_lookup = needs_rdns(self.config)
         self.tasks: set[asyncio.Task[None]] = set()
         self.servers: list[asyncio.base_events.Server] = []
-        self.paused_smtp = False
+        self.paused_smtp = "smtp" in self.opts.paused  # mailriderd -P smtp
         from mailrider.proc.pony_mta import Mta
 
         self.mta = Mta(self)

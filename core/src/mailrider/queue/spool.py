@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
-import ctypes.util
 import errno
 import hashlib
 import os
