@@ -3,6 +3,10 @@ envelopes to pony for delivery, records outcomes, and makes bounces.
 
 Commits are batched (group commit): while one batch is being synced, the
 next fills up, so many sessions share one sync instead of waiting in line.
+The removal of finished envelopes and the closing of their message
+descriptors are batched the same way (:meth:`Queue._reaper`): one worker
+thread call for all that finished while the previous one ran, and the
+scheduler hears of a delivery only once its envelope is gone.
 """
 
 from __future__ import annotations
@@ -49,6 +53,10 @@ class Queue(common.Process):
         #: notifications being gathered: (msgid, kind, sender) -> Pending
         self._dsn: dict[tuple[str, str, str], _PendingDSN] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: envelopes to remove, descriptors to close: the reaper's next batch
+        self._removals: list[tuple[str, asyncio.Future[None]]] = []
+        self._closes: list[int] = []
+        self._reap_wake = asyncio.Event()
 
     async def run(self) -> None:
         # after the privilege drop: the spool belongs to the queue user
@@ -58,6 +66,7 @@ class Queue(common.Process):
             log.event("queue", "purged-uncommitted", count=purged)
         clean = self.spool.take_clean_mark()
         committer = asyncio.create_task(self._committer())
+        reaper = asyncio.create_task(self._reaper())
         envs: list[dict[str, Any]] = []
         n = 0
         for _msgid, found in self.spool.walk(verify=not clean):
@@ -76,7 +85,9 @@ class Queue(common.Process):
             # let the batch being synced finish, then say the spool is consistent
             self._closing = True
             self._wake.set()
+            self._reap_wake.set()
             try:
+                await asyncio.wait_for(reaper, 30)
                 await asyncio.wait_for(committer, 30)
                 await asyncio.to_thread(self.spool.mark_clean)
             except (TimeoutError, OSError) as exc:
@@ -150,6 +161,58 @@ class Queue(common.Process):
                       dest=env.get("dest"))
         return m.Ok(text=msg.msgid)
 
+    # -- removal, batched -----------------------------------------------------------
+
+    def _remove(self, evpid: str) -> asyncio.Future[None]:
+        """Remove a finished envelope (and its message after the last one);
+        done once the reaper's batch that holds it ran."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._removals.append((evpid, fut))
+        self._reap_wake.set()
+        return fut
+
+    def _close_later(self, fd: int) -> None:
+        """Close a message descriptor off the loop: once its message is removed,
+        the last close frees the file, which waits on the journal while a commit
+        syncs (measured: 200 us a close on the loop, under load)."""
+        self._closes.append(fd)
+        self._reap_wake.set()
+
+    async def _reaper(self) -> None:
+        while True:
+            if not self._removals and not self._closes:
+                if self._closing:
+                    return
+                await self._reap_wake.wait()
+                self._reap_wake.clear()
+                continue
+            removals, self._removals = self._removals, []
+            closes, self._closes = self._closes, []
+            try:
+                errors = await asyncio.to_thread(self._reap, [e for e, _ in removals], closes)
+            except Exception as exc:  # never leave a delivery waiting
+                errors = [exc] * len(removals)
+            for (_, fut), err in zip(removals, errors, strict=True):
+                if fut.done():
+                    continue
+                if err is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(err)
+            if removals:
+                self.count("queue.remove.batches")
+                self.count("queue.remove.envelopes", len(removals))
+
+    def _reap(self, evpids: list[str], fds: list[int]) -> list[Exception | None]:
+        """In the worker thread: unlink, then close (the last close frees the file)."""
+        errors = self.spool.remove_envelopes(evpids)
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        return errors
+
     # -- delivery ------------------------------------------------------------------
 
     async def deliver(self, evpid: str) -> None:
@@ -176,7 +239,7 @@ class Queue(common.Process):
                     res = m.DeliveryResult(evpid=evpid, status="tempfail", text=exc.reply())
             await self._outcome(env, res, fd)
         finally:
-            await _close_off_loop(fd)
+            self._close_later(fd)
 
     async def deliver_mta(self, envs: list[Envelope]) -> None:
         """Several relay envelopes of one message and route: one transaction."""
@@ -205,10 +268,10 @@ class Queue(common.Process):
                 await self._outcome(env, res, fd, relay=str(r.get("relay") or ""),
                                     dsn_relayed=bool(r.get("dsn_relayed")))
         finally:
-            await _close_off_loop(fd)
+            self._close_later(fd)
 
-    # remove_envelope runs in a thread: an unlink waits on the journal while a
-    # commit syncs, which must not stall the event loop (and with it commits)
+    # removal runs in a thread (the reaper): an unlink waits on the journal
+    # while a commit syncs, which must not stall the event loop (and commits)
     async def _outcome(self, env: Envelope, res: m.DeliveryResult, fd: int, *,
                        relay: str = "", dsn_relayed: bool = False) -> None:
         evpid = env["evpid"]
@@ -224,14 +287,14 @@ class Queue(common.Process):
                     self._notify(env, res.text, fd, "relayed", relay)
             elif bounce.wanted(env, "delivered"):
                 self._notify(env, res.text, fd, "delivered", relay)
-            await asyncio.to_thread(self.spool.remove_envelope, evpid)
+            await self._remove(evpid)
             self.count("scheduler.delivery.ok")
             self.count("queue.envelope.dequeued")
             self.peers["scheduler"].notify(m.SchedResult(
                 evpid=evpid, status="ok", route=_route(env)))
         elif res.status == "permfail":
             await self._bounce(env, res.text, fd, relay)
-            await asyncio.to_thread(self.spool.remove_envelope, evpid)
+            await self._remove(evpid)
             self.count("scheduler.delivery.permfail")
             self.count("queue.envelope.dequeued")
             self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="permfail"))
@@ -262,7 +325,7 @@ class Queue(common.Process):
             await self._bounce(env, f"554 5.4.7 Delivery time expired: {text}", fd)
         finally:
             os.close(fd)
-        await asyncio.to_thread(self.spool.remove_envelope, evpid)
+        await self._remove(evpid)
         self.count("scheduler.delivery.expired")
         self.count("queue.envelope.dequeued")
         self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="expired"))
@@ -485,13 +548,6 @@ class Queue(common.Process):
             return 0
         reply = await self.peers["scheduler"].ask(m.SchedInsert(envelopes=envs, discover=True))
         return int(reply.text) if isinstance(reply, m.Ok) and reply.text.isdigit() else 0
-
-
-async def _close_off_loop(fd: int) -> None:
-    """Close a message descriptor in a worker thread: once its message is
-    removed, the last close frees the file, which waits on the journal while
-    a commit syncs (measured: 200 us a close on the loop, under load)."""
-    await asyncio.to_thread(os.close, fd)
 
 
 def _route(env: Envelope) -> str:

@@ -287,6 +287,33 @@ class Spool:
         if not rest:
             shutil.rmtree(mdir, ignore_errors=True)
 
+    def remove_envelopes(self, evpids: list[str]) -> list[Exception | None]:
+        """Remove several envelopes, each message folder emptied of envelopes
+        with them; one outcome per envelope (None: removed, or already gone)."""
+        errors: list[Exception | None] = []
+        msgids: dict[str, None] = {}
+        for evpid in evpids:
+            try:
+                try:
+                    os.unlink(self.envelope_path(evpid))
+                except FileNotFoundError:
+                    pass
+                msgids[evpid[:8]] = None
+                errors.append(None)
+            except (OSError, ValueError) as exc:
+                errors.append(exc)
+        for msgid in msgids:
+            mdir = self.msgdir(msgid)
+            try:
+                rest = [n for n in os.listdir(mdir) if n != "message"]
+            except FileNotFoundError:
+                continue
+            except OSError:
+                continue  # its envelopes are gone; a later start removes the folder
+            if not rest:
+                shutil.rmtree(mdir, ignore_errors=True)
+        return errors
+
     def open_message(self, msgid: str) -> int:
         return os.open(self.message_path(msgid), os.O_RDONLY)
 
