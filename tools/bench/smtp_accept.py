@@ -124,7 +124,8 @@ class LoadError(RuntimeError):
 
 
 def smtp_source_path() -> str | None:
-    for p in (shutil.which("smtp-source"), "/usr/sbin/smtp-source"):
+    for p in (shutil.which("smtp-source"), "/usr/sbin/smtp-source",
+              f"{postfix_peer.ROOT}/usr/sbin/smtp-source" if postfix_peer.ROOT else None):
         if p and os.access(p, os.X_OK):
             return p
     return None

@@ -58,8 +58,11 @@ import ast, importlib.util, json, sys
 from pathlib import Path
 
 role = sys.argv[1]
-from mailrider.proc import child
-child.preload(role)
+if role == "mda_worker":  # switches user right after its own imports
+    import mailrider.proc.mda_worker
+else:
+    from mailrider.proc import child
+    child.preload(role)
 loaded = set(sys.modules)
 
 import mailrider
@@ -110,7 +113,8 @@ def imports(mod):
     return out
 
 
-start = "mailrider.cli.mailriderd" if role == "parent" else "mailrider.proc.child"
+start = {"parent": "mailrider.cli.mailriderd",
+         "mda_worker": "mailrider.proc.mda_worker"}.get(role, "mailrider.proc.child")
 seen, todo, reached = set(), [start], set()
 while todo:
     mod = todo.pop()
@@ -146,6 +150,15 @@ def test_every_reachable_import_is_preloaded(role: str) -> None:
     exempt = BEFORE_PRELOAD | (MAILRIDERD_ONLY if role != "parent" else set())
     missing = sorted(name for name in reached - exempt if name not in loaded)
     assert missing == []
+
+
+def test_the_delivery_worker_loads_everything_before_it_switches_user() -> None:
+    # proc/mda_worker.py imports at start, as root, then takes the user's
+    # credentials: no import may follow; and it is small (no asyncio)
+    loaded, reached = _probe("mda_worker")
+    assert sorted(name for name in reached if name not in loaded) == []
+    assert sorted({"asyncio", "mailrider.proc.child", "mailrider.config.parser",
+                   "mailrider.ipc.channel", "ssl"} & loaded) == []
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -32,6 +32,7 @@ from mailrider.delivery import grant
 from mailrider.delivery.maildir import MaildirBatch
 from mailrider.errors import PermFail, TempFail
 from mailrider.ipc import messages as m
+from mailrider.proc import parent_workers
 
 if TYPE_CHECKING:
     from mailrider.proc.parent import Parent
@@ -347,8 +348,11 @@ class _Job:
 class Deliveries:
     """The parent's local deliveries, batched per user.
 
-    Maildir deliveries for the same credentials share a forked process and
-    its syncs, at most :data:`~mailrider.limits.DELIVERY_BATCH_MAX` each.
+    Maildir deliveries for the same credentials go together to that user's
+    long-lived worker (:mod:`mailrider.proc.parent_workers`), one batch at a
+    time, and share its syncs, at most
+    :data:`~mailrider.limits.DELIVERY_BATCH_MAX` each; with
+    ``MAILRIDER_MDA_FORK=1`` they share a forked process instead.
     Batches form by themselves under load: while
     :data:`~mailrider.limits.DELIVERY_BATCHES_PER_USER` processes of a user
     are running, that user's new deliveries wait for one to end, then go
@@ -362,6 +366,8 @@ class Deliveries:
         self._running: dict[tuple[object, ...], int] = {}
         self._flushing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.workers = parent_workers.Workers(parent)
+        self._use_workers = parent_workers.enabled()
 
     def submit(self, plan: Plan, env: dict[str, str], fd: int) -> asyncio.Future[m.DeliveryResult]:
         loop = asyncio.get_running_loop()
@@ -384,8 +390,9 @@ class Deliveries:
 
     def _start(self, key: tuple[object, ...]) -> None:
         size = limits.DELIVERY_BATCH_MAX
-        while self._waiting.get(key) and \
-                self._running.get(key, 0) < limits.DELIVERY_BATCHES_PER_USER:
+        # a user's worker takes one batch at a time; forks run side by side
+        cap = 1 if self._use_workers and self._maildir(key) else limits.DELIVERY_BATCHES_PER_USER
+        while self._waiting.get(key) and self._running.get(key, 0) < cap:
             jobs = self._waiting[key]
             batch, rest = jobs[:size], jobs[size:]
             if rest:
@@ -406,11 +413,20 @@ class Deliveries:
             del self._running[key]
         self._start(key)
 
+    @staticmethod
+    def _maildir(key: tuple[object, ...]) -> bool:
+        return len(key) == 3  # (uid, gid, groups): see submit
+
     async def _run(self, jobs: list[_Job]) -> None:
         config = self.parent.config
+        answers: list[Any]
         try:
-            out = await _run_forked(self.parent, lambda: _batch_child(config, jobs))
-            answers = json.loads(out or b"")
+            if self._use_workers and all(j.plan.method == "maildir" for j in jobs):
+                answers = await self.workers.deliver(
+                    config, [(j.plan, j.env, j.fd) for j in jobs])
+            else:
+                out = await _run_forked(self.parent, lambda: _batch_child(config, jobs))
+                answers = json.loads(out or b"")
             if not isinstance(answers, list) or len(answers) != len(jobs):
                 raise ValueError("short answer")
         except (OSError, ValueError):
