@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import pkgutil
 import sys
 from collections.abc import Callable
 
+import mailrider
 from mailrider import log
 from mailrider.errors import ConfigError
 from mailrider.proc import common, confine
@@ -151,10 +153,6 @@ ROLE_MODULES: dict[str, tuple[str, ...]] = {
 
 def _role_module_names(role: str) -> list[str]:
     """Every module :func:`preload` imports for ``role``, in order."""
-    import pkgutil
-
-    import mailrider
-
     if role == "all":
         wanted: tuple[str, ...] = ("mailrider.", *_EMAIL, *_TABLES)
     else:

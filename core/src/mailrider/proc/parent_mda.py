@@ -24,22 +24,39 @@ import pwd
 import signal
 import stat
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mailrider import limits, log, paths
 from mailrider.config.model import Action, Config
+from mailrider.delivery import common as dcommon
 from mailrider.delivery import grant
+from mailrider.delivery.format import FormatContext, expand_format
+from mailrider.delivery.lmtp import deliver_lmtp
 from mailrider.delivery.maildir import MaildirBatch
+from mailrider.delivery.mbox import deliver_mbox
+from mailrider.delivery.mda import deliver_mda
 from mailrider.errors import PermFail, TempFail
 from mailrider.ipc import messages as m
 from mailrider.proc import parent_workers
 
-if TYPE_CHECKING:
-    from mailrider.proc.parent import Parent
-
 #: an envelope the parent takes: this many fields at most, each value this long
 _ENVELOPE_FIELDS_MAX = 64
 _ENVELOPE_VALUE_MAX = 8192
+
+
+class Parent(Protocol):
+    """What deliveries need of the parent process (parent.Parent)."""
+
+    config: Config
+    #: the key that seals lka's delivery grants
+    grant_key: bytes
+    deliveries: Deliveries
+    #: forked children by pid: the future gets the exit status (reap)
+    forks: dict[int, asyncio.Future[int]]
+
+    def reap(self) -> None:
+        """Collect the children that have exited."""
+        ...
 
 
 class Forged(TempFail):
@@ -246,12 +263,6 @@ def _deliver(config: Config, plan: Plan, env: dict[str, str], msg_fd: int,
              batch: MaildirBatch) -> tuple[str, str] | int:
     """Runs in the forked child, as the user. Returns (status, text), or for a
     maildir delivery (added to ``batch``) its index there: done at commit."""
-    from mailrider.delivery import common as dcommon
-    from mailrider.delivery.format import FormatContext, expand_format
-    from mailrider.delivery.lmtp import deliver_lmtp
-    from mailrider.delivery.mbox import deliver_mbox
-    from mailrider.delivery.mda import deliver_mda
-
     method, arg, action = plan.method, plan.arg, plan.action
     home, user = plan.home, plan.user
     sender = env.get("sender", "")
@@ -293,6 +304,20 @@ def _deliver(config: Config, plan: Plan, env: dict[str, str], msg_fd: int,
     else:  # pragma: no cover - decide() admits no other method
         raise PermFail(f"unknown delivery method {method!r}", 550, "5.3.0")
     return "ok", "Delivered"
+
+
+def maildir_job(config: Config, plan: Plan, env: dict[str, str]) -> dict[str, object]:
+    """What a maildir worker needs for one delivery, decided here as
+    :func:`_deliver` decides it for a forked one; ValueError for a template
+    that does not expand."""
+    ctx = FormatContext(sender=env.get("sender", ""), rcpt=env.get("rcpt", env.get("dest", "")),
+                        dest=env.get("dest", ""),
+                        user_name=env.get("mda-local-user") or plan.user, user_dir=plan.home,
+                        sub_addr_delim=config.sub_addr_delim)
+    prepend = dcommon.delivery_headers(env.get("sender", ""), env.get("dest", ""))
+    return {"path": expand_format(plan.action.arg or "~/Maildir", ctx), "home": plan.home,
+            "junk": bool(plan.action.junk),
+            "prepend": prepend.decode("utf-8", "surrogateescape")}
 
 
 def _outcome(exc: Exception) -> tuple[str, str]:
@@ -417,13 +442,35 @@ class Deliveries:
     def _maildir(key: tuple[object, ...]) -> bool:
         return len(key) == 3  # (uid, gid, groups): see submit
 
+    async def _run_worker(self, jobs: list[_Job]) -> list[Any]:
+        """Maildir deliveries of one user's credentials, through that user's worker."""
+        answers: list[Any] = [None] * len(jobs)
+        payload: list[dict[str, object]] = []
+        fds: list[int] = []
+        where: list[int] = []
+        for i, job in enumerate(jobs):
+            try:
+                payload.append(maildir_job(self.parent.config, job.plan, job.env))
+            except ValueError as exc:  # the template: as the forked delivery reports it
+                st, tx = _outcome(exc)
+                answers[i] = {"status": st, "text": tx}
+                continue
+            fds.append(job.fd)
+            where.append(i)
+        if payload:
+            first = jobs[0].plan
+            got = await self.workers.deliver((first.uid, first.gid, first.groups), payload, fds)
+            if got is not None:  # else the worker failed: every answer stays unknown
+                for i, res in zip(where, got, strict=True):
+                    answers[i] = res
+        return answers
+
     async def _run(self, jobs: list[_Job]) -> None:
         config = self.parent.config
         answers: list[Any]
         try:
             if self._use_workers and all(j.plan.method == "maildir" for j in jobs):
-                answers = await self.workers.deliver(
-                    config, [(j.plan, j.env, j.fd) for j in jobs])
+                answers = await self._run_worker(jobs)
             else:
                 out = await _run_forked(self.parent, lambda: _batch_child(config, jobs))
                 answers = json.loads(out or b"")

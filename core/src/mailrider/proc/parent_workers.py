@@ -23,8 +23,8 @@ Invariants:
   deliveries and is let go after :data:`~mailrider.limits.MDA_WORKER_IDLE`
   seconds without work (its channel closed: it exits).
 - The parent computes what the worker needs (the Maildir path from the
-  action's template, the header lines to prepend, the junk flag): the worker
-  decides nothing.
+  action's template, the header lines to prepend, the junk flag:
+  ``parent_mda.maildir_job``): the worker decides nothing.
 
 ``MAILRIDER_MDA_FORK=1`` in the environment (benchmarks and tests only) keeps
 the fork per batch instead.
@@ -41,17 +41,11 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from mailrider import limits, log
 from mailrider.delivery import common as dcommon
-from mailrider.delivery.format import FormatContext, expand_format
 from mailrider.proc import mda_worker
-
-if TYPE_CHECKING:
-    from mailrider.config.model import Config
-    from mailrider.proc.parent import Parent
-    from mailrider.proc.parent_mda import Plan
 
 #: a worker's answer, at most (DELIVERY_BATCH_MAX outcomes of bounded text)
 _REPLY_MAX = 64 * 1024
@@ -64,17 +58,15 @@ def enabled() -> bool:
     return os.environ.get("MAILRIDER_MDA_FORK", "") != "1"
 
 
-def maildir_job(config: Config, plan: Plan, env: dict[str, str]) -> dict[str, object]:
-    """What a worker needs for one maildir delivery, decided by the parent;
-    ValueError for a template that does not expand."""
-    ctx = FormatContext(sender=env.get("sender", ""), rcpt=env.get("rcpt", env.get("dest", "")),
-                        dest=env.get("dest", ""),
-                        user_name=env.get("mda-local-user") or plan.user, user_dir=plan.home,
-                        sub_addr_delim=config.sub_addr_delim)
-    prepend = dcommon.delivery_headers(env.get("sender", ""), env.get("dest", ""))
-    return {"path": expand_format(plan.action.arg or "~/Maildir", ctx), "home": plan.home,
-            "junk": bool(plan.action.junk),
-            "prepend": prepend.decode("utf-8", "surrogateescape")}
+class Host(Protocol):
+    """What the workers need of the parent process (parent.Parent)."""
+
+    #: started children by pid: the future gets the exit status (reap)
+    forks: dict[int, asyncio.Future[int]]
+
+    def reap(self) -> None:
+        """Collect the children that have exited."""
+        ...
 
 
 @dataclass(eq=False)
@@ -91,7 +83,7 @@ class _Worker:
 class Workers:
     """The running workers, by credentials."""
 
-    def __init__(self, parent: Parent) -> None:
+    def __init__(self, parent: Host) -> None:
         self.parent = parent
         self._workers: dict[Credentials, _Worker] = {}
         self.started = 0
@@ -138,30 +130,11 @@ class Workers:
         for worker in list(self._workers.values()):
             self._retire(worker)
 
-    async def deliver(self, config: Config,
-                      jobs: list[tuple[Plan, dict[str, str], int]]) -> list[object]:
-        """Maildir deliveries decided for the same credentials, ``(plan,
-        envelope, message fd)`` each: one answer each, ``{status, text}``, or
-        None when it is unknown."""
-        answers: list[object] = [None] * len(jobs)
-        payload: list[dict[str, object]] = []
-        fds: list[int] = []
-        where: list[int] = []
-        plan = jobs[0][0]
-        creds: Credentials = (plan.uid, plan.gid, plan.groups)
-        for i, (job_plan, env, fd) in enumerate(jobs):
-            if (job_plan.uid, job_plan.gid, job_plan.groups) != creds:
-                raise ValueError("deliveries of other credentials in one batch")
-            try:
-                payload.append(maildir_job(config, job_plan, env))
-            except ValueError as exc:
-                answers[i] = {"status": "tempfail",
-                              "text": f"451 4.3.0 delivery error: ValueError: {exc}"}
-                continue
-            fds.append(fd)
-            where.append(i)
-        if not payload:
-            return answers
+    async def deliver(self, creds: Credentials, payload: list[dict[str, object]],
+                      fds: list[int]) -> list[dict[str, str]] | None:
+        """One batch of maildir deliveries (``parent_mda.maildir_job``, with
+        their message descriptors) for the worker of ``creds``: one outcome
+        each, ``{status, text}``, or None when the worker failed."""
         worker = self._workers.get(creds)
         if worker is None or worker.exited.done():
             if worker is not None:
@@ -178,18 +151,16 @@ class Workers:
         except (OSError, ValueError) as exc:
             log.warning("parent", "mda-worker-failed", pid=worker.pid, error=str(exc))
             self._retire(worker, kill=True)
-            return answers
+            return None
         finally:
             worker.busy = False
-        for i, res in zip(where, got, strict=True):
-            answers[i] = res
         worker.deliveries += len(payload)
         if worker.deliveries >= limits.MDA_WORKER_DELIVERIES:
             self._retire(worker)
         else:
             worker.idle = asyncio.get_running_loop().call_later(
                 limits.MDA_WORKER_IDLE, self._retire, worker)
-        return answers
+        return got
 
     async def _ask(self, worker: _Worker, payload: list[dict[str, object]],
                    fds: list[int]) -> list[dict[str, str]]:
