@@ -28,6 +28,8 @@ from mailrider.queue.envelope import Envelope
 from mailrider.queue.schedule import next_attempt
 from mailrider.queue.spool import PendingCommit, Spool
 
+#: spool buckets read side by side at start (docs/performance.md §3)
+RECOVERY_READERS = 4
 #: a batch smaller than this waits COMMIT_GATHER_DELAY seconds for company
 COMMIT_GATHER_MIN = 8
 COMMIT_GATHER_DELAY = 0.001
@@ -53,6 +55,8 @@ class Queue(common.Process):
         #: notifications being gathered: (msgid, kind, sender) -> Pending
         self._dsn: dict[tuple[str, str, str], _PendingDSN] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: while the spool is read at start: messages committed meanwhile
+        self._fresh: set[str] | None = None
         #: envelopes to remove, descriptors to close: the reaper's next batch
         self._removals: list[tuple[str, asyncio.Future[None]]] = []
         self._closes: list[int] = []
@@ -67,21 +71,12 @@ class Queue(common.Process):
         clean = self.spool.take_clean_mark()
         committer = asyncio.create_task(self._committer())
         reaper = asyncio.create_task(self._reaper())
-        envs: list[dict[str, Any]] = []
-        n = 0
-        for _msgid, found in self.spool.walk(verify=not clean):
-            for env in found:
-                envs.append(self._sched_entry(env))
-                n += 1
-                if len(envs) >= 1000:
-                    self.peers["scheduler"].notify(m.SchedInsert(envelopes=envs))
-                    envs = []
-        if envs:
-            self.peers["scheduler"].notify(m.SchedInsert(envelopes=envs))
-        log.event("queue", "recovered", envelopes=n)
+        self._fresh = set()  # from now on, before the walk's first step
+        recovery = asyncio.create_task(self._recover(verify=not clean))
         try:
             await self.stopping.wait()
         finally:
+            recovery.cancel()
             # let the batch being synced finish, then say the spool is consistent
             self._closing = True
             self._wake.set()
@@ -93,6 +88,49 @@ class Queue(common.Process):
             except (TimeoutError, OSError) as exc:
                 committer.cancel()
                 log.warning("queue", "unclean-stop", error=str(exc))
+
+    async def _recover(self, verify: bool) -> None:
+        """Hand every queued envelope to the scheduler, reading the spool's
+        buckets in worker threads, RECOVERY_READERS at a time, while the loop
+        serves commits: a large queue on a cold cache is mostly waiting on the
+        disk, and new mail must not wait for it. A message committed meanwhile
+        is the commit's to schedule: the walk skips it (``_fresh``)."""
+        loop = asyncio.get_running_loop()
+        n = 0
+        envs: list[dict[str, Any]] = []
+        try:
+            buckets = iter(await asyncio.to_thread(self.spool.buckets))
+            running: set[asyncio.Future[list[tuple[str, list[Envelope]]]]] = set()
+
+            def more() -> None:
+                bucket = next(buckets, None)
+                if bucket is not None:
+                    running.add(loop.run_in_executor(None, self.spool.walk_bucket, bucket,
+                                                     verify))
+
+            for _ in range(RECOVERY_READERS):
+                more()
+            while running:
+                done, running = await asyncio.wait(running,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    more()
+                    for msgid, found in fut.result():
+                        if self._fresh is not None and msgid in self._fresh:
+                            continue
+                        for env in found:
+                            envs.append(self._sched_entry(env))
+                            n += 1
+                    if len(envs) >= 1000:
+                        self.peers["scheduler"].notify(m.SchedInsert(envelopes=envs))
+                        envs = []
+            if envs:
+                self.peers["scheduler"].notify(m.SchedInsert(envelopes=envs))
+            log.event("queue", "recovered", envelopes=n)
+        except OSError as exc:
+            log.error("queue", "recovery-failed", envelopes=n, error=str(exc))
+        finally:
+            self._fresh = None
 
     @staticmethod
     def _sched_entry(env: Envelope) -> dict[str, Any]:
@@ -140,6 +178,8 @@ class Queue(common.Process):
     async def commit(self, msg: m.MessageCommit) -> m.Ok:
         if msg.msgid not in self._open:
             raise TempFail("unknown message")
+        if self._fresh is not None:
+            self._fresh.add(msg.msgid)  # its envelopes are scheduled below, not by the walk
         envs: list[Envelope] = []
         for e in msg.envelopes:
             env = {str(k): str(v) for k, v in e.items()}
