@@ -7,7 +7,10 @@ an smtpd that exited), so the difference of two readings is what the daemon
 spent between them, short-lived processes included, as long as their parent
 reaped them. PSS (``/proc/PID/smaps_rollup``) splits each shared page among
 the processes that map it, so per-process figures add up to the daemon's
-share of memory. Reading another user's smaps needs root.
+share of memory; it moves with what else runs (the interpreter's pages are
+shared with every other Python on the machine), so the private memory (USS:
+pages no other process maps) is printed beside it. Reading another user's
+smaps needs root.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def cpu_seconds(root: int) -> float:
 class Memory:
     total_kb: int
     processes: list[tuple[str, int]]  # (name, PSS kB), largest first
+    private_kb: int = 0  # USS: Private_Clean + Private_Dirty of every process
 
     def line(self) -> str:
         by_name: dict[str, list[int]] = {}
@@ -69,21 +73,24 @@ class Memory:
         for name, kbs in sorted(by_name.items(), key=lambda x: -sum(x[1])):
             n = f"{len(kbs)}x" if len(kbs) > 1 else ""
             parts.append(f"{n}{name}={sum(kbs) / 1024:.1f}")
-        return (f"{self.total_kb / 1024:.1f} MB PSS in {len(self.processes)} processes "
-                f"({' '.join(parts)})")
+        return (f"{self.total_kb / 1024:.1f} MB PSS ({self.private_kb / 1024:.1f} MB private) "
+                f"in {len(self.processes)} processes ({' '.join(parts)})")
 
 
 def pss(root: int) -> Memory:
     """The PSS of every process of the daemon under ``root``."""
     procs = []
+    private = 0
     for pid in descendants(root):
         try:
             with open(f"/proc/{pid}/comm") as f:
                 name = f.read().strip()
             with open(f"/proc/{pid}/smaps_rollup") as f:
-                kb = next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
+                fields = {k: int(v.split()[0]) for k, _, v in
+                          (line.partition(":") for line in f) if v.strip()[:1].isdigit()}
         except (OSError, ValueError):
             continue
-        procs.append((name, kb))
+        procs.append((name, fields.get("Pss", 0)))
+        private += fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
     procs.sort(key=lambda p: -p[1])
-    return Memory(sum(kb for _, kb in procs), procs)
+    return Memory(sum(kb for _, kb in procs), procs, private)
