@@ -106,7 +106,7 @@ def fill(d: Daemon, envelopes: int, per_message: int) -> float:
                     "mda-local-user": d.user,
                 }
                 env["mda-grant"] = grant.seal(key, env)
-                envs.append(env)
+                envs.append(envmod.from_fields(env))
             items.append(PendingCommit(msgid, envs))
             made += n
             msg += 1

@@ -110,6 +110,9 @@ BOUNCE_TTL = 7 * 86400
 
 # Local deliveries in flight at once (OpenSMTPD: mda limit max-session 50).
 MDA_MAX_SESSIONS = 50
+# Delivery processes of one user at once (OpenSMTPD: mda limit
+# max-session-per-user 7); docs/config.md §12.
+MDA_MAX_SESSIONS_PER_USER = 7
 
 # IPC: the largest frame a process accepts from a peer.
 IPC_FRAME_MAX = 16 * 1024 * 1024

@@ -82,7 +82,7 @@ BAD = [
      'action "l" maildir\nmatch for local action "l"\n', 3,
      "'proxy-v2' is not supported yet by mailrider"),
     ("relay-srs", 'listen on 127.0.0.1\naction "out" relay srs\nmatch for any action "out"\n',
-     2, "'relay srs' is not supported yet by mailrider"),
+     2, "an srs key is required for srs to be specified in an action"),
     ("unterminated", 'listen on 127.0.0.1\naction "l maildir\n', 2, None),
 ]
 

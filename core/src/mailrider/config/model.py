@@ -217,8 +217,8 @@ class Config:
     #: mda limit keyword -> value (max-session, max-session-per-user, task-*)
     mda_limits: dict[str, int] = field(default_factory=dict)
     #: srs secrets (never logged) and ttl in seconds
-    srs_key: str | None = None
-    srs_backup_key: str | None = None
+    srs_key: str | None = field(default=None, repr=False)
+    srs_backup_key: str | None = field(default=None, repr=False)
     srs_ttl: int = 4 * 86400
     #: every other global statement, kept as (keyword, words, where) so the
     #: support check can name it

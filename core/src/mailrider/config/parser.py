@@ -33,7 +33,7 @@ import re
 import socket
 from collections.abc import Callable, Iterator
 
-from mailrider.config.lexer import EOF, NL, STRING, WORD, Lexer, Token
+from mailrider.config.lexer import ARROW, EOF, NL, STRING, WORD, Lexer, Token
 from mailrider.config.model import (
     Action,
     Ca,
@@ -343,7 +343,7 @@ class _Parser:
                 continue
             comma = False
             key = self._value()
-            if self._peek().kind == "=":
+            if self._peek().kind in ("=", ARROW):
                 self._next()
                 if items:
                     raise self._err("table mixes list and mapping entries", key)
@@ -788,6 +788,10 @@ class _Parser:
             if self._accept("no-verify"):
                 relay["tls_noverify"] = True
         elif name == "srs":
+            # as OpenSMTPD: the key comes first (docs/config.md §9)
+            if self.config.srs_key is None:
+                raise self._err("an srs key is required for srs to be specified in an action",
+                                opt)
             relay["srs"] = True
         elif name == "filter":
             # ``filter NAME`` or ``filter { a b }``: reports of the outgoing
@@ -1158,7 +1162,11 @@ class _Parser:
             else:
                 self.config.srs_key = self._value().value
         elif self._is_kw(opt, "ttl"):
-            self.config.srs_ttl = self._duration(self._value())
+            ttl = self._value()
+            self.config.srs_ttl = self._duration(ttl)
+            # the SRS timestamp counts days
+            if self.config.srs_ttl < 86400:
+                raise self._err(f'ttl delay "{ttl.value}" is too short', ttl)
         else:
             raise self._unexpected(opt)
         self._end()

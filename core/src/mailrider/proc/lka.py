@@ -11,10 +11,11 @@ import asyncio
 import dataclasses
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mailrider import __version__, limits, log, paths
+from mailrider import __version__, limits, log, paths, srs
 from mailrider.config.model import Action, Filter
 from mailrider.crypto.passwords import UnsupportedHash, verify_password
 from mailrider.delivery import grant
@@ -30,14 +31,27 @@ from mailrider.proc import common, lka_dns, lka_rules
 from mailrider.proc.lka_dns import resolver_config
 from mailrider.proc.lka_expand import expand
 from mailrider.proc.workers import WorkerPool
+from mailrider.queue import envelope as envmod
+from mailrider.smtp.reply import Reply
 from mailrider.table.base import normalise_key
 from mailrider.table.match import match_mailaddr
 from mailrider.table.registry import TableSet
 from mailrider.table.usage import table_uses
 from mailrider.table.values import parse_credentials, parse_mailaddrmap
 
-NO_RULE = "550 5.7.1 Delivery not authorized, message refused"
-REJECTED = "550 5.7.1 Recipient rejected by policy"
+NO_RULE = Reply(550, "5.7.1", "Delivery not authorized, message refused")
+REJECTED = Reply(550, "5.7.1", "Recipient rejected by policy")
+TEMPORARY = Reply(451, "4.3.0", "Temporary failure")
+AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
+
+
+def _internal(env: lka_rules.Envelope) -> lka_rules.Envelope:
+    """An address we made (an expansion's target, a decoded SRS address).
+
+    As OpenSMTPD's EF_INTERNAL envelopes: ``from`` conditions see the local
+    source (``from local`` holds), not the client's address or name.
+    """
+    return dataclasses.replace(env, ip="local", rdns="")
 
 
 class Lka(common.Process):
@@ -186,30 +200,52 @@ class Lka(common.Process):
         reply = await self.peers["parent"].ask(m.ForwardOpen(user=user))
         return reply.content if isinstance(reply, m.ForwardContent) else None
 
+    def _srs_reverse(self, sender: str, rcpt: str) -> str:
+        """A bounce to an SRS address of ours goes to the address it stands for.
+
+        As OpenSMTPD: only for the null sender; an address that does not
+        verify (hash, age) is logged and kept, and the rules refuse it as
+        any unknown recipient (docs/config.md §9).
+        """
+        cfg = self.config
+        if cfg.srs_key is None or sender or not srs.is_srs(rcpt):
+            return rcpt
+        keys = [cfg.srs_key] + ([cfg.srs_backup_key] if cfg.srs_backup_key else [])
+        decoded = srs.decode(rcpt, keys, cfg.srs_ttl // srs.DAY, time.time())
+        if decoded is None:
+            log.warning("lka", "srs-invalid", rcpt=rcpt)
+            return rcpt
+        log.event("lka", "srs-reversed", rcpt=rcpt, dest=decoded)
+        return decoded
+
     async def rcpt(self, msg: m.RcptCheck) -> m.RcptResult:
         s = msg.session
+        rcpt = self._srs_reverse(msg.sender, msg.rcpt)
         env = lka_rules.Envelope(
             ip=str(s.get("ip", "")), local_socket=bool(s.get("local_socket")),
             helo=str(s.get("helo", "")), tag=str(s.get("tag", "")), sender=msg.sender,
-            rcpt=msg.rcpt, auth_user=str(s.get("auth", "")), tls=bool(s.get("tls")),
+            rcpt=rcpt, auth_user=str(s.get("auth", "")), tls=bool(s.get("tls")),
             rdns=str(s.get("rdns", "")),
         )
+        if rcpt != msg.rcpt:
+            env = _internal(env)
         self.count("lka.rcpt")
         try:
             rule = await lka_rules.match_rule(self.config, self.tables, env)
             if rule is None:
-                log.event("lka", "rule-none", rcpt=msg.rcpt, sender=msg.sender, ip=env.ip)
+                log.event("lka", "rule-none", rcpt=rcpt, sender=msg.sender, ip=env.ip)
                 return m.RcptResult(accepted=False, reply=NO_RULE)
             if rule.reject or rule.action is None:
                 return m.RcptResult(accepted=False, reply=REJECTED)
             action = self.config.actions[rule.action]
-            local, _, domain = msg.rcpt.rpartition("@")
+            local, _, domain = rcpt.rpartition("@")
             forward = self._forward if self.privileged else None
 
             async def route(rlocal: str, rdomain: str) -> Action | None:
                 # an address inside an expansion goes where the rules send it
                 # (e.g. a relay for a remote domain), as if it were a RCPT
-                inner = dataclasses.replace(env, rcpt=f"{rlocal}@{rdomain}")
+                # made by us (docs/config.md §8)
+                inner = dataclasses.replace(_internal(env), rcpt=f"{rlocal}@{rdomain}")
                 found = await lka_rules.match_rule(self.config, self.tables, inner)
                 if found is None or found.reject or found.action is None:
                     return None
@@ -217,25 +253,29 @@ class Lka(common.Process):
 
             deliveries = await expand(self.config, self.tables, action, local, domain,
                                       forward=forward, route=route)
+            if rcpt != msg.rcpt:
+                # as OpenSMTPD: the recipient stays the one given, the
+                # destination is the address the SRS one stood for
+                deliveries = [dataclasses.replace(d, rcpt=msg.rcpt) for d in deliveries]
         except PermFail as exc:
-            return m.RcptResult(accepted=False, reply=exc.reply())
+            return m.RcptResult(accepted=False, reply=m.reply_of(exc, TEMPORARY))
         except TempFail as exc:
             log.warning("lka", "tempfail", rcpt=msg.rcpt, error=exc.text)
-            return m.RcptResult(accepted=False, reply=exc.reply() if exc.code < 500 else
-                                "451 4.3.0 Temporary failure")
+            return m.RcptResult(accepted=False, reply=m.reply_of(exc, TEMPORARY)
+                                if exc.code < 500 else TEMPORARY)
         key = self.grant_key
         if key is None:  # pragma: no cover - the parent sends it before anything else
-            return m.RcptResult(accepted=False, reply="451 4.3.0 Temporary failure")
-        out: list[dict[str, Any]] = []
+            return m.RcptResult(accepted=False, reply=TEMPORARY)
+        out: list[envmod.Delivery] = []
         for d in deliveries:
-            fields: dict[str, Any] = {
-                "dispatcher": d.action, "rcpt": d.rcpt, "dest": d.dest, "mda-method": d.method,
-                "mda-arg": d.arg or "", "mda-user": d.user, "mda-uid": str(d.uid),
-                "mda-gid": str(d.gid), "mda-home": d.home, "mda-local-user": d.local_user,
-                "mda-subaddress": d.subaddress}
-            # sealed for the parent, bound to this sender (delivery/grant.py)
-            fields[grant.KEY] = grant.seal(key, {**fields, "sender": msg.sender})
-            out.append(fields)
+            decided = envmod.Delivery(
+                dispatcher=d.action, rcpt=d.rcpt, dest=d.dest, method=d.method,
+                arg=d.arg or "", user=d.user, uid=d.uid, gid=d.gid, home=d.home,
+                local_user=d.local_user, subaddress=d.subaddress)
+            # sealed for the parent, bound to this sender (delivery/grant.py), over
+            # the fields as the envelope codec writes them
+            seal = grant.seal(key, {**envmod.delivery_fields(decided), "sender": msg.sender})
+            out.append(dataclasses.replace(decided, grant=seal))
         return m.RcptResult(accepted=True, deliveries=out)
 
     async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
@@ -295,10 +335,10 @@ class Lka(common.Process):
             return m.AuthResult("ok" if ok else "fail")
         except UnsupportedHash as exc:
             log.warning("lka", "auth-unsupported-hash", user=user, scheme=exc.scheme)
-            return m.AuthResult("error", exc.reply())
+            return m.AuthResult("error", m.reply_of(exc, AUTH_TEMPORARY))
         except (TempFail, ValueError) as exc:
             log.warning("lka", "auth-error", user=user, error=str(exc)[:200])
-            return m.AuthResult("error", "454 4.7.0 Temporary authentication failure")
+            return m.AuthResult("error", AUTH_TEMPORARY)
 
     async def senders(self, msg: m.SendersCheck) -> m.Ok:
         """``senders <t>``: the mailaddrmap of the user must cover MAIL FROM."""
