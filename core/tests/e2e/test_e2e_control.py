@@ -172,7 +172,10 @@ def test_not_running() -> None:
 
 def test_P_starts_the_daemon_with_subsystems_paused() -> None:
     # mailriderd -P (OpenSMTPD's smtpd -P): paused from the start, until resumed
-    with Daemon(extra_args=["-P", "mda", "-P", "smtp"]) as daemon:
+    config = ('listen on 127.0.0.1 port {port}\ntable everyone {{ "@" = "{user}" }}\n'
+              'action "l" maildir "{mail}/box" virtual <everyone>\n'
+              'match from any for any action "l"\n')
+    with Daemon(config, extra_args=["-P", "mda", "-P", "smtp"]) as daemon:
         assert daemon.ctl("show", "status").stdout.splitlines() == [
             "MDA paused", "MTA running", "SMTP paused"]
         with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as s:
@@ -184,3 +187,4 @@ def test_P_starts_the_daemon_with_subsystems_paused() -> None:
         assert len(queue_lines(daemon)) == 1
         daemon.ctl("resume", "mda")
         wait_for(lambda: daemon.ctl("show", "queue").stdout.strip() == "")
+        assert len(daemon.maildir("box")) == 1

@@ -118,8 +118,8 @@ _TABLES = ("sqlite3", "dbm", "importlib.metadata", "decimal", "uuid", "datetime"
 _CHILD = ("mailrider.proc.child", "mailrider.proc.common", "mailrider.proc.confine",
           "mailrider.config.", "mailrider.ipc.", "mailrider.errors", "mailrider.limits",
           "mailrider.log", "mailrider.paths", "mailrider.profile", "mailrider.smtp.reply",
-          # config.tls reads a certificate's key size for pki ... dhe
-          "mailrider.crypto.der")
+          # config.tls reads a certificate's key size and DH groups for pki ... dhe
+          "mailrider.crypto.der", "importlib.resources")
 _DELIVERY = ("mailrider.delivery.", "mailrider.syncfs")
 ROLE_MODULES: dict[str, tuple[str, ...]] = {
     "control": (*_CHILD, "mailrider.proc.control", "mailrider.queue.envelope"),
