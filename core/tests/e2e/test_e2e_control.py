@@ -185,3 +185,23 @@ def test_not_running() -> None:
         assert d.ctl("show", "queue").stdout == ""  # read from the spool directly
     finally:
         shutil.rmtree(d.state, ignore_errors=True)
+
+
+def test_P_starts_the_daemon_with_subsystems_paused() -> None:
+    # mailriderd -P (OpenSMTPD's smtpd -P): paused from the start, until resumed
+    config = ('listen on 127.0.0.1 port {port}\ntable everyone {{ "@" = "{user}" }}\n'
+              'action "l" maildir "{mail}/box" virtual <everyone>\n'
+              'match from any for any action "l"\n')
+    with Daemon(config, extra_args=["-P", "mda", "-P", "smtp"]) as daemon:
+        assert daemon.ctl("show", "status").stdout.splitlines() == [
+            "MDA paused", "MTA running", "SMTP paused"]
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as s:
+            assert s.recv(100).startswith(b"421 4.3.2")
+        daemon.ctl("resume", "smtp")
+        with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as c:
+            c.sendmail("sender@example.org", ["held@localhost"], b"Subject: held\r\n\r\nx\r\n")
+        time.sleep(0.5)  # a running mda would have taken it by now; held, it stays
+        assert len(queue_lines(daemon)) == 1
+        daemon.ctl("resume", "mda")
+        wait_for(lambda: daemon.ctl("show", "queue").stdout.strip() == "")
+        assert len(daemon.maildir("box")) == 1

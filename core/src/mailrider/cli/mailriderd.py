@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         # deliveries are forked from the parent and switch to the recipient's
         # user: everything they import must already be loaded (the interpreter's
         # files may be unreadable to that user, e.g. a venv under /root)
-        preload()
+        preload("parent")
     if not opts.foreground:
         try:
             _daemonize(_fallback_log(opts))
