@@ -343,10 +343,12 @@ def from_domain(fields: list[bytes]) -> str | None:
     text = value.decode("utf-8", "replace")
     text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)  # quoted display names
     text = re.sub(r"\((?:[^()\\]|\\.)*\)", " ", text)  # (simple) comments
+    if any(c in text for c in ",;:"):  # a list, a group or a source route
+        return None
     addrs: list[str] = re.findall(r"<([^<>]*)>", text)
     if not addrs:
         addrs = [text.strip()]
-    if len(addrs) != 1 or "," in text.replace(addrs[0], ""):
+    if len(addrs) != 1 or any(c.isspace() for c in addrs[0].strip()):
         return None
     domain = addrs[0].strip().rpartition("@")[2].strip().rstrip(".").lower()
     if not domain or not DOMAIN_RE.fullmatch(domain):
