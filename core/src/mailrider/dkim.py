@@ -223,6 +223,11 @@ class MessageHasher:
             return
         self.body.lines(block)
 
+    @property
+    def fields(self) -> list[bytes] | None:
+        """The header fields once the header section has ended, else None."""
+        return self._fields if self._header is None else None
+
     def finish(self) -> tuple[list[bytes], bytes]:
         """(header fields, body hash). An unterminated last line is ended first."""
         if self._cr:
