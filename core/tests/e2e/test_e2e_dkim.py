@@ -270,3 +270,66 @@ def test_check_refuses_bad_keys_at_their_line(setup: Setup) -> None:
         assert (res.returncode, res.stdout, res.stderr) == (1, "", f"{path}:2: {message}\n")
 
 
+
+
+# -- cross-check with OpenSMTPD's filter-dkimsign ------------------------------------
+
+FILTER_DKIMSIGN = "/usr/libexec/opensmtpd/filter-dkimsign"
+
+
+@pytest.mark.skipif(not os.access(FILTER_DKIMSIGN, os.X_OK),
+                    reason="OpenSMTPD's filter-dkimsign is not installed "
+                           "(Debian: opensmtpd-filter-dkimsign)")
+@pytest.mark.parametrize("canon", ["relaxed/relaxed", "simple/simple"])
+def test_cross_check_with_filter_dkimsign(setup: Setup, canon: str) -> None:
+    """filter-dkimsign signs at acceptance (a listener filter, as OpenSMTPD's
+    administrators run it), our relay action signs again as the mail leaves,
+    with the same key: dkimpy verifies both signatures, and both computed the
+    same body hash (bh=) and signed the same header fields."""
+    import pwd
+
+    from harness import program_user
+
+    mod = dkimpy()
+    name = "rr" if canon == "relaxed/relaxed" else "rs"
+    domain = KEYS[name][3]
+    # the filter runs as the program user (never root): its own copy of the key
+    xu: pwd.struct_passwd = program_user()
+    theirs = setup.folder / f"filter-{name}.key"
+    theirs.write_bytes(pathlib.Path(setup.keys[name]).read_bytes())
+    os.chown(theirs, xu.pw_uid, xu.pw_gid)
+    os.chmod(theirs, 0o600)
+    records = dict(setup.records)
+    records[f"osmtpd._domainkey.{domain}."] = setup.records[f"sel._domainkey.{domain}."]
+    with SmtpPeer() as peer:
+        conf = (f'filter "dkimsign" proc-exec "{FILTER_DKIMSIGN} -d {domain} -s osmtpd '
+                f'-c {canon} -k {theirs}"\n'
+                + setup.dkims() + "\n"
+                + CONFIG.format(dkims="", peer=peer.port, names=f'"{name}"')
+                .replace("listen on 127.0.0.1 port {port}",
+                         'listen on 127.0.0.1 port {port} filter "dkimsign"'))
+        d = Daemon(conf)
+        try:
+            d.start()
+            _send(d, f"x@{domain}", "bob@remote.test", f"x@{domain}")
+            data = _received(peer, f"x@{domain}")
+        finally:
+            d.cleanup()
+    fields = dkim.split_fields(data.split(b"\r\n\r\n")[0] + b"\r\n")
+    sigs = [dkim.parse_tags(f.partition(b":")[2]) for f in fields
+            if dkim.field_name(f) == "dkim-signature"]
+    assert [s["s"] for s in sigs] == ["sel", "osmtpd"], sigs  # ours is outermost
+    ours, theirs_tags = sigs
+    assert ours["bh"] == theirs_tags["bh"]
+    assert ours["c"] == theirs_tags.get("c", "simple/simple") == canon
+    # the same fields (filter-dkimsign lists them bottom up), From oversigned by us only
+    assert sorted(ours["h"].split(":")) == sorted(["from"] + [
+        n.lower() for n in theirs_tags["h"].split(":")])
+
+    def dnsfunc(q: object, timeout: int = 5) -> bytes:
+        text = q.decode() if isinstance(q, bytes) else str(q)
+        return records.get(text.rstrip(".") + ".", "").encode()
+
+    verifier = mod.DKIM(data)
+    assert verifier.verify(idx=0, dnsfunc=dnsfunc)
+    assert verifier.verify(idx=1, dnsfunc=dnsfunc)
