@@ -33,6 +33,7 @@ _CHUNK = 256 * 1024
 _THREAD_OVER = 1024 * 1024
 
 Call = Callable[[m.DkimSign], Awaitable[Any]]
+Count = Callable[[str], None]
 
 
 def _read(fd: int, size: int, hasher: dkim.MessageHasher, header_only: bool) -> None:
@@ -50,8 +51,10 @@ def _read(fd: int, size: int, hasher: dkim.MessageHasher, header_only: bool) -> 
 class DkimSigning:
     """The ``dkim`` entries as pony knows them (no key), and the signing of one message."""
 
-    def __init__(self, config: Config, call: Call) -> None:
+    def __init__(self, config: Config, call: Call, count: Count | None = None) -> None:
+        """``count``: the process's counters (``mta.dkim.signed``, ``.unsigned``, ``.failed``)."""
         self.call = call
+        self.count: Count = count or (lambda key: None)
         self.signers = {
             name: dkim.Signer(name, d.domain, d.selector, d.algorithm, d.canonicalization)
             for name, d in config.dkims.items()}
@@ -100,14 +103,17 @@ class DkimSigning:
             signature = base64.b64decode(reply.data_b64, validate=True)
         except (TempFail, ValueError, TypeError) as exc:
             text = exc.text if isinstance(exc, TempFail) else type(exc).__name__
+            self.count("mta.dkim.failed")
             log.warning("mta", "dkim-failed", msgid=msgid or None, dkim=signer.name, error=text)
             raise TempFail("DKIM signature unavailable, will retry", 451, "4.7.0") from None
         self.signed += 1
+        self.count("mta.dkim.signed")
         log.event("mta", "dkim-signed", msgid=msgid or None, dkim=signer.name,
                   domain=signer.domain, selector=signer.selector)
         return prepared.field(signature)
 
     def _unsigned(self, msgid: str, reason: str) -> bytes:
         self.unsigned += 1
+        self.count("mta.dkim.unsigned")
         log.event("mta", "dkim-unsigned", msgid=msgid or None, reason=reason)
         return b""
