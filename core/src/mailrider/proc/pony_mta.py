@@ -40,6 +40,11 @@ Outgoing bytes come from the spool file (LF endings, dot-unstuffed) through
 the client's BodyEncoder, which turns every line end into CRLF and
 dot-stuffs, so no bare CR or LF and no early terminator can reach the wire.
 
+An action with ``dkim`` keys signs each message as it leaves: the
+``DKIM-Signature`` field, made once per route before any connection
+(proc/pony_dkim.py, signed by klondike), goes out in front of the file's
+bytes, and the SIZE announced counts it (docs/dkim.md).
+
 Timeouts are RFC 5321 4.5.3.2's (``limits.SMTP_*_TIMEOUT``); the
 environment variable ``MAILRIDER_MTA_TIMEOUT`` (seconds) caps them all,
 for tests and benchmarks only.
@@ -61,8 +66,10 @@ from mailrider.config.tls import protocol_range
 from mailrider.crypto import delegate
 from mailrider.errors import ConfigError, TempFail
 from mailrider.ipc import messages as m
+from mailrider.proc.pony_dkim import DkimSigning
 from mailrider.proc.pony_filter import Peer
 from mailrider.proc.pony_tls import SignFn, load_pki
+from mailrider.queue.envelope import msgid_of
 from mailrider.smtp import client as sc
 from mailrider.smtp.reply import Reply
 from mailrider.table.values import RelayHost, parse_credentials, parse_relayhost
@@ -241,6 +248,8 @@ class Mta:
         self.pki_test: dict[str, ssl.SSLContext] = {}
         self.pki_tested: set[str] = set()
         self.in_process = False
+        #: DKIM signatures of relayed mail, through pony's klondike channel
+        self.dkim = DkimSigning(self.config, self._dkim_call, self.pony.count)
         self.contexts[(False, None, None, None, None)] = self._build(
             (False, None, None, None, None), Where())
         for action in self.config.actions.values():
@@ -250,6 +259,12 @@ class Mta:
                 key = self._action_tls(action, verify)
                 if key not in self.contexts:
                     self.contexts[key] = self._build(key, action.where)
+
+    async def _dkim_call(self, msg: m.DkimSign) -> tuple[Any, list[int]]:
+        chan = self.pony.peers.get("klondike")
+        if chan is None:
+            raise TempFail("no channel to klondike")
+        return await chan.call(msg)
 
     # -- TLS contexts --------------------------------------------------------------
 
@@ -364,11 +379,13 @@ class Mta:
             status, text = err
             return _all(envs, status, text).results
         sem = self.route_slots.setdefault(route, asyncio.Semaphore(limits.MTA_MAX_CONN_PER_ROUTE))
+        # signed once per route, before any connection: klondike's refusal defers
+        head = await self.dkim.field(action, fd, msgid_of(envs[0].get("evpid", "")))
         last = "451 4.4.1 No host could be reached"
         async with self.slots, sem:
             for target in targets[:limits.MTA_MAX_HOSTS]:
                 try:
-                    return await self._on_host(target, profile, envs, fd)
+                    return await self._on_host(target, profile, envs, fd, head)
                 except HostFailed as exc:
                     last = exc.text
                     log.event("mta", "host-failed", relay=f"{target.name} [{target.ip}]",
@@ -378,7 +395,7 @@ class Mta:
                         clear = dataclasses.replace(profile, starttls="never", verify=False,
                                                     ca=None)
                         try:
-                            return await self._on_host(target, clear, envs, fd)
+                            return await self._on_host(target, clear, envs, fd, head)
                         except HostFailed as exc2:
                             last = exc2.text
         res = _all(envs, "tempfail", last if last[:1] == "4" else _as_temp(last)).results
@@ -513,15 +530,15 @@ class Mta:
     # -- one host -----------------------------------------------------------------
 
     async def _on_host(self, target: Target, profile: Profile, envs: list[dict[str, str]],
-                       fd: int) -> list[dict[str, Any]]:
+                       fd: int, head: bytes = b"") -> list[dict[str, Any]]:
         conn = self._take_idle(profile.key(target))
         if conn is not None:
             try:
-                return await self._transaction(conn, envs, fd)
+                return await self._transaction(conn, envs, fd, head)
             except HostFailed:
                 pass  # the idle connection went stale: a fresh one
         conn = await self._connect(target, profile)
-        return await self._transaction(conn, envs, fd)
+        return await self._transaction(conn, envs, fd, head)
 
     def _take_idle(self, key: tuple[Any, ...]) -> Conn | None:
         pool = self.idle.get(key)
@@ -634,7 +651,8 @@ class Mta:
                 raise HostFailed(f"421 4.4.2 Connection closed by {conn.relay}")
 
     async def _transaction(self, conn: Conn, envs: list[dict[str, str]],
-                           fd: int) -> list[dict[str, Any]]:
+                           fd: int, head: bytes = b"") -> list[dict[str, Any]]:
+        """One transaction; ``head`` (a DKIM-Signature field, CRLF) goes before the file."""
         first = envs[0]
         relay = self._relay_of(first)
         sender = str(relay.get("mail_from") or first.get("sender", ""))
@@ -654,7 +672,7 @@ class Mta:
         started = False
         try:
             conn.client.start_transaction(
-                sender, rcpts, size, body_8bit, smtputf8,
+                sender, rcpts, size + len(head), body_8bit, smtputf8,
                 dsn_ret="FULL" if ret == "FULL" else ("HDRS" if ret == "HDRS" else None),
                 envid=first.get("dsn-envid") or None)
         except sc.LocalProtocolError as exc:
@@ -670,6 +688,8 @@ class Mta:
                     if ev.reply.code >= 400:
                         done[ev.rcpt] = (_status(ev.reply), _reply_text(ev.reply))
                 elif isinstance(ev, sc.DataReady):
+                    if head:
+                        conn.client.send_body(head)
                     offset = 0
                     while offset < size:
                         chunk = os.pread(fd, min(_BODY_CHUNK, size - offset), offset)
