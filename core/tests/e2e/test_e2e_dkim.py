@@ -131,6 +131,9 @@ def test_relayed_mail_verifies_with_dkimpy(relay: tuple[Daemon, SmtpPeer], setup
     # the signature covers what was sent: a changed body or From fails
     assert not verify(data.replace(b"first line", b"first lime"), setup.records)
     assert not verify(data.replace(b"alice@", b"mallory@", 1), setup.records)
+    stats = dict(line.split("=", 1) for line in d.ctl("show", "stats").stdout.splitlines())
+    assert int(stats["mta.dkim.signed"]) >= 1
+    assert int(stats["klondike.dkim.sign"]) == int(stats["mta.dkim.signed"])
 
 
 def test_no_key_for_the_from_domain_leaves_unsigned(relay: tuple[Daemon, SmtpPeer]) -> None:
@@ -142,6 +145,9 @@ def test_no_key_for_the_from_domain_leaves_unsigned(relay: tuple[Daemon, SmtpPee
     # an action without dkim never signs
     _send(d, "dave@rr.example.org", "x@other.test", "dave@rr.example.org")
     assert b"DKIM-Signature" not in _received(peer, "dave@rr.example.org")
+    stats = dict(line.split("=", 1) for line in d.ctl("show", "stats").stdout.splitlines())
+    assert int(stats["mta.dkim.unsigned"]) >= 1
+    assert int(stats["klondike.dkim.keys"]) == len(KEYS)
 
 
 # -- the keys are in klondike only ---------------------------------------------------
