@@ -243,6 +243,9 @@ def test_check_accepts_what_prepare_makes() -> None:
     (lambda d: d.rpartition(b"dkim-signature:")[0], "does not end"),
     (lambda d: d + bytes(range(128, 200)), "ASCII"),
     (lambda d: d.replace(b"bh=", b"bh=AAAA"), "bh="),
+    (lambda d: d.replace(b"v=1;", b"v=1; l=0;"), "tag l= is not one we sign"),
+    (lambda d: d.replace(b"v=1;", b"v=1; i=@example.org;"), "tag i= is not one we sign"),
+    (lambda d: d.replace(b"t=1796659200", b"t=soon"), "t= is not a time"),
 ])
 def test_check_refuses_anything_else(change: object, why: str) -> None:
     data = _input(SIGNER)

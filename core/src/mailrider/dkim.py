@@ -59,6 +59,8 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")
 SELECTOR_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+#: the tags of the fields we make (RFC 6376 3.5)
+_OWN_TAGS = frozenset({"v", "a", "c", "d", "s", "t", "h", "bh", "b"})
 
 
 class DkimError(ValueError):
@@ -398,9 +400,10 @@ def check_signing_input(data: bytes, signer: Signer) -> None:
     that it is a canonicalised DKIM signing input for this very entry (docs/dkim.md §3).
 
     The input must be header fields in the entry's header canonicalisation,
-    ending in a DKIM-Signature field with an empty ``b=``, whose tags name this
-    entry's domain, selector, algorithm and canonicalisation and a SHA-256
-    body hash, and whose h= list accounts, in order, for every field before it.
+    ending in a DKIM-Signature field with an empty ``b=``, whose tags are those
+    :func:`prepare` writes (no ``l=``, ``i=``, ``x=``), naming this entry's
+    domain, selector, algorithm and canonicalisation and a SHA-256 body hash,
+    and whose h= list accounts, in order, for every field before it.
     """
     if len(data) > SIGNING_INPUT_MAX:
         raise DkimError("signing input too large")
@@ -422,6 +425,13 @@ def check_signing_input(data: bytes, signer: Signer) -> None:
         tags = parse_tags(own.partition(b":")[2])
     except UnicodeDecodeError:
         raise DkimError("malformed tag list") from None
+    # only the tags prepare() writes: no l= (a signature that would cover any
+    # body appended later), no i=, x= or z=
+    extra = set(tags) - _OWN_TAGS
+    if extra:
+        raise DkimError(f"tag {sorted(extra)[0]}= is not one we sign")
+    if not re.fullmatch(r"[0-9]{1,12}", tags.get("t", "0")):
+        raise DkimError("tag t= is not a time")
     want = {"v": "1", "a": signer.algorithm, "c": signer.canonicalization,
             "s": signer.selector}
     for tag, value in want.items():
