@@ -26,7 +26,6 @@ UNSUPPORTED: dict[str, str] = {
     "hostnames": "per-address banner names from a table",
     "proxy-v2": "PROXY protocol v2 on a listener",
     "relay srs": "the Sender Rewriting Scheme on relay actions",
-    "relay filter": "filters on relay actions",
     "wrapper": "mda wrappers in actions",
     "mda wrapper": "mda wrapper definitions",
     "queue compression": "compressed queue files",
