@@ -32,6 +32,7 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import ctypes.util
+import dataclasses
 import errno
 import hashlib
 import os
@@ -213,7 +214,7 @@ class Spool:
     def _stage(self, item: PendingCommit) -> None:
         idir = os.path.join(self.incoming, item.msgid)
         for env in item.envelopes:
-            path = os.path.join(idir, env["evpid"])
+            path = os.path.join(idir, env.evpid)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 os.write(fd, envmod.serialise(env))
@@ -273,7 +274,7 @@ class Spool:
             return envmod.parse(f.read())
 
     def update_envelope(self, env: Envelope) -> None:
-        envmod.write_atomic(self.envelope_path(env["evpid"]), env)
+        envmod.write_atomic(self.envelope_path(env.evpid), env)
 
     def remove_envelope(self, evpid: str) -> None:
         try:
@@ -300,10 +301,10 @@ class Spool:
             os.write(fd, body)
         finally:
             os.close(fd)
-        for env in envelopes:
-            env["message-size"] = str(len(body))
-            env["message-sha256"] = body_digest(body)
-        item = PendingCommit(msgid, envelopes)
+        digest = body_digest(body)
+        item = PendingCommit(msgid, [
+            dataclasses.replace(e, message_size=len(body), message_sha256=digest)
+            for e in envelopes])
         self.commit_batch([item])
         if item.error is not None:
             raise item.error
@@ -314,7 +315,7 @@ def body_digest(data: bytes) -> str:
 
 
 def _body_matches(path: str, envs: list[Envelope]) -> bool:
-    want = next((e for e in envs if "message-sha256" in e), None)
+    want = next((e for e in envs if e.message_sha256), None)
     if want is None:
         return True  # written by a version that recorded no digest
     h = hashlib.sha256()
@@ -326,8 +327,8 @@ def _body_matches(path: str, envs: list[Envelope]) -> bool:
                 size += len(chunk)
     except OSError:
         return False
-    return (str(size) == want.get("message-size", str(size))
-            and h.hexdigest() == want["message-sha256"])
+    return (want.message_size in (None, size)
+            and h.hexdigest() == want.message_sha256)
 
 
 def _fsync_path(path: str) -> None:
