@@ -23,14 +23,9 @@ from mailrider.errors import ConfigError
 
 #: feature (as written in the configuration) -> what it is
 UNSUPPORTED: dict[str, str] = {
-    "hostnames": "per-address banner names from a table",
     "proxy-v2": "PROXY protocol v2 on a listener",
-    "relay srs": "the Sender Rewriting Scheme on relay actions",
-    "wrapper": "mda wrappers in actions",
-    "mda wrapper": "mda wrapper definitions",
     "queue compression": "compressed queue files",
     "queue encryption": "encrypted queue files",
-    "srs": "Sender Rewriting Scheme",
     "mta limit": "relay connection limits",
     "scheduler limit": "scheduler batch limits",
 }
