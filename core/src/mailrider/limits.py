@@ -247,6 +247,10 @@ DELIVERY_BATCH_MAX = 32
 #: delivery processes of one user at a time; its deliveries that arrive
 #: meanwhile wait and go together in the next batch
 DELIVERY_BATCHES_PER_USER = 2
+#: a user's long-lived maildir worker (proc/parent_workers.py) is replaced
+#: after this many deliveries, and let go after this many seconds idle
+MDA_WORKER_DELIVERIES = 1000
+MDA_WORKER_IDLE = 10.0
 
 # Worker threads that check password hashes (lka for tables, the parent for
 # system users), off the event loop, and the checks that may wait for one

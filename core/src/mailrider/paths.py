@@ -171,6 +171,12 @@ def hosts_file() -> str:
 #: the system resolver configuration (nameservers, search list, options)
 RESOLV_CONF = _text("resolv_conf", "/etc/resolv.conf")
 
+
+def resolv_conf() -> str:
+    """The resolver configuration for programs without a daemon configuration
+    (``mailriderctl spf walk``); ``MAILRIDER_RESOLV_CONF`` replaces it, for tests."""
+    return os.environ.get("MAILRIDER_RESOLV_CONF") or RESOLV_CONF
+
 #: the shadow password file, read by the parent for ``auth`` without a table
 SHADOW_FILE = _text("shadow_file", "/etc/shadow")
 
@@ -181,6 +187,12 @@ ROUTE_PROGRAM = _text("route_program", "/sbin/route")
 #: the system's crypt(3) library, tried in order (libxcrypt on Linux; "" is the
 #: C library itself, where the BSDs keep crypt)
 LIBCRYPT_NAMES = _list("libcrypt_names", ("libcrypt.so.1", "libcrypt.so.2", "libcrypt.so", ""))
+
+
+def fallback_log(statedir: str) -> str:
+    """Where a daemon without a syslog socket (:data:`SYSLOG_SOCKET`) logs
+    once detached, rather than losing its lines."""
+    return os.path.join(statedir, "mailriderd.log")
 
 
 def control_socket(statedir: str) -> str:

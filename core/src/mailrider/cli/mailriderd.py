@@ -170,17 +170,35 @@ def _in_child(run: Callable[[], object]) -> str | None:
     return text or "the check failed"
 
 
-def _daemonize() -> None:
+def _daemonize(logfile: str | None = None) -> None:
+    """Detach; stdout and stderr go to ``logfile`` when given (every process
+    inherits them: log.setup writes to stderr without a syslog socket), else
+    to /dev/null."""
+    out = os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640) \
+        if logfile else None
     if os.fork():
         os._exit(0)
     os.setsid()
     if os.fork():
         os._exit(0)
     fd = os.open(os.devnull, os.O_RDWR)
-    for target in (0, 1, 2):
-        os.dup2(fd, target)
-    if fd > 2:
-        os.close(fd)
+    os.dup2(fd, 0)
+    for target in (1, 2):
+        os.dup2(out if out is not None else fd, target)
+    for extra in (fd, out):
+        if extra is not None and extra > 2:
+            os.close(extra)
+
+
+def _fallback_log(opts: common.Options) -> str | None:
+    """Daemon mode without a syslog socket: the file to log to, said on stderr
+    before detaching (once detached, stderr is gone)."""
+    if opts.foreground or os.path.exists(paths.SYSLOG_SOCKET):
+        return None
+    path = paths.fallback_log(opts.statedir)
+    print(f"mailriderd: no syslog socket at {paths.SYSLOG_SOCKET}: logging to {path}",
+          file=sys.stderr)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,9 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         # deliveries are forked from the parent and switch to the recipient's
         # user: everything they import must already be loaded (the interpreter's
         # files may be unreadable to that user, e.g. a venv under /root)
-        preload()
+        preload("parent")
     if not opts.foreground:
-        _daemonize()
+        try:
+            _daemonize(_fallback_log(opts))
+        except OSError as exc:
+            print(f"mailriderd: cannot open the log file {exc.filename}: {exc.strerror}",
+                  file=sys.stderr)
+            return 1
     common.set_title("parent")
 
     async def _main() -> int:

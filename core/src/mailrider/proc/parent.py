@@ -451,6 +451,7 @@ class Parent:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        self.deliveries.workers.close()
         for pid in list(self.programs):
             try:
                 os.killpg(pid, signal.SIGTERM)

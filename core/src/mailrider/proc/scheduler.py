@@ -60,8 +60,9 @@ class Scheduler(common.Process):
         self.entries: dict[str, Entry] = {}
         self.heap: list[tuple[float, int, str]] = []
         self.wake = asyncio.Event()
-        self.paused_mda = False
-        self.paused_mta = False
+        # mailriderd -P mda / -P mta: held from the start until resumed
+        self.paused_mda = "mda" in self.opts.paused
+        self.paused_mta = "mta" in self.opts.paused
         #: due entries held back by pause mda/mta
         self.held: list[Entry] = []
         self.max_inflight = limits.MDA_MAX_SESSIONS
