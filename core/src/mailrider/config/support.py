@@ -29,8 +29,6 @@ UNSUPPORTED: dict[str, str] = {
     "relay filter": "filters on relay actions",
     "wrapper": "mda wrappers in actions",
     "mda wrapper": "mda wrapper definitions",
-    "queue compression": "compressed queue files",
-    "queue encryption": "encrypted queue files",
     "srs": "Sender Rewriting Scheme",
     "mta limit": "relay connection limits",
     "scheduler limit": "scheduler batch limits",
