@@ -1150,8 +1150,12 @@ class _Parser:
     def _st_scheduler(self, kw: Token) -> None:
         self._expect("limit")
         words: list[str] = []
-        for key, value in self._limits(SCHEDULER_LIMITS, "scheduler").items():
+        found = self._limits(SCHEDULER_LIMITS, "scheduler")
+        for key, value in found.items():
+            if value < 1:
+                raise self._err(f"scheduler limit {key} must be at least 1")
             words += [key, str(value)]
+        self.config.scheduler_limits.update(found)
         self._end()
         self.config.other.append(("scheduler limit", words, self._where))
         self._set("scheduler limit")

@@ -31,7 +31,6 @@ UNSUPPORTED: dict[str, str] = {
     "mda wrapper": "mda wrapper definitions",
     "srs": "Sender Rewriting Scheme",
     "mta limit": "relay connection limits",
-    "scheduler limit": "scheduler batch limits",
 }
 
 #: global options, by their key in ``Config.option_where``, that belong to
