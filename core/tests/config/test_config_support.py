@@ -36,6 +36,11 @@ bounce warn-interval 1h
 admd mx.example
 mda limit max-session 5
 mta max-deferred 10
+queue compression
+queue encryption 0123456789abcdef0123456789abcdef
+mta limit max-conn-per-host 3
+mta limit for domain example.org inet4 max-conn-per-domain 2 session-mail-max 5
+scheduler limit max-inflight 3 max-schedule 2
 """
 
 
@@ -45,13 +50,9 @@ def test_supported_subset_passes() -> None:
 
 FIRST_USE = [
     ("listen on lo\naction r relay srs\n", 2, "relay srs"),
-    ("queue compression\n", 1, "queue compression"),
-    ("queue encryption\n", 1, "queue encryption"),
     ("srs key s\n", 1, "srs"),
     ("srs ttl 2d\n", 1, "srs"),
     ('mda wrapper w "x"\n', 1, "mda wrapper"),
-    ("mta limit max-conn-per-host 3\n", 1, "mta limit"),
-    ("scheduler limit max-inflight 3\n", 1, "scheduler limit"),
     ("listen on lo proxy-v2\n", 1, "proxy-v2"),
     (PKI + "table s { u = a@b }\nlisten on lo tls pki h auth senders <s> masquerade "
      "proxy-v2\n", 4, "proxy-v2"),
@@ -89,6 +90,9 @@ def test_masquerade_is_supported() -> None:
 
 def test_removing_an_entry_supports_the_feature(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = parse_string("queue compression\n")
+    monkeypatch.setitem(UNSUPPORTED, "queue compression", "compressed queue files")
+    with pytest.raises(ConfigError, match="'queue compression' is not supported"):
+        check_supported(cfg)
     monkeypatch.delitem(UNSUPPORTED, "queue compression")
     check_supported(cfg)
 

@@ -30,7 +30,6 @@ UNSUPPORTED: dict[str, str] = {
     "wrapper": "mda wrappers in actions",
     "mda wrapper": "mda wrapper definitions",
     "srs": "Sender Rewriting Scheme",
-    "mta limit": "relay connection limits",
 }
 
 #: global options, by their key in ``Config.option_where``, that belong to

@@ -58,6 +58,7 @@ from mailrider import limits, log
 from mailrider.config.model import Action, Config, Where
 from mailrider.errors import ConfigError, TempFail
 from mailrider.ipc import messages as m
+from mailrider.proc import mta_limit
 from mailrider.smtp import client as sc
 from mailrider.smtp.reply import Reply
 from mailrider.table.values import RelayHost, parse_credentials, parse_relayhost
@@ -158,6 +159,9 @@ class Conn:
         self.mails = 0
         self.idle_timer: asyncio.TimerHandle | None = None
         self.extensions: dict[str, str] = {}
+        #: mta limit: the slots this connection holds, and its session limits
+        self.limit_keys: list[tuple[mta_limit.Key, int, int]] = []
+        self.limits = mta_limit.Limits()
 
     @property
     def relay(self) -> str:
@@ -186,6 +190,9 @@ class Conn:
             self.idle_timer = None
         if not self.writer.is_closing():
             self.writer.close()
+        if self.limit_keys:
+            keys, self.limit_keys = self.limit_keys, []
+            self.mta.conn_limiter.release(keys)
 
     async def quit(self) -> None:
         try:
@@ -209,6 +216,8 @@ class Mta:
         self.slots = asyncio.Semaphore(limits.MTA_MAX_CONNECTIONS)
         self.route_slots: dict[str, asyncio.Semaphore] = {}
         self.idle: dict[tuple[Any, ...], list[Conn]] = {}
+        #: mta limit (proc/mta_limit.py): open connections per host, route...
+        self.conn_limiter = mta_limit.ConnLimiter()
         #: client certificates sign through pony's klondike channel
         self.sign: SignFn = pony._sign
         # built before the privilege drop: CA files, certificates and the
@@ -348,12 +357,19 @@ class Mta:
         if err is not None:
             status, text = err
             return _all(envs, status, text).results
+        lim = mta_limit.limits_for(self.config, domain)
+        if lim.family is not None:
+            targets = [t for t in targets if (":" in t.ip) == (lim.family == 6)]
+            if not targets:
+                return _all(envs, "tempfail", f"451 4.4.4 No IPv{lim.family} address to "
+                            "relay to (mta limit)").results
         sem = self.route_slots.setdefault(route, asyncio.Semaphore(limits.MTA_MAX_CONN_PER_ROUTE))
         last = "451 4.4.1 No host could be reached"
         async with self.slots, sem:
             for target in targets[:limits.MTA_MAX_HOSTS]:
                 try:
-                    return await self._on_host(target, profile, envs, fd)
+                    return await self._on_host(target, profile, envs, fd,
+                                               (lim, domain, route))
                 except HostFailed as exc:
                     last = exc.text
                     log.event("mta", "host-failed", relay=f"{target.name} [{target.ip}]",
@@ -363,7 +379,8 @@ class Mta:
                         clear = dataclasses.replace(profile, starttls="never", verify=False,
                                                     ca=None)
                         try:
-                            return await self._on_host(target, clear, envs, fd)
+                            return await self._on_host(target, clear, envs, fd,
+                                                       (lim, domain, route))
                         except HostFailed as exc2:
                             last = exc2.text
         res = _all(envs, "tempfail", last if last[:1] == "4" else _as_temp(last)).results
@@ -498,15 +515,40 @@ class Mta:
     # -- one host -----------------------------------------------------------------
 
     async def _on_host(self, target: Target, profile: Profile, envs: list[dict[str, str]],
-                       fd: int) -> list[dict[str, Any]]:
+                       fd: int, where: tuple[mta_limit.Limits, str, str]
+                       ) -> list[dict[str, Any]]:
         conn = self._take_idle(profile.key(target))
         if conn is not None:
             try:
                 return await self._transaction(conn, envs, fd)
             except HostFailed:
                 pass  # the idle connection went stale: a fresh one
-        conn = await self._connect(target, profile)
+        lim, domain, route = where
+        keys = mta_limit.keys_for(lim, domain=domain, relay=route, host=target.ip,
+                                  source=profile.src or "")
+        if keys:
+            await self.conn_limiter.acquire(keys, self._close_idle_holding)
+        try:
+            conn = await self._connect(target, profile)
+        except BaseException:
+            self.conn_limiter.release(keys)
+            raise
+        conn.limit_keys, conn.limits = keys, lim
         return await self._transaction(conn, envs, fd)
+
+    def _close_idle_holding(self, key: mta_limit.Key) -> bool:
+        """mta limit: make room by quitting one idle connection that holds
+        ``key`` (its slot is freed when it closes, which wakes the waiter)."""
+        for pool in self.idle.values():
+            for conn in pool:
+                if any(k == key for k, _, _ in conn.limit_keys):
+                    pool.remove(conn)
+                    if conn.idle_timer is not None:
+                        conn.idle_timer.cancel()
+                        conn.idle_timer = None
+                    self._spawn(conn.quit())
+                    return False
+        return False
 
     def _take_idle(self, key: tuple[Any, ...]) -> Conn | None:
         pool = self.idle.get(key)
@@ -523,8 +565,9 @@ class Mta:
         return None
 
     def _park(self, conn: Conn) -> None:
+        mail_max = conn.limits.session_mail_max or limits.MTA_SESSION_MAIL_MAX
         if conn.client.state is not sc.ClientState.READY or \
-                conn.mails >= limits.MTA_SESSION_MAIL_MAX or self.pony.stopping.is_set():
+                conn.mails >= mail_max or self.pony.stopping.is_set():
             self._spawn(conn.quit())
             return
         key = conn.profile.key(conn.target)
@@ -536,8 +579,9 @@ class Mta:
                 pool.remove(conn)
                 self._spawn(conn.quit())
 
+        keepalive = conn.limits.session_keepalive
         conn.idle_timer = asyncio.get_running_loop().call_later(
-            limits.MTA_SESSION_KEEPALIVE, expire)
+            limits.MTA_SESSION_KEEPALIVE if keepalive is None else keepalive, expire)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
