@@ -96,18 +96,17 @@ def parse(buf: bytes) -> tuple[ProxyHeader | None, int]:
     if transport != TRANSPORT_STREAM:
         raise ProxyError(f"transport {transport} is not TCP")
     if family == AF_INET:
-        src = ipaddress.IPv4Address(body[0:4])
-        dst = ipaddress.IPv4Address(body[4:8])
+        src, dst = str(ipaddress.IPv4Address(body[0:4])), str(ipaddress.IPv4Address(body[4:8]))
         sport, dport = struct.unpack_from("!HH", body, 8)
     else:
-        src = ipaddress.IPv6Address(body[0:16])
-        dst = ipaddress.IPv6Address(body[16:32])
+        src, dst = _v6(body[0:16]), _v6(body[16:32])
         sport, dport = struct.unpack_from("!HH", body, 32)
-        if src.ipv4_mapped is not None:
-            src = src.ipv4_mapped
-        if dst.ipv4_mapped is not None:
-            dst = dst.ipv4_mapped
-    return ProxyHeader("proxy", (str(src), sport), (str(dst), dport), tlvs), total
+    return ProxyHeader("proxy", (src, sport), (dst, dport), tlvs), total
+
+
+def _v6(raw: bytes) -> str:
+    addr = ipaddress.IPv6Address(raw)
+    return str(addr.ipv4_mapped or addr)
 
 
 def _check_prefix(buf: bytes) -> None:
