@@ -1,4 +1,4 @@
-"""``mta limit`` and ``scheduler limit`` as parsed (docs/config.md §8, docs/queue.md §10)."""
+"""``mta limit`` and ``scheduler limit`` as parsed (docs/config.md §9, docs/queue.md §9)."""
 
 from __future__ import annotations
 

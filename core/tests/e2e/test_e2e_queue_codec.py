@@ -1,4 +1,4 @@
-"""End to end: ``queue compression`` and ``queue encryption`` (docs/queue.md §9).
+"""End to end: ``queue compression`` and ``queue encryption`` (docs/queue.md §8).
 
 A message waits in the queue (its relay host is down): no spool file holds
 its body or its recipient in clear; ``show message`` and a local delivery

@@ -43,7 +43,7 @@ class _FakeQueue:
 
 
 def test_scheduler_limit_bounds_the_hand_out() -> None:
-    # scheduler limit (docs/queue.md §10): in flight, per pass, per SchedDue, per messages
+    # scheduler limit (docs/queue.md §9): in flight, per pass, per SchedDue, per messages
     import asyncio
     import time
 

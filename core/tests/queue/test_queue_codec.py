@@ -1,5 +1,5 @@
 """The queue-file codec (queue compression, queue encryption): formats,
-damage, bounds, the spool reading mixed files (docs/queue.md §9)."""
+damage, bounds, the spool reading mixed files (docs/queue.md §8)."""
 
 from __future__ import annotations
 

@@ -139,7 +139,7 @@ SCHEDULER_LIMITS = frozenset(
     {"max-inflight", "max-evp-batch-size", "max-msg-batch-size", "max-schedule"}
 )
 _MTA_LIMIT_RE = re.compile(r"[a-z][a-z-]*\Z")
-#: OpenSMTPD 7.8's mta limit keywords (limit.c); docs/config.md §8 says which act
+#: OpenSMTPD 7.8's mta limit keywords (limit.c); docs/config.md §9 says which act
 MTA_LIMITS = frozenset(
     {f"max-conn-per-{k}" for k in ("host", "route", "source", "connector", "relay", "domain")}
     | {f"conn-delay-{k}" for k in ("host", "route", "source", "connector", "relay", "domain")}

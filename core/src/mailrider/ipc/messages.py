@@ -101,7 +101,7 @@ class ForwardOpen:
 @dataclass(frozen=True, slots=True)
 class QueueKey:
     """parent -> queue, once at start with ``queue encryption``: the key of
-    the queue files (docs/queue.md §9), read by the parent from the
+    the queue files (docs/queue.md §8), read by the parent from the
     configuration or stdin; no other process keeps it."""
 
     key: str = field(repr=False)

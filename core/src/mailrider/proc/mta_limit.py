@@ -1,7 +1,7 @@
 """``mta limit``: how many connections the MTA may hold open, and how often it
 may open them, per host, route, source, connector, relay and domain.
 
-OpenSMTPD's names (docs/config.md §8): a *host* is one MX address, a
+OpenSMTPD's names (docs/config.md §9): a *host* is one MX address, a
 *source* one local address, a *route* a (source, host) pair, a *relay* one
 action and destination (the relay host, or the recipient domain for MX
 relaying), a *connector* a (relay, source) pair, a *domain* the recipient
@@ -13,8 +13,10 @@ Invariants:
 - Only configured limits bind: the daemon's own caps (``limits.MTA_*``)
   stay as they are without ``mta limit``.
 - A connection counts from the moment it is opened until it is closed,
-  idle ones included (they hold a socket at the peer); a session waiting
-  for a slot first closes an idle connection that holds the full key.
+  idle ones included (they hold a socket at the peer). A session that finds
+  a count full reuses an idle connection to its host when there is one,
+  else quits an idle connection holding the full key, else waits for a
+  release or a newly idle connection (:meth:`ConnLimiter.changed`).
 - Counts are per pony process, the one that makes every outgoing
   connection.
 """
@@ -43,6 +45,12 @@ class Limits:
     conn_delay: dict[str, int] = field(default_factory=dict)
     session_mail_max: int | None = None
     session_keepalive: int | None = None
+    #: seconds between two transactions on one session
+    session_transaction_delay: int | None = None
+    #: failed transactions after which a session quits
+    max_failures_per_session: int | None = None
+    #: seconds after a connection on a route closed before the next one opens
+    reconn_delay_route: int = 0
     #: 4 or 6: only addresses of that family (``inet4`` / ``inet6``)
     family: int | None = None
 
@@ -57,13 +65,18 @@ def limits_for(config: Config, domain: str) -> Limits:
         conn_delay={k: merged[f"conn-delay-{k}"] for k in KINDS if f"conn-delay-{k}" in merged},
         session_mail_max=merged.get("session-mail-max"),
         session_keepalive=merged.get("session-keepalive"),
+        session_transaction_delay=merged.get("session-transaction-delay"),
+        max_failures_per_session=merged.get("max-failures-per-session"),
+        reconn_delay_route=merged.get("reconn-delay-route", 0),
         family=merged.get("family"),
     )
 
 
 def keys_for(lim: Limits, *, domain: str, relay: str, host: str, source: str
              ) -> list[tuple[Key, int, int]]:
-    """(key, max connections or 0, delay between connections) for each kind configured."""
+    """(key, max connections or 0, delay between connections) for each kind
+    configured; ``reconn-delay-route`` is the ("reconnect", route) key, whose
+    delay counts from the last close on the route."""
     names = {
         "host": host, "route": f"{source}>{host}", "source": source,
         "connector": f"{relay}<{source}", "relay": relay, "domain": domain,
@@ -73,6 +86,8 @@ def keys_for(lim: Limits, *, domain: str, relay: str, host: str, source: str
         mx, delay = lim.max_conn.get(kind, 0), lim.conn_delay.get(kind, 0)
         if mx or delay:
             out.append(((kind, names[kind]), mx, delay))
+    if lim.reconn_delay_route:
+        out.append((("reconnect", names["route"]), 0, lim.reconn_delay_route))
     return out
 
 
@@ -87,52 +102,50 @@ class ConnLimiter:
         self._waiters: list[asyncio.Future[None]] = []
         self._clock = clock
 
-    def _blocking(self, keys: list[tuple[Key, int, int]]) -> Key | None:
+    def check(self, keys: list[tuple[Key, int, int]]) -> tuple[Key | None, float]:
+        """(a key whose count is full, or None; seconds until every
+        connection delay of ``keys`` has passed)."""
         for key, mx, _ in keys:
             if mx and self.count.get(key, 0) >= mx:
-                return key
-        return None
+                return key, 0.0
+        wait = max((self._last_start.get(k, -1e18) + d - self._clock()
+                    for k, _, d in keys if d), default=0.0)
+        return None, wait
 
-    async def acquire(self, keys: list[tuple[Key, int, int]],
-                      make_room: Callable[[Key], bool]) -> None:
-        """Wait until every key has a free slot and its connection delay has
-        passed, then take the slots. ``make_room(key)`` may start closing an
-        idle connection holding ``key``; it returns True only when the slot
-        is already free again."""
-        loop = asyncio.get_running_loop()
-        while True:
-            blocked = self._blocking(keys)
-            if blocked is None:
-                wait = max((self._last_start.get(k, -1e18) + d - self._clock()
-                            for k, _, d in keys if d), default=0.0)
-                if wait <= 0:
-                    break
-                await asyncio.sleep(wait)
-                continue
-            if make_room(blocked):
-                continue
-            fut: asyncio.Future[None] = loop.create_future()
-            self._waiters.append(fut)
-            try:
-                await fut
-            finally:
-                if fut in self._waiters:
-                    self._waiters.remove(fut)
+    def take(self, keys: list[tuple[Key, int, int]]) -> None:
+        """Count a new connection under ``keys`` (after :meth:`check` allowed it)."""
         now = self._clock()
         for key, _, delay in keys:
             n = self.count[key] = self.count.get(key, 0) + 1
             self.peak[key[0]] = max(self.peak.get(key[0], 0), n)
-            if delay:
+            if delay and key[0] != "reconnect":
                 self._last_start[key] = now
 
+    async def changed(self) -> None:
+        """Return at the next release or :meth:`notify` (an idle connection
+        that a waiting session may reuse or close)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        finally:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+
+    def notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
     def release(self, keys: list[tuple[Key, int, int]]) -> None:
-        for key, _, _ in keys:
+        now = self._clock()
+        for key, _, delay in keys:
+            if key[0] == "reconnect" and delay:
+                self._last_start[key] = now  # counts from the close
             n = self.count.get(key, 0) - 1
             if n > 0:
                 self.count[key] = n
             else:
                 self.count.pop(key, None)
-        waiters, self._waiters = self._waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+        self.notify()

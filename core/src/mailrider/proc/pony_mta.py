@@ -162,6 +162,9 @@ class Conn:
         #: mta limit: the slots this connection holds, and its session limits
         self.limit_keys: list[tuple[mta_limit.Key, int, int]] = []
         self.limits = mta_limit.Limits()
+        #: transactions that failed on this session; when the last one ended
+        self.failures = 0
+        self.last_end = 0.0
 
     @property
     def relay(self) -> str:
@@ -519,6 +522,10 @@ class Mta:
                        ) -> list[dict[str, Any]]:
         conn = self._take_idle(profile.key(target))
         if conn is not None:
+            wait = conn.last_end + (conn.limits.session_transaction_delay or 0) - \
+                asyncio.get_running_loop().time()
+            if wait > 0:  # mta limit session-transaction-delay
+                await asyncio.sleep(wait)
             try:
                 return await self._transaction(conn, envs, fd)
             except HostFailed:
@@ -526,8 +533,23 @@ class Mta:
         lim, domain, route = where
         keys = mta_limit.keys_for(lim, domain=domain, relay=route, host=target.ip,
                                   source=profile.src or "")
-        if keys:
-            await self.conn_limiter.acquire(keys, self._close_idle_holding)
+        limiter = self.conn_limiter
+        while keys:
+            blocked, wait = limiter.check(keys)
+            if blocked is None and wait <= 0:
+                limiter.take(keys)
+                break
+            if blocked is None:
+                await asyncio.sleep(wait)
+                continue
+            conn = self._take_idle(profile.key(target))
+            if conn is not None:  # a connection freed up for our host: reuse it
+                try:
+                    return await self._transaction(conn, envs, fd)
+                except HostFailed:
+                    continue
+            self._close_idle_holding(blocked)
+            await limiter.changed()
         try:
             conn = await self._connect(target, profile)
         except BaseException:
@@ -536,7 +558,7 @@ class Mta:
         conn.limit_keys, conn.limits = keys, lim
         return await self._transaction(conn, envs, fd)
 
-    def _close_idle_holding(self, key: mta_limit.Key) -> bool:
+    def _close_idle_holding(self, key: mta_limit.Key) -> None:
         """mta limit: make room by quitting one idle connection that holds
         ``key`` (its slot is freed when it closes, which wakes the waiter)."""
         for pool in self.idle.values():
@@ -547,8 +569,7 @@ class Mta:
                         conn.idle_timer.cancel()
                         conn.idle_timer = None
                     self._spawn(conn.quit())
-                    return False
-        return False
+                    return
 
     def _take_idle(self, key: tuple[Any, ...]) -> Conn | None:
         pool = self.idle.get(key)
@@ -566,8 +587,11 @@ class Mta:
 
     def _park(self, conn: Conn) -> None:
         mail_max = conn.limits.session_mail_max or limits.MTA_SESSION_MAIL_MAX
+        conn.last_end = asyncio.get_running_loop().time()
+        max_failures = conn.limits.max_failures_per_session
         if conn.client.state is not sc.ClientState.READY or \
-                conn.mails >= mail_max or self.pony.stopping.is_set():
+                conn.mails >= mail_max or self.pony.stopping.is_set() or \
+                (max_failures is not None and conn.failures >= max_failures):
             self._spawn(conn.quit())
             return
         key = conn.profile.key(conn.target)
@@ -582,6 +606,8 @@ class Mta:
         keepalive = conn.limits.session_keepalive
         conn.idle_timer = asyncio.get_running_loop().call_later(
             limits.MTA_SESSION_KEEPALIVE if keepalive is None else keepalive, expire)
+        if conn.limit_keys:
+            self.conn_limiter.notify()  # a session waiting on a limit may take it
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -751,6 +777,8 @@ class Mta:
                 done.setdefault(dest, ("tempfail", text))
             return self._results(conn, by_rcpt, done, False)
         conn.mails += 1
+        if any(st != "ok" for st, _ in done.values()):
+            conn.failures += 1
         self._park(conn)
         return self._results(conn, by_rcpt, done, dsn_relayed)
 

@@ -7,7 +7,7 @@ that lies in the future, base 10 s for local delivery and bounces, 400 s for
 relaying. An envelope whose next attempt would fall after ``ctime + ttl``
 expires at that moment instead.
 
-``scheduler limit`` bounds the hand-out (docs/queue.md §10): at most
+``scheduler limit`` bounds the hand-out (docs/queue.md §9): at most
 ``max-inflight`` envelopes in flight, at most ``max-schedule`` envelopes and
 ``max-msg-batch-size`` messages per pass of the loop (the loop yields
 between passes), at most ``max-evp-batch-size`` envelopes per SchedDue.

@@ -3,7 +3,7 @@
 A queue file (a message body or an envelope) is either plain, as written
 before these options existed, or *encoded*: it starts with :data:`MAGIC`, a
 format byte and a flags byte, so a spool may mix both kinds and the
-configuration only decides how new files are written (docs/queue.md §9).
+configuration only decides how new files are written (docs/queue.md §8).
 
 Encoded layout::
 

@@ -29,7 +29,7 @@ Invariants:
   the body pony wrote in ``incoming/`` is re-encoded at commit, before the
   rename into ``queue/``, and every envelope is written encoded; readers get
   decoded bytes (:meth:`Spool.open_message` hands out a descriptor of the
-  decoded body) whatever format each file has (docs/queue.md §9).
+  decoded body) whatever format each file has (docs/queue.md §8).
 """
 
 from __future__ import annotations

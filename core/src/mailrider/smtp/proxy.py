@@ -3,7 +3,7 @@
 A load balancer in front of the listener (HAProxy's ``send-proxy-v2``)
 sends, before any SMTP byte, a binary header naming the client's address;
 the session then uses that address everywhere (docs/hostile-input-rules.md
-§PROXY). Sans-I/O: :func:`parse` takes the bytes read so far and says
+"PROXY protocol v2"). Sans-I/O: :func:`parse` takes the bytes read so far and says
 whether the header is complete, how long it is, and what it says.
 
 Layout (all integers in network order)::
