@@ -77,3 +77,19 @@ def test_huge_length_is_refused_before_the_body_arrives() -> None:
         p.parse(p.SIGNATURE + b"\x21\x11" + struct.pack("!H", p.MAX_LENGTH + 1))
     hdr, missing = p.parse(p.SIGNATURE + b"\x21\x11" + struct.pack("!H", p.MAX_LENGTH))
     assert hdr is None and missing == p.MAX_LENGTH
+
+
+def test_reader_hands_back_what_followed_the_header() -> None:
+    r = p.ProxyReader()
+    assert r.feed(V4[:5]) == (None, b"")
+    assert r.feed(V4[5:20]) == (None, b"")
+    hdr, rest = r.feed(V4[20:] + b"EHLO early\r\n")
+    assert hdr is not None and hdr.source == ("203.0.113.7", 40001)
+    assert rest == b"EHLO early\r\n"
+
+
+def test_reader_refuses_at_the_first_wrong_byte() -> None:
+    r = p.ProxyReader()
+    r.feed(p.SIGNATURE[:3])
+    with pytest.raises(p.ProxyError):
+        r.feed(b"X")

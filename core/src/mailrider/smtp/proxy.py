@@ -151,3 +151,25 @@ def build(source: tuple[str, int] | None, destination: tuple[str, int] | None = 
     body = addrs + extra
     return SIGNATURE + bytes([0x21, (fam << 4) | TRANSPORT_STREAM]) + \
         len(body).to_bytes(2, "big") + body
+
+
+class ProxyReader:
+    """The bytes of one connection until its header is complete.
+
+    :meth:`feed` returns the header once it is whole, with the bytes that
+    followed it (the client's first SMTP bytes, if it spoke early); until
+    then (None, b""). The buffer never exceeds ``FIXED + MAX_LENGTH`` bytes:
+    :func:`parse` refuses a longer length before the body arrives.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> tuple[ProxyHeader | None, bytes]:
+        self._buf += data
+        header, n = parse(bytes(self._buf))
+        if header is None:
+            return None, b""
+        rest = bytes(self._buf[n:])
+        self._buf.clear()
+        return header, rest
