@@ -93,3 +93,33 @@ def test_reader_refuses_at_the_first_wrong_byte() -> None:
     r.feed(p.SIGNATURE[:3])
     with pytest.raises(p.ProxyError):
         r.feed(b"X")
+
+
+def test_round_trip_property() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    v4 = st.ip_addresses(v=4).map(str)
+    v6 = st.ip_addresses(v=6).filter(lambda a: a.ipv4_mapped is None).map(str)
+    port = st.integers(0, 65535)
+    tlv = st.tuples(st.integers(0, 255), st.binary(max_size=40))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.one_of(st.tuples(v4, v4), st.tuples(v6, v6)), port, port,
+           st.lists(tlv, max_size=5), st.binary(max_size=20), st.integers(1, 40))
+    def check(addrs: tuple[str, str], sp: int, dp: int, tlvs: list[tuple[int, bytes]],
+              after: bytes, step: int) -> None:
+        raw = p.build((addrs[0], sp), (addrs[1], dp), tlvs)
+        r = p.ProxyReader()
+        got = None
+        data = raw + after
+        for i in range(0, len(data), step):
+            hdr, rest = r.feed(data[i:i + step])
+            if hdr is not None:
+                got = hdr
+                # what followed the header, from this chunk on
+                assert (rest + data[i + step:]) == after
+                break
+        assert got == p.ProxyHeader("proxy", (addrs[0], sp), (addrs[1], dp), tlvs)
+
+    check()
