@@ -120,3 +120,116 @@ def test_the_checks_see_imports_inside_functions(tmp_path: Path) -> None:
     found = {m for m, _, _ in _imports(probe)}
     assert "mailrider.proc.pony_tls" in found or "mailrider.proc" in found
     assert len(_modules()) > 50
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of mailrider it imports (at the top, in a function
+    or under TYPE_CHECKING alike). ``from package import submodule`` is an
+    edge to the submodule; the package's ``__init__``, which Python runs
+    first, is not counted (it may re-export its submodules without a cycle)."""
+    mods = {_module_name(p): p for p in _modules()}
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        deps: set[str] = set()
+        for mod, names, _ in _imports(path):
+            targets = [f"{mod}.{n}" if f"{mod}.{n}" in mods else mod for n in names] or [mod]
+            deps.update(t for t in targets if t in mods and t != name)
+        graph[name] = deps
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle() -> None:
+    # a circle of imports (pony <-> pony_mta was one) means neither module can
+    # be understood, tested or loaded without the other
+    assert _cycles(_import_graph()) == []
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+    # the graph of the tree has the edges the check needs to see
+    real = _import_graph()
+    assert "mailrider.proc.pony_smtp" in real["mailrider.proc.pony"]
+    assert "mailrider.proc.pony_filter" in real["mailrider.proc.pony_smtp"]
+
+
+_PRIVATE_ATTRS = r"""
+import ast, json, sys
+from pathlib import Path
+src = Path(sys.argv[1])
+result = {}
+for path in sorted(src.rglob("*.py")):
+    here = ".".join(path.relative_to(src.parent).with_suffix("").parts)
+    tree = ast.parse(path.read_text())
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("mailrider.") and a.asname:
+                    aliases[a.asname] = a.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here.rsplit(".", node.level)[0]
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            if not (mod == "mailrider" or mod.startswith("mailrider.")):
+                continue
+            for a in node.names:
+                rel = Path(*f"{mod}.{a.name}".split(".")[1:])
+                if (src / rel).with_suffix(".py").exists() or (src / rel).is_dir():
+                    aliases[a.asname or a.name] = f"{mod}.{a.name}"
+    out = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in aliases and node.attr.startswith("_")
+                and not node.attr.startswith("__")):
+            out.append(f"{aliases[node.value.id]}.{node.attr}:{node.lineno}")
+    if out:
+        result[str(path.relative_to(src))] = out
+print(json.dumps(result))
+"""
+
+
+def test_no_private_attributes_of_other_modules() -> None:
+    # ``from mailrider.x import y`` then ``y._name``: the same leak as importing _name
+    res = subprocess.run([sys.executable, "-c", _PRIVATE_ATTRS, str(SRC)], capture_output=True,
+                         text=True, check=True, timeout=120)
+    assert json.loads(res.stdout) == {}

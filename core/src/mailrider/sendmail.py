@@ -19,6 +19,7 @@ import os
 import pwd
 import secrets
 import socket
+import stat as st_mod
 import sys
 import time
 from dataclasses import dataclass, field
@@ -238,8 +239,6 @@ def read_offline(folder: int | str, name: str,
     checked is read, and a file that grew since is refused. ``folder`` is a
     descriptor of the folder (or its path). Raises :class:`OfflineRefused`.
     """
-    import stat as st_mod
-
     if "/" in name or name in ("", ".", ".."):
         raise OfflineRefused("bad name")
     dir_fd = folder if isinstance(folder, int) else None

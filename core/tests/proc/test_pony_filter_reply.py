@@ -1,9 +1,9 @@
-"""pony.filter_reply: a filter's reject/disconnect text as the client sees it."""
+"""pony_filter.filter_reply: a filter's reject/disconnect text as the client sees it."""
 
 from __future__ import annotations
 
 import pytest
-from mailrider.proc.pony import filter_reply
+from mailrider.proc.pony_filter import filter_reply
 
 
 @pytest.mark.parametrize(("param", "wire"), [

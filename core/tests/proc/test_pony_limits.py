@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from mailrider import limits
 from mailrider.config.parser import parse_string
-from mailrider.proc.pony import Pony, client_key
+from mailrider.proc.pony import Pony
+from mailrider.proc.pony_smtp import client_key
 
 
 @pytest.mark.parametrize(("ip", "key"), [

@@ -11,10 +11,17 @@ from collections.abc import Callable
 from functools import partial
 
 from mailrider import log, paths
+from mailrider.config import resolve_listener
 from mailrider.config.model import Config
+from mailrider.crypto.keys import KeyStore
 from mailrider.errors import ConfigError
+from mailrider.filter.programs import check_programs
 from mailrider.proc import common
+from mailrider.proc.child import preload
 from mailrider.proc.control import socket_path
+from mailrider.proc.parent import Parent, bind_listeners
+from mailrider.proc.pony_mta import check_relay_urls
+from mailrider.table.registry import check_tables
 
 
 def _running(statedir: str) -> bool:
@@ -35,11 +42,6 @@ def check(opts: common.Options) -> Config:
     filter programs (found, runnable by their user), relay URLs, pki
     certificates and keys (loaded as klondike will), listen addresses.
     Returns the configuration."""
-    from mailrider.config import resolve_listener
-    from mailrider.filter.programs import check_programs
-    from mailrider.proc.pony_mta import check_relay_urls
-    from mailrider.table.registry import check_tables
-
     config = common.load_config(opts)
     check_tables(config, reader=common.unprivileged_user(), runner=common.ext_user())
     check_relay_urls(config)
@@ -116,8 +118,6 @@ def _check_keys(config: Config) -> None:
 
 
 def _load_key(name: str, cert: str, key: str) -> None:
-    from mailrider.crypto.keys import KeyStore
-
     KeyStore().load(name, cert, key)
 
 
@@ -182,8 +182,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mailriderd: already running (control socket in {opts.statedir})",
                   file=sys.stderr)
             return 1
-        from mailrider.proc.parent import Parent, bind_listeners
-
         parent = Parent(opts, config)
         parent.prepare_statedir()
         listeners = bind_listeners(config)
@@ -204,8 +202,6 @@ def main(argv: list[str] | None = None) -> int:
         # deliveries are forked from the parent and switch to the recipient's
         # user: everything they import must already be loaded (the interpreter's
         # files may be unreadable to that user, e.g. a venv under /root)
-        from mailrider.proc.child import preload
-
         preload()
     if not opts.foreground:
         _daemonize()

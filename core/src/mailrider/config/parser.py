@@ -46,6 +46,7 @@ from mailrider.config.model import (
     Table,
     Where,
 )
+from mailrider.config.tls import check_ciphers, protocol_range
 from mailrider.errors import ConfigError
 
 #: every reserved word of the grammar: unquoted, these are never values
@@ -580,8 +581,6 @@ class _Parser:
     def _check_listener_tls(self, listener: Listener) -> None:
         """The listener's ``protocols`` and ``ciphers`` as pony builds its TLS
         context from them at start, so ``-n`` refuses what start would."""
-        from mailrider.config.tls import check_ciphers, protocol_range
-
         try:
             protocol_range(listener.protocols)
         except ValueError as exc:
@@ -708,8 +707,6 @@ class _Parser:
         work. Relay URLs are not checked here: OpenSMTPD's grammar takes any
         string (compat corpus); ``mailriderd -n`` and the start refuse a bad
         one known in advance (pony_mta.check_relay_urls)."""
-        from mailrider.config.tls import check_ciphers, protocol_range
-
         relay = action.relay
         routed = "host" in relay or "host_table" in relay
         if routed and "domain" in relay:
@@ -1045,8 +1042,6 @@ class _Parser:
                 raise self._err(f"invalid sub-addr-delim: {tok.value}", tok)
             self.config.sub_addr_delim = tok.value
         elif self._is_kw(opt, "ciphers"):
-            from mailrider.config.tls import check_ciphers
-
             tok = self._value()
             try:
                 check_ciphers(tok.value)

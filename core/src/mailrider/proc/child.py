@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import pkgutil
 import sys
 from collections.abc import Callable
 
+import mailrider
 from mailrider import log
 from mailrider.errors import ConfigError
 from mailrider.proc import common, confine
@@ -103,10 +105,6 @@ PRELOAD = (
 
 def preload() -> None:
     """Import every mailrider module and the lazily used standard library."""
-    import pkgutil
-
-    import mailrider
-
     for name in PRELOAD:
         try:
             importlib.import_module(name)

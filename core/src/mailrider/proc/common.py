@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mailrider import __version__, log, paths, profile
+from mailrider.config import check_supported, parse_file, parse_string
+from mailrider.config.default import default_config_text
 from mailrider.config.model import Config
 from mailrider.errors import ConfigError
 from mailrider.ipc import messages as m
@@ -91,9 +93,6 @@ def parse_options(argv: list[str], prog: str = "mailriderd") -> Options:
 
 def load_config(opts: Options) -> Config:
     """Parse the configuration the options name (or the built-in one) and check it."""
-    from mailrider.config import check_supported, parse_file, parse_string
-    from mailrider.config.default import default_config_text
-
     if opts.config_file is None and not os.path.exists(paths.CONFIG_FILE):
         cfg = parse_string(default_config_text(opts.statedir), file="<built-in>",
                            macros=opts.macros)
@@ -106,7 +105,7 @@ def load_config(opts: Options) -> Config:
 _LIBC: ctypes.CDLL | None = None
 
 
-def _libc() -> ctypes.CDLL | None:
+def load_libc() -> ctypes.CDLL | None:
     """The C library, loaded once (before any chroot: finding it reads the disk)."""
     global _LIBC
     if _LIBC is None:
@@ -120,7 +119,7 @@ def _libc() -> ctypes.CDLL | None:
 def set_title(role: str) -> None:
     """Name the process after its role (what ``ps -e`` and ``top`` show)."""
     title = f"mailrider:{role}"[:15].encode()
-    libc = _libc()
+    libc = load_libc()
     if libc is None:
         return
     try:

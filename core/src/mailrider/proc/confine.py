@@ -61,7 +61,7 @@ class _RulesetAttr(ctypes.Structure):
 
 
 def _prctl(option: int, value: int) -> int:
-    libc = common._libc()
+    libc = common.load_libc()
     if libc is None or not sys.platform.startswith("linux"):
         return -1
     try:
@@ -82,7 +82,7 @@ def set_no_new_privs() -> bool:
 
 def landlock_abi() -> int:
     """The kernel's Landlock ABI version, 0 when it has none (or it is disabled)."""
-    libc = common._libc()
+    libc = common.load_libc()
     if libc is None or not sys.platform.startswith("linux"):
         return 0
     try:
@@ -105,7 +105,7 @@ def landlock(*, deny_fs: bool = True, deny_net: bool) -> int:
     abi = landlock_abi()
     if abi <= 0:
         return 0
-    libc = common._libc()
+    libc = common.load_libc()
     assert libc is not None
     attr = _RulesetAttr()
     size = 8

@@ -16,6 +16,7 @@ from typing import Any
 
 from mailrider import __version__, limits, log, paths
 from mailrider.config.model import Action, Filter
+from mailrider.crypto.passwords import UnsupportedHash, verify_password
 from mailrider.delivery import grant
 from mailrider.dns.hosts import HostsFile
 from mailrider.dns.resolver import Resolver
@@ -29,7 +30,10 @@ from mailrider.proc.lka_dns import resolver_config
 from mailrider.proc.lka_expand import expand
 from mailrider.proc.workers import WorkerPool
 from mailrider.table.base import normalise_key
+from mailrider.table.match import match_mailaddr
 from mailrider.table.registry import TableSet
+from mailrider.table.usage import table_uses
+from mailrider.table.values import parse_credentials, parse_mailaddrmap
 
 NO_RULE = "550 5.7.1 Delivery not authorized, message refused"
 REJECTED = "550 5.7.1 Recipient rejected by policy"
@@ -96,8 +100,6 @@ class Lka(common.Process):
 
     def _check_services(self) -> bool:
         """A table used for a service its backend did not register is an error."""
-        from mailrider.table.usage import table_uses
-
         ok = True
         for name, services, where in table_uses(self.config):
             try:
@@ -268,10 +270,6 @@ class Lka(common.Process):
     async def auth(self, msg: m.AuthCheck) -> m.AuthResult:
         """A login: the table's ``auth`` service when it has one, else its
         credentials (user:hash) checked here; system users through the parent."""
-        from mailrider.crypto.passwords import UnsupportedHash, verify_password
-        from mailrider.table.base import normalise_key
-        from mailrider.table.values import parse_credentials
-
         self.count("lka.auth")
         user = msg.username
         try:
@@ -299,10 +297,6 @@ class Lka(common.Process):
 
     async def senders(self, msg: m.SendersCheck) -> m.Ok:
         """``senders <t>``: the mailaddrmap of the user must cover MAIL FROM."""
-        from mailrider.table.base import normalise_key
-        from mailrider.table.match import match_mailaddr
-        from mailrider.table.values import parse_mailaddrmap
-
         table = self.tables.get(msg.table)
         value = await table.lookup("mailaddrmap", normalise_key("mailaddrmap", msg.username))
         if value is None:

@@ -11,28 +11,34 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from mailrider import limits, log
+from mailrider import limits, log, paths, sendmail
+from mailrider.config import resolve_listener
+from mailrider.config.default import delivery_user
 from mailrider.config.model import Config, Filter
+from mailrider.crypto.passwords import UnsupportedHash, verify_password
 from mailrider.delivery import grant
 from mailrider.errors import ConfigError, TempFail
+from mailrider.filter.programs import filter_command, filter_credentials
 from mailrider.ipc import messages as m
 from mailrider.ipc import policy
 from mailrider.ipc.channel import Channel
-from mailrider.proc import common, parent_mda
+from mailrider.proc import common, confine, parent_mda
 from mailrider.proc.workers import WorkerPool
+from mailrider.table.proc import backend_command, find_backend
+from mailrider.table.registry import BUILTIN_BACKENDS
 
 
 def bind_listeners(config: Config) -> list[tuple[int, socket.socket]]:
     """Open every listening socket; returns (listener index, socket)."""
-    from mailrider.config import resolve_listener
-
     out: list[tuple[int, socket.socket]] = []
     for i, lst in enumerate(config.listeners):
         if lst.address == "socket":
@@ -57,11 +63,6 @@ def bind_listeners(config: Config) -> list[tuple[int, socket.socket]]:
 
 def system_auth(user: str, password: str) -> m.AuthResult:
     """``auth`` without a table: the system's users and their shadow hashes."""
-    import pwd
-
-    from mailrider import paths
-    from mailrider.crypto.passwords import UnsupportedHash, verify_password
-
     try:
         pw = pwd.getpwnam(user)
     except KeyError:
@@ -106,8 +107,6 @@ class Parent:
         self.auth_pool = WorkerPool(limits.AUTH_WORKERS, limits.AUTH_PENDING_MAX, "parent-auth")
 
     def prepare_statedir(self) -> None:
-        from mailrider.proc import confine
-
         os.makedirs(self.opts.statedir, mode=0o711, exist_ok=True)
         self.grant_key = grant.load_or_create(self.opts.statedir)
         spool = common.spool_dir(self.opts.statedir)
@@ -124,10 +123,6 @@ class Parent:
             confine.own_spool(spool, qpw)
             confine.make_empty_dir(common.empty_dir(self.opts.statedir))
         if self.config.file == "<built-in>":
-            import pwd
-
-            from mailrider.config.default import delivery_user
-
             maildir = os.path.join(self.opts.statedir, "maildir")
             os.makedirs(maildir, mode=0o700, exist_ok=True)
             du = pwd.getpwnam(delivery_user())
@@ -225,9 +220,6 @@ class Parent:
         the configuration names none); lka gets its stdio and stderr sockets.
         A program already running under this name is stopped first: lka asks
         again only after losing it."""
-        from mailrider import paths
-        from mailrider.filter.programs import filter_command, filter_credentials
-
         f = self._configured_filter(key)
         command = filter_command(f.command or "")
         try:
@@ -254,9 +246,6 @@ class Parent:
     def start_table(self, name: str) -> tuple[m.Ok, list[int]]:
         """Run the backend program of a configured proc table as the program
         user; lka gets its stdio socket and stderr, the reply its pid."""
-        from mailrider.table.proc import backend_command, find_backend
-        from mailrider.table.registry import BUILTIN_BACKENDS
-
         t = self.config.tables.get(name)
         if t is None or t.backend in BUILTIN_BACKENDS or t.backend.startswith("/"):
             log.error("parent", "table-refused", table=name[:80], error="not a proc table")
@@ -362,8 +351,6 @@ class Parent:
         an entry refused is removed unless it is a directory (left, logged),
         and one entry never stops the others.
         """
-        from mailrider import sendmail
-
         folder = os.path.join(self.opts.statedir, sendmail.OFFLINE)
         try:
             dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -379,11 +366,6 @@ class Parent:
             os.close(dir_fd)
 
     async def _submit_offline_one(self, dir_fd: int, name: str) -> None:
-        import pwd
-        import stat
-
-        from mailrider import sendmail
-
         try:
             item = await asyncio.to_thread(sendmail.read_offline, dir_fd, name)
         except sendmail.OfflineRefused as exc:
@@ -420,8 +402,6 @@ class Parent:
         log.event("parent", "offline-submitted", file=name, user=user, reply=reply[:60])
 
     async def shutdown(self) -> None:
-        from mailrider import paths
-
         # control, chrooted, cannot remove its own socket
         try:
             os.unlink(paths.control_socket(self.opts.statedir))

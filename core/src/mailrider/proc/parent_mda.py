@@ -24,21 +24,38 @@ import pwd
 import signal
 import stat
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mailrider import limits, log, paths
 from mailrider.config.model import Action, Config
+from mailrider.delivery import common as dcommon
 from mailrider.delivery import grant
+from mailrider.delivery.format import FormatContext, expand_format
+from mailrider.delivery.lmtp import deliver_lmtp
 from mailrider.delivery.maildir import MaildirBatch
+from mailrider.delivery.mbox import deliver_mbox
+from mailrider.delivery.mda import deliver_mda
 from mailrider.errors import PermFail, TempFail
 from mailrider.ipc import messages as m
-
-if TYPE_CHECKING:
-    from mailrider.proc.parent import Parent
 
 #: an envelope the parent takes: this many fields at most, each value this long
 _ENVELOPE_FIELDS_MAX = 64
 _ENVELOPE_VALUE_MAX = 8192
+
+
+class Parent(Protocol):
+    """What deliveries need of the parent process (parent.Parent)."""
+
+    config: Config
+    #: the key that seals lka's delivery grants
+    grant_key: bytes
+    deliveries: Deliveries
+    #: forked children by pid: the future gets the exit status (reap)
+    forks: dict[int, asyncio.Future[int]]
+
+    def reap(self) -> None:
+        """Collect the children that have exited."""
+        ...
 
 
 class Forged(TempFail):
@@ -245,12 +262,6 @@ def _deliver(config: Config, plan: Plan, env: dict[str, str], msg_fd: int,
              batch: MaildirBatch) -> tuple[str, str] | int:
     """Runs in the forked child, as the user. Returns (status, text), or for a
     maildir delivery (added to ``batch``) its index there: done at commit."""
-    from mailrider.delivery import common as dcommon
-    from mailrider.delivery.format import FormatContext, expand_format
-    from mailrider.delivery.lmtp import deliver_lmtp
-    from mailrider.delivery.mbox import deliver_mbox
-    from mailrider.delivery.mda import deliver_mda
-
     method, arg, action = plan.method, plan.arg, plan.action
     home, user = plan.home, plan.user
     sender = env.get("sender", "")

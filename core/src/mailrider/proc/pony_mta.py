@@ -51,21 +51,22 @@ import asyncio
 import dataclasses
 import os
 import ssl
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from mailrider import limits, log
 from mailrider.config.model import Action, Config, Where
+from mailrider.config.tls import protocol_range
+from mailrider.crypto import delegate
 from mailrider.errors import ConfigError, TempFail
 from mailrider.ipc import messages as m
 from mailrider.proc import mta_limit
+from mailrider.proc.pony_filter import Peer
+from mailrider.proc.pony_tls import SignFn, load_pki
 from mailrider.smtp import client as sc
 from mailrider.smtp.reply import Reply
 from mailrider.table.values import RelayHost, parse_credentials, parse_relayhost
-
-if TYPE_CHECKING:
-    from mailrider.proc.pony import Pony
-    from mailrider.proc.pony_tls import SignFn
 
 StartTLS = Literal["never", "opportunistic", "require"]
 #: what makes two client TLS contexts different: (verify, ca, pki, ciphers, protocols)
@@ -210,10 +211,31 @@ class Conn:
         self.close()
 
 
+class MtaHost(Protocol):
+    """What the mta needs of the process it runs in (pony.Pony)."""
+
+    config: Config
+    #: our name in HELO, when the action names none
+    hostname: str
+    #: set when the process stops: connections are not kept for reuse
+    stopping: asyncio.Event
+
+    @property
+    def peers(self) -> Mapping[str, Peer]: ...
+
+    def count(self, key: str, n: int = 1) -> None: ...
+
+    def sign(self, cert_hash: str, op: str, data: bytes, padding: int) -> bytes:
+        """A signature with a key that klondike holds (pony_tls.SignFn)."""
+        ...
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
+
+
 class Mta:
     """Outgoing deliveries of one pony."""
 
-    def __init__(self, pony: Pony) -> None:
+    def __init__(self, pony: MtaHost) -> None:
         self.pony = pony
         self.config = pony.config
         self.slots = asyncio.Semaphore(limits.MTA_MAX_CONNECTIONS)
@@ -222,7 +244,7 @@ class Mta:
         #: mta limit (proc/mta_limit.py): open connections per host, route...
         self.conn_limiter = mta_limit.ConnLimiter()
         #: client certificates sign through pony's klondike channel
-        self.sign: SignFn = pony._sign
+        self.sign: SignFn = pony.sign
         # built before the privilege drop: CA files, certificates and the
         # system store may be unreadable after it
         self.contexts: dict[TlsKey, ssl.SSLContext] = {}
@@ -255,8 +277,6 @@ class Mta:
 
     def _build(self, key: TlsKey, where: Where) -> ssl.SSLContext:
         """One client context (docs/config.md §8: ``ca``, ``pki``, ``ciphers``, ``protocols``)."""
-        from mailrider.config.tls import protocol_range
-
         verify, ca_name, pki_name, ciphers, protocols = key
         ca = self.config.cas.get(ca_name) if ca_name else None
         ctx: ssl.SSLContext | None = None
@@ -285,9 +305,6 @@ class Mta:
         """``relay pki``: the certificate, with its key left in klondike (docs/processes.md §5);
         in pony only with ``smtp key-in-process`` (or MAILRIDER_KEY_IN_PROCESS=force,
         benchmarks and tests only), as for listeners (pony_tls)."""
-        from mailrider.crypto import delegate
-        from mailrider.proc.pony_tls import load_pki
-
         pki = self.config.pkis.get(name)
         if pki is None or pki.cert is None or pki.key is None:
             raise ConfigError(f"pki {name}: certificate and key are both required",
@@ -312,8 +329,6 @@ class Mta:
     def _self_test(self, name: str) -> None:
         """The self-test of docs/processes.md §5 for a client certificate, at its
         first use: a TLS 1.2 and 1.3 handshake signed through klondike with the same key."""
-        from mailrider.crypto import delegate
-
         try:
             delegate.self_test(self.pki_test[name])
         except delegate.DelegationUnavailable as exc:
@@ -610,9 +625,7 @@ class Mta:
             self.conn_limiter.notify()  # a session waiting on a limit may take it
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self.pony.tasks.add(task)
-        task.add_done_callback(self.pony.tasks.discard)
+        self.pony.spawn(coro)
 
     def close_idle(self) -> None:
         for pool in self.idle.values():

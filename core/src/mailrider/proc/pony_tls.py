@@ -40,6 +40,7 @@ from typing import Any
 from mailrider import limits, log
 from mailrider.config.model import Config, Listener, Pki
 from mailrider.config.tls import protocol_range
+from mailrider.crypto import delegate
 from mailrider.errors import ConfigError
 
 SignFn = Callable[[str, str, bytes, int], bytes]
@@ -60,8 +61,6 @@ def load_pki(ctx: ssl.SSLContext, name: str, pki: Pki, sign: SignFn, config: Con
     delegation that cannot work is a :class:`ConfigError` at the pki's line.
     Listeners (server contexts) and ``relay pki`` (client contexts) share it.
     """
-    from mailrider.crypto import delegate
-
     assert pki.cert is not None and pki.key is not None
     forced = os.environ.get(limits.KEY_IN_PROCESS_ENV, "") == "force"
     try:
@@ -157,8 +156,6 @@ class ListenerTLS:
         """The start-up self-test (docs/processes.md §5) of every delegated context.
 
         Raises on failure."""
-        from mailrider.crypto import delegate
-
         for ctx in self.delegated:
             mode = ctx.verify_mode
             # a verify listener would want a client certificate: test the key
