@@ -53,15 +53,12 @@ FIRST_USE = [
     ("srs key s\n", 1, "srs"),
     ("srs ttl 2d\n", 1, "srs"),
     ('mda wrapper w "x"\n', 1, "mda wrapper"),
-    ("listen on lo proxy-v2\n", 1, "proxy-v2"),
-    (PKI + "table s { u = a@b }\nlisten on lo tls pki h auth senders <s> masquerade "
-     "proxy-v2\n", 4, "proxy-v2"),
     ("listen on lo hostnames { 127.0.0.1 = x.example }\n", 1, "hostnames"),
     ("\n" + SUPPORTED + "action r relay srs\n", len(SUPPORTED.splitlines()) + 2,
      "relay srs"),
     # the first by line wins, whatever the kind of item
-    ("action a mbox\nlisten on lo proxy-v2\nlisten on lo hostnames { 127.0.0.1 = x }\n", 2,
-     "proxy-v2"),
+    ("action a mbox\nlisten on lo proxy-v2\nlisten on lo hostnames { 127.0.0.1 = x }\n", 3,
+     "hostnames"),
 ]
 
 
@@ -79,7 +76,7 @@ def test_listener_features_in_a_fixed_order() -> None:
         "senders <c> masquerade hostnames <c> proxy-v2\n"
     )
     uses = unsupported_uses(cfg)
-    assert [f for w, f in uses if w.line == 4] == ["hostnames", "proxy-v2"]
+    assert [f for w, f in uses if w.line == 4] == ["hostnames"]
 
 
 def test_masquerade_is_supported() -> None:

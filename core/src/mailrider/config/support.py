@@ -24,7 +24,6 @@ from mailrider.errors import ConfigError
 #: feature (as written in the configuration) -> what it is
 UNSUPPORTED: dict[str, str] = {
     "hostnames": "per-address banner names from a table",
-    "proxy-v2": "PROXY protocol v2 on a listener",
     "relay srs": "the Sender Rewriting Scheme on relay actions",
     "relay filter": "filters on relay actions",
     "wrapper": "mda wrappers in actions",
