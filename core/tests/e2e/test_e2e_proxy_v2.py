@@ -11,6 +11,7 @@ without the header, or with a version 1 header, is closed.
 
 from __future__ import annotations
 
+import os
 import shutil
 import smtplib
 import socket
@@ -157,3 +158,57 @@ def test_local_command_keeps_the_socket_address(daemon: Daemon) -> None:
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as s:
         s.sendall(proxy.build(None))
         assert s.recv(4096).startswith(b"220")
+
+
+def test_smtps_listener_and_a_connect_filter_behind_haproxy(tmp_path: Path) -> None:
+    """proxy-v2 on an smtps listener: the header comes before TLS; a builtin
+    filter at connect sees the proxied address (its link-connect source)."""
+    import ssl
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "crypto"))
+    from pki_util import OPENSSL, make_pki
+
+    if OPENSSL is None:
+        pytest.skip("openssl CLI not installed")
+    d = Daemon(None)
+    keys = d.state / "keys"
+    keys.mkdir(mode=0o700)
+    pki = make_pki(keys, "mx", "rsa", cn="mx.test")
+    d.config_path = d.state / "mailrider.conf"
+    d.config_path.write_text(
+        f'pki mx.test cert "{pki.cert}"\npki mx.test key "{pki.key}"\n'
+        "table nets { 127.0.0.2 }\n"
+        'filter "viaproxy" phase connect match !src <nets> disconnect "554 5.7.1 not proxied"\n'
+        f"listen on 127.0.0.1 port {d.port} smtps pki mx.test proxy-v2 filter viaproxy\n"
+        f'table all {{ "@" = "{d.user}" }}\n'
+        f'action "in" maildir "{d.mail}/%{{rcpt.user}}" virtual <all>\n'
+        'match from any for domain "example.test" action "in"\n')
+    os.chmod(d.config_path, 0o644)
+    port = free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CFG.format(front=port, back=d.port))
+    hap = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        start(d)
+        wait_for(lambda: _answers(port), 20)
+        ctx = ssl.create_default_context(cafile=pki.cert)
+        ctx.check_hostname = False
+        with smtplib.SMTP_SSL("127.0.0.1", port, source_address=("127.0.0.2", 0),
+                              context=ctx, timeout=30) as c:
+            assert c.ehlo("client.example")[0] == 250
+            assert c.sendmail("a@example.org", ["bob@example.test"], MSG) == {}
+        got = wait_for(lambda: list((d.mail / "bob" / "new").glob("*"))
+                       if (d.mail / "bob" / "new").is_dir() else [], 20)
+        head = got[0].read_bytes().split(b"\n\n", 1)[0]  # type: ignore[index]
+        assert b"127.0.0.2" in head and b"TLS" in head.upper(), head
+        # the same path from 127.0.0.1: the filter sees 127.0.0.1 and disconnects
+        with pytest.raises(smtplib.SMTPConnectError, match="not proxied"):
+            smtplib.SMTP_SSL("127.0.0.1", port, source_address=("127.0.0.1", 0),
+                             context=ctx, timeout=30)
+        assert len(list((d.mail / "bob" / "new").glob("*"))) == 1
+    finally:
+        hap.terminate()
+        hap.wait(10)
+        d.cleanup()
