@@ -248,7 +248,7 @@ def test_relay_actions() -> None:
         "srs": True,
         "ciphers": "HIGH",
         "protocols": "tlsv1.2",
-        "filter": "f",
+        "filter": ["f"],
         "helo_src": "doms",
     }
     assert a["r2"].ttl == 86400

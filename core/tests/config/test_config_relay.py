@@ -8,6 +8,7 @@ from mailrider.config import UNSUPPORTED, check_supported, parse_string
 from mailrider.errors import ConfigError
 
 PKI = 'pki c.test cert "/c"\npki c.test key "/k"\n'  # lines 1-2
+FLT = 'filter f proc-exec "/bin/cat"\nfilter g proc-exec "/bin/cat"\n'  # lines 1-2
 
 BAD = [
     ('table r { "a" = "smtp://x" }\naction a relay host smtp://x domain <r>\n',
@@ -33,6 +34,12 @@ BAD = [
     (PKI + "action a relay pki other.test\n", "3: no such pki 'other.test'"),
     ('action a relay helo x.test helo-src { "127.0.0.1" = "y.test" }\n',
      "1: relay options 'helo' and 'helo-src' are mutually exclusive"),
+    (FLT + "action a relay filter f filter f\n",
+     "3: action option 'filter' already specified"),
+    (FLT + "action a relay filter { f nope }\n", "3: no such filter 'nope'"),
+    (FLT + "filter c chain { f }\naction a relay filter { c }\n",
+     "4: filter chains cannot be nested: 'c'"),
+    (FLT + "action a relay filter { f f }\n", "3: filter 'f' listed twice"),
 ]
 
 
@@ -61,6 +68,20 @@ GOOD = [
 @pytest.mark.parametrize("text", GOOD)
 def test_relay_options_parse_and_are_supported(text: str) -> None:
     check_supported(parse_string(text + "match from any for any action a\n", "t.conf"))
+
+
+@pytest.mark.parametrize(("option", "names"), [
+    ("filter f", ["f"]),
+    ('filter "g"', ["g"]),
+    ("filter { f g }", ["f", "g"]),
+    ("filter { f, g }", ["f", "g"]),
+])
+def test_relay_filter_is_supported(option: str, names: list[str]) -> None:
+    config = parse_string(FLT + f"action a relay host smtp://x.test {option}\n"
+                          "match from any for any action a\n", "t.conf")
+    check_supported(config)
+    assert config.actions["a"].relay["filter"] == names
+    assert "relay filter" not in UNSUPPORTED
 
 
 def test_relay_routing_and_tls_are_supported() -> None:

@@ -234,3 +234,65 @@ def test_protocol_parsing_is_strict() -> None:
     assert p.valid_reply("550 5.7.1 x") and not p.valid_reply("250 ok")
     assert not p.valid_reply("55x")
     assert os.access(SCRIPT, os.X_OK)
+
+
+def test_relay_filter_session_reports_smtp_out_only(tmp_path: pathlib.Path) -> None:
+    rec = tmp_path / "rec"
+
+    async def main() -> None:
+        cfg = parse_string(f"filter rf proc-exec {cmd('reject-mail,smtp-out', rec)}\n"
+                           "listen on 127.0.0.1 port 2525\n"
+                           'action "out" relay host smtp://127.0.0.1:2526 filter rf\n'
+                           'match from any for any action "out"\n')
+        host = await host_for(cfg)
+        proc = next(iter(host.procs.values()))
+        assert proc.registered["smtp-out"] == {"*"}
+        s = sid()
+        assert host.begin_out(s, "out", rdns="mx.example.org", fcrdns="pass",
+                              link_src="127.0.0.1:40000", link_dest="127.0.0.1:2526")
+        # an unknown action, a sid in use: nothing
+        assert host.begin_out(sid(), "nope", rdns="", fcrdns="pass", link_src="",
+                              link_dest="") is None
+        assert host.begin_out(s, "out", rdns="", fcrdns="pass", link_src="",
+                              link_dest="") is None
+        host.report(s, "tx-begin", ["0badc0de"])
+        # an outgoing session is never asked anything, whatever a hostile pony sends
+        d = await host.phase(s, "mail-from", ["spammer@example.org"])
+        assert d.decision == "proceed"
+        assert not host.wants_data(s)
+        host.end(s)
+        await asyncio.sleep(0.2)
+        host.close()
+
+    run(main())
+    lines = rec.read_text().splitlines()
+    assert "config|subsystem|smtp-out" in lines and "config|subsystem|smtp-in" not in lines
+    reports = [ln.split("|") for ln in lines if ln.startswith("report|")]
+    assert [r[3] for r in reports] == ["smtp-out"] * 3
+    assert [r[4] for r in reports] == ["link-connect", "tx-begin", "link-disconnect"]
+    assert reports[0][6:] == ["mx.example.org", "pass", "127.0.0.1:40000", "127.0.0.1:2526"]
+    assert not any(ln.startswith("filter|") for ln in lines)
+
+
+def test_filter_on_listener_and_relay_is_told_both(tmp_path: pathlib.Path) -> None:
+    rec = tmp_path / "rec"
+
+    async def main() -> None:
+        cfg = parse_string(f"filter f proc-exec {cmd('smtp-out', rec)}\n"
+                           "filter c chain { f }\n"
+                           "listen on 127.0.0.1 port 2525 filter f\n"
+                           'action "out" relay filter c\n'
+                           'match from any for any action "out"\n')
+        host = await host_for(cfg)
+        s_in, s_out = sid(), sid()
+        host.begin(s_in, 0, rdns="h", fcrdns="pass", src="10.0.0.1", link_src="10.0.0.1:1",
+                   link_dest="127.0.0.1:2525")
+        host.begin_out(s_out, "out", rdns="mx", fcrdns="pass", link_src="a", link_dest="b")
+        await asyncio.sleep(0.2)
+        host.close()
+
+    run(main())
+    lines = rec.read_text().splitlines()
+    assert "config|subsystem|smtp-in" in lines and "config|subsystem|smtp-out" in lines
+    connects = [ln.split("|")[3] for ln in lines if "|link-connect|" in ln]
+    assert connects == ["smtp-in", "smtp-out"]

@@ -3,7 +3,8 @@
 
 argv[1] = mode (comma list): reject-mail, junk-mail, rewrite-rcpt, report-mail,
 disconnect-helo, data-upper, data-header, crash-mail, sleep-mail, garbage-mail,
-bad-register; argv[2] = a file where every received line is recorded.
+bad-register, smtp-out (also registers every smtp-out report); argv[2] = a file
+where every received line is recorded.
 """
 
 import os
@@ -30,6 +31,8 @@ if "bad-register" in modes:
     out("register|ready")
     sys.exit(0)
 out("register|report|smtp-in|*")
+if "smtp-out" in modes:
+    out("register|report|smtp-out|*")
 for phase in ("mail-from", "rcpt-to", "helo", "ehlo", "commit"):
     out(f"register|filter|smtp-in|{phase}")
 if modes & {"data-upper", "data-header"}:

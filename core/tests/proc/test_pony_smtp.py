@@ -754,3 +754,15 @@ def test_data_line_filter_failure_rolls_back(run: Runner) -> None:
                    setup=_catch(filters))
     assert spool.committed == {}
     assert spool.rolled_back == list(spool.files)
+
+
+def test_filter_reject_at_commit_rolls_back(run: Runner) -> None:
+    filters = Filters({"commit": m.FilterDecision("reject", "554 5.7.1 not this one")})
+
+    async def scenario(c: Client, host: FakeHost, spool: Spool) -> None:
+        assert await transaction(c) == "554 5.7.1 not this one"
+        assert (await c.cmd("NOOP")).startswith("250")  # the session goes on
+
+    _, spool = run(scenario, lka=filters.answer, notify=filters.notified, listener=FILTERED)
+    assert spool.committed == {}
+    assert spool.rolled_back == list(spool.files)

@@ -797,10 +797,9 @@ class _Parser:
         elif name == "srs":
             relay["srs"] = True
         elif name == "filter":
-            flt = self._value()
-            if flt.value not in self.config.filters:
-                raise self._err(f"no such filter '{flt.value}'", flt)
-            relay["filter"] = flt.value
+            # ``filter NAME`` or ``filter { a b }``: reports of the outgoing
+            # sessions (smtp-out) go to these filters (docs/filter-protocol.md §8)
+            relay["filter"] = self._filter_names()
         else:
             raise self._err(f"syntax error near {opt.describe()}", opt)
 

@@ -25,7 +25,6 @@ from mailrider.errors import ConfigError
 UNSUPPORTED: dict[str, str] = {
     "hostnames": "per-address banner names from a table",
     "relay srs": "the Sender Rewriting Scheme on relay actions",
-    "relay filter": "filters on relay actions",
     "wrapper": "mda wrappers in actions",
     "mda wrapper": "mda wrapper definitions",
     "srs": "Sender Rewriting Scheme",

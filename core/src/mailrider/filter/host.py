@@ -10,6 +10,10 @@ uses its text as the new argument, which is a bug).
 
 Message lines go through every filter registered for ``data-line``, the
 output of one feeding the next; what the last returns goes back to pony.
+
+An outgoing session (pony's mta) of a relay action with a ``filter`` option
+is a session of direction ``smtp-out``: it has only reports, sent to the
+filters of that chain that registered them (docs/filter-protocol.md §8).
 """
 
 from __future__ import annotations
@@ -26,7 +30,12 @@ from mailrider.config.model import Condition, Config, Filter
 from mailrider.errors import TempFail
 from mailrider.filter import protocol as p
 from mailrider.filter.proc import FilterFailed, FilterProcess
-from mailrider.filter.programs import used_filters
+from mailrider.filter.programs import (
+    expand_chain,
+    filter_subsystems,
+    relay_filters,
+    used_filters,
+)
 from mailrider.table.base import normalise_key
 from mailrider.table.registry import TableSet
 
@@ -55,6 +64,8 @@ class Session:
     rdns: str = "<unknown>"
     fcrdns: str = "error"
     src: str = ""
+    #: smtp-in (a listener's session) or smtp-out (an outgoing one, reports only)
+    direction: str = "smtp-in"
     helo: str = ""
     sender: str = ""
     rcpt: str = ""
@@ -112,7 +123,12 @@ class FilterHost:
         sock, err = await self.starter(self._program(f))
         proc = FilterProcess(f.name if f.kind == "proc-exec" else str(f.command),
                              timeout=self.timeout)
-        await proc.start(sock, err, version=self.version, admd=self.admd)
+        # where this program is used: every filter naming it counts
+        used = filter_subsystems(self.config)
+        where = set().union(*(v for name, v in used.items()
+                              if self._key(self.config.filters[name]) == key)) or {"smtp-in"}
+        await proc.start(sock, err, version=self.version, admd=self.admd,
+                         subsystems=tuple(sorted(where)))
         proc.on_dead = functools.partial(self._on_dead, key, f)
         proc.set_report_sink(functools.partial(self._filter_sent_report, name=proc.name))
         log.event("filter", "started", filter=proc.name, phases=",".join(sorted(proc.phases)),
@@ -150,12 +166,12 @@ class FilterHost:
     def chain_for(self, listener: int) -> list[Filter]:
         if not 0 <= listener < len(self.config.listeners):
             return []
-        out: list[Filter] = []
-        for n in self.config.listeners[listener].filters:
-            f = self.config.filters[n]
-            out.extend(self.config.filters[c] for c in f.chain) if f.kind == "chain" \
-                else out.append(f)
-        return out
+        return expand_chain(self.config, self.config.listeners[listener].filters)
+
+    def relay_chain(self, action: str) -> list[Filter]:
+        """The chain of relay action ``action``'s ``filter`` option ([] if none)."""
+        act = self.config.actions.get(action)
+        return expand_chain(self.config, relay_filters(self.config, act)) if act else []
 
     def _proc(self, f: Filter) -> FilterProcess | None:
         key = self._key(f)
@@ -177,6 +193,17 @@ class FilterHost:
         self.report(sid, "link-connect", [s.rdns, fcrdns, link_src, link_dest])
         return s
 
+    def begin_out(self, sid: str, action: str, *, rdns: str, fcrdns: str, link_src: str,
+                  link_dest: str) -> Session | None:
+        """An outgoing session of relay action ``action`` is connected (smtp-out)."""
+        chain = self.relay_chain(action)
+        if not chain or sid in self.sessions:
+            return None
+        s = Session(sid, chain, rdns=rdns or "<unknown>", fcrdns=fcrdns, direction="smtp-out")
+        self.sessions[sid] = s
+        self.report(sid, "link-connect", [s.rdns, fcrdns, link_src, link_dest])
+        return s
+
     def end(self, sid: str) -> None:
         if sid in self.sessions:
             self.report(sid, "link-disconnect", [])
@@ -192,7 +219,7 @@ class FilterHost:
             s.auth = params[1]  # for built-in ``auth`` conditions
         for proc in self._session_procs(s):
             try:
-                proc.report(event, sid, params)
+                proc.report(event, sid, params, s.direction)
             except FilterFailed:
                 pass
 
@@ -203,7 +230,7 @@ class FilterHost:
 
     async def phase(self, sid: str, phase: str, params: list[str]) -> Decision:
         s = self.sessions.get(sid)
-        if s is None:
+        if s is None or s.direction != "smtp-in":  # smtp-out sessions only report
             return Decision()
         value = params[0] if params else ""
         if phase in ("helo", "ehlo"):
@@ -280,7 +307,7 @@ class FilterHost:
 
     def wants_data(self, sid: str) -> bool:
         s = self.sessions.get(sid)
-        if s is None:
+        if s is None or s.direction != "smtp-in":
             return False
         return any((proc := self._proc(f)) is not None and "data-line" in proc.phases
                    for f in s.chain)

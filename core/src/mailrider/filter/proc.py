@@ -34,7 +34,10 @@ class FilterProcess:
     def __init__(self, name: str, *, timeout: float = 60.0) -> None:
         self.name = name
         self.timeout = timeout
-        self.reports: set[str] = set()  # registered smtp-in report events ("*" = all)
+        #: registered report events ("*" = all) by direction (smtp-in, smtp-out)
+        self.registered: dict[str, set[str]] = {"smtp-in": set(), "smtp-out": set()}
+        #: the smtp-in ones
+        self.reports = self.registered["smtp-in"]
         self.phases: set[str] = set()
         self.alive = False
         self.on_dead: Callable[[FilterProcess], None] | None = None
@@ -48,17 +51,22 @@ class FilterProcess:
         self._report_sink: Callable[[str, str], None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    def wants_report(self, event: str) -> bool:
-        return "*" in self.reports or event in self.reports
+    def wants_report(self, event: str, direction: str = "smtp-in") -> bool:
+        events = self.registered.get(direction, set())
+        return "*" in events or event in events
 
     async def start(self, sock: socket.socket, err: socket.socket | None, *, version: str,
-                    admd: str, session_timeout: int = 300) -> None:
+                    admd: str, session_timeout: int = 300,
+                    subsystems: tuple[str, ...] = ("smtp-in",)) -> None:
+        """The handshake; ``subsystems``: where the filter is used (smtp-in for
+        a listener, smtp-out for a relay action), as the handshake tells it."""
         self._reader, self._writer = await asyncio.open_connection(sock=sock, limit=LINE_MAX)
         if err is not None:
             er, _ = await asyncio.open_connection(sock=err)
             self._tasks.append(asyncio.get_running_loop().create_task(self._stderr(er)))
         try:
-            for line in p.handshake_lines(version=version, subsystems=["smtp-in"], admd=admd,
+            for line in p.handshake_lines(version=version, subsystems=list(subsystems),
+                                          admd=admd,
                                           session_timeout=session_timeout):
                 self._writer.write(line.encode() + b"\n")
             await self._writer.drain()
@@ -83,8 +91,8 @@ class FilterProcess:
                 raise FilterFailed(f"filter {self.name}: {exc}") from None
             if reg.kind == "ready":
                 return
-            if reg.kind == "report" and reg.direction == "smtp-in":
-                self.reports.add(reg.name)
+            if reg.kind == "report" and reg.direction in self.registered:
+                self.registered[reg.direction].add(reg.name)
             elif reg.kind == "filter":
                 self.phases.add(reg.name)
 
@@ -171,9 +179,10 @@ class FilterProcess:
             raise FilterFailed(f"filter {self.name} is not running")
         self._writer.write(line.encode("utf-8", "surrogateescape") + b"\n")
 
-    def report(self, event: str, sid: str, params: list[str]) -> None:
-        if self.alive and self.wants_report(event):
-            self._write(p.report_line("smtp-in", event, sid, params))
+    def report(self, event: str, sid: str, params: list[str], direction: str = "smtp-in"
+               ) -> None:
+        if self.alive and self.wants_report(event, direction):
+            self._write(p.report_line(direction, event, sid, params))
 
     async def query(self, phase: str, sid: str, token: str, params: list[str]
                     ) -> p.FilterResult:

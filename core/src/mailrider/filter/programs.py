@@ -18,22 +18,54 @@ import shutil
 
 from mailrider import paths
 from mailrider.access import program_runnable
-from mailrider.config.model import Config, Filter
+from mailrider.config.model import Action, Config, Filter
 from mailrider.errors import ConfigError
 
 
+def relay_filters(config: Config, action: Action) -> list[str]:
+    """The filter names of a relay action's ``filter`` option (docs/filter-protocol.md §8)."""
+    names = action.relay.get("filter") if action.method == "relay" else None
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def expand_chain(config: Config, names: list[str]) -> list[Filter]:
+    """The filters ``names`` stand for, chains flattened, in order."""
+    out: list[Filter] = []
+    for n in names:
+        f = config.filters[n]
+        out.extend(config.filters[c] for c in f.chain) if f.kind == "chain" else out.append(f)
+    return out
+
+
+def filter_subsystems(config: Config) -> dict[str, set[str]]:
+    """Filter name -> where it is used: ``smtp-in`` (a listener's chain),
+    ``smtp-out`` (a relay action's), both (the handshake says so)."""
+    out: dict[str, set[str]] = {}
+    for lst in config.listeners:
+        for f in expand_chain(config, lst.filters):
+            out.setdefault(f.name, set()).add("smtp-in")
+    for action in config.actions.values():
+        for f in expand_chain(config, relay_filters(config, action)):
+            out.setdefault(f.name, set()).add("smtp-out")
+    return out
+
+
 def used_filters(config: Config) -> list[Filter]:
-    """The filters the listeners use, chains expanded, each once, in order."""
+    """The filters the listeners and relay actions use, chains expanded,
+    each once, in order."""
     names: list[str] = []
     for lst in config.listeners:
         for n in lst.filters:
             if n not in names:
                 names.append(n)
+    for action in config.actions.values():
+        for n in relay_filters(config, action):
+            if n not in names:
+                names.append(n)
     out: list[Filter] = []
-    for n in names:
-        f = config.filters[n]
-        members = [config.filters[c] for c in f.chain] if f.kind == "chain" else [f]
-        out.extend(m for m in members if m not in out)
+    for f in expand_chain(config, names):
+        if f not in out:
+            out.append(f)
     return out
 
 

@@ -310,7 +310,9 @@ class TableStart:
 @register
 @dataclass(frozen=True, slots=True)
 class FilterBegin:
-    """pony -> lka: a session on a listener with filters starts (connect phase)."""
+    """pony -> lka: a session on a listener with filters starts (connect phase),
+    or, with ``relay``, an outgoing session of that relay action connected
+    (smtp-out: reports only, no answer expected)."""
 
     sid: str
     listener: int
@@ -319,6 +321,7 @@ class FilterBegin:
     src: str  # a.b.c.d, [v6] or local
     link_src: str  # ip:port
     link_dest: str
+    relay: str = ""  # the relay action's name, for an outgoing session
 
 
 @register

@@ -23,6 +23,7 @@ from mailrider.dns.resolver import Resolver
 from mailrider.errors import PermFail, TempFail
 from mailrider.filter.host import FilterHost
 from mailrider.filter.proc import FilterFailed
+from mailrider.filter.programs import used_filters
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common, lka_dns, lka_rules
@@ -69,7 +70,7 @@ class Lka(common.Process):
             self.stopping.set()
             self.ready.set()
             return
-        if any(lst.filters for lst in self.config.listeners):
+        if used_filters(self.config):  # on a listener or a relay action
             self.filters = FilterHost(
                 self.config, self.tables, self._start_filter, version=__version__,
                 admd=self.config.admd or socket.gethostname() or "localhost")
@@ -145,6 +146,10 @@ class Lka(common.Process):
                 return m.Ok(text="no")
             return m.FilterDecision() if isinstance(msg, m.FilterBegin | m.FilterPhase) \
                 else None
+        if isinstance(msg, m.FilterBegin) and msg.relay:
+            host.begin_out(msg.sid, msg.relay, rdns=msg.rdns, fcrdns=msg.fcrdns,
+                           link_src=msg.link_src, link_dest=msg.link_dest)
+            return None
         if isinstance(msg, m.FilterBegin):
             host.begin(msg.sid, msg.listener, rdns=msg.rdns, fcrdns=msg.fcrdns, src=msg.src,
                        link_src=msg.link_src, link_dest=msg.link_dest)

@@ -213,14 +213,16 @@ class Pony(common.Process):
                     limits.AUTH_FAIL_DELAY_MAX)
         if delay <= 0:
             return 0.0
-        start = max(now, self.auth_next.get(client, 0.0)) + delay
-        if start - now > limits.AUTH_FAIL_DELAY_MAX:
+        # the wait is computed from durations, not from (now + d) - now, whose
+        # rounding could push a wait of exactly the maximum past it
+        wait = max(0.0, self.auth_next.get(client, 0.0) - now) + delay
+        if wait > limits.AUTH_FAIL_DELAY_MAX:
             return None
         if len(self.auth_next) > 10000:  # bounded: slots already past are forgotten
             for key in [k for k, t in self.auth_next.items() if t <= now]:
                 del self.auth_next[key]
-        self.auth_next[client] = start
-        return start - now
+        self.auth_next[client] = now + wait
+        return wait
 
     def stats(self) -> dict[str, int]:
         out = dict(self.counters)

@@ -127,6 +127,14 @@ class FilterClient:
             return m.FilterDecision("proceed")
         return d
 
+    def begin_out(self, relay: str, rdns: str, link_src: str, link_dest: str) -> None:
+        """An outgoing session of relay action ``relay`` is connected: its
+        filters get smtp-out reports, nothing is asked of them. rdns is the
+        host's name as routed (an MX name is forward-confirmed: fcrdns pass)."""
+        self.lka.notify(m.FilterBegin(sid=self.sid, listener=-1, rdns=rdns, fcrdns="pass",
+                                      src="", link_src=link_src, link_dest=link_dest,
+                                      relay=relay))
+
     async def phase(self, phase: str, params: list[str]) -> m.FilterDecision:
         """The filters' decision at ``phase``."""
         try:

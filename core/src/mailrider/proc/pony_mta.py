@@ -60,10 +60,12 @@ from mailrider.config.model import Action, Config, Where
 from mailrider.config.tls import protocol_range
 from mailrider.crypto import delegate
 from mailrider.errors import ConfigError, TempFail
+from mailrider.filter.programs import relay_filters
 from mailrider.ipc import messages as m
 from mailrider.proc import mta_limit
-from mailrider.proc.pony_filter import Peer
-from mailrider.proc.pony_tls import SignFn, load_pki
+from mailrider.proc.pony_filter import FilterClient, Peer
+from mailrider.proc.pony_tls import SignFn, load_pki, tls_summary
+from mailrider.queue.envelope import msgid_of
 from mailrider.smtp import client as sc
 from mailrider.smtp.reply import Reply
 from mailrider.table.values import RelayHost, parse_credentials, parse_relayhost
@@ -113,12 +115,14 @@ class Profile:
     ciphers: str | None = None
     protocols: str | None = None
     helo_src: str | None = None  # addrname table: HELO name by local address
+    #: the relay action whose ``filter`` option gets this session's reports
+    filter: str | None = None
 
     def key(self, t: Target) -> tuple[Any, ...]:
         user = self.auth[0] if self.auth else None
         return (t.ip, t.port, t.name, self.helo, self.proto, self.starttls, self.verify,
                 self.ca, user, self.src, self.pki, self.ciphers, self.protocols,
-                self.helo_src)
+                self.helo_src, self.filter)
 
     @property
     def tls_key(self) -> TlsKey:
@@ -166,6 +170,19 @@ class Conn:
         #: transactions that failed on this session; when the last one ended
         self.failures = 0
         self.last_end = 0.0
+        #: the name given in EHLO (helo-src may choose it per connection)
+        self.helo = profile.helo
+        #: smtp-out reports to the relay action's filters (docs/filter-protocol.md §8)
+        self.filter: FilterClient | None = None
+
+    def report(self, event: str, params: list[str]) -> None:
+        if self.filter is not None:
+            self.filter.report(event, params)
+
+    def report_tls(self) -> None:
+        info = tls_summary(self.writer.get_extra_info("ssl_object"))
+        if info is not None:
+            self.report("link-tls", [info[0]])
 
     @property
     def relay(self) -> str:
@@ -194,6 +211,9 @@ class Conn:
             self.idle_timer = None
         if not self.writer.is_closing():
             self.writer.close()
+        if self.filter is not None:  # lka reports link-disconnect and forgets it
+            self.filter.end()
+            self.filter = None
         if self.limit_keys:
             keys, self.limit_keys = self.limit_keys, []
             self.mta.conn_limiter.release(keys)
@@ -483,7 +503,8 @@ class Mta:
         helo_src = relay.get("helo_src")
         return Profile(helo, proto, starttls, verify, ca if isinstance(ca, str) else None,
                        auth, src, pki, ciphers, protocols,
-                       helo_src if isinstance(helo_src, str) else None)
+                       helo_src if isinstance(helo_src, str) else None,
+                       action.name if relay_filters(self.config, action) else None)
 
     async def _helo_from_src(self, p: Profile, writer: asyncio.StreamWriter) -> str:
         """``helo-src <t>``: the HELO name of the connection's local address
@@ -663,14 +684,36 @@ class Mta:
                 raise
             raise HostFailed(f"421 4.3.0 Bad HELO name {helo!r} from helo-src") from None
         conn = Conn(self, target, p, reader, writer, client)
+        conn.helo = helo
         log.event("mta", "connected", relay=conn.relay, port=target.port,
                   tls="yes" if implicit else None)
+        if p.filter is not None:
+            self._filter_begin(conn, p.filter)
         try:
             await self._setup(conn)
         except HostFailed:
             conn.close()
             raise
         return conn
+
+    def _filter_begin(self, conn: Conn, action: str) -> None:
+        """The session's filter client, and link-connect (lka reports it)."""
+        def noop() -> None:
+            pass
+
+        def addr(info: object) -> str:
+            if not isinstance(info, tuple) or len(info) < 2:
+                return "local"
+            return f"[{info[0]}]:{info[1]}" if ":" in str(info[0]) else f"{info[0]}:{info[1]}"
+
+        conn.filter = FilterClient(os.urandom(8).hex(), self.pony.peers["lka"], self.pony.spawn,
+                                   write=lambda data: None, pause=noop, resume=noop,
+                                   subsystem="mta")
+        conn.filter.begin_out(action, conn.target.name,
+                              addr(conn.writer.get_extra_info("sockname")),
+                              addr(conn.writer.get_extra_info("peername")))
+        if conn.profile.proto == "smtps":
+            conn.report_tls()
 
     async def _setup(self, conn: Conn) -> None:
         """Greeting, EHLO, STARTTLS, AUTH: until Ready, or HostFailed."""
@@ -682,8 +725,16 @@ class Mta:
             except OSError as exc:
                 raise HostFailed(f"421 4.4.1 Connection to {conn.relay} lost: "
                                  f"{exc.strerror or exc}") from None
+            if isinstance(ev, sc.Greeting):
+                conn.report("link-greeting", [ev.text.split(" ", 1)[0]])
+                continue
+            if isinstance(ev, sc.AuthResult):
+                user = conn.profile.auth[0] if conn.profile.auth else ""
+                conn.report("link-auth", ["pass" if ev.ok else "fail", user])
+                continue
             if isinstance(ev, sc.Ready):
                 conn.extensions = ev.extensions
+                conn.report("link-identify", [conn.client.hello_verb, conn.helo])
                 return
             if isinstance(ev, sc.StartTLSReady):
                 await conn.flush()
@@ -697,6 +748,7 @@ class Mta:
                     raise HostFailed(f"421 4.7.0 TLS handshake with {conn.relay} failed: "
                                      f"{reason}{_withheld(conn.profile)}", tls=True) from None
                 conn.client.tls_established(verified=ctx.verify_mode == ssl.CERT_REQUIRED)
+                conn.report_tls()
                 continue
             if isinstance(ev, sc.Failed):
                 raise HostFailed(_reply_text(ev.reply))
@@ -722,6 +774,8 @@ class Mta:
         body_8bit = not _is_ascii(fd, size)
         done: dict[str, tuple[str, str]] = {}  # dest -> (status, text)
         started = False
+        msgid = msgid_of(first.get("evpid", ""))
+        tx = _TxReports(conn, msgid)
         try:
             conn.client.start_transaction(
                 sender, rcpts, size, body_8bit, smtputf8,
@@ -736,10 +790,13 @@ class Mta:
                 ev = await conn.event()
                 if isinstance(ev, sc.MailResult):
                     started = True
+                    tx.mail(sender)
                 elif isinstance(ev, sc.RcptResult):
                     if ev.reply.code >= 400:
                         done[ev.rcpt] = (_status(ev.reply), _reply_text(ev.reply))
+                    tx.rcpt(ev.rcpt, _status(ev.reply), by_rcpt.get(ev.rcpt, []))
                 elif isinstance(ev, sc.DataReady):
+                    tx.data("ok")
                     offset = 0
                     while offset < size:
                         chunk = os.pread(fd, min(_BODY_CHUNK, size - offset), offset)
@@ -759,8 +816,11 @@ class Mta:
                             continue
                     for dest, _ in rcpts:
                         done.setdefault(dest, (st, text))
+                    tx.end(size if any(x[0] == "ok" for x in done.values()) else None)
                     break
                 elif isinstance(ev, sc.Failed):
+                    tx.failed(ev.stage, "tempfail" if ev.temporary or ev.fatal else "permfail")
+                    tx.end(None)
                     if ev.fatal and not started:
                         raise HostFailed(_reply_text(ev.reply))
                     text = _reply_text(ev.reply)
@@ -776,9 +836,11 @@ class Mta:
                 elif isinstance(ev, sc.Closed):
                     raise HostFailed(f"421 4.4.2 Connection closed by {conn.relay}")
         except HostFailed:
+            tx.end(None)
             conn.close()
             raise
         except (OSError, TimeoutError) as exc:
+            tx.end(None)
             conn.close()
             if not started:
                 raise HostFailed(f"421 4.4.2 {conn.relay}: "
@@ -809,6 +871,45 @@ class Mta:
                 out.append({"evpid": e["evpid"], "status": st, "text": text,
                             "relay": conn.relay, "dsn_relayed": dsn_relayed and st == "ok"})
         return out
+
+
+class _TxReports:
+    """The tx-* reports of one outgoing transaction (smtp-out), as OpenSMTPD
+    sends them: tx-begin and tx-mail once MAIL is accepted, tx-envelope and
+    tx-rcpt per recipient, tx-data, then tx-commit (or tx-rollback) and
+    tx-reset. Nothing when the session has no filter."""
+
+    def __init__(self, conn: Conn, msgid: str) -> None:
+        self.conn, self.msgid = conn, msgid
+        self.begun = False
+
+    def mail(self, sender: str) -> None:
+        self.begun = True
+        self.conn.report("tx-begin", [self.msgid])
+        self.conn.report("tx-mail", [self.msgid, "ok", sender])
+
+    def rcpt(self, rcpt: str, status: str, envs: list[dict[str, str]]) -> None:
+        for e in envs:
+            self.conn.report("tx-envelope", [self.msgid, e.get("evpid", "")])
+        self.conn.report("tx-rcpt", [self.msgid, status, rcpt])
+
+    def data(self, status: str) -> None:
+        self.conn.report("tx-data", [self.msgid, status])
+
+    def failed(self, stage: sc.Stage, status: str) -> None:
+        if stage == "data":
+            self.data(status)
+
+    def end(self, size: int | None) -> None:
+        """The transaction is over: committed (``size`` bytes) or not (None)."""
+        if not self.begun:
+            return
+        self.begun = False
+        if size is not None:
+            self.conn.report("tx-commit", [self.msgid, str(size)])
+        else:
+            self.conn.report("tx-rollback", [self.msgid])
+        self.conn.report("tx-reset", [self.msgid])
 
 
 def _all(envs: list[dict[str, str]], status: str, text: str) -> m.DeliveryResults:

@@ -460,6 +460,8 @@ class Session(asyncio.Protocol):
         return self._proceed_data()
 
     def _check_eom(self, event: ev.DataEnd) -> Step:
+        if self.filtered and event.error is None:
+            return self._filter_eom(event)
         return self._proceed_eom(event)
 
     # -- filters (only for listeners with a ``filter`` option) --------------------------
@@ -550,6 +552,17 @@ class Session(asyncio.Protocol):
             return
         await self._proceed_data()
         self._report("tx-data", [self.txid, "ok" if self.msgid else "tempfail"])
+
+    async def _filter_eom(self, event: ev.DataEnd) -> None:
+        if self.filter_data and not await self._filter_data_end():
+            return
+        d = await self._filter("commit", [])
+        if self._apply(d):
+            await self._rollback(self.msgid)
+            self._close_fd()
+            self._reset_tx()
+            return
+        await self._proceed_eom(event)
 
     def _filter_pause(self) -> None:
         if self.transport is not None:
@@ -829,16 +842,6 @@ class Session(asyncio.Protocol):
             self.fd = -1
 
     async def _proceed_eom(self, event: ev.DataEnd) -> None:
-        if self.filter_data and event.error is None:
-            if not await self._filter_data_end():
-                return
-        if self.filtered and event.error is None:
-            d = await self._filter("commit", [])
-            if self._apply(d):
-                await self._rollback(self.msgid)
-                self._close_fd()
-                self._reset_tx()
-                return
         self._headers_finish()
         msgid, fd = self.msgid, self.fd
         self.fd = -1

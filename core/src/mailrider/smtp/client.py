@@ -385,6 +385,12 @@ class SMTPClient:
         return self._tls
 
     @property
+    def hello_verb(self) -> str:
+        """The command that opened the session: LHLO, EHLO, or HELO after an
+        old server refused EHLO."""
+        return "LHLO" if self._config.lmtp else ("HELO" if self._helo_tried else "EHLO")
+
+    @property
     def extensions(self) -> dict[str, str]:
         """The extensions of the last EHLO reply (keywords upper-case)."""
         return dict(self._ext)
