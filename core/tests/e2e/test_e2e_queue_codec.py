@@ -76,6 +76,9 @@ def test_encrypted_spool_survives_kill9_and_delivers() -> None:
         assert t.data is not None and t.data[0] == 250
         wait_for(lambda: d.maildir("ann"), 20)
         assert MARKER in d.maildir("ann")[0]
+        # the local envelope is gone from the queue: only the relayed one waits
+        wait_for(lambda: len([x for x in d.ctl("show", "queue").stdout.splitlines()
+                              if x.strip()]) == 1, 20)
 
         d.kill9()
         with SmtpPeer(port=relay_port) as peer:

@@ -58,6 +58,9 @@ class Queue(common.Process):
         self.codec_ready = asyncio.Event()
         if not self.config.queue_encryption:
             self.codec_ready.set()
+        #: set once the spool is set up and purged: requests wait for it (a
+        #: message created before the purge would be purged with the rest)
+        self.spool_ready = asyncio.Event()
         self._batch: list[tuple[PendingCommit, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._closing = False
@@ -71,6 +74,7 @@ class Queue(common.Process):
         self.spool.setup()
         await self.codec_ready.wait()
         purged = self.spool.purge_uncommitted()
+        self.spool_ready.set()
         if purged:
             log.event("queue", "purged-uncommitted", count=purged)
         clean = self.spool.take_clean_mark()
@@ -400,6 +404,8 @@ class Queue(common.Process):
             self.spool.codec = Codec(self.config.queue_compression, parse_key(msg.key))
             self.codec_ready.set()
             return None
+        if not self.spool_ready.is_set():
+            await self.spool_ready.wait()
         if isinstance(msg, m.MessageCreate):
             # a file creation can wait on the journal while a commit syncs:
             # never on the event loop, which answers every other session
