@@ -129,7 +129,7 @@ def test_half_committed_message_in_incoming_is_purged() -> None:
                "dispatcher": "local", "sender": "a@example.org", "rcpt": "staged@localhost",
                "dest": "staged@localhost", "ctime": str(int(time.time())), "retry": "0",
                "ttl": "3600"}
-        (idir / env["evpid"]).write_bytes(envmod.serialise(env))
+        (idir / env["evpid"]).write_bytes(envmod.serialise(envmod.from_fields(env)))
         # a spool written before bodies moved into incoming/ (no longer written)
         (spool / "temporary" / envmod.new_msgid()).write_bytes(b"Subject: t\n\npartial")
         qu = queue_user()

@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 from mailrider.config.model import Config
 from mailrider.ipc import messages as m
-from mailrider.proc.common import Options
+from mailrider.proc.common import Options, spool_dir
 from mailrider.proc.control import invalid_id
 from mailrider.proc.queue import Queue
 from mailrider.proc.scheduler import Scheduler
 from mailrider.queue import envelope as envmod
+from mailrider.queue.envelope import Delivery, Envelope
+from mailrider.queue.spool import Spool
 
 #: what a hostile peer or a careless operator may pass where an id belongs
 JUNK = ["../../etc/passwd", "/etc/passwd", "..", "", "all/../..", "0123456789abcdef/..",
@@ -51,6 +53,8 @@ def victim(tmp_path: pathlib.Path) -> pathlib.Path:
 def _queue(statedir: pathlib.Path) -> Queue:
     q = Queue(Options(statedir=str(statedir)), Config())
     asyncio.run(q.setup())
+    # as root the queue runs chrooted in its spool, which it calls "/": not here
+    q.spool = Spool(spool_dir(str(statedir)))
     q.spool.setup()
     return q
 
@@ -129,8 +133,11 @@ def test_spool_paths_refuse_bad_ids(victim: pathlib.Path) -> None:
                    sp.load_envelope, sp.open_message, sp.rollback):
             with pytest.raises(ValueError):
                 fn(ident)
+    # an envelope cannot even hold such an id: the codec refuses to write it
+    bad = Envelope(evpid="../../../../etc/passwd",
+                   delivery=Delivery(dispatcher="", rcpt="x", dest="x", method=""))
     with pytest.raises(ValueError):
-        sp.update_envelope({"evpid": "../../../../etc/passwd", "rcpt": "x"})
+        sp.update_envelope(bad)
     _victims_intact(victim)
     # a msgid where an evpid belongs, and the reverse, are refused as well
     with pytest.raises(ValueError):
@@ -152,7 +159,7 @@ def _scheduler() -> Scheduler:
 def test_scheduler_refuses_bad_targets(command: str) -> None:
     s = _scheduler()
     evpid = envmod.new_evpid(envmod.new_msgid())
-    s.insert({"evpid": evpid, "type": "mda"}, 0.0)
+    s.insert(m.SchedEntry(evpid=evpid, type="mda"), 0.0)
     for ident in JUNK:
         reply = s.command(m.Control(command=command, args=[ident]))
         assert reply is not None and not reply.ok and reply.lines == ["command failed: invalid id"]
@@ -168,12 +175,19 @@ def test_scheduler_refuses_bad_targets(command: str) -> None:
             break
 
 
-def test_scheduler_ignores_inserts_with_bad_ids() -> None:
+def test_scheduler_inserts_with_bad_ids_never_arrive() -> None:
+    # the IPC codec refuses a scheduler entry with a bad id: the frame is refused
+    for bad in [{"evpid": "../../etc/passwd"}, {"evpid": 12}, {"type": "mda"},
+                "0123456789abcdef"]:
+        with pytest.raises((ValueError, TypeError)):
+            m.decode({"t": "SchedInsert", "envelopes": [bad]})
+        if isinstance(bad, dict):
+            with pytest.raises((ValueError, TypeError)):
+                m.SchedEntry(**bad)  # type: ignore[arg-type]
     s = _scheduler()
     good = envmod.new_evpid(envmod.new_msgid())
-    envelopes: list[Any] = [{"evpid": "../../etc/passwd"}, {"evpid": 12}, {"type": "mda"},
-                            "0123456789abcdef", {"evpid": good}]
-    reply = asyncio.run(s.handle(FakeChan(), m.SchedInsert(envelopes=envelopes), []))  # type: ignore[arg-type]
+    msg = m.decode({"t": "SchedInsert", "envelopes": [{"evpid": good}]})
+    reply = asyncio.run(s.handle(FakeChan(), msg, []))  # type: ignore[arg-type]
     assert isinstance(reply, m.Ok) and reply.text == "1"
     assert list(s.entries) == [good]
 

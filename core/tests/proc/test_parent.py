@@ -9,7 +9,9 @@ runs, which shows the test would see a command that ran.
 
 from __future__ import annotations
 
+import array
 import asyncio
+import json
 import logging
 import os
 import pwd
@@ -27,8 +29,11 @@ from mailrider.delivery import grant
 from mailrider.ipc import messages as m
 from mailrider.ipc import policy
 from mailrider.ipc.channel import Channel, RemoteError
+from mailrider.ipc.frame import HEADER
 from mailrider.proc import common
 from mailrider.proc.parent import Parent
+from mailrider.queue import envelope as envmod
+from mailrider.queue.envelope import Envelope
 
 KEY = bytes(range(32))
 
@@ -82,8 +87,8 @@ def serve(box: Path, peer: str, body: Callable[[Parent, Channel], Awaitable[None
     asyncio.run(main())
 
 
-def genuine(box: Path, marker: Path, **over: str) -> dict[str, str]:
-    """An envelope for an alias |command, sealed as lka seals it."""
+def genuine_fields(box: Path, marker: Path, **over: str) -> dict[str, str]:
+    """The keys of an envelope for an alias |command, sealed as lka seals it."""
     pu = program_user()
     env = {
         "evpid": "0123456789abcdef", "dispatcher": "local", "sender": "a@example.org",
@@ -97,7 +102,12 @@ def genuine(box: Path, marker: Path, **over: str) -> dict[str, str]:
     return env
 
 
-async def deliver(chan: Channel, env: dict[str, str]) -> m.DeliveryResult:
+def genuine(box: Path, marker: Path, **over: str) -> Envelope:
+    """That envelope, as the queue reads it from the spool."""
+    return envmod.from_fields(genuine_fields(box, marker, **over))
+
+
+async def deliver(chan: Channel, env: Envelope) -> m.DeliveryResult:
     with tempfile.TemporaryFile() as f:
         f.write(b"Subject: x\n\nbody\n")
         f.flush()
@@ -132,7 +142,7 @@ def test_genuine_grant_runs(box: Path) -> None:
 def test_forged_deliveries_are_refused_and_logged(
         box: Path, forge: str, caplog: pytest.LogCaptureFixture) -> None:
     marker = box / "ran"
-    env = genuine(box, marker)
+    env = genuine_fields(box, marker)
     if forge == "unsealed":
         del env[grant.KEY]
     elif forge == "wrong-key":
@@ -151,7 +161,7 @@ def test_forged_deliveries_are_refused_and_logged(
         env.update({"dispatcher": "prog", "mda-method": "mda"})
 
     async def body(parent: Parent, queue: Channel) -> None:
-        res = await deliver(queue, env)
+        res = await deliver(queue, envmod.from_fields(env))
         assert res.status == "tempfail"
         assert res.text.startswith("451 4.7.0")
 
@@ -161,16 +171,33 @@ def test_forged_deliveries_are_refused_and_logged(
     assert "forged-delivery" in caplog.text
 
 
-def test_malformed_envelopes_are_forgeries(box: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("bad", [
+    {"mda-user": ["root"]}, {str(i): "x" for i in range(1000)}, {"mda-arg": "x" * 100000},
+    {"evpid": "../../etc/passwd"}, {"mda-uid": "0x0"},
+])
+def test_malformed_envelopes_never_reach_a_delivery(
+        box: Path, bad: dict[str, object], caplog: pytest.LogCaptureFixture) -> None:
+    """An envelope the codec refuses is a broken frame: the parent drops the
+    queue's channel (as for any protocol violation) and runs nothing."""
+    marker = box / "ran"
+    fields: dict[str, object] = {**genuine_fields(box, marker), **bad}
+
     async def body(parent: Parent, queue: Channel) -> None:
-        for bad in ({"mda-user": ["root"]}, {str(i): "x" for i in range(1000)},
-                    {"mda-arg": "x" * 100000}):
-            res = await deliver(queue, bad)  # type: ignore[arg-type]
-            assert res.status == "tempfail"
+        payload = json.dumps({"t": "ForkDelivery", "envelope": fields}).encode()
+        with tempfile.TemporaryFile() as f:
+            queue.sock.sendmsg([HEADER.pack(len(payload), 1, 0, 1) + payload], [
+                (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [f.fileno()]))])
+        for _ in range(200):  # bounded: the parent closes its end at once
+            if queue.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert queue.closed
+        assert not parent.forks
 
     with caplog.at_level(logging.INFO):
         serve(box, "queue", body)
-    assert caplog.text.count("forged-delivery") == 3
+    assert "bad-frame" in caplog.text
+    assert not marker.exists()
 
 
 def test_sealed_but_root_is_still_refused(box: Path) -> None:
@@ -327,14 +354,14 @@ def test_maildir_deliveries_of_one_user_share_one_process(box: Path) -> None:
     pu = program_user()
     action = f'action "box" maildir "{mail}/%{{user.username}}" user {pu.pw_name}\n'
 
-    def env(i: int) -> dict[str, str]:
+    def env(i: int) -> Envelope:
         e = {"evpid": f"{i:016x}", "dispatcher": "box", "sender": "a@example.org",
              "rcpt": f"u{i}@localhost", "dest": f"u{i}@localhost", "mda-method": "maildir",
              "mda-arg": "", "mda-user": pu.pw_name, "mda-uid": str(pu.pw_uid),
              "mda-gid": str(pu.pw_gid), "mda-home": "/", "mda-local-user": "same",
              "mda-subaddress": ""}
         e[grant.KEY] = grant.seal(KEY, e)
-        return e
+        return envmod.from_fields(e)
 
     async def main() -> None:
         cfg = parse_string(CONFIG.format(box=box) + action, file="test.conf")

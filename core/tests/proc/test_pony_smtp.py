@@ -26,6 +26,8 @@ from mailrider.config.parser import parse_string
 from mailrider.errors import TempFail
 from mailrider.ipc import messages as m
 from mailrider.proc.pony_smtp import Session, SessionHost
+from mailrider.queue.envelope import Delivery, Envelope
+from mailrider.smtp.reply import Reply
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "crypto"))
 from pki_util import OPENSSL, Pki, make_pki
@@ -72,7 +74,7 @@ class Spool:
 
     folder: str
     files: dict[str, str] = field(default_factory=dict)
-    committed: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    committed: dict[str, list[Envelope]] = field(default_factory=dict)
     rolled_back: list[str] = field(default_factory=list)
     fail_commit: bool = False
 
@@ -101,8 +103,8 @@ class Spool:
 def lka_accepting(msg: Any) -> Any:
     """lka that accepts every recipient (one local delivery each)."""
     if isinstance(msg, m.RcptCheck):
-        return m.RcptResult(True, deliveries=[{"dispatcher": "local", "mda-method": "maildir",
-                                               "dest": msg.rcpt}])
+        return m.RcptResult(True, deliveries=[Delivery(
+            dispatcher="local", rcpt=msg.rcpt, dest=msg.rcpt, method="maildir")])
     if isinstance(msg, m.AuthCheck):
         return m.AuthResult("ok" if msg.password == "secret" else "fail")
     raise AssertionError(f"lka got {msg!r}")
@@ -295,16 +297,17 @@ def test_a_transaction_is_spooled_and_committed(run: Runner) -> None:
 
     host, spool = run(scenario)
     [(msgid, envelopes)] = spool.committed.items()
-    assert [e["rcpt"] for e in envelopes] == ["bob@example.org", "carol@example.org"]
-    assert {e["sender"] for e in envelopes} == {"alice@example.com"}
-    assert {e["helo"] for e in envelopes} == {"client.test"}
-    assert {e["type"] for e in envelopes} == {"mda"}
+    assert [e.rcpt for e in envelopes] == ["bob@example.org", "carol@example.org"]
+    assert {e.sender for e in envelopes} == {"alice@example.com"}
+    assert {e.helo for e in envelopes} == {"client.test"}
+    assert {e.type for e in envelopes} == {"mda"}
+    assert {e.evpid for e in envelopes} == {""}  # the queue names them
     text = spool.text(msgid)
     assert text.startswith(b"Received: from client.test (unknown [127.0.0.1])")
     # line ends become LF, the client's dot-stuffing is undone
     assert text.endswith(b"\nSubject: hi\n\nhello\n.leading dot\n")
     assert b"\nDate:" not in text  # relayed to us: no header added
-    assert envelopes[0]["message-size"] == str(len(text))
+    assert envelopes[0].message_size == len(text)
     assert host.counters["smtp.message"] == 1
     assert len(host.opened) == 1 and host.closed == host.opened
     # the spool file was asked for at the first RCPT, once
@@ -320,14 +323,15 @@ def test_local_submission_gets_date_and_message_id(run: Runner) -> None:
     [(msgid, envelopes)] = spool.committed.items()
     text = spool.text(msgid)
     assert b"\nDate: " in text and b"\nMessage-ID: <" in text
-    assert envelopes[0]["sockaddr"] == "local"
+    assert envelopes[0].sockaddr == "local"
     assert b"[" not in text.split(b";")[0]  # a local session has no client address
 
 
 def test_rcpt_refused_by_lka_passes_its_reply(run: Runner) -> None:
     def lka(msg: Any) -> Any:
         if isinstance(msg, m.RcptCheck) and msg.rcpt.startswith("nobody"):
-            return m.RcptResult(False, reply="550 5.1.1 <nobody@example.org>: no such user")
+            return m.RcptResult(False, reply=Reply(550, "5.1.1",
+                                                   "<nobody@example.org>: no such user"))
         return lka_accepting(msg)
 
     async def scenario(c: Client, host: FakeHost, spool: Spool) -> None:
@@ -465,7 +469,8 @@ def test_deliveries_per_transaction_are_bounded(run: Runner) -> None:
     def lka(msg: Any) -> Any:
         if isinstance(msg, m.RcptCheck):  # an alias of three deliveries
             return m.RcptResult(True, deliveries=[
-                {"dispatcher": "local", "mda-method": "maildir", "dest": f"{msg.rcpt}-{i}"}
+                Delivery(dispatcher="local", rcpt=msg.rcpt, dest=f"{msg.rcpt}-{i}",
+                         method="maildir")
                 for i in range(3)])
         return lka_accepting(msg)
 
@@ -693,8 +698,8 @@ def test_filter_rewrites_helo_and_sender(run: Runner) -> None:
     _, spool = run(scenario, lka=filters.answer, notify=filters.notified,
         listener=FILTERED)
     [envelopes] = spool.committed.values()
-    assert envelopes[0]["helo"] == "rewritten.test"
-    assert envelopes[0]["sender"] == "bounce@example.net"
+    assert envelopes[0].helo == "rewritten.test"
+    assert envelopes[0].sender == "bounce@example.net"
 
 
 def test_filter_rewrite_to_a_bad_address_is_refused(run: Runner) -> None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
 from mailrider.queue import envelope as envmod
+from mailrider.queue.envelope import Delivery, Envelope
 from mailrider.queue.spool import PendingCommit, Spool
 
 
-def _env(msgid: str, rcpt: str) -> dict[str, str]:
-    return {"version": envmod.VERSION, "evpid": envmod.new_evpid(msgid), "type": "mda",
-            "rcpt": rcpt, "dest": rcpt, "sender": "a@b.example", "ctime": "1"}
+def _env(msgid: str, rcpt: str) -> Envelope:
+    return Envelope(evpid=envmod.new_evpid(msgid), type="mda", sender="a@b.example", ctime=1,
+                    delivery=Delivery(dispatcher="", rcpt=rcpt, dest=rcpt, method=""))
 
 
 @pytest.mark.parametrize("use_syncfs", [True, False])
@@ -30,7 +32,7 @@ def test_commit_then_walk(tmp_path: os.PathLike[str], use_syncfs: bool) -> None:
     found = dict(sp.walk())
     assert set(found) == {i.msgid for i in items}
     for item in items:
-        assert {e["rcpt"] for e in found[item.msgid]} == {e["rcpt"] for e in item.envelopes}
+        assert {e.rcpt for e in found[item.msgid]} == {e.rcpt for e in item.envelopes}
         fd = sp.open_message(item.msgid)
         assert os.read(fd, 100).startswith(b"Subject: ")
         os.close(fd)
@@ -63,25 +65,25 @@ def test_remove_last_envelope_removes_message(tmp_path: os.PathLike[str]) -> Non
     os.close(fd)
     e1, e2 = _env(msgid, "a@x.example"), _env(msgid, "b@x.example")
     sp.commit_batch([PendingCommit(msgid, [e1, e2])])
-    sp.remove_envelope(e1["evpid"])
+    sp.remove_envelope(e1.evpid)
     assert os.path.isdir(sp.msgdir(msgid))
-    e2["retry"] = "3"
+    e2 = dataclasses.replace(e2, retry=3)
     sp.update_envelope(e2)
-    assert sp.load_envelope(e2["evpid"])["retry"] == "3"
-    sp.remove_envelope(e2["evpid"])
+    assert sp.load_envelope(e2.evpid).retry == 3
+    sp.remove_envelope(e2.evpid)
     assert not os.path.exists(sp.msgdir(msgid))
 
 
 def test_envelope_refuses_line_breaks() -> None:
     env = _env("0000abcd", "a@x.example")
-    env["rcpt"] = "a@x.example\nrcpt: evil@y.example"
+    env = dataclasses.replace(env, sender="a@x.example\nrcpt: evil@y.example")
     with pytest.raises(ValueError):
         envmod.serialise(env)
 
 
 def test_envelope_round_trip_and_version_check() -> None:
     env = _env("0000abcd", "a@x.example")
-    env["custom-key"] = "kept"
+    env = dataclasses.replace(env, extra=(("custom-key", "kept"),))
     assert envmod.parse(envmod.serialise(env)) == env
     with pytest.raises(ValueError):
         envmod.parse(b"version: 99\nevpid: 0000abcd00000001\n")
@@ -108,7 +110,7 @@ def test_recovery_after_unclean_stop_discards_bodies_not_on_disk(
         os.write(fd, body)
         os.close(fd)
         env = _env(msgid, "a@x.example")
-        env.update({"message-size": str(len(body)), "message-sha256": body_digest(body)})
+        env = dataclasses.replace(env, message_size=len(body), message_sha256=body_digest(body))
         items.append(PendingCommit(msgid, [env]))
     sp.commit_batch(items)
     # what a crash before the sync can leave: the rename landed, the data did not

@@ -1,32 +1,119 @@
 """Typed IPC messages (docs/processes.md §3).
 
 Each message is a frozen dataclass whose fields are JSON values (str, int,
-float, bool, None, lists and dicts of those). :func:`encode` turns one into a
-JSON object tagged with its type name; :func:`decode` accepts only registered
-types and exactly their fields, so a peer cannot make us build anything else.
+float, bool, None, lists and dicts of those) or values with a codec of
+their own: envelopes and deliveries (:mod:`mailrider.queue.envelope`, the
+codec of the spool's files), SMTP replies, and records such as the results
+of a delivery batch. :func:`encode` turns one into a JSON object tagged with
+its type name; :func:`decode` accepts only registered types and exactly
+their fields, and a field with a codec only as that codec checks it, so a
+peer cannot make us build anything else.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from mailrider.errors import SMTPFailure
+from mailrider.queue import envelope as envmod
+from mailrider.queue.envelope import Delivery, Envelope
+from mailrider.smtp.reply import Reply
+
 _REGISTRY: dict[str, type[Any]] = {}
+#: every dataclass that travels, messages and the records inside them
+_CLASSES: dict[str, type[Any]] = {}
 _FIELDS: dict[str, frozenset[str]] = {}
+#: type name -> field name -> codec, for the fields that have one
+_CODECS: dict[str, dict[str, _Codec]] = {}
 
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class _Codec:
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any], Any]
+
+
+def _list_of(item: _Codec) -> _Codec:
+    def decode(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise ValueError("not a list")
+        return [item.decode(v) for v in value]
+
+    return _Codec(lambda value: [item.encode(v) for v in value], decode)
+
+
+def _reply_decode(value: Any) -> Reply:
+    if not (isinstance(value, list) and len(value) == 4 and type(value[0]) is int
+            and all(isinstance(x, str) for x in value[1:3]) and isinstance(value[3], list)
+            and all(isinstance(x, str) for x in value[3])):
+        raise ValueError("not a reply")
+    return Reply(value[0], value[1], value[2], tuple(value[3]))
+
+
+def _optional(inner: _Codec) -> _Codec:
+    return _Codec(lambda v: None if v is None else inner.encode(v),
+                  lambda v: None if v is None else inner.decode(v))
+
+
+#: an envelope: its ``key: value`` pairs, as in the spool (docs/queue.md §3)
+ENVELOPE = _Codec(envmod.to_fields, envmod.from_fields)
+ENVELOPES = _list_of(ENVELOPE)
+#: envelopes the queue has not named yet (pony's, at commit)
+DRAFTS = _list_of(_Codec(envmod.to_fields, lambda v: envmod.from_fields(v, draft=True)))
+DELIVERIES = _list_of(_Codec(envmod.delivery_fields, envmod.delivery_from_fields))
+#: an SMTP reply: [code, status, text, [continuation lines]]
+REPLY = _Codec(lambda r: [r.code, r.status, r.text, list(r.lines)], _reply_decode)
+OPTIONAL_REPLY = _optional(REPLY)
+
+
+def reply_of(exc: SMTPFailure, default: Reply) -> Reply:
+    """The reply a failure implies, typed; ``default`` when its code and
+    status make no valid failure reply (a 2xx, a status of another class)."""
+    try:
+        reply = Reply(exc.code, exc.status, exc.text)
+    except ValueError:
+        return default
+    return reply if reply.code >= 400 else default
+
+
+def _codec(codec: _Codec) -> Any:
+    """Field metadata: the field's values travel through ``codec``."""
+    return {"codec": codec}
+
+
+def _describe(cls: type[T]) -> type[T]:
+    """Make a frozen dataclass travel (inside a message)."""
+    _CLASSES[cls.__name__] = cls
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    _FIELDS[cls.__name__] = frozenset(f.name for f in fields)
+    _CODECS[cls.__name__] = {f.name: f.metadata["codec"] for f in fields
+                             if "codec" in f.metadata}
+    return cls
+
+
 def register(cls: type[T]) -> type[T]:
     """Make a frozen dataclass decodable by its name."""
+    _describe(cls)
     _REGISTRY[cls.__name__] = cls
-    _FIELDS[cls.__name__] = frozenset(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
     return cls
 
 
 def type_name(obj: Any) -> str:
     return type(obj).__name__
+
+
+def _fields_of(obj: Any, name: str) -> dict[str, Any]:
+    codecs = _CODECS[name]
+    out: dict[str, Any] = {}
+    for f in _FIELDS[name]:
+        value = getattr(obj, f)
+        out[f] = codecs[f].encode(value) if f in codecs else value
+    return out
 
 
 def encode(obj: Any) -> dict[str, Any]:
@@ -35,21 +122,37 @@ def encode(obj: Any) -> dict[str, Any]:
         raise TypeError(f"not an IPC message: {name}")
     # the type first: a receiver checks it before it decodes the rest (ipc/channel.py)
     out: dict[str, Any] = {"t": name}
-    for f in _FIELDS[name]:
-        out[f] = getattr(obj, f)
+    out.update(_fields_of(obj, name))
     return out
+
+
+def _build(name: str, data: dict[str, Any]) -> Any:
+    if set(data) - _FIELDS[name]:
+        raise ValueError(f"unexpected fields in {name}")
+    codecs = _CODECS[name]
+    args = {k: codecs[k].decode(v) if k in codecs else v for k, v in data.items()}
+    return _CLASSES[name](**args)
 
 
 def decode(data: Any) -> Any:
     if not isinstance(data, dict):
         raise ValueError("frame is not an object")
     name = data.pop("t", None)
-    cls = _REGISTRY.get(name) if isinstance(name, str) else None
-    if cls is None:
+    if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"unknown message type {name!r}")
-    if set(data) - _FIELDS[name]:
-        raise ValueError(f"unexpected fields in {name}")
-    return cls(**data)
+    return _build(name, data)
+
+
+def _records(cls: type[Any]) -> _Codec:
+    """A list of registered messages carried inside another (without their tag)."""
+    name = cls.__name__
+
+    def decode(value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} is not an object")
+        return _build(name, dict(value))
+
+    return _list_of(_Codec(lambda obj: _fields_of(obj, name), decode))
 
 
 # -- generic -----------------------------------------------------------------
@@ -84,8 +187,10 @@ class RcptCheck:
 @dataclass(frozen=True, slots=True)
 class RcptResult:
     accepted: bool
-    reply: str = ""  # the full SMTP reply when refused
-    deliveries: list[dict[str, Any]] = field(default_factory=list)
+    #: the SMTP reply when refused
+    reply: Reply | None = field(default=None, metadata=_codec(OPTIONAL_REPLY))
+    #: lka's decision for each address the recipient expands to, sealed
+    deliveries: list[Delivery] = field(default_factory=list, metadata=_codec(DELIVERIES))
 
 
 @register
@@ -142,8 +247,11 @@ class MessageCreated:
 @register
 @dataclass(frozen=True, slots=True)
 class MessageCommit:
+    """pony -> queue: the envelopes of the message, built from lka's deliveries;
+    the queue names each one (they come without an evpid)."""
+
     msgid: str
-    envelopes: list[dict[str, Any]]
+    envelopes: list[Envelope] = field(metadata=_codec(DRAFTS))
 
 
 @register
@@ -155,10 +263,37 @@ class MessageRollback:
 # -- queue <-> scheduler -------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class SchedEntry:
+    """What the scheduler keeps of an envelope (queue -> scheduler)."""
+
+    evpid: str
+    type: str = "mda"
+    ctime: int = 0
+    retry: int = 0
+    ttl: int = 0  # 0: the queue's ttl
+    route: str = ""  # relay envelopes: action and domain (Envelope.route)
+
+    def __post_init__(self) -> None:
+        if not envmod.is_evpid(self.evpid):
+            raise ValueError("invalid envelope id")
+        if not isinstance(self.type, str) or not isinstance(self.route, str) or not all(
+                type(n) is int and n >= 0 for n in (self.ctime, self.retry, self.ttl)):
+            raise ValueError("malformed scheduler entry")
+
+    @classmethod
+    def of(cls, env: Envelope) -> SchedEntry:
+        return cls(evpid=env.evpid, type=env.type, ctime=env.ctime, retry=env.retry,
+                   ttl=env.ttl, route=env.route)
+
+
+_describe(SchedEntry)
+
+
 @register
 @dataclass(frozen=True, slots=True)
 class SchedInsert:
-    envelopes: list[dict[str, Any]]  # evpid, msgid, type, ctime, retry, ttl, lasttry
+    envelopes: list[SchedEntry] = field(metadata=_codec(_records(SchedEntry)))
     discover: bool = False  # skip envelopes the scheduler already knows
 
 
@@ -198,9 +333,28 @@ class SchedCommand:
 @register
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
+    """The outcome of one envelope's delivery (parent or pony -> queue).
+
+    ``relay`` names the host that gave the answer (``host [ip]``) or is "";
+    ``dsn_relayed`` is true when the DSN parameters were passed on to it."""
+
     evpid: str
     status: str  # ok, tempfail, permfail
     text: str = ""
+    relay: str = ""
+    dsn_relayed: bool = False
+
+    def __post_init__(self) -> None:
+        # the queue acts on it (removes, bounces, writes the text into the
+        # envelope): a peer's result is checked as it is decoded
+        if not envmod.is_evpid(self.evpid) or self.status not in DELIVERY_STATUSES:
+            raise ValueError("malformed delivery result")
+        if not (isinstance(self.text, str) and isinstance(self.relay, str)
+                and isinstance(self.dsn_relayed, bool)):
+            raise ValueError("malformed delivery result")
+
+
+DELIVERY_STATUSES = ("ok", "tempfail", "permfail")
 
 
 # -- pony <-> parent ------------------------------------------------------------
@@ -212,7 +366,7 @@ class ForkDelivery:
     """queue -> parent: run one local delivery as the user lka's sealed grant
     names; the message fd travels along. The reply is a DeliveryResult."""
 
-    envelope: dict[str, Any]
+    envelope: Envelope = field(metadata=_codec(ENVELOPE))
 
 
 # -- control -------------------------------------------------------------------
@@ -389,7 +543,8 @@ class AuthCheck:
 @dataclass(frozen=True, slots=True)
 class AuthResult:
     result: str  # "ok", "fail" or "error"
-    reply: str = ""
+    #: with "error": the reply the client gets, when not the default 454
+    reply: Reply | None = field(default=None, metadata=_codec(OPTIONAL_REPLY))
 
 
 @register
@@ -412,18 +567,15 @@ class DeliverBatch:
     action and recipient domain) in one transaction; the message fd travels
     along. The reply is a :class:`DeliveryResults`."""
 
-    envelopes: list[dict[str, Any]]
+    envelopes: list[Envelope] = field(metadata=_codec(ENVELOPES))
 
 
 @register
 @dataclass(frozen=True, slots=True)
 class DeliveryResults:
-    """pony -> queue: one result per envelope, in any order.
+    """pony -> queue: one result per envelope, in any order."""
 
-    ``relay`` names the host that gave the answer (``host [ip]``) or is "";
-    ``dsn_relayed`` is true when the DSN parameters were passed on to it."""
-
-    results: list[dict[str, Any]]  # evpid, status, text, relay, dsn_relayed
+    results: list[DeliveryResult] = field(metadata=_codec(_records(DeliveryResult)))
 
 
 @register

@@ -28,6 +28,7 @@ from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
 from mailrider.queue import envelope as envmod
+from mailrider.queue.envelope import Envelope
 
 REQUEST_MAX = 64 * 1024
 MESSAGE_SHOW_MAX = 64 * 1024 * 1024
@@ -270,13 +271,16 @@ class Control(common.Process):
         rs = (await self._ask("scheduler", "runstate")).data.get("runstate", {})
         lines = []
         rows = []
-        for env in rep.data.get("envelopes", []):
-            evpid = env.get("evpid", "")
-            if only and not evpid.startswith(only):
+        for row in rep.data.get("envelopes", []):
+            try:
+                env = envmod.from_fields(row)
+            except ValueError:
                 continue
-            state, delay = rs.get(evpid, ["pending", 0])
+            if only and not env.evpid.startswith(only):
+                continue
+            state, delay = rs.get(env.evpid, ["pending", 0])
             lines.append(format_queue_line(env, str(state), str(delay)))
-            rows.append(env)
+            rows.append(row)
         return m.ControlReply(lines=lines, data={"envelopes": rows})
 
 
@@ -302,19 +306,16 @@ def invalid_id(words: list[str]) -> str | None:
     return args[0]
 
 
-def format_queue_line(env: dict[str, str], runstate: str, delay: str) -> str:
+def format_queue_line(env: Envelope, runstate: str, delay: str) -> str:
     """One ``show queue`` line: the 14 fields of smtpctl (mailriderctl(8))."""
-    sockaddr = env.get("sockaddr", "")
+    sockaddr = env.sockaddr
     family = "local" if sockaddr in ("", "local") else ("inet6" if ":" in sockaddr else "inet4")
-    ctime = int(env.get("ctime", "0") or 0)
-    ttl = int(env.get("ttl", "0") or 0)
-    flags = ",".join(f for f in env.get("flags", "").split() if f)
-    error = env.get("errorline", "").replace("|", "\\|")
+    ctime, ttl = env.ctime, env.ttl
+    flags = ",".join(env.flags)
+    error = env.errorline.replace("|", "\\|")
     fields = [
-        env.get("evpid", ""), family, env.get("type", "mda"), flags,
-        env.get("sender", ""), env.get("rcpt", ""), env.get("dest", ""), str(ctime),
-        str(ctime + ttl), env.get("last-try", "0"), env.get("retry", "0"), runstate, delay,
-        error,
+        env.evpid, family, env.type, flags, env.sender, env.rcpt, env.dest, str(ctime),
+        str(ctime + ttl), str(env.last_try or 0), str(env.retry), runstate, delay, error,
     ]
     return "|".join(fields)
 

@@ -30,14 +30,18 @@ from mailrider.proc import common, lka_dns, lka_rules
 from mailrider.proc.lka_dns import resolver_config
 from mailrider.proc.lka_expand import expand
 from mailrider.proc.workers import WorkerPool
+from mailrider.queue import envelope as envmod
+from mailrider.smtp.reply import Reply
 from mailrider.table.base import normalise_key
 from mailrider.table.match import match_mailaddr
 from mailrider.table.registry import TableSet
 from mailrider.table.usage import table_uses
 from mailrider.table.values import parse_credentials, parse_mailaddrmap
 
-NO_RULE = "550 5.7.1 Delivery not authorized, message refused"
-REJECTED = "550 5.7.1 Recipient rejected by policy"
+NO_RULE = Reply(550, "5.7.1", "Delivery not authorized, message refused")
+REJECTED = Reply(550, "5.7.1", "Recipient rejected by policy")
+TEMPORARY = Reply(451, "4.3.0", "Temporary failure")
+AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
 
 
 class Lka(common.Process):
@@ -218,24 +222,24 @@ class Lka(common.Process):
             deliveries = await expand(self.config, self.tables, action, local, domain,
                                       forward=forward, route=route)
         except PermFail as exc:
-            return m.RcptResult(accepted=False, reply=exc.reply())
+            return m.RcptResult(accepted=False, reply=m.reply_of(exc, TEMPORARY))
         except TempFail as exc:
             log.warning("lka", "tempfail", rcpt=msg.rcpt, error=exc.text)
-            return m.RcptResult(accepted=False, reply=exc.reply() if exc.code < 500 else
-                                "451 4.3.0 Temporary failure")
+            return m.RcptResult(accepted=False, reply=m.reply_of(exc, TEMPORARY)
+                                if exc.code < 500 else TEMPORARY)
         key = self.grant_key
         if key is None:  # pragma: no cover - the parent sends it before anything else
-            return m.RcptResult(accepted=False, reply="451 4.3.0 Temporary failure")
-        out: list[dict[str, Any]] = []
+            return m.RcptResult(accepted=False, reply=TEMPORARY)
+        out: list[envmod.Delivery] = []
         for d in deliveries:
-            fields: dict[str, Any] = {
-                "dispatcher": d.action, "rcpt": d.rcpt, "dest": d.dest, "mda-method": d.method,
-                "mda-arg": d.arg or "", "mda-user": d.user, "mda-uid": str(d.uid),
-                "mda-gid": str(d.gid), "mda-home": d.home, "mda-local-user": d.local_user,
-                "mda-subaddress": d.subaddress}
-            # sealed for the parent, bound to this sender (delivery/grant.py)
-            fields[grant.KEY] = grant.seal(key, {**fields, "sender": msg.sender})
-            out.append(fields)
+            decided = envmod.Delivery(
+                dispatcher=d.action, rcpt=d.rcpt, dest=d.dest, method=d.method,
+                arg=d.arg or "", user=d.user, uid=d.uid, gid=d.gid, home=d.home,
+                local_user=d.local_user, subaddress=d.subaddress)
+            # sealed for the parent, bound to this sender (delivery/grant.py), over
+            # the fields as the envelope codec writes them
+            seal = grant.seal(key, {**envmod.delivery_fields(decided), "sender": msg.sender})
+            out.append(dataclasses.replace(decided, grant=seal))
         return m.RcptResult(accepted=True, deliveries=out)
 
     async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
@@ -295,10 +299,10 @@ class Lka(common.Process):
             return m.AuthResult("ok" if ok else "fail")
         except UnsupportedHash as exc:
             log.warning("lka", "auth-unsupported-hash", user=user, scheme=exc.scheme)
-            return m.AuthResult("error", exc.reply())
+            return m.AuthResult("error", m.reply_of(exc, AUTH_TEMPORARY))
         except (TempFail, ValueError) as exc:
             log.warning("lka", "auth-error", user=user, error=str(exc)[:200])
-            return m.AuthResult("error", "454 4.7.0 Temporary authentication failure")
+            return m.AuthResult("error", AUTH_TEMPORARY)
 
     async def senders(self, msg: m.SendersCheck) -> m.Ok:
         """``senders <t>``: the mailaddrmap of the user must cover MAIL FROM."""

@@ -33,6 +33,7 @@ from mailrider.ipc import policy
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common, confine, parent_mda
 from mailrider.proc.workers import WorkerPool
+from mailrider.smtp.reply import Reply
 from mailrider.table.proc import backend_command, find_backend
 from mailrider.table.registry import BUILTIN_BACKENDS
 
@@ -61,6 +62,9 @@ def bind_listeners(config: Config) -> list[tuple[int, socket.socket]]:
     return out
 
 
+_AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
+
+
 def system_auth(user: str, password: str) -> m.AuthResult:
     """``auth`` without a table: the system's users and their shadow hashes."""
     try:
@@ -77,14 +81,14 @@ def system_auth(user: str, password: str) -> m.AuthResult:
                         stored = rest.partition(":")[0]
                         break
         except OSError:
-            return m.AuthResult("error", "454 4.7.0 Temporary authentication failure")
+            return m.AuthResult("error", _AUTH_TEMPORARY)
     if not stored or stored[0] in "!*":
         return m.AuthResult("fail")  # locked or passwordless accounts never log in
     try:
         return m.AuthResult("ok" if verify_password(password, stored) else "fail")
     except UnsupportedHash as exc:
         log.warning("parent", "auth-unsupported-hash", user=user, scheme=exc.scheme)
-        return m.AuthResult("error", exc.reply())
+        return m.AuthResult("error", m.reply_of(exc, _AUTH_TEMPORARY))
 
 
 class Parent:

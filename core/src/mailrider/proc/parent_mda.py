@@ -37,10 +37,8 @@ from mailrider.delivery.mbox import deliver_mbox
 from mailrider.delivery.mda import deliver_mda
 from mailrider.errors import PermFail, TempFail
 from mailrider.ipc import messages as m
-
-#: an envelope the parent takes: this many fields at most, each value this long
-_ENVELOPE_FIELDS_MAX = 64
-_ENVELOPE_VALUE_MAX = 8192
+from mailrider.queue import envelope as envmod
+from mailrider.queue.envelope import Envelope
 
 
 class Parent(Protocol):
@@ -79,16 +77,6 @@ class Plan:
     groups: tuple[int, ...]
 
 
-def checked_envelope(raw: object) -> dict[str, str]:
-    """The envelope pony sent, if it is a small mapping of strings to strings."""
-    if not isinstance(raw, dict) or len(raw) > _ENVELOPE_FIELDS_MAX:
-        raise Forged("malformed envelope")
-    for k, v in raw.items():
-        if not isinstance(k, str) or not isinstance(v, str) or len(v) > _ENVELOPE_VALUE_MAX:
-            raise Forged("malformed envelope")
-    return dict(raw)
-
-
 def _groups(name: str, gid: int) -> tuple[int, ...]:
     """The user's groups from the group database, never group 0."""
     try:
@@ -98,42 +86,43 @@ def _groups(name: str, gid: int) -> tuple[int, ...]:
     return tuple(g for g in dict.fromkeys(found) if g != 0)
 
 
-def decide(config: Config, key: bytes, env: dict[str, str], *, root: bool) -> Plan:
+def decide(config: Config, key: bytes, env: Envelope, *, root: bool) -> Plan:
     """Who runs ``env``'s delivery and what it does, from the parent's own knowledge.
 
     Raises :class:`Forged` when the grant does not verify, TempFail when the
     sealed decision no longer fits the configuration or the user database,
     PermFail for a delivery that must never run (as root, group 0).
     """
-    if not grant.verify(key, env):
+    # the seal covers the fields as the codec writes them: as lka sealed them
+    if not grant.verify(key, envmod.to_fields(env)):
         raise Forged("delivery grant does not verify")
-    action = config.actions.get(env.get("dispatcher", ""))
+    d = env.delivery
+    action = config.actions.get(d.dispatcher)
     if action is None:
-        raise TempFail(f"no action {env.get('dispatcher')!r} in the configuration")
-    method = env.get("mda-method", "")
+        raise TempFail(f"no action {d.dispatcher!r} in the configuration")
+    method = d.method
     arg: str | None = None
     if method in ("file", "pipe"):
-        arg = env.get("mda-arg") or None
+        arg = d.arg or None
         if arg is None:
             raise PermFail("alias target without argument", 550, "5.3.0")
     elif method != action.method or method not in ("maildir", "mbox", "mda", "lmtp"):
         raise TempFail(f"action {action.name} does not deliver by {method!r} any more")
-    name = env.get("mda-user", "")
+    name = d.user
     if action.user is not None and name != action.user:
         raise TempFail(f"action {action.name} now delivers as {action.user}, not {name}")
     if not root:
-        return Plan(action, method, arg, name, env.get("mda-home") or "/", None, None, ())
+        return Plan(action, method, arg, name, d.home or "/", None, None, ())
     try:
         pw: pwd.struct_passwd | None = pwd.getpwnam(name)
     except KeyError:
         pw = None
     if action.userbase is not None and action.user is None:
         # a virtual user of the action's userbase table: lka's sealed answer
-        try:
-            uid, gid = int(env.get("mda-uid", "")), int(env.get("mda-gid", ""))
-        except ValueError:
-            raise TempFail(f"bad uid/gid for {name}") from None
-        home = env.get("mda-home") or "/"
+        if d.uid is None or d.gid is None:
+            raise TempFail(f"bad uid/gid for {name}")
+        uid, gid = d.uid, d.gid
+        home = d.home or "/"
         groups: tuple[int, ...] = (gid,)
     elif pw is not None:
         uid, gid, home = pw.pw_uid, pw.pw_gid, pw.pw_dir
@@ -258,19 +247,19 @@ async def _run_forked(parent: Parent, fn: Any) -> bytes | None:
     return b"".join(chunks) if chunks else None
 
 
-def _deliver(config: Config, plan: Plan, env: dict[str, str], msg_fd: int,
+def _deliver(config: Config, plan: Plan, env: Envelope, msg_fd: int,
              batch: MaildirBatch) -> tuple[str, str] | int:
     """Runs in the forked child, as the user. Returns (status, text), or for a
     maildir delivery (added to ``batch``) its index there: done at commit."""
     method, arg, action = plan.method, plan.arg, plan.action
     home, user = plan.home, plan.user
-    sender = env.get("sender", "")
-    dest = env.get("dest", "")
-    rcpt = env.get("rcpt", dest)
+    sender = env.sender
+    dest = env.dest
+    rcpt = env.rcpt or dest
     ctx = FormatContext(sender=sender, rcpt=rcpt, dest=dest,
-                        user_name=env.get("mda-local-user") or user, user_dir=home,
+                        user_name=env.delivery.local_user or user, user_dir=home,
                         sub_addr_delim=config.sub_addr_delim)
-    extension = env.get("mda-subaddress", "")
+    extension = env.delivery.subaddress
     prepend = dcommon.delivery_headers(sender, dest)
 
     def fmt(template: str) -> str:
@@ -295,9 +284,9 @@ def _deliver(config: Config, plan: Plan, env: dict[str, str], msg_fd: int,
         deliver_mda(fmt(action.arg or ""), msg_fd, env=envvars, prepend=prepend)
     elif method == "lmtp":
         # lmtp: the final user by default, the original recipient with rcpt-to
-        target = rcpt if action.rcpt_to else (env.get("mda-local-user") or user)
+        target = rcpt if action.rcpt_to else (env.delivery.local_user or user)
         results = deliver_lmtp(action.arg or "", msg_fd, sender=sender, rcpts=[target],
-                               lhlo=env.get("smtpname", "localhost"), prepend=prepend)
+                               lhlo=env.smtpname or "localhost", prepend=prepend)
         if results and results[0] is not None:
             raise results[0]
     else:  # pragma: no cover - decide() admits no other method
@@ -350,7 +339,7 @@ def _batch_child(config: Config, jobs: list[_Job]) -> bytes:
 @dataclass(slots=True)
 class _Job:
     plan: Plan
-    env: dict[str, str]
+    env: Envelope
     fd: int
     done: asyncio.Future[m.DeliveryResult]
 
@@ -374,7 +363,7 @@ class Deliveries:
         self._flushing = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def submit(self, plan: Plan, env: dict[str, str], fd: int) -> asyncio.Future[m.DeliveryResult]:
+    def submit(self, plan: Plan, env: Envelope, fd: int) -> asyncio.Future[m.DeliveryResult]:
         loop = asyncio.get_running_loop()
         job = _Job(plan, env, fd, loop.create_future())
         if plan.method == "maildir":
@@ -427,28 +416,28 @@ class Deliveries:
         except (OSError, ValueError):
             answers = [None] * len(jobs)
         for job, res in zip(jobs, answers, strict=True):
-            evpid = job.env.get("evpid", "")
+            evpid = job.env.evpid
             try:
                 result = m.DeliveryResult(evpid=evpid, status=str(res["status"]),
                                           text=str(res["text"]))
-            except (TypeError, KeyError):
+            except (TypeError, KeyError, ValueError):
                 result = m.DeliveryResult(evpid=evpid, status="tempfail",
                                           text="451 4.3.0 delivery process died")
             if not job.done.done():
                 job.done.set_result(result)
 
 
-async def run_delivery(parent: Parent, raw: object, msg_fd: int) -> m.DeliveryResult:
-    """One local delivery pony asked for: checked, decided, then forked."""
-    evpid = str(raw.get("evpid", "")) if isinstance(raw, dict) else ""
+async def run_delivery(parent: Parent, env: Envelope, msg_fd: int) -> m.DeliveryResult:
+    """One local delivery the queue asked for: decided, then forked. The IPC
+    codec checked the envelope's shape (:mod:`mailrider.queue.envelope`);
+    :func:`decide` checks lka's seal."""
+    evpid = env.evpid
     try:
-        env = checked_envelope(raw)
         plan = decide(parent.config, parent.grant_key, env, root=os.geteuid() == 0)
     except Forged as exc:
-        # pony (or whoever wrote the envelope) asked for what lka never decided
-        log.error("parent", "forged-delivery", evpid=evpid[:16], error=exc.text,
-                  user=str(raw.get("mda-user", ""))[:64] if isinstance(raw, dict) else "",
-                  method=str(raw.get("mda-method", ""))[:16] if isinstance(raw, dict) else "")
+        # the queue (or whoever wrote the envelope) asked for what lka never decided
+        log.error("parent", "forged-delivery", evpid=evpid, error=exc.text,
+                  user=env.delivery.user[:64], method=env.delivery.method[:16])
         return m.DeliveryResult(evpid=evpid, status="tempfail", text=exc.reply())
     except PermFail as exc:
         log.warning("parent", "delivery-refused", evpid=evpid, error=exc.text)

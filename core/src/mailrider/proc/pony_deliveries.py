@@ -14,20 +14,24 @@ pony hold recipients x members dictionaries. Invariants:
   ``EXPANSION_FACTOR`` times ``limit`` deliveries, duplicates included,
   further recipients are refused (1000 RCPTs naming sub-addresses of one
   large list would otherwise cost lka a million expansions);
-- each delivery is stored as a tuple of values beside a shared tuple of
-  field names, its strings shared across deliveries, so the bound is on a
-  few hundred bytes per delivery rather than on a dictionary each.
+- each delivery is kept as lka's typed :class:`~mailrider.queue.envelope.Delivery`
+  (a slotted dataclass), its strings shared across deliveries, so the bound
+  is on a few hundred bytes per delivery.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
-#: the fields that make two deliveries the same (a dest compared without case)
-_KEY_FIELDS = ("dispatcher", "mda-method", "mda-arg", "mda-user", "mda-local-user")
+from mailrider.queue.envelope import Delivery
+
+#: what makes two deliveries the same (besides the dest, compared without case)
+_KEY_FIELDS = ("dispatcher", "method", "arg", "user", "local_user")
 #: deliveries expanded (duplicates included) per delivery held, at most
 EXPANSION_FACTOR = 10
+_NAMES = tuple(f.name for f in dataclasses.fields(Delivery))
 
 
 class Deliveries:
@@ -36,10 +40,9 @@ class Deliveries:
         #: deliveries lka returned for this transaction, duplicates included
         self.expanded = 0
         self._seen: set[tuple[Any, ...]] = set()
-        self._schemas: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._strings: dict[str, str] = {}
-        #: (index of the recipient that brought it, field names, values)
-        self._items: list[tuple[int, tuple[str, ...], tuple[Any, ...]]] = []
+        #: (index of the recipient that brought it, delivery)
+        self._items: list[tuple[int, Delivery]] = []
 
     def __len__(self) -> int:
         return len(self._items)
@@ -48,17 +51,17 @@ class Deliveries:
         """Has this transaction had all the expansions it may have?"""
         return self.expanded >= self.limit * EXPANSION_FACTOR
 
-    def add(self, rcpt_index: int, deliveries: list[dict[str, Any]]) -> bool:
+    def add(self, rcpt_index: int, deliveries: list[Delivery]) -> bool:
         """Keep the new ones among ``deliveries``; False (nothing kept) past the limit."""
         self.expanded += len(deliveries)  # lka's work, whether kept or not
         if self.expanded > self.limit * EXPANSION_FACTOR:
             return False
-        new: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        new: list[tuple[tuple[Any, ...], Delivery]] = []
         keys: set[tuple[Any, ...]] = set()
         for d in deliveries:
-            if not isinstance(d, dict):
+            if not isinstance(d, Delivery):
                 continue
-            key = (str(d.get("dest", "")).lower(), *(d.get(f) for f in _KEY_FIELDS))
+            key = (d.dest.lower(), *(getattr(d, f) for f in _KEY_FIELDS))
             if key in self._seen or key in keys:
                 continue
             keys.add(key)
@@ -67,10 +70,8 @@ class Deliveries:
             return False
         for key, d in new:
             self._seen.add(key)
-            names = tuple(d)
-            schema = self._schemas.setdefault(names, names)
-            values = tuple(self._shared(d[n]) for n in schema)
-            self._items.append((rcpt_index, schema, values))
+            self._items.append((rcpt_index, Delivery(
+                *(self._shared(getattr(d, n)) for n in _NAMES))))
         return True
 
     def _shared(self, value: Any) -> Any:
@@ -78,7 +79,6 @@ class Deliveries:
             return self._strings.setdefault(value, value)
         return value
 
-    def __iter__(self) -> Iterator[tuple[int, dict[str, Any]]]:
+    def __iter__(self) -> Iterator[tuple[int, Delivery]]:
         """(recipient index, delivery) in the order they were added."""
-        for index, names, values in self._items:
-            yield index, dict(zip(names, values, strict=True))
+        return iter(self._items)

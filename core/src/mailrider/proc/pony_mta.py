@@ -65,7 +65,7 @@ from mailrider.ipc import messages as m
 from mailrider.proc import mta_limit
 from mailrider.proc.pony_filter import FilterClient, Peer
 from mailrider.proc.pony_tls import SignFn, load_pki, tls_summary
-from mailrider.queue.envelope import msgid_of
+from mailrider.queue.envelope import Envelope, msgid_of
 from mailrider.smtp import client as sc
 from mailrider.smtp.reply import Reply
 from mailrider.table.values import RelayHost, parse_credentials, parse_relayhost
@@ -361,13 +361,13 @@ class Mta:
     # -- entry point -------------------------------------------------------------
 
     async def deliver(self, msg: m.DeliverBatch, fd: int) -> m.DeliveryResults:
-        envs = [{str(k): str(v) for k, v in e.items()} for e in msg.envelopes]
+        envs = list(msg.envelopes)
         if not envs:
             return m.DeliveryResults(results=[])
-        action = self.config.actions.get(envs[0].get("dispatcher", ""))
+        action = self.config.actions.get(envs[0].dispatcher)
         if action is None or action.method != "relay" or fd < 0:
             return _all(envs, "tempfail", "451 4.3.0 No relay action for this envelope")
-        results: list[dict[str, Any]] = []
+        results: list[m.DeliveryResult] = []
         for i in range(0, len(envs), limits.MTA_MAX_RCPT):
             chunk = envs[i:i + limits.MTA_MAX_RCPT]
             try:
@@ -379,9 +379,9 @@ class Mta:
                 results += _all(chunk, "tempfail", "451 4.3.0 Internal error").results
         return m.DeliveryResults(results=results)
 
-    async def _deliver(self, action: Action, envs: list[dict[str, str]],
-                       fd: int) -> list[dict[str, Any]]:
-        domain = envs[0].get("dest", "").rpartition("@")[2].lower()
+    async def _deliver(self, action: Action, envs: list[Envelope],
+                       fd: int) -> list[m.DeliveryResult]:
+        domain = envs[0].dest.rpartition("@")[2].lower()
         url: RelayHost | None = None
         text = await self._relay_url(action, domain)
         if text is not None:
@@ -454,9 +454,9 @@ class Mta:
         return reply.text
 
     async def _profile(self, action: Action, url: RelayHost | None,
-                       env: dict[str, str]) -> Profile:
+                       env: Envelope) -> Profile:
         relay = action.relay
-        helo = str(relay.get("helo") or env.get("smtpname") or self.pony.hostname)
+        helo = str(relay.get("helo") or env.smtpname or self.pony.hostname)
         proto = url.proto if url else "smtp"
         tls_flag = bool(relay.get("tls"))
         noverify = bool(relay.get("tls_noverify"))
@@ -553,9 +553,9 @@ class Mta:
 
     # -- one host -----------------------------------------------------------------
 
-    async def _on_host(self, target: Target, profile: Profile, envs: list[dict[str, str]],
+    async def _on_host(self, target: Target, profile: Profile, envs: list[Envelope],
                        fd: int, where: tuple[mta_limit.Limits, str, str]
-                       ) -> list[dict[str, Any]]:
+                       ) -> list[m.DeliveryResult]:
         conn = self._take_idle(profile.key(target))
         if conn is not None:
             wait = conn.last_end + (conn.limits.session_transaction_delay or 0) - \
@@ -755,32 +755,32 @@ class Mta:
             if isinstance(ev, sc.Closed):
                 raise HostFailed(f"421 4.4.2 Connection closed by {conn.relay}")
 
-    async def _transaction(self, conn: Conn, envs: list[dict[str, str]],
-                           fd: int) -> list[dict[str, Any]]:
+    async def _transaction(self, conn: Conn, envs: list[Envelope],
+                           fd: int) -> list[m.DeliveryResult]:
         first = envs[0]
         relay = self._relay_of(first)
-        sender = str(relay.get("mail_from") or first.get("sender", ""))
+        sender = str(relay.get("mail_from") or first.sender)
         rcpts: list[tuple[str, sc.RcptDSN]] = []
-        by_rcpt: dict[str, list[dict[str, str]]] = {}
+        by_rcpt: dict[str, list[Envelope]] = {}
         for e in envs:
-            dest = e.get("dest", "")
+            dest = e.dest
             if dest not in by_rcpt:
-                notify = frozenset(x for x in e.get("dsn-notify", "").upper().split(",") if x)
-                rcpts.append((dest, sc.RcptDSN(notify, e.get("dsn-orcpt") or None)))
+                notify = frozenset(x for x in ",".join(e.dsn_notify).upper().split(",") if x)
+                rcpts.append((dest, sc.RcptDSN(notify, e.dsn_orcpt or None)))
             by_rcpt.setdefault(dest, []).append(e)
         size = os.fstat(fd).st_size
-        ret = first.get("dsn-ret", "").upper()
+        ret = first.dsn_ret.upper()
         smtputf8 = not (sender.isascii() and all(r.isascii() for r, _ in rcpts))
         body_8bit = not _is_ascii(fd, size)
         done: dict[str, tuple[str, str]] = {}  # dest -> (status, text)
         started = False
-        msgid = msgid_of(first.get("evpid", ""))
+        msgid = msgid_of(first.evpid)
         tx = _TxReports(conn, msgid)
         try:
             conn.client.start_transaction(
                 sender, rcpts, size, body_8bit, smtputf8,
                 dsn_ret="FULL" if ret == "FULL" else ("HDRS" if ret == "HDRS" else None),
-                envid=first.get("dsn-envid") or None)
+                envid=first.dsn_envid or None)
         except sc.LocalProtocolError as exc:
             self._park(conn)
             return _all(envs, "permfail", f"554 5.6.0 Cannot send: {exc}").results
@@ -857,19 +857,21 @@ class Mta:
         self._park(conn)
         return self._results(conn, by_rcpt, done, dsn_relayed)
 
-    def _relay_of(self, env: dict[str, str]) -> dict[str, object]:
-        action = self.config.actions.get(env.get("dispatcher", ""))
+    def _relay_of(self, env: Envelope) -> dict[str, object]:
+        action = self.config.actions.get(env.dispatcher)
         return action.relay if action is not None else {}
 
     @staticmethod
-    def _results(conn: Conn, by_rcpt: dict[str, list[dict[str, str]]],
-                 done: dict[str, tuple[str, str]], dsn_relayed: bool) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    def _results(conn: Conn, by_rcpt: dict[str, list[Envelope]],
+                 done: dict[str, tuple[str, str]], dsn_relayed: bool
+                 ) -> list[m.DeliveryResult]:
+        out: list[m.DeliveryResult] = []
         for dest, envs in by_rcpt.items():
             st, text = done.get(dest, ("tempfail", "451 4.4.2 No reply for this recipient"))
             for e in envs:
-                out.append({"evpid": e["evpid"], "status": st, "text": text,
-                            "relay": conn.relay, "dsn_relayed": dsn_relayed and st == "ok"})
+                out.append(m.DeliveryResult(evpid=e.evpid, status=st, text=text,
+                                            relay=conn.relay,
+                                            dsn_relayed=dsn_relayed and st == "ok"))
         return out
 
 
@@ -888,9 +890,9 @@ class _TxReports:
         self.conn.report("tx-begin", [self.msgid])
         self.conn.report("tx-mail", [self.msgid, "ok", sender])
 
-    def rcpt(self, rcpt: str, status: str, envs: list[dict[str, str]]) -> None:
+    def rcpt(self, rcpt: str, status: str, envs: list[Envelope]) -> None:
         for e in envs:
-            self.conn.report("tx-envelope", [self.msgid, e.get("evpid", "")])
+            self.conn.report("tx-envelope", [self.msgid, e.evpid])
         self.conn.report("tx-rcpt", [self.msgid, status, rcpt])
 
     def data(self, status: str) -> None:
@@ -912,10 +914,9 @@ class _TxReports:
         self.conn.report("tx-reset", [self.msgid])
 
 
-def _all(envs: list[dict[str, str]], status: str, text: str) -> m.DeliveryResults:
+def _all(envs: list[Envelope], status: str, text: str) -> m.DeliveryResults:
     return m.DeliveryResults(results=[
-        {"evpid": e.get("evpid", ""), "status": status, "text": text, "relay": "",
-         "dsn_relayed": False} for e in envs])
+        m.DeliveryResult(evpid=e.evpid, status=status, text=text) for e in envs])
 
 
 def _status(reply: Reply) -> str:

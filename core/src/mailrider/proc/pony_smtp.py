@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import ipaddress
 import os
@@ -37,7 +38,7 @@ from mailrider.proc import pony_tls
 from mailrider.proc.pony_deliveries import Deliveries
 from mailrider.proc.pony_filter import FilterClient, Peer, filter_reply
 from mailrider.proc.pony_tls import tls_summary
-from mailrider.queue.envelope import new_msgid
+from mailrider.queue.envelope import Envelope, new_msgid
 from mailrider.smtp.address import AddressError, parse_path
 from mailrider.smtp.hygiene import HeaderHygiene
 from mailrider.smtp.masquerade import FromRewriter
@@ -627,10 +628,8 @@ class Session(asyncio.Protocol):
             self.srv.reject(535, "5.7.8", "Authentication credentials invalid")
         else:
             log.event("smtp", "authentication", session=self.id, user=user, result="tempfail")
-            code, status, text = _split_reply(res.reply if isinstance(res, m.AuthResult)
-                                              and res.reply else
-                                              "454 4.7.0 Temporary authentication failure")
-            self.srv.reject(code, status, text)
+            reply = res.reply if isinstance(res, m.AuthResult) else None
+            self.srv.reply(reply if reply is not None and reply.code >= 400 else AUTH_TEMPORARY)
         if self.filtered:
             self._report("link-auth", [{"ok": "pass", "fail": "fail"}.get(result, "error"),
                                        user])
@@ -725,11 +724,12 @@ class Session(asyncio.Protocol):
             self.srv.reject(451, "4.3.0", "Temporary failure, try again later")
             return
         if not isinstance(res, m.RcptResult) or not res.accepted:
-            reply = getattr(res, "reply", "") or "451 4.3.0 Temporary failure"
-            code, status, text = _split_reply(reply)
+            reply = res.reply if isinstance(res, m.RcptResult) else None
+            if reply is None or reply.code < 400:
+                reply = TEMPORARY
             log.event("smtp", "failed-command", session=self.id, command="RCPT",
-                      rcpt=rcpt, result=reply)
-            self.srv.reject(code, status, text)
+                      rcpt=rcpt, result=str(reply))
+            self.srv.reply(reply)
             return
         if not self.deliveries.add(len(self.rcpts), res.deliveries):
             log.event("smtp", "failed-command", session=self.id, command="RCPT", rcpt=rcpt,
@@ -753,8 +753,7 @@ class Session(asyncio.Protocol):
                 reply, fds = await self.host.peer("queue").call(
                     m.MessageCreate(msgid=self.txid))
         except TempFail as exc:
-            code, status, text = _split_reply(exc.reply())
-            self.srv.reject(code, status, text)
+            self.srv.reply(m.reply_of(exc, TEMPORARY))
             return
         if not isinstance(reply, m.MessageCreated) or len(fds) != 1:
             for fd in fds:
@@ -869,10 +868,10 @@ class Session(asyncio.Protocol):
         try:
             await self.host.peer("queue").ask(m.MessageCommit(msgid=msgid, envelopes=envelopes))
         except TempFail as exc:
-            code, status, text = _split_reply(exc.reply())
+            reply = m.reply_of(exc, TEMPORARY)
             log.warning("smtp", "commit-failed", session=self.id, msgid=msgid, error=exc.text)
-            self.srv.reject(code if 400 <= code < 500 else 451, status if status.startswith("4")
-                            else "4.3.0", text)
+            # the message is not queued: never a permanent refusal
+            self.srv.reply(reply if reply.is_temporary else Reply(451, "4.3.0", reply.text))
             self._reset_tx()
             return
         log.event("smtp", "message", session=self.id, msgid=msgid, sender=self.sender or "<>",
@@ -884,31 +883,27 @@ class Session(asyncio.Protocol):
         self.srv.accept(f"2.0.0 {msgid} Message accepted for delivery")
         self._reset_tx()
 
-    def _envelopes(self) -> list[dict[str, Any]]:
-        now = str(int(time.time()))
-        out: list[dict[str, Any]] = []
+    def _envelopes(self) -> list[Envelope]:
+        """One envelope per delivery lka decided, built once (the queue names them)."""
+        now = int(time.time())
+        out: list[Envelope] = []
         params = self.mail_params
-        size, digest = str(self.written), self.digest.hexdigest()
+        size, digest = self.written, self.digest.hexdigest()
         for index, d in self.deliveries:
             rcpt, rparams = self.rcpts[index]
-            action = self.host.config.actions.get(str(d.get("dispatcher")))
+            action = self.host.config.actions.get(d.dispatcher)
             ttl = (action.ttl if action is not None and action.ttl
                    else self.host.config.queue_ttl)
-            env = d
-            env.update({
-                "type": "mta" if d.get("mda-method") == "relay" else "mda",
-                "tag": self.listener.tag or "", "smtpname": self.hostname,
-                "helo": self.helo, "hostname": "<unknown>", "sockaddr": self.ip,
-                "sender": self.sender or "", "rcpt": rcpt, "ctime": now, "retry": "0",
-                "ttl": str(ttl),
-                "dsn-notify": ",".join(sorted(getattr(rparams, "notify", None) or ())),
-                "dsn-orcpt": getattr(rparams, "orcpt", None) or "",
-                "dsn-ret": getattr(params, "ret", None) or "",
-                "dsn-envid": getattr(params, "envid", None) or "",
-                "message-size": size,
-                "message-sha256": digest,
-            })
-            out.append(env)
+            out.append(Envelope(
+                evpid="", delivery=d if d.rcpt == rcpt else dataclasses.replace(d, rcpt=rcpt),
+                type="mta" if d.relayed else "mda", tag=self.listener.tag or "",
+                smtpname=self.hostname, helo=self.helo or "", hostname="<unknown>",
+                sockaddr=self.ip, sender=self.sender or "", ctime=now, retry=0, ttl=ttl,
+                dsn_notify=tuple(sorted(getattr(rparams, "notify", None) or ())),
+                dsn_orcpt=getattr(rparams, "orcpt", None) or "",
+                dsn_ret=getattr(params, "ret", None) or "",
+                dsn_envid=getattr(params, "envid", None) or "",
+                message_size=size, message_sha256=digest))
         return out
 
     async def _rollback(self, msgid: str | None) -> None:
@@ -964,17 +959,9 @@ class Session(asyncio.Protocol):
 
 
 
-def _split_reply(reply: str) -> tuple[int, str, str]:
-    parts = reply.split(" ", 2)
-    try:
-        code = int(parts[0])
-    except (ValueError, IndexError):
-        return 451, "4.3.0", reply or "Temporary failure"
-    if len(parts) >= 2 and parts[1][:1] in "245" and parts[1].count(".") == 2:
-        return code, parts[1], parts[2] if len(parts) > 2 else ""
-    return code, f"{str(code)[0]}.0.0", " ".join(parts[1:])
-
-
+#: what a failure without a reply of its own becomes
+TEMPORARY = Reply(451, "4.3.0", "Temporary failure")
+AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
 
 
 def client_key(ip: str) -> str:

@@ -8,6 +8,7 @@ next fills up, so many sessions share one sync instead of waiting in line.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -79,11 +80,11 @@ class Queue(common.Process):
             log.event("queue", "purged-uncommitted", count=purged)
         clean = self.spool.take_clean_mark()
         committer = asyncio.create_task(self._committer())
-        envs: list[dict[str, Any]] = []
+        envs: list[m.SchedEntry] = []
         n = 0
         for _msgid, found in self.spool.walk(verify=not clean):
             for env in found:
-                envs.append(self._sched_entry(env))
+                envs.append(m.SchedEntry.of(env))
                 n += 1
                 if len(envs) >= 1000:
                     self.peers["scheduler"].notify(m.SchedInsert(envelopes=envs))
@@ -103,14 +104,6 @@ class Queue(common.Process):
             except (TimeoutError, OSError) as exc:
                 committer.cancel()
                 log.warning("queue", "unclean-stop", error=str(exc))
-
-    @staticmethod
-    def _sched_entry(env: Envelope) -> dict[str, Any]:
-        return {
-            "evpid": env["evpid"], "type": env.get("type", "mda"),
-            "ctime": int(env.get("ctime", "0") or 0), "retry": int(env.get("retry", "0") or 0),
-            "ttl": int(env.get("ttl", "0") or 0), "route": _route(env),
-        }
 
     # -- group commit ------------------------------------------------------------
 
@@ -151,12 +144,9 @@ class Queue(common.Process):
         await self.codec_ready.wait()
         if msg.msgid not in self._open:
             raise TempFail("unknown message")
-        envs: list[Envelope] = []
-        for e in msg.envelopes:
-            env = {str(k): str(v) for k, v in e.items()}
-            env["version"] = envmod.VERSION
-            env["evpid"] = envmod.new_evpid(msg.msgid)
-            envs.append(env)
+        # the queue names each envelope: pony's come without an id
+        envs = [dataclasses.replace(draft, evpid=envmod.new_evpid(msg.msgid))
+                for draft in msg.envelopes]
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._batch.append((PendingCommit(msg.msgid, envs), fut))
         self._wake.set()
@@ -165,11 +155,11 @@ class Queue(common.Process):
         finally:
             self._open.discard(msg.msgid)
         self.peers["scheduler"].notify(
-            m.SchedInsert(envelopes=[self._sched_entry(e) for e in envs]))
+            m.SchedInsert(envelopes=[m.SchedEntry.of(e) for e in envs]))
         self.count("queue.envelope.enqueued", len(envs))
         for env in envs:
-            log.event("queue", "envelope", evpid=env["evpid"], rcpt=env.get("rcpt"),
-                      dest=env.get("dest"))
+            log.event("queue", "envelope", evpid=env.evpid, rcpt=env.rcpt or None,
+                      dest=env.dest or None)
         return m.Ok(text=msg.msgid)
 
     # -- delivery ------------------------------------------------------------------
@@ -183,7 +173,7 @@ class Queue(common.Process):
             self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="removed"))
             return
         try:
-            if env.get("type", "mda") not in ("mda", "bounce"):
+            if env.type not in ("mda", "bounce"):
                 res = m.DeliveryResult(evpid=evpid, status="tempfail",
                                        text="451 4.3.0 no transport for this envelope")
             else:
@@ -202,47 +192,44 @@ class Queue(common.Process):
 
     async def deliver_mta(self, envs: list[Envelope]) -> None:
         """Several relay envelopes of one message and route: one transaction."""
-        msgid = envs[0]["evpid"][:8]
+        msgid = envs[0].msgid
         try:
             fd = self.spool.open_message(msgid)
         except OSError as exc:
             log.error("queue", "load-failed", msgid=msgid, error=str(exc))
             for env in envs:
                 self.peers["scheduler"].notify(
-                    m.SchedResult(evpid=env["evpid"], status="removed"))
+                    m.SchedResult(evpid=env.evpid, status="removed"))
             return
         try:
             try:
                 reply = await self.peers["pony"].ask(m.DeliverBatch(envelopes=list(envs)), [fd])
                 got = reply.results if isinstance(reply, m.DeliveryResults) else []
             except TempFail as exc:
-                got = [{"evpid": e["evpid"], "status": "tempfail", "text": exc.reply()}
+                got = [m.DeliveryResult(evpid=e.evpid, status="tempfail", text=exc.reply())
                        for e in envs]
-            by_evpid = {str(r.get("evpid")): r for r in got if isinstance(r, dict)}
+            by_evpid = {r.evpid: r for r in got}
             for env in envs:
-                r = by_evpid.get(env["evpid"]) or {
-                    "status": "tempfail", "text": "451 4.3.0 No result for this envelope"}
-                res = m.DeliveryResult(evpid=env["evpid"], status=str(r.get("status")),
-                                       text=str(r.get("text", "")))
-                await self._outcome(env, res, fd, relay=str(r.get("relay") or ""),
-                                    dsn_relayed=bool(r.get("dsn_relayed")))
+                res = by_evpid.get(env.evpid) or m.DeliveryResult(
+                    evpid=env.evpid, status="tempfail",
+                    text="451 4.3.0 No result for this envelope")
+                await self._outcome(env, res, fd)
         finally:
             await _close_off_loop(fd)
 
     # remove_envelope runs in a thread: an unlink waits on the journal while a
     # commit syncs, which must not stall the event loop (and with it commits)
-    async def _outcome(self, env: Envelope, res: m.DeliveryResult, fd: int, *,
-                       relay: str = "", dsn_relayed: bool = False) -> None:
-        evpid = env["evpid"]
-        delay = int(time.time()) - int(env.get("ctime", "0") or 0)
-        log.event("delivery", "result", evpid=evpid, sender=env.get("sender") or "<>",
-                  rcpt=env.get("rcpt"), dest=env.get("dest"), relay=relay or None,
+    async def _outcome(self, env: Envelope, res: m.DeliveryResult, fd: int) -> None:
+        evpid, relay = env.evpid, res.relay
+        delay = int(time.time()) - env.ctime
+        log.event("delivery", "result", evpid=evpid, sender=env.sender or "<>",
+                  rcpt=env.rcpt or None, dest=env.dest or None, relay=relay or None,
                   delay=f"{delay}s",
                   result={"ok": "Ok", "tempfail": "TempFail", "permfail": "PermFail"}.get(
                       res.status, res.status), stat=res.text)
         if res.status == "ok":
-            if env.get("type") == "mta":
-                if not dsn_relayed and bounce.wanted(env, "relayed"):
+            if env.type == "mta":
+                if not res.dsn_relayed and bounce.wanted(env, "relayed"):
                     self._notify(env, res.text, fd, "relayed", relay)
             elif bounce.wanted(env, "delivered"):
                 self._notify(env, res.text, fd, "delivered", relay)
@@ -250,7 +237,7 @@ class Queue(common.Process):
             self.count("scheduler.delivery.ok")
             self.count("queue.envelope.dequeued")
             self.peers["scheduler"].notify(m.SchedResult(
-                evpid=evpid, status="ok", route=_route(env)))
+                evpid=evpid, status="ok", route=env.route))
         elif res.status == "permfail":
             await self._bounce(env, res.text, fd, relay)
             await asyncio.to_thread(self.spool.remove_envelope, evpid)
@@ -258,11 +245,11 @@ class Queue(common.Process):
             self.count("queue.envelope.dequeued")
             self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="permfail"))
         else:
-            retry = int(env.get("retry", "0") or 0) + 1
-            env["retry"] = str(retry)
-            env["last-try"] = str(int(time.time()))
-            env["errorline"] = res.text[:300].replace("\n", " ").replace("\r", " ")
-            self._maybe_warn(env, res.text, fd, relay, retry)
+            retry = env.retry + 1
+            env = dataclasses.replace(
+                env, retry=retry, last_try=int(time.time()),
+                errorline=res.text[:300].replace("\n", " ").replace("\r", " "))
+            env = self._maybe_warn(env, res.text, fd, relay, retry)
             try:
                 self.spool.update_envelope(env)
             except OSError as exc:
@@ -279,8 +266,8 @@ class Queue(common.Process):
             self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="removed"))
             return
         try:
-            text = env.get("errorline") or "Envelope expired"
-            log.event("delivery", "expired", evpid=evpid, rcpt=env.get("rcpt"), stat=text)
+            text = env.errorline or "Envelope expired"
+            log.event("delivery", "expired", evpid=evpid, rcpt=env.rcpt or None, stat=text)
             await self._bounce(env, f"554 5.4.7 Delivery time expired: {text}", fd)
         finally:
             os.close(fd)
@@ -289,32 +276,35 @@ class Queue(common.Process):
         self.count("queue.envelope.dequeued")
         self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="expired"))
 
-    def _maybe_warn(self, env: Envelope, reason: str, fd: int, relay: str, retry: int) -> None:
+    def _maybe_warn(self, env: Envelope, reason: str, fd: int, relay: str,
+                    retry: int) -> Envelope:
         """A "delayed" notification when the next try falls after a warn-interval
-        not yet reported (docs/queue.md §6); ``last-bounce`` remembers it."""
+        not yet reported (docs/queue.md §6); ``last-bounce`` remembers it: the
+        envelope to write back is returned."""
         if not self.config.bounce_warn_interval or not bounce.wanted(env, "delayed"):
-            return
-        ctime = int(env.get("ctime", "0") or 0)
-        ttl = int(env.get("ttl", "0") or 0) or self.config.queue_ttl
+            return env
+        ctime = env.ctime
+        ttl = env.ttl or self.config.queue_ttl
         now = time.time()
-        base = limits.RETRY_BASE_MTA if env.get("type") == "mta" else limits.RETRY_BASE_MDA
+        base = limits.RETRY_BASE_MTA if env.type == "mta" else limits.RETRY_BASE_MDA
         nxt = next_attempt(ctime, retry, base, now)
         if nxt >= ctime + ttl:
-            return  # it expires first: the failure notification will say it
-        last = int(env.get("last-bounce", "0") or 0)
+            return env  # it expires first: the failure notification will say it
+        last = env.last_bounce or 0
         due = [w for w in sorted(self.config.bounce_warn_interval)
                if nxt >= ctime + w and last < ctime + w]
         if not due:
-            return
-        env["last-bounce"] = str(int(now))
+            return env
+        env = dataclasses.replace(env, last_bounce=int(now))
         self._notify(env, reason, fd, "delayed", relay)
+        return env
 
     async def _bounce(self, env: Envelope, reason: str, fd: int, relay: str = "") -> None:
-        evpid = env["evpid"]
-        if not env.get("sender", ""):
+        evpid = env.evpid
+        if not env.sender:
             log.event("bounce", "null-sender-dropped", evpid=evpid)
             return
-        if env.get("type") == "bounce" or "bounce" in env.get("flags", "").split():
+        if env.is_bounce:
             log.event("bounce", "double-bounce-dropped", evpid=evpid)
             return
         if not bounce.wanted(env, "failed"):
@@ -326,18 +316,18 @@ class Queue(common.Process):
         """Add a recipient to the notification of its message (sent ~1 s after
         the last addition, docs/queue.md §6). The original is read now: the
         message file goes away with its last envelope."""
-        key = (env["evpid"][:8], kind, env.get("sender", ""))
+        key = (env.msgid, kind, env.sender)
         pending = self._dsn.get(key)
         if pending is None:
-            full = kind == "failed" and env.get("dsn-ret", "").upper() == "FULL"
+            full = kind == "failed" and env.dsn_ret.upper() == "FULL"
             try:
                 original = (bounce.original_message(fd) if full
                             else bounce.original_headers(fd))
             except OSError as exc:
-                log.error("bounce", "read-failed", evpid=env["evpid"], error=exc.strerror)
+                log.error("bounce", "read-failed", evpid=env.evpid, error=exc.strerror)
                 return
             pending = self._dsn[key] = _PendingDSN(original, full)
-        pending.items.append(bounce.Item(dict(env), reason, relay))
+        pending.items.append(bounce.Item(env, reason, relay))
         if pending.timer is not None:
             pending.timer.cancel()
         pending.timer = asyncio.get_running_loop().call_later(
@@ -355,32 +345,27 @@ class Queue(common.Process):
     async def _send_dsn(self, items: list[bounce.Item], original: bytes, kind: str,
                         full: bool) -> None:
         env = items[0].env
-        sender = env.get("sender", "")
-        evpid = env["evpid"]
+        sender = env.sender
+        evpid = env.evpid
         try:
             res = await self.peers["lka"].ask(m.RcptCheck(
-                session={"ip": "local", "local_socket": True, "helo": env.get("smtpname", "")},
+                session={"ip": "local", "local_socket": True, "helo": env.smtpname},
                 sender="", rcpt=sender))
         except TempFail as exc:
             log.error("bounce", "route-failed", evpid=evpid, error=exc.text)
             return
         if not isinstance(res, m.RcptResult) or not res.accepted:
             log.event("bounce", "no-route", evpid=evpid, to=sender,
-                      reason=getattr(res, "reply", ""))
+                      reason=str(res.reply or "") if isinstance(res, m.RcptResult) else "")
             return
         body = bounce.build_report(items, original, kind=kind, full=full)
         msgid = envmod.new_msgid()
-        now = str(int(time.time()))
-        envs: list[Envelope] = []
-        for d in res.deliveries:
-            e = {str(k): str(v) for k, v in d.items()}
-            relayed = e.get("mda-method") == "relay"
-            e.update({"version": envmod.VERSION, "evpid": envmod.new_evpid(msgid),
-                      "type": "mta" if relayed else "bounce", "sender": "", "rcpt": sender,
-                      "ctime": now, "retry": "0", "ttl": str(limits.BOUNCE_TTL),
-                      "smtpname": env.get("smtpname", ""), "flags": "bounce",
-                      "bounce-type": kind})
-            envs.append(e)
+        now = int(time.time())
+        envs = [Envelope(
+            evpid=envmod.new_evpid(msgid), delivery=dataclasses.replace(d, rcpt=sender),
+            type="mta" if d.relayed else "bounce", sender="", ctime=now, retry=0,
+            ttl=limits.BOUNCE_TTL, smtpname=env.smtpname, flags=("bounce",),
+            bounce_type=kind) for d in res.deliveries]
         try:
             await asyncio.to_thread(self.spool.add_message, msgid, body, envs)
         except (OSError, TempFail) as exc:
@@ -390,7 +375,7 @@ class Queue(common.Process):
                   rcpts=len(items))
         self.count("queue.bounce")
         self.peers["scheduler"].notify(
-            m.SchedInsert(envelopes=[self._sched_entry(e) for e in envs]))
+            m.SchedInsert(envelopes=[m.SchedEntry.of(e) for e in envs]))
 
     # -- requests -------------------------------------------------------------------
 
@@ -448,10 +433,10 @@ class Queue(common.Process):
             except (OSError, ValueError):
                 self._spawn(self.deliver(evpid))  # reports the failure
                 continue
-            if env.get("type") != "mta":
+            if env.type != "mta":
                 self._spawn(self.deliver(evpid))
                 continue
-            groups.setdefault((evpid[:8], _route(env)), []).append(env)
+            groups.setdefault((env.msgid, env.route), []).append(env)
         for envs in groups.values():
             self._spawn(self.deliver_mta(envs))
 
@@ -459,7 +444,7 @@ class Queue(common.Process):
         if msg.command == "show-queue":
             rows: list[dict[str, str]] = []
             for _msgid, envs in self.spool.walk():
-                rows.extend(envs)
+                rows.extend(envmod.to_fields(e) for e in envs)
             return m.ControlReply(data={"envelopes": rows})
         if msg.command in ("show-envelope", "remove"):
             evpid = msg.args[0] if len(msg.args) == 1 else ""
@@ -509,7 +494,7 @@ class Queue(common.Process):
             if not envmod.is_evpid(name) or not name.startswith(ident):
                 continue
             try:
-                envs.append(self._sched_entry(self.spool.load_envelope(name)))
+                envs.append(m.SchedEntry.of(self.spool.load_envelope(name)))
             except (OSError, ValueError):
                 continue
         if not envs:
@@ -525,12 +510,6 @@ async def _close_off_loop(fd: int) -> None:
     await asyncio.to_thread(os.close, fd)
 
 
-def _route(env: Envelope) -> str:
-    """What a relay envelope's connection depends on: its action and the
-    recipient domain ("" for local deliveries)."""
-    if env.get("type") != "mta":
-        return ""
-    return f"{env.get('dispatcher', '')}:{env.get('dest', '').rpartition('@')[2].lower()}"
 
 
 @dataclass(slots=True)

@@ -77,11 +77,9 @@ class Scheduler(common.Process):
         heapq.heappush(self.heap, (e.due, e.generation, e.evpid))
         self.wake.set()
 
-    def insert(self, data: dict[str, Any], now: float) -> None:
-        ttl = int(data.get("ttl") or 0) or self.config.queue_ttl
-        e = Entry(evpid=str(data["evpid"]), type=str(data.get("type", "mda")),
-                  ctime=int(data.get("ctime") or now), retry=int(data.get("retry") or 0), ttl=ttl,
-                  route=str(data.get("route") or ""))
+    def insert(self, data: m.SchedEntry, now: float) -> None:
+        e = Entry(evpid=data.evpid, type=data.type, ctime=data.ctime or int(now),
+                  retry=data.retry, ttl=data.ttl or self.config.queue_ttl, route=data.route)
         if e.retry:
             e.due = next_attempt(e.ctime, e.retry, self._base(e), now)
         else:
@@ -270,10 +268,10 @@ class Scheduler(common.Process):
             now = time.time()
             added = 0
             for d in msg.envelopes:
-                if not isinstance(d, dict) or not envmod.is_evpid(d.get("evpid")):
+                if not isinstance(d, m.SchedEntry):
                     log.warning("scheduler", "invalid-id", peer=chan.peer, request="insert")
                     continue
-                if msg.discover and str(d.get("evpid")) in self.entries:
+                if msg.discover and d.evpid in self.entries:
                     continue
                 self.insert(d, now)
                 added += 1

@@ -48,11 +48,9 @@ def _clean(text: str) -> str:
 
 def wanted(env: Envelope, kind: str) -> bool:
     """May a ``kind`` notification be sent for this envelope?"""
-    if not env.get("sender"):
+    if not env.sender or env.is_bounce:
         return False
-    if env.get("type") == "bounce" or "bounce" in env.get("flags", "").split():
-        return False
-    notify = {x.strip().upper() for x in env.get("dsn-notify", "").split(",") if x.strip()}
+    notify = env.notify
     if "NEVER" in notify:
         return False
     if not notify:
@@ -116,7 +114,7 @@ _INTRO = {
 def build(env: Envelope, reason: str, msg_fd: int, *, kind: str = "failed",
           now: float | None = None) -> bytes:
     """The notification for one envelope (see :func:`build_report`)."""
-    full = kind == "failed" and env.get("dsn-ret", "").upper() == "FULL"
+    full = kind == "failed" and env.dsn_ret.upper() == "FULL"
     original = original_message(msg_fd) if full else original_headers(msg_fd)
     return build_report([Item(env, reason)], original, kind=kind, full=full, now=now)
 
@@ -132,48 +130,48 @@ def build_report(items: list[Item], original: bytes, *, kind: str = "failed",
         raise ValueError(f"unknown notification kind {kind!r}")
     now = time.time() if now is None else now
     env = items[0].env
-    smtpname = env.get("smtpname") or "localhost"
+    smtpname = env.smtpname or "localhost"
     boundary = f"{os.urandom(8).hex()}/{smtpname}"
-    ctime = float(env.get("ctime", now) or now)
+    ctime = float(env.ctime or now)
     arrival = email.utils.formatdate(ctime, localtime=True)
     human = [_INTRO[kind], ""]
     for it in items:
-        rcpt = it.env.get("rcpt") or it.env.get("dest", "")
+        rcpt = it.env.rcpt or it.env.dest
         human.append(f"    {rcpt}: {_clean(it.reason)}")
     human.append("")
     if kind == "delayed":
-        ttl = int(env.get("ttl", "0") or 0)
+        ttl = env.ttl
         human += [f"It has been waiting for {_duration(now - ctime)}; delivery will be tried "
                   f"for another {_duration(ctime + ttl - now)} before it is given up.",
                   "You do not need to send it again.", ""]
     human.append("The whole message is attached below." if full
                  else "The header section of your message is attached below.")
     status = [f"Reporting-MTA: dns; {smtpname}"]
-    if env.get("dsn-envid"):
-        status.append(f"Original-Envelope-Id: {_clean(env['dsn-envid'])}")
+    if env.dsn_envid:
+        status.append(f"Original-Envelope-Id: {_clean(env.dsn_envid)}")
     status.append(f"Arrival-Date: {arrival}")
     for it in items:
         e = it.env
-        rcpt = e.get("rcpt") or e.get("dest", "")
+        rcpt = e.rcpt or e.dest
         diag = _clean(it.reason)
         status.append("")
-        if e.get("dsn-orcpt"):
-            otype, _, oaddr = e["dsn-orcpt"].partition(";")
+        if e.dsn_orcpt:
+            otype, _, oaddr = e.dsn_orcpt.partition(";")
             status.append(f"Original-Recipient: {_clean(otype.strip())}; {_clean(oaddr)}")
-        status.append(f"Final-Recipient: rfc822; {_clean(e.get('dest') or rcpt)}")
+        status.append(f"Final-Recipient: rfc822; {_clean(e.dest or rcpt)}")
         status.append(f"Action: {kind}")
         status.append(f"Status: {status_of(it.reason)}")
         if it.relay:
             status.append(f"Remote-MTA: dns; {_clean(it.relay.split(' ')[0])}")
         if diag and kind != "delivered":
             status.append(f"Diagnostic-Code: smtp; {diag}")
-        if e.get("last-try") and kind in ("failed", "delayed"):
+        if e.last_try and kind in ("failed", "delayed"):
             status.append("Last-Attempt-Date: "
-                          + email.utils.formatdate(float(e["last-try"]), localtime=True))
-        if kind == "delayed" and e.get("ttl"):
+                          + email.utils.formatdate(float(e.last_try), localtime=True))
+        if kind == "delayed" and e.ttl:
             status.append("Will-Retry-Until: " + email.utils.formatdate(
-                float(e.get("ctime", ctime) or ctime) + int(e["ttl"]), localtime=True))
-    to = env.get("sender", "")
+                float(e.ctime or ctime) + e.ttl, localtime=True))
+    to = env.sender
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{smtpname}>",
         f"To: {to}",

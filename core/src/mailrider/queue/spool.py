@@ -37,6 +37,7 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import ctypes.util
+import dataclasses
 import errno
 import hashlib
 import os
@@ -241,7 +242,7 @@ class Spool:
         if self.codec.active:
             self._encode_body(idir)
         for env in item.envelopes:
-            path = os.path.join(idir, env["evpid"])
+            path = os.path.join(idir, env.evpid)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 _write_all(fd, self.codec.encode(envmod.serialise(env)))
@@ -317,7 +318,7 @@ class Spool:
             return envmod.parse(self.codec.decode(f.read()))
 
     def update_envelope(self, env: Envelope) -> None:
-        path = self.envelope_path(env["evpid"])
+        path = self.envelope_path(env.evpid)
         if not self.codec.active:
             envmod.write_atomic(path, env)
             return
@@ -371,10 +372,10 @@ class Spool:
             _write_all(fd, self.codec.encode(body))
         finally:
             os.close(fd)
-        for env in envelopes:
-            env["message-size"] = str(len(body))
-            env["message-sha256"] = body_digest(body)
-        item = PendingCommit(msgid, envelopes)
+        digest = body_digest(body)
+        item = PendingCommit(msgid, [
+            dataclasses.replace(e, message_size=len(body), message_sha256=digest)
+            for e in envelopes])
         self.commit_batch([item])
         if item.error is not None:
             raise item.error
@@ -391,7 +392,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _body_matches(path: str, envs: list[Envelope], codec: Codec) -> bool:
-    want = next((e for e in envs if "message-sha256" in e), None)
+    want = next((e for e in envs if e.message_sha256), None)
     if want is None:
         return True  # written by a version that recorded no digest
     h = hashlib.sha256()
@@ -410,8 +411,8 @@ def _body_matches(path: str, envs: list[Envelope], codec: Codec) -> bool:
                     size += len(chunk)
     except (OSError, CodecError):
         return False
-    return (str(size) == want.get("message-size", str(size))
-            and h.hexdigest() == want["message-sha256"])
+    return (want.message_size in (None, size)
+            and h.hexdigest() == want.message_sha256)
 
 
 def _fsync_path(path: str) -> None:

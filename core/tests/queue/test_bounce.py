@@ -6,11 +6,20 @@ import email
 import email.policy
 
 from mailrider.queue import bounce
+from mailrider.queue import envelope as envmod
+from mailrider.queue.envelope import Envelope
 
-ENV = {"evpid": "0123456789abcdef", "type": "mta", "sender": "alice@local.test",
+
+def E(fields: dict[str, str]) -> Envelope:
+    """An envelope from its keys, through the codec (as the spool reads it)."""
+    return envmod.from_fields(fields)
+
+
+FIELDS = {"evpid": "0123456789abcdef", "type": "mta", "sender": "alice@local.test",
        "rcpt": "bob@remote.test", "dest": "bob@remote.test", "smtpname": "mx.local.test",
        "ctime": "1700000000", "ttl": "345600", "dsn-orcpt": "rfc822;Bob@Remote.test",
        "dsn-envid": "abc", "last-try": "1700000400"}
+ENV = E(FIELDS)
 HEADERS = b"Received: from x\nSubject: hello\nFrom: alice@local.test\n"
 FULL = HEADERS + b"\nbody line\n"
 
@@ -24,8 +33,8 @@ def parse(raw: bytes) -> tuple[email.message.Message, list[email.message.Message
 
 
 def test_failed_report_for_two_recipients() -> None:
-    other = dict(ENV, evpid="0123456789abcdee", rcpt="carol@remote.test",
-                 dest="carol@remote.test", **{"dsn-orcpt": ""})
+    other = E(dict(FIELDS, evpid="0123456789abcdee", rcpt="carol@remote.test",
+                 dest="carol@remote.test", **{"dsn-orcpt": ""}))
     raw = bounce.build_report([
         bounce.Item(ENV, "550 5.1.1 <bob@remote.test>: User unknown", "mx.remote.test [192.0.2.1]"),
         bounce.Item(other, "552 5.2.2 Mailbox full", "mx.remote.test [192.0.2.1]"),
@@ -61,7 +70,7 @@ def test_ret_full_attaches_the_message() -> None:
     with tempfile.TemporaryFile() as fh:
         fh.write(FULL)
         fh.flush()
-        raw = bounce.build(dict(ENV, **{"dsn-ret": "FULL"}), "554 5.0.0 no", fh.fileno())
+        raw = bounce.build(E(dict(FIELDS, **{"dsn-ret": "FULL"})), "554 5.0.0 no", fh.fileno())
     _, parts = parse(raw)
     assert parts[2].get_content_type() == "message/rfc822"
     inner = parts[2].get_payload()[0]
@@ -98,12 +107,12 @@ def test_notify_rules() -> None:
     w = bounce.wanted
     assert w(ENV, "failed") and w(ENV, "delayed")
     assert not w(ENV, "delivered") and not w(ENV, "relayed")
-    never = dict(ENV, **{"dsn-notify": "NEVER"})
+    never = E(dict(FIELDS, **{"dsn-notify": "NEVER"}))
     assert not any(w(never, k) for k in bounce.KINDS)
-    success = dict(ENV, **{"dsn-notify": "SUCCESS"})
+    success = E(dict(FIELDS, **{"dsn-notify": "SUCCESS"}))
     assert w(success, "delivered") and w(success, "relayed") and not w(success, "failed")
-    failure = dict(ENV, **{"dsn-notify": "FAILURE,DELAY"})
+    failure = E(dict(FIELDS, **{"dsn-notify": "FAILURE,DELAY"}))
     assert w(failure, "failed") and w(failure, "delayed") and not w(failure, "relayed")
-    assert not w(dict(ENV, sender=""), "failed")
-    assert not w(dict(ENV, flags="bounce"), "failed")
-    assert not w(dict(ENV, type="bounce"), "failed")
+    assert not w(E(dict(FIELDS, sender="")), "failed")
+    assert not w(E(dict(FIELDS, flags="bounce")), "failed")
+    assert not w(E(dict(FIELDS, type="bounce")), "failed")

@@ -1,0 +1,294 @@
+"""The queue process's handlers (proc/queue.py), driven directly with fake
+peers (fakepeer.py): commit, local and relayed delivery outcomes, the
+bounce path, expiry, and the control commands, on a real spool in a
+temporary folder. No daemon is started."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakepeer import FakePeer, run, until, wire
+from mailrider import limits
+from mailrider.config import parse_string
+from mailrider.ipc import messages as m
+from mailrider.proc import common
+from mailrider.proc.queue import Queue
+from mailrider.queue import envelope as envmod
+from mailrider.queue.envelope import Delivery, Envelope
+from mailrider.queue.spool import Spool
+
+CONFIG = """
+action "local" mbox
+action "out" relay
+match from any for domain "x.example" action "local"
+match from any for any action "out"
+"""
+BODY = b"Subject: hi\nFrom: a@b.example\n\nbody\n"
+
+
+class FakeChan:
+    peer = "pony"
+
+
+class Harness:
+    def __init__(self, q: Queue, peers: dict[str, FakePeer]) -> None:
+        self.q = q
+        self.peers = peers
+
+    def __getattr__(self, name: str) -> FakePeer:
+        return self.peers[name]
+
+
+def serve(tmp_path: Path, body: Callable[[Harness], Awaitable[None]], *,
+          answers: dict[str, Any] | None = None) -> None:
+    """Run a real Queue on a spool in tmp_path, its peers fake, while ``body`` runs."""
+
+    async def main() -> None:
+        q = Queue(common.Options(statedir=str(tmp_path)),
+                  parse_string(CONFIG, file="test.conf"))
+        await q.setup()
+        # as root the queue runs chrooted in its spool ("/"): not here
+        q.spool = Spool(common.spool_dir(str(tmp_path)))
+        peers = {name: FakePeer(name, (answers or {}).get(name))
+                 for name in ("scheduler", "parent", "pony", "lka")}
+        q.peers = peers  # type: ignore[assignment]
+        task = asyncio.create_task(q.run())
+        await until(lambda: os.path.isdir(q.spool.queue), "spool set up")
+        try:
+            await body(Harness(q, peers))
+        finally:
+            q.stopping.set()
+            await asyncio.wait_for(task, 10)
+
+    run(main())
+
+
+def envelope(msgid: str, rcpt: str, *, relay: bool = False, **kw: Any) -> Envelope:
+    d = Delivery(dispatcher="out" if relay else "local", rcpt=rcpt, dest=rcpt,
+                 method="relay" if relay else "mbox", user="" if relay else "nobody",
+                 uid=-1 if relay else 65534, gid=-1 if relay else 65534)
+    fields: dict[str, Any] = {"type": "mta" if relay else "mda", "sender": "a@b.example",
+                              "ctime": int(time.time()), "ttl": 3600, "smtpname": "mx.test"}
+    fields.update(kw)
+    return Envelope(evpid=envmod.new_evpid(msgid), delivery=d, **fields)
+
+
+def queued(h: Harness, *envs: Envelope) -> list[Envelope]:
+    """A message in the spool with these envelopes (as a commit leaves them)."""
+    msgid = envs[0].msgid
+    h.q.spool.add_message(msgid, BODY, list(envs))
+    return [h.q.spool.load_envelope(e.evpid) for e in envs]
+
+
+def test_commit_names_and_writes_the_envelopes(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        created, fds = await h.q.handle(FakeChan(), wire(m.MessageCreate()), [])  # type: ignore[arg-type]
+        assert isinstance(created, m.MessageCreated) and envmod.is_msgid(created.msgid)
+        os.write(fds[0], BODY)
+        os.close(fds[0])
+        drafts = [dataclasses.replace(envelope("00000000", r), evpid="") for r in ("u@x.example",
+                                                                       "v@x.example")]
+        commit = wire(m.MessageCommit(msgid=created.msgid, envelopes=drafts))
+        reply = await h.q.handle(FakeChan(), commit, [])  # type: ignore[arg-type]
+        assert reply == m.Ok(text=created.msgid)
+        [ins] = h.scheduler.of(m.SchedInsert)[-1:]
+        assert {e.evpid[:8] for e in ins.envelopes} == {created.msgid}
+        assert len({e.evpid for e in ins.envelopes}) == 2
+        for entry, draft in zip(ins.envelopes, drafts, strict=True):
+            on_disk = h.q.spool.load_envelope(entry.evpid)
+            # the queue named it; everything else is what pony sent
+            assert on_disk == dataclasses.replace(draft, evpid=entry.evpid)
+            assert (entry.type, entry.ttl, entry.route) == ("mda", 3600, "")
+        # pony may not name an envelope: the codec refuses the frame
+        with pytest.raises(ValueError):
+            wire(m.MessageCommit(msgid=created.msgid, envelopes=[
+                dataclasses.replace(drafts[0], evpid=envmod.new_evpid(created.msgid))]))
+        # a message it did not open is refused
+        with pytest.raises(Exception, match="unknown message"):
+            await h.q.handle(FakeChan(), wire(m.MessageCommit(msgid="deadbeef",  # type: ignore[arg-type]
+                                                               envelopes=[])), [])
+
+    serve(tmp_path, body)
+
+
+def _parent(status: str, text: str) -> Any:
+    def answer(msg: Any, fds: list[int]) -> Any:
+        assert isinstance(msg, m.ForkDelivery) and isinstance(msg.envelope, Envelope)
+        assert len(fds) == 1 and os.pread(fds[0], 100, 0) == BODY[:100]
+        return m.DeliveryResult(evpid=msg.envelope.evpid, status=status, text=text)
+
+    return answer
+
+
+def test_a_local_delivery_that_succeeds_is_removed(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        [env] = queued(h, envelope("0000abcd", "u@x.example"))
+        await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[env.evpid])), [])  # type: ignore[arg-type]
+        await until(lambda: h.scheduler.of(m.SchedResult), "a result")
+        [fork] = h.parent.of(m.ForkDelivery)
+        assert fork.envelope == env  # typed, as it is on disk
+        assert h.scheduler.of(m.SchedResult) == [m.SchedResult(evpid=env.evpid, status="ok")]
+        assert not os.path.exists(h.q.spool.msgdir(env.msgid))
+
+    serve(tmp_path, body, answers={"parent": _parent("ok", "Delivered")})
+
+
+def test_a_temporary_failure_is_written_back_for_the_scheduler(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        [env] = queued(h, envelope("0000abcd", "u@x.example"))
+        await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[env.evpid])), [])  # type: ignore[arg-type]
+        await until(lambda: h.scheduler.of(m.SchedResult), "a result")
+        assert h.scheduler.of(m.SchedResult) == [
+            m.SchedResult(evpid=env.evpid, status="tempfail", retry=1)]
+        later = h.q.spool.load_envelope(env.evpid)
+        assert later.retry == 1 and later.errorline == "452 4.2.2 Mailbox full"
+        assert later.last_try is not None and later.last_try >= env.ctime
+        assert dataclasses.replace(later, retry=0, errorline="", last_try=None) == env
+
+    serve(tmp_path, body, answers={"parent": _parent("tempfail", "452 4.2.2 Mailbox\nfull")})
+
+
+def _lka(msg: Any, fds: list[int]) -> m.RcptResult:
+    # lka's route for the notification: to the original sender, relayed
+    assert isinstance(msg, m.RcptCheck) and msg.sender == ""
+    return m.RcptResult(accepted=True, deliveries=[Delivery(
+        dispatcher="out", rcpt=msg.rcpt, dest=msg.rcpt, method="relay", uid=-1, gid=-1,
+        grant="ab" * 32)])
+
+
+def test_a_permanent_failure_bounces_to_the_sender(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "BOUNCE_FLUSH_DELAY", 0.0)
+
+    async def body(h: Harness) -> None:
+        [env] = queued(h, envelope("0000abcd", "u@x.example"))
+        await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[env.evpid])), [])  # type: ignore[arg-type]
+        await until(lambda: h.scheduler.of(m.SchedInsert), "the bounce queued")
+        assert m.SchedResult(evpid=env.evpid, status="permfail") in h.scheduler.of(
+            m.SchedResult)
+        [ask] = h.lka.of(m.RcptCheck)
+        assert ask.rcpt == "a@b.example"
+        [entry] = h.scheduler.of(m.SchedInsert)[-1].envelopes
+        assert (entry.type, entry.route, entry.ttl) == ("mta", "out:b.example",
+                                                        limits.BOUNCE_TTL)
+        dsn = h.q.spool.load_envelope(entry.evpid)
+        assert dsn.is_bounce and dsn.sender == "" and dsn.rcpt == "a@b.example"
+        assert dsn.bounce_type == "failed" and dsn.delivery.grant == "ab" * 32
+        fd = h.q.spool.open_message(dsn.msgid)
+        try:
+            report = os.pread(fd, 1 << 16, 0)
+        finally:
+            os.close(fd)
+        assert b"550 5.1.1 No such user" in report and b"Subject: hi" in report
+        assert dsn.message_size == os.path.getsize(h.q.spool.message_path(dsn.msgid))
+
+    serve(tmp_path, body, answers={"parent": _parent("permfail", "550 5.1.1 No such user"),
+                                   "lka": _lka})
+
+
+def test_a_bounce_never_bounces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "BOUNCE_FLUSH_DELAY", 0.0)
+
+    async def body(h: Harness) -> None:
+        [env] = queued(h, envelope("0000abcd", "u@x.example", flags=("bounce",)))
+        await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[env.evpid])), [])  # type: ignore[arg-type]
+        await until(lambda: h.scheduler.of(m.SchedResult), "a result")
+        await asyncio.sleep(0.05)
+        assert h.lka.got == [] and h.scheduler.of(m.SchedInsert) == []
+
+    serve(tmp_path, body, answers={"parent": _parent("permfail", "550 5.1.1 No such user")})
+
+
+def test_relay_envelopes_of_one_route_go_in_one_batch(tmp_path: Path) -> None:
+    def pony(msg: Any, fds: list[int]) -> m.DeliveryResults:
+        assert isinstance(msg, m.DeliverBatch) and len(fds) == 1
+        first, second = msg.envelopes
+        return m.DeliveryResults(results=[
+            m.DeliveryResult(evpid=first.evpid, status="ok", text="250 2.0.0 Ok",
+                             relay="mx.y.example [192.0.2.1]", dsn_relayed=True),
+            m.DeliveryResult(evpid=second.evpid, status="tempfail",
+                             text="451 4.7.1 Greylisted", relay="mx.y.example [192.0.2.1]"),
+        ])
+
+    async def body(h: Harness) -> None:
+        msgid = "0000abcd"
+        envs = queued(h, envelope(msgid, "u@y.example", relay=True),
+                      envelope(msgid, "v@y.example", relay=True))
+        await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[e.evpid for e in envs])), [])  # type: ignore[arg-type]
+        await until(lambda: len(h.scheduler.of(m.SchedResult)) == 2, "two results")
+        [batch] = h.pony.of(m.DeliverBatch)
+        assert batch.envelopes == envs
+        assert h.scheduler.of(m.SchedResult) == [
+            m.SchedResult(evpid=envs[0].evpid, status="ok", route="out:y.example"),
+            m.SchedResult(evpid=envs[1].evpid, status="tempfail", retry=1)]
+        assert h.q.spool.load_envelope(envs[1].evpid).errorline == "451 4.7.1 Greylisted"
+        with pytest.raises(FileNotFoundError):
+            h.q.spool.load_envelope(envs[0].evpid)
+
+    serve(tmp_path, body, answers={"pony": pony})
+
+
+def test_an_expired_envelope_bounces_with_its_last_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "BOUNCE_FLUSH_DELAY", 0.0)
+
+    async def body(h: Harness) -> None:
+        [env] = queued(h, envelope("0000abcd", "u@x.example", retry=5,
+                                   errorline="421 4.4.2 Timeout"))
+        await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[env.evpid], expire=True)), [])  # type: ignore[arg-type]
+        await until(lambda: h.scheduler.of(m.SchedInsert), "the bounce queued")
+        assert m.SchedResult(evpid=env.evpid, status="expired") in h.scheduler.of(
+            m.SchedResult)
+        assert h.parent.got == []  # not tried again
+        dsn = h.q.spool.load_envelope(h.scheduler.of(m.SchedInsert)[-1].envelopes[0].evpid)
+        fd = h.q.spool.open_message(dsn.msgid)
+        try:
+            assert b"5.4.7 Delivery time expired: 421 4.4.2 Timeout" in os.pread(fd, 1 << 16, 0)
+        finally:
+            os.close(fd)
+
+    serve(tmp_path, body, answers={"lka": _lka})
+
+
+def test_control_show_and_remove(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        env, other = queued(h, envelope("0000abcd", "u@x.example"),
+                            envelope("0000abcd", "v@x.example"))
+        shown = await h.q.control(m.Control(command="show-envelope", args=[env.evpid]))
+        assert shown.lines == envmod.serialise(env).decode().splitlines()
+        rows = (await h.q.control(m.Control(command="show-queue"))).data["envelopes"]
+        assert sorted(envmod.from_fields(r).evpid for r in rows) == sorted(
+            [env.evpid, other.evpid])
+        done = await h.q.control(m.Control(command="remove", args=[env.evpid]))
+        assert done.ok and h.q.counters["queue.envelope.removed"] == 1
+        assert [e.evpid for _, es in h.q.spool.walk() for e in es] == [other.evpid]
+        for bad in ("../../x", env.msgid):
+            refused = await h.q.control(m.Control(command="remove", args=[bad]))
+            assert not refused.ok
+        assert h.q.spool.load_envelope(other.evpid) == other
+
+    serve(tmp_path, body)
+
+
+def test_recovery_hands_the_scheduler_every_envelope(tmp_path: Path) -> None:
+    sp = Spool(common.spool_dir(str(tmp_path)))
+    sp.setup()
+    envs = [envelope("0000abcd", "u@x.example"), envelope("0000abcd", "v@y.example",
+                                                           relay=True, retry=2)]
+    sp.add_message("0000abcd", BODY, envs)
+    sp.mark_clean()
+
+    async def body(h: Harness) -> None:
+        await until(lambda: h.scheduler.of(m.SchedInsert), "recovery")
+        [ins] = h.scheduler.of(m.SchedInsert)
+        assert sorted(ins.envelopes, key=lambda e: e.evpid) == sorted(
+            (m.SchedEntry.of(e) for e in envs), key=lambda e: e.evpid)
+
+    serve(tmp_path, body)
