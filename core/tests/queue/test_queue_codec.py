@@ -3,6 +3,7 @@ damage, bounds, the spool reading mixed files (docs/queue.md §8)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zlib
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 from mailrider.crypto import libcrypto
 from mailrider.queue import codec as c
 from mailrider.queue import envelope as envmod
-from mailrider.queue.spool import PendingCommit, Spool
+from mailrider.queue.envelope import Delivery, Envelope
+from mailrider.queue.spool import PendingCommit, Spool, body_digest
 
 KEY = c.parse_key("0123456789abcdef0123456789abcdef")
 BODY = b"Received: from x\r\nSubject: secret\r\n\r\nMARKER-7f3a body line\r\n" * 50
@@ -93,18 +95,13 @@ def _commit(sp: Spool, body: bytes, rcpt: str) -> tuple[str, str]:
     msgid, fd = sp.create()
     os.write(fd, body)
     os.close(fd)
-    env = {"version": envmod.VERSION, "evpid": envmod.new_evpid(msgid), "rcpt": rcpt,
-           "message-size": str(len(body)), "message-sha256": envmod_digest(body)}
+    env = Envelope(evpid=envmod.new_evpid(msgid), sender="a@b.example", ctime=1,
+                   delivery=Delivery(dispatcher="", rcpt=rcpt, dest=rcpt, method=""),
+                   message_size=len(body), message_sha256=body_digest(body))
     item = PendingCommit(msgid, [env])
     sp.commit_batch([item])
     assert item.error is None
-    return msgid, env["evpid"]
-
-
-def envmod_digest(body: bytes) -> str:
-    from mailrider.queue.spool import body_digest
-
-    return body_digest(body)
+    return msgid, env.evpid
 
 
 def _all_bytes(root: Path) -> bytes:
@@ -127,9 +124,8 @@ def test_spool_mixed_formats_read_back(tmp_path: Path) -> None:
         fd = enc.open_message(msgid)
         with os.fdopen(fd, "rb") as f:
             assert want in f.read()
-    assert enc.load_envelope(e2)["rcpt"] == "new@example.org"
-    env = enc.load_envelope(e1)
-    env["retry"] = "1"
+    assert enc.load_envelope(e2).rcpt == "new@example.org"
+    env = dataclasses.replace(enc.load_envelope(e1), retry=1)
     enc.update_envelope(env)  # rewritten in the configured format
     assert b"old@example.org" not in Path(enc.envelope_path(e1)).read_bytes()
     # recovery after an unclean stop checks decoded bodies against their digest
