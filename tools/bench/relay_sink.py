@@ -24,7 +24,7 @@ limits instead: the configuration gets ``mta limit max-conn-per-domain N``
 and/or ``scheduler limit max-inflight N``, the sink is the Python peer of
 the end-to-end tests (core/tests/e2e/smtp_peer.py) holding each end of data
 0.2 s so deliveries overlap, and the most connections it saw open at once is
-printed with the scheduler's most envelopes in flight (docs/config.md §9,
+printed with the scheduler's most envelopes in flight (docs/config.md §15,
 docs/queue.md §9).
 """
 

@@ -110,6 +110,9 @@ BOUNCE_TTL = 7 * 86400
 
 # Local deliveries in flight at once (OpenSMTPD: mda limit max-session 50).
 MDA_MAX_SESSIONS = 50
+# Delivery processes of one user at once (OpenSMTPD: mda limit
+# max-session-per-user 7); docs/config.md §12.
+MDA_MAX_SESSIONS_PER_USER = 7
 
 # IPC: the largest frame a process accepts from a peer.
 IPC_FRAME_MAX = 16 * 1024 * 1024
@@ -255,3 +258,16 @@ DELIVERY_BATCHES_PER_USER = 2
 # (queued or running) before new ones get 454 4.7.0 at once.
 AUTH_WORKERS = 2
 AUTH_PENDING_MAX = 32
+
+# The metrics endpoint (metrics.py, docs/metrics.md): served by control on
+# the loopback only, one short HTTP/1.1 request per connection.
+#: the request line and headers, at most (a scraper sends a few hundred bytes)
+METRICS_REQUEST_MAX = 8192
+#: seconds a client has to send its request
+METRICS_REQUEST_TIMEOUT = 5.0
+#: connections served at once; more are answered 503 and closed
+METRICS_CLIENTS_MAX = 8
+#: upper bounds (seconds) of the delivery latency histogram's buckets: from
+#: a local delivery right after the commit to the 4-day queue lifetime
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+                   3600.0, 14400.0, 86400.0, 345600.0)

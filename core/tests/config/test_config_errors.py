@@ -51,6 +51,8 @@ CASES = [
     ("filter f chain g\n", "1: syntax error near 'g'"),
     ("bounce warn-interval 1h 2h 3h 4h 5h\n", "1: at most 4 bounce warn-intervals"),
     ("smtp max-message-size 12Q\n", "1: invalid size: 12Q"),
+    ("action a relay srs\n", "1: an srs key is required for srs to be specified in an action"),
+    ('srs key "k"\nsrs ttl 23h\n', '2: ttl delay "23h" is too short'),
     ("smtp limit max-bogus 3\n", "1: invalid smtp limit keyword 'max-bogus'"),
     ("smtp limit\n", "1: syntax error near end of line"),
     ("smtp limit max-rcpt 0\n", "1: invalid max-rcpt: 0"),

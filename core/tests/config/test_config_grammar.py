@@ -220,6 +220,7 @@ def test_relay_actions() -> None:
         PKI
         + textwrap.dedent(
             """
+            srs key "k"
             table secrets file:/etc/secrets
             table relays { "smtp://a.example" }
             table doms file:/etc/doms
@@ -252,7 +253,7 @@ def test_relay_actions() -> None:
         "helo_src": "doms",
     }
     assert a["r2"].ttl == 86400
-    assert a["r2"].where.line == 11  # 3 lines of PKI, a blank line, 6 more
+    assert a["r2"].where.line == 12  # 3 lines of PKI, a blank line, 7 more
     assert a["r3"].relay == {
         "backup": True, "backup_mx": "mx2.example", "helo": "mx.example",
         "src": "srcs",
@@ -503,6 +504,19 @@ def test_list_commas_optional_trailing_allowed_never_doubled() -> None:
     assert cfg.tables["m"].mapping == {"k": "v", "k2": "v2"}
     with pytest.raises(ConfigError, match=r"^g\.conf:3: syntax error near ','$"):
         parse("filter a proc-exec x\nfilter b proc-exec y\nlisten on lo filter { a,, b }\n")
+
+
+def test_static_tables_take_arrows_as_opensmtpd() -> None:
+    cfg = parse('table m { joe => "joe@example.org", "k 2"=>v2\n  k3 = v3 }\n'
+                'action a mbox alias { root => joe }\n')
+    assert cfg.tables["m"].mapping == {"joe": "joe@example.org", "k 2": "v2", "k3": "v3"}
+    alias = cfg.actions["a"].alias
+    assert alias is not None and cfg.tables[alias].mapping == {"root": "joe"}
+    with pytest.raises(ConfigError, match=r"^g\.conf:1: table mixes list and mapping entries$"):
+        parse("table t { a, b => c }\n")
+    # only between a key and a value
+    with pytest.raises(ConfigError, match=r"^g\.conf:1: syntax error near '=>'$"):
+        parse("table t { => c }\n")
 
 
 def test_anonymous_names_never_overwrite_user_tables() -> None:

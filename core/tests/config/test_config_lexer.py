@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from mailrider.config import parse_string
-from mailrider.config.lexer import EOF, NL, STRING, WORD, Lexer, Token
+from mailrider.config.lexer import ARROW, EOF, NL, STRING, WORD, Lexer, Token
 from mailrider.errors import ConfigError
 
 
@@ -26,6 +26,14 @@ def test_words_punctuation_and_lines() -> None:
         (WORD, "b", 1), ("=", "=", 1), (WORD, "c", 1), ("}", "}", 1),
         (WORD, "listen", 2), (WORD, "on", 2), (WORD, "lo0", 2), ("<", "<", 2),
         (WORD, "x", 2), (">", ">", 2), ("!", "!", 2), (WORD, "tls", 2),
+    ]
+
+
+def test_arrow_is_one_token() -> None:
+    # OpenSMTPD's ARROW: "=>" without a blank inside; "= >" stays two tokens
+    assert words('a => b "c"=>d e = > f') == [
+        (WORD, "a", 1), (ARROW, "=>", 1), (WORD, "b", 1), (STRING, "c", 1), (ARROW, "=>", 1),
+        (WORD, "d", 1), (WORD, "e", 1), ("=", "=", 1), (">", ">", 1), (WORD, "f", 1),
     ]
 
 

@@ -1,4 +1,4 @@
-"""``mta limit`` and ``scheduler limit`` as parsed (docs/config.md §9, docs/queue.md §9)."""
+"""``mta limit`` and ``scheduler limit`` as parsed (docs/config.md §15, docs/queue.md §9)."""
 
 from __future__ import annotations
 

@@ -111,3 +111,18 @@ def test_check_accepts_good_and_dynamic_relay_urls() -> None:
 
     for text in GOOD[:4]:
         check_relay_urls(parse_string(text + "match from any for any action a\n", "t.conf"))
+
+
+def test_relay_host_label_without_scheme_is_accepted() -> None:
+    """``relay host label@host:587 auth <t>`` (no scheme): smtp+tls:// (docs/config.md §8)."""
+    from mailrider.proc.pony_mta import check_relay_urls, static_relay_urls
+    from mailrider.table.values import parse_relayhost
+
+    config = parse_string('table c { lbl = "u:p" }\n'
+                          "action a relay host lbl@mail.example.org:587 auth <c>\n"
+                          "match from any for any action a\n", "t.conf")
+    check_supported(config)
+    check_relay_urls(config)
+    url = parse_relayhost(static_relay_urls(config, config.actions["a"])[0])
+    assert (url.proto, url.host, url.port, url.label) == ("smtp+tls", "mail.example.org", 587,
+                                                          "lbl")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pathlib
+import ssl
+
 import pytest
 from mailrider.config import parse_string
 from mailrider.errors import ConfigError
@@ -31,3 +34,26 @@ def test_good_tls_settings() -> None:
                        'protocols "tlsv1.2,tlsv1.3"\nsmtp ciphers "HIGH"\n', file="t.conf")
     assert (cfg.listeners[0].ciphers, cfg.listeners[0].protocols, cfg.smtp_ciphers) == (
         "HIGH:!aNULL", "tlsv1.2,tlsv1.3", "HIGH")
+
+
+def test_dhe_group_by_mode_and_key(tmp_path: pathlib.Path) -> None:
+    import subprocess
+
+    from mailrider.config.tls import dhe_group, load_dhe
+
+    certs = {}
+    for bits in (2048, 3072):
+        key, cert = tmp_path / f"{bits}.key", tmp_path / f"{bits}.crt"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", f"rsa:{bits}", "-nodes", "-keyout",
+                        str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=t"],
+                       check=True, capture_output=True)
+        certs[bits] = str(cert)
+    assert dhe_group(None, certs[2048]) is None
+    assert dhe_group("none", certs[2048]) is None
+    assert dhe_group("auto", certs[2048]) == "ffdhe2048"
+    assert dhe_group("legacy", certs[2048]) == "ffdhe2048"
+    assert dhe_group("auto", certs[3072]) == "ffdhe3072"
+    assert dhe_group("auto", str(tmp_path / "missing.crt")) == "ffdhe2048"
+    for group in ("ffdhe2048", "ffdhe3072"):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        load_dhe(ctx, group)  # the parameters ship with the package and load

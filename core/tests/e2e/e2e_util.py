@@ -47,10 +47,12 @@ class Transaction:
 
 
 def smtp_send(port: int, sender: str, rcpts: Sequence[str], body: bytes = MSG,
-              helo: str = "client.example") -> Transaction:
-    """One transaction; DATA is sent only when a recipient was accepted."""
+              helo: str = "client.example", source: str | None = None) -> Transaction:
+    """One transaction; DATA is sent only when a recipient was accepted.
+    ``source``: the client's address (another loopback one, 127.0.0.2...)."""
     t = Transaction()
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=30,
+                                  source_address=(source, 0) if source else None) as s:
         f = s.makefile("rb")
         assert _reply(f)[0] == 220
 

@@ -1,6 +1,6 @@
 """End to end: ``mta limit`` and ``scheduler limit`` hold against a real
 daemon relaying to sinks that count the connections open at once
-(docs/config.md §9, docs/queue.md §9).
+(docs/config.md §15, docs/queue.md §9).
 
 Each sink holds every transaction open a while before its 250, so
 deliveries overlap: without a limit several connections are open at once

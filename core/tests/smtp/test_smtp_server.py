@@ -25,6 +25,22 @@ def test_greeting() -> None:
     assert srv.data_to_send() == b""
 
 
+def test_rename_before_the_banner() -> None:
+    srv = SMTPServer(CONFIG)
+    srv.rename("mx2.example.org")
+    assert srv.greeting() == b"220 mx2.example.org ESMTP mailrider\r\n"
+    srv.rename("[192.0.2.1]")
+    assert srv.greeting().startswith(b"220 [192.0.2.1] ")
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "mx\r\n250 x", "-mx", "x" * 256, "mx.", "[a b]"])
+def test_rename_refuses_what_is_not_a_host_name(bad: str) -> None:
+    srv = SMTPServer(CONFIG)
+    with pytest.raises(ValueError):
+        srv.rename(bad)
+    assert srv.greeting() == b"220 mx.example.org ESMTP mailrider\r\n"
+
+
 def test_ehlo_lists_extensions() -> None:
     d = run(HELLO)
     assert d.events == [ev.Hello("EHLO", "client.example.net")]

@@ -83,3 +83,14 @@ def test_getpwnam_unknown_user_and_other_services() -> None:
     assert run(t.lookup("userinfo", "../etc")) is None
     assert run(t.lookup("credentials", me.pw_name)) is None
     assert not run(t.check("domain", me.pw_name))
+
+
+def test_mapping_from_a_table_written_with_arrows() -> None:
+    from mailrider.config import parse_string
+
+    cfg = parse_string('table m { "Joe" => "joe@example.org", "@" => catchall }\n')
+    mapping = cfg.tables["m"].mapping
+    assert mapping is not None
+    t = StaticTable("m", mapping=mapping)
+    assert run(t.lookup("alias", "joe")) == "joe@example.org"
+    assert run(t.lookup("alias", "@")) == "catchall"

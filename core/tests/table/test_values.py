@@ -200,6 +200,18 @@ def test_relayhost_forms() -> None:
     assert parse_relayhost("smtp://192.0.2.1").effective_port == 25
 
 
+def test_relayhost_without_scheme() -> None:
+    # smtp:// by default; with a label (credentials), smtp+tls://
+    assert parse_relayhost("mx.example.org:2525") == RelayHost("smtp", "mx.example.org", 2525)
+    assert parse_relayhost("label@mail.example.org:587") == RelayHost(
+        "smtp+tls", "mail.example.org", 587, "label")
+    assert parse_relayhost("Label@[2001:db8::1]") == RelayHost(
+        "smtp+tls", "[2001:db8::1]", None, "Label")
+    assert parse_relayhost("label@mx").effective_port == 25
+    with pytest.raises(ValueError, match="invalid relay label"):
+        parse_relayhost("bad/label@mx")
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [

@@ -10,17 +10,19 @@ import sys
 from collections.abc import Callable
 from functools import partial
 
-from mailrider import log, paths
+from mailrider import limits, log, paths
 from mailrider.config import resolve_listener
 from mailrider.config.model import Config
+from mailrider.crypto import delegate
 from mailrider.crypto.keys import KeyStore
 from mailrider.errors import ConfigError
 from mailrider.filter.programs import check_programs
 from mailrider.proc import common
 from mailrider.proc.child import preload
 from mailrider.proc.control import socket_path
-from mailrider.proc.parent import Parent, bind_listeners
+from mailrider.proc.parent import Parent, bind_listeners, bind_metrics
 from mailrider.proc.pony_mta import check_relay_urls
+from mailrider.proc.pony_tls import needs_tls
 from mailrider.table.registry import check_tables
 
 
@@ -55,6 +57,7 @@ def check(opts: common.Options) -> Config:
                                   pki.where.line)
     _check_keys(config)
     _check_queue_key(config)
+    check_delegation(config)
     for lst in config.listeners:
         if lst.address != "socket":
             resolve_listener(lst)
@@ -102,6 +105,49 @@ def read_queue_key(config: Config) -> None:
     except ValueError as exc:
         raise ConfigError(f"queue encryption: {exc}") from None
     config.queue_key = key
+
+
+#: what key delegation needs, for the messages of -n (docs/ports.md §4)
+DELEGATION_NEEDS = ("CPython with a dynamically linked OpenSSL 1.1.1 or 3.x, or LibreSSL 3.5 "
+                    "or later (tested on Linux)")
+
+
+def tls_pkis(config: Config) -> list[str]:
+    """The pki whose keys pony's TLS uses: those of listeners offering TLS
+    (their ``pki``, else every pki) and of ``relay pki``."""
+    names: list[str] = []
+    for lst in config.listeners:
+        if needs_tls(lst):
+            names += lst.pki or list(config.pkis)
+    for action in config.actions.values():
+        pki = action.relay.get("pki")
+        if isinstance(pki, str):
+            names.append(pki)
+    return [n for n in dict.fromkeys(names) if n in config.pkis]
+
+
+def check_delegation(config: Config) -> str:
+    """Whether TLS keys can stay in klondike here (processes.md §5). When they
+    cannot, the pki that need them are a ConfigError unless ``smtp
+    key-in-process`` (or the tests' MAILRIDER_KEY_IN_PROCESS=force) lets pony
+    load them; then the warning -n prints is returned ("" otherwise)."""
+    names = tls_pkis(config)
+    if not names:
+        return ""
+    forced = os.environ.get(limits.KEY_IN_PROCESS_ENV, "") == "force"
+    reason = (f"{limits.KEY_IN_PROCESS_ENV}=force (benchmarks/tests only)" if forced
+              else delegate.unavailable_reason())
+    if not reason:
+        return ""
+    if not (config.key_in_process or forced):
+        pki = config.pkis[names[0]]
+        raise ConfigError(f"pki {names[0]}: TLS keys cannot stay out of the SMTP process "
+                          f"here ({reason}); that needs {DELEGATION_NEEDS}. "
+                          "'smtp key-in-process' lets pony load them instead",
+                          pki.where.file, pki.where.line)
+    return (f"mailriderd: warning: the keys of pki {', '.join(names)} will be loaded into "
+            f"pony, the SMTP process ('smtp key-in-process'): delegation to klondike is "
+            f"unavailable here ({reason}); it needs {DELEGATION_NEEDS}")
 
 
 def _check_keys(config: Config) -> None:
@@ -169,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 1
+        warning = check_delegation(config)
+        if warning:
+            print(warning, file=sys.stderr)
         if config.file == "<built-in>":
             print(f"configuration OK (the built-in configuration: there is no {paths.CONFIG_FILE})")
         else:
@@ -185,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         parent = Parent(opts, config)
         parent.prepare_statedir()
         listeners = bind_listeners(config)
+        metrics_socks = bind_metrics(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -208,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     common.set_title("parent")
 
     async def _main() -> int:
-        await parent.start(listeners)
+        await parent.start(listeners, metrics_socks)
         log.event("parent", "started", pid=os.getpid(), statedir=opts.statedir, listen=addrs)
         return await parent.run()
 

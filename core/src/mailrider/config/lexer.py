@@ -38,6 +38,8 @@ WORD = "word"  # unquoted word: may be a keyword
 STRING = "string"  # quoted string: never a keyword
 NL = "nl"
 EOF = "eof"
+#: "=>", written between a key and its value in a static table
+ARROW = "=>"
 #: single-character tokens the grammar knows
 PUNCT = frozenset("{},=<>!")
 #: characters that end an unquoted word (besides blanks and newlines)
@@ -139,6 +141,11 @@ class Lexer:
             if c == "\0":
                 raise self._error("NUL character in configuration")
             self._pos += 1
+            if c == "=" and self._peek() == ">":
+                # OpenSMTPD's ARROW: a table's key and value, as "="
+                self._pos += 1
+                yield Token(ARROW, "=>", self.file, line)
+                continue
             # punctuation the grammar knows, or a stray character that the
             # parser will report as a syntax error near it
             yield Token(c, c, self.file, line)

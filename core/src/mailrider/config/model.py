@@ -207,6 +207,9 @@ class Config:
     mta_port: int = 25
     #: ``resolver nameserver ADDR [port N]`` (mailrider only); empty: resolv.conf
     resolver_nameservers: list[tuple[str, int]] = field(default_factory=list)
+    #: ``metrics listen on ADDR port N`` (mailrider only): loopback (address,
+    #: port) pairs where control serves the Prometheus metrics
+    metrics_listen: list[tuple[str, int]] = field(default_factory=list)
     #: ``resolver timeout N`` / ``resolver attempts N``; None: resolv.conf's or defaults
     resolver_timeout: float | None = None
     resolver_attempts: int | None = None
@@ -222,8 +225,8 @@ class Config:
     #: ``mta limit [for domain D] ...``: domain ("" for the default) -> keyword -> value
     mta_limits: dict[str, dict[str, int]] = field(default_factory=dict)
     #: srs secrets (never logged) and ttl in seconds
-    srs_key: str | None = None
-    srs_backup_key: str | None = None
+    srs_key: str | None = field(default=None, repr=False)
+    srs_backup_key: str | None = field(default=None, repr=False)
     srs_ttl: int = 4 * 86400
     #: every other global statement, kept as (keyword, words, where) so the
     #: support check can name it

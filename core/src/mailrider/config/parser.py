@@ -33,7 +33,7 @@ import re
 import socket
 from collections.abc import Callable, Iterator
 
-from mailrider.config.lexer import EOF, NL, STRING, WORD, Lexer, Token
+from mailrider.config.lexer import ARROW, EOF, NL, STRING, WORD, Lexer, Token
 from mailrider.config.model import (
     Action,
     Ca,
@@ -62,7 +62,7 @@ KEYWORDS = frozenset(
     recipient regex reject relay report rewrite rset scheduler senders smtp
     smtp-in smtp-out smtps socket src srs sub-addr-delim table tag tagged tls
     tls-require ttl user userbase verify virtual warn-interval wrapper key-in-process
-    resolver
+    resolver metrics
     """.split()
 )
 
@@ -140,7 +140,7 @@ SCHEDULER_LIMITS = frozenset(
     {"max-inflight", "max-evp-batch-size", "max-msg-batch-size", "max-schedule"}
 )
 _MTA_LIMIT_RE = re.compile(r"[a-z][a-z-]*\Z")
-#: OpenSMTPD 7.8's mta limit keywords (limit.c); docs/config.md §9 says which act
+#: OpenSMTPD 7.8's mta limit keywords (limit.c); docs/config.md §15 says which act
 MTA_LIMITS = frozenset(
     {f"max-conn-per-{k}" for k in ("host", "route", "source", "connector", "relay", "domain")}
     | {f"conn-delay-{k}" for k in ("host", "route", "source", "connector", "relay", "domain")}
@@ -350,7 +350,7 @@ class _Parser:
                 continue
             comma = False
             key = self._value()
-            if self._peek().kind == "=":
+            if self._peek().kind in ("=", ARROW):
                 self._next()
                 if items:
                     raise self._err("table mixes list and mapping entries", key)
@@ -795,6 +795,10 @@ class _Parser:
             if self._accept("no-verify"):
                 relay["tls_noverify"] = True
         elif name == "srs":
+            # as OpenSMTPD: the key comes first (docs/config.md §9)
+            if self.config.srs_key is None:
+                raise self._err("an srs key is required for srs to be specified in an action",
+                                opt)
             relay["srs"] = True
         elif name == "filter":
             # ``filter NAME`` or ``filter { a b }``: reports of the outgoing
@@ -1143,6 +1147,34 @@ class _Parser:
         self._end()
         self._set("resolver " + opt.value)
 
+    def _st_metrics(self, kw: Token) -> None:
+        """mailrider only: ``metrics listen on ADDR port N`` (repeatable), where
+        control serves the Prometheus text format (docs/metrics.md §1). ADDR is
+        a loopback address or ``localhost``: the endpoint has no authentication."""
+        self._expect("listen")
+        self._expect("on")
+        tok = self._value()
+        text = "127.0.0.1" if tok.value == "localhost" else tok.value.strip("[]")
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            raise self._err(f"metrics listen on: {tok.value} is not an IP address "
+                            "or localhost", tok) from None
+        if not addr.is_loopback:
+            raise self._err(f"metrics listen on: {tok.value} is not a loopback address "
+                            "(the metrics have no authentication)", tok)
+        if not self._accept("port"):
+            raise self._err("metrics listen on: a port is required", tok)
+        ptok = self._value()
+        port = parse_port(ptok.value)
+        if port is None:
+            raise self._err(f"invalid port: {ptok.value}", ptok)
+        self._end()
+        if (str(addr), port) in self.config.metrics_listen:
+            raise self._err(f"metrics listen on {addr} port {port}: already declared", tok)
+        self.config.metrics_listen.append((str(addr), port))
+        self._set("metrics listen")
+
     def _st_mda(self, kw: Token) -> None:
         opt = self._next()
         if self._is_kw(opt, "limit"):
@@ -1178,7 +1210,11 @@ class _Parser:
             else:
                 self.config.srs_key = self._value().value
         elif self._is_kw(opt, "ttl"):
-            self.config.srs_ttl = self._duration(self._value())
+            ttl = self._value()
+            self.config.srs_ttl = self._duration(ttl)
+            # the SRS timestamp counts days
+            if self.config.srs_ttl < 86400:
+                raise self._err(f'ttl delay "{ttl.value}" is too short', ttl)
         else:
             raise self._unexpected(opt)
         self._end()

@@ -23,11 +23,6 @@ from mailrider.errors import ConfigError
 
 #: feature (as written in the configuration) -> what it is
 UNSUPPORTED: dict[str, str] = {
-    "hostnames": "per-address banner names from a table",
-    "relay srs": "the Sender Rewriting Scheme on relay actions",
-    "wrapper": "mda wrappers in actions",
-    "mda wrapper": "mda wrapper definitions",
-    "srs": "Sender Rewriting Scheme",
 }
 
 #: global options, by their key in ``Config.option_where``, that belong to

@@ -41,3 +41,36 @@ def check_ciphers(spec: str) -> None:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers(spec)
     except ssl.SSLError:
         raise ValueError(f"no usable cipher in {spec!r}") from None
+
+
+def dhe_group(mode: str | None, cert_path: str | None) -> str | None:
+    """The finite-field group a listener's ``pki ... dhe`` asks for, or None.
+
+    docs/config.md §10: ``none`` (the default, as OpenSMTPD's) leaves the
+    server without DH parameters, so no DHE cipher suite is negotiated;
+    ``auto`` gives RFC 7919's ffdhe2048, or ffdhe3072 for an RSA key over
+    2048 bits (the sizes OpenSSL's automatic choice gives those keys);
+    ``legacy`` (1024 bits in libtls) gets the same as ``auto``, because
+    OpenSSL 3 refuses DH keys under 2048 bits at its default security level.
+    """
+    if mode not in ("auto", "legacy"):
+        return None
+    from mailrider.crypto import der
+
+    bits = 0
+    try:
+        with open(cert_path or "", "rb") as f:
+            key = der.certificate_key(f.read(1 << 20))
+    except (OSError, der.DERError):
+        key = None  # the pki check reports an unreadable certificate
+    if key is not None and key.kind == "rsa":
+        bits = key.n.bit_length()
+    return "ffdhe3072" if bits > 2048 else "ffdhe2048"
+
+
+def load_dhe(ctx: ssl.SSLContext, group: str) -> None:
+    """Give a server context the DH parameters of ``group`` (shipped beside this module)."""
+    from importlib import resources
+
+    with resources.as_file(resources.files(__package__).joinpath(f"{group}.pem")) as path:
+        ctx.load_dh_params(str(path))

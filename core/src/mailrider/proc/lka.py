@@ -11,10 +11,11 @@ import asyncio
 import dataclasses
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mailrider import __version__, limits, log, paths
+from mailrider import __version__, limits, log, paths, srs
 from mailrider.config.model import Action, Filter
 from mailrider.crypto.passwords import UnsupportedHash, verify_password
 from mailrider.delivery import grant
@@ -42,6 +43,15 @@ NO_RULE = Reply(550, "5.7.1", "Delivery not authorized, message refused")
 REJECTED = Reply(550, "5.7.1", "Recipient rejected by policy")
 TEMPORARY = Reply(451, "4.3.0", "Temporary failure")
 AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
+
+
+def _internal(env: lka_rules.Envelope) -> lka_rules.Envelope:
+    """An address we made (an expansion's target, a decoded SRS address).
+
+    As OpenSMTPD's EF_INTERNAL envelopes: ``from`` conditions see the local
+    source (``from local`` holds), not the client's address or name.
+    """
+    return dataclasses.replace(env, ip="local", rdns="")
 
 
 class Lka(common.Process):
@@ -190,30 +200,52 @@ class Lka(common.Process):
         reply = await self.peers["parent"].ask(m.ForwardOpen(user=user))
         return reply.content if isinstance(reply, m.ForwardContent) else None
 
+    def _srs_reverse(self, sender: str, rcpt: str) -> str:
+        """A bounce to an SRS address of ours goes to the address it stands for.
+
+        As OpenSMTPD: only for the null sender; an address that does not
+        verify (hash, age) is logged and kept, and the rules refuse it as
+        any unknown recipient (docs/config.md §9).
+        """
+        cfg = self.config
+        if cfg.srs_key is None or sender or not srs.is_srs(rcpt):
+            return rcpt
+        keys = [cfg.srs_key] + ([cfg.srs_backup_key] if cfg.srs_backup_key else [])
+        decoded = srs.decode(rcpt, keys, cfg.srs_ttl // srs.DAY, time.time())
+        if decoded is None:
+            log.warning("lka", "srs-invalid", rcpt=rcpt)
+            return rcpt
+        log.event("lka", "srs-reversed", rcpt=rcpt, dest=decoded)
+        return decoded
+
     async def rcpt(self, msg: m.RcptCheck) -> m.RcptResult:
         s = msg.session
+        rcpt = self._srs_reverse(msg.sender, msg.rcpt)
         env = lka_rules.Envelope(
             ip=str(s.get("ip", "")), local_socket=bool(s.get("local_socket")),
             helo=str(s.get("helo", "")), tag=str(s.get("tag", "")), sender=msg.sender,
-            rcpt=msg.rcpt, auth_user=str(s.get("auth", "")), tls=bool(s.get("tls")),
+            rcpt=rcpt, auth_user=str(s.get("auth", "")), tls=bool(s.get("tls")),
             rdns=str(s.get("rdns", "")),
         )
+        if rcpt != msg.rcpt:
+            env = _internal(env)
         self.count("lka.rcpt")
         try:
             rule = await lka_rules.match_rule(self.config, self.tables, env)
             if rule is None:
-                log.event("lka", "rule-none", rcpt=msg.rcpt, sender=msg.sender, ip=env.ip)
+                log.event("lka", "rule-none", rcpt=rcpt, sender=msg.sender, ip=env.ip)
                 return m.RcptResult(accepted=False, reply=NO_RULE)
             if rule.reject or rule.action is None:
                 return m.RcptResult(accepted=False, reply=REJECTED)
             action = self.config.actions[rule.action]
-            local, _, domain = msg.rcpt.rpartition("@")
+            local, _, domain = rcpt.rpartition("@")
             forward = self._forward if self.privileged else None
 
             async def route(rlocal: str, rdomain: str) -> Action | None:
                 # an address inside an expansion goes where the rules send it
                 # (e.g. a relay for a remote domain), as if it were a RCPT
-                inner = dataclasses.replace(env, rcpt=f"{rlocal}@{rdomain}")
+                # made by us (docs/config.md §8)
+                inner = dataclasses.replace(_internal(env), rcpt=f"{rlocal}@{rdomain}")
                 found = await lka_rules.match_rule(self.config, self.tables, inner)
                 if found is None or found.reject or found.action is None:
                     return None
@@ -221,6 +253,10 @@ class Lka(common.Process):
 
             deliveries = await expand(self.config, self.tables, action, local, domain,
                                       forward=forward, route=route)
+            if rcpt != msg.rcpt:
+                # as OpenSMTPD: the recipient stays the one given, the
+                # destination is the address the SRS one stood for
+                deliveries = [dataclasses.replace(d, rcpt=msg.rcpt) for d in deliveries]
         except PermFail as exc:
             return m.RcptResult(accepted=False, reply=m.reply_of(exc, TEMPORARY))
         except TempFail as exc:

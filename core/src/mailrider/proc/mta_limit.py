@@ -1,7 +1,7 @@
 """``mta limit``: how many connections the MTA may hold open, and how often it
 may open them, per host, route, source, connector, relay and domain.
 
-OpenSMTPD's names (docs/config.md §9): a *host* is one MX address, a
+OpenSMTPD's names (docs/config.md §15): a *host* is one MX address, a
 *source* one local address, a *route* a (source, host) pair, a *relay* one
 action and destination (the relay host, or the recipient domain for MX
 relaying), a *connector* a (relay, source) pair, a *domain* the recipient

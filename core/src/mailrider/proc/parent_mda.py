@@ -17,6 +17,7 @@ never blocks on a delivery itself.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import os
@@ -247,6 +248,22 @@ async def _run_forked(parent: Parent, fn: Any) -> bytes | None:
     return b"".join(chunks) if chunks else None
 
 
+def wrapped(config: Config, action: Action, command: str, ctx: FormatContext) -> str:
+    """The command line to run: ``command``, or the action's ``mda wrapper`` around it.
+
+    As OpenSMTPD: the wrapper's command has its format specifiers expanded,
+    ``%{mda}`` being the (expanded) command. Both come from the parent's own
+    configuration, by the action's name the grant sealed, never from the
+    envelope (docs/security.md, rule 1; docs/config.md §11).
+    """
+    if action.wrapper is None:
+        return command
+    template = config.mda_wrappers.get(action.wrapper)
+    if template is None:  # the parser refuses an undeclared wrapper
+        raise TempFail(f"no mda wrapper {action.wrapper!r}", 451, "4.3.0")
+    return expand_format(template, dataclasses.replace(ctx, mda=command))
+
+
 def _deliver(config: Config, plan: Plan, env: Envelope, msg_fd: int,
              batch: MaildirBatch) -> tuple[str, str] | int:
     """Runs in the forked child, as the user. Returns (status, text), or for a
@@ -272,7 +289,8 @@ def _deliver(config: Config, plan: Plan, env: Envelope, msg_fd: int,
         deliver_mbox(arg or "", msg_fd, sender=sender, prepend=prepend)
     elif method == "pipe":
         envvars = dcommon.mda_environment(ctx, home=home, user=user, extension=extension)
-        deliver_mda(arg or "", msg_fd, env=envvars, prepend=prepend)
+        deliver_mda(wrapped(config, action, arg or "", ctx), msg_fd, env=envvars,
+                    prepend=prepend)
     elif method == "maildir":
         return batch.add(fmt(action.arg or "~/Maildir"), msg_fd, prepend=prepend,
                          junk=action.junk)
@@ -281,7 +299,8 @@ def _deliver(config: Config, plan: Plan, env: Envelope, msg_fd: int,
                      prepend=prepend)
     elif method == "mda":
         envvars = dcommon.mda_environment(ctx, home=home, user=user, extension=extension)
-        deliver_mda(fmt(action.arg or ""), msg_fd, env=envvars, prepend=prepend)
+        deliver_mda(wrapped(config, action, fmt(action.arg or ""), ctx), msg_fd, env=envvars,
+                    prepend=prepend)
     elif method == "lmtp":
         # lmtp: the final user by default, the original recipient with rcpt-to
         target = rcpt if action.rcpt_to else (env.delivery.local_user or user)
@@ -354,6 +373,9 @@ class Deliveries:
     are running, that user's new deliveries wait for one to end, then go
     together; an idle daemon delivers at once. Other methods run a process
     each, in parallel: a slow ``mda`` command must not hold up the others.
+    ``mda limit max-session`` caps the delivery processes running at once,
+    ``max-session-per-user`` those of one user (docs/config.md §12); a
+    delivery over either waits for a process to end.
     """
 
     def __init__(self, parent: Parent) -> None:
@@ -362,6 +384,16 @@ class Deliveries:
         self._running: dict[tuple[object, ...], int] = {}
         self._flushing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        #: delivery processes running, in all and by user (``mda limit``)
+        self.sessions = 0
+        self.user_sessions: dict[str, int] = {}
+
+    def _session_allowed(self, user: str) -> bool:
+        """``mda limit max-session`` and ``max-session-per-user`` (docs/config.md §12)."""
+        caps = self.parent.config.mda_limits
+        return (self.sessions < caps.get("max-session", limits.MDA_MAX_SESSIONS)
+                and self.user_sessions.get(user, 0)
+                < caps.get("max-session-per-user", limits.MDA_MAX_SESSIONS_PER_USER))
 
     def submit(self, plan: Plan, env: Envelope, fd: int) -> asyncio.Future[m.DeliveryResult]:
         loop = asyncio.get_running_loop()
@@ -387,24 +419,38 @@ class Deliveries:
         while self._waiting.get(key) and \
                 self._running.get(key, 0) < limits.DELIVERY_BATCHES_PER_USER:
             jobs = self._waiting[key]
+            user = jobs[0].plan.user
+            if not self._session_allowed(user):
+                return  # started when a delivery process ends (_done)
             batch, rest = jobs[:size], jobs[size:]
             if rest:
                 self._waiting[key] = rest
             else:
                 del self._waiting[key]
             self._running[key] = self._running.get(key, 0) + 1
+            self.sessions += 1
+            self.user_sessions[user] = self.user_sessions.get(user, 0) + 1
             task = asyncio.get_running_loop().create_task(self._run(batch))
             self._tasks.add(task)
-            task.add_done_callback(functools.partial(self._done, key))
+            task.add_done_callback(functools.partial(self._done, key, user))
 
-    def _done(self, key: tuple[object, ...], task: asyncio.Task[None]) -> None:
+    def _done(self, key: tuple[object, ...], user: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         left = self._running[key] - 1
         if left:
             self._running[key] = left
         else:
             del self._running[key]
+        self.sessions -= 1
+        if self.user_sessions[user] > 1:
+            self.user_sessions[user] -= 1
+        else:
+            del self.user_sessions[user]
         self._start(key)
+        if self._waiting:
+            # a place under the mda limits: deliveries of other keys, oldest
+            # key first (dicts keep insertion order)
+            self._flush()
 
     async def _run(self, jobs: list[_Job]) -> None:
         config = self.parent.config

@@ -51,11 +51,12 @@ import asyncio
 import dataclasses
 import os
 import ssl
+import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from mailrider import limits, log
+from mailrider import limits, log, srs
 from mailrider.config.model import Action, Config, Where
 from mailrider.config.tls import protocol_range
 from mailrider.crypto import delegate
@@ -760,6 +761,10 @@ class Mta:
         first = envs[0]
         relay = self._relay_of(first)
         sender = str(relay.get("mail_from") or first.sender)
+        if relay.get("srs") and self.config.srs_key:
+            # docs/config.md §9: forwarded mail leaves with our SRS address
+            sender = srs.forward_sender(sender, first.rcpt, first.dest, self.config.srs_key,
+                                        time.time())
         rcpts: list[tuple[str, sc.RcptDSN]] = []
         by_rcpt: dict[str, list[Envelope]] = {}
         for e in envs:

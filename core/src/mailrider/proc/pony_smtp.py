@@ -108,6 +108,8 @@ class Session(asyncio.Protocol):
         self.filtered = bool(listener.filters) and index >= 0
         self.junk = False
         self.hostname = listener.hostname or host.hostname
+        #: ``hostnames <t>``: the name is looked up before the banner
+        self.named = listener.hostnames is None
         cfg = host.config
         self.srv = SMTPServer(ServerConfig(
             hostname=self.hostname, max_message_size=cfg.max_message_size,
@@ -223,6 +225,9 @@ class Session(asyncio.Protocol):
     def _greet(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
+        if not self.named:
+            self._start(self._lookup_name())
+            return
         if self.host.rdns_lookup and self.ip != "local" and not self.looked_up:
             self._start(self._lookup_peer())
             return
@@ -231,6 +236,41 @@ class Session(asyncio.Protocol):
             self._start(self._filter_connect())
             return
         self.transport.write(self.srv.greeting())
+
+    async def _lookup_name(self) -> None:
+        """``hostnames <t>``: our name for this session, by the local address
+        it arrived on (docs/config.md §13); none found keeps the default."""
+        self.named = True
+        table = self.listener.hostnames
+        sock = self.transport.get_extra_info("sockname") if self.transport else None
+        local = str(sock[0]) if isinstance(sock, tuple) and sock else ""
+        if table is not None and local:
+            key = f"[{local}]" if ":" in local else local
+            try:
+                reply = await self.host.peer("lka").ask(
+                    m.MtaLookup(service="addrname", table=table, key=key))
+            except TempFail as exc:
+                log.warning("smtp", "hostname-lookup-failed", session=self.id, table=table,
+                            address=key, error=exc.text)
+                reply = None
+            name = reply.text.strip() if isinstance(reply, m.Ok) else ""
+            if name:
+                try:
+                    self.srv.rename(name)
+                    self.hostname = name
+                except ValueError:
+                    log.warning("smtp", "hostname-invalid", session=self.id, table=table,
+                                address=key)
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.host.rdns_lookup and self.ip != "local" and not self.looked_up:
+            await self._lookup_peer()  # already inside _start: await, don't nest
+            return
+        self.greeted = True
+        if self.filtered:
+            await self._filter_connect()
+        else:
+            self.transport.write(self.srv.greeting())
 
     async def _lookup_peer(self) -> None:
         """The client's reverse DNS name (lka resolves), before the banner."""

@@ -39,7 +39,7 @@ from typing import Any
 
 from mailrider import limits, log
 from mailrider.config.model import Config, Listener, Pki
-from mailrider.config.tls import protocol_range
+from mailrider.config.tls import dhe_group, load_dhe, protocol_range
 from mailrider.crypto import delegate
 from mailrider.errors import ConfigError
 
@@ -139,6 +139,11 @@ class ListenerTLS:
                 ctx.set_ciphers(ciphers)
         except ssl.SSLError as exc:
             raise ConfigError(f"pki {name}: {exc}", pki.where.file, pki.where.line) from None
+        group = dhe_group(pki.dhe, pki.cert)
+        if group is not None:
+            load_dhe(ctx, group)
+            if pki.dhe == "legacy":
+                log.warning("smtp", "dhe-legacy", pki=name, group=group)
         if load_pki(ctx, name, pki, self.sign, self.config, "smtp"):
             self.in_process = True
         else:

@@ -11,6 +11,11 @@ expires at that moment instead.
 ``max-inflight`` envelopes in flight, at most ``max-schedule`` envelopes and
 ``max-msg-batch-size`` messages per pass of the loop (the loop yields
 between passes), at most ``max-evp-batch-size`` envelopes per SchedDue.
+
+It also keeps what the metrics serve (docs/metrics.md §2): each envelope's
+state, and the latency from queueing to each final outcome (measured from
+the moment it was inserted when that was right after its commit, else from
+its ctime, whole seconds, after a restart).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mailrider import limits, log
+from mailrider import limits, log, metrics
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
@@ -41,6 +46,7 @@ class Entry:
     suspended: bool = False
     generation: int = 0
     route: str = ""  # relay envelopes: action and domain (released together)
+    since: float = 0.0  # when it was queued, for the latency histograms
 
 
 #: commands that take an envelope id, a message id or "all"
@@ -71,6 +77,8 @@ class Scheduler(common.Process):
         self.inflight = 0
         #: the largest number of envelopes in flight so far (show stats)
         self.inflight_peak = 0
+        #: (type, result) -> queueing-to-outcome latency (metrics.py)
+        self.latency: dict[tuple[str, str], metrics.Histogram] = {}
 
     def _push(self, e: Entry) -> None:
         e.generation += 1
@@ -80,6 +88,9 @@ class Scheduler(common.Process):
     def insert(self, data: m.SchedEntry, now: float) -> None:
         e = Entry(evpid=data.evpid, type=data.type, ctime=data.ctime or int(now),
                   retry=data.retry, ttl=data.ttl or self.config.queue_ttl, route=data.route)
+        # a fresh envelope (committed a moment ago) is timed from now, with
+        # sub-second precision; one found again at a restart from its ctime
+        e.since = now if not e.retry and 0 <= now - e.ctime < 2 else float(e.ctime)
         if e.retry:
             e.due = next_attempt(e.ctime, e.retry, self._base(e), now)
         else:
@@ -157,6 +168,9 @@ class Scheduler(common.Process):
             self.inflight -= 1
         if msg.status != "tempfail":
             del self.entries[msg.evpid]
+            if msg.status in metrics.RESULTS and e.type in metrics.TYPES:
+                key = (e.type, msg.status)
+                self.latency.setdefault(key, metrics.Histogram()).observe(time.time() - e.since)
             if msg.status == "ok" and msg.route:
                 self._release(msg.route)
             self.wake.set()
@@ -195,6 +209,28 @@ class Scheduler(common.Process):
                 keep.append(e)
         self.held = keep
         self.wake.set()
+
+    def queue_states(self) -> dict[tuple[str, str], int]:
+        """Envelopes by (type, state): inflight, suspended (paused one by one),
+        held (due while pause mda/mta), deferred (waiting for a retry) or
+        pending (new, waiting for its first attempt)."""
+        held = {e.evpid for e in self.held}
+        now = time.time()
+        out: dict[tuple[str, str], int] = {}
+        for e in self.entries.values():
+            if e.inflight:
+                state = "inflight"
+            elif e.suspended:
+                state = "suspended"
+            elif e.evpid in held:
+                state = "held"
+            elif e.retry and e.due > now:
+                state = "deferred"
+            else:
+                state = "pending"
+            key = (e.type if e.type in metrics.TYPES else "mda", state)
+            out[key] = out.get(key, 0) + 1
+        return out
 
     def stats(self) -> dict[str, int]:
         out = dict(self.counters)
@@ -249,6 +285,9 @@ class Scheduler(common.Process):
             self.paused_mda = False
             self._resume("mda")
             return m.ControlReply(lines=["command succeeded"])
+        if cmd == "metrics":
+            return m.ControlReply(data=metrics.scheduler_part(self.queue_states(),
+                                                              self.latency))
         if cmd == "runstate":
             now = time.time()
             return m.ControlReply(data={"runstate": {

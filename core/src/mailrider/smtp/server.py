@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import enum
+import re
 import unicodedata
 from collections import deque
 from collections.abc import Callable
@@ -229,6 +231,10 @@ def _hold_back(buf: bytes, bol: bool) -> int:
     return 0
 
 
+#: what :meth:`SMTPServer.rename` takes: a domain, or an address literal
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.IPv6]+\]")
+
+
 class SMTPServer:
     """One server-side SMTP/LMTP session; see the module docstring."""
 
@@ -318,6 +324,15 @@ class SMTPServer:
             utf8=self._utf8,
             lmtp=self._config.lmtp,
         )
+
+    def rename(self, hostname: str) -> None:
+        """Call ourselves ``hostname`` from now on (``hostnames <t>`` picks it
+        by the local address, before the banner). Raises ValueError unless it
+        is a host name: letters, digits, ``-``, ``.`` and ``_``, or an
+        address literal, at most 255 octets (RFC 5321 4.1.2)."""
+        if not _NAME_RE.fullmatch(hostname) or len(hostname) > limits.DOMAIN_MAX:
+            raise ValueError(f"not a host name: {hostname[:64]!r}")
+        self._config = dataclasses.replace(self._config, hostname=hostname)
 
     def greeting(self, text: str | None = None) -> bytes:
         """The 220 banner (RFC 5321 4.2: no enhanced status, RFC 2034 3)."""

@@ -276,7 +276,8 @@ def parse_relayhost(value: str) -> RelayHost:
     if not text or any(c.isspace() for c in text):
         raise ValueError(f"invalid relay URL {value!r}")
     proto = "smtp"
-    if "://" in text:
+    schemeless = "://" not in text
+    if not schemeless:
         proto, _, text = text.partition("://")
         proto = proto.lower()
         if proto not in _RELAY_PROTOS:
@@ -288,6 +289,10 @@ def parse_relayhost(value: str) -> RelayHost:
         label, _, text = text.rpartition("@")
         if not _LABEL.match(label):
             raise ValueError(f"invalid relay label {label!r}")
+        if schemeless:
+            # docs/config.md §8: a label means credentials, which only go
+            # over verified TLS (OpenSMTPD defers every mail of this URL)
+            proto = "smtp+tls"
         if proto not in ("smtp+tls", "smtps"):
             raise ValueError("a relay label (credentials) needs smtp+tls:// or smtps://")
     port: int | None = None
