@@ -10,8 +10,8 @@ import sys
 from typing import Any
 
 from mailrider import __version__, paths
+from mailrider.control_format import format_queue_line, invalid_id, socket_path
 from mailrider.errors import ConfigError
-from mailrider.proc.control import format_queue_line, invalid_id, socket_path
 
 #: every command, as fixed words; a trailing "*" takes one argument, "[*]" an optional one
 COMMANDS = (

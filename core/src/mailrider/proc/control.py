@@ -13,7 +13,6 @@ where the command takes it; anything else is answered ``invalid id``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import pwd
@@ -22,13 +21,13 @@ import struct
 import time
 from typing import Any
 
-from mailrider import log, paths, profile
+from mailrider import log, profile
+from mailrider.control_format import format_queue_line, invalid_id, socket_path
 from mailrider.errors import TempFail
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
 from mailrider.queue import envelope as envmod
-from mailrider.queue.envelope import Envelope
 
 REQUEST_MAX = 64 * 1024
 MESSAGE_SHOW_MAX = 64 * 1024 * 1024
@@ -48,10 +47,6 @@ MONITOR_HEADER = [
     "--- client ---  -- envelope --  ---- relay/delivery --- ------- misc -------",
     "curr conn disc  curr  enq  deq   ok tmpfail prmfail loop expire remove bounce",
 ]
-
-
-def socket_path(statedir: str) -> str:
-    return paths.control_socket(statedir)
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -282,42 +277,6 @@ class Control(common.Process):
             lines.append(format_queue_line(env, str(state), str(delay)))
             rows.append(row)
         return m.ControlReply(lines=lines, data={"envelopes": rows})
-
-
-def invalid_id(words: list[str]) -> str | None:
-    """The id argument of ``words`` when that command takes one and it is not
-    valid, else None: ``show envelope`` takes an envelope id; ``show message``
-    and ``discover`` an envelope or message id; ``schedule``, ``remove`` and
-    ``pause``/``resume envelope`` those or "all"."""
-    if words[:2] == ["show", "envelope"]:
-        args, check = words[2:], envmod.is_evpid
-    elif words[:2] == ["show", "message"]:
-        args, check = words[2:], functools.partial(envmod.is_target, all_ok=False)
-    elif words[:2] in (["pause", "envelope"], ["resume", "envelope"]):
-        args, check = words[2:], envmod.is_target
-    elif words[:1] == ["discover"]:
-        args, check = words[1:], functools.partial(envmod.is_target, all_ok=False)
-    elif words[:1] in (["schedule"], ["remove"]):
-        args, check = words[1:], envmod.is_target
-    else:
-        return None
-    if len(args) != 1 or check(args[0]):
-        return None  # a missing or extra argument is an unknown command
-    return args[0]
-
-
-def format_queue_line(env: Envelope, runstate: str, delay: str) -> str:
-    """One ``show queue`` line: the 14 fields of smtpctl (mailriderctl(8))."""
-    sockaddr = env.sockaddr
-    family = "local" if sockaddr in ("", "local") else ("inet6" if ":" in sockaddr else "inet4")
-    ctime, ttl = env.ctime, env.ttl
-    flags = ",".join(env.flags)
-    error = env.errorline.replace("|", "\\|")
-    fields = [
-        env.evpid, family, env.type, flags, env.sender, env.rcpt, env.dest, str(ctime),
-        str(ctime + ttl), str(env.last_try or 0), str(env.retry), runstate, delay, error,
-    ]
-    return "|".join(fields)
 
 
 PROCESS = Control
