@@ -1,7 +1,7 @@
 """The control protocol's pure helpers, shared by the control process
 (proc/control.py) and mailriderctl, which must not import a process module
 (docs/processes.md): the control socket's path, the id check of commands
-that take one, and the ``show queue`` line.
+that take one, the ``show envelope`` fields and the ``show queue`` line.
 """
 
 from __future__ import annotations
@@ -40,12 +40,44 @@ def invalid_id(words: list[str]) -> str | None:
     return args[0]
 
 
-def format_queue_line(env: Envelope, runstate: str, delay: str) -> str:
+#: ``show envelope``: smtpctl's fields, in its order (the envelope file of
+#: OpenSMTPD); mailrider's own fields follow in the spool's order
+ENVELOPE_FIELDS = (
+    "version", "dispatcher", "tag", "type", "smtpname", "helo", "hostname", "username",
+    "errorline", "sockaddr", "sender", "rcpt", "dest", "ctime", "last-try", "last-bounce",
+    "ttl", "retry", "flags", "dsn-notify", "dsn-ret", "dsn-envid", "dsn-orcpt", "esc-class",
+    "esc-code", "mda-exec", "mda-subaddress", "mda-user", "bounce-ttl", "bounce-delay",
+    "bounce-type",
+)
+
+
+def format_envelope(lines: list[str]) -> list[str]:
+    """The ``key: value`` lines of an envelope, smtpctl's fields first in its order."""
+    fields: dict[str, str] = {}
+    for line in lines:
+        key, sep, value = line.partition(": ")
+        if sep and key not in fields:
+            fields[key] = value
+    for key in ("last-try", "retry"):  # smtpctl prints these even when 0
+        fields.setdefault(key, "0")
+    first = [k for k in ENVELOPE_FIELDS if k in fields]
+    rest = [k for k in fields if k not in ENVELOPE_FIELDS]
+    return [f"{k}: {fields[k]}" for k in first + rest]
+
+
+_QUEUE_FLAGS = (("bounce", "bounce"), ("authenticated", "auth"), ("internal", "internal"),
+                ("suspend", "suspend"), ("hold", "hold"))
+
+
+def format_queue_line(env: Envelope, runstate: str, delay: str,
+                      more_flags: tuple[str, ...] = ()) -> str:
     """One ``show queue`` line: the 14 fields of smtpctl (mailriderctl(8))."""
     sockaddr = env.sockaddr
     family = "local" if sockaddr in ("", "local") else ("inet6" if ":" in sockaddr else "inet4")
     ctime, ttl = env.ctime, env.ttl
-    flags = ",".join(env.flags)
+    words = (*env.flags, *more_flags)
+    # smtpctl's words and order
+    flags = ",".join(short for word, short in _QUEUE_FLAGS if word in words)
     error = env.errorline.replace("|", "\\|")
     fields = [
         env.evpid, family, env.type, flags, env.sender, env.rcpt, env.dest, str(ctime),
