@@ -9,6 +9,7 @@ a complete command) on stderr, and exit status 255.
 from __future__ import annotations
 
 import pytest
+from mailrider import control_format
 from mailrider.cli import mailriderctl as ctl
 from mailrider.log import duration_text
 from mailrider.proc import control
@@ -106,7 +107,7 @@ def test_show_envelope_in_smtpctl_order() -> None:
              "sockaddr: 127.0.0.1", "sender: a@b", "rcpt: c@d", "dest: c@d", "ctime: 1",
              "last-try: 0", "retry: 0", "ttl: 345600", "flags: authenticated",
              "errorline: 421 x", "mda-method: maildir"]
-    keys = [line.split(":")[0] for line in control.format_envelope(lines)]
+    keys = [line.split(":")[0] for line in control_format.format_envelope(lines)]
     assert keys == ["version", "dispatcher", "type", "smtpname", "helo", "hostname",
                     "errorline", "sockaddr", "sender", "rcpt", "dest", "ctime", "last-try",
                     "ttl", "retry", "flags", "evpid", "mda-method"]
@@ -119,7 +120,7 @@ def test_queue_line_flags_in_smtpctl_words() -> None:
                                                   method="relay"),
                    type="mta", sockaddr="192.0.2.1", sender="a@b", ctime=100, ttl=50,
                    flags=("authenticated", "bounce"))
-    fields = control.format_queue_line(env, "pending", "30", ("suspend",)).split("|")
+    fields = control_format.format_queue_line(env, "pending", "30", ("suspend",)).split("|")
     assert fields[:4] == [EVPID, "inet4", "mta", "bounce,auth,suspend"]
     assert fields[7:9] == ["100", "150"] and fields[11:13] == ["pending", "30"]
 

@@ -86,6 +86,53 @@ def test_lower_layers_never_import_processes() -> None:
     assert bad == []
 
 
+#: the process modules the command-line programs may import: the daemon's
+#: entry (parent), the children's entry (child) and what every process shares
+#: (common); any other pure helper they need lives below proc/
+CLI_MAY_IMPORT = {"parent", "child", "common"}
+
+
+def _cli_process_imports(imports: list[tuple[str, list[str], int]]) -> list[tuple[str, int]]:
+    """(process module, line) of each import of a process module not in CLI_MAY_IMPORT."""
+    bad = []
+    for mod, names, line in imports:
+        targets = [mod]
+        if mod == "mailrider.proc":
+            targets = [f"mailrider.proc.{n}" for n in names]
+        for target in targets:
+            if target.startswith("mailrider.proc."):
+                if target.split(".")[2] not in CLI_MAY_IMPORT:
+                    bad.append((target, line))
+            elif target == "mailrider.proc":
+                bad.append((target, line))
+    return bad
+
+
+def test_cli_imports_only_the_process_entries() -> None:
+    bad = []
+    programs = [*sorted((SRC / "cli").glob("*.py")), SRC / "sendmail.py", SRC / "__main__.py"]
+    for path in programs:
+        for target, line in _cli_process_imports(_imports(path)):
+            bad.append(f"{path.relative_to(SRC)}:{line} imports {target}")
+    assert bad == []
+
+
+def test_the_cli_check_refuses_the_old_imports() -> None:
+    # what cli/ imported before the helpers moved below proc/
+    old = [
+        ("mailrider.proc.control", ["format_queue_line", "invalid_id", "socket_path"], 14),
+        ("mailrider.proc.pony_mta", ["check_relay_urls"], 23),
+        ("mailrider.proc", ["control"], 30),
+        ("mailrider.proc", ["common"], 19),
+        ("mailrider.proc.parent", ["Parent"], 22),
+    ]
+    assert _cli_process_imports(old) == [
+        ("mailrider.proc.control", 14),
+        ("mailrider.proc.pony_mta", 23),
+        ("mailrider.proc.control", 30),
+    ]
+
+
 def test_processes_import_no_other_process() -> None:
     bad = []
     for path in sorted((SRC / "proc").glob("*.py")):

@@ -57,7 +57,7 @@ GOOD = [
     'table r { "a.test" = "smtp+tls://lbl@x.test" }\ntable c { lbl = "u:p" }\n'
     "action a relay domain <r> auth <c>\n",
     "table r file:/etc/mail/relays\naction a relay domain <r>\n",
-    # as OpenSMTPD's grammar: a bad URL is not a parse error (check_relay_urls refuses it)
+    # as OpenSMTPD's grammar: a bad URL is not a parse error (config/relay.py refuses it)
     "action a relay host tls+auth://lbl@x.test:587\n",
     'action a relay src 192.0.2.1 helo-src { "192.0.2.1" = "mx.test" }\n',
     PKI + 'action a relay host smtp+tls://x.test pki c.test protocols "tlsv1.2,tlsv1.3" '
@@ -97,7 +97,7 @@ def test_relay_routing_and_tls_are_supported() -> None:
 ])
 def test_check_refuses_a_bad_static_relay_url_at_its_line(text: str, line: int) -> None:
     """Stricter than OpenSMTPD, which tempfails every mail at delivery: -n and start refuse."""
-    from mailrider.proc.pony_mta import check_relay_urls
+    from mailrider.config.relay import check_relay_urls
 
     config = parse_string(text + "match from any for any action a\n", "t.conf")
     with pytest.raises(ConfigError) as info:
@@ -107,7 +107,7 @@ def test_check_refuses_a_bad_static_relay_url_at_its_line(text: str, line: int) 
 
 
 def test_check_accepts_good_and_dynamic_relay_urls() -> None:
-    from mailrider.proc.pony_mta import check_relay_urls
+    from mailrider.config.relay import check_relay_urls
 
     for text in GOOD[:4]:
         check_relay_urls(parse_string(text + "match from any for any action a\n", "t.conf"))
@@ -115,7 +115,7 @@ def test_check_accepts_good_and_dynamic_relay_urls() -> None:
 
 def test_relay_host_label_without_scheme_is_accepted() -> None:
     """``relay host label@host:587 auth <t>`` (no scheme): smtp+tls:// (docs/config.md §8)."""
-    from mailrider.proc.pony_mta import check_relay_urls, static_relay_urls
+    from mailrider.config.relay import check_relay_urls, static_relay_urls
     from mailrider.table.values import parse_relayhost
 
     config = parse_string('table c { lbl = "u:p" }\n'

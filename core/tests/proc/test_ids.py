@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from mailrider.config.model import Config
+from mailrider.control_format import invalid_id
 from mailrider.ipc import messages as m
 from mailrider.proc.common import Options, spool_dir
-from mailrider.proc.control import invalid_id
 from mailrider.proc.queue import Queue
 from mailrider.proc.scheduler import Scheduler
 from mailrider.queue import envelope as envmod

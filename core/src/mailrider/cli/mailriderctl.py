@@ -15,8 +15,8 @@ import sys
 from typing import Any
 
 from mailrider import __version__, paths
+from mailrider.control_format import format_queue_line, socket_path
 from mailrider.errors import ConfigError
-from mailrider.proc.control import format_queue_line, socket_path
 
 #: smtpctl's grammar (smtpctl(8)), in its order: fixed words and the
 #: arguments <evpid> (16 hex digits), <msgid> (8), <routeid> (a number),

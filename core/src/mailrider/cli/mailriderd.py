@@ -13,16 +13,16 @@ from functools import partial
 from mailrider import limits, log, paths
 from mailrider.config import resolve_listener
 from mailrider.config.model import Config
+from mailrider.config.relay import check_relay_urls
+from mailrider.config.tls import needs_tls
+from mailrider.control_format import socket_path
 from mailrider.crypto import delegate
 from mailrider.crypto.keys import KeyStore
 from mailrider.errors import ConfigError
 from mailrider.filter.programs import check_programs
 from mailrider.proc import common
 from mailrider.proc.child import preload
-from mailrider.proc.control import socket_path
 from mailrider.proc.parent import Parent, bind_listeners, bind_metrics
-from mailrider.proc.pony_mta import check_relay_urls
-from mailrider.proc.pony_tls import needs_tls
 from mailrider.table.registry import check_tables
 
 

@@ -749,7 +749,7 @@ class _Parser:
         kind of a static table), and TLS protocols and ciphers that could never
         work. Relay URLs are not checked here: OpenSMTPD's grammar takes any
         string (compat corpus); ``mailriderd -n`` and the start refuse a bad
-        one known in advance (pony_mta.check_relay_urls)."""
+        one known in advance (config/relay.py)."""
         relay = action.relay
         routed = "host" in relay or "host_table" in relay
         if routed and "domain" in relay:

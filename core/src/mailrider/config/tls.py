@@ -7,6 +7,10 @@ its contexts with them): configuration is a layer below the processes.
 from __future__ import annotations
 
 import ssl
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailrider.config.model import Listener
 
 _VERSIONS = {
     "tlsv1.0": ssl.TLSVersion.TLSv1, "tlsv1.1": ssl.TLSVersion.TLSv1_1,
@@ -74,3 +78,8 @@ def load_dhe(ctx: ssl.SSLContext, group: str) -> None:
 
     with resources.as_file(resources.files(__package__).joinpath(f"{group}.pem")) as path:
         ctx.load_dh_params(str(path))
+
+
+def needs_tls(lst: Listener) -> bool:
+    """Whether a listener needs a certificate (STARTTLS offered or required, or SMTPS)."""
+    return lst.tls or lst.tls_require or lst.smtps

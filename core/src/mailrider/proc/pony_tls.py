@@ -39,16 +39,12 @@ from typing import Any
 
 from mailrider import limits, log
 from mailrider.config.model import Config, Listener, Pki
-from mailrider.config.tls import dhe_group, load_dhe, protocol_range
+from mailrider.config.tls import dhe_group, load_dhe, needs_tls, protocol_range
 from mailrider.crypto import delegate
 from mailrider.errors import ConfigError
 
 SignFn = Callable[[str, str, bytes, int], bytes]
 
-
-
-def needs_tls(lst: Listener) -> bool:
-    return lst.tls or lst.tls_require or lst.smtps
 
 
 def load_pki(ctx: ssl.SSLContext, name: str, pki: Pki, sign: SignFn, config: Config,

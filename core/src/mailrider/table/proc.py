@@ -31,14 +31,15 @@ import os
 import random
 import socket
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import mailrider
 from mailrider import limits, paths
 from mailrider.errors import TempFail
+from mailrider.table import protocol
 from mailrider.table.base import SERVICES, Table
+from mailrider.table.protocol import PROTOCOL_VERSION, LineSplitter, ProtocolError
 
 logger = logging.getLogger("mailrider.table")
 
@@ -48,15 +49,13 @@ ENTRY_POINT_GROUP = "mailrider.tables"
 #: in an argv template, the place of the table name (see :class:`ProcTable`)
 TABLE_NAME_ARG = "{tablename}"
 
-PROTOCOL_VERSION = "0.1"
+__all__ = ["PROTOCOL_VERSION", "ProcTable", "backend_command", "find_backend"]
 
 # The launcher for entry-point backends. A Python interpreter needs its real
 # argv[0] to find its virtual environment, so the table name cannot go there;
 # it is passed as an argument and mailrider.table.sdk.launch() makes it the
 # backend's sys.argv[0].
 _LAUNCH_CODE = "import sys; from mailrider.table.sdk import launch; sys.exit(launch())"
-
-_OPS = frozenset({"check", "lookup", "fetch", "update"})
 
 _Result = bool | str | None
 
@@ -150,11 +149,6 @@ def backend_command(name: str, argv: list[str], config_path: str | None) -> tupl
     return argv[0], args
 
 
-def _timestamp() -> str:
-    usec = time.time_ns() // 1000
-    return f"{usec // 1_000_000}.{usec % 1_000_000:06d}"
-
-
 class _Pending:
     __slots__ = ("deadline", "future", "op")
 
@@ -176,8 +170,7 @@ class _Wire(asyncio.Protocol):
         self._on_line = on_line
         self._on_lost = on_lost
         self._name = name
-        self._buffer = b""
-        self._skipping = False
+        self._lines = LineSplitter()
         self._out: list[bytes] = []
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -187,28 +180,16 @@ class _Wire(asyncio.Protocol):
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if b"\n" not in data:
-            self._buffer += data
-            if len(self._buffer) > limits.TABLE_LINE_MAX:
-                if not self._skipping:
-                    logger.warning(
-                        "table %s: reply line longer than %d bytes discarded",
-                        self._name,
-                        limits.TABLE_LINE_MAX,
-                    )
-                self._skipping = True
-                self._buffer = b""
-            return
-        lines = (self._buffer + data).split(b"\n")
-        self._buffer = lines.pop()
-        if self._skipping:
-            del lines[0]
-            self._skipping = False
+        lines, dropped = self._lines.feed(data)
+        if dropped:
+            logger.warning(
+                "table %s: %d reply line(s) longer than %d bytes discarded",
+                self._name,
+                dropped,
+                limits.TABLE_LINE_MAX,
+            )
         on_line = self._on_line
         for line in lines:
-            if len(line) > limits.TABLE_LINE_MAX:
-                logger.warning("table %s: reply line too long, discarded", self._name)
-                continue
             on_line(line)
 
     def eof_received(self) -> bool | None:
@@ -325,7 +306,7 @@ class ProcTable(Table):
         # as soon as it runs) wait for the first handshake instead of failing
         self._starting: asyncio.Future[None] | None = None
         self._rng = random.Random()
-        self._prefix = f"table|{PROTOCOL_VERSION}|"
+        self._prefix = protocol.request_prefix()
 
     # -- life cycle -------------------------------------------------------
 
@@ -430,14 +411,7 @@ class ProcTable(Table):
         self._wire = wire
         await loop.create_unix_connection(lambda: wire, sock=ours)
         self._track(self._watch(proc, generation))
-        wire.send(
-            (
-                f"config|smtpd-version|{self.smtpd_version}\n"
-                f"config|protocol|{PROTOCOL_VERSION}\n"
-                f"config|tablename|{self.name}\n"
-                "config|ready\n"
-            ).encode()
-        )
+        wire.send(protocol.config_lines(self.smtpd_version, self.name).encode())
         try:
             services = await asyncio.wait_for(self._handshake, self.handshake_timeout)
             if self._early_loss is not None:
@@ -550,63 +524,54 @@ class ProcTable(Table):
         if fut.done():
             logger.warning("table %s: line after failed handshake: %.80r", self.name, line)
             return
-        if line == "register|ready":
-            if not self._registering:
-                fut.set_exception(TempFail(f"table {self.name}: backend registered no service"))
-            else:
-                fut.set_result(frozenset(self._registering))
-                self._handshake = None
-        elif line.startswith("register|"):
-            service = line[len("register|") :]
-            if service not in SERVICES:
-                fut.set_exception(
-                    TempFail(f"table {self.name}: backend registered unknown service {service!r}")
-                )
-            else:
-                self._registering.add(service)
+        try:
+            service = protocol.parse_register(line)
+        except ProtocolError as exc:
+            fut.set_exception(TempFail(f"table {self.name}: backend {exc}"))
+            return
+        if service is not None:
+            self._registering.add(service)
+        elif not self._registering:
+            fut.set_exception(TempFail(f"table {self.name}: backend registered no service"))
         else:
-            fut.set_exception(
-                TempFail(f"table {self.name}: unexpected line in handshake: {line[:80]!r}")
-            )
+            fut.set_result(frozenset(self._registering))
+            self._handshake = None
 
     def _on_reply(self, line: str) -> None:
-        kind, _, rest = line.partition("|")
-        rid, sep, status = rest.partition("|")
-        entry = self._pending.pop(rid, None)
+        try:
+            reply = protocol.parse_result(line)
+            rid: str | None = reply.rid
+        except ProtocolError as exc:
+            reply = None
+            rid = exc.rid
+            why = str(exc)
+        entry = None if rid is None else self._pending.pop(rid, None)
         if entry is None:
             logger.warning("table %s: reply for no request in flight: %.80r", self.name, line)
             return
-        try:
-            if not sep or kind != entry.op + "-result":
-                raise ValueError(f"expected {entry.op}-result")
-            result = self._parse_status(entry.op, status)
-        except ValueError as exc:
-            logger.warning("table %s: invalid reply (%s): %.80r", self.name, exc, line)
+        result: _Result | TempFail
+        if reply is not None and reply.op != entry.op:
+            why = f"expected {entry.op}-result"
+            reply = None
+        if reply is None:
+            logger.warning("table %s: invalid reply (%s): %.80r", self.name, why, line)
             result = TempFail(f"table {self.name}: invalid reply from backend")
+        elif reply.status == "error":
+            logger.warning(
+                "table %s: %s failed: %s", self.name, entry.op, reply.value or "(no message)"
+            )
+            result = TempFail(f"table {self.name}: backend error")
+        elif reply.status == "found":
+            result = True if reply.op == "check" else reply.value
+        elif reply.status == "not-found":
+            result = False if reply.op == "check" else None
+        else:
+            result = None
         if not entry.future.done():
             if isinstance(result, TempFail):
                 entry.future.set_exception(result)
             else:
                 entry.future.set_result(result)
-
-    def _parse_status(self, op: str, status: str) -> _Result | TempFail:
-        if status == "error" or status.startswith("error|"):
-            message = status[6:]
-            logger.warning("table %s: %s failed: %s", self.name, op, message or "(no message)")
-            return TempFail(f"table {self.name}: backend error")
-        if "\r" in status:
-            raise ValueError("CR in reply")
-        if op == "update":
-            if status == "ok":
-                return None
-        elif status == "not-found":
-            return False if op == "check" else None
-        elif op == "check":
-            if status.startswith("found"):
-                return True
-        elif status.startswith("found|") and len(status) > 6:
-            return status[6:]
-        raise ValueError("bad status")
 
     # -- requests ---------------------------------------------------------
 
@@ -660,13 +625,7 @@ class ProcTable(Table):
         rid = f"{self._rng.getrandbits(32):08x}"
         while rid in pending:
             rid = f"{self._rng.getrandbits(32):08x}"
-        head = f"{self._prefix}{_timestamp()}|{self.name}|{op}|"
-        if op == "update":
-            line = f"{head}{rid}\n"
-        elif key is None:
-            line = f"{head}{service}|{rid}\n"
-        else:
-            line = f"{head}{service}|{rid}|{key}\n"
+        line = protocol.format_request(self.name, op, rid, service, key, prefix=self._prefix)
         try:
             data = line.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:

@@ -57,12 +57,23 @@ from typing import IO, ClassVar
 
 from mailrider import __version__, limits
 from mailrider.errors import ConfigError
+from mailrider.table import protocol
 from mailrider.table.base import SERVICES
+from mailrider.table.protocol import OPS, PROTOCOL_VERSION, LineSplitter, ProtocolError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Backend",
+    "BackendError",
+    "ConfigFileError",
+    "command_line",
+    "config_line",
+    "launch",
+    "read_config",
+    "run",
+]
 
 logger = logging.getLogger("mailrider.table.sdk")
-
-PROTOCOL_VERSION = "0.1"
-_OPS = ("check", "lookup", "fetch", "update")
 _ERROR_MAX = 200
 
 
@@ -227,8 +238,7 @@ class _Server(asyncio.Protocol):
         self.handlers: dict[str, Callable[..., object]] = {}
         self.asynchronous: dict[str, bool] = {}
         self.done: asyncio.Future[int] = self.loop.create_future()
-        self.buffer = b""
-        self.skipping = False
+        self.lines = LineSplitter()
         self.out: list[bytes] = []
         self.writer: asyncio.WriteTransport | None = None
         self.reader: asyncio.ReadTransport | None = None
@@ -274,19 +284,14 @@ class _Server(asyncio.Protocol):
             self.writer.write(data)
 
     def data_received(self, data: bytes) -> None:
-        if b"\n" not in data:
-            self.buffer += data
-            if len(self.buffer) > limits.TABLE_LINE_MAX:
-                if not self.skipping:
-                    logger.error("table %s: request line too long, discarded", self.name)
-                self.skipping = True
-                self.buffer = b""
-            return
-        lines = (self.buffer + data).split(b"\n")
-        self.buffer = lines.pop()
-        if self.skipping:
-            del lines[0]
-            self.skipping = False
+        lines, dropped = self.lines.feed(data)
+        if dropped:
+            logger.error(
+                "table %s: %d request line(s) longer than %d bytes discarded",
+                self.name,
+                dropped,
+                limits.TABLE_LINE_MAX,
+            )
         for raw in lines:
             line = raw.decode("utf-8", "surrogateescape")
             if self.backend is None:
@@ -299,21 +304,25 @@ class _Server(asyncio.Protocol):
     # handshake
 
     def on_config(self, line: str) -> None:
-        parts = line.split("|", 2)
-        if len(parts) == 2 and parts == ["config", "ready"]:
-            self.start_backend()
-        elif len(parts) == 3 and parts[0] == "config":
-            self.config[parts[1]] = parts[2]
-            if parts[1] == "tablename":
-                self.name = parts[2]
-        else:
+        try:
+            item = protocol.parse_config(line)
+        except ProtocolError:
             logger.error("table %s: unexpected line in handshake: %.80r", self.name, line)
             self.finish(1)
+            return
+        if item is None:
+            self.start_backend()
+            return
+        key, value = item
+        self.config[key] = value
+        if key == "tablename":
+            self.name = value
 
     def start_backend(self) -> None:
-        protocol = self.config.get("protocol")
-        if protocol != PROTOCOL_VERSION:
-            logger.error("table %s: unsupported protocol version %r", self.name, protocol)
+        try:
+            protocol.check_version(self.config.get("protocol"))
+        except ProtocolError as exc:
+            logger.error("table %s: %s", self.name, exc)
             self.finish(1)
             return
         try:
@@ -333,54 +342,40 @@ class _Server(asyncio.Protocol):
             self.finish(1)
             return
         self.registered = frozenset(services)
-        for op in _OPS:
+        for op in OPS:
             method = getattr(backend, op)
             if getattr(type(backend), op) is getattr(Backend, op):
                 continue
             self.handlers[op] = method
             self.asynchronous[op] = inspect.iscoroutinefunction(method)
         self.backend = backend
-        for service in services:
-            self.send(f"register|{service}\n")
-        self.send("register|ready\n")
+        self.send(protocol.register_lines(services))
 
     # requests
 
     def on_request(self, line: str) -> None:
-        parts = line.split("|", 5)
-        if len(parts) < 6 or parts[0] != "table":
-            logger.error("table %s: malformed request: %.80r", self.name, line)
-            return
-        op, rest = parts[4], parts[5]
-        service: str | None = None
-        key: str | None = None
-        if op == "update":
-            rid = rest
-        elif op == "fetch":
-            service, _, rid = rest.partition("|")
-        elif op in ("check", "lookup"):
-            service, _, rest = rest.partition("|")
-            rid, sep, key = rest.partition("|")
-            if not sep:
-                logger.error("table %s: request without key: %.80r", self.name, line)
-                if rid:
-                    self.send(f"{op}-result|{rid}|error|malformed request\n")
+        try:
+            request = protocol.parse_request(line)
+        except ProtocolError as exc:
+            if exc.op is None:
+                logger.error("table %s: %s: %.80r", self.name, exc, line)
                 return
-        else:
-            fields = rest.split("|")
-            rid = fields[1] if len(fields) > 1 else fields[0]
-            logger.error("table %s: unsupported operation %.40r", self.name, op)
-            self.send(f"{op}-result|{rid}|error|unsupported operation\n")
+            if exc.op in OPS:
+                logger.error("table %s: %s: %.80r", self.name, exc, line)
+                reply = "malformed request"
+            else:
+                logger.error("table %s: unsupported operation %.40r", self.name, exc.op)
+                reply = "unsupported operation"
+            if exc.rid:
+                self.send(protocol.format_error(exc.op, exc.rid, reply))
             return
-        if not rid or "|" in rid:
-            logger.error("table %s: malformed request: %.80r", self.name, line)
-            return
+        op, rid, service, key = request.op, request.rid, request.service, request.key
         if service is not None and service not in self.registered:
-            self.send(f"{op}-result|{rid}|error|unsupported service\n")
+            self.send(protocol.format_error(op, rid, "unsupported service"))
             return
         method = self.handlers.get(op)
         if method is None:
-            self.send(f"{op}-result|{rid}|error|unsupported operation\n")
+            self.send(protocol.format_error(op, rid, "unsupported operation"))
             return
         args: tuple[str, ...]
         if op == "update":
@@ -438,11 +433,13 @@ class _Server(asyncio.Protocol):
 
     def format(self, op: str, rid: str, result: object) -> str:
         if op == "update":
-            return f"update-result|{rid}|ok\n"
+            return protocol.format_ok(rid)
         if op == "check":
-            return f"check-result|{rid}|{'found' if result else 'not-found'}\n"
+            if result:
+                return protocol.format_found(op, rid)
+            return protocol.format_not_found(op, rid)
         if result is None:
-            return f"{op}-result|{rid}|not-found\n"
+            return protocol.format_not_found(op, rid)
         if not isinstance(result, str) or not result:
             logger.error(
                 "table %s: %s returned %s, not a string",
@@ -450,11 +447,11 @@ class _Server(asyncio.Protocol):
                 op,
                 "an empty string" if result == "" else type(result).__name__,
             )
-            return f"{op}-result|{rid}|error|invalid value\n"
+            return protocol.format_error(op, rid, "invalid value")
         if "\r" in result or "\n" in result:
             logger.error("table %s: %s value contains CR or LF", self.name, op)
-            return f"{op}-result|{rid}|error|invalid value\n"
-        return f"{op}-result|{rid}|found|{result}\n"
+            return protocol.format_error(op, rid, "invalid value")
+        return protocol.format_found(op, rid, result)
 
     def error(self, op: str, rid: str, exc: Exception) -> str:
         if isinstance(exc, BackendError):
@@ -463,9 +460,7 @@ class _Server(asyncio.Protocol):
         else:
             message = "internal error"
             logger.error("table %s: %s failed: %s", self.name, op, type(exc).__name__)
-        if message:
-            return f"{op}-result|{rid}|error|{message}\n"
-        return f"{op}-result|{rid}|error\n"
+        return protocol.format_error(op, rid, message)
 
 
 class _Writer(asyncio.BaseProtocol):
