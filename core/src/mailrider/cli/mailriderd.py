@@ -17,6 +17,7 @@ from mailrider.config.relay import check_relay_urls
 from mailrider.config.tls import needs_tls
 from mailrider.control_format import socket_path
 from mailrider.crypto import delegate
+from mailrider.crypto.dkimkeys import load_dkim_keys
 from mailrider.crypto.keys import KeyStore
 from mailrider.errors import ConfigError
 from mailrider.filter.programs import check_programs
@@ -178,8 +179,6 @@ def _check_dkim_keys(config: Config) -> None:
 
 
 def _load_dkim_key(config: Config, name: str) -> None:
-    from mailrider.proc.klondike import load_dkim_keys
-
     load_dkim_keys({name: config.dkims[name]})
 
 

@@ -28,9 +28,11 @@ import ctypes
 import hashlib
 from dataclasses import dataclass
 
-from mailrider import dkim
+from mailrider import dkim, log
+from mailrider.config.model import Dkim
 from mailrider.crypto import der, libcrypto, rsa
 from mailrider.crypto.keys import NO_PASSWORD, KeyLoadError, SignError, i2d_pubkey, read_key_file
+from mailrider.errors import ConfigError
 
 OID_ED25519 = "1.3.101.112"
 #: which key kind each algorithm needs
@@ -222,3 +224,21 @@ class DkimKeyStore:
                 if key.pkey:
                     self._lib.crypto.EVP_PKEY_free(key.pkey)
         self._keys.clear()
+
+
+def load_dkim_keys(entries: dict[str, Dkim]) -> DkimKeyStore:
+    """Every ``dkim`` statement's key (klondike at start, and ``-n`` in a
+    forked child); :class:`ConfigError` at the statement's line."""
+    store = DkimKeyStore()
+    for name, entry in sorted(entries.items()):
+        try:
+            signer = dkim.Signer(name, entry.domain, entry.selector, entry.algorithm,
+                                 entry.canonicalization)
+            store.load(signer, entry.key)
+        except (KeyLoadError, dkim.DkimError) as exc:
+            text = exc.message if isinstance(exc, KeyLoadError) else str(exc)
+            raise ConfigError(f"dkim {name}: {text}", entry.where.file,
+                              entry.where.line) from None
+        log.debug("klondike", "dkim-key-loaded", dkim=name, domain=entry.domain,
+                  selector=entry.selector, algorithm=entry.algorithm, backend=store.backend)
+    return store

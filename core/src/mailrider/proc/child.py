@@ -133,7 +133,9 @@ ROLE_MODULES: dict[str, tuple[str, ...]] = {
             "mailrider.table.getpwnam", "mailrider.table.match", "mailrider.table.proc",
             "mailrider.table.registry", "mailrider.table.static", "mailrider.table.usage",
             "mailrider.table.values"),
-    "queue": (*_CHILD, *_EMAIL, "mailrider.proc.queue", "mailrider.queue.", "mailrider.syncfs"),
+    # queue encryption: AES-256-GCM through libcrypto (queue/codec.py)
+    "queue": (*_CHILD, *_EMAIL, "mailrider.proc.queue", "mailrider.queue.", "mailrider.syncfs",
+              "mailrider.crypto.libcrypto"),
     "scheduler": (*_CHILD, "mailrider.proc.scheduler", "mailrider.queue.envelope",
                   "mailrider.queue.schedule"),
     "pony": (*_CHILD, *_EMAIL,
@@ -143,11 +145,13 @@ ROLE_MODULES: dict[str, tuple[str, ...]] = {
     # mailriderd: its checks (those of -n), the children it starts and the
     # programs; the deliveries and ~/.forward reads it forks as other users
     "parent": (*_CHILD, *_DELIVERY, *_EMAIL, *_TABLES,
-               "argparse", "mailrider.cli.mailriderd", "mailrider.proc.parent",
+               # getpass: the queue key read at start (queue encryption)
+               "argparse", "getpass", "mailrider.cli.mailriderd", "mailrider.proc.parent",
                "mailrider.proc.pony", "mailrider.proc.control", "mailrider.proc.workers",
                "mailrider.access", "mailrider.crypto.", "mailrider.filter.programs",
-               "mailrider.queue.envelope", "mailrider.sendmail", "mailrider.smtp.",
-               "mailrider.table.base", "mailrider.table.db", "mailrider.table.getpwnam",
+               "mailrider.queue.envelope", "mailrider.queue.codec", "mailrider.sendmail",
+               "mailrider.smtp.", "mailrider.table.base", "mailrider.table.db",
+               "mailrider.table.getpwnam",
                "mailrider.table.match", "mailrider.table.proc", "mailrider.table.registry",
                "mailrider.table.static", "mailrider.table.values"),
     "klondike": (*_CHILD, "mailrider.proc.klondike", "mailrider.crypto.der",

@@ -31,8 +31,7 @@ import threading
 from typing import Any, NoReturn
 
 from mailrider import dkim, log
-from mailrider.config.model import Dkim
-from mailrider.crypto.dkimkeys import DkimKeyStore
+from mailrider.crypto.dkimkeys import DkimKeyStore, load_dkim_keys
 from mailrider.crypto.keys import OPS, KeyLoadError, KeyStore, SignError
 from mailrider.errors import ConfigError, TempFail
 from mailrider.ipc import messages as m
@@ -191,24 +190,6 @@ class Klondike(common.Process):
         if isinstance(msg, m.Control):
             return await self.control(msg)
         raise ValueError(f"klondike: unexpected {m.type_name(msg)} from {chan.peer}")
-
-
-def load_dkim_keys(entries: dict[str, Dkim]) -> DkimKeyStore:
-    """Every ``dkim`` statement's key (klondike at start, and ``-n`` in a
-    forked child); :class:`ConfigError` at the statement's line."""
-    store = DkimKeyStore()
-    for name, entry in sorted(entries.items()):
-        try:
-            signer = dkim.Signer(name, entry.domain, entry.selector, entry.algorithm,
-                                 entry.canonicalization)
-            store.load(signer, entry.key)
-        except (KeyLoadError, dkim.DkimError) as exc:
-            text = exc.message if isinstance(exc, KeyLoadError) else str(exc)
-            raise ConfigError(f"dkim {name}: {text}", entry.where.file,
-                              entry.where.line) from None
-        log.debug("klondike", "dkim-key-loaded", dkim=name, domain=entry.domain,
-                  selector=entry.selector, algorithm=entry.algorithm, backend=store.backend)
-    return store
 
 
 PROCESS = Klondike
