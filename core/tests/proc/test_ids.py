@@ -56,6 +56,7 @@ def _queue(statedir: pathlib.Path) -> Queue:
     # as root the queue runs chrooted in its spool, which it calls "/": not here
     q.spool = Spool(spool_dir(str(statedir)))
     q.spool.setup()
+    q.spool_ready.set()  # what run() sets once the spool is purged
     return q
 
 
