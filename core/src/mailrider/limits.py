@@ -253,3 +253,7 @@ DELIVERY_BATCHES_PER_USER = 2
 # (queued or running) before new ones get 454 4.7.0 at once.
 AUTH_WORKERS = 2
 AUTH_PENDING_MAX = 32
+
+# RFC 3030: the largest BDAT chunk the SMTP client sends; smaller messages
+# leave as one "BDAT n LAST", bigger ones in chunks of this size.
+BDAT_CHUNK_SIZE = 1024 * 1024

@@ -732,6 +732,9 @@ class Mta:
                     tx.rcpt(ev.rcpt, _status(ev.reply), by_rcpt.get(ev.rcpt, []))
                 elif isinstance(ev, sc.DataReady):
                     tx.data("ok")
+                    # BDAT (RFC 3030) when the peer offers CHUNKING: smtp/client.py
+                    log.event("mta", "message-out", relay=conn.relay, msgid=msgid, size=size,
+                              method="bdat" if conn.client.chunking else "data")
                     offset = 0
                     while offset < size:
                         chunk = os.pread(fd, min(_BODY_CHUNK, size - offset), offset)

@@ -291,6 +291,7 @@ class SMTPServer:
         self._chunk_last = False
         self._cr = False  # a chunk's content ended in CR: held till we see what follows
         self._skip = 0  # octets of a refused chunk still to read and drop
+        self._chunked = False  # the current (or last) message came in BDAT chunks
         # AUTH (RFC 4954)
         self._auth_user: str | None = None
         self._auth_failures = 0
@@ -319,6 +320,11 @@ class SMTPServer:
     def buffered(self) -> int:
         """Bytes received and not yet parsed (held while an answer is awaited)."""
         return len(self._buf)
+
+    @property
+    def chunked(self) -> bool:
+        """The current (or last) message came in BDAT chunks, not DATA."""
+        return self._chunked
 
     @property
     def tls(self) -> bool:
@@ -418,10 +424,12 @@ class SMTPServer:
             self._enter(State.RCPT)
         elif pending is _Await.DATA:
             self._send(Reply(354, "", text or 'Enter mail, end with "." on a line by itself'))
+            self._chunked = False
             self._enter(State.DATA)
         elif pending is _Await.BDAT:
             # No reply: the chunk's octets follow at once (RFC 3030 2).
             self._new_message()
+            self._chunked = True
             self._enter(State.BDAT)
         elif pending is _Await.DATA_END:
             if self._derror is not None:
