@@ -37,7 +37,7 @@ def test_foreground_lines_match_the_handler_format(restore: None,
     assert all(parsed), lines
     assert {(m.group(1), m.group(2)) for m in parsed if m} == {("pony", str(os.getpid()))}
     assert [m.group(3) for m in parsed if m] == [
-        "smtp connected session=abc address=192.0.2.1",
+        "abc smtp connected address=192.0.2.1",  # the session id first (OpenSMTPD's)
         "table line",
         'smtp failed-command command=RCPT result="550 \\x22no\\x22 user\\x1b"',
     ]
@@ -74,3 +74,38 @@ def test_syslog_datagrams_match_the_handler(restore: None, tmp_path: Path,
     line = f"<22>mailrider-lka[{pid}]: lka lookup table=t result=found\0".encode()
     assert fast == handler == line
     assert warning == f"<20>mailrider-lka[{pid}]: lka backend-error table=t\0".encode()
+
+
+def test_quoted_values_and_emit_with_any_key(restore: None,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    log.setup("queue", foreground=True)
+    log.emit("mta", "delivery", {"session": "0123456789abcdef", "from": "<a@b>",
+                                 "result": log.Quoted("Ok"), "stat": "250 2.0.0 Ok"})
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.endswith(': 0123456789abcdef mta delivery from=<a@b> result="Ok" '
+                         'stat="250 2.0.0 Ok"')
+
+
+def test_errors_in_plain_words() -> None:
+    import asyncio
+    import errno
+
+    from mailrider.errors import plain_reason
+
+    async def refused() -> BaseException:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()  # nothing listens there
+        try:
+            await asyncio.open_connection("127.0.0.1", port)
+        except OSError as exc:
+            return exc
+        raise AssertionError("connected to a closed port")
+
+    exc = asyncio.run(refused())
+    assert "Connect call failed" in str(exc) or "(" in str(exc)  # what asyncio says
+    assert plain_reason(exc) == os.strerror(errno.ECONNREFUSED)
+    missing = OSError(errno.ENOENT, "No such file or directory", "/var/spool/x")
+    assert plain_reason(missing) == "/var/spool/x: No such file or directory"
+    assert plain_reason(TimeoutError()) == "timeout"

@@ -53,3 +53,27 @@ def test_mailriderctl_into_a_closed_pipe_has_no_traceback() -> None:
         "p = builtins.print; builtins.print = lambda *a, **k: [p(*a, **k) for _ in range(20000)]; "
         "sys.exit(main())' | true", shell=True, capture_output=True, text=True, timeout=60)
     assert "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("name", ["sendmail", "mailq", "makemap", "newaliases"])
+def test_version_under_every_name(name: str, tmp_path: pathlib.Path) -> None:
+    # ports install mailriderctl under these names too (mailriderctl(8))
+    link = tmp_path / name
+    link.write_text(f"#!{sys.executable}\nfrom mailrider.cli.mailriderctl import main\n"
+                    "import sys\nsys.exit(main())\n")
+    link.chmod(0o755)
+    res = subprocess.run([str(link), "--version"], capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL)
+    assert (res.returncode, res.stdout, res.stderr) == (0, f"{name} {__version__}\n", "")
+
+
+def test_every_table_program_answers_help_and_version() -> None:
+    # extras/*: console scripts beside this interpreter (those installed)
+    found = sorted(pathlib.Path(sys.executable).parent.glob("mailrider-table-*"))
+    if not found:
+        pytest.skip("no table program is installed")
+    for path in found:
+        for opt, want in (("--version", f"{path.name} "), ("--help", "usage: ")):
+            res = subprocess.run([str(path), opt], capture_output=True, text=True, timeout=60,
+                                 stdin=subprocess.DEVNULL)
+            assert res.returncode == 0 and res.stdout.startswith(want), (path, opt, res)

@@ -35,9 +35,18 @@ import tempfile
 import time
 from pathlib import Path
 
-POSTFIX = "/usr/sbin/postfix"
-POSTCONF = "/usr/sbin/postconf"
-DAEMON_DIR_CANDIDATES = ("/usr/lib/postfix/sbin", "/usr/libexec/postfix", "/usr/lib/postfix")
+#: an unpacked Postfix package (``dpkg -x postfix_*.deb DIR``) to use instead of
+#: an installed one, e.g. where another MTA's package replaced Postfix; its
+#: libraries are found through LD_LIBRARY_PATH, set here for every program
+#: the benchmark runs (smtp-source too) and passed on by master(8)
+ROOT = os.environ.get("MAILRIDER_BENCH_POSTFIX_ROOT", "").rstrip("/")
+if ROOT:
+    os.environ["LD_LIBRARY_PATH"] = ":".join(
+        p for p in (f"{ROOT}/usr/lib/postfix", os.environ.get("LD_LIBRARY_PATH", "")) if p)
+POSTFIX = f"{ROOT}/usr/sbin/postfix"
+POSTCONF = f"{ROOT}/usr/sbin/postconf"
+DAEMON_DIR_CANDIDATES = tuple(f"{ROOT}{d}" for d in (
+    "/usr/lib/postfix/sbin", "/usr/libexec/postfix", "/usr/lib/postfix"))
 
 # service type private unpriv chroot wakeup maxproc command
 MASTER_CF = """\
@@ -142,10 +151,13 @@ class PostfixPeer:
             "queue_directory": str(self.spool),
             "data_directory": str(self.data),
             "daemon_directory": str(daemon_dir),
-            "command_directory": "/usr/sbin",
-            "meta_directory": "/etc/postfix",
-            "shlib_directory": _postconf_default("shlib_directory") or "no",
+            "command_directory": f"{ROOT}/usr/sbin",
+            "meta_directory": f"{ROOT}/etc/postfix",
+            "shlib_directory": (f"{ROOT}/usr/lib/postfix" if ROOT else
+                                _postconf_default("shlib_directory") or "no"),
             "mail_owner": "postfix",
+            **({"import_environment": "MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C "
+                                      "LD_LIBRARY_PATH"} if ROOT else {}),
             "setgid_group": "postdrop",
             "maillog_file_prefixes": str(self.dir),
             "maillog_file": str(self.log_path),
@@ -282,6 +294,13 @@ class PostfixPeer:
             return self.log_path.read_text(errors="replace")[-4000:]
         except OSError:
             return ""
+
+    def master_pid(self) -> int | None:
+        """master(8)'s pid (every other Postfix process is its child), or None."""
+        try:
+            return int((self.spool / "pid" / "master.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def stop(self) -> None:
         if self.running:

@@ -52,6 +52,7 @@ import pstats
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ if not any(Path(p, "mailrider").is_dir() for p in sys.path if p):
     sys.path.append(str(ROOT / "core" / "src"))
 
 import postfix_peer  # noqa: E402
+import procstat  # noqa: E402
 from harness import Daemon, free_port  # noqa: E402
 
 SENDER = "from@bench.example"
@@ -122,7 +124,8 @@ class LoadError(RuntimeError):
 
 
 def smtp_source_path() -> str | None:
-    for p in (shutil.which("smtp-source"), "/usr/sbin/smtp-source"):
+    for p in (shutil.which("smtp-source"), "/usr/sbin/smtp-source",
+              f"{postfix_peer.ROOT}/usr/sbin/smtp-source" if postfix_peer.ROOT else None):
         if p and os.access(p, os.X_OK):
             return p
     return None
@@ -235,6 +238,35 @@ class Result:
     e2e_accept: float | None = None  # msg/s accepted while delivering
     notes: list[str] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
+    cpu_ms: float | None = None  # CPU ms of every process of the daemon per e2e message
+    mem_idle: procstat.Memory | None = None  # PSS after start, before any mail
+    mem_load: procstat.Memory | None = None  # the largest PSS seen during the e2e run
+    ipc: dict[str, int] = field(default_factory=dict)  # IPC messages handled in e2e, by type
+
+
+class PeakMemory:
+    """Samples the daemon's PSS in a thread while a run lasts; keeps the largest."""
+
+    def __init__(self, root: int, interval: float = 0.5) -> None:
+        self.root, self.interval = root, interval
+        self.peak: procstat.Memory | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            mem = procstat.pss(self.root)
+            if self.peak is None or mem.total_kb > self.peak.total_kb:
+                self.peak = mem
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def settle(seconds: float) -> None:
@@ -285,6 +317,9 @@ def bench_mailrider(load: Load, messages: int, size: int, *, e2e: bool, profile_
     box = d.mail / BOX / "new"
     try:
         d.start()
+        assert d.proc is not None
+        time.sleep(1.0)  # idle: every child is set up
+        res.mem_idle = procstat.pss(d.proc.pid)
         warm = load.warmup or messages
         load.send(d.port, warm, size)
         if wait_count(box, warm, load.timeout) is None:
@@ -307,14 +342,24 @@ def bench_mailrider(load: Load, messages: int, size: int, *, e2e: bool, profile_
             res.drain = rate(messages, t1 - t0)
         if e2e:
             target = count_files(box) + messages
-            t0 = time.monotonic()
-            dt = load.send(d.port, messages, size)
-            res.e2e_accept = rate(messages, dt)
-            t1 = wait_count(box, target, load.timeout)
+            d.ctl("profile", "imsg")  # every child counts the IPC messages it handles
+            ipc0 = stats(d)
+            cpu0 = procstat.cpu_seconds(d.proc.pid)
+            with PeakMemory(d.proc.pid) as peak:
+                t0 = time.monotonic()
+                dt = load.send(d.port, messages, size)
+                res.e2e_accept = rate(messages, dt)
+                t1 = wait_count(box, target, load.timeout)
+            cpu = procstat.cpu_seconds(d.proc.pid) - cpu0
+            res.mem_load = peak.peak
             if t1 is None:
                 res.notes.append("e2e: not every message delivered in time")
             else:
                 res.e2e = rate(messages, t1 - t0)
+                res.cpu_ms = cpu * 1000 / messages
+            ipc1 = stats(d)
+            res.ipc = {k: ipc1[k] - ipc0.get(k, 0) for k in ipc1
+                       if k.startswith("profile.imsg.") and ".count" in k}
     except LoadError as exc:
         res.notes.append(f"mailrider: {exc}")
     finally:
@@ -341,6 +386,10 @@ def bench_postfix(load: Load, messages: int, size: int, *, e2e: bool) -> Result:
         return res
     try:
         peer.start()
+        time.sleep(1.0)
+        master = peer.master_pid()
+        if master is not None:
+            res.mem_idle = procstat.pss(master)
         warm = load.warmup or messages
         load.send(peer.port, warm, size)
         peer.flush()
@@ -357,14 +406,21 @@ def bench_postfix(load: Load, messages: int, size: int, *, e2e: bool) -> Result:
             if wait_count(peer.maildir / "new", warm, load.timeout) is None:
                 res.notes.append("Postfix: warm-up messages not delivered in time")
             target = peer.delivered() + messages
-            t0 = time.monotonic()
-            dt = load.send(peer.port, messages, size)
-            res.e2e_accept = rate(messages, dt)
-            t1 = wait_count(peer.maildir / "new", target, load.timeout)
+            master = peer.master_pid()
+            cpu0 = procstat.cpu_seconds(master) if master else 0.0
+            with PeakMemory(master or os.getpid()) as peak:
+                t0 = time.monotonic()
+                dt = load.send(peer.port, messages, size)
+                res.e2e_accept = rate(messages, dt)
+                t1 = wait_count(peer.maildir / "new", target, load.timeout)
+            if master is not None:
+                res.mem_load = peak.peak
             if t1 is None:
                 res.notes.append("Postfix e2e: not every message delivered in time")
             else:
                 res.e2e = rate(messages, t1 - t0)
+                if master is not None:
+                    res.cpu_ms = (procstat.cpu_seconds(master) - cpu0) * 1000 / messages
     except (postfix_peer.PostfixError, LoadError, subprocess.SubprocessError) as exc:
         res.notes.append(f"Postfix: {exc}")
     finally:
@@ -402,9 +458,35 @@ def report(size: int, sessions: int, messages: int, mr: Result, pf: Result | Non
     if b:
         out.append(f"mailrider group commit (accept run): queue.commit.batches={b} "
                    f"queue.commit.messages={n} ({n / b:.1f} messages/batch)")
+    if mr.cpu_ms is not None or (pf is not None and pf.cpu_ms is not None):
+        cpf = pf.cpu_ms if pf is not None else None
+        out.append("server CPU per delivered message (e2e, every process of the daemon): "
+                   f"mailrider {_ms(mr.cpu_ms)}, Postfix {_ms(cpf)}, ratio {ratio(mr.cpu_ms, cpf)}")
+    for label, res in (("mailrider", mr), ("Postfix", pf)):
+        if res is None:
+            continue
+        if res.mem_idle is not None:
+            out.append(f"{label} memory idle: {res.mem_idle.line()}")
+        if res.mem_load is not None:
+            out.append(f"{label} memory peak under {sessions} sessions: {res.mem_load.line()}")
+    if mr.ipc and mr.e2e:
+        total = sum(mr.ipc.values())
+        by_type: dict[str, int] = {}
+        for k, v in mr.ipc.items():
+            # profile.imsg.<Type>.count.<role>
+            name = k.removeprefix("profile.imsg.").replace(".count", "")
+            by_type[name] = by_type.get(name, 0) + v
+        top = ", ".join(f"{k}={v / messages:.2f}" for k, v in
+                        sorted(by_type.items(), key=lambda x: -x[1])[:8])
+        out.append(f"mailrider IPC messages handled by the children per e2e message: "
+                   f"{total / messages:.2f} ({top})")
     for note in mr.notes + (pf.notes if pf else []):
         out.append(f"note: {note}")
     return "\n".join(out)
+
+
+def _ms(v: float | None) -> str:
+    return f"{v:.2f} ms" if v is not None else "-"
 
 
 def median_summary(size: int, accepts: list[tuple[float | None, float | None]]) -> str:

@@ -27,7 +27,9 @@ def _wanted() -> bool:
     return os.geteuid() == 0 and shutil.which("dpkg-buildpackage") is not None
 
 
-@pytest.mark.skipif(not _wanted(), reason="set MAILRIDER_DEBIAN_CHECK=1 (root, Debian)")
+@pytest.mark.skipif(not _wanted(), reason=(
+    "needs root on Debian with the build tools (apt-get install dpkg-dev debhelper dh-python "
+    "pybuild-plugin-pyproject python3-all flit lintian fakeroot), or MAILRIDER_DEBIAN_CHECK=1"))
 def test_debian_packages_build_install_run_purge() -> None:
     res = subprocess.run(["sh", str(ROOT / "tools" / "ports" / "debian_check.sh")],
                          capture_output=True, text=True, timeout=300)

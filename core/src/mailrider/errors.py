@@ -8,6 +8,27 @@ found" result, and a peer that breaks the protocol raises
 
 from __future__ import annotations
 
+import os
+
+
+def plain_reason(exc: BaseException) -> str:
+    """What went wrong, in plain words for a log line or a reply: an OS error
+    is its system message (``Connection refused``), with the path it concerns
+    first when there is one; never a Python repr such as asyncio's
+    ``Connect call failed ('127.0.0.1', 25)`` (the caller names the host)."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError):
+        reason = getattr(exc, "reason", None)  # ssl.SSLError
+        if isinstance(reason, str) and reason:
+            text = reason.replace("_", " ").lower()
+        elif exc.errno is not None and exc.errno > 0 and reason is None:
+            text = os.strerror(exc.errno)
+        else:
+            text = exc.strerror or type(exc).__name__
+        return f"{exc.filename}: {text}" if exc.filename else text
+    return str(exc) or type(exc).__name__
+
 
 class MailriderError(Exception):
     """Base of every error mailrider raises on purpose."""

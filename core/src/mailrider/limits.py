@@ -247,6 +247,10 @@ DELIVERY_BATCH_MAX = 32
 #: delivery processes of one user at a time; its deliveries that arrive
 #: meanwhile wait and go together in the next batch
 DELIVERY_BATCHES_PER_USER = 2
+#: a user's long-lived maildir worker (proc/parent_workers.py) is replaced
+#: after this many deliveries, and let go after this many seconds idle
+MDA_WORKER_DELIVERIES = 1000
+MDA_WORKER_IDLE = 10.0
 
 # Worker threads that check password hashes (lka for tables, the parent for
 # system users), off the event loop, and the checks that may wait for one
@@ -257,3 +261,16 @@ AUTH_PENDING_MAX = 32
 # RFC 3030: the largest BDAT chunk the SMTP client sends; smaller messages
 # leave as one "BDAT n LAST", bigger ones in chunks of this size.
 BDAT_CHUNK_SIZE = 1024 * 1024
+
+# The metrics endpoint (metrics.py, docs/metrics.md): served by control on
+# the loopback only, one short HTTP/1.1 request per connection.
+#: the request line and headers, at most (a scraper sends a few hundred bytes)
+METRICS_REQUEST_MAX = 8192
+#: seconds a client has to send its request
+METRICS_REQUEST_TIMEOUT = 5.0
+#: connections served at once; more are answered 503 and closed
+METRICS_CLIENTS_MAX = 8
+#: upper bounds (seconds) of the delivery latency histogram's buckets: from
+#: a local delivery right after the commit to the 4-day queue lifetime
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+                   3600.0, 14400.0, 86400.0, 345600.0)

@@ -1,8 +1,12 @@
 """One line per event, ``key=value``, to syslog or stderr.
 
-Every process logs through :func:`event`. Values are quoted when they hold
-blanks or ``=``, and control characters are escaped so a hostile peer cannot
-forge log lines. Secrets are never passed here.
+Every process logs through :func:`event`. Lines follow OpenSMTPD's layout
+(docs/logging.md): an event of an SMTP session (or of one envelope's
+delivery) starts with its 16-digit id, then the subsystem, the event and its
+fields: ``0123456789abcdef smtp connected address=192.0.2.1 host=mx.test``.
+Values are quoted when they hold blanks or ``=`` (or are :class:`Quoted`),
+and control characters are escaped so a hostile peer cannot forge log lines.
+Secrets are never passed here.
 """
 
 from __future__ import annotations
@@ -65,11 +69,28 @@ def _syslog_writer(role: str, handler: logging.handlers.SysLogHandler
     return write
 
 
+def duration_text(seconds: int) -> str:
+    """``1d2h3m4s`` with the zero parts left out, ``0s`` for none: OpenSMTPD's
+    form of a delay in logs and of ``uptime.human`` in smtpctl."""
+    if seconds == 0:
+        return "0s"
+    sign, t = ("-", -seconds) if seconds < 0 else ("", seconds)
+    parts = [(t // 86400, "d"), (t // 3600 % 24, "h"), (t // 60 % 60, "m"), (t % 60, "s")]
+    return sign + "".join(f"{v}{u}" for v, u in parts if v)
+
+
+class Quoted(str):
+    """A value always written in double quotes, as OpenSMTPD writes it
+    (``result="Ok"``): log parsers written for it expect the quotes."""
+
+    __slots__ = ()
+
+
 def _escape(value: object) -> str:
     text = str(value)
     if _UNSAFE.search(text):
         text = _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-    if not text or " " in text or "=" in text:
+    if not text or " " in text or "=" in text or isinstance(value, Quoted):
         return f'"{text}"'
     return text
 
@@ -115,13 +136,22 @@ def trace(subsystem: str, on: bool) -> None:
 
 
 def event(subsystem: str, name: str, /, *, level: int = logging.INFO, **fields: object) -> None:
-    """Log one event: ``subsystem name key=value ...`` (None values are omitted)."""
+    """Log one event: ``[session] subsystem name key=value ...`` (None values are
+    omitted); a ``session`` field (a session or envelope id) leads the line."""
+    emit(subsystem, name, fields, level)
+
+
+def emit(subsystem: str, name: str, fields: dict[str, object],
+         level: int = logging.INFO) -> None:
+    """:func:`event` with the fields as a dict (for keys such as ``from``)."""
     if level == logging.DEBUG and (subsystem in _traced or "all" in _traced):
         level = logging.INFO
     if not _LOGGER.isEnabledFor(level):
         return
-    parts = [subsystem, name]
-    parts.extend(f"{k.replace('_', '-')}={_escape(v)}" for k, v in fields.items() if v is not None)
+    session = fields.get("session")
+    parts = [_escape(session), subsystem, name] if session else [subsystem, name]
+    parts.extend(f"{k.replace('_', '-')}={_escape(v)}" for k, v in fields.items()
+                 if v is not None and k != "session")
     if _fast is not None:
         _fast(level, " ".join(parts))
     else:

@@ -12,11 +12,16 @@ _enabled: set[str] = set()
 counters: dict[str, int] = {}
 
 
+#: what ``profile`` takes; "all" is every one of them
+SUBSYSTEMS = ("imsg", "queue")
+
+
 def enable(what: str, on: bool) -> None:
+    names = SUBSYSTEMS if what == "all" else (what,)
     if on:
-        _enabled.add(what)
+        _enabled.update(names)
     else:
-        _enabled.discard(what)
+        _enabled.difference_update(names)
 
 
 def on(what: str) -> bool:

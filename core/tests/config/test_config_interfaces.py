@@ -7,9 +7,22 @@ from pathlib import Path
 
 import pytest
 from mailrider.config import Listener, Where, resolve_listener
+from mailrider.config.interfaces import (
+    egress_interfaces,
+    machine_table,
+    proc_net_table,
+    route_get_interface,
+)
 from mailrider.errors import ConfigError
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
+
+#: a machine with a loopback and one Ethernet interface of several addresses
+TABLE = {
+    "lo": [(V4, "127.0.0.1"), (V6, "::1")],
+    "eth7": [(V4, "192.0.2.5"), (V4, "192.0.2.6"), (V6, "2001:db8::5"), (V6, "fe80::5%eth7")],
+    "dummy0": [],
+}
 
 
 def fake_proc(tmp_path: Path, *, v6_loopback: bool = True) -> str:
@@ -41,20 +54,26 @@ def test_ip_literals() -> None:
     assert resolve_listener(Listener("0.0.0.0")) == [(V4, "0.0.0.0")]
 
 
-def test_localhost(tmp_path: Path) -> None:
-    assert resolve_listener(Listener("localhost"), proc_net=fake_proc(tmp_path)) == [
+def test_localhost() -> None:
+    assert resolve_listener(Listener("localhost"), interfaces=TABLE) == [
         (V4, "127.0.0.1"), (V6, "::1"),
     ]
-    other = tmp_path / "other"
-    other.mkdir()
-    proc = fake_proc(other, v6_loopback=False)
-    assert resolve_listener(Listener("localhost"), proc_net=proc) == [(V4, "127.0.0.1")]
+    no_v6 = {"lo": [(V4, "127.0.0.1")]}
+    assert resolve_listener(Listener("localhost"), interfaces=no_v6) == [(V4, "127.0.0.1")]
 
 
-def test_localhost_inet6_without_v6_loopback_is_an_error(tmp_path: Path) -> None:
-    proc = fake_proc(tmp_path, v6_loopback=False)
+def test_localhost_inet6_without_v6_loopback_is_an_error() -> None:
     with pytest.raises(ConfigError, match="invalid listen address or interface: localhost"):
-        resolve_listener(Listener("localhost", family="inet6"), proc_net=proc)
+        resolve_listener(Listener("localhost", family="inet6"),
+                         interfaces={"lo": [(V4, "127.0.0.1")]})
+
+
+def test_interface_gives_every_address() -> None:
+    assert resolve_listener(Listener("eth7"), interfaces=TABLE) == TABLE["eth7"]
+    assert resolve_listener(Listener("eth7", family="inet6"), interfaces=TABLE) == [
+        (V6, "2001:db8::5"), (V6, "fe80::5%eth7")]
+    with pytest.raises(ConfigError, match="interface: dummy0"):
+        resolve_listener(Listener("dummy0"), interfaces=TABLE)
 
 
 @pytest.mark.parametrize("name", ["lo", "lo0"])
@@ -66,16 +85,58 @@ def test_loopback_interface(name: str) -> None:
 
 
 def test_all(tmp_path: Path) -> None:
-    proc = fake_proc(tmp_path)
-    assert resolve_listener(Listener("all"), proc_net=proc) == [(V4, "0.0.0.0"), (V6, "::")]
-    assert resolve_listener(Listener("all", family="inet6"), proc_net=proc) == [(V6, "::")]
+    assert resolve_listener(Listener("all"), interfaces=TABLE) == [(V4, "0.0.0.0"), (V6, "::")]
+    assert resolve_listener(Listener("all", family="inet6"), interfaces=TABLE) == [(V6, "::")]
+    assert resolve_listener(Listener("all"), interfaces={"lo": [(V4, "127.0.0.1")]}) == [
+        (V4, "0.0.0.0")]
 
 
 def test_egress_reads_default_routes(tmp_path: Path) -> None:
-    # eth7 does not exist here, so its IPv4 address cannot be read: only the
-    # IPv6 addresses from if_inet6 remain; the lo "unreachable" route is ignored
-    found = resolve_listener(Listener("egress"), proc_net=fake_proc(tmp_path))
-    assert found == [(V6, "2001:db8::5"), (V6, "fe80::5%eth7")]
+    # the lo "unreachable" IPv6 default route is no egress
+    proc = fake_proc(tmp_path)
+    assert egress_interfaces(proc) == ["eth7"]
+    found = resolve_listener(Listener("egress"), proc_net=proc, interfaces=TABLE)
+    assert found == TABLE["eth7"]
+
+
+def test_egress_without_addresses_is_an_error(tmp_path: Path) -> None:
+    listener = Listener("egress", where=Where("x.conf", 3))
+    with pytest.raises(ConfigError,
+                       match=r"x\.conf:3: invalid listen address or interface: egress"):
+        resolve_listener(listener, proc_net=fake_proc(tmp_path), interfaces={"lo": []})
+
+
+def test_proc_net_fallback_table(tmp_path: Path) -> None:
+    # without getifaddrs: if_inet6 gives the IPv6 addresses of each interface
+    table = proc_net_table(fake_proc(tmp_path))
+    assert table["eth7"] == [(V6, "2001:db8::5"), (V6, "fe80::5%eth7")]
+    assert (V6, "::1") in table["lo"]
+    assert (V4, "127.0.0.1") in table["lo"]  # the real loopback's, through SIOCGIFADDR
+
+
+def test_machine_table_has_the_loopback() -> None:
+    table = machine_table()
+    loopback = table.get("lo", table.get("lo0"))
+    assert loopback is not None and (V4, "127.0.0.1") in loopback
+
+
+FREEBSD_ROUTE_GET = """\
+   route to: default
+destination: default
+       mask: default
+    gateway: 192.0.2.1
+        fib: 0
+  interface: vtnet0
+      flags: <UP,GATEWAY,DONE,STATIC>
+ recvpipe  sendpipe  ssthresh  rtt,msec    mtu        weight    expire
+       0         0         0         0      1500         1         0
+"""
+
+
+def test_route_get_output() -> None:
+    assert route_get_interface(FREEBSD_ROUTE_GET) == "vtnet0"
+    assert route_get_interface("route: writing to routing socket: No such process\n") is None
+    assert route_get_interface("   route to: default\n  interface: \n") is None
 
 
 def test_egress_on_this_machine_is_consistent() -> None:

@@ -36,9 +36,9 @@ def test_ssl_ctx_pointer_is_verified() -> None:
     before = ctx.options
     ptr = delegate.ssl_ctx_pointer(ctx)
     lib = libcrypto.load()
-    assert ptr and int(lib.ssl.SSL_CTX_get_options(ptr)) == int(ctx.options)
+    assert ptr and int(lib.ctx_options(ptr)) == int(ctx.options)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET
-    assert int(lib.ssl.SSL_CTX_get_options(ptr)) & libcrypto.SSL_OP_NO_TICKET
+    assert int(lib.ctx_options(ptr)) & libcrypto.SSL_OP_NO_TICKET
     ctx.options = before
     assert ctx.options == before  # the check put the options back
 

@@ -82,3 +82,50 @@ def test_an_unreadable_key_is_an_error_at_the_pki_line(pkis: dict[str, Pki],
     with pytest.raises(ConfigError, match=r"pki mx\.test") as info:
         load_pki(ctx, "mx.test", pki, store.sign, config, "smtp")
     assert info.value.line == 3
+
+
+# -- mailriderd -n: which pki need 'smtp key-in-process', and why ---------------
+
+DELEGATION_CONF = """\
+pki mx.test cert "{cert}"
+pki mx.test key "{key}"
+pki relay.test cert "{cert}"
+pki relay.test key "{key}"
+pki unused.test cert "{cert}"
+pki unused.test key "{key}"
+{extra}listen on 127.0.0.1 port 2525 tls pki mx.test
+action "out" relay host smtp+tls://mx.example.org pki relay.test
+match for any action "out"
+"""
+
+
+def delegation_config(pkis: dict[str, Pki], extra: str = "") -> Config:
+    from mailrider.config import parse_string
+
+    return parse_string(DELEGATION_CONF.format(cert=pkis["rsa"].cert, key=pkis["rsa"].key,
+                                               extra=extra), file="smtpd.conf")
+
+
+def test_tls_pkis_are_those_tls_uses(pkis: dict[str, Pki]) -> None:
+    from mailrider.cli.mailriderd import tls_pkis
+
+    assert tls_pkis(delegation_config(pkis)) == ["mx.test", "relay.test"]
+
+
+def test_check_delegation(pkis: dict[str, Pki], monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailrider.cli.mailriderd import check_delegation
+
+    monkeypatch.delenv(limits.KEY_IN_PROCESS_ENV, raising=False)
+    if delegate.unavailable_reason() == "":
+        assert check_delegation(delegation_config(pkis)) == ""
+    monkeypatch.setattr(delegate, "unavailable_reason", lambda: "LibreSSL 3.4.3 is older")
+    with pytest.raises(ConfigError) as info:
+        check_delegation(delegation_config(pkis))
+    assert (info.value.file, info.value.line) == ("smtpd.conf", 1)
+    message = str(info.value)
+    assert message.startswith("smtpd.conf:1: pki mx.test: TLS keys cannot stay out of the "
+                              "SMTP process here (LibreSSL 3.4.3 is older)")
+    assert "dynamically linked OpenSSL" in message and "'smtp key-in-process'" in message
+    warning = check_delegation(delegation_config(pkis, "smtp key-in-process\n"))
+    assert "pki mx.test, relay.test will be loaded into pony" in warning
+    assert "(LibreSSL 3.4.3 is older)" in warning and "unused.test" not in warning

@@ -96,7 +96,8 @@ def wait_file(path: Path, timeout: float = 20.0) -> bytes:
 
 def delivered(daemon: Daemon, rcpt: str, result: str = "Ok") -> int:
     """How many deliveries for ``rcpt`` the daemon logged with ``result``."""
-    pattern = re.compile(rf"delivery result evpid=\S+ .*rcpt={re.escape(rcpt)} .*result={result}\b")
+    pattern = re.compile(rf"delivery evpid=\S+ .*(?:to|rcpt)=<{re.escape(rcpt)}> "
+                         rf".*result=\"?{result}\b")
     return sum(1 for line in daemon.log().splitlines() if pattern.search(line))
 
 

@@ -69,7 +69,8 @@ class Daemon:
     {ext} (a folder writable by filters and alias commands)."""
 
     def __init__(self, config: str | None = None, *, port: int | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None,
+                 extra_args: list[str] | None = None) -> None:
         self.state = Path(tempfile.mkdtemp(prefix="mailrider-test-", dir="/tmp"))
         os.chmod(self.state, 0o711)
         self.mail = self.state / "mail"
@@ -95,6 +96,7 @@ class Daemon:
         # pony's pregreet delay (limits.GREETING_DELAY) spares loopback clients;
         # the torture tests set MAILRIDER_GREETING_DELAY to exercise it here
         self.env.update(extra_env or {})
+        self.extra_args = list(extra_args or [])  # more mailriderd options (-P mda)
 
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "mailrider.cli.mailriderd", "-d", "-S", str(self.state)]
@@ -102,7 +104,7 @@ class Daemon:
             argv += ["-f", str(self.config_path)]
         else:
             argv += ["-D", f"port={self.port}"]
-        return argv
+        return argv + self.extra_args
 
     def start(self, timeout: float = 30.0) -> Daemon:
         # a restart finds the previous daemon's control socket (its control

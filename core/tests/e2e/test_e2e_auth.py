@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import pathlib
+import re
 import shutil
 import smtplib
 import socket
@@ -21,6 +22,8 @@ from harness import Daemon, free_port, wait_for
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "crypto"))
 from pki_util import OPENSSL, make_pki
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl CLI not installed")
 
@@ -115,6 +118,46 @@ def test_wrong_password_and_unknown_user(d: Daemon) -> None:
             c.auth("PLAIN", c.auth_plain)
     assert "result=permfail" in d.log()
     assert "Wonder Land" not in d.log()
+
+
+def test_auth_failures_in_the_form_fail2ban_reads(d: Daemon, tmp_path: pathlib.Path) -> None:
+    """After test_wrong_password_and_unknown_user: OpenSMTPD's lines, which
+    core/examples/fail2ban/mailrider.conf ties together by the session id."""
+    with tls_client(d) as c:
+        c.user, c.password = "mallory", "guess"
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            c.auth("PLAIN", c.auth_plain)
+    wait_for(lambda: "user=mallory result=permfail" in d.log())
+    log = d.log()
+    failed = re.search(r"^.*\]: ([0-9a-f]{16}) smtp authentication user=mallory "
+                       r"result=permfail$", log, re.M)
+    assert failed, log
+    sid = failed.group(1)
+    assert re.search(rf"\]: {sid} smtp connected address=127\.0\.0\.1 host=\S+ port=\d+$",
+                     log, re.M)
+    assert re.search(rf"\]: {sid} smtp failed-command command=\"AUTH PLAIN \(\.\.\.\)\" "
+                     r"result=\"535 5\.7\.8 ", log), log
+    f2b = shutil.which("fail2ban-regex")
+    common = pathlib.Path("/etc/fail2ban/filter.d/common.conf")
+    if f2b is None or not common.is_file():
+        pytest.skip("fail2ban is not installed (the lines' form is checked above)")
+    # fail2ban reads the filter's "before = common.conf" beside it
+    (tmp_path / "filter.d").mkdir()
+    shutil.copy(common, tmp_path / "filter.d" / "common.conf")
+    shutil.copy(ROOT / "core" / "examples" / "fail2ban" / "mailrider.conf", tmp_path / "filter.d")
+    logfile = tmp_path / "mail.log"
+    logfile.write_text(log)
+    res = subprocess.run([f2b, "-o", "<ip> <F-USER>", str(logfile),
+                          str(tmp_path / "filter.d" / "mailrider.conf")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    found = [line for line in res.stdout.split("\n") if line]
+    assert "127.0.0.1 mallory" in found, res.stdout
+    # one ban-worthy failure per permfail line, each with its session's address;
+    # the successful logins of the tests before count for nothing
+    assert len(found) == len(re.findall(r"smtp authentication user=\S+ result=permfail", log)), \
+        (res.stdout, log)
+    assert all(line.startswith("127.0.0.1 ") for line in found), res.stdout
 
 
 def test_senders_and_unauthenticated_mail(d: Daemon) -> None:

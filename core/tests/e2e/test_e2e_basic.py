@@ -68,7 +68,7 @@ def test_250_names_the_queue_id_and_logs_it(default_daemon: Daemon) -> None:
     assert m, text
     msgid = m.group(1).decode()
     wait_for(lambda: f"msgid={msgid}" in d.log())
-    wait_for(lambda: re.search(rf"delivery result evpid={msgid}[0-9a-f]{{8}} .*result=Ok",
+    wait_for(lambda: re.search(rf"delivery evpid={msgid}[0-9a-f]{{8}} .*result=\"?Ok\b",
                                d.log()))
 
 

@@ -107,16 +107,20 @@ def test_backend_not_found_says_where_it_looked(folder: Path) -> None:
     path = folder / "backend.conf"
     path.write_text('listen on 127.0.0.1\n\ntable users nosuchbackend:/etc/mail/users.conf\n'
                     'action "l" maildir virtual <users>\nmatch for local action "l"\n')
-    env = dict(os.environ, MAILRIDER_LIBEXEC=f"{folder}/a:{folder}/b")
+    # ours first, then OpenSMTPD's folders
+    env = dict(os.environ, MAILRIDER_LIBEXEC=f"{folder}/a:{folder}/b",
+               MAILRIDER_OPENSMTPD_LIBEXEC=f"{folder}/smtpd")
     res = mailriderd("-n", "-f", str(path), env=env)
     assert res.returncode == 1
     assert res.stderr == (
         f"{path}:3: table users: backend 'nosuchbackend' not found (looked in: "
         f"entry point 'nosuchbackend' of group mailrider.tables, "
-        f"{folder}/a/table-nosuchbackend, {folder}/b/table-nosuchbackend)\n")
-    # once the program is there, the same file is fine
-    (folder / "b").mkdir()
-    prog = folder / "b" / "table-nosuchbackend"
+        f"{folder}/a/table-nosuchbackend, {folder}/b/table-nosuchbackend, "
+        f"{folder}/smtpd/table-nosuchbackend)\n")
+    # once the program is there (here: where OpenSMTPD keeps its own), the
+    # same file is fine
+    (folder / "smtpd").mkdir()
+    prog = folder / "smtpd" / "table-nosuchbackend"
     prog.write_text("#!/bin/sh\nexit 0\n")
     os.chmod(prog, 0o755)
     res = mailriderd("-n", "-f", str(path), env=env)
@@ -259,6 +263,29 @@ def test_pki_klondike_could_not_load(folder: Path) -> None:
                              f"{path}:1: pki mx.example.org: {message}")
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
+def test_check_says_when_keys_must_stay_in_pony(folder: Path) -> None:
+    """-n names the pki whose keys pony will hold, and why; never silently."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "crypto"))
+    from pki_util import make_pki
+
+    a = make_pki(folder, "a", "rsa", "mx.example.org")
+    path = folder / "tls.conf"
+    path.write_text(f'pki mx.example.org cert "{a.cert}"\npki mx.example.org key "{a.key}"\n'
+                    f"listen on 127.0.0.1 port {free_port()} tls pki mx.example.org\n" + TLS_TAIL)
+    res = mailriderd("-n", "-f", str(path))
+    assert (res.returncode, res.stdout, res.stderr) == (0, "configuration OK\n", "")
+    # where delegation cannot work (here forced, as the benchmarks do)
+    env = dict(os.environ, MAILRIDER_KEY_IN_PROCESS="force")
+    res = mailriderd("-n", "-f", str(path), env=env)
+    assert (res.returncode, res.stdout) == (0, "configuration OK\n")
+    assert res.stderr.startswith("mailriderd: warning: the keys of pki mx.example.org will be "
+                                 "loaded into pony, the SMTP process ('smtp key-in-process'): "
+                                 "delegation to klondike is unavailable here "
+                                 "(MAILRIDER_KEY_IN_PROCESS=force"), res.stderr
+    assert "dynamically linked OpenSSL" in res.stderr
+
+
 def test_filter_program_not_found(folder: Path) -> None:
     path = folder / "filter.conf"
     path.write_text(f'filter f1 proc-exec "{folder}/no-such-filter -x"\n'
@@ -268,10 +295,11 @@ def test_filter_program_not_found(folder: Path) -> None:
     # a proc statement is named as such; a bare name is looked for in libexec, then PATH
     path.write_text('# programs\nproc p1 "no-such-filter-program"\nfilter f1 proc p1\n'
                     f'listen on 127.0.0.1 port {free_port()} filter f1\n' + TLS_TAIL)
-    env = dict(os.environ, MAILRIDER_LIBEXEC=f"{folder}/libexec")
+    env = dict(os.environ, MAILRIDER_LIBEXEC=f"{folder}/libexec",
+               MAILRIDER_OPENSMTPD_LIBEXEC=f"{folder}/smtpd")
     assert_refused_alike(path, folder / "state",
                          f"{path}:2: proc p1: program no-such-filter-program not found "
-                         f"(looked in: {folder}/libexec, PATH)", env=env)
+                         f"(looked in: {folder}/libexec, {folder}/smtpd, PATH)", env=env)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="filters switch user only under root")

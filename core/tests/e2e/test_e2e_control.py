@@ -49,6 +49,12 @@ def test_show_envelope_and_message(d: Daemon) -> None:
     evpid = queue_lines(d)[0][0]
     env = d.ctl("show", "envelope", evpid).stdout
     assert f"evpid: {evpid}\n" in env and "sender: sender@example.org\n" in env
+    # smtpctl's fields first, in its order
+    keys = [line.split(": ", 1)[0] for line in env.splitlines()]
+    smtpctl = ["version", "dispatcher", "type", "smtpname", "helo", "hostname", "sockaddr",
+               "sender", "rcpt", "dest", "ctime", "last-try", "ttl", "retry"]
+    assert [k for k in keys if k in smtpctl] == smtpctl, keys
+    assert keys.index("retry") < keys.index("evpid")
     msg = d.ctl("show", "message", evpid[:8]).stdout
     assert msg.startswith("Received: ")
     assert re.search(r"\nSubject: queued \d\n\nbody \d\n$", msg)
@@ -64,12 +70,19 @@ def test_abbreviations_and_json(d: Daemon) -> None:
 def test_pause_resume_envelope_and_schedule(d: Daemon) -> None:
     evpid = queue_lines(d)[0][0]
     assert d.ctl("pause", "envelope", evpid).stdout.strip() == "1 envelope paused"
+    # smtpctl: a paused envelope says "suspend" in its flags and stays pending|N
+    row = next(r for r in queue_lines(d) if r[0] == evpid)
+    assert row[3] == "suspend" and row[11] == "pending" and row[12].isdigit(), row
+    assert all(r[3] == "" for r in queue_lines(d) if r[0] != evpid)
     assert d.ctl("resume", "envelope", evpid).stdout.strip() == "1 envelope resumed"
     assert d.ctl("schedule", "all").stdout.strip() == "3 envelopes scheduled"
 
 
 def test_stats_status_trace_profile_log(d: Daemon) -> None:
-    stats = dict(line.split("=", 1) for line in d.ctl("show", "stats").stdout.splitlines())
+    lines = d.ctl("show", "stats").stdout.splitlines()
+    assert lines[0].startswith("uptime=") and lines[1].startswith("uptime.human=")
+    stats = dict(line.split("=", 1) for line in lines)
+    assert re.fullmatch(r"(\d+d)?(\d+h)?(\d+m)?(\d+s)?", stats["uptime.human"])
     assert int(stats["smtp.session"]) >= 1
     assert int(stats["smtp.session.inet4"]) >= 1  # smtpctl's key
     assert int(stats["queue.envelope.enqueued"]) >= 3
@@ -88,6 +101,8 @@ def test_stats_status_trace_profile_log(d: Daemon) -> None:
     stats = d.ctl("show", "stats").stdout
     assert re.search(r"^profile\.imsg\.Control\.usec\.\w+=\d+$", stats, re.M)
     d.ctl("unprofile", "imsg")
+    assert d.ctl("profile", "all").stdout == "command succeeded\n"
+    assert d.ctl("unprofile", "all").stdout == "command succeeded\n"
 
 
 def test_monitor_prints_header_and_rows(d: Daemon) -> None:
@@ -142,7 +157,9 @@ def test_paths_as_ids_are_refused(d: Daemon) -> None:
             assert reply["ok"] is False and reply["lines"] == ["command failed: invalid id"], \
                 (words, reply)
             res = d.ctl(*words, check=False)
-            assert res.returncode == 1 and "invalid id" in res.stderr and not res.stdout
+            # smtpctl's answer to an argument that is no id: the choices, 255
+            assert res.returncode == 255 and not res.stdout
+            assert res.stderr.startswith("possibilities are:\n"), res.stderr
     assert victim.read_text() == "precious\n"
     assert d.ctl("show", "queue").stdout == before
     assert "invalid-id" in d.log()
@@ -168,3 +185,23 @@ def test_not_running() -> None:
         assert d.ctl("show", "queue").stdout == ""  # read from the spool directly
     finally:
         shutil.rmtree(d.state, ignore_errors=True)
+
+
+def test_P_starts_the_daemon_with_subsystems_paused() -> None:
+    # mailriderd -P (OpenSMTPD's smtpd -P): paused from the start, until resumed
+    config = ('listen on 127.0.0.1 port {port}\ntable everyone {{ "@" = "{user}" }}\n'
+              'action "l" maildir "{mail}/box" virtual <everyone>\n'
+              'match from any for any action "l"\n')
+    with Daemon(config, extra_args=["-P", "mda", "-P", "smtp"]) as daemon:
+        assert daemon.ctl("show", "status").stdout.splitlines() == [
+            "MDA paused", "MTA running", "SMTP paused"]
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as s:
+            assert s.recv(100).startswith(b"421 4.3.2")
+        daemon.ctl("resume", "smtp")
+        with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as c:
+            c.sendmail("sender@example.org", ["held@localhost"], b"Subject: held\r\n\r\nx\r\n")
+        time.sleep(0.5)  # a running mda would have taken it by now; held, it stays
+        assert len(queue_lines(daemon)) == 1
+        daemon.ctl("resume", "mda")
+        wait_for(lambda: daemon.ctl("show", "queue").stdout.strip() == "")
+        assert len(daemon.maildir("box")) == 1

@@ -124,26 +124,54 @@ def test_relay_host_delivers_exact_bytes(a: Daemon, b: Daemon) -> None:
     assert b"From: Alice" + body == MSG.replace(b"\r\n", b"\n")
     assert got.startswith(b"Return-Path: <alice@local.test>\n")
     # one transaction for both recipients of the message
-    wait_log(a, rf"delivery result evpid={msgid}\w+ .*rcpt=carol@remote.test .*"
-                r"relay=.?127.0.0.1 \[127.0.0.1\].? .*result=Ok")
-    assert len(re.findall(rf"delivery result evpid={msgid}\w+ .*result=Ok", a.log())) == 2
+    wait_log(a, rf"delivery evpid={msgid}\w+ .*(?:to|rcpt)=<carol@remote.test> .*"
+                r"relay=.?127.0.0.1 \[127.0.0.1\].? .*result=\"?Ok\b")
+    assert len(re.findall(rf"delivery evpid={msgid}\w+ .*result=\"?Ok\b", a.log())) == 2
     assert a.log().count('mta connected relay="127.0.0.1 [127.0.0.1]"') == 1
+    # OpenSMTPD's layout: the connection's id leads its lines and its deliveries'
+    conn = re.search(rf"([0-9a-f]{{16}}) mta connecting address=smtp://127\.0\.0\.1:{b.port} "
+                     r"host=127\.0\.0\.1$", a.log(), re.M)
+    assert conn, a.log()
+    sid = conn.group(1)
+    assert f"{sid} mta connected " in a.log()
+    assert len(re.findall(rf"{sid} mta delivery evpid={msgid}\w+ from=<alice@local\.test> "
+                          r"to=<(bob|carol)@remote\.test> rcpt=<-> source=\"-\" "
+                          r"relay=\"127\.0\.0\.1 \[127\.0\.0\.1\]\" delay=\d+s "
+                          r"result=\"Ok\" stat=\"250 ", a.log())) == 2, a.log()
     wait_for(lambda: queue_empty(a), 10)
+
+
+def test_ctl_shows_hosts_relays_routes(a: Daemon, b: Daemon) -> None:
+    """After test_relay_host_delivers_exact_bytes: smtpctl's show hosts|relays|routes."""
+    hosts = a.ctl("show", "hosts").stdout.splitlines()
+    assert any(re.fullmatch(r"127\.0\.0\.1 127\.0\.0\.1 refcount=\d+ nconn=\d+ "
+                            r"lastconn=(\d+[dhms])+", h) for h in hosts), hosts
+    relays = a.ctl("show", "relays").stdout.splitlines()
+    assert any(r.startswith(f"[relay:127.0.0.1,port={b.port},smtp] refcount=") for r in relays), \
+        relays
+    routes = a.ctl("show", "routes").stdout.splitlines()
+    match = [re.fullmatch(r"(\d+)\. \[\] <-> 127\.0\.0\.1 \(127\.0\.0\.1\) [N-]--- nconn=\d+ "
+                          r"nerror=\d+ penalty=\d+ timeout=-", r) for r in routes]
+    assert any(match), routes
+    route_id = next(m.group(1) for m in match if m)
+    assert a.ctl("resume", "route", route_id).stdout == "command succeeded\n"
+    assert a.ctl("resume", "route", "999999", check=False).returncode == 1
+    assert a.ctl("show", "hoststats").returncode == 0
 
 
 def test_mx_route_through_test_dns(a: Daemon, b: Daemon, dns: DnsThread) -> None:
     t = smtp_send(a.port, "alice@local.test", ["dave@example.test"], MSG)
     assert t.data is not None and t.data[0] == 250
     wait_for(lambda: len(b.maildir("md/dave")) == 1, 20)
-    wait_log(a, r"delivery result .*rcpt=dave@example.test .*relay=.?mx.example.test "
-                r"\[127.0.0.1\].? .*result=Ok")
+    wait_log(a, r"delivery .*(?:to|rcpt)=<dave@example.test> .*relay=.?mx.example.test "
+                r"\[127.0.0.1\].? .*result=\"?Ok\b")
     assert dns.server is not None and dns.server.count("example.test", wire.MX) >= 1
 
 
 def test_null_mx_bounces_with_556(a: Daemon) -> None:
     t = smtp_send(a.port, "alice@local.test", ["nobody@nullmx.test"], MSG)
     assert t.data is not None and t.data[0] == 250
-    wait_log(a, r"delivery result .*rcpt=nobody@nullmx.test .*result=PermFail "
+    wait_log(a, r"delivery .*(?:to|rcpt)=<nobody@nullmx.test> .*result=\"?PermFail\"? "
                 r"stat=\"?556 5.1.10")
     wait_for(lambda: a.maildir("md/alice"), 20)
     raw = a.maildir("md/alice")[-1]
@@ -194,14 +222,14 @@ def test_4xx_then_2xx_after_schedule(peer_a: tuple[SmtpPeer, Daemon]) -> None:
     peer, d = peer_a
     t = smtp_send(d.port, "alice@local.test", ["grey@remote.test"], MSG)
     assert t.data is not None and t.data[0] == 250
-    wait_log(d, r"delivery result .*rcpt=grey@remote.test .*result=TempFail "
+    wait_log(d, r"delivery .*(?:to|rcpt)=<grey@remote.test> .*result=\"?TempFail\"? "
                 r"stat=\"?451 4.7.1 Greylisted")
     assert not peer.received
     show = d.ctl("show", "queue").stdout
     assert "grey@remote.test" in show
     d.ctl("schedule", "all")
     wait_for(lambda: peer.received, 20)
-    wait_log(d, r"delivery result .*rcpt=grey@remote.test .*result=Ok")
+    wait_log(d, r"delivery .*(?:to|rcpt)=<grey@remote.test> .*result=\"?Ok\b")
     assert peer.received[0].rcpts == ["RCPT TO:<grey@remote.test>"]
     wait_for(lambda: queue_empty(d), 10)
 
@@ -247,7 +275,7 @@ def test_close_in_data_is_temporary(peer_a: tuple[SmtpPeer, Daemon]) -> None:
     peer, d = peer_a
     t = smtp_send(d.port, "alice@local.test", ["cut@remote.test"], MSG)
     assert t.data is not None and t.data[0] == 250
-    wait_log(d, r"delivery result .*rcpt=cut@remote.test .*result=TempFail")
+    wait_log(d, r"delivery .*(?:to|rcpt)=<cut@remote.test> .*result=\"?TempFail\"?")
     assert "cut@remote.test" in d.ctl("show", "queue").stdout
     assert not peer.received
     assert not d.maildir("md/alice")
@@ -259,8 +287,8 @@ def test_expiry_with_short_ttl_bounces(peer_a: tuple[SmtpPeer, Daemon]) -> None:
     _peer, d = peer_a
     t = smtp_send(d.port, "alice@local.test", ["full@short.test"], MSG)
     assert t.data is not None and t.data[0] == 250
-    wait_log(d, r"delivery result .*rcpt=full@short.test .*result=TempFail")
-    wait_log(d, r"delivery expired .*rcpt=full@short.test", 20)
+    wait_log(d, r"delivery .*(?:to|rcpt)=<full@short.test> .*result=\"?TempFail\"?")
+    wait_log(d, r"relay: Expire for \S+ .*to=<full@short.test>,", 20)
     wait_for(lambda: d.maildir("md/alice"), 20)
     [raw] = d.maildir("md/alice")
     msg, parts = dsn_parts(raw)
@@ -370,7 +398,8 @@ def test_auth_never_goes_to_an_unverified_peer(tmp_path: Path, url: str, options
     with SmtpPeer(Behaviour(tls=server_context(cert, key), auth=("joe", "s3cret"))) as peer:
         with Daemon(_auth_conf(peer.port, url, options)) as d:
             smtp_send(d.port, "alice@local.test", ["sec@remote.test"], MSG)
-            wait_log(d, r"delivery result .*rcpt=sec@remote\.test .*result=TempFail .*" + reply)
+            wait_log(d, r"delivery .*(?:to|rcpt)=<sec@remote\.test> .*result=\"?TempFail\"? .*"
+                     + reply)
             time.sleep(0.5)
             assert not any(c.upper().startswith("AUTH") for c in peer.commands), peer.commands
             assert not any(c.upper().startswith("MAIL") for c in peer.commands)  # no clear retry
@@ -386,7 +415,7 @@ def test_unverifiable_certificate_is_a_temporary_failure(tmp_path: Path) -> None
             f"relay host smtp+tls://127.0.0.1:{peer.port}", 1)
         with Daemon(conf) as d:
             smtp_send(d.port, "alice@local.test", ["v@remote.test"], MSG)
-            wait_log(d, r"delivery result .*rcpt=v@remote.test .*result=TempFail "
+            wait_log(d, r"delivery .*(?:to|rcpt)=<v@remote.test> .*result=\"?TempFail\"? "
                         r".*TLS handshake")
             assert not peer.received
 
@@ -407,8 +436,8 @@ def test_silent_host_times_out_then_next_mx() -> None:
                 assert t.data is not None and t.data[0] == 250
                 wait_for(lambda: good.received, 30)
                 wait_log(d, r"mta host-failed relay=.?slow.multi.test \[127.0.0.2\].? .*Timeout")
-                wait_log(d, r"delivery result .*rcpt=x@multi.test .*"
-                            r"relay=.?good.multi.test \[127.0.0.3\].? .*result=Ok")
+                wait_log(d, r"delivery .*(?:to|rcpt)=<x@multi.test> .*"
+                            r"relay=.?good.multi.test \[127.0.0.3\].? .*result=\"?Ok\b")
                 assert silent.connections == 1
     finally:
         silent.close()

@@ -7,7 +7,7 @@ import pathlib
 
 from e2e_util import smtp_send
 from harness import Daemon, wait_for
-from smtp_peer import Behaviour, SmtpPeer
+from smtp_peer import Behaviour, SmtpPeer, make_certs, server_context
 from test_e2e_filters import filter_cmd
 
 MSG = b"From: alice@local.test\r\nSubject: out\r\n\r\nbody\r\n"
@@ -93,3 +93,30 @@ def test_relay_filter_chain_in_braces_and_smtp_in_unchanged() -> None:
             assert "config|subsystem|smtp-in" not in fa
             assert _reports(d.state / "fa.rec", "smtp-in") == []
             assert len(peer.received) == 1
+
+
+def test_relay_filter_reports_tls_and_auth(tmp_path: pathlib.Path) -> None:
+    ca, cert, key = make_certs(tmp_path)
+    with SmtpPeer(Behaviour(tls=server_context(cert, key), auth=("joe", "s3cret"))) as peer:
+        d = Daemon(config="", extra_env={"MAILRIDER_MTA_TIMEOUT": "5"})
+        cmd = filter_cmd(d, "smtp-out", "rf")
+        _config(d, peer.port, 'filter "rf"',
+                f"filter rf proc-exec {cmd}\n"
+                f'ca testca cert "{ca}"\ntable creds {{ "lbl" = "joe:s3cret" }}\n')
+        d.config_path.write_text(d.config_path.read_text().replace(
+            f"relay host smtp://127.0.0.1:{peer.port}",
+            f"relay host smtp+tls://lbl@127.0.0.1:{peer.port} auth <creds> ca testca"))
+        with d:
+            t = smtp_send(d.port, "alice@local.test", ["bob@remote.test"], MSG)
+            assert t.data is not None and t.data[0] == 250
+            wait_for(lambda: peer.received)
+            rec = d.state / "rf.rec"
+            wait_for(lambda: any(r[4] == "tx-reset" for r in _reports(rec, "smtp-out")))
+            out = _reports(rec, "smtp-out")
+            events = [r[4] for r in out]
+            assert events[:5] == ["link-connect", "link-greeting", "link-tls", "link-auth",
+                                  "link-identify"], events
+            version, cipher, bits = out[2][6].split(":")
+            assert version.startswith("TLSv1.") and cipher and int(bits) >= 128
+            assert out[3][6:] == ["pass", "joe"]
+            assert "s3cret" not in rec.read_text()

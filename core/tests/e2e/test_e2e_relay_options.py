@@ -150,11 +150,11 @@ def test_relay_pki_key_in_process_when_forced(certs: Path) -> None:
 def test_without_pki_the_handshake_fails_and_mail_is_deferred(certs: Path) -> None:
     with demanding_peer(certs) as peer, Daemon(tls_conf(certs, peer.port, "")) as d:
         send(d, "bob@remote.test")
-        wait_log(d, r"delivery result .*rcpt=bob@remote.test .*result=TempFail")
+        wait_log(d, r"delivery .*(?:to|rcpt)=<bob@remote.test> .*result=\"?TempFail\"?")
         assert not peer.received
         assert peer.tls_errors, "the remote never saw a handshake"
         assert d.ctl("show", "queue").stdout.strip() != ""  # deferred, not bounced
-        assert not log_has(d, r"result=PermFail")
+        assert not log_has(d, r"result=\"?PermFail\"?")
 
 
 # -- host <table>, domain <table> ------------------------------------------------------
@@ -183,9 +183,9 @@ def test_relay_domain_table_routes_by_domain_and_defers_unknown_domains() -> Non
             wait_for(lambda: one.received and two.received, 20)
             assert one.received[0].rcpts[0].startswith("RCPT TO:<bob@remote.test>")
             assert two.received[0].rcpts[0].startswith("RCPT TO:<carol@other.test>")
-            wait_log(d, r"delivery result .*rcpt=dave@unknown.test .*result=TempFail "
+            wait_log(d, r"delivery .*(?:to|rcpt)=<dave@unknown.test> .*result=\"?TempFail\"? "
                         r".*Cannot retrieve smarthost")
-            assert not log_has(d, r"rcpt=dave@unknown.test .*result=PermFail")
+            assert not log_has(d, r"(?:to|rcpt)=<dave@unknown.test> .*result=\"?PermFail\"?")
             assert "unknown.test" in d.ctl("show", "queue").stdout
             assert len(one.received) == len(two.received) == 1
 
@@ -221,8 +221,8 @@ def test_a_failing_domain_table_is_a_temporary_failure(failing_backend: Path) ->
     extra = 'table routes down:/nonexistent.conf\naction "out" relay domain <routes>\n'
     with Daemon(conf(extra), extra_env={"MAILRIDER_LIBEXEC": str(failing_backend)}) as d:
         send(d, "bob@remote.test")
-        wait_log(d, r"delivery result .*rcpt=bob@remote.test .*result=TempFail")
-        assert not log_has(d, r"result=PermFail")
+        wait_log(d, r"delivery .*(?:to|rcpt)=<bob@remote.test> .*result=\"?TempFail\"?")
+        assert not log_has(d, r"result=\"?PermFail\"?")
 
 
 # -- helo-src <table> ------------------------------------------------------------------
@@ -246,7 +246,7 @@ def test_relay_helo_src_without_a_name_for_the_source_is_deferred() -> None:
                  'helo-src <helos>\n')
         with Daemon(conf(extra)) as d:
             send(d, "bob@remote.test")
-            wait_log(d, r"delivery result .*rcpt=bob@remote.test .*result=TempFail "
+            wait_log(d, r"delivery .*(?:to|rcpt)=<bob@remote.test> .*result=\"?TempFail\"? "
                         r".*Failed to retrieve helo string")
             assert not peer.received
 
@@ -258,6 +258,6 @@ def test_a_failing_helo_src_table_is_a_temporary_failure(failing_backend: Path) 
                  'helo-src <helos>\n')
         with Daemon(conf(extra), extra_env={"MAILRIDER_LIBEXEC": str(failing_backend)}) as d:
             send(d, "bob@remote.test")
-            wait_log(d, r"delivery result .*rcpt=bob@remote.test .*result=TempFail "
+            wait_log(d, r"delivery .*(?:to|rcpt)=<bob@remote.test> .*result=\"?TempFail\"? "
                         r".*Failed to retrieve helo string")
             assert not peer.received

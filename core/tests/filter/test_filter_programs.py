@@ -31,12 +31,13 @@ def test_missing_program_at_its_statement(tmp_path: Path) -> None:
 
 def test_bare_name_found_in_libexec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILRIDER_LIBEXEC", str(tmp_path))
+    monkeypatch.setenv("MAILRIDER_OPENSMTPD_LIBEXEC", str(tmp_path / "smtpd"))
     cfg = parse_string('proc p "filter-here -v"\nfilter a proc p\n'
                        'listen on 127.0.0.1 filter a\n' + TAIL, file="t.conf")
     with pytest.raises(ConfigError) as info:
         check_programs(cfg, None)
     assert str(info.value) == (f"t.conf:1: proc p: program filter-here not found "
-                               f"(looked in: {tmp_path}, PATH)")
+                               f"(looked in: {tmp_path}, {tmp_path / 'smtpd'}, PATH)")
     prog = tmp_path / "filter-here"
     prog.write_text("#!/bin/sh\n")
     os.chmod(prog, 0o755)

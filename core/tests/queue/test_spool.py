@@ -74,6 +74,29 @@ def test_remove_last_envelope_removes_message(tmp_path: os.PathLike[str]) -> Non
     assert not os.path.exists(sp.msgdir(msgid))
 
 
+def test_remove_envelopes_in_one_batch(tmp_path: os.PathLike[str]) -> None:
+    # the queue's reaper removes what finished together in one call: each
+    # message folder goes with its last envelope, a partly done one stays
+    sp = Spool(str(tmp_path))
+    sp.setup()
+    items = []
+    for i in range(3):
+        msgid, fd = sp.create()
+        os.write(fd, b"x\n")
+        os.close(fd)
+        items.append(PendingCommit(msgid, [_env(msgid, f"a{i}@x.example"),
+                                           _env(msgid, f"b{i}@x.example")]))
+    sp.commit_batch(items)
+    whole, half, untouched = items
+    gone = [e.evpid for e in whole.envelopes] + [half.envelopes[0].evpid]
+    again = whole.envelopes[0].evpid  # already removed: not an error
+    errors = sp.remove_envelopes([*gone, again, "not-an-id"])
+    assert errors[:4] == [None] * 4 and isinstance(errors[4], ValueError)
+    assert not os.path.exists(sp.msgdir(whole.msgid))
+    assert [e.evpid for e in dict(sp.walk())[half.msgid]] == [half.envelopes[1].evpid]
+    assert len(dict(sp.walk())[untouched.msgid]) == 2
+
+
 def test_envelope_refuses_line_breaks() -> None:
     env = _env("0000abcd", "a@x.example")
     env = dataclasses.replace(env, sender="a@x.example\nrcpt: evil@y.example")

@@ -44,6 +44,7 @@ def libexec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     ):
         backendkit.install(str(folder), backend, script)
     monkeypatch.setenv("MAILRIDER_LIBEXEC", str(folder))
+    monkeypatch.setenv("MAILRIDER_OPENSMTPD_LIBEXEC", "-")  # not this machine's programs
     yield folder
 
 
@@ -87,6 +88,43 @@ def test_find_backend_in_libexec(
     assert argv == [str(libexec / "table-rogue")]
     assert searched[0].startswith("entry point 'rogue'")
     assert searched[1:] == [str(other / "table-rogue"), str(libexec / "table-rogue")]
+
+
+def test_opensmtpd_folders_come_after_ours(
+    libexec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mapfile: str
+) -> None:
+    smtpd = tmp_path / "smtpd"
+    smtpd.mkdir()
+    backendkit.install(str(smtpd), "example", "example.py")
+    backendkit.install(str(smtpd), "elsewhere", "example.py")
+    monkeypatch.setenv("MAILRIDER_OPENSMTPD_LIBEXEC", f"{tmp_path / 'none'}:{smtpd}")
+    # ours wins when both have the program
+    assert find_backend("example")[0] == [str(libexec / "table-example")]
+    # a program only OpenSMTPD's folder has is found there, after ours were searched
+    argv, searched = find_backend("elsewhere")
+    assert argv == [str(smtpd / "table-elsewhere")]
+    assert searched[1:] == [str(libexec / "table-elsewhere"),
+                            str(tmp_path / "none" / "table-elsewhere"),
+                            str(smtpd / "table-elsewhere")]
+
+    async def body(t: ProcTable) -> None:
+        assert await t.lookup("alias", "root") == "admin@example.org"
+
+    # and it answers, started as OpenSMTPD starts it
+    with_table("elsewhere", mapfile, body)
+
+
+def test_opensmtpd_folders_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailrider import paths
+
+    monkeypatch.delenv("MAILRIDER_OPENSMTPD_LIBEXEC", raising=False)
+    assert paths.opensmtpd_libexec_dirs() == ("/usr/local/libexec/smtpd",
+                                              "/usr/libexec/opensmtpd")
+    monkeypatch.setenv("MAILRIDER_LIBEXEC", "/nonexistent-a")
+    _, searched = find_backend("zz-none")
+    assert searched[1:] == ["/nonexistent-a/table-zz-none",
+                            "/usr/local/libexec/smtpd/table-zz-none",
+                            "/usr/libexec/opensmtpd/table-zz-none"]
 
 
 def test_find_backend_missing_or_not_executable(libexec: Path) -> None:

@@ -1,4 +1,9 @@
-"""``mailriderctl [-S statedir] [-j] command ...`` — the operator's tool (smtpctl's twin)."""
+"""``mailriderctl [-S statedir] [-j] command ...`` — the operator's tool (smtpctl's twin).
+
+The command line follows smtpctl's grammar (:data:`COMMANDS`): a script
+written for smtpctl gets the same output, and a command line outside the
+grammar the same message on stderr and exit status 255.
+"""
 
 from __future__ import annotations
 
@@ -11,40 +16,121 @@ from typing import Any
 
 from mailrider import __version__, paths
 from mailrider.errors import ConfigError
-from mailrider.proc.control import format_queue_line, invalid_id, socket_path
+from mailrider.proc.control import format_queue_line, socket_path
 
-#: every command, as fixed words; a trailing "*" takes one argument, "[*]" an optional one
+#: smtpctl's grammar (smtpctl(8)), in its order: fixed words and the
+#: arguments <evpid> (16 hex digits), <msgid> (8), <routeid> (a number),
+#: <str> (any word); <args> takes the rest of the command line as it is
 COMMANDS = (
-    "show queue [*]", "show envelope *", "show message *", "show stats", "show status",
-    "schedule *", "remove *", "discover *",
-    "pause mda", "pause mta", "pause smtp", "pause envelope *",
-    "resume mda", "resume mta", "resume smtp", "resume envelope *",
-    "update table *", "log verbose", "log brief", "trace *", "untrace *",
-    "profile *", "unprofile *", "monitor", "encrypt [*]", "makemap", "newaliases", "sendmail",
+    "discover <evpid>", "discover <msgid>",
+    "log brief", "log verbose", "monitor",
+    "pause envelope <evpid>", "pause envelope <msgid>", "pause envelope all",
+    "pause mda", "pause mta", "pause smtp", "profile <str>",
+    "remove <evpid>", "remove <msgid>", "remove all",
+    "resume envelope <evpid>", "resume envelope <msgid>", "resume envelope all",
+    "resume mda", "resume mta", "resume route", "resume route <routeid>", "resume smtp",
+    "schedule <msgid>", "schedule <evpid>", "schedule all",
+    "show envelope <evpid>", "show hoststats", "show message <msgid>",
+    "show message <evpid>", "show queue", "show queue <msgid>", "show hosts", "show relays",
+    "show routes", "show stats", "show status",
+    "trace <str>", "unprofile <str>", "untrace <str>", "update table <str>",
+    "encrypt", "encrypt <str>", "spf walk",
+    "makemap <args>", "newaliases <args>", "sendmail <args>",
 )
+#: commands run by mailriderctl itself, without the daemon
+LOCAL_COMMANDS = ("encrypt", "spf walk", "makemap", "newaliases", "sendmail")
+#: exit status of a command line the grammar refuses (smtpctl's -1)
+EXIT_BAD_COMMAND = 255
+#: what ``trace`` and ``profile`` take (smtpctl's keywords, and ours)
+TRACE_KEYWORDS = ("imsg", "io", "smtp", "filters", "mta", "bounce", "scheduler", "lookup",
+                  "stat", "rules", "mproc", "expand", "all", "queue", "delivery", "lka")
+PROFILE_KEYWORDS = ("imsg", "queue", "all")
 
 
-def expand_abbreviations(words: list[str]) -> list[str]:
-    """Commands may be abbreviated to any unambiguous prefix, as with smtpctl."""
+class BadCommand(Exception):
+    """The command line is not in the grammar; ``lines`` say why, as smtpctl does."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _is_hex(word: str, size: int) -> bool:
+    return len(word) == size and all(c in "0123456789abcdefABCDEF" for c in word) \
+        and int(word, 16) != 0
+
+
+def _fits(placeholder: str, word: str) -> bool:
+    if placeholder == "<evpid>":
+        return _is_hex(word, 16)
+    if placeholder == "<msgid>":
+        return _is_hex(word, 8)
+    if placeholder == "<routeid>":
+        return word.isdigit() and int(word) > 0
+    return placeholder in ("<str>", "<args>")
+
+
+def _children(prefix: list[str]) -> list[str]:
+    """The next word of every command that starts with ``prefix``, in order, once each."""
+    out: list[str] = []
+    for c in COMMANDS:
+        parts = c.split()
+        if len(parts) > len(prefix) and parts[:len(prefix)] == prefix \
+                and parts[len(prefix)] not in out:
+            out.append(parts[len(prefix)])
+    return out
+
+
+def parse_command(words: list[str]) -> list[str]:
+    """The command ``words`` names, with abbreviations expanded and ids in lower case.
+
+    As smtpctl's parser: at each word, the first pattern word it fits (a
+    fixed word exactly, or an argument of the right shape); else the one
+    fixed word it is a prefix of. Raises :class:`BadCommand` with smtpctl's
+    message ("possibilities are:" and the choices, or "invalid command") when
+    nothing fits, an abbreviation is ambiguous or the command is incomplete.
+    """
+    path: list[str] = []  # the pattern words matched
     out: list[str] = []
     for i, word in enumerate(words):
-        fixed = set()
-        for c in COMMANDS:
-            parts = c.split()
-            if len(parts) > i and parts[:i] == out[:i] and not parts[i].endswith("*]") \
-                    and parts[i] != "*":
-                fixed.add(parts[i])
-        if word in fixed or not fixed:
-            out.append(word)
-            continue
-        matches = [f for f in fixed if f.startswith(word)]
-        if len(matches) == 1:
-            out.append(matches[0])
+        choices = _children(path)
+        fit = next((c for c in choices if c == word or (c.startswith("<") and _fits(c, word))),
+                   None)
+        if fit is None:
+            fixed = [c for c in choices if not c.startswith("<") and c.startswith(word) and word]
+            if len(fixed) > 1:
+                raise BadCommand([f"ambiguous abbreviation: {word}", "possibilities are:",
+                                  *(" ".join([*out, c]) for c in fixed)])
+            if not fixed:
+                raise BadCommand(_possibilities(out, choices))
+            fit = fixed[0]
+        path.append(fit)
+        if fit == "<args>":
+            return out + words[i:]
+        if fit in ("<evpid>", "<msgid>"):
+            out.append(word.lower())
         else:
-            out.append(word)
-        if out[-1] in ("makemap", "sendmail", "newaliases", "encrypt"):
-            return out + words[i + 1:]
+            out.append(word if fit.startswith("<") else fit)
+    if " ".join(path) not in COMMANDS and " ".join([*path, "<args>"]) not in COMMANDS:
+        raise BadCommand(_possibilities(out, _children(path)))
     return out
+
+
+def _possibilities(done: list[str], choices: list[str]) -> list[str]:
+    if not choices:
+        return ["invalid command"]
+    return ["possibilities are:", *(" ".join([*done, c]) for c in choices)]
+
+
+def usage_text() -> str:
+    """``--help``: the synopsis and every command."""
+    lines = ["usage: mailriderctl [-j] [-S statedir] command [argument ...]",
+             "       mailriderctl --version", "", "commands:"]
+    for c in COMMANDS:
+        if c.endswith("<args>"):
+            c = c.replace("<args>", "[argument ...]")
+        lines.append(f"  {c}")
+    return "\n".join(lines) + "\n"
 
 
 def request(statedir: str, words: list[str], timeout: float = 30.0) -> dict[str, Any]:
@@ -229,7 +315,11 @@ def run(argv: list[str] | None = None) -> int:
     """mailriderctl itself (main() adds the quiet end on a closed pipe)."""
     args = list(sys.argv[1:] if argv is None else argv)
     prog = os.path.basename(sys.argv[0]) if argv is None else "mailriderctl"
-    if prog == "sendmail":
+    if args == ["--version"]:
+        # under every name: mailriderctl, mailq, sendmail, makemap, newaliases
+        print(f"{prog} {__version__}")
+        return 0
+    if prog == "sendmail" or prog == "send-mail":
         args = ["sendmail", *args]
     elif prog == "mailq":
         args = ["show", "queue", *args]
@@ -246,22 +336,37 @@ def run(argv: list[str] | None = None) -> int:
         elif opt == "-j":
             as_json = True
         elif opt in ("-h", "--help"):
-            print(f"usage: mailriderctl [-S statedir] [-j] command [args ...]\n\n{__doc__}")
+            print(usage_text(), end="")
             return 0
         elif opt == "--version":
             print(f"mailriderctl {__version__}")
             return 0
         else:
             print(f"mailriderctl: unknown option {opt}", file=sys.stderr)
+            print(usage_text(), end="", file=sys.stderr)
             return 2
     if not args:
-        print("usage: mailriderctl [-S statedir] [-j] command [args ...]", file=sys.stderr)
+        print(usage_text(), end="", file=sys.stderr)
         return 2
-    args = expand_abbreviations(args)
+    try:
+        args = parse_command(args)
+    except BadCommand as exc:
+        print("\n".join(exc.lines), file=sys.stderr)
+        return EXIT_BAD_COMMAND
     if args[0] == "makemap":
         return makemap(args[1:])
     if args[0] == "encrypt":
         return encrypt(args[1:])
+    if args == ["spf", "walk"]:
+        from mailrider.cli import spfwalk
+
+        return spfwalk.main(sys.stdin, sys.stdout)
+    if args[0] in ("trace", "untrace") and args[1] not in TRACE_KEYWORDS:
+        print(f"mailriderctl: invalid trace keyword: {args[1]}", file=sys.stderr)
+        return 1
+    if args[0] in ("profile", "unprofile") and args[1] not in PROFILE_KEYWORDS:
+        print(f"mailriderctl: invalid profile keyword: {args[1]}", file=sys.stderr)
+        return 1
     if args == ["monitor"]:
         return monitor(statedir)
     if args[0] == "sendmail":
@@ -271,10 +376,6 @@ def run(argv: list[str] | None = None) -> int:
         if status:
             return status
         args = ["update", "table", "aliases"]
-    bad = invalid_id(args)
-    if bad is not None:
-        print(f"mailriderctl: invalid id: {bad!r}", file=sys.stderr)
-        return 1
     try:
         reply = request(statedir, args)
     except OSError:

@@ -10,17 +10,19 @@ import sys
 from collections.abc import Callable
 from functools import partial
 
-from mailrider import log, paths
+from mailrider import limits, log, paths
 from mailrider.config import resolve_listener
 from mailrider.config.model import Config
+from mailrider.crypto import delegate
 from mailrider.crypto.keys import KeyStore
 from mailrider.errors import ConfigError
 from mailrider.filter.programs import check_programs
 from mailrider.proc import common
 from mailrider.proc.child import preload
 from mailrider.proc.control import socket_path
-from mailrider.proc.parent import Parent, bind_listeners
+from mailrider.proc.parent import Parent, bind_listeners, bind_metrics
 from mailrider.proc.pony_mta import check_relay_urls
+from mailrider.proc.pony_tls import needs_tls
 from mailrider.table.registry import check_tables
 
 
@@ -54,10 +56,54 @@ def check(opts: common.Options) -> Config:
                 raise ConfigError(f"pki {name}: cannot read {what} {path}", pki.where.file,
                                   pki.where.line)
     _check_keys(config)
+    check_delegation(config)
     for lst in config.listeners:
         if lst.address != "socket":
             resolve_listener(lst)
     return config
+
+
+#: what key delegation needs, for the messages of -n (docs/ports.md §4)
+DELEGATION_NEEDS = ("CPython with a dynamically linked OpenSSL 1.1.1 or 3.x, or LibreSSL 3.5 "
+                    "or later (tested on Linux)")
+
+
+def tls_pkis(config: Config) -> list[str]:
+    """The pki whose keys pony's TLS uses: those of listeners offering TLS
+    (their ``pki``, else every pki) and of ``relay pki``."""
+    names: list[str] = []
+    for lst in config.listeners:
+        if needs_tls(lst):
+            names += lst.pki or list(config.pkis)
+    for action in config.actions.values():
+        pki = action.relay.get("pki")
+        if isinstance(pki, str):
+            names.append(pki)
+    return [n for n in dict.fromkeys(names) if n in config.pkis]
+
+
+def check_delegation(config: Config) -> str:
+    """Whether TLS keys can stay in klondike here (processes.md §5). When they
+    cannot, the pki that need them are a ConfigError unless ``smtp
+    key-in-process`` (or the tests' MAILRIDER_KEY_IN_PROCESS=force) lets pony
+    load them; then the warning -n prints is returned ("" otherwise)."""
+    names = tls_pkis(config)
+    if not names:
+        return ""
+    forced = os.environ.get(limits.KEY_IN_PROCESS_ENV, "") == "force"
+    reason = (f"{limits.KEY_IN_PROCESS_ENV}=force (benchmarks/tests only)" if forced
+              else delegate.unavailable_reason())
+    if not reason:
+        return ""
+    if not (config.key_in_process or forced):
+        pki = config.pkis[names[0]]
+        raise ConfigError(f"pki {names[0]}: TLS keys cannot stay out of the SMTP process "
+                          f"here ({reason}); that needs {DELEGATION_NEEDS}. "
+                          "'smtp key-in-process' lets pony load them instead",
+                          pki.where.file, pki.where.line)
+    return (f"mailriderd: warning: the keys of pki {', '.join(names)} will be loaded into "
+            f"pony, the SMTP process ('smtp key-in-process'): delegation to klondike is "
+            f"unavailable here ({reason}); it needs {DELEGATION_NEEDS}")
 
 
 def _check_keys(config: Config) -> None:
@@ -104,17 +150,35 @@ def _in_child(run: Callable[[], object]) -> str | None:
     return text or "the check failed"
 
 
-def _daemonize() -> None:
+def _daemonize(logfile: str | None = None) -> None:
+    """Detach; stdout and stderr go to ``logfile`` when given (every process
+    inherits them: log.setup writes to stderr without a syslog socket), else
+    to /dev/null."""
+    out = os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640) \
+        if logfile else None
     if os.fork():
         os._exit(0)
     os.setsid()
     if os.fork():
         os._exit(0)
     fd = os.open(os.devnull, os.O_RDWR)
-    for target in (0, 1, 2):
-        os.dup2(fd, target)
-    if fd > 2:
-        os.close(fd)
+    os.dup2(fd, 0)
+    for target in (1, 2):
+        os.dup2(out if out is not None else fd, target)
+    for extra in (fd, out):
+        if extra is not None and extra > 2:
+            os.close(extra)
+
+
+def _fallback_log(opts: common.Options) -> str | None:
+    """Daemon mode without a syslog socket: the file to log to, said on stderr
+    before detaching (once detached, stderr is gone)."""
+    if opts.foreground or os.path.exists(paths.SYSLOG_SOCKET):
+        return None
+    path = paths.fallback_log(opts.statedir)
+    print(f"mailriderd: no syslog socket at {paths.SYSLOG_SOCKET}: logging to {path}",
+          file=sys.stderr)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 1
+        warning = check_delegation(config)
+        if warning:
+            print(warning, file=sys.stderr)
         if config.file == "<built-in>":
             print(f"configuration OK (the built-in configuration: there is no {paths.CONFIG_FILE})")
         else:
@@ -140,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         parent = Parent(opts, config)
         parent.prepare_statedir()
         listeners = bind_listeners(config)
+        metrics_socks = bind_metrics(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -157,13 +225,18 @@ def main(argv: list[str] | None = None) -> int:
         # deliveries are forked from the parent and switch to the recipient's
         # user: everything they import must already be loaded (the interpreter's
         # files may be unreadable to that user, e.g. a venv under /root)
-        preload()
+        preload("parent")
     if not opts.foreground:
-        _daemonize()
+        try:
+            _daemonize(_fallback_log(opts))
+        except OSError as exc:
+            print(f"mailriderd: cannot open the log file {exc.filename}: {exc.strerror}",
+                  file=sys.stderr)
+            return 1
     common.set_title("parent")
 
     async def _main() -> int:
-        await parent.start(listeners)
+        await parent.start(listeners, metrics_socks)
         log.event("parent", "started", pid=os.getpid(), statedir=opts.statedir, listen=addrs)
         return await parent.run()
 

@@ -207,6 +207,9 @@ class Config:
     mta_port: int = 25
     #: ``resolver nameserver ADDR [port N]`` (mailrider only); empty: resolv.conf
     resolver_nameservers: list[tuple[str, int]] = field(default_factory=list)
+    #: ``metrics listen on ADDR port N`` (mailrider only): loopback (address,
+    #: port) pairs where control serves the Prometheus metrics
+    metrics_listen: list[tuple[str, int]] = field(default_factory=list)
     #: ``resolver timeout N`` / ``resolver attempts N``; None: resolv.conf's or defaults
     resolver_timeout: float | None = None
     resolver_attempts: int | None = None

@@ -62,7 +62,7 @@ KEYWORDS = frozenset(
     recipient regex reject relay report rewrite rset scheduler senders smtp
     smtp-in smtp-out smtps socket src srs sub-addr-delim table tag tagged tls
     tls-require ttl user userbase verify virtual warn-interval wrapper key-in-process
-    resolver
+    resolver metrics
     """.split()
 )
 
@@ -1130,6 +1130,34 @@ class _Parser:
             raise self._unexpected(opt)
         self._end()
         self._set("resolver " + opt.value)
+
+    def _st_metrics(self, kw: Token) -> None:
+        """mailrider only: ``metrics listen on ADDR port N`` (repeatable), where
+        control serves the Prometheus text format (docs/metrics.md §1). ADDR is
+        a loopback address or ``localhost``: the endpoint has no authentication."""
+        self._expect("listen")
+        self._expect("on")
+        tok = self._value()
+        text = "127.0.0.1" if tok.value == "localhost" else tok.value.strip("[]")
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            raise self._err(f"metrics listen on: {tok.value} is not an IP address "
+                            "or localhost", tok) from None
+        if not addr.is_loopback:
+            raise self._err(f"metrics listen on: {tok.value} is not a loopback address "
+                            "(the metrics have no authentication)", tok)
+        if not self._accept("port"):
+            raise self._err("metrics listen on: a port is required", tok)
+        ptok = self._value()
+        port = parse_port(ptok.value)
+        if port is None:
+            raise self._err(f"invalid port: {ptok.value}", ptok)
+        self._end()
+        if (str(addr), port) in self.config.metrics_listen:
+            raise self._err(f"metrics listen on {addr} port {port}: already declared", tok)
+        self.config.metrics_listen.append((str(addr), port))
+        self._set("metrics listen")
 
     def _st_mda(self, kw: Token) -> None:
         opt = self._next()

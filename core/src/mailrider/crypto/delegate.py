@@ -73,7 +73,7 @@ def ssl_ctx_pointer(ctx: ssl.SSLContext) -> int:
     ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
     if not ptr:
         raise DelegationUnavailable("no SSL_CTX pointer in the context object")
-    get = lib.ssl.SSL_CTX_get_options
+    get = lib.ctx_options
     saved = ctx.options
     try:
         ctx.options = saved | ssl.OP_NO_TICKET
@@ -85,6 +85,17 @@ def ssl_ctx_pointer(ctx: ssl.SSLContext) -> int:
     if not on or off or int(get(ptr)) != int(ctx.options):
         raise DelegationUnavailable("the SSL_CTX pointer does not follow the context's options")
     return int(ptr)
+
+
+def unavailable_reason() -> str:
+    """Why private keys cannot be delegated in this interpreter, "" when they
+    can: the library binding (libcrypto.py) and the ``SSL_CTX`` pointer of a
+    fresh context. The self-test at start still has the last word."""
+    try:
+        ssl_ctx_pointer(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    except DelegationUnavailable as exc:
+        return str(exc)
+    return ""
 
 
 def key_info(ctx: ssl.SSLContext) -> DelegatedKey:

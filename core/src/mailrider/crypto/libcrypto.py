@@ -1,13 +1,24 @@
-"""The OpenSSL that ``_ssl`` uses, bound with ctypes.
+"""The OpenSSL (or LibreSSL) that ``_ssl`` uses, bound with ctypes.
 
 We must call the very library the ``ssl`` module links against: an
 ``SSL_CTX *`` made by one copy of OpenSSL means nothing to another. So the
-paths come from ``/proc/self/maps`` after ``import _ssl``; exactly one libssl
-and one libcrypto must be mapped, and ``OpenSSL_version_num()`` must equal
-``ssl.OPENSSL_VERSION_NUMBER``. Anything else (a static build, LibreSSL,
-two copies) makes the binding unavailable, with the reason, rather than a
-guess. Only OpenSSL 1.1.1 and 3.x are accepted (the method APIs used by
-:mod:`mailrider.crypto.delegate` exist there).
+paths are those of the shared objects loaded after ``import _ssl``, listed
+by ``dl_iterate_phdr(3)`` (Linux, FreeBSD, OpenBSD, NetBSD) or, without it,
+read from Linux's ``/proc/self/maps``; exactly one libssl and one libcrypto
+must be loaded, and the library's version number must equal
+``ssl.OPENSSL_VERSION_NUMBER``. Anything else (a static build, two copies)
+makes the binding unavailable, with the reason, rather than a guess.
+
+Accepted: OpenSSL 1.1.1 and 3.x, and LibreSSL from :data:`LIBRESSL_MIN`
+(the method APIs :mod:`mailrider.crypto.delegate` uses exist there). Where
+the libraries name a function differently, :data:`ALTERNATIVES` lists the
+names in order of preference and :func:`resolve_symbols` picks the first one
+exported: LibreSSL's ``SSL_CTX_get_options`` is a macro over ``SSL_CTX_ctrl``
+(no symbol), libraries older than OpenSSL 1.1 call the version function
+``SSLeay``. A function with no exported name makes the binding unavailable,
+naming it. Callers use :meth:`LibCrypto.ctx_options` and
+:attr:`LibCrypto.version`, never the raw names. Whatever binds, the start-up
+self-test (a TLS 1.2 and 1.3 handshake) still decides (docs/ports.md §4).
 """
 
 from __future__ import annotations
@@ -16,9 +27,14 @@ import ctypes
 import os
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _MAPS = "/proc/self/maps"
+#: the oldest LibreSSL accepted: opaque structures, RSA_meth_*, EC_KEY_METHOD
+LIBRESSL_MIN = (3, 5, 0)
+#: SSL_CTX_ctrl's command behind LibreSSL's SSL_CTX_get_options macro (<openssl/ssl.h>)
+SSL_CTRL_OPTIONS = 32
 _LIBSSL = re.compile(r"^libssl\.so(\.[0-9.]+)?$")
 _LIBCRYPTO = re.compile(r"^libcrypto\.so(\.[0-9.]+)?$")
 
@@ -43,7 +59,6 @@ PEM_PASSWORD_FN = ctypes.CFUNCTYPE(I, P, I, I, P)
 
 # name: (restype, argtypes)
 _CRYPTO: dict[str, tuple[object, tuple[object, ...]]] = {
-    "OpenSSL_version_num": (ctypes.c_ulong, ()),
     "ERR_clear_error": (None, ()),
     "ERR_get_error": (ctypes.c_ulong, ()),
     "ERR_error_string_n": (None, (ctypes.c_ulong, ctypes.c_char_p, ctypes.c_size_t)),
@@ -87,12 +102,23 @@ _CRYPTO: dict[str, tuple[object, tuple[object, ...]]] = {
     "d2i_ECDSA_SIG": (P, (P, PP, ctypes.c_long)),
 }
 _SSL: dict[str, tuple[object, tuple[object, ...]]] = {
-    "SSL_CTX_get_options": (ctypes.c_uint64, (P,)),
     "SSL_CTX_use_certificate_chain_file": (I, (P, ctypes.c_char_p)),
     "SSL_CTX_use_PrivateKey": (I, (P, P)),
     "SSL_CTX_check_private_key": (I, (P,)),
     "SSL_CTX_get0_certificate": (P, (P,)),
 }
+
+
+#: a function some libraries export under another name (or only as a macro
+#: over another function): the names tried, in order, with their prototypes
+ALTERNATIVES: dict[str, tuple[tuple[str, object, tuple[object, ...]], ...]] = {
+    "version": (("OpenSSL_version_num", ctypes.c_ulong, ()),
+                ("SSLeay", ctypes.c_ulong, ())),
+    "ctx_options": (("SSL_CTX_get_options", ctypes.c_uint64, (P,)),
+                    ("SSL_CTX_ctrl", ctypes.c_long, (P, I, ctypes.c_long, P))),
+}
+#: which library holds each alternative
+_ALTERNATIVE_LIBRARY = {"version": "crypto", "ctx_options": "ssl"}
 
 
 class Unavailable(RuntimeError):
@@ -108,7 +134,17 @@ class LibCrypto:
     crypto_path: str
     ssl_path: str
     version: int
+    #: the exported name chosen for each entry of ALTERNATIVES
+    names: dict[str, str] = field(default_factory=dict)
     keep: list[object] = field(default_factory=list)  # objects C holds pointers to
+
+    def ctx_options(self, ctx: int) -> int:
+        """``SSL_CTX_get_options(ctx)``, through the macro's function where needed."""
+        name = self.names.get("ctx_options", "SSL_CTX_get_options")
+        fn = getattr(self.ssl, name)
+        if name == "SSL_CTX_ctrl":
+            return int(fn(ctx, SSL_CTRL_OPTIONS, 0, None)) & 0xFFFFFFFFFFFFFFFF
+        return int(fn(ctx))
 
     def errors(self) -> str:
         """Drain OpenSSL's error queue of this thread into one line."""
@@ -124,12 +160,88 @@ class LibCrypto:
         return "; ".join(out) or "no OpenSSL error"
 
 
-def _mapped_libraries() -> tuple[set[str], set[str]]:
-    import _ssl  # noqa: F401  (maps the libraries the ssl module really uses)
+@dataclass(frozen=True, slots=True)
+class Flavour:
+    """Which library ``ssl.OPENSSL_VERSION`` names, and its version."""
 
-    ssl_paths: set[str] = set()
-    crypto_paths: set[str] = set()
-    with open(_MAPS, encoding="utf-8", errors="replace") as f:
+    name: str  # "OpenSSL" or "LibreSSL" (anything else: unsupported)
+    version: tuple[int, ...]
+
+
+def flavour(text: str) -> Flavour:
+    """``Flavour("LibreSSL", (3, 8, 2))`` from ``"LibreSSL 3.8.2"``."""
+    match = re.match(r"\s*(\S+)\s+([0-9]+(?:\.[0-9]+)*)", text)
+    if not match:
+        return Flavour(text.split(" ", 1)[0], ())
+    return Flavour(match.group(1), tuple(int(n) for n in match.group(2).split(".")))
+
+
+def unsupported_reason(fl: Flavour, number: int) -> str:
+    """Why this library cannot be used ("" when it can): ``number`` is its
+    ``OPENSSL_VERSION_NUMBER``."""
+    if fl.name == "LibreSSL":
+        if fl.version < LIBRESSL_MIN:
+            low = ".".join(map(str, LIBRESSL_MIN))
+            return f"LibreSSL {'.'.join(map(str, fl.version))} is older than {low}"
+        return ""
+    if fl.name == "OpenSSL" and (number >> 28 == 3 or number >> 12 == 0x10101):
+        return ""
+    return f"untested TLS library {fl.name} {'.'.join(map(str, fl.version))}"
+
+
+def resolve_symbols(exported: Callable[[str, str], bool]) -> dict[str, str]:
+    """The name to call for each entry of :data:`ALTERNATIVES`: the first one
+    ``exported(library, name)`` says exists (library is "crypto" or "ssl").
+    Raises :class:`Unavailable` naming the function none of whose names exist."""
+    out: dict[str, str] = {}
+    for key, choices in ALTERNATIVES.items():
+        library = _ALTERNATIVE_LIBRARY[key]
+        for name, _, _ in choices:
+            if exported(library, name):
+                out[key] = name
+                break
+        else:
+            tried = " or ".join(name for name, _, _ in choices)
+            raise Unavailable(f"lib{library} exports neither {tried}")
+    return out
+
+
+class _PhdrInfo(ctypes.Structure):
+    # struct dl_phdr_info begins alike on Linux and the BSDs: the load
+    # address, then the object's path; nothing after is read
+    _fields_ = [("dlpi_addr", ctypes.c_void_p), ("dlpi_name", ctypes.c_char_p)]
+
+
+_PHDR_CALLBACK = ctypes.CFUNCTYPE(I, ctypes.POINTER(_PhdrInfo), ctypes.c_size_t, P)
+
+
+def loaded_objects() -> list[str] | None:
+    """The paths of every loaded shared object, or None without dl_iterate_phdr."""
+    try:
+        iterate = ctypes.CDLL(None).dl_iterate_phdr
+    except (OSError, AttributeError):
+        return None
+    iterate.argtypes = [_PHDR_CALLBACK, P]
+    iterate.restype = I
+    found: list[str] = []
+
+    def collect(info: ctypes._Pointer[_PhdrInfo], size: int, data: int) -> int:
+        name = info.contents.dlpi_name
+        if name:
+            found.append(os.fsdecode(name))
+        return 0
+
+    iterate(_PHDR_CALLBACK(collect), None)
+    return found
+
+
+def maps_objects() -> list[str] | None:
+    try:
+        f = open(_MAPS, encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    out: list[str] = []
+    with f:
         for line in f:
             parts = line.split(maxsplit=5)
             if len(parts) < 6:
@@ -137,12 +249,33 @@ def _mapped_libraries() -> tuple[set[str], set[str]]:
             path = parts[5].strip()
             if path.endswith(" (deleted)"):
                 path = path[: -len(" (deleted)")]
-            base = os.path.basename(path)
-            if _LIBSSL.match(base):
-                ssl_paths.add(path)
-            elif _LIBCRYPTO.match(base):
-                crypto_paths.add(path)
+            out.append(path)
+    return out
+
+
+def split_libraries(paths: list[str]) -> tuple[set[str], set[str]]:
+    """(libssl paths, libcrypto paths) among the loaded objects ``paths``."""
+    ssl_paths: set[str] = set()
+    crypto_paths: set[str] = set()
+    for path in paths:
+        base = os.path.basename(path)
+        if _LIBSSL.match(base):
+            ssl_paths.add(path)
+        elif _LIBCRYPTO.match(base):
+            crypto_paths.add(path)
     return ssl_paths, crypto_paths
+
+
+def _mapped_libraries() -> tuple[set[str], set[str]]:
+    import _ssl  # noqa: F401  (loads the libraries the ssl module really uses)
+
+    objects = loaded_objects()
+    if objects is None:
+        objects = maps_objects()
+    if objects is None:
+        raise Unavailable(f"neither dl_iterate_phdr nor {_MAPS}: the loaded libraries "
+                          "cannot be listed")
+    return split_libraries(objects)
 
 
 def _bind(lib: ctypes.CDLL, table: dict[str, tuple[object, tuple[object, ...]]]) -> None:
@@ -155,9 +288,18 @@ def _bind(lib: ctypes.CDLL, table: dict[str, tuple[object, tuple[object, ...]]])
         fn.argtypes = argtypes
 
 
+def _exported(libs: dict[str, ctypes.CDLL]) -> Callable[[str, str], bool]:
+    def exported(library: str, name: str) -> bool:
+        return hasattr(libs[library], name)
+
+    return exported
+
+
 def _load() -> LibCrypto:
-    if not os.path.exists(_MAPS):
-        raise Unavailable(f"{_MAPS} is missing (not Linux?)")
+    fl = flavour(ssl.OPENSSL_VERSION)
+    reason = unsupported_reason(fl, ssl.OPENSSL_VERSION_NUMBER)
+    if reason:
+        raise Unavailable(reason)
     ssl_paths, crypto_paths = _mapped_libraries()
     if len(ssl_paths) != 1 or len(crypto_paths) != 1:
         raise Unavailable(
@@ -169,19 +311,19 @@ def _load() -> LibCrypto:
         libssl = ctypes.CDLL(ssl_path)
     except OSError as exc:
         raise Unavailable(f"cannot load OpenSSL: {exc}") from None
-    try:
-        version = int(crypto.OpenSSL_version_num())
-    except AttributeError:
-        raise Unavailable("OpenSSL_version_num missing (not OpenSSL >= 1.1)") from None
+    libs = {"crypto": crypto, "ssl": libssl}
+    names = resolve_symbols(_exported(libs))
+    for key, choices in ALTERNATIVES.items():
+        for name, restype, argtypes in choices:
+            if name == names[key]:
+                _bind(libs[_ALTERNATIVE_LIBRARY[key]], {name: (restype, argtypes)})
+    version = int(getattr(crypto, names["version"])())
     if version != ssl.OPENSSL_VERSION_NUMBER:
         raise Unavailable(f"libcrypto {version:#x} is not the ssl module's "
                           f"{ssl.OPENSSL_VERSION_NUMBER:#x}")
-    major = version >> 28
-    if not (major == 3 or version >> 12 == 0x10101) or "LibreSSL" in ssl.OPENSSL_VERSION:
-        raise Unavailable(f"untested OpenSSL {ssl.OPENSSL_VERSION}")
     _bind(crypto, _CRYPTO)
     _bind(libssl, _SSL)
-    return LibCrypto(crypto, libssl, crypto_path, ssl_path, version)
+    return LibCrypto(crypto, libssl, crypto_path, ssl_path, version, names)
 
 
 _cache: LibCrypto | Unavailable | None = None

@@ -5,7 +5,8 @@ of them (docs/config.md §3).
 The parent runs a filter's command through ``/bin/sh -c "exec COMMAND"``,
 as the filter's ``user`` (``group``), or the program user when none is
 named, inside its ``chroot`` when one is given; a first word that is not a
-path is looked for in the libexec folders first, then on ``PATH``.
+path is looked for in our libexec folders first, then in OpenSMTPD's, then
+on ``PATH``.
 """
 
 from __future__ import annotations
@@ -70,10 +71,11 @@ def used_filters(config: Config) -> list[Filter]:
 
 
 def filter_command(command: str) -> str:
-    """``command`` with its first word made a path when a libexec folder has it."""
+    """``command`` with its first word made a path when a libexec folder has
+    it: ours first, then OpenSMTPD's (its filter-* programs live there)."""
     first = shlex.split(command)[0] if command.strip() else ""
     if first and not first.startswith("/"):
-        for folder in paths.libexec_dirs():
+        for folder in (*paths.libexec_dirs(), *paths.opensmtpd_libexec_dirs()):
             if os.access(os.path.join(folder, first), os.X_OK):
                 return os.path.join(folder, command)
     return command
@@ -160,8 +162,9 @@ def check_programs(config: Config, default_user: pwd.struct_passwd | None) -> No
             if f.chroot:
                 continue  # a command found through PATH inside a chroot: not checked
             first = shlex.split(f.command or "")[0]
+            folders = (*paths.libexec_dirs(), *paths.opensmtpd_libexec_dirs())
             raise prog.err(f"program {first} not found (looked in: "
-                           f"{', '.join(paths.libexec_dirs())}, PATH)")
+                           f"{', '.join(folders)}, PATH)")
         if not os.path.exists(program):
             raise prog.err(f"program {program} not found")
         if pw is not None and gid is not None and not program_runnable(pw.pw_uid, gid, program):

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from mailrider import log, profile
-from mailrider.errors import TempFail
+from mailrider.errors import TempFail, plain_reason
 from mailrider.ipc import messages
 from mailrider.ipc.frame import FLAG_ERROR, FLAG_REPLY, HEADER, frame_type
 from mailrider.ipc.frame import payload as encode_payload
@@ -288,7 +288,7 @@ class Channel:
         except Exception as exc:
             if not isinstance(exc, TempFail):
                 log.error("ipc", "handler-failed", peer=self.peer, type=messages.type_name(obj),
-                          error=repr(exc))
+                          error=f"{type(exc).__name__}: {plain_reason(exc)}")
             if reqid:
                 text = exc.reply() if isinstance(exc, TempFail) else "internal error"
                 self._reply(reqid, messages.Error(text=text), error=True)
@@ -300,7 +300,8 @@ class Channel:
             try:
                 self._reply(reqid, result if result is not None else messages.Ok(), rfds)
             except (OSError, ValueError, TypeError) as exc:
-                log.error("ipc", "reply-failed", peer=self.peer, error=repr(exc))
+                log.error("ipc", "reply-failed", peer=self.peer,
+                          error=f"{type(exc).__name__}: {plain_reason(exc)}")
                 self._reply(reqid, messages.Error(text="internal error"), error=True)
             finally:
                 for fd in rfds:

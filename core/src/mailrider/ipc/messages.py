@@ -242,6 +242,8 @@ class MessageCommit:
 
     msgid: str
     envelopes: list[Envelope] = field(metadata=_codec(DRAFTS))
+    #: the SMTP session's id, which leads the queue's ``smtp envelope`` log lines
+    session: str = ""
 
 
 @register
@@ -333,6 +335,9 @@ class DeliveryResult:
     text: str = ""
     relay: str = ""
     dsn_relayed: bool = False
+    #: the id of the mta connection that carried it ("" for local deliveries):
+    #: it leads the queue's ``mta delivery`` log line (docs/logging.md)
+    session: str = ""
 
     def __post_init__(self) -> None:
         # the queue acts on it (removes, bounces, writes the text into the
@@ -341,6 +346,8 @@ class DeliveryResult:
             raise ValueError("malformed delivery result")
         if not (isinstance(self.text, str) and isinstance(self.relay, str)
                 and isinstance(self.dsn_relayed, bool)):
+            raise ValueError("malformed delivery result")
+        if self.session and not envmod.is_evpid(self.session):  # 16 hex digits too
             raise ValueError("malformed delivery result")
 
 

@@ -26,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown role {role}", file=sys.stderr)
         return 2
     fds = {p: int(f) for p, f in (x.split("=") for x in fdspec.split(",") if x)}
-    opts = common.parse_options(rest)
+    try:
+        opts = common.child_options(rest)
+    except ValueError as exc:
+        print(f"mailrider.proc.child: {exc}", file=sys.stderr)
+        return 2
     common.set_title(role)
     confine.set_nondumpable()
     log.setup(role, foreground=opts.foreground, verbose=opts.verbose > 0)
@@ -85,36 +89,103 @@ def _run_profiled(role: str, run: Callable[[], int]) -> int:
 
 
 #: standard-library modules imported lazily at run time (by asyncio, sockets,
-#: sqlite, email, codecs) that must be loaded before the privilege drop: after
-#: it, the interpreter's own files are out of reach (the chroot, or a Python
+#: codecs) that every process must load before the privilege drop: after it,
+#: the interpreter's own files are out of reach (the chroot, or a Python
 #: installed under a private home folder)
 PRELOAD = (
     "concurrent.futures.thread", "encodings.idna", "encodings.ascii", "encodings.latin_1",
-    "email.utils", "email.message", "email.parser", "sqlite3", "importlib.metadata",
     "json", "asyncio.subprocess", "asyncio.unix_events", "ipaddress", "hashlib", "hmac",
-    "secrets", "shlex", "ssl", "zlib", "base64", "uuid", "decimal", "dbm",
+    "secrets", "shlex", "ssl", "zlib", "base64",
     # codecs are imported at their first use: an SMTPUTF8 domain is measured as
     # punycode, data may be decoded as UTF-16/32 or with a BOM
     "encodings.punycode", "encodings.utf_8_sig", "encodings.utf_16", "encodings.utf_32",
     "encodings.raw_unicode_escape", "encodings.unicode_escape", "stringprep", "unicodedata",
-    "email._parseaddr", "email.charset", "email.header", "datetime", "calendar",
 )
 
+#: the standard library's own lazy imports behind what some roles use
+_EMAIL = ("email.utils", "email.message", "email.parser", "email._parseaddr", "email.charset",
+          "email.header", "datetime", "calendar")
+_TABLES = ("sqlite3", "dbm", "importlib.metadata", "decimal", "uuid", "datetime")
 
-def preload() -> None:
-    """Import every mailrider module and the lazily used standard library."""
-    for name in PRELOAD:
+#: what each process imports before it is confined: the mailrider modules its
+#: role reaches (a name ending in "." is every module of that package; other
+#: names are prefixes of module names, so ``mailrider.proc.pony`` is also
+#: ``pony_tls``), then standard-library modules. A process imports what its
+#: role uses and no more (docs/performance.md §1);
+#: core/tests/proc/test_role_imports.py checks that every import statement a
+#: role's code can reach is covered, and that a role leaves out what it must not
+#: load (the SMTP server in lka, the spool in pony).
+_CHILD = ("mailrider.proc.child", "mailrider.proc.common", "mailrider.proc.confine",
+          "mailrider.config.", "mailrider.ipc.", "mailrider.errors", "mailrider.limits",
+          "mailrider.log", "mailrider.paths", "mailrider.profile", "mailrider.smtp.reply",
+          # config.tls reads a certificate's key size and DH groups for pki ... dhe
+          "mailrider.crypto.der", "importlib.resources")
+_DELIVERY = ("mailrider.delivery.", "mailrider.syncfs")
+ROLE_MODULES: dict[str, tuple[str, ...]] = {
+    "control": (*_CHILD, "mailrider.proc.control", "mailrider.queue.envelope"),
+    "lka": (*_CHILD, *_DELIVERY, *_TABLES,
+            "mailrider.proc.lka", "mailrider.proc.workers", "mailrider.access",
+            "mailrider.crypto.passwords", "mailrider.crypto.shacrypt",
+            "mailrider.crypto.syscrypt", "mailrider.dns.", "mailrider.filter.",
+            "mailrider.table.base", "mailrider.table.db", "mailrider.table.file",
+            "mailrider.table.getpwnam", "mailrider.table.match", "mailrider.table.proc",
+            "mailrider.table.registry", "mailrider.table.static", "mailrider.table.usage",
+            "mailrider.table.values"),
+    "queue": (*_CHILD, *_EMAIL, "mailrider.proc.queue", "mailrider.queue.", "mailrider.syncfs"),
+    "scheduler": (*_CHILD, "mailrider.proc.scheduler", "mailrider.queue.envelope",
+                  "mailrider.queue.schedule"),
+    "pony": (*_CHILD, *_EMAIL,
+             "mailrider.proc.pony", "mailrider.smtp.", "mailrider.queue.envelope",
+             "mailrider.crypto.delegate", "mailrider.crypto.der", "mailrider.crypto.libcrypto",
+             "mailrider.crypto.signclient", "mailrider.table.values"),
+    # mailriderd: its checks (those of -n), the children it starts and the
+    # programs; the deliveries and ~/.forward reads it forks as other users
+    "parent": (*_CHILD, *_DELIVERY, *_EMAIL, *_TABLES,
+               "argparse", "mailrider.cli.mailriderd", "mailrider.proc.parent",
+               "mailrider.proc.pony", "mailrider.proc.control", "mailrider.proc.workers",
+               "mailrider.access", "mailrider.crypto.", "mailrider.filter.programs",
+               "mailrider.queue.envelope", "mailrider.sendmail", "mailrider.smtp.",
+               "mailrider.table.base", "mailrider.table.db", "mailrider.table.getpwnam",
+               "mailrider.table.match", "mailrider.table.proc", "mailrider.table.registry",
+               "mailrider.table.static", "mailrider.table.values"),
+    "klondike": (*_CHILD, "mailrider.proc.klondike", "mailrider.crypto.der",
+                 "mailrider.crypto.keys", "mailrider.crypto.libcrypto", "mailrider.crypto.rsa"),
+}
+
+
+def _role_module_names(role: str) -> list[str]:
+    """Every module :func:`preload` imports for ``role``, in order."""
+    if role == "all":
+        wanted: tuple[str, ...] = ("mailrider.", *_EMAIL, *_TABLES)
+    else:
+        wanted = ROLE_MODULES[role]
+    names = list(PRELOAD) + [w for w in wanted if not w.startswith("mailrider")]
+    prefixes = tuple(w for w in wanted if w.startswith("mailrider"))
+    # pkgutil.walk_packages would import every package to list it
+    todo = [("mailrider.", list(mailrider.__path__))]
+    while todo:
+        prefix, path = todo.pop(0)
+        for info in pkgutil.iter_modules(path, prefix):
+            name = info.name
+            if name.startswith("mailrider.__main__") or (
+                    name.startswith("mailrider.cli") and role != "parent"):
+                continue
+            if any(name == p.rstrip(".") or name.startswith(p) for p in prefixes):
+                names.append(name)
+            if info.ispkg:
+                todo.append((name + ".", [os.path.join(path[0], name.rpartition(".")[2])]))
+    return names
+
+
+def preload(role: str = "all") -> None:
+    """Import what ``role`` uses (see :data:`ROLE_MODULES`), from the mailrider
+    package and the lazily used standard library; ``all``: every module."""
+    for name in _role_module_names(role):
         try:
             importlib.import_module(name)
-        except ImportError:
-            pass
-    for info in pkgutil.walk_packages(mailrider.__path__, "mailrider."):
-        if info.name.startswith(("mailrider.cli", "mailrider.__main__")):
-            continue
-        try:
-            importlib.import_module(info.name)
         except ImportError as exc:
-            log.warning("child", "preload-failed", module=info.name, error=str(exc))
+            if name.startswith("mailrider."):
+                log.warning("child", "preload-failed", module=name, error=str(exc))
 
 
 async def _serve(cls: type[common.Process], opts: common.Options, config: object,
@@ -123,7 +194,7 @@ async def _serve(cls: type[common.Process], opts: common.Options, config: object
     await proc.setup()
     pw = common.role_user(proc.role)
     if pw is not None:
-        preload()
+        preload(proc.role)
         proc.before_confine()
     confine.confine(proc.role, pw, chroot=proc.chroot_dir(), landlock_fs=proc.landlock_fs,
                     deny_net=proc.landlock_net)

@@ -9,10 +9,8 @@ processes do.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import ctypes
-import ctypes.util
 import grp
 import os
 import pwd
@@ -51,6 +49,8 @@ class Options:
     foreground: bool = False
     verbose: int = 0
     check_only: bool = False
+    #: subsystems paused from the start (-P, as OpenSMTPD's smtpd -P): mda, mta, smtp
+    paused: list[str] = field(default_factory=list)
 
     def argv(self) -> list[str]:
         out = ["-S", self.statedir]
@@ -61,10 +61,18 @@ class Options:
         if self.foreground:
             out.append("-d")
         out += ["-v"] * self.verbose
+        for system in self.paused:
+            out += ["-P", system]
         return out
 
 
+#: what -P may pause at start; mailriderctl resume ... lets it go
+PAUSABLE = ("mda", "mta", "smtp")
+
+
 def parse_options(argv: list[str], prog: str = "mailriderd") -> Options:
+    import argparse
+
     p = argparse.ArgumentParser(prog=prog, description="the mailrider mail transfer agent")
     p.add_argument("-d", action="store_true", help="stay in the foreground, log to stderr")
     p.add_argument("-n", action="store_true", help="check the configuration and exit")
@@ -73,6 +81,8 @@ def parse_options(argv: list[str], prog: str = "mailriderd") -> Options:
     p.add_argument("-D", metavar="macro=value", action="append", default=[],
                    help="define a macro, overriding the configuration file")
     p.add_argument("-S", metavar="statedir", help="state folder (spool, control socket)")
+    p.add_argument("-P", metavar="system", action="append", default=[], choices=PAUSABLE,
+                   help="start with this subsystem paused (mda, mta or smtp); may be repeated")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ns = p.parse_args(argv)
     macros: dict[str, str] = {}
@@ -88,7 +98,42 @@ def parse_options(argv: list[str], prog: str = "mailriderd") -> Options:
         foreground=ns.d,
         verbose=ns.v,
         check_only=ns.n,
+        paused=list(dict.fromkeys(ns.P)),
     )
+
+
+def child_options(argv: list[str]) -> Options:
+    """A child's options, exactly as :meth:`Options.argv` wrote them (no argparse
+    in the children: a process imports what its role uses)."""
+    opts = Options()
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-S", "-f", "-D", "-P"):
+            value = next(args, None)
+            if value is None:
+                raise ValueError(f"{arg} wants a value")
+            if arg == "-S":
+                opts.statedir = os.path.abspath(value)
+            elif arg == "-f":
+                opts.config_file = value
+            elif arg == "-P":
+                if value not in PAUSABLE:
+                    raise ValueError(f"-P wants one of {', '.join(PAUSABLE)}, got {value!r}")
+                opts.paused.append(value)
+            else:
+                name, sep, macro = value.partition("=")
+                if not sep or not name:
+                    raise ValueError(f"-D wants macro=value, got {value!r}")
+                opts.macros[name] = macro
+        elif arg == "-d":
+            opts.foreground = True
+        elif arg == "-v":
+            opts.verbose += 1
+        else:
+            raise ValueError(f"unknown option {arg!r}")
+    if not opts.statedir:
+        raise ValueError("-S is missing")
+    return opts
 
 
 def load_config(opts: Options) -> Config:
@@ -110,7 +155,9 @@ def load_libc() -> ctypes.CDLL | None:
     global _LIBC
     if _LIBC is None:
         try:
-            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            # the running program's own symbols, the C library among them: no
+            # ctypes.util.find_library (it runs ldconfig, and costs half a megabyte)
+            _LIBC = ctypes.CDLL(None, use_errno=True)
         except OSError:
             return None
     return _LIBC
@@ -292,4 +339,7 @@ def install_stop_signals(stop: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # mailriderd(8) SIGNALS: SIGHUP reloads nothing (restart to apply a new
+    # configuration); a stray SIGUSR1/SIGUSR2 must not end a process uncleanly
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)

@@ -8,6 +8,12 @@ may do everything; anyone else is refused, as smtpctl refuses non-root users.
 An envelope or message id is checked here before any process sees it (and
 again by the process that acts on it): hex of its fixed length, or "all"
 where the command takes it; anything else is answered ``invalid id``.
+
+With ``metrics listen on``, control also serves the metrics over HTTP on
+the loopback sockets the parent bound and handed down
+(:data:`mailrider.metrics.METRICS_ENV`), since it already gathers every process's counters
+and can reach nothing else (docs/metrics.md §3). ``show stats``,
+``monitor`` and the endpoint read the same :meth:`Control.collect`.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ import struct
 import time
 from typing import Any
 
-from mailrider import log, paths, profile
-from mailrider.errors import TempFail
+from mailrider import limits, log, metrics, paths, profile
+from mailrider.errors import TempFail, plain_reason
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
@@ -45,9 +51,19 @@ MONITOR_COLUMNS = (
     ("queue.envelope.removed", False), ("queue.bounce", False),
 )
 MONITOR_HEADER = [
-    "--- client ---  -- envelope --  ---- relay/delivery --- ------- misc -------",
+    "--- client ---  -- envelope --   ---- relay/delivery --- ------- misc -------",
     "curr conn disc  curr  enq  deq   ok tmpfail prmfail loop expire remove bounce",
 ]
+#: the width of each column and the blanks before it, so that numbers end under
+#: their header's last letter (smtpctl's row format)
+MONITOR_WIDTHS = ((0, 4), (1, 4), (1, 4), (2, 4), (1, 4), (1, 4), (1, 4), (4, 4), (4, 4),
+                  (1, 4), (3, 4), (3, 4), (3, 4))
+
+
+def monitor_row(values: list[int]) -> str:
+    """One ``monitor`` row aligned under :data:`MONITOR_HEADER`."""
+    return "".join(" " * gap + f"{v:>{width}}" for (gap, width), v in zip(MONITOR_WIDTHS, values,
+                                                                           strict=True))
 
 
 def socket_path(statedir: str) -> str:
@@ -82,13 +98,19 @@ class Control(common.Process):
         os.chmod(self.path, 0o666)  # noqa: S103 - access is decided by the peer uid
         self.sock.listen(64)
         self.sock.setblocking(False)
+        self.metrics_socks = inherited_metrics_sockets(os.environ.get(metrics.METRICS_ENV, ""))
+        self.metrics_clients = 0
 
     async def run(self) -> None:
         server = await asyncio.start_unix_server(self._client, sock=self.sock)
+        scrapers = [await asyncio.start_server(self._scrape, sock=s)
+                    for s in self.metrics_socks]
         try:
             await self.stopping.wait()
         finally:
             server.close()
+            for s in scrapers:
+                s.close()
             try:
                 os.unlink(self.path)
             except OSError:
@@ -125,7 +147,7 @@ class Control(common.Process):
                                      "data": reply.data}).encode() + b"\n")
             await writer.drain()
         except (OSError, ValueError, TimeoutError) as exc:
-            log.warning("control", "client-error", error=str(exc))
+            log.warning("control", "client-error", error=plain_reason(exc))
         finally:
             writer.close()
 
@@ -169,7 +191,9 @@ class Control(common.Process):
         if cmd == "show queue":
             return await self.show_queue(w[2] if len(w) > 2 else None)
         if cmd == "show envelope" and arg:
-            return await self._ask("queue", "show-envelope", arg)
+            rep = await self._ask("queue", "show-envelope", arg)
+            return m.ControlReply(ok=rep.ok, lines=format_envelope(rep.lines) if rep.ok
+                                  else rep.lines, data=rep.data)
         if cmd == "show message" and arg:
             return await self.show_message(arg)
         if cmd == "show stats":
@@ -203,6 +227,11 @@ class Control(common.Process):
                 return await self._ask("pony", f"{verb}-smtp")
             if what == "envelope" and len(w) == 3:
                 return await self._ask("scheduler", f"{verb}-envelope", w[2])
+        if cmd in ("show hosts", "show relays", "show routes", "show hoststats") \
+                and len(w) == 2:
+            return await self._ask("pony", f"show-{w[1]}")
+        if cmd == "resume route" and len(w) <= 3:
+            return await self._ask("pony", "resume-route", *w[2:])
         if cmd == "update table" and arg:
             return await self._ask("lka", "update-table", arg)
         if cmd in ("log verbose", "log brief"):
@@ -213,7 +242,8 @@ class Control(common.Process):
                 return m.ControlReply(ok=False, lines=[f"invalid trace subsystem: {w[1]}"])
             log.trace(w[1], w[0] == "trace")
             return await self._broadcast(w[0], w[1])
-        if w[:1] in (["profile"], ["unprofile"]) and len(w) == 2 and w[1] in ("imsg", "queue"):
+        if w[:1] in (["profile"], ["unprofile"]) and len(w) == 2 \
+                and w[1] in (*profile.SUBSYSTEMS, "all"):
             on = w[0] == "profile"
             profile.enable(w[1], on)
             return await self._broadcast(w[0], w[1])
@@ -240,31 +270,73 @@ class Control(common.Process):
         last: dict[str, int] = {}
         n = 0
         while not self.stopping.is_set() and not writer.is_closing():
-            counters = (await self.show_stats()).data.get("counters", {})
+            counters = (await self.collect(full=False)).counters
             lines = []
             if n % 25 == 0:
-                lines += MONITOR_HEADER
+                lines += ([""] if n else []) + MONITOR_HEADER
             row = []
             for key, absolute in MONITOR_COLUMNS:
                 v = int(counters.get(key, 0))
                 row.append(v if absolute or n == 0 else v - last.get(key, 0))
-            lines.append(" ".join(f"{v:>7}" for v in row))
+            lines.append(monitor_row(row))
             last = {k: int(counters.get(k, 0)) for k, _ in MONITOR_COLUMNS}
             writer.write(json.dumps({"ok": True, "lines": lines, "data": {}}).encode() + b"\n")
             await writer.drain()
             n += 1
             await asyncio.sleep(1)
 
-    async def show_stats(self) -> m.ControlReply:
-        counters: dict[str, int] = {}
-        for peer in ("lka", "queue", "scheduler", "pony", "klondike"):
+    async def collect(self, *, full: bool = True) -> metrics.Snapshot:
+        """Every process's counters and, when ``full``, the scheduler's queue
+        states and latency histograms: what show stats, monitor and the
+        metrics endpoint serve."""
+        snap = metrics.Snapshot(uptime=int(time.time() - self.started))
+        for peer in CHILDREN:
             rep = await self._ask(peer, "stats")
-            counters.update({str(k): int(v) for k, v in rep.data.get("counters", {}).items()})
-        up = int(time.time() - self.started)
-        lines = [f"uptime={up}", f"uptime.human={up // 86400}d{up % 86400 // 3600}h"
-                 f"{up % 3600 // 60}m{up % 60}s"]
+            found = rep.data.get("counters", {})
+            for k, v in (found.items() if isinstance(found, dict) else []):
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    snap.counters[str(k)] = int(v)
+        if full:
+            metrics.snapshot_part((await self._ask("scheduler", "metrics")).data, snap)
+        return snap
+
+    async def show_stats(self) -> m.ControlReply:
+        snap = await self.collect(full=False)
+        counters, up = snap.counters, snap.uptime
+        lines = [f"uptime={up}", f"uptime.human={log.duration_text(up)}"]
         lines += [f"{k}={v}" for k, v in sorted(counters.items())]
         return m.ControlReply(lines=lines, data={"counters": counters})
+
+    async def _scrape(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        """One HTTP request on a metrics socket (metrics.py says what is answered)."""
+        if self.metrics_clients >= limits.METRICS_CLIENTS_MAX:
+            writer.write(metrics.error_response(503, "Service Unavailable"))
+            writer.close()
+            return
+        self.metrics_clients += 1
+        try:
+            try:
+                head = await asyncio.wait_for(_read_head(reader),
+                                              limits.METRICS_REQUEST_TIMEOUT)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError):
+                return
+            snap: metrics.Snapshot | None = None
+            status, _ = metrics.request_target(head)
+            if status == 200:
+                try:
+                    snap = await self.collect()
+                except (TempFail, OSError) as exc:
+                    log.warning("control", "metrics-failed", error=str(exc))
+            writer.write(metrics.answer(head, snap))
+            await writer.drain()
+            if status != 200:
+                log.debug("control", "metrics-refused", status=status)
+        except OSError:
+            pass
+        finally:
+            self.metrics_clients -= 1
+            writer.close()
 
     async def show_queue(self, only: str | None) -> m.ControlReply:
         rep = await self._ask("queue", "show-queue")
@@ -279,9 +351,38 @@ class Control(common.Process):
             if only and not env.evpid.startswith(only):
                 continue
             state, delay = rs.get(env.evpid, ["pending", 0])
-            lines.append(format_queue_line(env, str(state), str(delay)))
+            suspended = state == "suspend"
+            if suspended:
+                # smtpctl: a paused envelope keeps its run state, its flags say so
+                state = "pending"
+            lines.append(format_queue_line(env, str(state), str(delay),
+                                           ("suspend",) if suspended else ()))
             rows.append(row)
         return m.ControlReply(lines=lines, data={"envelopes": rows})
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    """An HTTP request head without its blank line; past the size limit, what
+    was read (request_target() then answers 400)."""
+    data = b""
+    while b"\r\n\r\n" not in data and len(data) <= limits.METRICS_REQUEST_MAX:
+        chunk = await reader.read(1024)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\r\n\r\n", 1)[0]
+
+
+def inherited_metrics_sockets(spec: str) -> list[socket.socket]:
+    """The listening sockets the parent bound for ``metrics listen on``
+    (``spec`` is a comma-separated list of fds)."""
+    out = []
+    for part in spec.split(","):
+        if part.strip().isdigit():
+            sock = socket.socket(fileno=int(part))
+            sock.setblocking(False)
+            out.append(sock)
+    return out
 
 
 def invalid_id(words: list[str]) -> str | None:
@@ -306,12 +407,44 @@ def invalid_id(words: list[str]) -> str | None:
     return args[0]
 
 
-def format_queue_line(env: Envelope, runstate: str, delay: str) -> str:
+#: ``show envelope``: smtpctl's fields, in its order (the envelope file of
+#: OpenSMTPD); mailrider's own fields follow in the spool's order
+ENVELOPE_FIELDS = (
+    "version", "dispatcher", "tag", "type", "smtpname", "helo", "hostname", "username",
+    "errorline", "sockaddr", "sender", "rcpt", "dest", "ctime", "last-try", "last-bounce",
+    "ttl", "retry", "flags", "dsn-notify", "dsn-ret", "dsn-envid", "dsn-orcpt", "esc-class",
+    "esc-code", "mda-exec", "mda-subaddress", "mda-user", "bounce-ttl", "bounce-delay",
+    "bounce-type",
+)
+
+
+def format_envelope(lines: list[str]) -> list[str]:
+    """The ``key: value`` lines of an envelope, smtpctl's fields first in its order."""
+    fields: dict[str, str] = {}
+    for line in lines:
+        key, sep, value = line.partition(": ")
+        if sep and key not in fields:
+            fields[key] = value
+    for key in ("last-try", "retry"):  # smtpctl prints these even when 0
+        fields.setdefault(key, "0")
+    first = [k for k in ENVELOPE_FIELDS if k in fields]
+    rest = [k for k in fields if k not in ENVELOPE_FIELDS]
+    return [f"{k}: {fields[k]}" for k in first + rest]
+
+
+_QUEUE_FLAGS = (("bounce", "bounce"), ("authenticated", "auth"), ("internal", "internal"),
+                ("suspend", "suspend"), ("hold", "hold"))
+
+
+def format_queue_line(env: Envelope, runstate: str, delay: str,
+                      more_flags: tuple[str, ...] = ()) -> str:
     """One ``show queue`` line: the 14 fields of smtpctl (mailriderctl(8))."""
     sockaddr = env.sockaddr
     family = "local" if sockaddr in ("", "local") else ("inet6" if ":" in sockaddr else "inet4")
     ctime, ttl = env.ctime, env.ttl
-    flags = ",".join(env.flags)
+    words = (*env.flags, *more_flags)
+    # smtpctl's words and order
+    flags = ",".join(short for word, short in _QUEUE_FLAGS if word in words)
     error = env.errorline.replace("|", "\\|")
     fields = [
         env.evpid, family, env.type, flags, env.sender, env.rcpt, env.dest, str(ctime),

@@ -21,7 +21,7 @@ from mailrider.crypto.passwords import UnsupportedHash, verify_password
 from mailrider.delivery import grant
 from mailrider.dns.hosts import HostsFile
 from mailrider.dns.resolver import Resolver
-from mailrider.errors import PermFail, TempFail
+from mailrider.errors import PermFail, TempFail, plain_reason
 from mailrider.filter.host import FilterHost
 from mailrider.filter.proc import FilterFailed
 from mailrider.filter.programs import used_filters
@@ -109,7 +109,7 @@ class Lka(common.Process):
         try:
             name, verdict = await self.resolver.fcrdns(msg.ip)
         except Exception as exc:  # a lookup must never take lka down
-            log.warning("lka", "rdns-failed", ip=msg.ip, error=repr(exc)[:200])
+            log.warning("lka", "rdns-failed", ip=msg.ip, error=plain_reason(exc)[:200])
             return m.PeerInfo(rdns="", fcrdns="error")
         return m.PeerInfo(rdns=name or "", fcrdns=verdict)
 

@@ -20,10 +20,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from mailrider import limits, log, paths, sendmail
+from mailrider import limits, log, metrics, paths, sendmail
 from mailrider.config import resolve_listener
 from mailrider.config.default import delivery_user
-from mailrider.config.model import Config, Filter
+from mailrider.config.model import Config, Filter, Where
 from mailrider.crypto.passwords import UnsupportedHash, verify_password
 from mailrider.delivery import grant
 from mailrider.errors import ConfigError, TempFail
@@ -59,6 +59,29 @@ def bind_listeners(config: Config) -> list[tuple[int, socket.socket]]:
             sock.listen(1024)
             sock.set_inheritable(True)
             out.append((i, sock))
+    return out
+
+
+def bind_metrics(config: Config) -> list[socket.socket]:
+    """The sockets of ``metrics listen on`` (loopback only, checked by the
+    parser); control serves them (docs/metrics.md §3)."""
+    out: list[socket.socket] = []
+    where = config.option_where.get("metrics listen", Where())
+    for addr, port in config.metrics_listen:
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((addr, port))
+        except OSError as exc:
+            sock.close()
+            for s in out:
+                s.close()
+            raise ConfigError(f"metrics: cannot listen on {addr} port {port}: {exc.strerror}",
+                              where.file, where.line) from exc
+        sock.listen(16)
+        sock.set_inheritable(True)
+        out.append(sock)
     return out
 
 
@@ -132,7 +155,9 @@ class Parent:
             du = pwd.getpwnam(delivery_user())
             os.chown(maildir, du.pw_uid, du.pw_gid)
 
-    async def start(self, listeners: list[tuple[int, socket.socket]]) -> None:
+    async def start(self, listeners: list[tuple[int, socket.socket]],
+                    metrics_socks: list[socket.socket] | None = None) -> None:
+        metrics_socks = metrics_socks or []
         pairs: dict[str, dict[str, int]] = {r: {} for r in common.ROLES}
         keep: list[socket.socket] = []
         for role in common.ROLES:
@@ -162,11 +187,14 @@ class Parent:
         listen_spec = ",".join(f"{i}:{s.fileno()}" for i, s in listeners)
         env = dict(os.environ)
         env["MAILRIDER_LISTENERS"] = listen_spec
+        env[metrics.METRICS_ENV] = ",".join(str(s.fileno()) for s in metrics_socks)
         for role in common.ROLES:
             fds = pairs[role]
             inherit = list(fds.values())
             if role == "pony":
                 inherit += [s.fileno() for _, s in listeners]
+            if role == "control":
+                inherit += [s.fileno() for s in metrics_socks]
             argv = [sys.executable, "-m", "mailrider.proc.child", "-x", role,
                     "--fds", ",".join(f"{p}={f}" for p, f in fds.items()), *self.opts.argv()]
             proc = subprocess.Popen(argv, pass_fds=inherit, env=env, close_fds=True)
@@ -174,6 +202,8 @@ class Parent:
         for s in keep:
             s.close()
         for _, s in listeners:
+            s.close()
+        for s in metrics_socks:
             s.close()
 
     # -- requests from children -------------------------------------------------
@@ -421,6 +451,7 @@ class Parent:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        self.deliveries.workers.close()
         for pid in list(self.programs):
             try:
                 os.killpg(pid, signal.SIGTERM)

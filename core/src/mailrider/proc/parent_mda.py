@@ -38,6 +38,7 @@ from mailrider.delivery.mbox import deliver_mbox
 from mailrider.delivery.mda import deliver_mda
 from mailrider.errors import PermFail, TempFail
 from mailrider.ipc import messages as m
+from mailrider.proc import parent_workers
 from mailrider.queue import envelope as envmod
 from mailrider.queue.envelope import Envelope
 
@@ -313,6 +314,19 @@ def _deliver(config: Config, plan: Plan, env: Envelope, msg_fd: int,
     return "ok", "Delivered"
 
 
+def maildir_job(config: Config, plan: Plan, env: Envelope) -> dict[str, object]:
+    """What a maildir worker needs for one delivery, decided here as
+    :func:`_deliver` decides it for a forked one; ValueError for a template
+    that does not expand."""
+    ctx = FormatContext(sender=env.sender, rcpt=env.rcpt or env.dest, dest=env.dest,
+                        user_name=env.delivery.local_user or plan.user, user_dir=plan.home,
+                        sub_addr_delim=config.sub_addr_delim)
+    prepend = dcommon.delivery_headers(env.sender, env.dest)
+    return {"path": expand_format(plan.action.arg or "~/Maildir", ctx), "home": plan.home,
+            "junk": bool(plan.action.junk),
+            "prepend": prepend.decode("utf-8", "surrogateescape")}
+
+
 def _outcome(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, PermFail):
         return "permfail", exc.reply()
@@ -366,8 +380,11 @@ class _Job:
 class Deliveries:
     """The parent's local deliveries, batched per user.
 
-    Maildir deliveries for the same credentials share a forked process and
-    its syncs, at most :data:`~mailrider.limits.DELIVERY_BATCH_MAX` each.
+    Maildir deliveries for the same credentials go together to that user's
+    long-lived worker (:mod:`mailrider.proc.parent_workers`), one batch at a
+    time, and share its syncs, at most
+    :data:`~mailrider.limits.DELIVERY_BATCH_MAX` each; with
+    ``MAILRIDER_MDA_FORK=1`` they share a forked process instead.
     Batches form by themselves under load: while
     :data:`~mailrider.limits.DELIVERY_BATCHES_PER_USER` processes of a user
     are running, that user's new deliveries wait for one to end, then go
@@ -384,6 +401,8 @@ class Deliveries:
         self._running: dict[tuple[object, ...], int] = {}
         self._flushing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.workers = parent_workers.Workers(parent)
+        self._use_workers = parent_workers.enabled()
         #: delivery processes running, in all and by user (``mda limit``)
         self.sessions = 0
         self.user_sessions: dict[str, int] = {}
@@ -416,8 +435,9 @@ class Deliveries:
 
     def _start(self, key: tuple[object, ...]) -> None:
         size = limits.DELIVERY_BATCH_MAX
-        while self._waiting.get(key) and \
-                self._running.get(key, 0) < limits.DELIVERY_BATCHES_PER_USER:
+        # a user's worker takes one batch at a time; forks run side by side
+        cap = 1 if self._use_workers and self._maildir(key) else limits.DELIVERY_BATCHES_PER_USER
+        while self._waiting.get(key) and self._running.get(key, 0) < cap:
             jobs = self._waiting[key]
             user = jobs[0].plan.user
             if not self._session_allowed(user):
@@ -452,11 +472,42 @@ class Deliveries:
             # key first (dicts keep insertion order)
             self._flush()
 
+    @staticmethod
+    def _maildir(key: tuple[object, ...]) -> bool:
+        return len(key) == 3  # (uid, gid, groups): see submit
+
+    async def _run_worker(self, jobs: list[_Job]) -> list[Any]:
+        """Maildir deliveries of one user's credentials, through that user's worker."""
+        answers: list[Any] = [None] * len(jobs)
+        payload: list[dict[str, object]] = []
+        fds: list[int] = []
+        where: list[int] = []
+        for i, job in enumerate(jobs):
+            try:
+                payload.append(maildir_job(self.parent.config, job.plan, job.env))
+            except ValueError as exc:  # the template: as the forked delivery reports it
+                st, tx = _outcome(exc)
+                answers[i] = {"status": st, "text": tx}
+                continue
+            fds.append(job.fd)
+            where.append(i)
+        if payload:
+            first = jobs[0].plan
+            got = await self.workers.deliver((first.uid, first.gid, first.groups), payload, fds)
+            if got is not None:  # else the worker failed: every answer stays unknown
+                for i, res in zip(where, got, strict=True):
+                    answers[i] = res
+        return answers
+
     async def _run(self, jobs: list[_Job]) -> None:
         config = self.parent.config
+        answers: list[Any]
         try:
-            out = await _run_forked(self.parent, lambda: _batch_child(config, jobs))
-            answers = json.loads(out or b"")
+            if self._use_workers and all(j.plan.method == "maildir" for j in jobs):
+                answers = await self._run_worker(jobs)
+            else:
+                out = await _run_forked(self.parent, lambda: _batch_child(config, jobs))
+                answers = json.loads(out or b"")
             if not isinstance(answers, list) or len(answers) != len(jobs):
                 raise ValueError("short answer")
         except (OSError, ValueError):

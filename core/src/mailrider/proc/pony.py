@@ -89,7 +89,7 @@ class Pony(common.Process):
         self.rdns_lookup = needs_rdns(self.config)
         self.tasks: set[asyncio.Task[None]] = set()
         self.servers: list[asyncio.base_events.Server] = []
-        self.paused_smtp = False
+        self.paused_smtp = "smtp" in self.opts.paused  # mailriderd -P smtp
         self.mta = Mta(self)
         #: open SMTP sessions by client_key (smtp limit sessions-per-address)
         self.per_ip: dict[str, int] = {}
@@ -263,6 +263,9 @@ class Pony(common.Process):
                 return m.ControlReply(lines=["command succeeded"])
             if msg.command == "status":
                 return m.ControlReply(data={"paused_smtp": self.paused_smtp})
+            shown = self.mta.control(msg)
+            if shown is not None:
+                return shown
             return await self.control(msg)
         raise ValueError(f"pony: unexpected {m.type_name(msg)} from {chan.peer}")
 

@@ -60,10 +60,11 @@ from mailrider import limits, log, srs
 from mailrider.config.model import Action, Config, Where
 from mailrider.config.tls import protocol_range
 from mailrider.crypto import delegate
-from mailrider.errors import ConfigError, TempFail
+from mailrider.errors import ConfigError, TempFail, plain_reason
 from mailrider.filter.programs import relay_filters
 from mailrider.ipc import messages as m
 from mailrider.proc.pony_filter import FilterClient, Peer
+from mailrider.proc.pony_mta_show import MtaShow, relay_text
 from mailrider.proc.pony_tls import SignFn, load_pki, tls_summary
 from mailrider.queue.envelope import Envelope, msgid_of
 from mailrider.smtp import client as sc
@@ -164,6 +165,8 @@ class Conn:
         self.mails = 0
         self.idle_timer: asyncio.TimerHandle | None = None
         self.extensions: dict[str, str] = {}
+        self.shown_as = ""  # the relay text of show relays, once connected
+        self.id = os.urandom(8).hex()  # leads this connection's log lines
         #: the name given in EHLO (helo-src may choose it per connection)
         self.helo = profile.helo
         #: smtp-out reports to the relay action's filters (docs/filter-protocol.md §8)
@@ -205,6 +208,10 @@ class Conn:
             self.idle_timer = None
         if not self.writer.is_closing():
             self.writer.close()
+        if self.shown_as:
+            self.mta.show.disconnected(self.shown_as, self.profile.src, self.target.ip,
+                                       self.target.name)
+            self.shown_as = ""
         if self.filter is not None:  # lka reports link-disconnect and forgets it
             self.filter.end()
             self.filter = None
@@ -220,6 +227,7 @@ class Conn:
         except (OSError, TimeoutError, sc.LocalProtocolError):
             pass
         self.close()
+        log.event("mta", "disconnected", session=self.id, reason="quit", messages=self.mails)
 
 
 class MtaHost(Protocol):
@@ -262,6 +270,7 @@ class Mta:
         self.pki_test: dict[str, ssl.SSLContext] = {}
         self.pki_tested: set[str] = set()
         self.in_process = False
+        self.show = MtaShow()
         self.contexts[(False, None, None, None, None)] = self._build(
             (False, None, None, None, None), Where())
         for action in self.config.actions.values():
@@ -271,6 +280,20 @@ class Mta:
                 key = self._action_tls(action, verify)
                 if key not in self.contexts:
                     self.contexts[key] = self._build(key, action.where)
+
+    def control(self, msg: m.Control) -> m.ControlReply | None:
+        """``show hosts|relays|routes|hoststats`` and ``resume route``; None: not ours."""
+        if msg.command in ("show-hosts", "show-relays", "show-routes", "show-hoststats"):
+            return m.ControlReply(lines=self.show.lines(msg.command[5:]))
+        if msg.command == "resume-route":
+            arg = msg.args[0] if msg.args else "0"
+            if not arg.isdigit() or len(arg) > 19:
+                return m.ControlReply(ok=False, lines=["command failed: invalid route id"])
+            n = self.show.resume(int(arg))
+            return m.ControlReply(ok=n > 0 or arg == "0",
+                                  lines=["command succeeded" if n or arg == "0"
+                                         else "command failed: no such route"])
+        return None
 
     # -- TLS contexts --------------------------------------------------------------
 
@@ -364,8 +387,11 @@ class Mta:
             except TempFail as exc:
                 results += _all(chunk, "tempfail", exc.reply()).results
             except Exception as exc:  # never leave the queue without an answer
-                log.error("mta", "internal-error", error=repr(exc))
+                log.error("mta", "internal-error",
+                          error=f"{type(exc).__name__}: {plain_reason(exc)}")
                 results += _all(chunk, "tempfail", "451 4.3.0 Internal error").results
+        failed = next((r.text for r in results if r.status != "ok"), None)
+        self.show.result(envs[0].dest.rpartition("@")[2].lower(), failed)
         return m.DeliveryResults(results=results)
 
     async def _deliver(self, action: Action, envs: list[Envelope],
@@ -384,6 +410,9 @@ class Mta:
         if err is not None:
             status, text = err
             return _all(envs, status, text).results
+        self.show.relay_of_task.set(relay_text(
+            url.host if url else domain, url.port if url else None, profile.proto,
+            str(action.relay["auth"]) if action.relay.get("auth") else None))
         sem = self.route_slots.setdefault(route, asyncio.Semaphore(limits.MTA_MAX_CONN_PER_ROUTE))
         last = "451 4.4.1 No host could be reached"
         async with self.slots, sem:
@@ -392,6 +421,7 @@ class Mta:
                     return await self._on_host(target, profile, envs, fd)
                 except HostFailed as exc:
                     last = exc.text
+                    self.show.failed(profile.src, target.ip, target.name, exc.text)
                     log.event("mta", "host-failed", relay=f"{target.name} [{target.ip}]",
                               port=target.port, error=exc.text)
                     if exc.tls and profile.starttls == "opportunistic":
@@ -587,6 +617,10 @@ class Mta:
 
     async def _connect(self, target: Target, p: Profile) -> Conn:
         implicit = p.proto == "smtps"
+        sid = os.urandom(8).hex()
+        scheme = {"smtp": "smtp+tls" if p.starttls == "require" else "smtp"}.get(p.proto, p.proto)
+        log.event("mta", "connecting", session=sid,
+                  address=f"{scheme}://{target.ip}:{target.port}", host=target.name)
         ctx = self._context(p) if implicit else None
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(
@@ -598,8 +632,8 @@ class Mta:
             raise HostFailed(f"421 4.7.0 TLS handshake failed: {exc.reason or exc}"
                              f"{_withheld(p)}") from None
         except (OSError, TimeoutError) as exc:
-            text = "timeout" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            raise HostFailed(f"421 4.4.1 Connection to {target.name} failed: {text}") from None
+            raise HostFailed(f"421 4.4.1 Connection to {target.name} port {target.port} failed: "
+                             f"{plain_reason(exc)}") from None
         self.pony.count("mta.session")
         helo = p.helo
         try:
@@ -615,8 +649,11 @@ class Mta:
                 raise
             raise HostFailed(f"421 4.3.0 Bad HELO name {helo!r} from helo-src") from None
         conn = Conn(self, target, p, reader, writer, client)
+        conn.id = sid
         conn.helo = helo
-        log.event("mta", "connected", relay=conn.relay, port=target.port,
+        conn.shown_as = self.show.connected(self.show.relay_of_task.get(), p.src, target.ip,
+                                            target.name)
+        log.event("mta", "connected", session=sid, relay=conn.relay, port=target.port,
                   tls="yes" if implicit else None)
         if p.filter is not None:
             self._filter_begin(conn, p.filter)
@@ -806,7 +843,7 @@ class Mta:
             st, text = done.get(dest, ("tempfail", "451 4.4.2 No reply for this recipient"))
             for e in envs:
                 out.append(m.DeliveryResult(evpid=e.evpid, status=st, text=text,
-                                            relay=conn.relay,
+                                            relay=conn.relay, session=conn.id,
                                             dsn_relayed=dsn_relayed and st == "ok"))
         return out
 

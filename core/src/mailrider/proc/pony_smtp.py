@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from mailrider import limits, log
 from mailrider.config.model import Config, Listener
-from mailrider.errors import TempFail
+from mailrider.errors import TempFail, plain_reason
 from mailrider.ipc import messages as m
 from mailrider.proc import pony_tls
 from mailrider.proc.pony_deliveries import Deliveries
@@ -143,6 +143,8 @@ class Session(asyncio.Protocol):
         self.deadline = 0.0
         self.greeted = False
         self.greet_timer: asyncio.TimerHandle | None = None
+        #: why the session ended, for the "disconnected reason=" line (OpenSMTPD's words)
+        self.end_reason: str | None = None
         #: the filter protocol (only used when self.filtered)
         self.filter = FilterClient(self.id, host.peer("lka"), host.spawn, write=self._write,
                                    pause=self._filter_pause, resume=self._filter_resume)
@@ -205,13 +207,15 @@ class Session(asyncio.Protocol):
         # smtpctl's show stats keys: smtp.session.inet4 / .inet6 / .local
         self.host.count("smtp.session." + ("local" if self.ip == "local" else
                                            "inet6" if ":" in self.ip else "inet4"))
-        log.event("smtp", "connected", session=self.id, address=self.ip,
-                  port=self.port or None, user=self.local_user, host=self.hostname)
+        # OpenSMTPD's line (docs/logging.md), then ours: the client's port,
+        # the submitting user of a local session
+        log.event("smtp", "connected", session=self.id, address=self.ip, host=self.hostname,
+                  port=self.port or None, user=self.local_user)
         self._arm_timer(self.host.session_timeout)
         if self.listener.smtps:
             self.tls_info = tls_summary(transport.get_extra_info("ssl_object"))
             if self.tls_info is not None:
-                log.event("smtp", "tls", session=self.id, ciphers=self.tls_info[1])
+                log.event("smtp", "tls", session=self.id, ciphers=self.tls_info[0])
                 self.host.count("smtp.tls")
         delay = 0.0
         if self.local_user is None and (self.host.greeting_delay_all
@@ -318,7 +322,7 @@ class Session(asyncio.Protocol):
         if loop.time() < self.deadline:  # activity since: wait for the rest
             self.timer = loop.call_at(self.deadline, self._timeout)
             return
-        log.event("smtp", "timeout", session=self.id)
+        self.end_reason = "timeout"
         self.transport.write(b"421 4.4.2 Timeout, closing connection\r\n")
         self.transport.close()
 
@@ -365,7 +369,8 @@ class Session(asyncio.Protocol):
         self._abort_tx()
         if self.filtered:
             self.filter.end()
-        log.event("smtp", "disconnected", session=self.id)
+        reason = self.end_reason or (f"io-error: {plain_reason(exc)}" if exc else "disconnect")
+        log.event("smtp", "disconnected", session=self.id, reason=reason)
 
     # -- event processing -------------------------------------------------------------
 
@@ -455,6 +460,8 @@ class Session(asyncio.Protocol):
         if isinstance(event, ev.DataEnd):
             return self._check_eom(event)
         if isinstance(event, ev.Reset | ev.Quit | ev.ConnectionClosed):
+            if isinstance(event, ev.Quit):
+                self.end_reason = "quit"
             self._abort_tx()
         elif self.srv.awaiting_answer:
             self.srv.reject(502, "5.5.1", "Command not implemented")
@@ -636,8 +643,8 @@ class Session(asyncio.Protocol):
         wait = self.host.auth_wait(self.client)
         if wait is None:
             await asyncio.sleep(limits.AUTH_FAIL_DELAY_MAX)
-            log.event("smtp", "authentication", session=self.id, user=user, result="tempfail",
-                      reason="too-many-attempts")
+            log.event("smtp", "authentication", session=self.id, user=user, result="tempfail")
+            log.event("smtp", "auth-throttled", session=self.id, user=user)
             self.host.count("smtp.auth.throttled")
             self.srv.reject(454, "4.7.0", "Too many authentication attempts, try again later")
             if self.filtered:
@@ -657,13 +664,18 @@ class Session(asyncio.Protocol):
         result = res.result if isinstance(res, m.AuthResult) else "error"
         if result == "ok":
             self.srv.accept()
-            log.event("smtp", "authentication", session=self.id, user=user, result="ok",
-                      mechanism=event.mechanism)
+            # OpenSMTPD's lines exactly: log parsers (fail2ban) anchor on them
+            log.event("smtp", "authentication", session=self.id, user=user, result="ok")
             self.host.count("smtp.auth.ok")
         elif result == "fail":
             self.host.auth_failed(self.client)
             log.event("smtp", "authentication", session=self.id, user=user,
-                      result="permfail", mechanism=event.mechanism, delay=f"{wait:.1f}s")
+                      result="permfail")
+            log.event("smtp", "failed-command", session=self.id,
+                      command=log.Quoted(f"AUTH {event.mechanism} (...)"),
+                      result=log.Quoted("535 5.7.8 Authentication credentials invalid"))
+            log.debug("smtp", "auth-failed", session=self.id, mechanism=event.mechanism,
+                      delay=f"{wait:.1f}s")
             self.host.count("smtp.auth.fail")
             self.srv.reject(535, "5.7.8", "Authentication credentials invalid")
         else:
@@ -685,8 +697,10 @@ class Session(asyncio.Protocol):
             self.srv.reject(451, "4.3.0", "Temporary failure, try again later")
             return
         if not (isinstance(res, m.Ok) and res.text == "yes"):
-            log.event("smtp", "failed-command", session=self.id, command="MAIL",
-                      sender=sender, user=self.srv.auth_user, result="sender not owned")
+            log.event("smtp", "failed-command", session=self.id,
+                      command=log.Quoted(f"MAIL FROM:<{sender}>"), result=log.Quoted(
+                          "550 5.7.1 Sender address not owned by the authenticated user"),
+                      user=self.srv.auth_user)
             self.srv.reject(550, "5.7.1", "Sender address not owned by the authenticated user")
             return
         if self.filtered:
@@ -732,7 +746,7 @@ class Session(asyncio.Protocol):
             self.srv.receive(b"")
         self.tls_info = tls_summary(new.get_extra_info("ssl_object"))
         if self.tls_info is not None:
-            log.event("smtp", "tls", session=self.id, ciphers=self.tls_info[1])
+            log.event("smtp", "tls", session=self.id, ciphers=self.tls_info[0])
             self.host.count("smtp.tls")
             if self.filtered:
                 self._report("link-tls", [self.tls_info[0]])
@@ -752,8 +766,10 @@ class Session(asyncio.Protocol):
             return
         if self.deliveries.exhausted():
             # the transaction already cost lka its share: no more expansions
-            log.event("smtp", "failed-command", session=self.id, command="RCPT", rcpt=rcpt,
-                      result="too many deliveries", deliveries=len(self.deliveries))
+            log.event("smtp", "failed-command", session=self.id,
+                      command=log.Quoted(f"RCPT TO:<{rcpt}>"),
+                      result=log.Quoted("452 4.5.3 Too many recipients"),
+                      deliveries=len(self.deliveries))
             self.srv.reject(452, "4.5.3", "Too many recipients")
             return
         try:
@@ -767,13 +783,15 @@ class Session(asyncio.Protocol):
             reply = res.reply if isinstance(res, m.RcptResult) else None
             if reply is None or reply.code < 400:
                 reply = TEMPORARY
-            log.event("smtp", "failed-command", session=self.id, command="RCPT",
-                      rcpt=rcpt, result=str(reply))
+            log.event("smtp", "failed-command", session=self.id,
+                      command=log.Quoted(f"RCPT TO:<{rcpt}>"), result=log.Quoted(str(reply)))
             self.srv.reply(reply)
             return
         if not self.deliveries.add(len(self.rcpts), res.deliveries):
-            log.event("smtp", "failed-command", session=self.id, command="RCPT", rcpt=rcpt,
-                      result="too many deliveries", deliveries=len(self.deliveries))
+            log.event("smtp", "failed-command", session=self.id,
+                      command=log.Quoted(f"RCPT TO:<{rcpt}>"),
+                      result=log.Quoted("452 4.5.3 Too many recipients"),
+                      deliveries=len(self.deliveries))
             self.srv.reject(452, "4.5.3", "Too many recipients")
             return
         self.rcpts.append((rcpt, event.params))
@@ -906,7 +924,8 @@ class Session(asyncio.Protocol):
             return
         envelopes = self._envelopes()
         try:
-            await self.host.peer("queue").ask(m.MessageCommit(msgid=msgid, envelopes=envelopes))
+            await self.host.peer("queue").ask(m.MessageCommit(msgid=msgid, envelopes=envelopes,
+                                                                  session=self.id))
         except TempFail as exc:
             reply = m.reply_of(exc, TEMPORARY)
             log.warning("smtp", "commit-failed", session=self.id, msgid=msgid, error=exc.text)
@@ -914,8 +933,8 @@ class Session(asyncio.Protocol):
             self.srv.reply(reply if reply.is_temporary else Reply(451, "4.3.0", reply.text))
             self._reset_tx()
             return
-        log.event("smtp", "message", session=self.id, msgid=msgid, sender=self.sender or "<>",
-                  size=self.size, nrcpt=len(self.rcpts), proto=self.srv.with_protocol,
+        log.event("smtp", "message", session=self.id, msgid=msgid, size=self.size,
+                  nrcpt=len(self.rcpts), proto=self.srv.with_protocol,
                   bdat="yes" if self.srv.chunked else None)
         if self.filtered:
             self._report("tx-commit", [self.txid, str(self.size)])

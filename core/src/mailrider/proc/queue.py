@@ -3,6 +3,10 @@ envelopes to pony for delivery, records outcomes, and makes bounces.
 
 Commits are batched (group commit): while one batch is being synced, the
 next fills up, so many sessions share one sync instead of waiting in line.
+The removal of finished envelopes and the closing of their message
+descriptors are batched the same way (:meth:`Queue._reaper`): one worker
+thread call for all that finished while the previous one ran, and the
+scheduler hears of a delivery only once its envelope is gone.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailrider import limits, log, profile
-from mailrider.errors import TempFail
+from mailrider.errors import TempFail, plain_reason
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
@@ -25,6 +29,8 @@ from mailrider.queue.envelope import Envelope
 from mailrider.queue.schedule import next_attempt
 from mailrider.queue.spool import PendingCommit, Spool
 
+#: spool buckets read side by side at start (docs/performance.md §3)
+RECOVERY_READERS = 4
 #: a batch smaller than this waits COMMIT_GATHER_DELAY seconds for company
 COMMIT_GATHER_MIN = 8
 COMMIT_GATHER_DELAY = 0.001
@@ -50,6 +56,12 @@ class Queue(common.Process):
         #: notifications being gathered: (msgid, kind, sender) -> Pending
         self._dsn: dict[tuple[str, str, str], _PendingDSN] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: while the spool is read at start: messages committed meanwhile
+        self._fresh: set[str] | None = None
+        #: envelopes to remove, descriptors to close: the reaper's next batch
+        self._removals: list[tuple[str, asyncio.Future[None]]] = []
+        self._closes: list[int] = []
+        self._reap_wake = asyncio.Event()
 
     async def run(self) -> None:
         # after the privilege drop: the spool belongs to the queue user
@@ -59,30 +71,67 @@ class Queue(common.Process):
             log.event("queue", "purged-uncommitted", count=purged)
         clean = self.spool.take_clean_mark()
         committer = asyncio.create_task(self._committer())
-        envs: list[m.SchedEntry] = []
-        n = 0
-        for _msgid, found in self.spool.walk(verify=not clean):
-            for env in found:
-                envs.append(m.SchedEntry.of(env))
-                n += 1
-                if len(envs) >= 1000:
-                    self.peers["scheduler"].notify(m.SchedInsert(envelopes=envs))
-                    envs = []
-        if envs:
-            self.peers["scheduler"].notify(m.SchedInsert(envelopes=envs))
-        log.event("queue", "recovered", envelopes=n)
+        reaper = asyncio.create_task(self._reaper())
+        self._fresh = set()  # from now on, before the walk's first step
+        recovery = asyncio.create_task(self._recover(verify=not clean))
         try:
             await self.stopping.wait()
         finally:
+            recovery.cancel()
             # let the batch being synced finish, then say the spool is consistent
             self._closing = True
             self._wake.set()
+            self._reap_wake.set()
             try:
+                await asyncio.wait_for(reaper, 30)
                 await asyncio.wait_for(committer, 30)
                 await asyncio.to_thread(self.spool.mark_clean)
             except (TimeoutError, OSError) as exc:
                 committer.cancel()
                 log.warning("queue", "unclean-stop", error=str(exc))
+
+    async def _recover(self, verify: bool) -> None:
+        """Hand every queued envelope to the scheduler, reading the spool's
+        buckets in worker threads, RECOVERY_READERS at a time, while the loop
+        serves commits: a large queue on a cold cache is mostly waiting on the
+        disk, and new mail must not wait for it. A message committed meanwhile
+        is the commit's to schedule: the walk skips it (``_fresh``)."""
+        loop = asyncio.get_running_loop()
+        n = 0
+        envs: list[m.SchedEntry] = []
+        try:
+            buckets = iter(await asyncio.to_thread(self.spool.buckets))
+            running: set[asyncio.Future[list[tuple[str, list[Envelope]]]]] = set()
+
+            def more() -> None:
+                bucket = next(buckets, None)
+                if bucket is not None:
+                    running.add(loop.run_in_executor(None, self.spool.walk_bucket, bucket,
+                                                     verify))
+
+            for _ in range(RECOVERY_READERS):
+                more()
+            while running:
+                done, running = await asyncio.wait(running,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    more()
+                    for msgid, found in fut.result():
+                        if self._fresh is not None and msgid in self._fresh:
+                            continue
+                        for env in found:
+                            envs.append(m.SchedEntry.of(env))
+                            n += 1
+                    if len(envs) >= 1000:
+                        self.peers["scheduler"].notify(m.SchedInsert(envelopes=envs))
+                        envs = []
+            if envs:
+                self.peers["scheduler"].notify(m.SchedInsert(envelopes=envs))
+            log.event("queue", "recovered", envelopes=n)
+        except OSError as exc:
+            log.error("queue", "recovery-failed", envelopes=n, error=str(exc))
+        finally:
+            self._fresh = None
 
     # -- group commit ------------------------------------------------------------
 
@@ -122,6 +171,8 @@ class Queue(common.Process):
     async def commit(self, msg: m.MessageCommit) -> m.Ok:
         if msg.msgid not in self._open:
             raise TempFail("unknown message")
+        if self._fresh is not None:
+            self._fresh.add(msg.msgid)  # its envelopes are scheduled below, not by the walk
         # the queue names each envelope: pony's come without an id
         envs = [dataclasses.replace(draft, evpid=envmod.new_evpid(msg.msgid))
                 for draft in msg.envelopes]
@@ -135,10 +186,64 @@ class Queue(common.Process):
         self.peers["scheduler"].notify(
             m.SchedInsert(envelopes=[m.SchedEntry.of(e) for e in envs]))
         self.count("queue.envelope.enqueued", len(envs))
+        session = msg.session if envmod.is_evpid(msg.session) else None
         for env in envs:
-            log.event("queue", "envelope", evpid=env.evpid, rcpt=env.rcpt or None,
-                      dest=env.dest or None)
+            # OpenSMTPD's line, under the session that received the message
+            log.emit("smtp", "envelope", {"session": session, "evpid": env.evpid,
+                                          "from": _addr(env.sender), "to": _addr(env.rcpt)})
         return m.Ok(text=msg.msgid)
+
+    # -- removal, batched -----------------------------------------------------------
+
+    def _remove(self, evpid: str) -> asyncio.Future[None]:
+        """Remove a finished envelope (and its message after the last one);
+        done once the reaper's batch that holds it ran."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._removals.append((evpid, fut))
+        self._reap_wake.set()
+        return fut
+
+    def _close_later(self, fd: int) -> None:
+        """Close a message descriptor off the loop: once its message is removed,
+        the last close frees the file, which waits on the journal while a commit
+        syncs (measured: 200 us a close on the loop, under load)."""
+        self._closes.append(fd)
+        self._reap_wake.set()
+
+    async def _reaper(self) -> None:
+        while True:
+            if not self._removals and not self._closes:
+                if self._closing:
+                    return
+                await self._reap_wake.wait()
+                self._reap_wake.clear()
+                continue
+            removals, self._removals = self._removals, []
+            closes, self._closes = self._closes, []
+            try:
+                errors = await asyncio.to_thread(self._reap, [e for e, _ in removals], closes)
+            except Exception as exc:  # never leave a delivery waiting
+                errors = [exc] * len(removals)
+            for (_, fut), err in zip(removals, errors, strict=True):
+                if fut.done():
+                    continue
+                if err is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(err)
+            if removals:
+                self.count("queue.remove.batches")
+                self.count("queue.remove.envelopes", len(removals))
+
+    def _reap(self, evpids: list[str], fds: list[int]) -> list[Exception | None]:
+        """In the worker thread: unlink, then close (the last close frees the file)."""
+        errors = self.spool.remove_envelopes(evpids)
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        return errors
 
     # -- delivery ------------------------------------------------------------------
 
@@ -147,7 +252,7 @@ class Queue(common.Process):
             env = self.spool.load_envelope(evpid)
             fd = self.spool.open_message(evpid[:8])
         except (OSError, ValueError) as exc:
-            log.error("queue", "load-failed", evpid=evpid, error=str(exc))
+            log.error("queue", "load-failed", evpid=evpid, error=plain_reason(exc))
             self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="removed"))
             return
         try:
@@ -166,7 +271,7 @@ class Queue(common.Process):
                     res = m.DeliveryResult(evpid=evpid, status="tempfail", text=exc.reply())
             await self._outcome(env, res, fd)
         finally:
-            await _close_off_loop(fd)
+            self._close_later(fd)
 
     async def deliver_mta(self, envs: list[Envelope]) -> None:
         """Several relay envelopes of one message and route: one transaction."""
@@ -174,7 +279,7 @@ class Queue(common.Process):
         try:
             fd = self.spool.open_message(msgid)
         except OSError as exc:
-            log.error("queue", "load-failed", msgid=msgid, error=str(exc))
+            log.error("queue", "load-failed", msgid=msgid, error=plain_reason(exc))
             for env in envs:
                 self.peers["scheduler"].notify(
                     m.SchedResult(evpid=env.evpid, status="removed"))
@@ -193,32 +298,28 @@ class Queue(common.Process):
                     text="451 4.3.0 No result for this envelope")
                 await self._outcome(env, res, fd)
         finally:
-            await _close_off_loop(fd)
+            self._close_later(fd)
 
-    # remove_envelope runs in a thread: an unlink waits on the journal while a
-    # commit syncs, which must not stall the event loop (and with it commits)
+    # removal runs in a thread (the reaper): an unlink waits on the journal
+    # while a commit syncs, which must not stall the event loop (and commits)
     async def _outcome(self, env: Envelope, res: m.DeliveryResult, fd: int) -> None:
         evpid, relay = env.evpid, res.relay
         delay = int(time.time()) - env.ctime
-        log.event("delivery", "result", evpid=evpid, sender=env.sender or "<>",
-                  rcpt=env.rcpt or None, dest=env.dest or None, relay=relay or None,
-                  delay=f"{delay}s",
-                  result={"ok": "Ok", "tempfail": "TempFail", "permfail": "PermFail"}.get(
-                      res.status, res.status), stat=res.text)
+        log_delivery(env, res.status, res.text, relay, delay, res.session)
         if res.status == "ok":
             if env.type == "mta":
                 if not res.dsn_relayed and bounce.wanted(env, "relayed"):
                     self._notify(env, res.text, fd, "relayed", relay)
             elif bounce.wanted(env, "delivered"):
                 self._notify(env, res.text, fd, "delivered", relay)
-            await asyncio.to_thread(self.spool.remove_envelope, evpid)
+            await self._remove(evpid)
             self.count("scheduler.delivery.ok")
             self.count("queue.envelope.dequeued")
             self.peers["scheduler"].notify(m.SchedResult(
                 evpid=evpid, status="ok", route=env.route))
         elif res.status == "permfail":
             await self._bounce(env, res.text, fd, relay)
-            await asyncio.to_thread(self.spool.remove_envelope, evpid)
+            await self._remove(evpid)
             self.count("scheduler.delivery.permfail")
             self.count("queue.envelope.dequeued")
             self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="permfail"))
@@ -245,11 +346,11 @@ class Queue(common.Process):
             return
         try:
             text = env.errorline or "Envelope expired"
-            log.event("delivery", "expired", evpid=evpid, rcpt=env.rcpt or None, stat=text)
+            log_queue(env, "Expire", "Envelope expired")
             await self._bounce(env, f"554 5.4.7 Delivery time expired: {text}", fd)
         finally:
             os.close(fd)
-        await asyncio.to_thread(self.spool.remove_envelope, evpid)
+        await self._remove(evpid)
         self.count("scheduler.delivery.expired")
         self.count("queue.envelope.dequeued")
         self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="expired"))
@@ -427,6 +528,10 @@ class Queue(common.Process):
                 return m.ControlReply(ok=False, lines=["command failed: no such envelope"])
             return m.ControlReply(lines=envmod.serialise(env).decode().splitlines())
         if msg.command == "remove":
+            try:
+                log_queue(self.spool.load_envelope(evpid), "Remove", "Removed by administrator")
+            except (OSError, ValueError):
+                pass
             self.spool.remove_envelope(evpid)
             self.count("queue.envelope.removed")
             self.count("queue.envelope.dequeued")
@@ -472,13 +577,6 @@ class Queue(common.Process):
         return int(reply.text) if isinstance(reply, m.Ok) and reply.text.isdigit() else 0
 
 
-async def _close_off_loop(fd: int) -> None:
-    """Close a message descriptor in a worker thread: once its message is
-    removed, the last close frees the file, which waits on the journal while
-    a commit syncs (measured: 200 us a close on the loop, under load)."""
-    await asyncio.to_thread(os.close, fd)
-
-
 
 
 @dataclass(slots=True)
@@ -487,6 +585,42 @@ class _PendingDSN:
     full: bool
     items: list[bounce.Item] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
+
+
+def _addr(value: str | None) -> str:
+    return f"<{value or ''}>"
+
+
+def log_delivery(env: Envelope, status: str, text: str, relay: str, delay: int,
+                 session: str = "") -> None:
+    """OpenSMTPD's ``mta delivery`` / ``mda delivery`` line for one outcome
+    (docs/logging.md), under the id of the mta connection that carried it
+    (``session``, checked) or else the envelope's own."""
+    result = {"ok": "Ok", "tempfail": "TempFail", "permfail": "PermFail"}.get(status, status)
+    rcpt = env.rcpt if env.rcpt != env.dest else None
+    lead = session if envmod.is_evpid(session) else env.evpid
+    fields: dict[str, object] = {"session": lead, "evpid": env.evpid,
+                                 "from": _addr(env.sender), "to": _addr(env.dest)}
+    if env.type == "mta":
+        fields.update(rcpt=_addr(rcpt or "-"), source=log.Quoted("-"),
+                      relay=log.Quoted(relay or "-"), delay=log.duration_text(delay),
+                      result=log.Quoted(result), stat=log.Quoted(text))
+        log.emit("mta", "delivery", fields)
+    else:
+        fields.update(rcpt=_addr(rcpt) if rcpt else None, user=env.delivery.user or None,
+                      delay=log.duration_text(delay), result=result, stat=text)
+        log.emit("mda", "delivery", fields)
+
+
+def log_queue(env: Envelope, what: str, stat: str) -> None:
+    """OpenSMTPD's line for an envelope the queue ends itself (expired, removed):
+    ``delivery: Expire for EVPID: from=<...>, to=<...>, rcpt=<...>, delay=..., stat=...``."""
+    rcpt = env.rcpt if env.rcpt != env.dest else "-"
+    delay = int(time.time()) - env.ctime
+    kind = "relay" if env.type == "mta" else "delivery"
+    log.emit(f"{kind}:", f"{what} for {env.evpid}:",
+             {"from": f"<{env.sender}>,", "to": f"<{env.dest}>,", "rcpt": f"<{rcpt}>,",
+              "delay": f"{log.duration_text(delay)},", "stat": stat})
 
 
 PROCESS = Queue

@@ -6,6 +6,11 @@ next attempt is ``ctime + base * n**2`` for the smallest n >= the retry count
 that lies in the future, base 10 s for local delivery and bounces, 400 s for
 relaying. An envelope whose next attempt would fall after ``ctime + ttl``
 expires at that moment instead.
+
+It also keeps what the metrics serve (docs/metrics.md §2): each envelope's
+state, and the latency from queueing to each final outcome (measured from
+the moment it was inserted when that was right after its commit, else from
+its ctime, whole seconds, after a restart).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mailrider import limits, log
+from mailrider import limits, log, metrics
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
 from mailrider.proc import common
@@ -36,6 +41,7 @@ class Entry:
     suspended: bool = False
     generation: int = 0
     route: str = ""  # relay envelopes: action and domain (released together)
+    since: float = 0.0  # when it was queued, for the latency histograms
 
 
 #: commands that take an envelope id, a message id or "all"
@@ -54,12 +60,15 @@ class Scheduler(common.Process):
         self.entries: dict[str, Entry] = {}
         self.heap: list[tuple[float, int, str]] = []
         self.wake = asyncio.Event()
-        self.paused_mda = False
-        self.paused_mta = False
+        # mailriderd -P mda / -P mta: held from the start until resumed
+        self.paused_mda = "mda" in self.opts.paused
+        self.paused_mta = "mta" in self.opts.paused
         #: due entries held back by pause mda/mta
         self.held: list[Entry] = []
         self.max_inflight = limits.MDA_MAX_SESSIONS
         self.inflight = 0
+        #: (type, result) -> queueing-to-outcome latency (metrics.py)
+        self.latency: dict[tuple[str, str], metrics.Histogram] = {}
 
     def _push(self, e: Entry) -> None:
         e.generation += 1
@@ -69,6 +78,9 @@ class Scheduler(common.Process):
     def insert(self, data: m.SchedEntry, now: float) -> None:
         e = Entry(evpid=data.evpid, type=data.type, ctime=data.ctime or int(now),
                   retry=data.retry, ttl=data.ttl or self.config.queue_ttl, route=data.route)
+        # a fresh envelope (committed a moment ago) is timed from now, with
+        # sub-second precision; one found again at a restart from its ctime
+        e.since = now if not e.retry and 0 <= now - e.ctime < 2 else float(e.ctime)
         if e.retry:
             e.due = next_attempt(e.ctime, e.retry, self._base(e), now)
         else:
@@ -135,6 +147,9 @@ class Scheduler(common.Process):
             self.inflight -= 1
         if msg.status != "tempfail":
             del self.entries[msg.evpid]
+            if msg.status in metrics.RESULTS and e.type in metrics.TYPES:
+                key = (e.type, msg.status)
+                self.latency.setdefault(key, metrics.Histogram()).observe(time.time() - e.since)
             if msg.status == "ok" and msg.route:
                 self._release(msg.route)
             self.wake.set()
@@ -173,6 +188,28 @@ class Scheduler(common.Process):
                 keep.append(e)
         self.held = keep
         self.wake.set()
+
+    def queue_states(self) -> dict[tuple[str, str], int]:
+        """Envelopes by (type, state): inflight, suspended (paused one by one),
+        held (due while pause mda/mta), deferred (waiting for a retry) or
+        pending (new, waiting for its first attempt)."""
+        held = {e.evpid for e in self.held}
+        now = time.time()
+        out: dict[tuple[str, str], int] = {}
+        for e in self.entries.values():
+            if e.inflight:
+                state = "inflight"
+            elif e.suspended:
+                state = "suspended"
+            elif e.evpid in held:
+                state = "held"
+            elif e.retry and e.due > now:
+                state = "deferred"
+            else:
+                state = "pending"
+            key = (e.type if e.type in metrics.TYPES else "mda", state)
+            out[key] = out.get(key, 0) + 1
+        return out
 
     def stats(self) -> dict[str, int]:
         out = dict(self.counters)
@@ -226,6 +263,9 @@ class Scheduler(common.Process):
             self.paused_mda = False
             self._resume("mda")
             return m.ControlReply(lines=["command succeeded"])
+        if cmd == "metrics":
+            return m.ControlReply(data=metrics.scheduler_part(self.queue_states(),
+                                                              self.latency))
         if cmd == "runstate":
             now = time.time()
             return m.ControlReply(data={"runstate": {

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
-import ctypes.util
 import dataclasses
 import errno
 import hashlib
@@ -97,39 +96,57 @@ class Spool:
 
         With ``verify`` (after an unclean stop) each body is checked against the
         size and SHA-256 its envelopes record (see :meth:`commit_batch`)."""
-        for hh in sorted(os.listdir(self.queue)):
-            hdir = os.path.join(self.queue, hh)
-            if not os.path.isdir(hdir):
+        for bucket in self.buckets():
+            yield from self.walk_bucket(bucket, verify)
+
+    def buckets(self) -> list[str]:
+        """The folders of ``queue/`` (``HH``, the msgid's first two digits)."""
+        return sorted(name for name in os.listdir(self.queue)
+                      if os.path.isdir(os.path.join(self.queue, name)))
+
+    def walk_bucket(self, bucket: str, verify: bool = False) -> list[tuple[str, list[Envelope]]]:
+        """:meth:`walk` for the messages of one bucket, as a list: buckets may be
+        read side by side (a cold start spends its time waiting on the disk)."""
+        out: list[tuple[str, list[Envelope]]] = []
+        hdir = os.path.join(self.queue, bucket)
+        try:
+            msgids = sorted(os.listdir(hdir))
+        except (FileNotFoundError, NotADirectoryError):
+            return out
+        for msgid in msgids:
+            mdir = os.path.join(hdir, msgid)
+            if not envmod.is_msgid(msgid):
                 continue
-            for msgid in sorted(os.listdir(hdir)):
-                mdir = os.path.join(hdir, msgid)
-                if not envmod.is_msgid(msgid):
+            envs: list[Envelope] = []
+            try:
+                names = os.listdir(mdir)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            bad = "message" not in names or not os.path.isfile(os.path.join(mdir, "message"))
+            for name in names:
+                if name == "message" or name.endswith(".tmp"):
                     continue
-                envs: list[Envelope] = []
-                bad = not os.path.isfile(os.path.join(mdir, "message"))
-                for name in os.listdir(mdir):
-                    if name == "message" or name.endswith(".tmp"):
-                        continue
-                    try:
-                        with open(os.path.join(mdir, name), "rb") as f:
-                            envs.append(envmod.parse(f.read()))
-                    except (OSError, ValueError) as exc:
-                        log.error("queue", "corrupt-envelope", msgid=msgid, file=name,
-                                  error=str(exc))
-                if bad:
-                    log.error("queue", "message-missing", msgid=msgid)
-                    continue
-                if not envs:
-                    shutil.rmtree(mdir, ignore_errors=True)
-                    continue
-                if verify and not _body_matches(os.path.join(mdir, "message"), envs):
-                    log.warning("queue", "unacknowledged-discarded", msgid=msgid,
-                                reason="body not on disk when the daemon stopped")
-                    os.rename(mdir, os.path.join(self.purge, f"unsynced-{msgid}"))
-                    shutil.rmtree(os.path.join(self.purge, f"unsynced-{msgid}"),
-                                  ignore_errors=True)
-                    continue
-                yield msgid, envs
+                try:
+                    with open(os.path.join(mdir, name), "rb") as f:
+                        envs.append(envmod.parse(f.read()))
+                except (OSError, ValueError) as exc:
+                    log.error("queue", "corrupt-envelope", msgid=msgid, file=name,
+                              error=str(exc))
+            if bad:
+                log.error("queue", "message-missing", msgid=msgid)
+                continue
+            if not envs:
+                shutil.rmtree(mdir, ignore_errors=True)
+                continue
+            if verify and not _body_matches(os.path.join(mdir, "message"), envs):
+                log.warning("queue", "unacknowledged-discarded", msgid=msgid,
+                            reason="body not on disk when the daemon stopped")
+                os.rename(mdir, os.path.join(self.purge, f"unsynced-{msgid}"))
+                shutil.rmtree(os.path.join(self.purge, f"unsynced-{msgid}"),
+                              ignore_errors=True)
+                continue
+            out.append((msgid, envs))
+        return out
 
     # -- paths ---------------------------------------------------------------
 
@@ -288,6 +305,33 @@ class Spool:
             return
         if not rest:
             shutil.rmtree(mdir, ignore_errors=True)
+
+    def remove_envelopes(self, evpids: list[str]) -> list[Exception | None]:
+        """Remove several envelopes, each message folder emptied of envelopes
+        with them; one outcome per envelope (None: removed, or already gone)."""
+        errors: list[Exception | None] = []
+        msgids: dict[str, None] = {}
+        for evpid in evpids:
+            try:
+                try:
+                    os.unlink(self.envelope_path(evpid))
+                except FileNotFoundError:
+                    pass
+                msgids[evpid[:8]] = None
+                errors.append(None)
+            except (OSError, ValueError) as exc:
+                errors.append(exc)
+        for msgid in msgids:
+            mdir = self.msgdir(msgid)
+            try:
+                rest = [n for n in os.listdir(mdir) if n != "message"]
+            except FileNotFoundError:
+                continue
+            except OSError:
+                continue  # its envelopes are gone; a later start removes the folder
+            if not rest:
+                shutil.rmtree(mdir, ignore_errors=True)
+        return errors
 
     def open_message(self, msgid: str) -> int:
         return os.open(self.message_path(msgid), os.O_RDONLY)

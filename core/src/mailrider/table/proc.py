@@ -67,7 +67,10 @@ def find_backend(backend: str) -> tuple[list[str] | None, list[str]]:
     Searched in order: the ``mailrider.tables`` entry points of installed
     distributions (the entry point's name is the backend name, its value
     ``module:function``), then an executable ``table-<backend>`` in each of
-    :func:`mailrider.paths.libexec_dirs`. Returns ``(argv template, places
+    :func:`mailrider.paths.libexec_dirs`, then in OpenSMTPD's own folders
+    (:func:`mailrider.paths.opensmtpd_libexec_dirs`), so the C backends an
+    administrator installed for OpenSMTPD answer the same ``table`` line
+    (they speak the same protocol: docs/table-protocol.md). Returns ``(argv template, places
     searched)``; the template is None when nothing was found. The places are
     meant for the error message.
     """
@@ -81,7 +84,7 @@ def find_backend(backend: str) -> tuple[list[str] | None, list[str]]:
     searched.append(f"entry point {backend!r} of group {ENTRY_POINT_GROUP}")
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=backend):
         return [sys.executable, "-c", _LAUNCH_CODE, ep.value, TABLE_NAME_ARG], searched
-    for folder in paths.libexec_dirs():
+    for folder in (*paths.libexec_dirs(), *paths.opensmtpd_libexec_dirs()):
         path = os.path.join(folder, "table-" + backend)
         searched.append(path)
         if os.path.isfile(path) and os.access(path, os.X_OK):

@@ -1,0 +1,132 @@
+"""The long-lived maildir worker (proc/mda_worker.py) over its real socket.
+
+The worker runs as a real process on a SOCK_SEQPACKET pair, as the parent
+starts it; here without a credential switch (UID -1), which tests of the
+daemon as root cover (core/tests/e2e).
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mailrider import limits
+from mailrider.proc import mda_worker
+
+
+@pytest.fixture
+def worker() -> Iterator[tuple[socket.socket, subprocess.Popen[bytes]]]:
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailrider.proc.mda_worker", "-1", "-1", "", str(theirs.fileno())],
+        pass_fds=[theirs.fileno()], stderr=subprocess.PIPE)
+    theirs.close()
+    mine.settimeout(30)
+    yield mine, proc
+    mine.close()
+    proc.wait(30)
+    assert proc.stderr is not None
+    proc.stderr.close()
+
+
+def _message(tmp: Path, name: str, body: bytes) -> int:
+    path = tmp / name
+    path.write_bytes(body)
+    return os.open(path, os.O_RDONLY)
+
+
+def _send(sock: socket.socket, jobs: object, fds: list[int]) -> None:
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+    sock.sendmsg([json.dumps(jobs).encode()], anc)
+
+
+def _job(path: Path, **kw: object) -> dict[str, object]:
+    return {"path": str(path), "home": "/", "junk": False,
+            "prepend": "Return-Path: <a@b.example>\nDelivered-To: u@x.example\n", **kw}
+
+
+def test_batches_are_delivered_and_synced_before_the_answer(tmp_path: Path, worker) -> None:
+    sock, proc = worker
+    box = tmp_path / "Maildir"
+    for round_ in range(2):  # one worker serves several batches
+        fds = [_message(tmp_path, f"m{round_}{i}", f"Subject: {i}\n\nbody {i}\n".encode())
+               for i in range(3)]
+        _send(sock, [_job(box) for _ in fds], fds)
+        for fd in fds:
+            os.close(fd)
+        answer = json.loads(sock.recv(65536))
+        assert answer == [{"status": "ok", "text": "Delivered"}] * 3
+    files = sorted((box / "new").iterdir())
+    assert len(files) == 6 and list((box / "tmp").iterdir()) == []
+    data = files[0].read_bytes()
+    assert data.startswith(b"Return-Path: <a@b.example>\nDelivered-To: u@x.example\n")
+    assert proc.poll() is None
+
+
+def test_a_failed_delivery_fails_alone(tmp_path: Path, worker) -> None:
+    sock, _ = worker
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    fds = [_message(tmp_path, "a", b"Subject: a\n\na\n"),
+           _message(tmp_path, "b", b"Subject: b\n\nb\n")]
+    _send(sock, [_job(blocker / "Maildir"), _job(tmp_path / "ok")], fds)
+    for fd in fds:
+        os.close(fd)
+    bad, good = json.loads(sock.recv(65536))
+    assert bad["status"] == "tempfail" and bad["text"].startswith("4")
+    assert good == {"status": "ok", "text": "Delivered"}
+
+
+@pytest.mark.parametrize("jobs", [
+    "not a list",
+    [{"path": 1, "home": "/", "junk": False, "prepend": ""}],
+    [{"path": "/x", "home": "/", "junk": "yes", "prepend": ""}],
+])
+def test_a_malformed_request_ends_the_worker(tmp_path: Path, worker, jobs: object) -> None:
+    sock, proc = worker
+    fd = _message(tmp_path, "m", b"x\n")
+    _send(sock, jobs, [fd])
+    os.close(fd)
+    assert sock.recv(65536) == b""  # no answer: the channel closes
+    assert proc.wait(30) == 1
+
+
+def test_descriptors_must_match_the_deliveries(tmp_path: Path, worker) -> None:
+    sock, proc = worker
+    fd = _message(tmp_path, "m", b"x\n")
+    _send(sock, [_job(tmp_path / "a"), _job(tmp_path / "b")], [fd])
+    os.close(fd)
+    assert sock.recv(65536) == b""
+    assert proc.wait(30) == 1
+    assert not (tmp_path / "a").exists()
+
+
+def test_too_many_deliveries_in_one_batch(tmp_path: Path, worker) -> None:
+    sock, proc = worker
+    n = limits.DELIVERY_BATCH_MAX + 1
+    fds = [_message(tmp_path, "m", b"x\n") for _ in range(n)]
+    _send(sock, [_job(tmp_path / "box") for _ in range(n)], fds)
+    for fd in fds:
+        os.close(fd)
+    assert sock.recv(65536) == b""
+    assert proc.wait(30) == 1
+
+
+def test_the_worker_ends_when_the_parent_closes(worker) -> None:
+    sock, proc = worker
+    sock.shutdown(socket.SHUT_RDWR)
+    assert proc.wait(30) == 0
+
+
+def test_never_root() -> None:
+    # refused before any credential is touched (decide refuses these too)
+    for uid, gid, groups in ((0, 100, [100]), (1000, 0, [1000]), (1000, 1000, [1000, 0])):
+        with pytest.raises(PermissionError):
+            mda_worker.switch_user(uid, gid, groups)
