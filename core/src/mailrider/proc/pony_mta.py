@@ -770,7 +770,8 @@ class Mta:
                 elif isinstance(ev, sc.DataReady):
                     tx.data("ok")
                     # BDAT (RFC 3030) when the peer offers CHUNKING: smtp/client.py
-                    log.event("mta", "message-out", relay=conn.relay, msgid=msgid, size=size,
+                    log.event("mta", "message-out", session=conn.id, relay=conn.relay,
+                              msgid=msgid, size=size,
                               method="bdat" if conn.client.chunking else "data")
                     offset = 0
                     while offset < size:
