@@ -42,7 +42,8 @@ def check(opts: common.Options) -> Config:
     child: grammar, supported features, TLS settings (parser), tables (files
     read, db files opened, backend programs runnable by the program user),
     filter programs (found, runnable by their user), relay URLs, pki
-    certificates and keys (loaded as klondike will), listen addresses.
+    certificates and keys and dkim keys (loaded as klondike will), listen
+    addresses.
     Returns the configuration."""
     config = common.load_config(opts)
     check_tables(config, reader=common.unprivileged_user(), runner=common.ext_user())
@@ -56,6 +57,7 @@ def check(opts: common.Options) -> Config:
                 raise ConfigError(f"pki {name}: cannot read {what} {path}", pki.where.file,
                                   pki.where.line)
     _check_keys(config)
+    _check_dkim_keys(config)
     check_delegation(config)
     for lst in config.listeners:
         if lst.address != "socket":
@@ -117,6 +119,24 @@ def _check_keys(config: Config) -> None:
         error = _in_child(partial(_load_key, name, cert, key))
         if error is not None:
             raise ConfigError(f"pki {name}: {error}", pki.where.file, pki.where.line)
+
+
+def _check_dkim_keys(config: Config) -> None:
+    """Load the ``dkim`` keys as klondike will, in a forked child (docs/dkim.md §2):
+    an unreadable key, or one of another kind than its algorithm, is refused
+    at the statement's line."""
+    for name, entry in sorted(config.dkims.items()):
+        error = _in_child(partial(_load_dkim_key, config, name))
+        if error is not None:
+            if not error.startswith(f"dkim {name}: "):
+                error = f"dkim {name}: {error}"
+            raise ConfigError(error, entry.where.file, entry.where.line)
+
+
+def _load_dkim_key(config: Config, name: str) -> None:
+    from mailrider.proc.klondike import load_dkim_keys
+
+    load_dkim_keys({name: config.dkims[name]})
 
 
 def _load_key(name: str, cert: str, key: str) -> None:

@@ -53,6 +53,7 @@ _RELAY_FEATURES = {
     "filter": "relay filter",
     "host_table": "relay host table",
     "domain": "relay domain",
+    "dkim": "relay dkim",
 }
 
 _CONDITION_FEATURES = {
@@ -68,6 +69,7 @@ def features_used(config: Config) -> list[tuple[Where, str]]:
     uses: list[tuple[Where, str]] = []
     uses += [(pki.where, "pki") for pki in config.pkis.values()]
     uses += [(ca.where, "ca") for ca in config.cas.values()]
+    uses += [(d.where, "dkim") for d in config.dkims.values()]
     for listener in config.listeners:
         flags = [
             ("tls", listener.tls),

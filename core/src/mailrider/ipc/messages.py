@@ -435,6 +435,21 @@ class Signed:
     data_b64: str
 
 
+@register
+@dataclass(frozen=True, slots=True)
+class DkimSign:
+    """pony -> klondike: the DKIM signature of a message (docs/dkim.md §3).
+
+    ``name`` is a ``dkim`` statement's name; ``data_b64`` the signing input
+    (the canonicalised signed header fields, then the DKIM-Signature field
+    with an empty ``b=``), which klondike checks against that entry and hashes
+    itself. The reply is ``Signed`` with the signature.
+    """
+
+    name: str
+    data_b64: str
+
+
 # -- filters (pony <-> lka <-> parent) -----------------------------------------
 
 

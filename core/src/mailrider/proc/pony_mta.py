@@ -40,6 +40,11 @@ Outgoing bytes come from the spool file (LF endings, dot-unstuffed) through
 the client's BodyEncoder, which turns every line end into CRLF and
 dot-stuffs, so no bare CR or LF and no early terminator can reach the wire.
 
+An action with ``dkim`` keys signs each message as it leaves: the
+``DKIM-Signature`` field, made once per route before any connection
+(proc/pony_dkim.py, signed by klondike), goes out in front of the file's
+bytes, and the SIZE announced counts it (docs/dkim.md).
+
 Timeouts are RFC 5321 4.5.3.2's (``limits.SMTP_*_TIMEOUT``); the
 environment variable ``MAILRIDER_MTA_TIMEOUT`` (seconds) caps them all,
 for tests and benchmarks only.
@@ -63,6 +68,7 @@ from mailrider.crypto import delegate
 from mailrider.errors import ConfigError, TempFail, plain_reason
 from mailrider.filter.programs import relay_filters
 from mailrider.ipc import messages as m
+from mailrider.proc.pony_dkim import DkimSigning
 from mailrider.proc.pony_filter import FilterClient, Peer
 from mailrider.proc.pony_mta_show import MtaShow, relay_text
 from mailrider.proc.pony_tls import SignFn, load_pki, tls_summary
@@ -270,6 +276,8 @@ class Mta:
         self.pki_test: dict[str, ssl.SSLContext] = {}
         self.pki_tested: set[str] = set()
         self.in_process = False
+        #: DKIM signatures of relayed mail, through pony's klondike channel
+        self.dkim = DkimSigning(self.config, self._dkim_call, self.pony.count)
         self.show = MtaShow()
         self.contexts[(False, None, None, None, None)] = self._build(
             (False, None, None, None, None), Where())
@@ -280,6 +288,12 @@ class Mta:
                 key = self._action_tls(action, verify)
                 if key not in self.contexts:
                     self.contexts[key] = self._build(key, action.where)
+
+    async def _dkim_call(self, msg: m.DkimSign) -> tuple[Any, list[int]]:
+        chan = self.pony.peers.get("klondike")
+        if chan is None:
+            raise TempFail("no channel to klondike")
+        return await chan.call(msg)
 
     def control(self, msg: m.Control) -> m.ControlReply | None:
         """``show hosts|relays|routes|hoststats`` and ``resume route``; None: not ours."""
@@ -414,11 +428,13 @@ class Mta:
             url.host if url else domain, url.port if url else None, profile.proto,
             str(action.relay["auth"]) if action.relay.get("auth") else None))
         sem = self.route_slots.setdefault(route, asyncio.Semaphore(limits.MTA_MAX_CONN_PER_ROUTE))
+        # signed once per route, before any connection: klondike's refusal defers
+        head = await self.dkim.field(action, fd, msgid_of(envs[0].evpid))
         last = "451 4.4.1 No host could be reached"
         async with self.slots, sem:
             for target in targets[:limits.MTA_MAX_HOSTS]:
                 try:
-                    return await self._on_host(target, profile, envs, fd)
+                    return await self._on_host(target, profile, envs, fd, head)
                 except HostFailed as exc:
                     last = exc.text
                     self.show.failed(profile.src, target.ip, target.name, exc.text)
@@ -429,7 +445,7 @@ class Mta:
                         clear = dataclasses.replace(profile, starttls="never", verify=False,
                                                     ca=None)
                         try:
-                            return await self._on_host(target, clear, envs, fd)
+                            return await self._on_host(target, clear, envs, fd, head)
                         except HostFailed as exc2:
                             last = exc2.text
         res = _all(envs, "tempfail", last if last[:1] == "4" else _as_temp(last)).results
@@ -565,15 +581,15 @@ class Mta:
     # -- one host -----------------------------------------------------------------
 
     async def _on_host(self, target: Target, profile: Profile, envs: list[Envelope],
-                       fd: int) -> list[m.DeliveryResult]:
+                       fd: int, head: bytes = b"") -> list[m.DeliveryResult]:
         conn = self._take_idle(profile.key(target))
         if conn is not None:
             try:
-                return await self._transaction(conn, envs, fd)
+                return await self._transaction(conn, envs, fd, head)
             except HostFailed:
                 pass  # the idle connection went stale: a fresh one
         conn = await self._connect(target, profile)
-        return await self._transaction(conn, envs, fd)
+        return await self._transaction(conn, envs, fd, head)
 
     def _take_idle(self, key: tuple[Any, ...]) -> Conn | None:
         pool = self.idle.get(key)
@@ -724,7 +740,8 @@ class Mta:
                 raise HostFailed(f"421 4.4.2 Connection closed by {conn.relay}")
 
     async def _transaction(self, conn: Conn, envs: list[Envelope],
-                           fd: int) -> list[m.DeliveryResult]:
+                           fd: int, head: bytes = b"") -> list[m.DeliveryResult]:
+        """One transaction; ``head`` (a DKIM-Signature field, CRLF) goes before the file."""
         first = envs[0]
         relay = self._relay_of(first)
         sender = str(relay.get("mail_from") or first.sender)
@@ -750,7 +767,7 @@ class Mta:
         tx = _TxReports(conn, msgid)
         try:
             conn.client.start_transaction(
-                sender, rcpts, size, body_8bit, smtputf8,
+                sender, rcpts, size + len(head), body_8bit, smtputf8,
                 dsn_ret="FULL" if ret == "FULL" else ("HDRS" if ret == "HDRS" else None),
                 envid=first.dsn_envid or None)
         except sc.LocalProtocolError as exc:
@@ -773,6 +790,8 @@ class Mta:
                     log.event("mta", "message-out", session=conn.id, relay=conn.relay,
                               msgid=msgid, size=size,
                               method="bdat" if conn.client.chunking else "data")
+                    if head:
+                        conn.client.send_body(head)
                     offset = 0
                     while offset < size:
                         chunk = os.pread(fd, min(_BODY_CHUNK, size - offset), offset)
