@@ -70,3 +70,28 @@ def test_pipelined_raw_session_and_refusals(daemon: Daemon) -> None:
                          b"250 2.1.0", b"250 2.1.5", b"554 5.6.0", b"503 5.5.1", b"221 2.0.0"], out
     (data,) = delivered(daemon, "carol")
     assert data.endswith(msg.replace(b"\r\n", b"\n"))
+
+
+def test_bdat_content_goes_through_the_data_line_filter() -> None:
+    """The filter protocol's data-line phase gets a BDAT message as lines,
+    dot-stuffed as for DATA (a line "." must not end the filter's message)."""
+    from test_e2e_filters import filter_cmd, make
+
+    d = make("", "f2")
+    cmd = filter_cmd(d, "data-upper", "f2")
+    d.config_path.write_text(f"filter f2 proc-exec {cmd}\n" + d.config_path.read_text())
+    msg = b"Subject: hello\r\n\r\nsecret body\r\n.\r\n.dot line\r\nlast\r\n"
+    with d, socket.create_connection(("127.0.0.1", d.port), timeout=20) as s:
+        f = s.makefile("rb")
+        script = (b"EHLO client.example\r\nMAIL FROM:<ok@x.example>\r\nRCPT TO:<bob@localhost>\r\n"
+                  + b"BDAT 25\r\n" + msg[:25] + b"BDAT %d LAST\r\n" % (len(msg) - 25) + msg[25:]
+                  + b"QUIT\r\n")
+        f.readline()
+        s.sendall(script)
+        out = f.read()
+        assert out.count(b"\r\n250 2.0.0 ") == 2 and b"221 2.0.0" in out, out
+        got = wait_for(lambda: list((d.mail / "bob" / "new").glob("*"))
+                       if (d.mail / "bob" / "new").is_dir() else [])
+        assert isinstance(got, list)
+        data = got[0].read_bytes()
+    assert data.endswith(b"\nSUBJECT: HELLO\n\nSECRET BODY\n.\n.DOT LINE\nLAST\n"), data
