@@ -58,11 +58,55 @@ def check(opts: common.Options) -> Config:
                                   pki.where.line)
     _check_keys(config)
     _check_dkim_keys(config)
+    _check_queue_key(config)
     check_delegation(config)
     for lst in config.listeners:
         if lst.address != "socket":
             resolve_listener(lst)
     return config
+
+
+def _check_queue_key(config: Config) -> None:
+    """``queue encryption KEY``: the key must be usable (the message never
+    repeats the key: it is a secret)."""
+    from mailrider.crypto import libcrypto
+    from mailrider.queue.codec import parse_key
+
+    if not config.queue_encryption:
+        return
+    where = config.option_where.get("queue encryption")
+    file, line = (where.file, where.line) if where is not None else (config.file, 0)
+    if not libcrypto.available():
+        raise ConfigError("queue encryption needs OpenSSL's libcrypto: "
+                          + libcrypto.unavailable_reason(), file, line)
+    if config.queue_key is not None:
+        try:
+            parse_key(config.queue_key)
+        except ValueError as exc:
+            raise ConfigError(f"queue encryption: {exc}", file, line) from None
+
+
+def read_queue_key(config: Config) -> None:
+    """``queue encryption`` without a key in the file: read it now, before
+    detaching, as OpenSMTPD does (a prompt on a terminal, else one line of
+    stdin). Raises ConfigError for a missing or unusable key."""
+    from mailrider.queue.codec import parse_key
+
+    if not config.queue_encryption or config.queue_key is not None:
+        return
+    if sys.stdin is None:
+        raise ConfigError("queue encryption: no key in the configuration and no stdin")
+    if sys.stdin.isatty():
+        import getpass
+
+        key = getpass.getpass("queue key: ")
+    else:
+        key = sys.stdin.readline(256).rstrip("\r\n")
+    try:
+        parse_key(key)
+    except ValueError as exc:
+        raise ConfigError(f"queue encryption: {exc}") from None
+    config.queue_key = key
 
 
 #: what key delegation needs, for the messages of -n (docs/ports.md §4)
@@ -220,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     log.setup("parent", foreground=opts.foreground, verbose=opts.verbose > 0)
     try:
         config = check(opts)  # what -n refuses never gets as far as a child
+        read_queue_key(config)
         if _running(opts.statedir):
             print(f"mailriderd: already running (control socket in {opts.statedir})",
                   file=sys.stderr)

@@ -235,6 +235,11 @@ class Config:
     mda_wrappers: dict[str, str] = field(default_factory=dict)
     #: mda limit keyword -> value (max-session, max-session-per-user, task-*)
     mda_limits: dict[str, int] = field(default_factory=dict)
+    #: ``scheduler limit`` keyword -> value (max-inflight, max-schedule,
+    #: max-evp-batch-size, max-msg-batch-size; docs/queue.md §9)
+    scheduler_limits: dict[str, int] = field(default_factory=dict)
+    #: ``mta limit [for domain D] ...``: domain ("" for the default) -> keyword -> value
+    mta_limits: dict[str, dict[str, int]] = field(default_factory=dict)
     #: srs secrets (never logged) and ttl in seconds
     srs_key: str | None = field(default=None, repr=False)
     srs_backup_key: str | None = field(default=None, repr=False)

@@ -142,6 +142,13 @@ SCHEDULER_LIMITS = frozenset(
     {"max-inflight", "max-evp-batch-size", "max-msg-batch-size", "max-schedule"}
 )
 _MTA_LIMIT_RE = re.compile(r"[a-z][a-z-]*\Z")
+#: OpenSMTPD 7.8's mta limit keywords (limit.c); docs/config.md §15 says which act
+MTA_LIMITS = frozenset(
+    {f"max-conn-per-{k}" for k in ("host", "route", "source", "connector", "relay", "domain")}
+    | {f"conn-delay-{k}" for k in ("host", "route", "source", "connector", "relay", "domain")}
+    | {"reconn-delay-route", "session-mail-max", "session-transaction-delay",
+       "session-keepalive", "max-failures-per-session", "task-hiwat", "task-lowat",
+       "task-release"})
 
 _DURATION_RE = re.compile(r"(\d+)([smhd]?)\Z")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -1141,14 +1148,23 @@ class _Parser:
             self.config.mta_port = port
         elif self._is_kw(opt, "limit"):
             words: list[str] = []
+            domain = ""
             if self._accept("for"):
                 self._expect("domain")
-                words += ["for", "domain", self._value().value]
+                domain = self._value().value.lower()
+                words += ["for", "domain", domain]
+            found: dict[str, int] = {}
             family = self._accept("inet4", "inet6")
             if family is not None:
                 words.append(family.value)
-            for key, value in self._limits(None, "mta").items():
-                words += [key, str(value)]
+                found["family"] = 4 if family.value == "inet4" else 6
+            if family is None or not self._at_end():
+                for key, value in self._limits(None, "mta").items():
+                    if key not in MTA_LIMITS:
+                        raise self._err(f"invalid mta limit keyword: {key}")
+                    words += [key, str(value)]
+                    found[key] = value
+            self.config.mta_limits.setdefault(domain, {}).update(found)
             self.config.other.append(("mta limit", words, self._where))
         else:
             raise self._unexpected(opt)
@@ -1231,8 +1247,12 @@ class _Parser:
     def _st_scheduler(self, kw: Token) -> None:
         self._expect("limit")
         words: list[str] = []
-        for key, value in self._limits(SCHEDULER_LIMITS, "scheduler").items():
+        found = self._limits(SCHEDULER_LIMITS, "scheduler")
+        for key, value in found.items():
+            if value < 1:
+                raise self._err(f"scheduler limit {key} must be at least 1")
             words += [key, str(value)]
+        self.config.scheduler_limits.update(found)
         self._end()
         self.config.other.append(("scheduler limit", words, self._where))
         self._set("scheduler limit")

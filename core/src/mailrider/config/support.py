@@ -23,11 +23,6 @@ from mailrider.errors import ConfigError
 
 #: feature (as written in the configuration) -> what it is
 UNSUPPORTED: dict[str, str] = {
-    "proxy-v2": "PROXY protocol v2 on a listener",
-    "queue compression": "compressed queue files",
-    "queue encryption": "encrypted queue files",
-    "mta limit": "relay connection limits",
-    "scheduler limit": "scheduler batch limits",
 }
 
 #: global options, by their key in ``Config.option_where``, that belong to

@@ -204,6 +204,16 @@ class ForwardOpen:
 
 @register
 @dataclass(frozen=True, slots=True)
+class QueueKey:
+    """parent -> queue, once at start with ``queue encryption``: the key of
+    the queue files (docs/queue.md §8), read by the parent from the
+    configuration or stdin; no other process keeps it."""
+
+    key: str = field(repr=False)
+
+
+@register
+@dataclass(frozen=True, slots=True)
 class GrantKey:
     """parent -> lka, once at start: the key that seals delivery grants
     (:mod:`mailrider.delivery.grant`), in hex."""

@@ -51,7 +51,7 @@ ACCEPTS: dict[tuple[str, str], frozenset[str]] = {
     }),
     ("queue", "scheduler"): frozenset({"SchedDue"}),
     ("queue", "lka"): frozenset({"RcptResult"}),
-    ("queue", "parent"): frozenset({"DeliveryResult"}),
+    ("queue", "parent"): frozenset({"DeliveryResult", "QueueKey"}),
     ("queue", "control"): frozenset({"Control"}),
     ("scheduler", "queue"): frozenset({"SchedInsert", "SchedResult"}),
     ("scheduler", "control"): frozenset({"Control"}),
