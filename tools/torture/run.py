@@ -65,7 +65,7 @@ def part_smuggling(deadline: float, long: bool) -> list[tu.Tally]:
         rounds = 1000 if long else 200
         out = [tu.check_smuggling(d, d.state / "maildir", rounds,
                                   deadline - (deadline - time.monotonic()) / 3)]
-        out.append(tu.check_bdat(d))
+        out.append(tu.check_bdat(d, d.state / "maildir"))
         rest = max(deadline - time.monotonic(), 5)
         out.append(tu.check_pregreet(d, 50, time.monotonic() + rest / 2))
         out.append(tu.check_pipelined_after_refused_data(d, 50, deadline))

@@ -263,6 +263,10 @@ MDA_WORKER_IDLE = 10.0
 AUTH_WORKERS = 2
 AUTH_PENDING_MAX = 32
 
+# RFC 3030: the largest BDAT chunk the SMTP client sends; smaller messages
+# leave as one "BDAT n LAST", bigger ones in chunks of this size.
+BDAT_CHUNK_SIZE = 1024 * 1024
+
 # The metrics endpoint (metrics.py, docs/metrics.md): served by control on
 # the loopback only, one short HTTP/1.1 request per connection.
 #: the request line and headers, at most (a scraper sends a few hundred bytes)

@@ -27,9 +27,9 @@ def test_smuggling_variants_split_anywhere(daemon: Daemon) -> None:
     assert t.failures == 0, t.notes
 
 
-def test_bdat_not_offered(daemon: Daemon) -> None:
-    t = tu.check_bdat(daemon)
-    assert t.attempts == 3 and t.failures == 0, t.notes
+def test_smuggling_variants_inside_bdat(daemon: Daemon) -> None:
+    t = tu.check_bdat(daemon, daemon.state / "maildir")
+    assert t.attempts == len(tu.SMUGGLING_VARIANTS) + 3 and t.failures == 0, t.notes
 
 
 def test_early_talker_refused(daemon: Daemon) -> None:

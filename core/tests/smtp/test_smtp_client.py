@@ -904,7 +904,7 @@ class Pair:
 
 
 def test_pair_full_pipelined_transaction() -> None:
-    p = Pair()
+    p = Pair(scfg=ServerConfig(hostname="mx.example.org", chunking=False))  # DATA
     assert isinstance(p.cevents[-1], Ready) and "PIPELINING" in p.cevents[-1].extensions
     p.send(b"Subject: t\n\nhello\n", ("bob@example.org", "nobody@example.org", "c@example.org"))
     # the whole envelope went in one write
@@ -937,9 +937,11 @@ def test_pair_full_pipelined_transaction() -> None:
         b"",
     ],
 )
-def test_pair_tricky_bodies_round_trip(body: bytes) -> None:
-    p = Pair()
+@pytest.mark.parametrize("chunking", [False, True])
+def test_pair_tricky_bodies_round_trip(body: bytes, chunking: bool) -> None:
+    p = Pair(scfg=ServerConfig(hostname="mx.example.org", chunking=chunking))
     p.send(body)
+    assert (b"BDAT " in p.c2s) is chunking
     res = p.cevents[-1]
     assert isinstance(res, TransactionResult) and res.reply.code == 250
     assert p.message() == normalise(body).replace(b"\r\n", b"\n")

@@ -51,6 +51,7 @@ def test_ehlo_lists_extensions() -> None:
         "250-8BITMIME",
         "250-ENHANCEDSTATUSCODES",
         "250-SMTPUTF8",
+        "250-CHUNKING",
         "250 DSN",
     ]
     assert d.srv.state is State.GREETED
@@ -59,7 +60,7 @@ def test_ehlo_lists_extensions() -> None:
 
 def test_ehlo_respects_disabled_extensions() -> None:
     d = run(HELLO, cfg(pipelining=False, dsn=False, smtputf8=False, eightbitmime=False,
-                       max_message_size=0, starttls=True))
+                       max_message_size=0, starttls=True, chunking=False))
     assert d.replies[1:] == ["250-SIZE", "250-ENHANCEDSTATUSCODES", "250 STARTTLS"]
 
 
@@ -163,7 +164,7 @@ def test_size_too_big_refused_without_event() -> None:
         (b"FOO\r\n", "500 5.5.1 Command unrecognized"),
         (b"\r\n", "500 5.5.1 Command unrecognized"),
         (b"LHLO x\r\n", "500 5.5.1 Command unrecognized"),
-        (b"BDAT 10 LAST\r\n", "502 5.5.1 Command not implemented"),
+        (b"BDAT 10 LAST\r\n", "503 5.5.1 Send EHLO first"),
         (b"AUTH PLAIN\r\n", "502 5.5.1 Command not implemented"),
         (b"STARTTLS\r\n", "502 5.5.1 Command not implemented"),
         (HELLO + b"MAIL TO:<a@b.example>\r\n", "501 5.5.4 Syntax: MAIL FROM:<address>"),

@@ -856,6 +856,10 @@ class Mta:
                     tx.rcpt(ev.rcpt, _status(ev.reply), by_rcpt.get(ev.rcpt, []))
                 elif isinstance(ev, sc.DataReady):
                     tx.data("ok")
+                    # BDAT (RFC 3030) when the peer offers CHUNKING: smtp/client.py
+                    log.event("mta", "message-out", session=conn.id, relay=conn.relay,
+                              msgid=msgid, size=size,
+                              method="bdat" if conn.client.chunking else "data")
                     if head:
                         conn.client.send_body(head)
                     offset = 0

@@ -934,7 +934,8 @@ class Session(asyncio.Protocol):
             self._reset_tx()
             return
         log.event("smtp", "message", session=self.id, msgid=msgid, size=self.size,
-                  nrcpt=len(self.rcpts), proto=self.srv.with_protocol)
+                  nrcpt=len(self.rcpts), proto=self.srv.with_protocol,
+                  bdat="yes" if self.srv.chunked else None)
         if self.filtered:
             self._report("tx-commit", [self.txid, str(self.size)])
             self._report("tx-reset", [self.txid])

@@ -25,6 +25,11 @@ Invariants:
   in CRLF (LF, CR and CRLF in the input are all line ends), every line
   starting with "." is dot-stuffed, and the only CRLF "." CRLF is the
   terminator, so a mailrider relay can never carry a smuggled message.
+* Towards a server offering CHUNKING and PIPELINING (RFC 3030, 2920) the
+  message leaves in BDAT chunks of at most ``chunk_size`` octets, the
+  last one with LAST, instead of DATA: the same line-end normalisation,
+  no dot-stuffing, no terminator.  A failed chunk fails the transaction
+  (its reply is the result), whatever the LAST chunk is answered.
 * Sender, recipients and parameters never contain CR, LF or another control
   character (:class:`LocalProtocolError`), so a command cannot be injected.
 * The password never appears in an event, a reply or a repr.
@@ -104,8 +109,12 @@ class ClientConfig:
     implicit_tls_verified: bool = False  # ... and its peer certificate verified
     reply_line_max: int = limits.SMTP_REPLY_LINE_MAX
     reply_lines_max: int = limits.SMTP_REPLY_LINES_MAX
+    want_chunking: bool = True  # BDAT when the server offers CHUNKING and PIPELINING
+    chunk_size: int = limits.BDAT_CHUNK_SIZE
 
     def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ValueError(f"bad chunk_size {self.chunk_size!r}")
         if not self.helo_name or not _TOKEN_RE.fullmatch(self.helo_name):
             raise ValueError(f"bad helo name {self.helo_name!r}")
         if self.want_starttls not in ("never", "opportunistic", "require"):
@@ -167,7 +176,8 @@ class RcptResult:
 
 @dataclass(frozen=True, slots=True)
 class DataReady:
-    """354: send the message with send_body() and end_body()."""
+    """354 (or, with BDAT, every recipient answered): send the message with
+    send_body() and end_body()."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,10 +231,12 @@ class BodyEncoder:
     CRLF, lone LF and lone CR each end a line and leave as CRLF; a line
     starting with "." gets a second one.  :meth:`end` closes the last line
     if needed and adds the terminator "." CRLF.  Chunks may be split
-    anywhere, even inside a CRLF pair.
+    anywhere, even inside a CRLF pair.  With ``stuff=False`` (BDAT, RFC
+    3030) only the line ends are made CRLF: no dot-stuffing, no terminator.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stuff: bool = True) -> None:
+        self._stuff = stuff
         self._bol = True  # the output so far ends a line (or is empty)
         self._cr = False  # a CR was held back: it may be the start of CRLF
         self._ended = False
@@ -240,9 +252,10 @@ class BodyEncoder:
         if not chunk:
             return b""
         data = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-        if self._bol and data.startswith(b"."):
-            data = b"." + data
-        data = data.replace(b"\r\n.", b"\r\n..")
+        if self._stuff:
+            if self._bol and data.startswith(b"."):
+                data = b"." + data
+            data = data.replace(b"\r\n.", b"\r\n..")
         self._bol = data.endswith(b"\r\n")
         return data
 
@@ -256,7 +269,7 @@ class BodyEncoder:
         elif not self._bol:
             out = b"\r\n"
         self._ended = True
-        return out + b".\r\n"
+        return out + b".\r\n" if self._stuff else out
 
 
 # ------------------------------------------------------------------- states
@@ -298,6 +311,7 @@ class _K(enum.Enum):
     RCPT = "rcpt"
     DATA = "data"
     DATA_END = "data-end"
+    CHUNK = "chunk"  # a BDAT chunk that is not the last
     IGNORE = "ignore"  # RSET, and the end of a message nobody should get
     QUIT = "quit"
 
@@ -312,6 +326,7 @@ _STAGE: Final[dict[_K, Stage]] = {
     _K.RCPT: "rcpt",
     _K.DATA: "data",
     _K.DATA_END: "message",
+    _K.CHUNK: "message",
     _K.IGNORE: "rset",
     _K.QUIT: "quit",
 }
@@ -368,8 +383,16 @@ class SMTPClient:
         self._dsn = False
         self._due: deque[str] = deque()  # LMTP: recipients owed a final reply
         self._body: BodyEncoder | None = None
+        self._chunking = False  # this transaction sends BDAT (RFC 3030)
+        self._chunk = bytearray()  # encoded octets not yet sent in a BDAT
+        self._chunk_error: Reply | None = None  # the first failed chunk's reply
 
     # ------------------------------------------------------------------ API
+
+    @property
+    def chunking(self) -> bool:
+        """The current (or last) transaction sends BDAT chunks, not DATA."""
+        return self._chunking
 
     @property
     def state(self) -> ClientState:
@@ -496,6 +519,10 @@ class SMTPClient:
         self._mail_reply = None
         self._last_rcpt_reply = None
         self._pipelined = "PIPELINING" in ext
+        # RFC 3030 4.2: chunks go back to back, so only with PIPELINING.
+        self._chunking = (self._config.want_chunking and not self._config.lmtp
+                          and self._pipelined and "CHUNKING" in ext)
+        self._chunk_error = None
         self._enter(ClientState.TRANSACTION)
         self._command(mail, _K.MAIL)
         if self._pipelined:
@@ -503,19 +530,34 @@ class SMTPClient:
             for line in self._rcpt_lines:
                 self._command(line, _K.RCPT)
             self._rcpt_next = len(self._rcpt_lines)
-            self._command("DATA", _K.DATA)
+            if not self._chunking:
+                self._command("DATA", _K.DATA)
 
     def send_body(self, chunk: bytes) -> None:
         """Queue message bytes (LF line ends are fine; dot-stuffing is done here)."""
         self._check("send_body")
         assert self._body is not None
-        self._out += self._body.feed(chunk)
+        data = self._body.feed(chunk)
+        if not self._chunking:
+            self._out += data
+            return
+        self._chunk += data
+        size = self._config.chunk_size
+        while len(self._chunk) >= size:
+            self._out += b"BDAT %d\r\n" % size + self._chunk[:size]
+            del self._chunk[:size]
+            self._expect.append(_K.CHUNK)
 
     def end_body(self) -> None:
         """End the message with CRLF "." CRLF and await the final reply(ies)."""
         self._check("end_body")
         assert self._body is not None
-        self._out += self._body.end()
+        if self._chunking:
+            self._chunk += self._body.end()
+            self._out += b"BDAT %d LAST\r\n" % len(self._chunk) + self._chunk
+            self._chunk.clear()
+        else:
+            self._out += self._body.end()
         self._body = None
         self._due = deque(self._accepted if self._config.lmtp else [""])
         for _ in self._due:
@@ -541,7 +583,8 @@ class SMTPClient:
     def _enter(self, state: ClientState) -> None:
         """The one place where the session state changes."""
         if state is ClientState.BODY:
-            self._body = BodyEncoder()
+            self._body = BodyEncoder(stuff=not self._chunking)
+            self._chunk.clear()
         elif state is ClientState.READY:
             self._body = None
             self._due.clear()
@@ -777,6 +820,8 @@ class SMTPClient:
             self._accepted.append(rcpt)
         self._events.append(RcptResult(rcpt, reply))
         if self._pipelined:
+            if self._chunking and self._rcpt_answered == len(self._rcpts):
+                self._rcpts_done()
             return
         if self._rcpt_next < len(self._rcpt_lines):
             self._send_next_rcpt()
@@ -806,6 +851,23 @@ class SMTPClient:
         else:
             self._transaction_failed(reply, "data", open_=True)
 
+    def _rcpts_done(self) -> None:
+        """BDAT: every recipient is answered; the message may go (no 354)."""
+        mail = self._mail_reply
+        if mail is None or mail.code != 250:
+            assert mail is not None
+            self._transaction_failed(mail, "mail", open_=False)
+        elif not self._accepted:
+            assert self._last_rcpt_reply is not None
+            self._transaction_failed(self._last_rcpt_reply, "rcpt", open_=True)
+        else:
+            self._enter(ClientState.BODY)
+            self._events.append(DataReady())
+
+    def _on_chunk(self, reply: Reply) -> None:
+        if reply.code != 250 and self._chunk_error is None:
+            self._chunk_error = reply
+
     def _transaction_failed(self, reply: Reply, stage: Stage, *, open_: bool) -> None:
         if open_:
             self._command("RSET", _K.IGNORE)
@@ -815,6 +877,12 @@ class SMTPClient:
     def _on_data_end(self, reply: Reply) -> None:
         rcpt = self._due.popleft() if self._due else ""
         lmtp = self._config.lmtp
+        failed, self._chunk_error = self._chunk_error, None
+        if failed is not None:
+            # RFC 3030 2: a failed chunk failed the transaction; the LAST
+            # chunk's answer (often 503) says less.  RSET to be sure it is over.
+            reply = failed
+            self._command("RSET", _K.IGNORE)
         self._events.append(TransactionResult(reply, rcpt if lmtp else None, self._dsn))
         if not self._due:
             self._enter(ClientState.READY)
@@ -836,6 +904,7 @@ _HANDLERS: Final[dict[_K, Callable[[SMTPClient, Reply], None]]] = {
     _K.RCPT: SMTPClient._on_rcpt,
     _K.DATA: SMTPClient._on_data,
     _K.DATA_END: SMTPClient._on_data_end,
+    _K.CHUNK: SMTPClient._on_chunk,
     _K.IGNORE: SMTPClient._on_ignore,
     _K.QUIT: SMTPClient._on_quit,
 }

@@ -56,7 +56,12 @@ class RcptTo:
 
 @dataclass(frozen=True, slots=True)
 class DataStart:
-    """DATA with at least one accepted recipient. Needs an answer (354 on accept)."""
+    """DATA, or the first BDAT (RFC 3030), with at least one accepted
+    recipient. Needs an answer: accept() sends 354 for DATA and nothing for
+    BDAT (``chunked``), whose octets are then read; refusing a BDAT also
+    ends the transaction (a :class:`Reset` follows)."""
+
+    chunked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +73,9 @@ class DataChunk:
 
 @dataclass(frozen=True, slots=True)
 class DataEnd:
-    """The end of the message (CRLF.CRLF). Needs an answer.
+    """The end of the message (CRLF.CRLF, or the BDAT LAST chunk read). Needs
+    an answer.  A BDAT chunk that makes the message bad ends it at once, with
+    ``error`` set, so a failed BDAT transaction needs no LAST chunk.
 
     ``size`` counts the bytes delivered in :class:`DataChunk` events;
     ``received_count`` the ``Received:`` fields in the header section;

@@ -26,6 +26,13 @@ Invariants:
   TLS.  Lines of the exchange (state ``AUTH``) are SASL responses, never
   commands, bounded by ``auth_line_max``; credentials leave the machine
   only in :class:`events.Auth`, and no reply echoes a response line.
+* CHUNKING (RFC 3030): ``BDAT <size> [LAST]`` is followed by exactly
+  ``size`` octets, read by count (no dot-stuffing, no end-of-data scan) and
+  streamed like DATA content through the same checks, so one policy holds
+  for both: bare CR or LF, NUL, over-long lines and the size limit refuse
+  the message.  A chunk the session will not take (no transaction, a
+  refused first chunk, a failed transaction) is still read to its end and
+  thrown away, never parsed as commands and never buffered whole.
 """
 
 from __future__ import annotations
@@ -83,6 +90,7 @@ class ServerConfig:
     tls_required: bool = False  # MAIL refused until TLS is on
     auth_max_failures: int = limits.AUTH_MAX_FAILURES  # then 421; 0: no limit
     auth_line_max: int = limits.AUTH_LINE_MAX  # incl. CRLF
+    chunking: bool = True  # CHUNKING / BDAT (RFC 3030); never offered over LMTP
 
 
 class State(enum.Enum):
@@ -93,6 +101,8 @@ class State(enum.Enum):
     MAIL = "mail"  # MAIL accepted, no recipient yet
     RCPT = "rcpt"  # at least one recipient accepted
     DATA = "data"  # reading the message
+    BDAT = "bdat"  # reading the octets of a BDAT chunk
+    CHUNKED = "chunked"  # between the BDAT chunks of one message
     TLS = "tls"  # 220 sent for STARTTLS; waiting for the handshake
     AUTH = "auth"  # 334 sent; the next line is a SASL response
     CLOSED = "closed"
@@ -103,6 +113,7 @@ class _Await(enum.Enum):
     MAIL = "mail"
     RCPT = "rcpt"
     DATA = "data"
+    BDAT = "bdat"  # the first BDAT of a transaction (DataStart)
     DATA_END = "data-end"
     STARTTLS = "starttls"
     AUTH = "auth"
@@ -125,6 +136,8 @@ _LEGAL: Final[dict[State, frozenset[str]]] = {
     State.MAIL: _ANYTIME | {"RCPT", "DATA"},
     State.RCPT: _ANYTIME | {"RCPT", "DATA"},
     State.DATA: frozenset(),
+    State.BDAT: frozenset(),
+    State.CHUNKED: _ANYTIME,  # BDAT itself is dispatched before this table
     State.TLS: frozenset(),
     State.AUTH: frozenset(),  # lines are SASL responses (see _sasl_line)
     State.CLOSED: frozenset(),
@@ -137,9 +150,9 @@ _SEQUENCE: Final[dict[str, str]] = {
     "STARTTLS": "Send EHLO first",
     "AUTH": "Send EHLO first",
 }
-# Known verbs we do not offer (RFC 5321 4.2.4: 502).  BDAT belongs here
-# until CHUNKING exists; AUTH and STARTTLS are 502 when not configured.
-_UNIMPLEMENTED: Final = frozenset({"BDAT", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML"})
+# Known verbs we do not offer (RFC 5321 4.2.4: 502).  AUTH, STARTTLS and
+# BDAT are 502 when not configured.
+_UNIMPLEMENTED: Final = frozenset({"ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML"})
 _ANSWERABLE: Final = (
     events.Hello,
     events.MailFrom,
@@ -168,6 +181,8 @@ _R_TOO_BIG_DATA: Final = Reply(552, "5.3.4", "Message size exceeds fixed limit")
 _R_NUL_DATA: Final = Reply(554, "5.6.0", "NUL byte in message")
 _R_BARE_DATA: Final = Reply(554, "5.6.0", "Message contains bare CR or LF")
 _R_LONG_DATA: Final = Reply(554, "5.6.0", "Line too long")
+# RFC 3030 2: "BDAT" SP chunk-size [ SP end-marker ]; 20 digits bound int().
+_BDAT_RE: Final = re.compile(r"([0-9]{1,20})(?: (LAST))?", re.IGNORECASE)
 # RFC 4954 4 and 6.
 _MECHANISMS: Final = ("PLAIN", "LOGIN")
 _R_AUTH_SYNTAX: Final = Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
@@ -270,6 +285,13 @@ class SMTPServer:
         self._hdr_carry = b"\n"
         self._received = 0
         self._due = 0
+        # BDAT (RFC 3030)
+        self._chunk_left = 0  # octets of the current chunk still to read
+        self._chunk_size = 0
+        self._chunk_last = False
+        self._cr = False  # a chunk's content ended in CR: held till we see what follows
+        self._skip = 0  # octets of a refused chunk still to read and drop
+        self._chunked = False  # the current (or last) message came in BDAT chunks
         # AUTH (RFC 4954)
         self._auth_user: str | None = None
         self._auth_failures = 0
@@ -298,6 +320,11 @@ class SMTPServer:
     def buffered(self) -> int:
         """Bytes received and not yet parsed (held while an answer is awaited)."""
         return len(self._buf)
+
+    @property
+    def chunked(self) -> bool:
+        """The current (or last) message came in BDAT chunks, not DATA."""
+        return self._chunked
 
     @property
     def tls(self) -> bool:
@@ -397,7 +424,13 @@ class SMTPServer:
             self._enter(State.RCPT)
         elif pending is _Await.DATA:
             self._send(Reply(354, "", text or 'Enter mail, end with "." on a line by itself'))
+            self._chunked = False
             self._enter(State.DATA)
+        elif pending is _Await.BDAT:
+            # No reply: the chunk's octets follow at once (RFC 3030 2).
+            self._new_message()
+            self._chunked = True
+            self._enter(State.BDAT)
         elif pending is _Await.DATA_END:
             if self._derror is not None:
                 self._pending = pending
@@ -444,6 +477,13 @@ class SMTPServer:
             self._data_answered()
         elif pending is _Await.DATA:
             self._refused_data()
+        elif pending is _Await.BDAT:
+            # The transaction has failed (RFC 3030 2): drop this chunk, and
+            # refuse every chunk pipelined after it, never glue them into a
+            # message that lacks its start.
+            self._skip = self._chunk_left
+            self._events.append(events.Reset())
+            self._enter(State.GREETED)
         if reply.code == 421:
             self._close(None)
 
@@ -500,6 +540,9 @@ class SMTPServer:
         ext.append("ENHANCEDSTATUSCODES")  # RFC 2034
         if cfg.smtputf8:
             ext.append("SMTPUTF8")  # RFC 6531
+        if self._chunking:
+            # RFC 3030; before DSN so STARTTLS/AUTH/DSN keep closing the list
+            ext.append("CHUNKING")
         if cfg.dsn:
             ext.append("DSN")  # RFC 3461
         if cfg.starttls and not self._tls:
@@ -508,6 +551,10 @@ class SMTPServer:
             # RFC 4954 4 / RFC 4616 9: plaintext mechanisms only under TLS.
             ext.append("AUTH " + " ".join(_MECHANISMS))
         return tuple(ext)
+
+    @property
+    def _chunking(self) -> bool:
+        return self._config.chunking and not self._config.lmtp
 
     def _enter(self, state: State) -> None:
         """The one place where the session state changes."""
@@ -522,16 +569,21 @@ class SMTPServer:
             self._helo = None
             self._esmtp = False
         elif state is State.DATA:
-            self._bol = True
-            self._dsize = 0
-            self._line_len = 0
-            self._derror = None
-            self._faults = 0
-            self._seen = 0
-            self._in_header = True
-            self._hdr_carry = b"\n"
-            self._received = 0
+            self._new_message()
         self._state = state
+
+    def _new_message(self) -> None:
+        """Forget the previous message's content checks."""
+        self._bol = True
+        self._dsize = 0
+        self._line_len = 0
+        self._derror = None
+        self._faults = 0
+        self._seen = 0
+        self._in_header = True
+        self._hdr_carry = b"\n"
+        self._received = 0
+        self._cr = False
 
     def _send(self, reply: Reply) -> None:
         self._out += reply.to_bytes()
@@ -557,6 +609,7 @@ class SMTPServer:
         self._pending = None
         self._delivered = False
         self._buf.clear()
+        self._skip = 0
         self._enter(State.CLOSED)
         self._events.append(events.ConnectionClosed())
 
@@ -564,6 +617,10 @@ class SMTPServer:
         """Consume some input; False when more input is needed."""
         if self._state is State.DATA:
             return self._step_data()
+        if self._state is State.BDAT:
+            return self._step_chunk()
+        if self._skip:
+            return self._step_skip()
         return self._step_command()
 
     # ------------------------------------------------------- command lines
@@ -637,6 +694,13 @@ class SMTPServer:
         ):
             self._error(_R_NOT_IMPL)
             return
+        if verb == "BDAT":
+            # Before the sequence check: even a refused chunk must be read.
+            if self._chunking:
+                self._cmd_bdat(arg)
+            else:
+                self._error(_R_NOT_IMPL)
+            return
         handler = _HANDLERS.get(verb)
         # RFC 2033 4.1: an LMTP server knows LHLO, not HELO/EHLO; and vice versa.
         if handler is None or (verb in _GREETINGS and (verb == "LHLO") != cfg.lmtp):
@@ -651,7 +715,12 @@ class SMTPServer:
             elif verb == "AUTH" and self._state is not State.INIT:
                 # RFC 4954 4: AUTH within a mail transaction gets 503.
                 why = "AUTH not allowed in a transaction"
+            elif self._state is State.CHUNKED:
+                # RFC 3030 2: one transaction uses DATA or BDAT, never both.
+                why = "DATA not allowed after BDAT" if verb == "DATA" else "BDAT or RSET expected"
             self._error(Reply(503, "5.5.1", why))
+            if verb == "DATA" and self._state is State.CHUNKED:
+                self._refused_data()
             return
         if verb in _IDLE:
             self._wasted += 1
@@ -672,7 +741,7 @@ class SMTPServer:
         ):
             self._error(Reply(501, "5.5.4", f"Syntax: {verb} hostname"))
             return
-        if self._state in (State.MAIL, State.RCPT):
+        if self._state in (State.MAIL, State.RCPT, State.CHUNKED):
             # RFC 5321 4.1.4: EHLO in a transaction acts as RSET first.
             self._events.append(events.Reset())
         self._enter(State.GREETED)
@@ -762,7 +831,7 @@ class SMTPServer:
             self._error(Reply(501, "5.5.4", "Syntax: RSET"))
             return
         self._send(_R_RESET)
-        if self._state in (State.MAIL, State.RCPT):
+        if self._state in (State.MAIL, State.RCPT, State.CHUNKED):
             self._events.append(events.Reset())
             self._enter(State.GREETED)
 
@@ -779,6 +848,8 @@ class SMTPServer:
     def _cmd_help(self, arg: str) -> None:
         verbs = "LHLO" if self._config.lmtp else "HELO EHLO"
         verbs += " MAIL RCPT DATA RSET NOOP QUIT HELP VRFY"
+        if self._chunking:
+            verbs += " BDAT"
         if self._config.starttls and not self._tls:
             verbs += " STARTTLS"
         if self._config.auth and self._tls:
@@ -810,6 +881,38 @@ class SMTPServer:
             self._protocol_error("commands pipelined after STARTTLS")
             return
         self._await(_Await.STARTTLS, events.StartTLS())
+
+    def _cmd_bdat(self, arg: str) -> None:
+        match = _BDAT_RE.fullmatch(arg)
+        if match is None:
+            # Without a size the chunk's end is unknown: its octets would be
+            # read as commands.  Close, as for data pipelined after a refused DATA.
+            self._protocol_error("BDAT without a valid chunk size")
+            return
+        size, last = int(match[1]), match[2] is not None
+        state = self._state
+        if state is State.RCPT:
+            self._chunk_left = self._chunk_size = size
+            self._chunk_last = last
+            self._await(_Await.BDAT, events.DataStart(chunked=True))
+            return
+        if state is State.CHUNKED:
+            self._chunk_left = self._chunk_size = size
+            self._chunk_last = last
+            self._enter(State.BDAT)
+            return
+        # RFC 3030 2: the chunk is read and discarded, then the error given.
+        if not self._esmtp:
+            reply = Reply(503, "5.5.1", "Send EHLO first")
+        elif state is State.MAIL and self._rcpt_tries:
+            reply = Reply(554, "5.5.1", "No valid recipients")
+        elif state is State.MAIL:
+            reply = Reply(503, "5.5.1", "Need RCPT command")
+        else:
+            reply = Reply(503, "5.5.1", "Need MAIL command")
+        self._error(reply)
+        if self._state is not State.CLOSED:
+            self._skip = size
 
     def _refused_data(self) -> None:
         """DATA was refused.  RFC 2920 3.1: DATA ends a pipelined group, so
@@ -985,7 +1088,61 @@ class SMTPServer:
             return True
         return False
 
-    def _content(self, raw: bytes) -> None:
+    def _step_skip(self) -> bool:
+        """Drop the octets of a refused BDAT chunk as they come."""
+        buf = self._buf
+        if not buf:
+            if self._eof:
+                self._close(None)
+                return True
+            return False
+        n = min(len(buf), self._skip)
+        del buf[:n]
+        self._skip -= n
+        return True
+
+    def _step_chunk(self) -> bool:
+        """Read the octets of an accepted BDAT chunk as they come."""
+        buf = self._buf
+        if self._chunk_left:
+            if not buf:
+                if self._eof:
+                    self._close(None)
+                    return True
+                return False
+            n = min(len(buf), self._chunk_left)
+            raw = b"\r" + bytes(buf[:n]) if self._cr else bytes(buf[:n])
+            del buf[:n]
+            self._chunk_left -= n
+            # A CR may be the first half of a CRLF split by a read or a chunk
+            # boundary: _content is never given half a pair (see there).
+            self._cr = raw.endswith(b"\r")
+            if self._cr:
+                raw = raw[:-1]
+            if raw:
+                self._content(raw, stuffed=False)
+            if self._chunk_left:
+                return True
+        if self._chunk_last:
+            tail = b"\r" if self._cr else b""
+            self._cr = False
+            if tail or not self._bol:
+                # The message ends with its last line's CRLF, as with DATA; a
+                # held CR is a bare CR (the CRLF added makes it "\r\r\n").
+                self._content(tail + b"\r\n", stuffed=False)
+        elif not self._faults:
+            self._send(Reply(250, "2.0.0", f"{self._chunk_size} octets received"))
+            self._enter(State.CHUNKED)
+            return True
+        # The LAST chunk, or a bad message: end it now, with its error if any.
+        self._derror = next((r for f, r in _FAULTS if self._faults & f), None)
+        self._due = 1
+        self._await(
+            _Await.DATA_END, events.DataEnd(self._dsize, self._received, self._derror, 1)
+        )
+        return True
+
+    def _content(self, raw: bytes, stuffed: bool = True) -> None:
         """Check, unstuff and hand on one span of message bytes.
 
         ``raw`` never ends inside a CRLF pair (a trailing CR is held back),
@@ -1002,10 +1159,12 @@ class SMTPServer:
             self._faults |= _F_BARE
         if b"\0" in raw:
             self._faults |= _F_NUL
-        # RFC 5321 4.5.2: remove the leading dot of every line.
-        data = raw[1:] if bol and raw[:1] == b"." else raw
-        if b"\r\n." in data:
-            data = data.replace(b"\r\n.", b"\r\n")
+        data = raw
+        if stuffed:
+            # RFC 5321 4.5.2: remove the leading dot of every line.
+            data = raw[1:] if bol and raw[:1] == b"." else raw
+            if b"\r\n." in data:
+                data = data.replace(b"\r\n.", b"\r\n")
         maxlen = self._config.max_line_length
         if maxlen and not self._faults & _F_LONG:
             # RFC 5321 4.5.3.1.6: 1000 octets including CRLF, after unstuffing.
