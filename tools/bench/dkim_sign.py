@@ -135,7 +135,7 @@ def run(load: smtp_accept.Load, conf: str, n: int, size: int,
     """(messages/s accept -> relayed, messages the log says were signed)."""
     d = Daemon(conf)
     d.start()
-    ok = re.compile(r"delivery result .* result=Ok")
+    ok = re.compile(r"mta delivery .* result=\"Ok\"")
     try:
         t0 = time.monotonic()
         smtp_accept.RCPT = RCPT

@@ -46,7 +46,7 @@ def run(scheduler: str, domains: list[str]) -> dict[str, SmtpPeer]:
                 assert t.data is not None and t.data[0] == 250
         for dom in domains:
             wait_for(lambda dom=dom: len(peers[dom].received) == N, 60)  # type: ignore[misc]
-        wait_for(lambda: len(re.findall(r"delivery result .*result=Ok", d.log()))
+        wait_for(lambda: len(re.findall(r"mta delivery .*result=\"Ok\"", d.log()))
                  == N * len(domains), 30)
     finally:
         d.cleanup()

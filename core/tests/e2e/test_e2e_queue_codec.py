@@ -60,7 +60,7 @@ def test_encrypted_spool_survives_kill9_and_delivers() -> None:
         d.start()
         t = smtp_send(d.port, "a@example.org", ["far@remote.test"], message("far@remote.test"))
         assert t.data is not None and t.data[0] == 250
-        wait_log(d, r"delivery result .*rcpt=far@remote.test .*result=TempFail")
+        wait_log(d, r"mta delivery .*to=<far@remote\.test> .*result=\"TempFail\"")
         # at rest: neither the body nor the recipient in clear, and files are marked
         raw = spool_bytes(d)
         assert MARKER not in raw and b"far@remote.test" not in raw
@@ -131,7 +131,7 @@ def test_wrong_key_at_restart_keeps_the_spool() -> None:
         d.start()
         t = smtp_send(d.port, "a@example.org", ["far@remote.test"], message("far@remote.test"))
         assert t.data is not None and t.data[0] == 250
-        wait_log(d, r"delivery result .*rcpt=far@remote.test .*result=TempFail")
+        wait_log(d, r"mta delivery .*to=<far@remote\.test> .*result=\"TempFail\"")
         d.stop()
         assert d.config_path is not None
         d.config_path.write_text(d.config_path.read_text().replace(KEY, "x" * 32))

@@ -608,8 +608,6 @@ class Queue(common.Process):
         return int(reply.text) if isinstance(reply, m.Ok) and reply.text.isdigit() else 0
 
 
-
-
 @dataclass(slots=True)
 class _PendingDSN:
     original: bytes
