@@ -3,6 +3,7 @@
 
     python3 tools/bench/relay_sink.py [--sessions 20] [--messages 2000] [--size 2k]
                                       [--no-postfix] [--timeout 600]
+                                      [--mta-limit N] [--scheduler-inflight N]
 
 Run as root from anywhere, with the ``mailrider`` package importable.
 Postfix's ``smtp-sink`` (which accepts and discards everything) listens on
@@ -17,6 +18,14 @@ When Postfix is installed a throwaway instance (tools/bench/postfix_peer.py)
 with ``relayhost = [127.0.0.1]:SINK`` gets the same load in the same run,
 measured until its log shows ``status=sent`` for every message; the ratio
 mailrider/Postfix is printed. No DNS is involved anywhere (IP literals).
+
+With ``--mta-limit N`` and/or ``--scheduler-inflight N`` the run checks
+limits instead: the configuration gets ``mta limit max-conn-per-domain N``
+and/or ``scheduler limit max-inflight N``, the sink is the Python peer of
+the end-to-end tests (core/tests/e2e/smtp_peer.py) holding each end of data
+0.2 s so deliveries overlap, and the most connections it saw open at once is
+printed with the scheduler's most envelopes in flight (docs/config.md §15,
+docs/queue.md §9).
 """
 
 from __future__ import annotations
@@ -137,6 +146,40 @@ def run_postfix(load: smtp_accept.Load, sink: int, n: int, size: int, timeout: f
         peer.cleanup()
 
 
+def run_limits(args: argparse.Namespace) -> int:
+    """Relay through the limits and print the concurrency the sink observed."""
+    from smtp_peer import Behaviour, SmtpPeer
+
+    extra = ""
+    if args.mta_limit:
+        extra += f"mta limit max-conn-per-domain {args.mta_limit}\n"
+    if args.scheduler_inflight:
+        extra += f"scheduler limit max-inflight {args.scheduler_inflight}\n"
+    size = smtp_accept.parse_size(args.size)
+    load = smtp_accept.Load(smtp_accept.smtp_source_path(), args.sessions, args.timeout)
+    with SmtpPeer(Behaviour(data_delay=0.2)) as peer:
+        d = Daemon(extra + CONFIG.replace("SINKPORT", str(peer.port)))
+        d.start()
+        try:
+            t0 = time.monotonic()
+            smtp_accept.RCPT = RCPT
+            load.send(d.port, args.messages, size)
+            if not _wait_count(lambda: len(peer.received), args.messages, args.timeout):
+                raise RuntimeError(f"the sink got {len(peer.received)}/{args.messages}")
+            dt = time.monotonic() - t0
+            stats = d.ctl("show", "stats").stdout
+            m = re.search(r"scheduler\.envelope\.inflight\.peak\D+(\d+)", stats)
+            inflight = m.group(1) if m else "?"
+        finally:
+            d.cleanup()
+    print(f"relay through limits: {extra.strip().replace(chr(10), '; ')}: "
+          f"{args.messages} messages in {dt:.1f} s")
+    print(f"  sink: {peer.open_peak} connections open at once at most, "
+          f"{peer.connections} connections")
+    print(f"  scheduler: {inflight} envelopes in flight at most")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=20)
@@ -144,7 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="2k")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--no-postfix", action="store_true")
+    ap.add_argument("--mta-limit", type=int, default=0, metavar="N",
+                    help="mta limit max-conn-per-domain N; print the sink's concurrency")
+    ap.add_argument("--scheduler-inflight", type=int, default=0, metavar="N",
+                    help="scheduler limit max-inflight N; print the sink's concurrency")
     args = ap.parse_args(argv)
+    if args.mta_limit or args.scheduler_inflight:
+        return run_limits(args)
     if not os.access(SINK, os.X_OK):
         print(f"{SINK} not found: install Postfix's test tools", file=sys.stderr)
         return 2

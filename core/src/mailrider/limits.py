@@ -212,6 +212,11 @@ AUTH_LINE_MAX = 12288 + 2
 # Failed authentications in one session before 421 4.7.0 (configurable).
 AUTH_MAX_FAILURES = 3
 
+# PROXY protocol v2 (listen ... proxy-v2, docs/hostile-input-rules.md): the
+# whole header must arrive this many seconds after the connection (HAProxy
+# sends it at once; OpenSMTPD allows the session timeout)
+PROXY_HEADER_TIMEOUT = 10.0
+
 # -- mta: outgoing connections (after OpenSMTPD's mta limits, docs/config.md §8) --
 #: connections open at once to other hosts, in all
 MTA_MAX_CONNECTIONS = 100

@@ -1,6 +1,6 @@
 """Run the real klondike process class on one socketpair end (for the TLS tests).
 
-usage: python klondike_child.py FD NAME=CERT:KEY ...
+usage: python klondike_child.py FD NAME=CERT:KEY ... [dkim:NAME=KEY,ALG,CANON,DOMAIN,SELECTOR ...]
 Prints "ready <backend>" once the keys are loaded.
 """
 
@@ -10,7 +10,7 @@ import asyncio
 import sys
 
 from mailrider import log
-from mailrider.config.model import Config, Pki
+from mailrider.config.model import Config, Dkim, Pki
 from mailrider.proc import common
 from mailrider.proc.klondike import Klondike
 
@@ -18,6 +18,11 @@ from mailrider.proc.klondike import Klondike
 async def main(fd: int, specs: list[str]) -> None:
     config = Config()
     for spec in specs:
+        if spec.startswith("dkim:"):
+            name, _, rest = spec[5:].partition("=")
+            key, alg, canon, domain, selector = rest.split(",")
+            config.dkims[name] = Dkim(name, key, selector, domain, alg, canon)
+            continue
         name, _, paths = spec.partition("=")
         cert, _, key = paths.partition(":")
         config.pkis[name] = Pki(name, cert=cert, key=key)

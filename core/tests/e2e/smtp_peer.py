@@ -51,6 +51,9 @@ class Behaviour:
     rcpt: Callable[[str], str] = lambda line: "250 2.1.5 Ok"
     data_end: Callable[[], str] = lambda: "250 2.0.0 Ok: queued"
     close_in_data: bool = False
+    #: seconds to wait before answering the end of data (keeps sessions open
+    #: at once, so limits on concurrent connections show)
+    data_delay: float = 0.0
     dsn: bool = False
     tls: ssl.SSLContext | None = None
     auth: tuple[str, str] | None = None
@@ -70,6 +73,10 @@ class SmtpPeer:
         self.connections = 0
         self.commands: list[str] = []
         self.tls_errors: list[str] = []
+        #: connections open now, and the most open at once
+        self.open_now = 0
+        self.open_peak = 0
+        self._count_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -97,12 +104,17 @@ class SmtpPeer:
 
     def _session(self, conn: socket.socket) -> None:
         conn.settimeout(30)
+        with self._count_lock:
+            self.open_now += 1
+            self.open_peak = max(self.open_peak, self.open_now)
         try:
             self._talk(conn)
         except (OSError, ValueError):
             pass
         finally:
             conn.close()
+            with self._count_lock:
+                self.open_now -= 1
 
     def _talk(self, conn: Any) -> None:
         b = self.b
@@ -185,6 +197,8 @@ class SmtpPeer:
                         return
                 self.received.append(Received(helo, mail, rcpts, bytes(data), tls, authed,
                                               peer_cert, *tls_info))
+                if b.data_delay:
+                    self._stop.wait(b.data_delay)
                 w(b.data_end())
             elif verb == "RSET":
                 mail, rcpts = "", []

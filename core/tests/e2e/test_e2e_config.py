@@ -78,9 +78,10 @@ BAD = [
      'pki mx.example.org key "/nonexistent/mx.key"\naction "l" maildir\n'
      'match for local action "l"\n', 3, "pki mx.example.org: cannot read certificate "
      "/nonexistent/mx.pem"),
-    ("proxy-v2", 'listen on 127.0.0.1\n# proxies\nlisten on 127.0.0.1 port 2600 proxy-v2\n'
+    ("queue-key", 'listen on 127.0.0.1\n# at rest\nqueue encryption 0123abcd\n'
      'action "l" maildir\nmatch for local action "l"\n', 3,
-     "'proxy-v2' is not supported yet by mailrider"),
+     "queue encryption: the queue key must be 32 characters "
+     "(make one with: openssl rand -hex 16)"),
     ("relay-srs", 'listen on 127.0.0.1\naction "out" relay srs\nmatch for any action "out"\n',
      2, "an srs key is required for srs to be specified in an action"),
     ("unterminated", 'listen on 127.0.0.1\naction "l maildir\n', 2, None),

@@ -42,7 +42,8 @@ def check(opts: common.Options) -> Config:
     child: grammar, supported features, TLS settings (parser), tables (files
     read, db files opened, backend programs runnable by the program user),
     filter programs (found, runnable by their user), relay URLs, pki
-    certificates and keys (loaded as klondike will), listen addresses.
+    certificates and keys and dkim keys (loaded as klondike will), listen
+    addresses.
     Returns the configuration."""
     config = common.load_config(opts)
     check_tables(config, reader=common.unprivileged_user(), runner=common.ext_user())
@@ -56,11 +57,56 @@ def check(opts: common.Options) -> Config:
                 raise ConfigError(f"pki {name}: cannot read {what} {path}", pki.where.file,
                                   pki.where.line)
     _check_keys(config)
+    _check_dkim_keys(config)
+    _check_queue_key(config)
     check_delegation(config)
     for lst in config.listeners:
         if lst.address != "socket":
             resolve_listener(lst)
     return config
+
+
+def _check_queue_key(config: Config) -> None:
+    """``queue encryption KEY``: the key must be usable (the message never
+    repeats the key: it is a secret)."""
+    from mailrider.crypto import libcrypto
+    from mailrider.queue.codec import parse_key
+
+    if not config.queue_encryption:
+        return
+    where = config.option_where.get("queue encryption")
+    file, line = (where.file, where.line) if where is not None else (config.file, 0)
+    if not libcrypto.available():
+        raise ConfigError("queue encryption needs OpenSSL's libcrypto: "
+                          + libcrypto.unavailable_reason(), file, line)
+    if config.queue_key is not None:
+        try:
+            parse_key(config.queue_key)
+        except ValueError as exc:
+            raise ConfigError(f"queue encryption: {exc}", file, line) from None
+
+
+def read_queue_key(config: Config) -> None:
+    """``queue encryption`` without a key in the file: read it now, before
+    detaching, as OpenSMTPD does (a prompt on a terminal, else one line of
+    stdin). Raises ConfigError for a missing or unusable key."""
+    from mailrider.queue.codec import parse_key
+
+    if not config.queue_encryption or config.queue_key is not None:
+        return
+    if sys.stdin is None:
+        raise ConfigError("queue encryption: no key in the configuration and no stdin")
+    if sys.stdin.isatty():
+        import getpass
+
+        key = getpass.getpass("queue key: ")
+    else:
+        key = sys.stdin.readline(256).rstrip("\r\n")
+    try:
+        parse_key(key)
+    except ValueError as exc:
+        raise ConfigError(f"queue encryption: {exc}") from None
+    config.queue_key = key
 
 
 #: what key delegation needs, for the messages of -n (docs/ports.md §4)
@@ -117,6 +163,24 @@ def _check_keys(config: Config) -> None:
         error = _in_child(partial(_load_key, name, cert, key))
         if error is not None:
             raise ConfigError(f"pki {name}: {error}", pki.where.file, pki.where.line)
+
+
+def _check_dkim_keys(config: Config) -> None:
+    """Load the ``dkim`` keys as klondike will, in a forked child (docs/dkim.md §2):
+    an unreadable key, or one of another kind than its algorithm, is refused
+    at the statement's line."""
+    for name, entry in sorted(config.dkims.items()):
+        error = _in_child(partial(_load_dkim_key, config, name))
+        if error is not None:
+            if not error.startswith(f"dkim {name}: "):
+                error = f"dkim {name}: {error}"
+            raise ConfigError(error, entry.where.file, entry.where.line)
+
+
+def _load_dkim_key(config: Config, name: str) -> None:
+    from mailrider.proc.klondike import load_dkim_keys
+
+    load_dkim_keys({name: config.dkims[name]})
 
 
 def _load_key(name: str, cert: str, key: str) -> None:
@@ -200,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     log.setup("parent", foreground=opts.foreground, verbose=opts.verbose > 0)
     try:
         config = check(opts)  # what -n refuses never gets as far as a child
+        read_queue_key(config)
         if _running(opts.statedir):
             print(f"mailriderd: already running (control socket in {opts.statedir})",
                   file=sys.stderr)

@@ -50,6 +50,20 @@ class Pki:
 
 
 @dataclass(slots=True)
+class Dkim:
+    """A ``dkim`` statement (mailrider only, docs/dkim.md): a signing key that
+    klondike loads, with the d= and s= of the signatures it makes."""
+
+    name: str
+    key: str
+    selector: str
+    domain: str
+    algorithm: str = "rsa-sha256"
+    canonicalization: str = "relaxed/relaxed"
+    where: Where = field(default_factory=Where)
+
+
+@dataclass(slots=True)
 class Ca:
     name: str
     cert: str | None = None
@@ -102,7 +116,8 @@ class Action:
     wrapper: str | None = None
     ttl: int | None = None  # seconds
     #: relay options (host, domain, backup, backup_mx, helo, helo_src, src, pki,
-    #: ca, tls, tls_noverify, auth, mail_from, srs, ciphers, protocols, filter).
+    #: ca, tls, tls_noverify, auth, mail_from, srs, ciphers, protocols, filter,
+    #: dkim: a list of ``dkim`` names).
     #: ``host`` is the relay URL text; ``host <t>`` is stored as ``host_table``
     #: instead. Table-valued options (domain, helo_src, src, auth, host_table)
     #: hold table names; flags (backup, tls, tls_noverify, srs) hold True.
@@ -171,6 +186,7 @@ class Config:
     tables: dict[str, Table] = field(default_factory=dict)
     pkis: dict[str, Pki] = field(default_factory=dict)
     cas: dict[str, Ca] = field(default_factory=dict)
+    dkims: dict[str, Dkim] = field(default_factory=dict)
     listeners: list[Listener] = field(default_factory=list)
     actions: dict[str, Action] = field(default_factory=dict)
     matches: list[Match] = field(default_factory=list)
@@ -219,6 +235,11 @@ class Config:
     mda_wrappers: dict[str, str] = field(default_factory=dict)
     #: mda limit keyword -> value (max-session, max-session-per-user, task-*)
     mda_limits: dict[str, int] = field(default_factory=dict)
+    #: ``scheduler limit`` keyword -> value (max-inflight, max-schedule,
+    #: max-evp-batch-size, max-msg-batch-size; docs/queue.md §9)
+    scheduler_limits: dict[str, int] = field(default_factory=dict)
+    #: ``mta limit [for domain D] ...``: domain ("" for the default) -> keyword -> value
+    mta_limits: dict[str, dict[str, int]] = field(default_factory=dict)
     #: srs secrets (never logged) and ttl in seconds
     srs_key: str | None = field(default=None, repr=False)
     srs_backup_key: str | None = field(default=None, repr=False)

@@ -39,6 +39,7 @@ from mailrider.config.model import (
     Ca,
     Condition,
     Config,
+    Dkim,
     Filter,
     Listener,
     Match,
@@ -47,6 +48,7 @@ from mailrider.config.model import (
     Where,
 )
 from mailrider.config.tls import check_ciphers, protocol_range
+from mailrider.dkim import ALGORITHMS, CANONICALIZATIONS, DOMAIN_RE, SELECTOR_RE
 from mailrider.errors import ConfigError
 
 #: every reserved word of the grammar: unquoted, these are never values
@@ -62,7 +64,7 @@ KEYWORDS = frozenset(
     recipient regex reject relay report rewrite rset scheduler senders smtp
     smtp-in smtp-out smtps socket src srs sub-addr-delim table tag tagged tls
     tls-require ttl user userbase verify virtual warn-interval wrapper key-in-process
-    resolver metrics
+    resolver metrics dkim selector algorithm canonicalization
     """.split()
 )
 
@@ -140,6 +142,13 @@ SCHEDULER_LIMITS = frozenset(
     {"max-inflight", "max-evp-batch-size", "max-msg-batch-size", "max-schedule"}
 )
 _MTA_LIMIT_RE = re.compile(r"[a-z][a-z-]*\Z")
+#: OpenSMTPD 7.8's mta limit keywords (limit.c); docs/config.md §15 says which act
+MTA_LIMITS = frozenset(
+    {f"max-conn-per-{k}" for k in ("host", "route", "source", "connector", "relay", "domain")}
+    | {f"conn-delay-{k}" for k in ("host", "route", "source", "connector", "relay", "domain")}
+    | {"reconn-delay-route", "session-mail-max", "session-transaction-delay",
+       "session-keepalive", "max-failures-per-session", "task-hiwat", "task-lowat",
+       "task-release"})
 
 _DURATION_RE = re.compile(r"(\d+)([smhd]?)\Z")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -515,6 +524,47 @@ class _Parser:
         self._end()
         self.config.cas[name.value] = Ca(name.value, cert.value, where=self._where)
 
+    def _st_dkim(self, kw: Token) -> None:
+        """``dkim NAME key PATH selector S domain D [algorithm A]
+        [canonicalization C]`` (docs/dkim.md §2); options in any order."""
+        name = self._value()
+        if name.value in self.config.dkims:
+            raise self._err(f"dkim '{name.value}' already defined", name)
+        opts: dict[str, str] = {}
+        while not self._at_end():
+            opt = self._next()
+            if not self._is_kw(opt, "key", "selector", "domain", "algorithm",
+                               "canonicalization"):
+                raise self._unexpected(opt)
+            if opt.value in opts:
+                raise self._err(f"dkim option '{opt.value}' already specified", opt)
+            value = self._value()
+            text = value.value
+            if opt.value == "key" and not text.startswith("/"):
+                raise self._err(f"dkim key must be an absolute path: {text}", value)
+            if opt.value == "selector" and not (SELECTOR_RE.fullmatch(text) and len(text) < 254):
+                raise self._err(f"invalid dkim selector: {text}", value)
+            if opt.value == "domain":
+                text = text.lower().rstrip(".")
+                if not (DOMAIN_RE.fullmatch(text) and len(text) < 254):
+                    raise self._err(f"invalid dkim domain: {value.value}", value)
+            if opt.value == "algorithm" and text not in ALGORITHMS:
+                raise self._err(f"invalid dkim algorithm: {text} "
+                                f"(one of {', '.join(ALGORITHMS)})", value)
+            if opt.value == "canonicalization" and text not in CANONICALIZATIONS:
+                raise self._err(f"invalid dkim canonicalization: {text} "
+                                f"(one of {', '.join(CANONICALIZATIONS)})", value)
+            opts[opt.value] = text
+        self._end()
+        for required in ("key", "selector", "domain"):
+            if required not in opts:
+                raise ConfigError(f"dkim '{name.value}' has no {required}", self._where.file,
+                                  self._where.line)
+        self.config.dkims[name.value] = Dkim(
+            name.value, opts["key"], opts["selector"], opts["domain"],
+            opts.get("algorithm", "rsa-sha256"),
+            opts.get("canonicalization", "relaxed/relaxed"), where=self._where)
+
     # ---- listen on ------------------------------------------------------
 
     def _filter_names(self) -> list[str]:
@@ -793,6 +843,18 @@ class _Parser:
                 raise self._err("an srs key is required for srs to be specified in an action",
                                 opt)
             relay["srs"] = True
+        elif name == "dkim":
+            names: list[str] = []
+            for tok in self._name_list():
+                if tok.value not in self.config.dkims:
+                    raise self._err(f"no such dkim '{tok.value}'", tok)
+                if tok.value in names:
+                    raise self._err(f"dkim '{tok.value}' listed twice", tok)
+                names.append(tok.value)
+            domains = [self.config.dkims[n].domain for n in names]
+            if len(set(domains)) != len(domains):
+                raise self._err("relay option 'dkim': two keys for one domain", opt)
+            relay["dkim"] = names
         elif name == "filter":
             # ``filter NAME`` or ``filter { a b }``: reports of the outgoing
             # sessions (smtp-out) go to these filters (docs/filter-protocol.md §8)
@@ -1086,14 +1148,23 @@ class _Parser:
             self.config.mta_port = port
         elif self._is_kw(opt, "limit"):
             words: list[str] = []
+            domain = ""
             if self._accept("for"):
                 self._expect("domain")
-                words += ["for", "domain", self._value().value]
+                domain = self._value().value.lower()
+                words += ["for", "domain", domain]
+            found: dict[str, int] = {}
             family = self._accept("inet4", "inet6")
             if family is not None:
                 words.append(family.value)
-            for key, value in self._limits(None, "mta").items():
-                words += [key, str(value)]
+                found["family"] = 4 if family.value == "inet4" else 6
+            if family is None or not self._at_end():
+                for key, value in self._limits(None, "mta").items():
+                    if key not in MTA_LIMITS:
+                        raise self._err(f"invalid mta limit keyword: {key}")
+                    words += [key, str(value)]
+                    found[key] = value
+            self.config.mta_limits.setdefault(domain, {}).update(found)
             self.config.other.append(("mta limit", words, self._where))
         else:
             raise self._unexpected(opt)
@@ -1176,8 +1247,12 @@ class _Parser:
     def _st_scheduler(self, kw: Token) -> None:
         self._expect("limit")
         words: list[str] = []
-        for key, value in self._limits(SCHEDULER_LIMITS, "scheduler").items():
+        found = self._limits(SCHEDULER_LIMITS, "scheduler")
+        for key, value in found.items():
+            if value < 1:
+                raise self._err(f"scheduler limit {key} must be at least 1")
             words += [key, str(value)]
+        self.config.scheduler_limits.update(found)
         self._end()
         self.config.other.append(("scheduler limit", words, self._where))
         self._set("scheduler limit")

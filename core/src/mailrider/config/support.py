@@ -23,11 +23,6 @@ from mailrider.errors import ConfigError
 
 #: feature (as written in the configuration) -> what it is
 UNSUPPORTED: dict[str, str] = {
-    "proxy-v2": "PROXY protocol v2 on a listener",
-    "queue compression": "compressed queue files",
-    "queue encryption": "encrypted queue files",
-    "mta limit": "relay connection limits",
-    "scheduler limit": "scheduler batch limits",
 }
 
 #: global options, by their key in ``Config.option_where``, that belong to
@@ -53,6 +48,7 @@ _RELAY_FEATURES = {
     "filter": "relay filter",
     "host_table": "relay host table",
     "domain": "relay domain",
+    "dkim": "relay dkim",
 }
 
 _CONDITION_FEATURES = {
@@ -68,6 +64,7 @@ def features_used(config: Config) -> list[tuple[Where, str]]:
     uses: list[tuple[Where, str]] = []
     uses += [(pki.where, "pki") for pki in config.pkis.values()]
     uses += [(ca.where, "ca") for ca in config.cas.values()]
+    uses += [(d.where, "dkim") for d in config.dkims.values()]
     for listener in config.listeners:
         flags = [
             ("tls", listener.tls),

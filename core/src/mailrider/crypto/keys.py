@@ -170,13 +170,13 @@ class KeyStore:
             raise KeyLoadError(f"{key_path}: {lib.errors()}")
         try:
             # a callback that refuses: never prompt for a passphrase on a tty
-            pkey = c.PEM_read_bio_PrivateKey(bio, None, _NO_PASSWORD, None)
+            pkey = c.PEM_read_bio_PrivateKey(bio, None, NO_PASSWORD, None)
         finally:
             c.BIO_free(bio)
         if not pkey:
             raise KeyLoadError(f"{key_path}: {lib.errors()}")
         try:
-            ours = _i2d_pubkey(lib, pkey)
+            ours = i2d_pubkey(lib, pkey)
             if ours != public.spki:
                 raise KeyLoadError(f"{key_path}: key does not match its certificate")
             if public.kind == "rsa":
@@ -256,7 +256,8 @@ class KeyStore:
         self.names.clear()
 
 
-def _i2d_pubkey(lib: libcrypto.LibCrypto, pkey: int) -> bytes:
+def i2d_pubkey(lib: libcrypto.LibCrypto, pkey: int) -> bytes:
+    """The DER SubjectPublicKeyInfo of an EVP_PKEY (b"" on failure)."""
     n = int(lib.crypto.i2d_PUBKEY(pkey, None))
     if n <= 0:
         return b""
@@ -271,4 +272,5 @@ def _refuse_password(buf: int, size: int, rwflag: int, u: int) -> int:
     return -1
 
 
-_NO_PASSWORD = libcrypto.PEM_PASSWORD_FN(_refuse_password)
+#: a PEM passphrase callback that refuses: never prompt on a tty
+NO_PASSWORD = libcrypto.PEM_PASSWORD_FN(_refuse_password)

@@ -100,6 +100,23 @@ _CRYPTO: dict[str, tuple[object, tuple[object, ...]]] = {
     "ECDSA_size": (I, (P,)),
     "ECDSA_sign": (I, (I, P, I, P, ctypes.POINTER(ctypes.c_uint), P)),
     "d2i_ECDSA_SIG": (P, (P, PP, ctypes.c_long)),
+    # DKIM signatures (crypto/dkimkeys.py): RSA PKCS#1 v1.5 over SHA-256, Ed25519
+    "EVP_sha256": (P, ()),
+    "EVP_MD_CTX_new": (P, ()),
+    "EVP_MD_CTX_free": (None, (P,)),
+    "EVP_DigestSignInit": (I, (P, P, P, P, P)),
+    "EVP_DigestSign": (I, (P, P, ctypes.POINTER(ctypes.c_size_t), P, ctypes.c_size_t)),
+    # AES-256-GCM for queue encryption (mailrider.queue.codec)
+    "EVP_aes_256_gcm": (P, ()),
+    "EVP_CIPHER_CTX_new": (P, ()),
+    "EVP_CIPHER_CTX_free": (None, (P,)),
+    "EVP_CIPHER_CTX_ctrl": (I, (P, I, I, P)),
+    "EVP_EncryptInit_ex": (I, (P, P, P, P, P)),
+    "EVP_EncryptUpdate": (I, (P, P, ctypes.POINTER(I), P, I)),
+    "EVP_EncryptFinal_ex": (I, (P, P, ctypes.POINTER(I))),
+    "EVP_DecryptInit_ex": (I, (P, P, P, P, P)),
+    "EVP_DecryptUpdate": (I, (P, P, ctypes.POINTER(I), P, I)),
+    "EVP_DecryptFinal_ex": (I, (P, P, ctypes.POINTER(I))),
 }
 _SSL: dict[str, tuple[object, tuple[object, ...]]] = {
     "SSL_CTX_use_certificate_chain_file": (I, (P, ctypes.c_char_p)),

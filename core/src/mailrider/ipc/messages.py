@@ -204,6 +204,16 @@ class ForwardOpen:
 
 @register
 @dataclass(frozen=True, slots=True)
+class QueueKey:
+    """parent -> queue, once at start with ``queue encryption``: the key of
+    the queue files (docs/queue.md §8), read by the parent from the
+    configuration or stdin; no other process keeps it."""
+
+    key: str = field(repr=False)
+
+
+@register
+@dataclass(frozen=True, slots=True)
 class GrantKey:
     """parent -> lka, once at start: the key that seals delivery grants
     (:mod:`mailrider.delivery.grant`), in hex."""
@@ -432,6 +442,21 @@ class Sign:
 @register
 @dataclass(frozen=True, slots=True)
 class Signed:
+    data_b64: str
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class DkimSign:
+    """pony -> klondike: the DKIM signature of a message (docs/dkim.md §3).
+
+    ``name`` is a ``dkim`` statement's name; ``data_b64`` the signing input
+    (the canonicalised signed header fields, then the DKIM-Signature field
+    with an empty ``b=``), which klondike checks against that entry and hashes
+    itself. The reply is ``Signed`` with the signature.
+    """
+
+    name: str
     data_b64: str
 
 

@@ -10,7 +10,7 @@ to its own requests: nothing else reaches a handler or a waiting caller.
 The rows follow from the roles (docs/processes.md, docs/security.md): pony,
 the network-facing process, may only ask the queue to create, commit and
 roll back its own messages, ask lka about rules, lookups and filters, and
-klondike for TLS signatures; it asks the parent for nothing, and can
+klondike for TLS and DKIM signatures; it asks the parent for nothing, and can
 remove, expire, pause or schedule nothing. Local deliveries go from the
 queue to the parent, sealed by lka.
 """
@@ -51,7 +51,7 @@ ACCEPTS: dict[tuple[str, str], frozenset[str]] = {
     }),
     ("queue", "scheduler"): frozenset({"SchedDue"}),
     ("queue", "lka"): frozenset({"RcptResult"}),
-    ("queue", "parent"): frozenset({"DeliveryResult"}),
+    ("queue", "parent"): frozenset({"DeliveryResult", "QueueKey"}),
     ("queue", "control"): frozenset({"Control"}),
     ("scheduler", "queue"): frozenset({"SchedInsert", "SchedResult"}),
     ("scheduler", "control"): frozenset({"Control"}),
@@ -62,7 +62,7 @@ ACCEPTS: dict[tuple[str, str], frozenset[str]] = {
     ("control", "pony"): _CONTROL_REPLY,
     ("control", "klondike"): _CONTROL_REPLY,
     ("control", "parent"): _CONTROL_REPLY,
-    ("klondike", "pony"): frozenset({"Sign"}),
+    ("klondike", "pony"): frozenset({"Sign", "DkimSign"}),
     ("klondike", "control"): frozenset({"Control"}),
     ("klondike", "parent"): frozenset(),
 }

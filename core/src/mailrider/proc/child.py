@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     log.setup(role, foreground=opts.foreground, verbose=opts.verbose > 0)
     try:
         config = common.load_config(opts)
+        # the queue key comes from the parent, to the queue only (docs/security.md)
+        config.queue_key = None
         module = importlib.import_module(f"mailrider.proc.{role}")
         cls: type[common.Process] = module.PROCESS
         return _run_profiled(role, lambda: asyncio.run(_serve(cls, opts, config, fds)))

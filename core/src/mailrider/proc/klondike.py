@@ -6,6 +6,12 @@ from pony with the private operation pony's TLS stack delegates to it (see
 :mod:`mailrider.crypto.delegate`). It never touches the network and never
 sends key material anywhere; only the results of private operations leave.
 
+DKIM keys (``dkim`` statements) are loaded apart, by name, and serve only
+``DkimSign`` requests on the event-loop channel: klondike checks that the
+input is a DKIM signing input for that very entry and hashes it itself
+(:mod:`mailrider.crypto.dkimkeys`, docs/dkim.md §3); the signing line that
+TLS handshakes block on carries ``Sign`` only.
+
 Only the signatures TLS needs are offered (:data:`mailrider.crypto.keys.OPS`);
 a request for anything else, or with fields of the wrong type or size, is
 refused with an error reply and logged as ``sign-refused``: pony is the least
@@ -24,7 +30,9 @@ import socket
 import threading
 from typing import Any, NoReturn
 
-from mailrider import log
+from mailrider import dkim, log
+from mailrider.config.model import Dkim
+from mailrider.crypto.dkimkeys import DkimKeyStore
 from mailrider.crypto.keys import OPS, KeyLoadError, KeyStore, SignError
 from mailrider.errors import ConfigError, TempFail
 from mailrider.ipc import messages as m
@@ -48,9 +56,15 @@ class Klondike(common.Process):
         # every key is read in setup(); nothing on disk is needed afterwards
         return common.empty_dir(self.opts.statedir)
     keys: KeyStore | None = None
+    dkim_keys: DkimKeyStore | None = None
 
     async def setup(self) -> None:
         self.keys = KeyStore()
+        try:
+            self.dkim_keys = load_dkim_keys(self.config.dkims)
+        except ConfigError as exc:
+            log.error(self.role, "key-load-failed", error=exc.message)
+            raise
         for name, pki in sorted(self.config.pkis.items()):
             if pki.cert is None or pki.key is None:
                 continue
@@ -85,6 +99,26 @@ class Klondike(common.Process):
                         error=exc.text)
             raise
         self.count("klondike.sign")
+        return m.Signed(data_b64=base64.b64encode(out).decode("ascii"))
+
+    def dkim_sign(self, msg: m.DkimSign) -> m.Signed:
+        store = self.dkim_keys
+        name = msg.name if isinstance(msg.name, str) else ""
+        if store is None or name not in store:
+            self._refuse("dkim", "no dkim key of this name")
+        if not (isinstance(msg.data_b64, str)
+                and len(msg.data_b64) <= 4 * ((dkim.SIGNING_INPUT_MAX + 2) // 3)):
+            self._refuse("dkim", "malformed request")
+        try:
+            data = base64.b64decode(msg.data_b64, validate=True)
+        except (binascii.Error, ValueError):
+            self._refuse("dkim", "malformed request")
+        try:
+            out = store.sign(name, data)
+        except SignError as exc:
+            # a well-formed pony never sends what the check refuses
+            self._refuse("dkim", exc.text)
+        self.count("klondike.dkim.sign")
         return m.Signed(data_b64=base64.b64encode(out).decode("ascii"))
 
     def _refuse(self, op: str, reason: str) -> NoReturn:
@@ -145,14 +179,36 @@ class Klondike(common.Process):
             "klondike.sign.errors": self.counters.get("klondike.sign.errors", 0),
             "klondike.sign.refused": self.counters.get("klondike.sign.refused", 0),
             "klondike.keys": len(self.keys) if self.keys is not None else 0,
+            "klondike.dkim.sign": self.counters.get("klondike.dkim.sign", 0),
+            "klondike.dkim.keys": len(self.dkim_keys) if self.dkim_keys is not None else 0,
         }
 
     async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
         if isinstance(msg, m.Sign) and chan.peer.startswith("pony"):
             return self.sign(msg)
+        if isinstance(msg, m.DkimSign) and chan.peer.startswith("pony"):
+            return self.dkim_sign(msg)
         if isinstance(msg, m.Control):
             return await self.control(msg)
         raise ValueError(f"klondike: unexpected {m.type_name(msg)} from {chan.peer}")
+
+
+def load_dkim_keys(entries: dict[str, Dkim]) -> DkimKeyStore:
+    """Every ``dkim`` statement's key (klondike at start, and ``-n`` in a
+    forked child); :class:`ConfigError` at the statement's line."""
+    store = DkimKeyStore()
+    for name, entry in sorted(entries.items()):
+        try:
+            signer = dkim.Signer(name, entry.domain, entry.selector, entry.algorithm,
+                                 entry.canonicalization)
+            store.load(signer, entry.key)
+        except (KeyLoadError, dkim.DkimError) as exc:
+            text = exc.message if isinstance(exc, KeyLoadError) else str(exc)
+            raise ConfigError(f"dkim {name}: {text}", entry.where.file,
+                              entry.where.line) from None
+        log.debug("klondike", "dkim-key-loaded", dkim=name, domain=entry.domain,
+                  selector=entry.selector, algorithm=entry.algorithm, backend=store.backend)
+    return store
 
 
 PROCESS = Klondike

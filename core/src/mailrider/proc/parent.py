@@ -170,6 +170,11 @@ class Parent:
             self.peers[role] = chan
         # lka seals delivery grants with it (delivery/grant.py): the first frame it gets
         self.peers["lka"].notify(m.GrantKey(key=self.grant_key.hex()))
+        if self.config.queue_encryption:
+            # the queue alone holds the queue key (docs/security.md): handed
+            # over first, then forgotten here
+            self.peers["queue"].notify(m.QueueKey(key=self.config.queue_key or ""))
+            self.config.queue_key = None
         for a, b in common.LINKS:
             sa, sb = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             sa.set_inheritable(True)

@@ -29,6 +29,7 @@ from mailrider.ipc.channel import Channel
 from mailrider.proc import common, pony_tls
 from mailrider.proc.pony_filter import Peer
 from mailrider.proc.pony_mta import Mta
+from mailrider.proc.pony_proxy import proxy_v2_factory
 from mailrider.proc.pony_smtp import Session, is_loopback
 from mailrider.proc.pony_tls import ListenerTLS
 
@@ -128,6 +129,8 @@ class Pony(common.Process):
                 Session, self, lst, index=idx)
             if ctx is not None:  # smtps: TLS from the first byte
                 factory = pony_tls.smtps_factory(ctx, factory)
+            if lst.proxy_v2:  # the balancer's header comes first, before any TLS
+                factory = proxy_v2_factory(factory, self.count)
             server = await loop.create_server(factory, sock=sock)
             self.servers.append(server)
             log.event("smtp", "listening", address=sock.getsockname()[0],

@@ -40,6 +40,11 @@ Outgoing bytes come from the spool file (LF endings, dot-unstuffed) through
 the client's BodyEncoder, which turns every line end into CRLF and
 dot-stuffs, so no bare CR or LF and no early terminator can reach the wire.
 
+An action with ``dkim`` keys signs each message as it leaves: the
+``DKIM-Signature`` field, made once per route before any connection
+(proc/pony_dkim.py, signed by klondike), goes out in front of the file's
+bytes, and the SIZE announced counts it (docs/dkim.md).
+
 Timeouts are RFC 5321 4.5.3.2's (``limits.SMTP_*_TIMEOUT``); the
 environment variable ``MAILRIDER_MTA_TIMEOUT`` (seconds) caps them all,
 for tests and benchmarks only.
@@ -63,6 +68,8 @@ from mailrider.crypto import delegate
 from mailrider.errors import ConfigError, TempFail, plain_reason
 from mailrider.filter.programs import relay_filters
 from mailrider.ipc import messages as m
+from mailrider.proc import mta_limit
+from mailrider.proc.pony_dkim import DkimSigning
 from mailrider.proc.pony_filter import FilterClient, Peer
 from mailrider.proc.pony_mta_show import MtaShow, relay_text
 from mailrider.proc.pony_tls import SignFn, load_pki, tls_summary
@@ -167,6 +174,12 @@ class Conn:
         self.extensions: dict[str, str] = {}
         self.shown_as = ""  # the relay text of show relays, once connected
         self.id = os.urandom(8).hex()  # leads this connection's log lines
+        #: mta limit: the slots this connection holds, and its session limits
+        self.limit_keys: list[tuple[mta_limit.Key, int, int]] = []
+        self.limits = mta_limit.Limits()
+        #: transactions that failed on this session; when the last one ended
+        self.failures = 0
+        self.last_end = 0.0
         #: the name given in EHLO (helo-src may choose it per connection)
         self.helo = profile.helo
         #: smtp-out reports to the relay action's filters (docs/filter-protocol.md §8)
@@ -215,6 +228,9 @@ class Conn:
         if self.filter is not None:  # lka reports link-disconnect and forgets it
             self.filter.end()
             self.filter = None
+        if self.limit_keys:
+            keys, self.limit_keys = self.limit_keys, []
+            self.mta.conn_limiter.release(keys)
 
     async def quit(self) -> None:
         try:
@@ -260,6 +276,8 @@ class Mta:
         self.slots = asyncio.Semaphore(limits.MTA_MAX_CONNECTIONS)
         self.route_slots: dict[str, asyncio.Semaphore] = {}
         self.idle: dict[tuple[Any, ...], list[Conn]] = {}
+        #: mta limit (proc/mta_limit.py): open connections per host, route...
+        self.conn_limiter = mta_limit.ConnLimiter()
         #: client certificates sign through pony's klondike channel
         self.sign: SignFn = pony.sign
         # built before the privilege drop: CA files, certificates and the
@@ -270,6 +288,8 @@ class Mta:
         self.pki_test: dict[str, ssl.SSLContext] = {}
         self.pki_tested: set[str] = set()
         self.in_process = False
+        #: DKIM signatures of relayed mail, through pony's klondike channel
+        self.dkim = DkimSigning(self.config, self._dkim_call, self.pony.count)
         self.show = MtaShow()
         self.contexts[(False, None, None, None, None)] = self._build(
             (False, None, None, None, None), Where())
@@ -280,6 +300,12 @@ class Mta:
                 key = self._action_tls(action, verify)
                 if key not in self.contexts:
                     self.contexts[key] = self._build(key, action.where)
+
+    async def _dkim_call(self, msg: m.DkimSign) -> tuple[Any, list[int]]:
+        chan = self.pony.peers.get("klondike")
+        if chan is None:
+            raise TempFail("no channel to klondike")
+        return await chan.call(msg)
 
     def control(self, msg: m.Control) -> m.ControlReply | None:
         """``show hosts|relays|routes|hoststats`` and ``resume route``; None: not ours."""
@@ -413,12 +439,21 @@ class Mta:
         self.show.relay_of_task.set(relay_text(
             url.host if url else domain, url.port if url else None, profile.proto,
             str(action.relay["auth"]) if action.relay.get("auth") else None))
+        lim = mta_limit.limits_for(self.config, domain)
+        if lim.family is not None:
+            targets = [t for t in targets if (":" in t.ip) == (lim.family == 6)]
+            if not targets:
+                return _all(envs, "tempfail", f"451 4.4.4 No IPv{lim.family} address to "
+                            "relay to (mta limit)").results
         sem = self.route_slots.setdefault(route, asyncio.Semaphore(limits.MTA_MAX_CONN_PER_ROUTE))
+        # signed once per route, before any connection: klondike's refusal defers
+        head = await self.dkim.field(action, fd, msgid_of(envs[0].evpid))
         last = "451 4.4.1 No host could be reached"
         async with self.slots, sem:
             for target in targets[:limits.MTA_MAX_HOSTS]:
                 try:
-                    return await self._on_host(target, profile, envs, fd)
+                    return await self._on_host(target, profile, envs, fd,
+                                               (lim, domain, route), head)
                 except HostFailed as exc:
                     last = exc.text
                     self.show.failed(profile.src, target.ip, target.name, exc.text)
@@ -429,7 +464,8 @@ class Mta:
                         clear = dataclasses.replace(profile, starttls="never", verify=False,
                                                     ca=None)
                         try:
-                            return await self._on_host(target, clear, envs, fd)
+                            return await self._on_host(target, clear, envs, fd,
+                                                       (lim, domain, route), head)
                         except HostFailed as exc2:
                             last = exc2.text
         res = _all(envs, "tempfail", last if last[:1] == "4" else _as_temp(last)).results
@@ -565,15 +601,58 @@ class Mta:
     # -- one host -----------------------------------------------------------------
 
     async def _on_host(self, target: Target, profile: Profile, envs: list[Envelope],
-                       fd: int) -> list[m.DeliveryResult]:
+                       fd: int, where: tuple[mta_limit.Limits, str, str],
+                       head: bytes = b"") -> list[m.DeliveryResult]:
         conn = self._take_idle(profile.key(target))
         if conn is not None:
+            wait = conn.last_end + (conn.limits.session_transaction_delay or 0) - \
+                asyncio.get_running_loop().time()
+            if wait > 0:  # mta limit session-transaction-delay
+                await asyncio.sleep(wait)
             try:
-                return await self._transaction(conn, envs, fd)
+                return await self._transaction(conn, envs, fd, head)
             except HostFailed:
                 pass  # the idle connection went stale: a fresh one
-        conn = await self._connect(target, profile)
-        return await self._transaction(conn, envs, fd)
+        lim, domain, route = where
+        keys = mta_limit.keys_for(lim, domain=domain, relay=route, host=target.ip,
+                                  source=profile.src or "")
+        limiter = self.conn_limiter
+        while keys:
+            blocked, wait = limiter.check(keys)
+            if blocked is None and wait <= 0:
+                limiter.take(keys)
+                break
+            if blocked is None:
+                await asyncio.sleep(wait)
+                continue
+            conn = self._take_idle(profile.key(target))
+            if conn is not None:  # a connection freed up for our host: reuse it
+                try:
+                    return await self._transaction(conn, envs, fd, head)
+                except HostFailed:
+                    continue
+            self._close_idle_holding(blocked)
+            await limiter.changed()
+        try:
+            conn = await self._connect(target, profile)
+        except BaseException:
+            self.conn_limiter.release(keys)
+            raise
+        conn.limit_keys, conn.limits = keys, lim
+        return await self._transaction(conn, envs, fd, head)
+
+    def _close_idle_holding(self, key: mta_limit.Key) -> None:
+        """mta limit: make room by quitting one idle connection that holds
+        ``key`` (its slot is freed when it closes, which wakes the waiter)."""
+        for pool in self.idle.values():
+            for conn in pool:
+                if any(k == key for k, _, _ in conn.limit_keys):
+                    pool.remove(conn)
+                    if conn.idle_timer is not None:
+                        conn.idle_timer.cancel()
+                        conn.idle_timer = None
+                    self._spawn(conn.quit())
+                    return
 
     def _take_idle(self, key: tuple[Any, ...]) -> Conn | None:
         pool = self.idle.get(key)
@@ -590,8 +669,12 @@ class Mta:
         return None
 
     def _park(self, conn: Conn) -> None:
+        mail_max = conn.limits.session_mail_max or limits.MTA_SESSION_MAIL_MAX
+        conn.last_end = asyncio.get_running_loop().time()
+        max_failures = conn.limits.max_failures_per_session
         if conn.client.state is not sc.ClientState.READY or \
-                conn.mails >= limits.MTA_SESSION_MAIL_MAX or self.pony.stopping.is_set():
+                conn.mails >= mail_max or self.pony.stopping.is_set() or \
+                (max_failures is not None and conn.failures >= max_failures):
             self._spawn(conn.quit())
             return
         key = conn.profile.key(conn.target)
@@ -603,8 +686,11 @@ class Mta:
                 pool.remove(conn)
                 self._spawn(conn.quit())
 
+        keepalive = conn.limits.session_keepalive
         conn.idle_timer = asyncio.get_running_loop().call_later(
-            limits.MTA_SESSION_KEEPALIVE, expire)
+            limits.MTA_SESSION_KEEPALIVE if keepalive is None else keepalive, expire)
+        if conn.limit_keys:
+            self.conn_limiter.notify()  # a session waiting on a limit may take it
 
     def _spawn(self, coro: Any) -> None:
         self.pony.spawn(coro)
@@ -724,7 +810,8 @@ class Mta:
                 raise HostFailed(f"421 4.4.2 Connection closed by {conn.relay}")
 
     async def _transaction(self, conn: Conn, envs: list[Envelope],
-                           fd: int) -> list[m.DeliveryResult]:
+                           fd: int, head: bytes = b"") -> list[m.DeliveryResult]:
+        """One transaction; ``head`` (a DKIM-Signature field, CRLF) goes before the file."""
         first = envs[0]
         relay = self._relay_of(first)
         sender = str(relay.get("mail_from") or first.sender)
@@ -750,7 +837,7 @@ class Mta:
         tx = _TxReports(conn, msgid)
         try:
             conn.client.start_transaction(
-                sender, rcpts, size, body_8bit, smtputf8,
+                sender, rcpts, size + len(head), body_8bit, smtputf8,
                 dsn_ret="FULL" if ret == "FULL" else ("HDRS" if ret == "HDRS" else None),
                 envid=first.dsn_envid or None)
         except sc.LocalProtocolError as exc:
@@ -769,6 +856,8 @@ class Mta:
                     tx.rcpt(ev.rcpt, _status(ev.reply), by_rcpt.get(ev.rcpt, []))
                 elif isinstance(ev, sc.DataReady):
                     tx.data("ok")
+                    if head:
+                        conn.client.send_body(head)
                     offset = 0
                     while offset < size:
                         chunk = os.pread(fd, min(_BODY_CHUNK, size - offset), offset)
@@ -824,6 +913,8 @@ class Mta:
                 done.setdefault(dest, ("tempfail", text))
             return self._results(conn, by_rcpt, done, False)
         conn.mails += 1
+        if any(st != "ok" for st, _ in done.values()):
+            conn.failures += 1
         self._park(conn)
         return self._results(conn, by_rcpt, done, dsn_relayed)
 

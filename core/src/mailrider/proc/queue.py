@@ -25,6 +25,7 @@ from mailrider.ipc.channel import Channel
 from mailrider.proc import common
 from mailrider.queue import bounce
 from mailrider.queue import envelope as envmod
+from mailrider.queue.codec import Codec, parse_key
 from mailrider.queue.envelope import Envelope
 from mailrider.queue.schedule import next_attempt
 from mailrider.queue.spool import PendingCommit, Spool
@@ -45,10 +46,28 @@ class Queue(common.Process):
     def chroot_dir(self) -> str | None:
         return common.spool_dir(self.opts.statedir)
 
+    def before_confine(self) -> None:
+        if self.config.queue_encryption:
+            from mailrider.crypto import libcrypto
+
+            # found through /proc/self/maps, out of reach once chrooted
+            try:
+                libcrypto.load()
+            except libcrypto.Unavailable as exc:
+                log.error("queue", "libcrypto-unavailable", error=str(exc))
+
     async def setup(self) -> None:
         # chrooted (under root), the spool is the queue's whole filesystem: "/"
         root = "/" if common.confining() else common.spool_dir(self.opts.statedir)
-        self.spool = Spool(root)
+        self.spool = Spool(root, codec=Codec(self.config.queue_compression))
+        #: set once the codec is complete (with ``queue encryption``: when the
+        #: parent's QueueKey arrived, its first frame)
+        self.codec_ready = asyncio.Event()
+        if not self.config.queue_encryption:
+            self.codec_ready.set()
+        #: set once the spool is set up and purged: requests wait for it (a
+        #: message created before the purge would be purged with the rest)
+        self.spool_ready = asyncio.Event()
         self._batch: list[tuple[PendingCommit, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._closing = False
@@ -66,7 +85,9 @@ class Queue(common.Process):
     async def run(self) -> None:
         # after the privilege drop: the spool belongs to the queue user
         self.spool.setup()
+        await self.codec_ready.wait()
         purged = self.spool.purge_uncommitted()
+        self.spool_ready.set()
         if purged:
             log.event("queue", "purged-uncommitted", count=purged)
         clean = self.spool.take_clean_mark()
@@ -169,6 +190,7 @@ class Queue(common.Process):
             self.count("queue.commit.messages", len(items))
 
     async def commit(self, msg: m.MessageCommit) -> m.Ok:
+        await self.codec_ready.wait()
         if msg.msgid not in self._open:
             raise TempFail("unknown message")
         if self._fresh is not None:
@@ -461,6 +483,15 @@ class Queue(common.Process):
     async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
         for fd in fds:
             os.close(fd)
+        if isinstance(msg, m.QueueKey):
+            # from the parent only (ipc/policy.py), once, and only when configured
+            if not self.config.queue_encryption or self.codec_ready.is_set():
+                raise ValueError("unexpected queue key")
+            self.spool.codec = Codec(self.config.queue_compression, parse_key(msg.key))
+            self.codec_ready.set()
+            return None
+        if not self.spool_ready.is_set():
+            await self.spool_ready.wait()
         if isinstance(msg, m.MessageCreate):
             # a file creation can wait on the journal while a commit syncs:
             # never on the event loop, which answers every other session

@@ -7,6 +7,11 @@ that lies in the future, base 10 s for local delivery and bounces, 400 s for
 relaying. An envelope whose next attempt would fall after ``ctime + ttl``
 expires at that moment instead.
 
+``scheduler limit`` bounds the hand-out (docs/queue.md §9): at most
+``max-inflight`` envelopes in flight, at most ``max-schedule`` envelopes and
+``max-msg-batch-size`` messages per pass of the loop (the loop yields
+between passes), at most ``max-evp-batch-size`` envelopes per SchedDue.
+
 It also keeps what the metrics serve (docs/metrics.md §2): each envelope's
 state, and the latency from queueing to each final outcome (measured from
 the moment it was inserted when that was right after its commit, else from
@@ -65,8 +70,14 @@ class Scheduler(common.Process):
         self.paused_mta = "mta" in self.opts.paused
         #: due entries held back by pause mda/mta
         self.held: list[Entry] = []
-        self.max_inflight = limits.MDA_MAX_SESSIONS
+        lim = self.config.scheduler_limits
+        self.max_inflight = lim.get("max-inflight", limits.MDA_MAX_SESSIONS)
+        self.max_schedule = lim.get("max-schedule", 0)  # 0: every due envelope
+        self.max_evp_batch = lim.get("max-evp-batch-size", 0)
+        self.max_msg_batch = lim.get("max-msg-batch-size", 0)
         self.inflight = 0
+        #: the largest number of envelopes in flight so far (show stats)
+        self.inflight_peak = 0
         #: (type, result) -> queueing-to-outcome latency (metrics.py)
         self.latency: dict[tuple[str, str], metrics.Histogram] = {}
 
@@ -110,7 +121,13 @@ class Scheduler(common.Process):
             now = time.time()
             due: list[str] = []
             expired: list[str] = []
+            msgids: set[str] = set()
             while self.heap and self.heap[0][0] <= now and self.inflight < self.max_inflight:
+                if self.max_schedule and len(due) + len(expired) >= self.max_schedule:
+                    break
+                if (self.max_msg_batch and len(msgids) >= self.max_msg_batch
+                        and self.heap[0][2][:8] not in msgids):
+                    break
                 _, gen, evpid = heapq.heappop(self.heap)
                 e = self.entries.get(evpid)
                 if e is None or e.generation != gen or e.inflight or e.suspended:
@@ -121,14 +138,19 @@ class Scheduler(common.Process):
                     continue
                 e.inflight = True
                 self.inflight += 1
+                self.inflight_peak = max(self.inflight_peak, self.inflight)
+                msgids.add(evpid[:8])
                 if now >= e.ctime + e.ttl:
                     expired.append(evpid)
                 else:
                     due.append(evpid)
-            if due:
-                self.peers["queue"].notify(m.SchedDue(evpids=due))
-            if expired:
-                self.peers["queue"].notify(m.SchedDue(evpids=expired, expire=True))
+            step = self.max_evp_batch or max(1, len(due) + len(expired))
+            for i in range(0, len(due), step):
+                self.peers["queue"].notify(m.SchedDue(evpids=due[i:i + step]))
+            for i in range(0, len(expired), step):
+                self.peers["queue"].notify(m.SchedDue(evpids=expired[i:i + step], expire=True))
+            if due or expired:
+                self.count("scheduler.batch")
             timeout = None
             if self.heap and self.inflight < self.max_inflight:
                 timeout = max(0.0, self.heap[0][0] - time.time())
@@ -215,6 +237,7 @@ class Scheduler(common.Process):
         out = dict(self.counters)
         out["scheduler.envelope"] = len(self.entries)
         out["scheduler.envelope.inflight"] = self.inflight
+        out["scheduler.envelope.inflight.peak"] = self.inflight_peak
         return out
 
     async def control(self, msg: m.Control) -> m.ControlReply:

@@ -25,6 +25,11 @@ Invariants:
   ``250`` was sent for it) and are purged.
 - Syncing is batched: one ``syncfs(2)`` covers every file of a batch (group
   commit); where syncfs is unavailable each file and folder is fsynced.
+- With ``queue compression`` or ``queue encryption`` (the :class:`Codec`),
+  the body pony wrote in ``incoming/`` is re-encoded at commit, before the
+  rename into ``queue/``, and every envelope is written encoded; readers get
+  decoded bytes (:meth:`Spool.open_message` hands out a descriptor of the
+  decoded body) whatever format each file has (docs/queue.md §8).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from dataclasses import dataclass
 from mailrider import log
 from mailrider.errors import TempFail
 from mailrider.queue import envelope as envmod
+from mailrider.queue.codec import Codec, CodecError, is_encoded, memfd_with
 from mailrider.queue.envelope import Envelope
 from mailrider.syncfs import SYNCFS
 
@@ -56,8 +62,10 @@ class PendingCommit:
 
 
 class Spool:
-    def __init__(self, root: str, *, use_syncfs: bool = True) -> None:
+    def __init__(self, root: str, *, use_syncfs: bool = True,
+                 codec: Codec | None = None) -> None:
         self.root = root
+        self.codec = codec or Codec()
         self.temporary = os.path.join(root, "temporary")
         self.incoming = os.path.join(root, "incoming")
         self.queue = os.path.join(root, "queue")
@@ -118,6 +126,7 @@ class Spool:
             if not envmod.is_msgid(msgid):
                 continue
             envs: list[Envelope] = []
+            undecodable = 0
             try:
                 names = os.listdir(mdir)
             except (FileNotFoundError, NotADirectoryError):
@@ -128,17 +137,33 @@ class Spool:
                     continue
                 try:
                     with open(os.path.join(mdir, name), "rb") as f:
-                        envs.append(envmod.parse(f.read()))
-                except (OSError, ValueError) as exc:
+                        raw = self.codec.decode(f.read())
+                except CodecError as exc:
+                    # kept: the right key (or a fixed file) brings it back
+                    undecodable += 1
+                    log.error("queue", "undecodable-envelope", msgid=msgid, file=name,
+                              error=str(exc))
+                    continue
+                except OSError as exc:
+                    log.error("queue", "corrupt-envelope", msgid=msgid, file=name,
+                              error=str(exc))
+                    continue
+                try:
+                    envs.append(envmod.parse(raw))
+                except ValueError as exc:
                     log.error("queue", "corrupt-envelope", msgid=msgid, file=name,
                               error=str(exc))
             if bad:
                 log.error("queue", "message-missing", msgid=msgid)
                 continue
+            if undecodable:
+                continue
             if not envs:
                 shutil.rmtree(mdir, ignore_errors=True)
                 continue
-            if verify and not _body_matches(os.path.join(mdir, "message"), envs):
+            # its envelopes decoded, so the key is right: a body that does
+            # not decode was damaged like a plain one that does not match
+            if verify and not _body_matches(os.path.join(mdir, "message"), envs, self.codec):
                 log.warning("queue", "unacknowledged-discarded", msgid=msgid,
                             reason="body not on disk when the daemon stopped")
                 os.rename(mdir, os.path.join(self.purge, f"unsynced-{msgid}"))
@@ -230,13 +255,31 @@ class Spool:
 
     def _stage(self, item: PendingCommit) -> None:
         idir = os.path.join(self.incoming, item.msgid)
+        if self.codec.active:
+            self._encode_body(idir)
         for env in item.envelopes:
             path = os.path.join(idir, env.evpid)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                os.write(fd, envmod.serialise(env))
+                _write_all(fd, self.codec.encode(envmod.serialise(env)))
             finally:
                 os.close(fd)
+
+    def _encode_body(self, idir: str) -> None:
+        """Replace the plain body pony wrote with its encoded form (the
+        plaintext's name is gone before the commit's sync)."""
+        path = os.path.join(idir, "message")
+        with open(path, "rb") as f:
+            data = f.read()
+        if is_encoded(data):
+            return
+        tmp = path + ".enc"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, self.codec.encode(data))
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
 
     def sync(self) -> None:
         """Everything written to the spool so far reaches the disk."""
@@ -288,10 +331,21 @@ class Spool:
 
     def load_envelope(self, evpid: str) -> Envelope:
         with open(self.envelope_path(evpid), "rb") as f:
-            return envmod.parse(f.read())
+            return envmod.parse(self.codec.decode(f.read()))
 
     def update_envelope(self, env: Envelope) -> None:
-        envmod.write_atomic(self.envelope_path(env.evpid), env)
+        path = self.envelope_path(env.evpid)
+        if not self.codec.active:
+            envmod.write_atomic(path, env)
+            return
+        tmp = f"{path}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, self.codec.encode(envmod.serialise(env)))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
 
     def remove_envelope(self, evpid: str) -> None:
         try:
@@ -334,7 +388,23 @@ class Spool:
         return errors
 
     def open_message(self, msgid: str) -> int:
-        return os.open(self.message_path(msgid), os.O_RDONLY)
+        """A read descriptor of the message's plain bytes (decoded if need be).
+
+        Raises OSError (a decoding failure as EIO: the body cannot be read)."""
+        fd = os.open(self.message_path(msgid), os.O_RDONLY)
+        try:
+            head = os.pread(fd, 4, 0)
+        except OSError:
+            os.close(fd)
+            raise
+        if not is_encoded(head):
+            return fd
+        try:
+            with os.fdopen(fd, "rb") as f:
+                data = f.read()
+            return memfd_with(self.codec.decode(data))
+        except CodecError as exc:
+            raise OSError(errno.EIO, f"cannot decode message {msgid}: {exc}") from None
 
     def add_message(self, msgid: str, body: bytes, envelopes: list[Envelope]) -> None:
         """Write a message made by the daemon itself (a bounce) and commit it."""
@@ -342,7 +412,7 @@ class Spool:
         os.mkdir(idir, 0o700)
         fd = os.open(os.path.join(idir, "message"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, body)
+            _write_all(fd, self.codec.encode(body))
         finally:
             os.close(fd)
         digest = body_digest(body)
@@ -358,7 +428,13 @@ def body_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _body_matches(path: str, envs: list[Envelope]) -> bool:
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _body_matches(path: str, envs: list[Envelope], codec: Codec) -> bool:
     want = next((e for e in envs if e.message_sha256), None)
     if want is None:
         return True  # written by a version that recorded no digest
@@ -366,10 +442,17 @@ def _body_matches(path: str, envs: list[Envelope]) -> bool:
     size = 0
     try:
         with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-                size += len(chunk)
-    except OSError:
+            if is_encoded(f.read(4)):
+                f.seek(0)
+                data = codec.decode(f.read())
+                h.update(data)
+                size = len(data)
+            else:
+                f.seek(0)
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+                    size += len(chunk)
+    except (OSError, CodecError):
         return False
     return (want.message_size in (None, size)
             and h.hexdigest() == want.message_sha256)
