@@ -21,7 +21,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import ipaddress
 import os
@@ -34,7 +33,7 @@ from mailrider import limits, log
 from mailrider.config.model import Config, Listener
 from mailrider.errors import TempFail, plain_reason
 from mailrider.ipc import messages as m
-from mailrider.proc import pony_tls
+from mailrider.proc import pony_spool, pony_tls
 from mailrider.proc.pony_deliveries import Deliveries
 from mailrider.proc.pony_filter import FilterClient, Peer, filter_reply
 from mailrider.proc.pony_tls import tls_summary
@@ -869,16 +868,11 @@ class Session(asyncio.Protocol):
         """The end of the message: write what the header hygiene and the From:
         rewriter still hold."""
         hygiene, self.hygiene = self.hygiene, None
-        tail = hygiene.finish() if hygiene is not None else b""
         masq, self.masq = self.masq, None
-        if masq is None:
-            if tail:
-                self._spool(tail)
-            return
-        rest = masq.feed(tail) + masq.finish()
+        rest = pony_spool.header_tail(hygiene, masq)
         if rest:
             self._spool(rest)
-        if masq.rewritten:
+        if masq is not None and masq.rewritten:
             log.event("smtp", "masquerade", session=self.id, msgid=self.msgid,
                       sender=masq.sender, fields=masq.rewritten)
 
@@ -888,10 +882,7 @@ class Session(asyncio.Protocol):
         self.digest.update(data)
         self.written += len(data)
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(self.fd, view)
-                view = view[n:]
+            pony_spool.write_all(self.fd, data)
         except OSError as exc:
             log.error("smtp", "spool-write-failed", session=self.id, error=exc.strerror)
             self._write_error = exc
@@ -944,27 +935,12 @@ class Session(asyncio.Protocol):
         self._reset_tx()
 
     def _envelopes(self) -> list[Envelope]:
-        """One envelope per delivery lka decided, built once (the queue names them)."""
-        now = int(time.time())
-        out: list[Envelope] = []
-        params = self.mail_params
-        size, digest = self.written, self.digest.hexdigest()
-        for index, d in self.deliveries:
-            rcpt, rparams = self.rcpts[index]
-            action = self.host.config.actions.get(d.dispatcher)
-            ttl = (action.ttl if action is not None and action.ttl
-                   else self.host.config.queue_ttl)
-            out.append(Envelope(
-                evpid="", delivery=d if d.rcpt == rcpt else dataclasses.replace(d, rcpt=rcpt),
-                type="mta" if d.relayed else "mda", tag=self.listener.tag or "",
-                smtpname=self.hostname, helo=self.helo or "", hostname="<unknown>",
-                sockaddr=self.ip, sender=self.sender or "", ctime=now, retry=0, ttl=ttl,
-                dsn_notify=tuple(sorted(getattr(rparams, "notify", None) or ())),
-                dsn_orcpt=getattr(rparams, "orcpt", None) or "",
-                dsn_ret=getattr(params, "ret", None) or "",
-                dsn_envid=getattr(params, "envid", None) or "",
-                message_size=size, message_sha256=digest))
-        return out
+        """One envelope per delivery lka decided (pony_spool.build_envelopes)."""
+        tx = pony_spool.Transaction(
+            tag=self.listener.tag or "", smtpname=self.hostname, helo=self.helo or "",
+            sockaddr=self.ip, sender=self.sender or "", mail_params=self.mail_params,
+            rcpts=self.rcpts, size=self.written, digest=self.digest.hexdigest())
+        return pony_spool.build_envelopes(self.host.config, tx, self.deliveries, int(time.time()))
 
     async def _rollback(self, msgid: str | None) -> None:
         if msgid is None:
