@@ -31,7 +31,13 @@ from dataclasses import dataclass
 from mailrider import dkim, log
 from mailrider.config.model import Dkim
 from mailrider.crypto import der, libcrypto, rsa
-from mailrider.crypto.keys import NO_PASSWORD, KeyLoadError, SignError, i2d_pubkey, read_key_file
+from mailrider.crypto.keys import (
+    KeyLoadError,
+    SignError,
+    i2d_pubkey,
+    read_key_file,
+    read_private_key,
+)
 from mailrider.errors import ConfigError
 
 OID_ED25519 = "1.3.101.112"
@@ -140,16 +146,7 @@ class DkimKeyStore:
         lib = self._lib
         assert lib is not None
         c = lib.crypto
-        c.ERR_clear_error()
-        bio = c.BIO_new_mem_buf(pem, len(pem))
-        if not bio:
-            raise KeyLoadError(f"{key_path}: {lib.errors()}")
-        try:
-            pkey = c.PEM_read_bio_PrivateKey(bio, None, NO_PASSWORD, None)
-        finally:
-            c.BIO_free(bio)
-        if not pkey:
-            raise KeyLoadError(f"{key_path}: {lib.errors()}")
+        pkey = read_private_key(lib, pem, key_path)
         spki = i2d_pubkey(lib, pkey)
         if not spki:
             c.EVP_PKEY_free(pkey)

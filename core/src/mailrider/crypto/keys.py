@@ -100,6 +100,25 @@ def parse_private_key(pem: bytes) -> tuple[str, rsa.PrivateKey | None]:
     raise der.DERError("no private key found")
 
 
+
+def read_private_key(lib: libcrypto.LibCrypto, pem: bytes, key_path: str) -> int:
+    """libcrypto's EVP_PKEY for a PEM private key (the caller frees it);
+    :class:`KeyLoadError` naming ``key_path`` when it cannot be read."""
+    c = lib.crypto
+    c.ERR_clear_error()
+    bio = c.BIO_new_mem_buf(pem, len(pem))
+    if not bio:
+        raise KeyLoadError(f"{key_path}: {lib.errors()}")
+    try:
+        # a callback that refuses: never prompt for a passphrase on a tty
+        pkey: int = c.PEM_read_bio_PrivateKey(bio, None, NO_PASSWORD, None)
+    finally:
+        c.BIO_free(bio)
+    if not pkey:
+        raise KeyLoadError(f"{key_path}: {lib.errors()}")
+    return pkey
+
+
 class KeyStore:
     """Private keys and their operations, with counters.
 
@@ -164,17 +183,7 @@ class KeyStore:
         lib = self._lib
         assert lib is not None
         c = lib.crypto
-        c.ERR_clear_error()
-        bio = c.BIO_new_mem_buf(pem, len(pem))
-        if not bio:
-            raise KeyLoadError(f"{key_path}: {lib.errors()}")
-        try:
-            # a callback that refuses: never prompt for a passphrase on a tty
-            pkey = c.PEM_read_bio_PrivateKey(bio, None, NO_PASSWORD, None)
-        finally:
-            c.BIO_free(bio)
-        if not pkey:
-            raise KeyLoadError(f"{key_path}: {lib.errors()}")
+        pkey = read_private_key(lib, pem, key_path)
         try:
             ours = i2d_pubkey(lib, pkey)
             if ours != public.spki:
