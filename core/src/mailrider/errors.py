@@ -86,3 +86,14 @@ class ProtocolViolation(SMTPFailure):
 
     code = 500
     status = "5.5.2"
+
+
+def delivery_outcome(exc: Exception) -> tuple[str, str]:
+    """A failed delivery's (status, reply) as the queue takes it: a
+    :class:`PermFail` or :class:`TempFail` says its own reply; anything else is
+    a temporary failure naming the error (a fault is never a bounce)."""
+    if isinstance(exc, PermFail):
+        return "permfail", exc.reply()
+    if isinstance(exc, TempFail):
+        return "tempfail", exc.reply()
+    return "tempfail", f"451 4.3.0 delivery error: {type(exc).__name__}: {exc}"

@@ -39,7 +39,7 @@ import sys
 
 from mailrider import limits
 from mailrider.delivery.maildir import MaildirBatch
-from mailrider.errors import PermFail, TempFail
+from mailrider.errors import TempFail, delivery_outcome
 
 #: a request's JSON, at most (DELIVERY_BATCH_MAX deliveries of bounded fields)
 REQUEST_MAX = 256 * 1024
@@ -88,14 +88,6 @@ def _checked(data: bytes, nfds: int) -> list[dict[str, object]]:
     return jobs
 
 
-def _outcome(exc: Exception) -> tuple[str, str]:
-    if isinstance(exc, PermFail):
-        return "permfail", exc.reply()
-    if isinstance(exc, TempFail):
-        return "tempfail", exc.reply()
-    return "tempfail", f"451 4.3.0 delivery error: {type(exc).__name__}: {exc}"
-
-
 def deliver(jobs: list[dict[str, object]], fds: list[int]) -> list[tuple[str, str]]:
     """Every delivery of the batch, made durable together; one outcome each."""
     results: list[tuple[str, str]] = [("tempfail", "451 4.3.0 delivery failed")] * len(jobs)
@@ -111,14 +103,14 @@ def deliver(jobs: list[dict[str, object]], fds: list[int]) -> list[tuple[str, st
             pending[i] = batch.add(str(job["path"]), fd, prepend=prepend,
                                    junk=bool(job["junk"]))
         except Exception as exc:  # each delivery must report
-            results[i] = _outcome(exc)
+            results[i] = delivery_outcome(exc)
     try:
         committed = batch.commit()
     except Exception as exc:
         committed = [TempFail(f"maildir commit failed: {exc}")] * len(pending)
     for i, index in pending.items():
         final = committed[index] if index < len(committed) else TempFail("not committed")
-        results[i] = ("ok", "Delivered") if isinstance(final, str) else _outcome(final)
+        results[i] = ("ok", "Delivered") if isinstance(final, str) else delivery_outcome(final)
     return results
 
 

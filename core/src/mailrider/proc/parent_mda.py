@@ -36,7 +36,7 @@ from mailrider.delivery.lmtp import deliver_lmtp
 from mailrider.delivery.maildir import MaildirBatch
 from mailrider.delivery.mbox import deliver_mbox
 from mailrider.delivery.mda import deliver_mda
-from mailrider.errors import PermFail, TempFail
+from mailrider.errors import PermFail, TempFail, delivery_outcome
 from mailrider.ipc import messages as m
 from mailrider.proc import parent_workers
 from mailrider.queue import envelope as envmod
@@ -327,14 +327,6 @@ def maildir_job(config: Config, plan: Plan, env: Envelope) -> dict[str, object]:
             "prepend": prepend.decode("utf-8", "surrogateescape")}
 
 
-def _outcome(exc: Exception) -> tuple[str, str]:
-    if isinstance(exc, PermFail):
-        return "permfail", exc.reply()
-    if isinstance(exc, TempFail):
-        return "tempfail", exc.reply()
-    return "tempfail", f"451 4.3.0 delivery error: {type(exc).__name__}: {exc}"
-
-
 def _batch_child(config: Config, jobs: list[_Job]) -> bytes:
     """In a forked child: every job of one user, maildirs synced together.
 
@@ -359,13 +351,13 @@ def _batch_child(config: Config, jobs: list[_Job]) -> bytes:
                 else:
                     results[i] = done
             except Exception as exc:  # each job must report
-                results[i] = _outcome(exc)
+                results[i] = delivery_outcome(exc)
         committed = batch.commit()
         for i, index in pending.items():
             final = committed[index]
-            results[i] = ("ok", "Delivered") if isinstance(final, str) else _outcome(final)
+            results[i] = ("ok", "Delivered") if isinstance(final, str) else delivery_outcome(final)
     except Exception as exc:  # the credentials could not be taken: every job fails
-        results = [_outcome(exc)] * len(jobs)
+        results = [delivery_outcome(exc)] * len(jobs)
     return json.dumps([{"status": st, "text": tx[:500]} for st, tx in results]).encode()
 
 
@@ -486,7 +478,7 @@ class Deliveries:
             try:
                 payload.append(maildir_job(self.parent.config, job.plan, job.env))
             except ValueError as exc:  # the template: as the forked delivery reports it
-                st, tx = _outcome(exc)
+                st, tx = delivery_outcome(exc)
                 answers[i] = {"status": st, "text": tx}
                 continue
             fds.append(job.fd)
