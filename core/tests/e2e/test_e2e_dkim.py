@@ -24,7 +24,8 @@ import pytest
 from harness import Daemon, wait_for
 from mailrider import dkim
 from mailrider.crypto import der
-from mailrider.crypto.dkimkeys import DkimKeyStore, key_kind
+from mailrider.crypto.dkimkeys import DkimKeyStore
+from mailrider.crypto.keys import parse_private_key
 from smtp_peer import SmtpPeer
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "crypto"))
@@ -165,7 +166,7 @@ def _needles(path: str) -> dict[str, bytes]:
     pem = pathlib.Path(path).read_bytes()
     lines = [ln for ln in pem.splitlines() if ln and not ln.startswith(b"-----")]
     out = {f"pem line {i}": ln for i, ln in enumerate(lines[:-1]) if len(ln) == 64}
-    _, rsakey = key_kind(pem)
+    _, rsakey = parse_private_key(pem)
     if rsakey is not None:
         for label, value in (("d", rsakey.d), ("p", rsakey.p), ("q", rsakey.q)):
             size = (value.bit_length() + 7) // 8

@@ -35,12 +35,12 @@ from mailrider.crypto.keys import (
     KeyLoadError,
     SignError,
     i2d_pubkey,
+    parse_private_key,
     read_key_file,
     read_private_key,
 )
 from mailrider.errors import ConfigError
 
-OID_ED25519 = "1.3.101.112"
 #: which key kind each algorithm needs
 KEY_KIND = {"rsa-sha256": "rsa", "ed25519-sha256": "ed25519"}
 
@@ -53,28 +53,6 @@ class _DkimKey:
     spki: bytes  # the public key, for the DNS record
     pkey: int = 0  # EVP_PKEY * (libcrypto)
     py: rsa.PrivateKey | None = None
-
-
-def key_kind(pem: bytes) -> tuple[str, rsa.PrivateKey | None]:
-    """("rsa", key), ("ed25519", None), or ("ec", None) for the first private key in ``pem``."""
-    for label, data in der.pem_blocks(pem):
-        if label == "RSA PRIVATE KEY":
-            return "rsa", rsa.from_pkcs1(data)
-        if label == "EC PRIVATE KEY":
-            return "ec", None
-        if label == "PRIVATE KEY":
-            # RFC 5208 5 / RFC 8410 7: PrivateKeyInfo { version, algorithm, privateKey }
-            node = der.expect(der.parse(data), der.TAG_SEQUENCE, 3)
-            alg = der.oid(der.expect(node.children[1], der.TAG_SEQUENCE, 1).children[0])
-            if alg == der.OID_RSA:
-                inner = der.expect(node.children[2], der.TAG_OCTET_STRING).content
-                return "rsa", rsa.from_pkcs1(inner)
-            if alg == OID_ED25519:
-                return "ed25519", None
-            if alg == der.OID_EC:
-                return "ec", None
-            raise der.DERError(f"unsupported key algorithm {alg}")
-    raise der.DERError("no private key found")
 
 
 def _der_len(n: int) -> bytes:
@@ -124,7 +102,7 @@ class DkimKeyStore:
         """Load the key of the ``dkim`` entry ``signer`` from ``key_path``."""
         pem = read_key_file(key_path)
         try:
-            kind, pykey = key_kind(pem)
+            kind, pykey = parse_private_key(pem)
         except ValueError as exc:
             raise KeyLoadError(f"{key_path}: {exc}") from None
         want = KEY_KIND[signer.algorithm]

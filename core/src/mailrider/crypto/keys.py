@@ -81,7 +81,8 @@ def read_key_file(path: str) -> bytes:
 
 
 def parse_private_key(pem: bytes) -> tuple[str, rsa.PrivateKey | None]:
-    """("rsa", key) or ("ec", None) for the first private key block of ``pem``."""
+    """("rsa", key), ("ec", None) or ("ed25519", None) for the first private
+    key block of ``pem`` (TLS keys are RSA or EC; DKIM keys RSA or Ed25519)."""
     for label, data in der.pem_blocks(pem):
         if label == "RSA PRIVATE KEY":
             return "rsa", rsa.from_pkcs1(data)
@@ -96,6 +97,8 @@ def parse_private_key(pem: bytes) -> tuple[str, rsa.PrivateKey | None]:
                 return "rsa", rsa.from_pkcs1(inner)
             if alg == der.OID_EC:
                 return "ec", None
+            if alg == der.OID_ED25519:
+                return "ed25519", None
             raise der.DERError(f"unsupported key algorithm {alg}")
     raise der.DERError("no private key found")
 
