@@ -34,6 +34,7 @@ from mailrider.crypto import der, libcrypto, rsa
 from mailrider.crypto.keys import (
     KeyLoadError,
     SignError,
+    choose_backend,
     i2d_pubkey,
     parse_private_key,
     read_key_file,
@@ -83,12 +84,7 @@ class DkimKeyStore:
     """DKIM keys by ``dkim`` name. ``backend`` as :class:`mailrider.crypto.keys.KeyStore`'s."""
 
     def __init__(self, backend: str = "auto") -> None:
-        if backend not in ("auto", "libcrypto", "python"):
-            raise ValueError(f"unknown backend {backend}")
-        if backend == "auto":
-            backend = "libcrypto" if libcrypto.available() else "python"
-        self.backend = backend
-        self._lib = libcrypto.load() if backend == "libcrypto" else None
+        self.backend, self._lib = choose_backend(backend)
         self._keys: dict[str, _DkimKey] = {}
         self.counters: dict[str, int] = {"dkim.sign": 0, "dkim.sign.errors": 0}
 

@@ -104,6 +104,16 @@ def parse_private_key(pem: bytes) -> tuple[str, rsa.PrivateKey | None]:
 
 
 
+def choose_backend(backend: str) -> tuple[str, libcrypto.LibCrypto | None]:
+    """A key store's backend: "auto" is libcrypto when it is available, else
+    pure Python; with libcrypto, the loaded library."""
+    if backend not in ("auto", "libcrypto", "python"):
+        raise ValueError(f"unknown backend {backend}")
+    if backend == "auto":
+        backend = "libcrypto" if libcrypto.available() else "python"
+    return backend, libcrypto.load() if backend == "libcrypto" else None
+
+
 def read_private_key(lib: libcrypto.LibCrypto, pem: bytes, key_path: str) -> int:
     """libcrypto's EVP_PKEY for a PEM private key (the caller frees it);
     :class:`KeyLoadError` naming ``key_path`` when it cannot be read."""
@@ -130,12 +140,7 @@ class KeyStore:
     """
 
     def __init__(self, backend: str = "auto") -> None:
-        if backend not in ("auto", "libcrypto", "python"):
-            raise ValueError(f"unknown backend {backend}")
-        if backend == "auto":
-            backend = "libcrypto" if libcrypto.available() else "python"
-        self.backend = backend
-        self._lib = libcrypto.load() if backend == "libcrypto" else None
+        self.backend, self._lib = choose_backend(backend)
         self._keys: dict[str, _Key] = {}
         self.names: dict[str, str] = {}  # pki name -> cert hash
         self.counters: dict[str, int] = {"sign": 0, "sign.errors": 0}
