@@ -32,7 +32,7 @@ ACCEPTS: dict[tuple[str, str], frozenset[str]] = {
     ("parent", "klondike"): frozenset(),
     ("lka", "parent"): frozenset({"GrantKey", "ForwardContent", "AuthResult"}),
     ("lka", "pony"): frozenset({
-        "RcptCheck", "PeerLookup", "MxResolve", "MtaLookup", "AuthCheck", "SendersCheck",
+        "RcptCheck", "PeerLookup", "MxResolve", "StsTxt", "MtaLookup", "AuthCheck", "SendersCheck",
         "FilterBegin", "FilterPhase", "FilterReport", "FilterDataBegin", "FilterData",
         "FilterEnd",
     }),
@@ -40,7 +40,8 @@ ACCEPTS: dict[tuple[str, str], frozenset[str]] = {
     ("lka", "control"): frozenset({"Control"}),
     ("pony", "parent"): frozenset({"LocalSession"}),
     ("pony", "lka"): frozenset({
-        "FilterData", "RcptResult", "PeerInfo", "MxResult", "FilterDecision", "AuthResult",
+        "FilterData", "RcptResult", "PeerInfo", "MxResult", "StsTxtResult", "FilterDecision",
+        "AuthResult",
     }),
     ("pony", "queue"): frozenset({"DeliverBatch", "MessageCreated"}),
     ("pony", "control"): frozenset({"LocalSession", "Control"}),

@@ -141,7 +141,9 @@ ROLE_MODULES: dict[str, tuple[str, ...]] = {
     "pony": (*_CHILD, *_EMAIL,
              "mailrider.proc.pony", "mailrider.smtp.", "mailrider.queue.envelope",
              "mailrider.crypto.delegate", "mailrider.crypto.der", "mailrider.crypto.libcrypto",
-             "mailrider.crypto.signclient", "mailrider.table.values"),
+             "mailrider.crypto.signclient", "mailrider.table.values",
+             # MTA-STS (proc/pony_mtasts.py): the policy parser and the HTTPS fetch
+             "mailrider.mtasts", "http.client"),
     # mailriderd: its checks (those of -n), the children it starts and the
     # programs; the deliveries and ~/.forward reads it forks as other users
     "parent": (*_CHILD, *_DELIVERY, *_EMAIL, *_TABLES,

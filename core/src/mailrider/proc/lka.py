@@ -299,6 +299,8 @@ class Lka(common.Process):
             return await self.peer_lookup(msg)
         if isinstance(msg, m.MxResolve):
             return await lka_dns.resolve(self.resolver, msg)
+        if isinstance(msg, m.StsTxt):
+            return await lka_dns.sts_txt(self.resolver, msg)
         if isinstance(msg, m.MtaLookup):
             return await self.mta_lookup(msg)
         if isinstance(msg, m.FilterBegin | m.FilterPhase | m.FilterReport | m.FilterDataBegin
