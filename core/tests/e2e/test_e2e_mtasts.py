@@ -81,7 +81,7 @@ class PolicyServer:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
                 outer.requests.append((host, self.path))
                 domain = host.removeprefix("mta-sts.")
