@@ -5,7 +5,8 @@ Everything on loopback: the test DNS server serves the MX, A and
 the test's own CA serves the policies (``MAILRIDER_MTA_STS_PORT`` points
 pony at it); scripted SMTP peers (smtp_peer.SmtpPeer) are the MX hosts, one
 on 127.0.0.1 with a certificate for its MX names from the same CA, one on
-127.0.0.2 whose certificate comes from a CA the daemon does not know. The
+127.0.0.2 whose certificate comes from a CA the daemon does not know, one on
+127.0.0.3 without STARTTLS. The
 relay action says ``mta-sts ca testca``, so the policy fetch and the MX
 certificates are checked against the test CA and never against the system
 store.
@@ -53,6 +54,7 @@ DOMAINS = {
     "testing.test": ("testing", "mx.testing.test", "127.0.0.2"),
     "testmx.test": ("testing", "elsewhere.testmx.test", "127.0.0.1"),
     "cached.test": ("enforce", "mx.cached.test", "127.0.0.1"),
+    "notls.test": ("enforce", "mx.notls.test", "127.0.0.3"),
 }
 
 
@@ -126,8 +128,9 @@ def wait_log(d: Daemon, pattern: str, timeout: float = 20) -> None:
 
 class World:
     def __init__(self, d: Daemon, dns: DnsThread, https: PolicyServer, good: SmtpPeer,
-                 bad: SmtpPeer) -> None:
+                 bad: SmtpPeer, clear: SmtpPeer) -> None:
         self.d, self.dns, self.https, self.good, self.bad = d, dns, https, good, bad
+        self.clear = clear
 
     def received_for(self, peer: SmtpPeer, rcpt: str) -> list[bool]:
         """TLS flag of each transaction ``peer`` accepted for ``rcpt``."""
@@ -157,6 +160,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     good = SmtpPeer(Behaviour(tls=server_context(mx_cert, mx_key)), host="127.0.0.1")
     bad = SmtpPeer(Behaviour(tls=server_context(bad_cert, bad_key)), host="127.0.0.2",
                    port=good.port)
+    clear = SmtpPeer(Behaviour(), host="127.0.0.3", port=good.port)
     try:
         with DnsThread(records) as dns:
             assert dns.server is not None
@@ -165,10 +169,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             conf = CONFIG.format(dns=dns.port, mta=good.port, ca=ca)
             with Daemon(conf, extra_env={"MAILRIDER_MTA_STS_PORT": str(https.port),
                                          "MAILRIDER_MTA_TIMEOUT": "5"}) as d:
-                yield World(d, dns, https, good, bad)
+                yield World(d, dns, https, good, bad, clear)
     finally:
         good.close()
         bad.close()
+        clear.close()
         https.close()
 
 
@@ -183,7 +188,10 @@ def test_enforce_valid_delivers_over_verified_tls(world: World) -> None:
     assert world.received_for(world.good, "a@good.test") == [True]
     assert ("mta-sts.good.test", "/.well-known/mta-sts.txt") in world.https.requests
     wait_log(world.d, r"mta mta-sts-policy domain=good\.test id=v0 mode=enforce "
-                      r"max-age=86400 mx=mx\.good\.test")
+                      r"max-age=86400 mx=mx\.good\.test ms=\d+")
+    fetch_ms = re.search(r"mta-sts-policy domain=good\.test .* ms=(\d+)", world.d.log())
+    assert fetch_ms is not None
+    print(f"policy fetch through the daemon: {fetch_ms.group(1)} ms")
 
 
 def test_enforce_wildcard_pattern(world: World) -> None:
@@ -213,6 +221,17 @@ def test_enforce_bad_certificate_is_deferred(world: World) -> None:
     assert world.bad.connections > before  # it was tried, with TLS required
     assert world.received_for(world.bad, "b@badcert.test") == []  # and never in clear
     assert not any(c.upper().startswith("MAIL") for c in world.bad.commands)
+
+
+def test_enforce_without_starttls_is_deferred(world: World) -> None:
+    send(world, "n@notls.test")
+    wait_log(world.d, r"delivery .*to=<n@notls\.test> .*result=\"?TempFail")
+    wait_log(world.d, r"mta-sts-check mta-sts=enforce domain=notls\.test id=v7 "
+                      r"host=mx\.notls\.test address=127\.0\.0\.3 result=tls-failed")
+    time.sleep(0.5)
+    assert world.clear.connections >= 1
+    assert not any(c.upper().startswith("MAIL") for c in world.clear.commands)
+    assert world.clear.received == []
 
 
 def test_testing_mode_delivers_and_logs(world: World) -> None:
