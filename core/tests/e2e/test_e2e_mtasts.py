@@ -192,6 +192,9 @@ def test_enforce_valid_delivers_over_verified_tls(world: World) -> None:
     fetch_ms = re.search(r"mta-sts-policy domain=good\.test .* ms=(\d+)", world.d.log())
     assert fetch_ms is not None
     print(f"policy fetch through the daemon: {fetch_ms.group(1)} ms")
+    relays = world.d.ctl("show", "relays").stdout.splitlines()
+    assert any(r.startswith("[relay:good.test,smtp,mta-sts=enforce:v0] refcount=")
+               for r in relays), relays
 
 
 def test_enforce_wildcard_pattern(world: World) -> None:

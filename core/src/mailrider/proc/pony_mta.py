@@ -447,15 +447,6 @@ class Mta:
         if err is not None:
             status, text = err
             return _all(envs, status, text).results
-        self.show.relay_of_task.set(relay_text(
-            url.host if url else domain, url.port if url else None, profile.proto,
-            str(action.relay["auth"]) if action.relay.get("auth") else None))
-        lim = mta_limit.limits_for(self.config, domain)
-        if lim.family is not None:
-            targets = [t for t in targets if (":" in t.ip) == (lim.family == 6)]
-            if not targets:
-                return _all(envs, "tempfail", f"451 4.4.4 No IPv{lim.family} address to "
-                            "relay to (mta limit)").results
         plan: Plan | None = None
         if url is None and action.relay.get("mta_sts"):
             plan = await self.sts.plan(action, domain)
@@ -463,6 +454,16 @@ class Mta:
             if refusal is not None:
                 return _all(envs, "tempfail", refusal).results
             targets = [t for t in targets if t.name in names]
+        self.show.relay_of_task.set(relay_text(
+            url.host if url else domain, url.port if url else None, profile.proto,
+            str(action.relay["auth"]) if action.relay.get("auth") else None,
+            f"{plan.mode}:{plan.id}" if plan is not None and plan.mode else None))
+        lim = mta_limit.limits_for(self.config, domain)
+        if lim.family is not None:
+            targets = [t for t in targets if (":" in t.ip) == (lim.family == 6)]
+            if not targets:
+                return _all(envs, "tempfail", f"451 4.4.4 No IPv{lim.family} address to "
+                            "relay to (mta limit)").results
         sem = self.route_slots.setdefault(route, asyncio.Semaphore(limits.MTA_MAX_CONN_PER_ROUTE))
         # signed once per route, before any connection: klondike's refusal defers
         head = await self.dkim.field(action, fd, msgid_of(envs[0].evpid))
