@@ -5,10 +5,11 @@
 
 Needs the openssl CLI (a throwaway CA and a certificate for the policy host).
 Runs pony's :class:`mailrider.proc.pony_mtasts.MtaSts` in this process
-against a loopback HTTPS policy server (a thread, http.server); lka's
-answers (the TXT record, the policy host's address) come from a stub, so
-the figures are pony's own work without the IPC round trips to lka
-(each about 0.1 ms, docs/performance.md):
+against a loopback HTTPS policy server (a thread, http.server). lka's
+answers (the TXT record, the policy host's address) come from a stand-in
+lka: a forked process answering over a socketpair with mailrider's own IPC
+channel (ipc/channel.py), as pony asks the real one; only lka's DNS cache
+lookup is left out.
 
 fetch
     ``plan()`` with an empty cache: TXT, TCP connect, TLS handshake with
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import http.server
 import os
+import socket
 import ssl
 import statistics
 import subprocess
@@ -37,6 +39,8 @@ from typing import Any
 
 from mailrider.config import parse_string
 from mailrider.ipc import messages as m
+from mailrider.ipc.channel import Channel
+from mailrider.ipc.policy import accepts
 from mailrider.proc import pony_mtasts
 
 POLICY = b"version: STSv1\nmode: enforce\nmx: mx.bench.test\nmax_age: 86400\n"
@@ -69,7 +73,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-async def ask(msg: Any) -> Any:
+async def lka_answer(chan: Channel, msg: Any, fds: list[int]) -> Any:
     if isinstance(msg, m.StsTxt):
         return m.StsTxtResult("ok", ["v=STSv1; id=bench1;"])
     if isinstance(msg, m.MxResolve):
@@ -77,15 +81,24 @@ async def ask(msg: Any) -> Any:
     raise ValueError(msg)
 
 
+async def lka_serve(sock: socket.socket) -> None:
+    """The stand-in lka: answers until pony's end closes."""
+    done = asyncio.get_running_loop().create_future()
+    chan = Channel(sock, "pony", lka_answer, accepts("lka", "pony"))
+    chan.on_close = lambda _c: done.done() or done.set_result(None)
+    await done
+
+
 def ms(values: list[float]) -> str:
     q = statistics.quantiles(values, n=20)[-1] if len(values) >= 2 else values[0]
     return f"median {statistics.median(values) * 1000:.3f} ms, p95 {q * 1000:.3f} ms"
 
 
-async def bench(ca: Path, fetches: int, lookups: int) -> None:
+async def bench(ca: Path, sock: socket.socket, fetches: int, lookups: int) -> None:
     conf = parse_string(f'ca bench cert "{ca}"\naction a relay mta-sts ca bench\n'
                         "match from any for any action a\n", "bench.conf")
-    sts = pony_mtasts.MtaSts(conf, ask)
+    lka = Channel(sock, "lka", None, accepts("pony", "lka"))
+    sts = pony_mtasts.MtaSts(conf, lka.ask)
     action = conf.actions["a"]
     fetch_t: list[float] = []
     for _ in range(fetches):
@@ -102,6 +115,7 @@ async def bench(ca: Path, fetches: int, lookups: int) -> None:
         assert plan.mode == "enforce", plan
     print(f"fetch  ({fetches}): {ms(fetch_t)}")
     print(f"cached ({lookups}): {ms(cached_t)}")
+    lka.close()
 
 
 def main() -> int:
@@ -109,6 +123,13 @@ def main() -> int:
     ap.add_argument("--fetches", type=int, default=50)
     ap.add_argument("--lookups", type=int, default=2000)
     args = ap.parse_args()
+    mine, theirs = socket.socketpair()
+    pid = os.fork()  # before any thread
+    if pid == 0:  # the stand-in lka
+        mine.close()
+        asyncio.run(lka_serve(theirs))
+        os._exit(0)
+    theirs.close()
     with tempfile.TemporaryDirectory(prefix="mtasts-bench-") as tmp:
         ca, cert, key = certs(Path(tmp))
         httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -118,10 +139,12 @@ def main() -> int:
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         os.environ[pony_mtasts.PORT_ENV] = str(httpd.server_address[1])
         try:
-            asyncio.run(bench(ca, args.fetches, args.lookups))
+            asyncio.run(bench(ca, mine, args.fetches, args.lookups))
         finally:
             httpd.shutdown()
             httpd.server_close()
+            mine.close()
+            os.waitpid(pid, 0)
     return 0
 
 
