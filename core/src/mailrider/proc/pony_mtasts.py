@@ -46,6 +46,8 @@ from mailrider.mtasts import Policy, PolicyError, policy_from_response, txt_id
 
 Ask = Callable[[Any], Awaitable[Any]]
 PORT_ENV = "MAILRIDER_MTA_STS_PORT"
+#: the clock of max_age and of the hold after a failed fetch (tests move it)
+clock = time.monotonic
 _PATH = "/.well-known/mta-sts.txt"
 
 
@@ -53,7 +55,7 @@ _PATH = "/.well-known/mta-sts.txt"
 class Cached:
     policy: Policy
     id: str
-    expires: float  # time.monotonic()
+    expires: float  # clock()
 
 
 @dataclass(slots=True)
@@ -152,7 +154,7 @@ class MtaSts:
 
     async def _policy(self, domain: str, ca: str | None) -> Cached | None:
         key = (domain, ca)
-        now = time.monotonic()
+        now = clock()
         cached = self.cache.get(key)
         if cached is not None:
             if cached.expires <= now:
@@ -186,7 +188,7 @@ class MtaSts:
 
     async def _refresh(self, domain: str, ca: str | None, policy_id: str,
                        cached: Cached | None) -> Cached | None:
-        started = time.monotonic()
+        started = clock()
         try:
             policy = await self.fetch(domain, ca)
         except (PolicyError, TempFail, OSError, TimeoutError, ssl.SSLError) as exc:
@@ -194,12 +196,12 @@ class MtaSts:
             log.warning("mta", "mta-sts-fetch-failed", domain=domain, id=policy_id,
                         error=error or type(exc).__name__,
                         cached=cached.id if cached is not None else "none")
-            now = time.monotonic()
+            now = clock()
             self.held = {k: v for k, v in self.held.items() if v > now}
             if len(self.held) < limits.MTA_STS_CACHE_MAX:
                 self.held[(domain, ca, policy_id)] = now + limits.MTA_STS_FAIL_HOLD
             return cached
-        now = time.monotonic()
+        now = clock()
         entry = Cached(policy, policy_id, now + policy.max_age)
         key = (domain, ca)
         self.cache[key] = entry
