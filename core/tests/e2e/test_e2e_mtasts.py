@@ -55,6 +55,8 @@ DOMAINS = {
     "testmx.test": ("testing", "elsewhere.testmx.test", "127.0.0.1"),
     "cached.test": ("enforce", "mx.cached.test", "127.0.0.1"),
     "notls.test": ("enforce", "mx.notls.test", "127.0.0.3"),
+    # the policy host answers with a redirect (to a policy that would refuse the MX)
+    "redirect.test": ("enforce", "nowhere.redirect.test", "127.0.0.1"),
 }
 
 
@@ -79,6 +81,7 @@ class PolicyServer:
     def __init__(self, cert: Path, key: Path) -> None:
         self.policies: dict[str, str] = {}
         self.failing: set[str] = set()
+        self.redirects: set[str] = set()
         self.requests: list[tuple[str, str]] = []  # (host, path)
         outer = self
 
@@ -88,6 +91,12 @@ class PolicyServer:
                 outer.requests.append((host, self.path))
                 domain = host.removeprefix("mta-sts.")
                 body = outer.policies.get(domain)
+                if domain in outer.redirects:
+                    self.send_response(301)
+                    self.send_header("Location", "https://mta-sts.good.test" + self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path != "/.well-known/mta-sts.txt" or body is None \
                         or domain in outer.failing:
                     self.send_error(503 if domain in outer.failing else 404)
@@ -149,6 +158,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     https = PolicyServer(web_cert, web_key)
     for domain, (mode, mx, _) in DOMAINS.items():
         https.policies[domain] = POLICY.format(mode=mode, mx=mx)
+    https.redirects.add("redirect.test")
     records: dict[tuple[str, int], list[wire.RData]] = {}
     for i, (domain, (_, _, ip)) in enumerate(DOMAINS.items()):
         records[(domain, wire.MX)] = [(10, f"mx.{domain}")]
@@ -269,6 +279,15 @@ def test_fetch_failure_keeps_the_cached_policy(world: World) -> None:
                       r"MTA-STS policy of cached\.test \(enforce, id v6\)")
     assert len(world.https.requests) == fetches + 1
     assert world.received_for(world.good, "c2@cached.test") == []
+
+
+def test_redirect_is_not_followed_and_means_no_policy(world: World) -> None:
+    send(world, "r@redirect.test")
+    wait_log(world.d, r"mta mta-sts-fetch-failed domain=redirect\.test id=v8 "
+                      r"error=\"HTTP status 301\" cached=none")
+    wait_log(world.d, r"delivery .*to=<r@redirect\.test> .*result=\"?Ok")
+    assert [h for h, _ in world.https.requests].count("mta-sts.redirect.test") == 1
+    assert world.received_for(world.good, "r@redirect.test") == [True]  # opportunistic
 
 
 def test_one_fetch_per_policy_id(world: World) -> None:
