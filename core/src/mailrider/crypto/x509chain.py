@@ -72,6 +72,7 @@ def _bind() -> _Fns:
         try:
             lib = libcrypto.load().crypto
             fns: dict[str, Any] = {}
+            f: Any
             for name, (restype, argtypes) in _PROTOS.items():
                 f = lib[name]  # a fresh function object: the shared binding is left alone
                 f.restype, f.argtypes = restype, argtypes

@@ -31,6 +31,7 @@ import re
 from typing import Any
 
 from mailrider.config.model import Config
+from mailrider.dns import wire
 from mailrider.dns.resolver import (
     DNSError,
     DNSTempError,
@@ -40,7 +41,6 @@ from mailrider.dns.resolver import (
     ResolverConfig,
     load_resolv_conf,
 )
-from mailrider.dns import wire
 from mailrider.ipc import messages as m
 
 

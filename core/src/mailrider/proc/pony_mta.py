@@ -24,7 +24,9 @@ Where mail goes:
   more (``auth_needs_verified_tls``).
 - otherwise the MX hosts of the recipient domain, which lka resolves
   (lka_dns), on port 25 (``mta port`` for tests), in preference order; with
-  ``backup [mx name]`` only hosts preferred to ourselves.
+  ``backup [mx name]`` only hosts preferred to ourselves. With ``dane``,
+  proc/pony_dane.py decides per host whether its TLSA records require and
+  authenticate STARTTLS (docs/dane.md).
 
 Failure classes (every envelope gets exactly one result):
 
@@ -69,6 +71,7 @@ from mailrider.errors import ConfigError, TempFail, plain_reason
 from mailrider.filter.programs import relay_filters
 from mailrider.ipc import messages as m
 from mailrider.proc import mta_limit
+from mailrider.proc.pony_dane import Dane, DaneFailed, DanePolicy
 from mailrider.proc.pony_dkim import DkimSigning
 from mailrider.proc.pony_filter import FilterClient, Peer
 from mailrider.proc.pony_mta_show import MtaShow, relay_text
@@ -106,6 +109,8 @@ class Target:
     name: str  # host name (MX or relay host), for SNI, verification and logs
     ip: str
     port: int
+    #: the name comes from authenticated DNS (MX and addresses): a TLSA base name
+    dnssec: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +130,14 @@ class Profile:
     helo_src: str | None = None  # addrname table: HELO name by local address
     #: the relay action whose ``filter`` option gets this session's reports
     filter: str | None = None
+    #: the host's TLSA records (proc/pony_dane.py); None: no DANE
+    dane: DanePolicy | None = None
 
     def key(self, t: Target) -> tuple[Any, ...]:
         user = self.auth[0] if self.auth else None
         return (t.ip, t.port, t.name, self.helo, self.proto, self.starttls, self.verify,
                 self.ca, user, self.src, self.pki, self.ciphers, self.protocols,
-                self.helo_src, self.filter)
+                self.helo_src, self.filter, self.dane)
 
     @property
     def tls_key(self) -> TlsKey:
@@ -291,6 +298,8 @@ class Mta:
         #: DKIM signatures of relayed mail, through pony's klondike channel
         self.dkim = DkimSigning(self.config, self._dkim_call, self.pony.count)
         self.show = MtaShow()
+        #: DANE (docs/dane.md): TLSA records through lka, the check after STARTTLS
+        self.dane = Dane(lambda msg: self.pony.peers["lka"].ask(msg), self.pony.count)
         self.contexts[(False, None, None, None, None)] = self._build(
             (False, None, None, None, None), Where())
         for action in self.config.actions.values():
@@ -451,15 +460,18 @@ class Mta:
         last = "451 4.4.1 No host could be reached"
         async with self.slots, sem:
             for target in targets[:limits.MTA_MAX_HOSTS]:
+                host_profile = profile
                 try:
-                    return await self._on_host(target, profile, envs, fd,
+                    if action.relay.get("dane") and url is None:
+                        host_profile = await self._dane_profile(profile, target)
+                    return await self._on_host(target, host_profile, envs, fd,
                                                (lim, domain, route), head)
                 except HostFailed as exc:
                     last = exc.text
                     self.show.failed(profile.src, target.ip, target.name, exc.text)
                     log.event("mta", "host-failed", relay=f"{target.name} [{target.ip}]",
                               port=target.port, error=exc.text)
-                    if exc.tls and profile.starttls == "opportunistic":
+                    if exc.tls and host_profile.starttls == "opportunistic":
                         # RFC 3207 4.1: opportunistic TLS may fall back to clear
                         clear = dataclasses.replace(profile, starttls="never", verify=False,
                                                     ca=None)
@@ -470,6 +482,19 @@ class Mta:
                             last = exc2.text
         res = _all(envs, "tempfail", last if last[:1] == "4" else _as_temp(last)).results
         return res
+
+    async def _dane_profile(self, profile: Profile, target: Target) -> Profile:
+        """``relay dane``: the profile for this MX host (docs/dane.md §3). DANE
+        takes the place of the action's certificate checks: TLSA records,
+        not a CA, authenticate the host (RFC 7672 §2.2, RFC 8461 §2)."""
+        try:
+            policy = await self.dane.policy(target.name, target.dnssec)
+        except DaneFailed as exc:
+            raise HostFailed(exc.text) from None
+        if policy is None:
+            return profile
+        return dataclasses.replace(profile, starttls="require", verify=False, ca=None,
+                                   dane=policy)
 
     # -- routing and options ------------------------------------------------------
 
@@ -587,7 +612,9 @@ class Mta:
             return [], ("tempfail", "451 4.3.0 Bad reply from lka")
         if reply.status != "ok":
             return [], (reply.status, reply.text)
+        # the decoder checked each host: [preference, name, [ip, ...], authentic]
         hosts = [(int(h[0]), str(h[1]), [str(a) for a in h[2]]) for h in reply.hosts]
+        secure = {str(h[1]) for h in reply.hosts if reply.authentic and h[3] is True}
         if relay.get("backup") and url is None:
             me = str(relay.get("backup_mx") or self.pony.hostname).lower().rstrip(".")
             mine = [p for p, n, _ in hosts if n.lower().rstrip(".") == me]
@@ -595,7 +622,7 @@ class Mta:
                 hosts = [h for h in hosts if h[0] < min(mine)]
             if not hosts:
                 return [], ("tempfail", "451 4.4.4 We are the best MX: no host to relay to")
-        targets = [Target(name, ip, port) for _, name, ips in hosts for ip in ips]
+        targets = [Target(name, ip, port, name in secure) for _, name, ips in hosts for ip in ips]
         return targets, None
 
     # -- one host -----------------------------------------------------------------
@@ -801,6 +828,13 @@ class Mta:
                     reason = getattr(exc, "reason", None) or str(exc) or "timeout"
                     raise HostFailed(f"421 4.7.0 TLS handshake with {conn.relay} failed: "
                                      f"{reason}{_withheld(conn.profile)}", tls=True) from None
+                if conn.profile.dane is not None:
+                    reason = self.dane.verify(conn.profile.dane,
+                                              conn.writer.get_extra_info("ssl_object"),
+                                              conn.id, conn.relay)
+                    if reason:
+                        raise HostFailed(f"421 4.7.5 DANE authentication of {conn.relay} "
+                                         f"failed: {reason}")
                 conn.client.tls_established(verified=ctx.verify_mode == ssl.CERT_REQUIRED)
                 conn.report_tls()
                 continue
