@@ -66,7 +66,7 @@ async def lookups(n: int, records: list[bytes]) -> tuple[list[float], list[float
         pony = Channel(b, "lka", None, accepts("pony", "lka"))
         uncached: list[float] = []
         cached: list[float] = []
-        for i in range(n):
+        for _ in range(n):
             resolver.flush_cache()
             t0 = time.perf_counter()
             reply = await pony.ask(m.TlsaLookup(host=HOST))

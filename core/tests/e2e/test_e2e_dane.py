@@ -28,7 +28,7 @@ from mailrider.dns import wire
 from smtp_peer import Behaviour, DnsThread, SmtpPeer, server_context
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "crypto"))
-from dane_util import OPENSSL, DanePki, make_dane_pki, rdata, tlsa  # noqa: E402
+from dane_util import OPENSSL, DanePki, make_dane_pki, rdata, tlsa
 
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl CLI not installed")
 
