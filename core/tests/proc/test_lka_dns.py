@@ -182,3 +182,8 @@ def test_ad_trusted_only_for_loopback_or_trust_ad() -> None:
     assert ad_trusted(Config(), loop)
     assert not ad_trusted(Config(), remote)
     assert ad_trusted(Config(resolver_trust_ad=True), remote)
+
+
+def test_tlsa_host_of_another_type_is_refused() -> None:
+    res = dane_ask(m.TlsaLookup(host=25), True)  # type: ignore[arg-type]
+    assert res == m.TlsaResult("tempfail", text="not a host name")

@@ -126,7 +126,7 @@ async def tlsa(resolver: Resolver, msg: m.TlsaLookup, port: int,
                trusted: bool) -> m.TlsaResult:
     """The TLSA RRset of ``_<port>._tcp.<msg.host>`` (RFC 6698 §3, RFC 7672 §2.2)."""
     host = msg.host
-    if len(host) > 253 or not _HOSTNAME.fullmatch(host):
+    if not isinstance(host, str) or len(host) > 253 or not _HOSTNAME.fullmatch(host):
         return m.TlsaResult("tempfail", text="not a host name")
     name = f"_{port}._tcp.{host.rstrip('.')}"
     try:
