@@ -8,7 +8,9 @@ told are unsigned) points at scripted SMTP peers on 127.0.0.2-4, all on the
 - 127.0.0.2 offers STARTTLS with a self-signed certificate (DANE-EE);
 - 127.0.0.3 offers STARTTLS with a leaf for ``mx.dane.test`` under a test
   intermediate CA, sending leaf + intermediate (DANE-TA);
-- 127.0.0.4 offers no STARTTLS.
+- 127.0.0.4 offers no STARTTLS;
+- 127.0.0.5 offers STARTTLS but only TLS 1.1, which the client refuses (a
+  handshake that fails).
 
 No query reaches the machine's resolver and nothing leaves loopback.
 """
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import pathlib
 import re
+import ssl
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -57,6 +61,7 @@ class Net:
     ee: SmtpPeer
     ta: SmtpPeer
     clear: SmtpPeer
+    broken: SmtpPeer
 
 
 def zone(pki: DanePki, folder: pathlib.Path, port: int) -> dict[tuple[str, int], list[object]]:
@@ -84,6 +89,8 @@ def zone(pki: DanePki, folder: pathlib.Path, port: int) -> dict[tuple[str, int],
        rdata(1, 1, 1, tlsa(folder, pki.ee, 1, 1)))  # PKIX-EE: unusable for SMTP
     mx("unusableclear.test", "mx.unusableclear.test", "127.0.0.4", rdata(0, 0, 1, b"\x01" * 32))
     mx("plain.test", "mx.plain.test", "127.0.0.2", wrong)  # an action without dane
+    mx("broken.test", "mx.broken.test", "127.0.0.5", ee311)
+    mx("brokennodane.test", "mx.brokennodane.test", "127.0.0.5")
     return z
 
 
@@ -95,6 +102,11 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     ta = SmtpPeer(Behaviour(tls=server_context(pki.leaf_chain, pki.leaf.key)),
                   host="127.0.0.3", port=ee.port)
     clear = SmtpPeer(Behaviour(), host="127.0.0.4", port=ee.port)
+    old_tls = server_context(pki.ee.pem, pki.ee.key)
+    with warnings.catch_warnings():  # TLS 1.1 is deprecated: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old_tls.minimum_version = old_tls.maximum_version = ssl.TLSVersion.TLSv1_1
+    broken = SmtpPeer(Behaviour(tls=old_tls), host="127.0.0.5", port=ee.port)
     try:
         with DnsThread(zone(pki, folder, ee.port), ad=True,  # type: ignore[arg-type]
                        unsigned={f"_{ee.port}._tcp.mx.insecure.test", "unsignedmx.test"}) as dns:
@@ -102,11 +114,10 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
             dns.server.behave(f"_{ee.port}._tcp.mx.servfail.test", "servfail")
             conf = CONFIG.replace("DNSPORT", str(dns.port)).replace("MTAPORT", str(ee.port))
             with Daemon(conf, extra_env={"MAILRIDER_MTA_TIMEOUT": "5"}) as d:
-                yield Net(d, dns, ee, ta, clear)
+                yield Net(d, dns, ee, ta, clear, broken)
     finally:
-        ee.close()
-        ta.close()
-        clear.close()
+        for peer in (ee, ta, clear, broken):
+            peer.close()
 
 
 def rcpts_of(peer: SmtpPeer) -> list[str]:
@@ -221,3 +232,14 @@ def test_action_without_dane_ignores_tlsa(net: Net) -> None:
     assert received_by(net.ee, "bob@plain.test") == [True]
     assert net.dns.server is not None
     assert net.dns.server.count(f"_{net.ee.port}._tcp.mx.plain.test") == 0
+
+
+def test_failed_handshake_under_dane_is_never_retried_in_clear(net: Net) -> None:
+    # without DANE, opportunistic TLS that fails is tried again in clear (RFC 3207 4.1)
+    line = send(net, "bob@brokennodane.test")
+    assert 'result="Ok"' in line, line
+    assert received_by(net.broken, "bob@brokennodane.test") == [False]
+    # with DANE, never
+    line = send(net, "bob@broken.test")
+    assert 'result="TempFail"' in line and "TLS handshake" in line, line
+    assert not received_by(net.broken, "bob@broken.test")

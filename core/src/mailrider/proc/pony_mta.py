@@ -130,6 +130,8 @@ class Profile:
     helo_src: str | None = None  # addrname table: HELO name by local address
     #: the relay action whose ``filter`` option gets this session's reports
     filter: str | None = None
+    #: ``relay dane`` on an MX route: each host's TLSA records are looked up
+    want_dane: bool = False
     #: the host's TLSA records (proc/pony_dane.py); None: no DANE
     dane: DanePolicy | None = None
 
@@ -137,7 +139,7 @@ class Profile:
         user = self.auth[0] if self.auth else None
         return (t.ip, t.port, t.name, self.helo, self.proto, self.starttls, self.verify,
                 self.ca, user, self.src, self.pki, self.ciphers, self.protocols,
-                self.helo_src, self.filter, self.dane)
+                self.helo_src, self.filter, self.want_dane, self.dane)
 
     @property
     def tls_key(self) -> TlsKey:
@@ -460,18 +462,15 @@ class Mta:
         last = "451 4.4.1 No host could be reached"
         async with self.slots, sem:
             for target in targets[:limits.MTA_MAX_HOSTS]:
-                host_profile = profile
                 try:
-                    if action.relay.get("dane") and url is None:
-                        host_profile = await self._dane_profile(profile, target)
-                    return await self._on_host(target, host_profile, envs, fd,
+                    return await self._on_host(target, profile, envs, fd,
                                                (lim, domain, route), head)
                 except HostFailed as exc:
                     last = exc.text
                     self.show.failed(profile.src, target.ip, target.name, exc.text)
                     log.event("mta", "host-failed", relay=f"{target.name} [{target.ip}]",
                               port=target.port, error=exc.text)
-                    if exc.tls and host_profile.starttls == "opportunistic":
+                    if exc.tls and profile.starttls == "opportunistic":
                         # RFC 3207 4.1: opportunistic TLS may fall back to clear
                         clear = dataclasses.replace(profile, starttls="never", verify=False,
                                                     ca=None)
@@ -485,8 +484,9 @@ class Mta:
 
     async def _dane_profile(self, profile: Profile, target: Target) -> Profile:
         """``relay dane``: the profile for this MX host (docs/dane.md §3). DANE
-        takes the place of the action's certificate checks: TLSA records,
-        not a CA, authenticate the host (RFC 7672 §2.2, RFC 8461 §2)."""
+        takes the place of the action's certificate checks and of any other
+        policy's (MTA-STS): TLSA records, not a CA, authenticate the host
+        (RFC 7672 §2.2, RFC 8461 §2). HostFailed when the lookup failed."""
         try:
             policy = await self.dane.policy(target.name, target.dnssec)
         except DaneFailed as exc:
@@ -576,7 +576,8 @@ class Mta:
         return Profile(helo, proto, starttls, verify, ca if isinstance(ca, str) else None,
                        auth, src, pki, ciphers, protocols,
                        helo_src if isinstance(helo_src, str) else None,
-                       action.name if relay_filters(self.config, action) else None)
+                       action.name if relay_filters(self.config, action) else None,
+                       want_dane=bool(relay.get("dane")) and url is None)
 
     async def _helo_from_src(self, p: Profile, writer: asyncio.StreamWriter) -> str:
         """``helo-src <t>``: the HELO name of the connection's local address
@@ -630,6 +631,15 @@ class Mta:
     async def _on_host(self, target: Target, profile: Profile, envs: list[Envelope],
                        fd: int, where: tuple[mta_limit.Limits, str, str],
                        head: bytes = b"") -> list[m.DeliveryResult]:
+        if profile.want_dane and profile.dane is None:
+            profile = await self._dane_profile(profile, target)
+            if profile.dane is not None:
+                try:
+                    return await self._on_host(target, profile, envs, fd, where, head)
+                except HostFailed as exc:
+                    # a host DANE applies to is never tried again without it (in
+                    # clear, or under another policy): the failure is not a TLS one
+                    raise HostFailed(exc.text) from None
         conn = self._take_idle(profile.key(target))
         if conn is not None:
             wait = conn.last_end + (conn.limits.session_transaction_delay or 0) - \
