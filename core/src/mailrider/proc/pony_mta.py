@@ -24,9 +24,7 @@ Where mail goes:
   more (``auth_needs_verified_tls``).
 - otherwise the MX hosts of the recipient domain, which lka resolves
   (lka_dns), on port 25 (``mta port`` for tests), in preference order; with
-  ``backup [mx name]`` only hosts preferred to ourselves. With ``dane``,
-  proc/pony_dane.py decides per host whether its TLSA records require and
-  authenticate STARTTLS (docs/dane.md).
+  ``backup [mx name]`` only hosts preferred to ourselves.
 
 Failure classes (every envelope gets exactly one result):
 
@@ -46,6 +44,11 @@ An action with ``dkim`` keys signs each message as it leaves: the
 ``DKIM-Signature`` field, made once per route before any connection
 (proc/pony_dkim.py, signed by klondike), goes out in front of the file's
 bytes, and the SIZE announced counts it (docs/dkim.md).
+
+An action with ``dane`` has each MX host's TLSA records looked up before
+connecting (proc/pony_dane.py, in ``_on_host`` so that every host loop gets
+it): where they apply, STARTTLS is mandatory, the peer is checked after the
+handshake, and the host is never tried again without DANE (docs/dane.md).
 
 Timeouts are RFC 5321 4.5.3.2's (``limits.SMTP_*_TIMEOUT``); the
 environment variable ``MAILRIDER_MTA_TIMEOUT`` (seconds) caps them all,
@@ -300,8 +303,6 @@ class Mta:
         #: DKIM signatures of relayed mail, through pony's klondike channel
         self.dkim = DkimSigning(self.config, self._dkim_call, self.pony.count)
         self.show = MtaShow()
-        #: DANE (docs/dane.md): TLSA records through lka, the check after STARTTLS
-        self.dane = Dane(lambda msg: self.pony.peers["lka"].ask(msg), self.pony.count)
         self.contexts[(False, None, None, None, None)] = self._build(
             (False, None, None, None, None), Where())
         for action in self.config.actions.values():
@@ -311,6 +312,8 @@ class Mta:
                 key = self._action_tls(action, verify)
                 if key not in self.contexts:
                     self.contexts[key] = self._build(key, action.where)
+        #: DANE (docs/dane.md): TLSA records through lka, the check after STARTTLS
+        self.dane = Dane(lambda msg: self.pony.peers["lka"].ask(msg), self.pony.count)
 
     async def _dkim_call(self, msg: m.DkimSign) -> tuple[Any, list[int]]:
         chan = self.pony.peers.get("klondike")
@@ -482,20 +485,6 @@ class Mta:
         res = _all(envs, "tempfail", last if last[:1] == "4" else _as_temp(last)).results
         return res
 
-    async def _dane_profile(self, profile: Profile, target: Target) -> Profile:
-        """``relay dane``: the profile for this MX host (docs/dane.md §3). DANE
-        takes the place of the action's certificate checks and of any other
-        policy's (MTA-STS): TLSA records, not a CA, authenticate the host
-        (RFC 7672 §2.2, RFC 8461 §2). HostFailed when the lookup failed."""
-        try:
-            policy = await self.dane.policy(target.name, target.dnssec)
-        except DaneFailed as exc:
-            raise HostFailed(exc.text) from None
-        if policy is None:
-            return profile
-        return dataclasses.replace(profile, starttls="require", verify=False, ca=None,
-                                   dane=policy)
-
     # -- routing and options ------------------------------------------------------
 
     async def _relay_url(self, action: Action, domain: str) -> str | None:
@@ -627,6 +616,20 @@ class Mta:
         return targets, None
 
     # -- one host -----------------------------------------------------------------
+
+    async def _dane_profile(self, profile: Profile, target: Target) -> Profile:
+        """``relay dane``: the profile for this MX host (docs/dane.md §3). DANE
+        takes the place of the action's certificate checks and of any other
+        policy's (MTA-STS): TLSA records, not a CA, authenticate the host
+        (RFC 7672 §2.2, RFC 8461 §2). HostFailed when the lookup failed."""
+        try:
+            policy = await self.dane.policy(target.name, target.dnssec)
+        except DaneFailed as exc:
+            raise HostFailed(exc.text) from None
+        if policy is None:
+            return profile
+        return dataclasses.replace(profile, starttls="require", verify=False, ca=None,
+                                   dane=policy)
 
     async def _on_host(self, target: Target, profile: Profile, envs: list[Envelope],
                        fd: int, where: tuple[mta_limit.Limits, str, str],
