@@ -130,8 +130,18 @@ class MtaSts:
                     self.contexts[name] = self._context(name)
 
     def _context(self, ca_name: str | None) -> ssl.SSLContext:
+        """A client context for the policy hosts, as pony_mta builds the relay
+        ones: the action's ``ca`` (a file that cannot be read is logged and
+        the system store used, as for the MX hosts), else the system store."""
         ca = self.config.cas.get(ca_name) if ca_name else None
-        ctx = ssl.create_default_context(cafile=ca.cert if ca is not None and ca.cert else None)
+        ctx: ssl.SSLContext | None = None
+        if ca is not None and ca.cert:
+            try:
+                ctx = ssl.create_default_context(cafile=ca.cert)
+            except (OSError, ssl.SSLError) as exc:
+                log.error("mta", "ca-load-failed", ca=ca_name, error=str(exc))
+        if ctx is None:
+            ctx = ssl.create_default_context()
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.set_alpn_protocols(["http/1.1"])
         return ctx
