@@ -77,7 +77,7 @@ async def lka_answer(chan: Channel, msg: Any, fds: list[int]) -> Any:
     if isinstance(msg, m.StsTxt):
         return m.StsTxtResult("ok", ["v=STSv1; id=bench1;"])
     if isinstance(msg, m.MxResolve):
-        return m.MxResult("ok", hosts=[[0, msg.host, ["127.0.0.1"]]])
+        return m.MxResult("ok", hosts=[[0, msg.host, ["127.0.0.1"], False]])
     raise ValueError(msg)
 
 
