@@ -159,7 +159,7 @@ ROLE_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _role_module_names(role: str) -> list[str]:
+def role_module_names(role: str) -> list[str]:
     """Every module :func:`preload` imports for ``role``, in order."""
     if role == "all":
         wanted: tuple[str, ...] = ("mailrider.", *_EMAIL, *_TABLES)
@@ -186,7 +186,7 @@ def _role_module_names(role: str) -> list[str]:
 def preload(role: str = "all") -> None:
     """Import what ``role`` uses (see :data:`ROLE_MODULES`), from the mailrider
     package and the lazily used standard library; ``all``: every module."""
-    for name in _role_module_names(role):
+    for name in role_module_names(role):
         try:
             importlib.import_module(name)
         except ImportError as exc:
