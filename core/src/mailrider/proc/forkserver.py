@@ -40,6 +40,7 @@ import gc
 import importlib
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -170,20 +171,20 @@ def _fork_child(req: Request, sock: socket.socket) -> int | Start:
     rfd, wfd = os.pipe()
     middle = os.fork()
     if middle == 0:
-        in_child = False
-        code = 1
+        # the middle process: fork the child, say its pid, exit whatever happened
+        pid = -1
         try:
             os.close(rfd)
             pid = os.fork()
-            if pid == 0:
-                in_child = True
-            else:
-                os.write(wfd, str(pid).encode())
-                code = 0
-        except BaseException:  # noqa: BLE001 - the middle process only exits
-            pass
-        if not in_child:
-            os._exit(code)
+            if pid:
+                try:
+                    os.write(wfd, str(pid).encode())
+                except OSError:
+                    os.kill(pid, signal.SIGKILL)  # never a child the parent does not know
+                    raise
+        finally:
+            if pid != 0:
+                os._exit(0 if pid > 0 else 1)
         os.close(wfd)
         return Start(req, sock)
     os.close(wfd)
