@@ -15,8 +15,8 @@ import os
 import pathlib
 import socket
 import ssl
-import weakref
 import sys
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
