@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import socket
 import subprocess
@@ -112,6 +113,14 @@ def test_a_truncated_request_or_a_descriptor_that_is_no_socket_is_refused() -> N
         os.close(w)
         for s in socks:
             s.close()
+
+
+def test_the_descriptor_variables_are_those_the_children_read() -> None:
+    from mailrider import metrics
+
+    assert forkserver.METRICS_ENV == metrics.METRICS_ENV
+    pony = (pathlib.Path(forkserver.__file__).parent / "pony.py").read_text()
+    assert f'os.environ.get("{forkserver.LISTENERS_ENV}"' in pony
 
 
 def test_the_server_preloads_only_what_every_role_preloads() -> None:

@@ -47,12 +47,16 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from mailrider import metrics
 from mailrider.proc import common, confine
 
 #: the environment variable choosing how children start: "fork" (the
 #: default: through this server) or "exec" (each a fresh interpreter)
 START_ENV = "MAILRIDER_CHILD_START"
+
+#: the variables naming pony's listeners and control's metrics sockets
+#: (mailrider.metrics.METRICS_ENV; not imported: no child but control loads it)
+LISTENERS_ENV = "MAILRIDER_LISTENERS"
+METRICS_ENV = "MAILRIDER_METRICS_FDS"
 
 #: a request's JSON and descriptors at most
 MAX_REQUEST = 16384
@@ -146,7 +150,8 @@ def shared_modules() -> list[str]:
     return [name for name in lists[0] if name in common_set]
 
 
-def _preload() -> None:
+def preload_shared() -> None:
+    """Import :func:`shared_modules` (what the server holds for its children)."""
     for name in shared_modules():
         try:
             importlib.import_module(name)
@@ -268,8 +273,8 @@ def run_child(start: Start) -> int:
     peers = [(n, fd) for n, fd in req.fds if _extra_kind(req.role, n) is None]
     listeners = [(n.partition(":")[2], fd) for n, fd in req.fds if n.startswith("listener:")]
     metric = [str(fd) for n, fd in req.fds if n.startswith("metrics:")]
-    os.environ["MAILRIDER_LISTENERS"] = ",".join(f"{i}:{fd}" for i, fd in listeners)
-    os.environ[metrics.METRICS_ENV] = ",".join(metric)
+    os.environ[LISTENERS_ENV] = ",".join(f"{i}:{fd}" for i, fd in listeners)
+    os.environ[METRICS_ENV] = ",".join(metric)
     argv = ["-x", req.role, "--fds", ",".join(f"{n}={fd}" for n, fd in peers), *req.options]
     sys.argv = [sys.argv[0], *argv]
     set_cmdline([sys.executable, "-m", "mailrider.proc.child", *argv])
@@ -286,7 +291,7 @@ def main() -> int:
         return 2
     common.set_title("fork")
     confine.set_nondumpable()
-    _preload()
+    preload_shared()
     gc.collect()
     gc.freeze()  # what the children share is never touched by their collections
     start = serve(sock)
@@ -311,8 +316,8 @@ class ForkServer:
         # the server imports before it answers; a hung one fails the start over to exec
         self.sock.settimeout(60)
         env = dict(os.environ)
-        env.pop("MAILRIDER_LISTENERS", None)
-        env.pop(metrics.METRICS_ENV, None)
+        env.pop(LISTENERS_ENV, None)
+        env.pop(METRICS_ENV, None)
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mailrider.proc.forkserver", str(theirs.fileno()),
