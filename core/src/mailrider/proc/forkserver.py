@@ -203,8 +203,13 @@ def _fork_child(req: Request, sock: socket.socket) -> int | Start:
     return int(text)
 
 
-def _reply(sock: socket.socket, obj: dict[str, object]) -> None:
-    sock.send(json.dumps(obj).encode())
+def _reply(sock: socket.socket, obj: dict[str, object]) -> bool:
+    """Answer the parent; False when it is gone (the server then exits)."""
+    try:
+        sock.send(json.dumps(obj).encode())
+    except OSError:
+        return False
+    return True
 
 
 def serve(sock: socket.socket) -> Start | None:
@@ -223,13 +228,15 @@ def serve(sock: socket.socket) -> Start | None:
         except (RequestError, OSError) as exc:
             for fd in fds:
                 os.close(fd)
-            _reply(sock, {"error": str(exc)[:200]})
+            if not _reply(sock, {"error": str(exc)[:200]}):
+                return None
             continue
         if isinstance(result, Start):
             return result
         for fd in fds:
             os.close(fd)
-        _reply(sock, {"pid": result})
+        if not _reply(sock, {"pid": result}):
+            return None  # the child finds its peers gone and exits
 
 
 def _close_other_fds(keep: set[int]) -> None:
