@@ -236,6 +236,24 @@ MTA_CONNECT_TIMEOUT = 30.0
 MTA_MAX_HOSTS = 10
 #: recipients in one outgoing transaction (RFC 5321 4.5.3.1.8: at least 100)
 MTA_MAX_RCPT = 100
+# -- MTA-STS (RFC 8461, docs/mta-sts.md): pony's policy fetch and cache --
+#: policies kept in pony's memory (the least recently used goes first)
+MTA_STS_CACHE_MAX = 10000
+#: a policy body (RFC 8461 §3.3 leaves it to us; real ones are a few hundred bytes)
+MTA_STS_BODY_MAX = 64 * 1024
+#: the whole HTTP response: the body and its headers (or chunk framing)
+MTA_STS_RESPONSE_MAX = MTA_STS_BODY_MAX + 16 * 1024
+#: seconds for one policy fetch, connection to last byte
+MTA_STS_FETCH_TIMEOUT = 20.0
+#: RFC 8461 §3.2: the longest max_age a policy may ask for (one year)
+MTA_STS_MAX_AGE = 31557600
+#: mx patterns in one policy
+MTA_STS_MX_MAX = 64
+#: TXT records lka hands pony for one ``_mta-sts`` name, and their length
+MTA_STS_TXT_MAX = 16
+MTA_STS_TXT_LEN_MAX = 4096
+#: seconds a failed fetch (and no cached policy) is not retried for one domain
+MTA_STS_FAIL_HOLD = 60.0
 #: a delivery-status notification waits this long for more recipients of
 #: the same message before it is sent (docs/queue.md §6)
 BOUNCE_FLUSH_DELAY = 1.0

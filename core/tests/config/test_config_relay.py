@@ -46,6 +46,14 @@ BAD = [
     (FLT + "filter c chain { f }\naction a relay filter { c }\n",
      "4: filter chains cannot be nested: 'c'"),
     (FLT + "action a relay filter { f f }\n", "3: filter 'f' listed twice"),
+    # MTA-STS (docs/mta-sts.md): a smarthost is not chosen by MX
+    ("action a relay host smtp://x.test mta-sts\n",
+     "1: relay option 'mta-sts' applies to MX routes only: it cannot be used with 'host'"),
+    ('table l { "smtp://a.test" }\naction a relay mta-sts host <l>\n',
+     "2: relay option 'mta-sts' applies to MX routes only: it cannot be used with 'host'"),
+    ('table r { "a" = "smtp://x" }\naction a relay mta-sts domain <r>\n',
+     "2: relay option 'mta-sts' applies to MX routes only: it cannot be used with 'domain'"),
+    ("action a relay mta-sts mta-sts\n", "1: action option 'mta-sts' already specified"),
 ]
 
 
@@ -74,6 +82,14 @@ GOOD = [
 @pytest.mark.parametrize("text", GOOD)
 def test_relay_options_parse_and_are_supported(text: str) -> None:
     check_supported(parse_string(text + "match from any for any action a\n", "t.conf"))
+
+
+def test_relay_mta_sts_is_stored_for_mx_routes() -> None:
+    conf = parse_string('ca c cert "/c"\naction a relay mta-sts backup ca c tls\n'
+                        "action b relay\nmatch from any for any action a\n", "t.conf")
+    check_supported(conf)
+    assert conf.actions["a"].relay["mta_sts"] is True
+    assert "mta_sts" not in conf.actions["b"].relay
 
 
 @pytest.mark.parametrize(("option", "names"), [

@@ -64,6 +64,7 @@ KEYWORDS = frozenset(
     recipient regex reject relay report rewrite rset scheduler senders smtp
     smtp-in smtp-out smtps socket src srs sub-addr-delim table tag tagged tls
     tls-require ttl user userbase verify virtual warn-interval wrapper key-in-process
+    resolver metrics dkim selector algorithm canonicalization mta-sts
     resolver metrics dkim selector algorithm canonicalization dane
     """.split()
 )
@@ -760,6 +761,10 @@ class _Parser:
             raise self._err("relay options 'backup' and 'host' are mutually exclusive")
         if relay.get("backup") and "domain" in relay:
             raise self._err("relay options 'backup' and 'domain' are mutually exclusive")
+        if relay.get("mta_sts") and (routed or "domain" in relay):
+            # a smarthost is not chosen by MX: no MTA-STS policy can name it
+            raise self._err("relay option 'mta-sts' applies to MX routes only: it cannot be "
+                            f"used with '{'domain' if 'domain' in relay else 'host'}'")
         if relay.get("dane") and (routed or "domain" in relay):
             # DANE authenticates MX hosts by their TLSA records (docs/dane.md §1)
             raise self._err("relay option 'dane' needs MX relaying: not with 'host' or 'domain'")
@@ -860,6 +865,9 @@ class _Parser:
             if len(set(domains)) != len(domains):
                 raise self._err("relay option 'dkim': two keys for one domain", opt)
             relay["dkim"] = names
+        elif name == "mta-sts":
+            # mailrider's own: the recipient domain's MTA-STS policy (docs/mta-sts.md)
+            relay["mta_sts"] = True
         elif name == "filter":
             # ``filter NAME`` or ``filter { a b }``: reports of the outgoing
             # sessions (smtp-out) go to these filters (docs/filter-protocol.md §8)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from mailrider import limits
 from mailrider.errors import SMTPFailure
 from mailrider.queue import envelope as envmod
 from mailrider.queue.envelope import Delivery, Envelope
@@ -704,6 +705,37 @@ class TlsaResult:
     records: list[str] = field(default_factory=list, metadata=_codec(TLSA_RECORDS))
     authentic: bool = field(default=False, metadata=_codec(BOOL))
     text: str = ""
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class StsTxt:
+    """pony -> lka: the ``_mta-sts.<domain>`` TXT records (RFC 8461 §3.1,
+    docs/mta-sts.md). lka checks the name before it asks."""
+
+    domain: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.domain, str) or not 0 < len(self.domain) <= 253:
+            raise ValueError("malformed StsTxt")
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class StsTxtResult:
+    """lka -> pony: ``status`` ok (``records``: each record's strings joined,
+    ASCII, at most limits.MTA_STS_TXT_MAX of limits.MTA_STS_TXT_LEN_MAX
+    characters), none (no such name or no TXT record) or tempfail."""
+
+    status: str
+    records: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.status not in ("ok", "none", "tempfail") or not isinstance(self.records, list) \
+                or len(self.records) > limits.MTA_STS_TXT_MAX or not all(
+                    isinstance(r, str) and len(r) <= limits.MTA_STS_TXT_LEN_MAX
+                    and r.isascii() for r in self.records):
+            raise ValueError("malformed StsTxtResult")
 
 
 @register

@@ -33,7 +33,8 @@ ACCEPTS: dict[tuple[str, str], frozenset[str]] = {
     ("lka", "parent"): frozenset({"GrantKey", "ForwardContent", "AuthResult"}),
     ("lka", "pony"): frozenset({
         "RcptCheck", "PeerLookup", "MxResolve", "MtaLookup", "AuthCheck", "SendersCheck",
-        "TlsaLookup", "FilterBegin", "FilterPhase", "FilterReport", "FilterDataBegin", "FilterData",
+        "TlsaLookup", "StsTxt", "FilterBegin", "FilterPhase", "FilterReport", "FilterDataBegin",
+        "FilterData",
         "FilterEnd",
     }),
     ("lka", "queue"): frozenset({"RcptCheck"}),
@@ -41,7 +42,7 @@ ACCEPTS: dict[tuple[str, str], frozenset[str]] = {
     ("pony", "parent"): frozenset({"LocalSession"}),
     ("pony", "lka"): frozenset({
         "FilterData", "RcptResult", "PeerInfo", "MxResult", "FilterDecision", "AuthResult",
-        "TlsaResult",
+        "TlsaResult", "StsTxtResult",
     }),
     ("pony", "queue"): frozenset({"DeliverBatch", "MessageCreated"}),
     ("pony", "control"): frozenset({"LocalSession", "Control"}),

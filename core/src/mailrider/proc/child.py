@@ -144,7 +144,9 @@ ROLE_MODULES: dict[str, tuple[str, ...]] = {
              "mailrider.crypto.delegate", "mailrider.crypto.der", "mailrider.crypto.libcrypto",
              "mailrider.crypto.signclient", "mailrider.table.values",
              # DANE (docs/dane.md): TLSA matching and DANE-TA path checks
-             "mailrider.crypto.dane", "mailrider.crypto.x509chain"),
+             "mailrider.crypto.dane", "mailrider.crypto.x509chain",
+             # MTA-STS (proc/pony_mtasts.py): the policy parser and the HTTPS fetch
+             "mailrider.mtasts", "http.client"),
     # mailriderd: its checks (those of -n), the children it starts and the
     # programs; the deliveries and ~/.forward reads it forks as other users
     "parent": (*_CHILD, *_DELIVERY, *_EMAIL, *_TABLES,

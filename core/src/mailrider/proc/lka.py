@@ -303,6 +303,8 @@ class Lka(common.Process):
             return await lka_dns.resolve(self.resolver, msg, self.ad_trusted)
         if isinstance(msg, m.TlsaLookup):
             return await lka_dns.tlsa(self.resolver, msg, self.config.mta_port, self.ad_trusted)
+        if isinstance(msg, m.StsTxt):
+            return await lka_dns.sts_txt(self.resolver, msg)
         if isinstance(msg, m.MtaLookup):
             return await self.mta_lookup(msg)
         if isinstance(msg, m.FilterBegin | m.FilterPhase | m.FilterReport | m.FilterDataBegin

@@ -20,6 +20,10 @@ trips the cache saves.
 :func:`tlsa` answers :class:`~mailrider.ipc.messages.TlsaLookup`: the
 TLSA records at ``_<mta port>._tcp.<host>`` (RFC 7672 §2.2), the name made
 here from a host name that must be one.
+
+:func:`sts_txt` answers :class:`~mailrider.ipc.messages.StsTxt` with the
+``v=STSv1`` TXT records of ``_mta-sts.<domain>`` (RFC 8461 §3.1,
+docs/mta-sts.md); pony decides what they mean (mailrider/mtasts.py).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import random
 import re
 from typing import Any
 
+from mailrider import limits
 from mailrider.config.model import Config
 from mailrider.dns import wire
 from mailrider.dns.resolver import (
@@ -42,6 +47,10 @@ from mailrider.dns.resolver import (
     load_resolv_conf,
 )
 from mailrider.ipc import messages as m
+
+_LABEL = r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
+_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})+\.?")
+_STS_PREFIX = b"v=STSv1;"
 
 
 def resolver_config(config: Config) -> ResolverConfig:
@@ -141,3 +150,31 @@ async def tlsa(resolver: Resolver, msg: m.TlsaLookup, port: int,
     if not records:
         return m.TlsaResult("none", authentic=authentic)
     return m.TlsaResult("ok", records=records, authentic=authentic)
+
+
+async def sts_txt(resolver: Resolver, msg: m.StsTxt) -> m.StsTxtResult:
+    """The STSv1 TXT records of ``_mta-sts.<domain>``: only records that begin
+    with ``v=STSv1;`` (the others do not count, RFC 8461 §3.1), each one's
+    strings joined; one that is not ASCII or too long is passed as an
+    invalid record, so that it still counts."""
+    domain = msg.domain
+    if len(domain) > 240 or not _DOMAIN_RE.fullmatch(domain):
+        raise ValueError("StsTxt: not a domain name")
+    try:
+        answer = await resolver.query(f"_mta-sts.{domain.rstrip('.')}", wire.TXT)
+    except NXDomain:
+        return m.StsTxtResult("none")
+    except DNSError:
+        return m.StsTxtResult("tempfail")
+    records: list[str] = []
+    for rdata in answer.records:
+        if not isinstance(rdata, tuple) or not all(isinstance(p, bytes) for p in rdata):
+            continue
+        raw = b"".join(p for p in rdata if isinstance(p, bytes))
+        if not raw.startswith(_STS_PREFIX):
+            continue
+        ok = raw.isascii() and len(raw) <= limits.MTA_STS_TXT_LEN_MAX
+        records.append(raw.decode("ascii") if ok else "v=STSv1; invalid")
+        if len(records) >= limits.MTA_STS_TXT_MAX:
+            break
+    return m.StsTxtResult("ok" if records else "none", records)

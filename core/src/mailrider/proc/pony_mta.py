@@ -25,6 +25,14 @@ Where mail goes:
 - otherwise the MX hosts of the recipient domain, which lka resolves
   (lka_dns), on port 25 (``mta port`` for tests), in preference order; with
   ``backup [mx name]`` only hosts preferred to ourselves.
+- with ``mta-sts`` (MX routes only), the recipient domain's MTA-STS policy
+  (proc/pony_mtasts.py, docs/mta-sts.md): in mode enforce only the policy's
+  MX hosts are tried, with STARTTLS required and the certificate verified
+  for the MX name; in mode testing a failed strict attempt is logged and
+  the host is tried again as without a policy. A host DANE applies to is
+  DANE's alone (``_on_host`` puts DANE's profile in place of the strict
+  one, and a DANE failure is not a TLS failure, so testing never retries
+  it): RFC 8461 §2.
 
 Failure classes (every envelope gets exactly one result):
 
@@ -78,6 +86,7 @@ from mailrider.proc.pony_dane import Dane, DaneFailed, DanePolicy
 from mailrider.proc.pony_dkim import DkimSigning
 from mailrider.proc.pony_filter import FilterClient, Peer
 from mailrider.proc.pony_mta_show import MtaShow, relay_text
+from mailrider.proc.pony_mtasts import MtaSts, Plan
 from mailrider.proc.pony_tls import SignFn, load_pki, tls_summary
 from mailrider.queue.envelope import Envelope, msgid_of
 from mailrider.smtp import client as sc
@@ -303,6 +312,8 @@ class Mta:
         #: DKIM signatures of relayed mail, through pony's klondike channel
         self.dkim = DkimSigning(self.config, self._dkim_call, self.pony.count)
         self.show = MtaShow()
+        #: MTA-STS policies (docs/mta-sts.md); their TLS contexts are built here too
+        self.sts = MtaSts(self.config, self._lka_ask)
         self.contexts[(False, None, None, None, None)] = self._build(
             (False, None, None, None, None), Where())
         for action in self.config.actions.values():
@@ -314,6 +325,9 @@ class Mta:
                     self.contexts[key] = self._build(key, action.where)
         #: DANE (docs/dane.md): TLSA records through lka, the check after STARTTLS
         self.dane = Dane(lambda msg: self.pony.peers["lka"].ask(msg), self.pony.count)
+
+    async def _lka_ask(self, msg: Any) -> Any:
+        return await self.pony.peers["lka"].ask(msg)
 
     async def _dkim_call(self, msg: m.DkimSign) -> tuple[Any, list[int]]:
         chan = self.pony.peers.get("klondike")
@@ -450,9 +464,17 @@ class Mta:
         if err is not None:
             status, text = err
             return _all(envs, status, text).results
+        plan: Plan | None = None
+        if url is None and action.relay.get("mta_sts"):
+            plan = await self.sts.plan(action, domain)
+            names, refusal = plan.select(list(dict.fromkeys(t.name for t in targets)))
+            if refusal is not None:
+                return _all(envs, "tempfail", refusal).results
+            targets = [t for t in targets if t.name in names]
         self.show.relay_of_task.set(relay_text(
             url.host if url else domain, url.port if url else None, profile.proto,
-            str(action.relay["auth"]) if action.relay.get("auth") else None))
+            str(action.relay["auth"]) if action.relay.get("auth") else None,
+            f"{plan.mode}:{plan.id}" if plan is not None and plan.mode else None))
         lim = mta_limit.limits_for(self.config, domain)
         if lim.family is not None:
             targets = [t for t in targets if (":" in t.ip) == (lim.family == 6)]
@@ -463,27 +485,49 @@ class Mta:
         # signed once per route, before any connection: klondike's refusal defers
         head = await self.dkim.field(action, fd, msgid_of(envs[0].evpid))
         last = "451 4.4.1 No host could be reached"
+        where = (lim, domain, route)
         async with self.slots, sem:
             for target in targets[:limits.MTA_MAX_HOSTS]:
+                if plan is None or not plan.strict(target.name):
+                    try:
+                        return await self._try_host(target, profile, envs, fd, where, head)
+                    except HostFailed as exc:
+                        last = exc.text
+                    continue
+                # MTA-STS: STARTTLS required, certificate verified for the MX name
+                strict = dataclasses.replace(profile, starttls="require", verify=True)
                 try:
-                    return await self._on_host(target, profile, envs, fd,
-                                               (lim, domain, route), head)
+                    return await self._try_host(target, strict, envs, fd, where, head)
                 except HostFailed as exc:
                     last = exc.text
-                    self.show.failed(profile.src, target.ip, target.name, exc.text)
-                    log.event("mta", "host-failed", relay=f"{target.name} [{target.ip}]",
-                              port=target.port, error=exc.text)
-                    if exc.tls and profile.starttls == "opportunistic":
-                        # RFC 3207 4.1: opportunistic TLS may fall back to clear
-                        clear = dataclasses.replace(profile, starttls="never", verify=False,
-                                                    ca=None)
-                        try:
-                            return await self._on_host(target, clear, envs, fd,
-                                                       (lim, domain, route), head)
-                        except HostFailed as exc2:
-                            last = exc2.text
+                    if not exc.tls:
+                        continue
+                    plan.failed(target.name, target.ip, exc.text)
+                    if plan.mode != "testing":
+                        continue
+                try:  # testing: delivered as without a policy
+                    return await self._try_host(target, profile, envs, fd, where, head)
+                except HostFailed as exc:
+                    last = exc.text
         res = _all(envs, "tempfail", last if last[:1] == "4" else _as_temp(last)).results
         return res
+
+    async def _try_host(self, target: Target, profile: Profile, envs: list[Envelope], fd: int,
+                        where: tuple[mta_limit.Limits, str, str], head: bytes
+                        ) -> list[m.DeliveryResult]:
+        """One host, again in clear when opportunistic TLS failed; HostFailed
+        (logged, and shown by ``show hosts``) with the last error."""
+        try:
+            return await self._on_host(target, profile, envs, fd, where, head)
+        except HostFailed as exc:
+            self.show.failed(profile.src, target.ip, target.name, exc.text)
+            log.event("mta", "host-failed", relay=f"{target.name} [{target.ip}]",
+                      port=target.port, error=exc.text)
+            if not (exc.tls and profile.starttls == "opportunistic"):
+                raise
+        # RFC 3207 4.1: opportunistic TLS may fall back to clear
+        clear = dataclasses.replace(profile, starttls="never", verify=False, ca=None)
+        return await self._on_host(target, clear, envs, fd, where, head)
 
     # -- routing and options ------------------------------------------------------
 
@@ -852,7 +896,8 @@ class Mta:
                 conn.report_tls()
                 continue
             if isinstance(ev, sc.Failed):
-                raise HostFailed(_reply_text(ev.reply))
+                # STARTTLS required but not offered or refused: a TLS failure
+                raise HostFailed(_reply_text(ev.reply), tls=ev.stage == "starttls")
             if isinstance(ev, sc.Closed):
                 raise HostFailed(f"421 4.4.2 Connection closed by {conn.relay}")
 

@@ -3,7 +3,8 @@
 
 The lines have smtpctl's layout (mailriderctl(8)): a host is
 ``address name refcount=N nconn=N lastconn=DURATION``; a relay
-``[relay:domain,port=N,proto] refcount=N ntask=N nconn=N lastconn=D timeout=- wait=``;
+``[relay:domain,port=N,proto] refcount=N ntask=N nconn=N lastconn=D timeout=- wait=``
+(with ``,mta-sts=MODE:ID`` before the ``]`` when an MTA-STS policy applied);
 a route ``ID. source <-> address (name) FLAGS nconn=N nerror=N penalty=N timeout=-``
 with the flags N (new), D (disabled), Q (queued) and K (keepalive);
 a host status ``domain|time|last error``. Every table is bounded
@@ -45,8 +46,10 @@ class _Route:
     disabled: bool = False
 
 
-def relay_text(domain: str, port: int | None, proto: str, auth: str | None = None) -> str:
-    """``[relay:domain,port=N,proto]`` as smtpctl shows a relay."""
+def relay_text(domain: str, port: int | None, proto: str, auth: str | None = None,
+               mta_sts: str | None = None) -> str:
+    """``[relay:domain,port=N,proto]`` as smtpctl shows a relay; ours after it:
+    ``,mta-sts=MODE:ID`` when an MTA-STS policy applied (docs/mta-sts.md)."""
     scheme = {"smtp": "smtp", "smtp+tls": "smtp+tls", "smtps": "smtps",
               "smtp+notls": "smtp+notls", "lmtp": "lmtp"}.get(proto, "smtp")
     text = f"[relay:{domain}"
@@ -55,6 +58,8 @@ def relay_text(domain: str, port: int | None, proto: str, auth: str | None = Non
     text += f",{scheme}"
     if auth:
         text += f",auth={auth}"
+    if mta_sts:
+        text += f",mta-sts={mta_sts}"
     return text + "]"
 
 
