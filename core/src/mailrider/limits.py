@@ -256,6 +256,11 @@ DELIVERY_BATCHES_PER_USER = 2
 #: after this many deliveries, and let go after this many seconds idle
 MDA_WORKER_DELIVERIES = 1000
 MDA_WORKER_IDLE = 10.0
+#: the parent keeps its password and group database answers (uid, gid, home,
+#: groups of a system user) this many seconds, for at most this many users
+#: (proc/parent_mda.py UserCache)
+USER_CACHE_TTL = 2.0
+USER_CACHE_MAX = 1024
 
 # Worker threads that check password hashes (lka for tables, the parent for
 # system users), off the event loop, and the checks that may wait for one

@@ -236,6 +236,8 @@ class Parent:
         if isinstance(msg, m.TableStart) and chan.peer == "lka":
             return self.start_table(msg.name)
         if isinstance(msg, m.Control) and chan.peer == "control":
+            if msg.command == "stats":  # show stats: the local deliveries' counters
+                return m.ControlReply(data={"counters": self.deliveries.stats()})
             return m.ControlReply(lines=[f"parent pid={os.getpid()}"])
         raise ValueError(f"unexpected message {m.type_name(msg)} from {chan.peer}")
 

@@ -24,6 +24,7 @@ import os
 import pwd
 import signal
 import stat
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,12 +89,74 @@ def _groups(name: str, gid: int) -> tuple[int, ...]:
     return tuple(g for g in dict.fromkeys(found) if g != 0)
 
 
-def decide(config: Config, key: bytes, env: Envelope, *, root: bool) -> Plan:
+@dataclass(frozen=True, slots=True)
+class SystemUser:
+    """What the parent read of a user in the password and group databases."""
+
+    uid: int
+    gid: int
+    home: str
+    groups: tuple[int, ...]
+
+
+def lookup_user(name: str) -> SystemUser | None:
+    """The user's entry and groups, read now; None when there is no such user."""
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return SystemUser(pw.pw_uid, pw.pw_gid, pw.pw_dir, _groups(pw.pw_name, pw.pw_gid))
+
+
+class UserCache:
+    """The parent's own password and group database answers, kept
+    :data:`~mailrider.limits.USER_CACHE_TTL` seconds.
+
+    ``getgrouplist`` reads the whole group database (measured: 0.36 ms a
+    call under load, most of what the parent spent deciding a delivery), and
+    a backlog asks for the same user thousands of times a second. What is
+    kept is what the parent itself read, never what a child said; an entry
+    is used for at most the TTL (a user removed, or given other groups, is
+    seen within that time), a missing user is not kept, and at most
+    :data:`~mailrider.limits.USER_CACHE_MAX` users are held.
+    """
+
+    def __init__(self, ttl: float = limits.USER_CACHE_TTL,
+                 size: int = limits.USER_CACHE_MAX) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._users: dict[str, tuple[float, SystemUser]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, name: str) -> SystemUser | None:
+        now = time.monotonic()
+        found = self._users.get(name)
+        if found is not None and 0 <= now - found[0] < self.ttl:
+            self.hits += 1
+            return found[1]
+        self.misses += 1
+        user = lookup_user(name)
+        if user is None:
+            self._users.pop(name, None)
+            return None
+        if len(self._users) >= self.size and name not in self._users:
+            self._users = {k: v for k, v in self._users.items() if 0 <= now - v[0] < self.ttl}
+            if len(self._users) >= self.size:
+                self._users.pop(next(iter(self._users)))
+        self._users[name] = (now, user)
+        return user
+
+
+def decide(config: Config, key: bytes, env: Envelope, *, root: bool,
+           users: UserCache | None = None) -> Plan:
     """Who runs ``env``'s delivery and what it does, from the parent's own knowledge.
 
     Raises :class:`Forged` when the grant does not verify, TempFail when the
     sealed decision no longer fits the configuration or the user database,
-    PermFail for a delivery that must never run (as root, group 0).
+    PermFail for a delivery that must never run (as root, group 0). The
+    password and group databases are read now, or through ``users`` (the
+    parent's own recent answers, :class:`UserCache`).
     """
     # the seal covers the fields as the codec writes them: as lka sealed them
     if not grant.verify(key, envmod.to_fields(env)):
@@ -115,10 +178,6 @@ def decide(config: Config, key: bytes, env: Envelope, *, root: bool) -> Plan:
         raise TempFail(f"action {action.name} now delivers as {action.user}, not {name}")
     if not root:
         return Plan(action, method, arg, name, d.home or "/", None, None, ())
-    try:
-        pw: pwd.struct_passwd | None = pwd.getpwnam(name)
-    except KeyError:
-        pw = None
     if action.userbase is not None and action.user is None:
         # a virtual user of the action's userbase table: lka's sealed answer
         if d.uid is None or d.gid is None:
@@ -126,9 +185,8 @@ def decide(config: Config, key: bytes, env: Envelope, *, root: bool) -> Plan:
         uid, gid = d.uid, d.gid
         home = d.home or "/"
         groups: tuple[int, ...] = (gid,)
-    elif pw is not None:
-        uid, gid, home = pw.pw_uid, pw.pw_gid, pw.pw_dir
-        groups = _groups(pw.pw_name, gid)
+    elif (sysuser := users.get(name) if users is not None else lookup_user(name)) is not None:
+        uid, gid, home, groups = sysuser.uid, sysuser.gid, sysuser.home, sysuser.groups
     else:
         raise TempFail(f"user {name!r} does not exist")
     if uid == 0:
@@ -398,6 +456,17 @@ class Deliveries:
         #: delivery processes running, in all and by user (``mda limit``)
         self.sessions = 0
         self.user_sessions: dict[str, int] = {}
+        #: for show stats (``parent.*``): batches and deliveries by worker or fork
+        self.counters: dict[str, int] = {}
+        #: the password and group databases' recent answers (decide)
+        self.users = UserCache()
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counters, "parent.user.cache.hits": self.users.hits,
+                "parent.user.cache.misses": self.users.misses}
 
     def _session_allowed(self, user: str) -> bool:
         """``mda limit max-session`` and ``max-session-per-user`` (docs/config.md §12)."""
@@ -484,6 +553,8 @@ class Deliveries:
             fds.append(job.fd)
             where.append(i)
         if payload:
+            self.count("parent.mda.worker.batches")
+            self.count("parent.mda.worker.deliveries", len(payload))
             first = jobs[0].plan
             got = await self.workers.deliver((first.uid, first.gid, first.groups), payload, fds)
             if got is not None:  # else the worker failed: every answer stays unknown
@@ -498,6 +569,8 @@ class Deliveries:
             if self._use_workers and all(j.plan.method == "maildir" for j in jobs):
                 answers = await self._run_worker(jobs)
             else:
+                self.count("parent.mda.fork.batches")
+                self.count("parent.mda.fork.deliveries", len(jobs))
                 out = await _run_forked(self.parent, lambda: _batch_child(config, jobs))
                 answers = json.loads(out or b"")
             if not isinstance(answers, list) or len(answers) != len(jobs):
@@ -522,7 +595,8 @@ async def run_delivery(parent: Parent, env: Envelope, msg_fd: int) -> m.Delivery
     :func:`decide` checks lka's seal."""
     evpid = env.evpid
     try:
-        plan = decide(parent.config, parent.grant_key, env, root=os.geteuid() == 0)
+        plan = decide(parent.config, parent.grant_key, env, root=os.geteuid() == 0,
+                      users=parent.deliveries.users)
     except Forged as exc:
         # the queue (or whoever wrote the envelope) asked for what lka never decided
         log.error("parent", "forged-delivery", evpid=evpid, error=exc.text,

@@ -269,9 +269,11 @@ class Queue(common.Process):
 
     # -- delivery ------------------------------------------------------------------
 
-    async def deliver(self, evpid: str) -> None:
+    async def deliver(self, evpid: str, env: Envelope | None = None) -> None:
+        """One local delivery; ``env``: the envelope ``_dispatch`` read already."""
         try:
-            env = self.spool.load_envelope(evpid)
+            if env is None:
+                env = self.spool.load_envelope(evpid)
             fd = self.spool.open_message(evpid[:8])
         except (OSError, ValueError) as exc:
             log.error("queue", "load-failed", evpid=evpid, error=plain_reason(exc))
@@ -535,7 +537,7 @@ class Queue(common.Process):
                 self._spawn(self.deliver(evpid))  # reports the failure
                 continue
             if env.type != "mta":
-                self._spawn(self.deliver(evpid))
+                self._spawn(self.deliver(evpid, env))
                 continue
             groups.setdefault((env.msgid, env.route), []).append(env)
         for envs in groups.values():
