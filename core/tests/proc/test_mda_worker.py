@@ -10,9 +10,11 @@ from __future__ import annotations
 import array
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,3 +132,48 @@ def test_never_root() -> None:
     for uid, gid, groups in ((0, 100, [100]), (1000, 0, [1000]), (1000, 1000, [1000, 0])):
         with pytest.raises(PermissionError):
             mda_worker.switch_user(uid, gid, groups)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switches credentials: needs root")
+def test_a_delivery_for_other_credentials_is_refused(tmp_path: Path) -> None:
+    # started for one user (as the parent starts it, with the credentials on
+    # its command line), it takes them before reading a request: a delivery
+    # into another user's private folder fails and leaves nothing there
+    import pwd
+
+    from mailrider import paths
+
+    pw = pwd.getpwnam(paths.EXT_USER)
+    # pytest's tmp_path sits under a folder only root may cross
+    top = Path(tempfile.mkdtemp(prefix="mailrider-test-worker-"))
+    os.chmod(top, 0o755)
+    theirs_dir = top / "root-only"
+    theirs_dir.mkdir(mode=0o700)
+    own = top / "own"
+    own.mkdir(mode=0o700)
+    os.chown(own, pw.pw_uid, pw.pw_gid)
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailrider.proc.mda_worker", str(pw.pw_uid), str(pw.pw_gid),
+         str(pw.pw_gid), str(theirs.fileno())],
+        pass_fds=[theirs.fileno()], stderr=subprocess.PIPE)
+    theirs.close()
+    mine.settimeout(30)
+    try:
+        fds = [_message(tmp_path, "a", b"Subject: a\n\na\n"),
+               _message(tmp_path, "b", b"Subject: b\n\nb\n")]
+        _send(mine, [_job(theirs_dir / "Maildir"), _job(own / "Maildir")], fds)
+        for fd in fds:
+            os.close(fd)
+        refused, delivered = json.loads(mine.recv(65536))
+        assert refused["status"] == "tempfail" and refused["text"].startswith("4")
+        assert list(theirs_dir.iterdir()) == []
+        assert delivered == {"status": "ok", "text": "Delivered"}
+        (done,) = (own / "Maildir" / "new").iterdir()
+        assert done.stat().st_uid == pw.pw_uid
+    finally:
+        mine.close()
+        proc.wait(30)
+        assert proc.stderr is not None
+        proc.stderr.close()
+        shutil.rmtree(top, ignore_errors=True)

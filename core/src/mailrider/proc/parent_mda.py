@@ -129,6 +129,9 @@ class UserCache:
         self.hits = 0
         self.misses = 0
 
+    def __len__(self) -> int:
+        return len(self._users)
+
     def get(self, name: str) -> SystemUser | None:
         now = time.monotonic()
         found = self._users.get(name)
