@@ -110,6 +110,13 @@ BOUNCE_TTL = 7 * 86400
 
 # Local deliveries in flight at once (OpenSMTPD: mda limit max-session 50).
 MDA_MAX_SESSIONS = 50
+# Envelopes the scheduler has out for delivery at once (scheduler limit
+# max-inflight; OpenSMTPD's default is 5000). Each holds a message descriptor
+# in the queue (and, for a local delivery, in the parent) while it is out;
+# local deliveries of one user go to their worker in batches of
+# DELIVERY_BATCH_MAX, so a backlog needs several batches in flight to keep
+# the worker busy: docs/performance.md §4.
+SCHEDULER_MAX_INFLIGHT = 500
 # Delivery processes of one user at once (OpenSMTPD: mda limit
 # max-session-per-user 7); docs/config.md §12.
 MDA_MAX_SESSIONS_PER_USER = 7
