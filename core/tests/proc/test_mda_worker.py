@@ -90,6 +90,10 @@ def test_a_failed_delivery_fails_alone(tmp_path: Path, worker) -> None:
     "not a list",
     [{"path": 1, "home": "/", "junk": False, "prepend": ""}],
     [{"path": "/x", "home": "/", "junk": "yes", "prepend": ""}],
+    [{"method": "mda", "path": "/x", "home": "/", "junk": False, "prepend": ""}],
+    [{"method": "mbox", "path": "/x", "home": "/", "junk": False, "prepend": ""}],
+    [{"method": "mbox", "path": "var/mail/x", "home": "/", "junk": False, "prepend": "",
+      "sender": "a@b.example"}],
 ])
 def test_a_malformed_request_ends_the_worker(tmp_path: Path, worker, jobs: object) -> None:
     sock, proc = worker
@@ -177,3 +181,28 @@ def test_a_delivery_for_other_credentials_is_refused(tmp_path: Path) -> None:
         assert proc.stderr is not None
         proc.stderr.close()
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_mbox_deliveries_share_one_lock_and_sync_with_the_maildir_ones(tmp_path: Path,
+                                                                       worker) -> None:
+    sock, proc = worker
+    box, mbox = tmp_path / "Maildir", tmp_path / "mbox"
+    fds = [_message(tmp_path, f"m{i}", f"Subject: {i}\n\nFrom body {i}\n".encode())
+           for i in range(4)]
+    jobs = [_job(box),
+            {**_job(mbox), "method": "mbox", "sender": "a@b.example"},
+            {**_job(mbox), "method": "mbox", "sender": ""},
+            {**_job(tmp_path / "missing" / "mbox"), "method": "mbox", "sender": "c@d.example"}]
+    _send(sock, jobs, fds)
+    for fd in fds:
+        os.close(fd)
+    answer = json.loads(sock.recv(65536))
+    assert answer[:3] == [{"status": "ok", "text": "Delivered"}] * 3
+    assert answer[3]["status"] == "tempfail" and answer[3]["text"].startswith("4")
+    assert len(list((box / "new").iterdir())) == 1
+    data = mbox.read_bytes()
+    assert data.startswith(b"From a@b.example ")
+    assert b"\nFrom MAILER-DAEMON " in data and data.count(b"\nSubject: ") == 2
+    assert b"\n>From body 1\n" in data and b"\n>From body 2\n" in data
+    assert data.count(b"Return-Path: <a@b.example>\n") == 2
+    assert proc.poll() is None

@@ -375,17 +375,24 @@ def _deliver(config: Config, plan: Plan, env: Envelope, msg_fd: int,
     return "ok", "Delivered"
 
 
-def maildir_job(config: Config, plan: Plan, env: Envelope) -> dict[str, object]:
-    """What a maildir worker needs for one delivery, decided here as
-    :func:`_deliver` decides it for a forked one; ValueError for a template
-    that does not expand."""
+#: the delivery methods a user's long-lived worker performs (the others fork)
+WORKER_METHODS = frozenset({"maildir", "mbox"})
+
+
+def worker_job(config: Config, plan: Plan, env: Envelope) -> dict[str, object]:
+    """What a delivery worker needs for one maildir or mbox delivery, decided
+    here as :func:`_deliver` decides it for a forked one: the folder from the
+    action's template, the mailbox from the mail spool and the user's name;
+    ValueError for a template that does not expand."""
+    prepend = dcommon.delivery_headers(env.sender, env.dest).decode("utf-8", "surrogateescape")
+    if plan.method == "mbox":
+        return {"method": "mbox", "path": os.path.join(paths.MAILSPOOL_DIR, plan.user),
+                "home": plan.home, "junk": False, "sender": env.sender, "prepend": prepend}
     ctx = FormatContext(sender=env.sender, rcpt=env.rcpt or env.dest, dest=env.dest,
                         user_name=env.delivery.local_user or plan.user, user_dir=plan.home,
                         sub_addr_delim=config.sub_addr_delim)
-    prepend = dcommon.delivery_headers(env.sender, env.dest)
-    return {"path": expand_format(plan.action.arg or "~/Maildir", ctx), "home": plan.home,
-            "junk": bool(plan.action.junk),
-            "prepend": prepend.decode("utf-8", "surrogateescape")}
+    return {"method": "maildir", "path": expand_format(plan.action.arg or "~/Maildir", ctx),
+            "home": plan.home, "junk": bool(plan.action.junk), "prepend": prepend}
 
 
 def _batch_child(config: Config, jobs: list[_Job]) -> bytes:
@@ -481,7 +488,8 @@ class Deliveries:
     def submit(self, plan: Plan, env: Envelope, fd: int) -> asyncio.Future[m.DeliveryResult]:
         loop = asyncio.get_running_loop()
         job = _Job(plan, env, fd, loop.create_future())
-        if plan.method == "maildir":
+        if plan.method == "maildir" or (self._use_workers and plan.method in WORKER_METHODS):
+            # one user's deliveries that share a process (and its syncs)
             key: tuple[object, ...] = (plan.uid, plan.gid, plan.groups)
         else:
             key = (id(job),)
@@ -500,7 +508,7 @@ class Deliveries:
     def _start(self, key: tuple[object, ...]) -> None:
         size = limits.DELIVERY_BATCH_MAX
         # a user's worker takes one batch at a time; forks run side by side
-        cap = 1 if self._use_workers and self._maildir(key) else limits.DELIVERY_BATCHES_PER_USER
+        cap = 1 if self._use_workers and self._batched(key) else limits.DELIVERY_BATCHES_PER_USER
         while self._waiting.get(key) and self._running.get(key, 0) < cap:
             jobs = self._waiting[key]
             user = jobs[0].plan.user
@@ -537,18 +545,19 @@ class Deliveries:
             self._flush()
 
     @staticmethod
-    def _maildir(key: tuple[object, ...]) -> bool:
+    def _batched(key: tuple[object, ...]) -> bool:
         return len(key) == 3  # (uid, gid, groups): see submit
 
     async def _run_worker(self, jobs: list[_Job]) -> list[Any]:
-        """Maildir deliveries of one user's credentials, through that user's worker."""
+        """Maildir and mbox deliveries of one user's credentials, through that
+        user's worker."""
         answers: list[Any] = [None] * len(jobs)
         payload: list[dict[str, object]] = []
         fds: list[int] = []
         where: list[int] = []
         for i, job in enumerate(jobs):
             try:
-                payload.append(maildir_job(self.parent.config, job.plan, job.env))
+                payload.append(worker_job(self.parent.config, job.plan, job.env))
             except ValueError as exc:  # the template: as the forked delivery reports it
                 st, tx = delivery_outcome(exc)
                 answers[i] = {"status": st, "text": tx}
@@ -569,7 +578,7 @@ class Deliveries:
         config = self.parent.config
         answers: list[Any]
         try:
-            if self._use_workers and all(j.plan.method == "maildir" for j in jobs):
+            if self._use_workers and all(j.plan.method in WORKER_METHODS for j in jobs):
                 answers = await self._run_worker(jobs)
             else:
                 self.count("parent.mda.fork.batches")
