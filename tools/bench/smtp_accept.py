@@ -246,6 +246,7 @@ class Result:
     cpu_by: dict[str, float] = field(default_factory=dict)  # e2e CPU s by process name
     drain_cpu_by: dict[str, float] = field(default_factory=dict)  # drain CPU s by name
     drain_stats: dict[str, int] = field(default_factory=dict)  # counters over the drain
+    e2e_stats: dict[str, int] = field(default_factory=dict)  # the same over the e2e run
 
 
 class PeakMemory:
@@ -377,6 +378,7 @@ def bench_mailrider(load: Load, messages: int, size: int, *, e2e: bool, profile_
             ipc1 = stats(d)
             res.ipc = {k: ipc1[k] - ipc0.get(k, 0) for k in ipc1
                        if k.startswith("profile.imsg.") and ".count" in k}
+            res.e2e_stats = {k: ipc1.get(k, 0) - ipc0.get(k, 0) for k in DRAIN_COUNTERS}
     except LoadError as exc:
         res.notes.append(f"mailrider: {exc}")
     finally:
@@ -489,11 +491,12 @@ def report(size: int, sessions: int, messages: int, mr: Result, pf: Result | Non
     if mr.drain_cpu_by:
         out.append(f"mailrider CPU per drained message: {_ms(mr.drain_cpu_ms)}; by process: "
                    f"{procstat.cpu_line(mr.drain_cpu_by, messages)}")
-    batches = mr.drain_stats.get("parent.mda.worker.batches", 0)
-    if batches:
-        n = mr.drain_stats.get("parent.mda.worker.deliveries", 0)
-        out.append(f"mailrider deliveries per worker batch (drain): {n / batches:.1f} "
-                   f"({n} in {batches} batches)")
+    for what, counted in (("drain", mr.drain_stats), ("e2e", mr.e2e_stats)):
+        batches = counted.get("parent.mda.worker.batches", 0)
+        if batches:
+            n = counted.get("parent.mda.worker.deliveries", 0)
+            out.append(f"mailrider deliveries per worker batch ({what}): {n / batches:.1f} "
+                       f"({n} in {batches} batches)")
     for label, res in (("mailrider", mr), ("Postfix", pf)):
         if res is None:
             continue
