@@ -225,6 +225,12 @@ class Parent:
                 return await parent_mda.run_delivery(self, msg.envelope, fds[0])
             finally:
                 os.close(fds[0])
+        if isinstance(msg, m.ForkDeliveries) and chan.peer == "queue":
+            try:
+                return await parent_mda.run_deliveries(self, msg.envelopes, fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
         for fd in fds:
             os.close(fd)
         if isinstance(msg, m.ForwardOpen) and chan.peer == "lka":

@@ -601,6 +601,29 @@ class Deliveries:
                 job.done.set_result(result)
 
 
+async def run_deliveries(parent: Parent, envs: list[Envelope],
+                         fds: list[int]) -> m.DeliveryResults:
+    """Several local deliveries the queue asked for at once (ForkDeliveries):
+    each checked and decided alone (:func:`run_delivery`), side by side, so
+    that one user's join one batch. One descriptor per envelope, at most
+    DELIVERY_BATCH_MAX envelopes, else the request is refused (the caller
+    closes the descriptors)."""
+    if not 0 < len(envs) <= limits.DELIVERY_BATCH_MAX or len(fds) != len(envs):
+        raise ValueError("ForkDeliveries: one descriptor per envelope, "
+                         f"at most {limits.DELIVERY_BATCH_MAX}")
+    got = await asyncio.gather(
+        *(run_delivery(parent, env, fd) for env, fd in zip(envs, fds, strict=True)),
+        return_exceptions=True)
+    results: list[m.DeliveryResult] = []
+    for env, res in zip(envs, got, strict=True):
+        if not isinstance(res, m.DeliveryResult):
+            log.error("parent", "delivery-failed", evpid=env.evpid, error=str(res))
+            res = m.DeliveryResult(evpid=env.evpid, status="tempfail",
+                                   text="451 4.3.0 delivery failed")
+        results.append(res)
+    return m.DeliveryResults(results=results)
+
+
 async def run_delivery(parent: Parent, env: Envelope, msg_fd: int) -> m.DeliveryResult:
     """One local delivery the queue asked for: decided, then forked. The IPC
     codec checked the envelope's shape (:mod:`mailrider.queue.envelope`);
