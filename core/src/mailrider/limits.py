@@ -123,6 +123,11 @@ MDA_MAX_SESSIONS_PER_USER = 7
 
 # IPC: the largest frame a process accepts from a peer.
 IPC_FRAME_MAX = 16 * 1024 * 1024
+# IPC: the most descriptors one frame carries (ipc/channel.py)
+IPC_FDS_MAX = 16
+# local deliveries in one ForkDeliveries request, queue -> parent: one
+# descriptor each, so at most IPC_FDS_MAX
+FORK_DELIVERIES_MAX = 16
 # Table keys: OpenSMTPD refuses keys of 1024 bytes and more.
 TABLE_KEY_MAX = 1023
 # Proc tables: how long one request may take before it is answered as a

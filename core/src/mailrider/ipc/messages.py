@@ -380,7 +380,7 @@ class ForkDelivery:
 @dataclass(frozen=True, slots=True)
 class ForkDeliveries:
     """queue -> parent: several local deliveries at once (due together), at
-    most :data:`~mailrider.limits.DELIVERY_BATCH_MAX`; one message fd per
+    most :data:`~mailrider.limits.FORK_DELIVERIES_MAX`; one message fd per
     envelope travels along, in the same order. Each is checked and decided
     as a :class:`ForkDelivery` is. The reply is a :class:`DeliveryResults`,
     one per envelope."""

@@ -606,11 +606,11 @@ async def run_deliveries(parent: Parent, envs: list[Envelope],
     """Several local deliveries the queue asked for at once (ForkDeliveries):
     each checked and decided alone (:func:`run_delivery`), side by side, so
     that one user's join one batch. One descriptor per envelope, at most
-    DELIVERY_BATCH_MAX envelopes, else the request is refused (the caller
+    FORK_DELIVERIES_MAX envelopes, else the request is refused (the caller
     closes the descriptors)."""
-    if not 0 < len(envs) <= limits.DELIVERY_BATCH_MAX or len(fds) != len(envs):
+    if not 0 < len(envs) <= limits.FORK_DELIVERIES_MAX or len(fds) != len(envs):
         raise ValueError("ForkDeliveries: one descriptor per envelope, "
-                         f"at most {limits.DELIVERY_BATCH_MAX}")
+                         f"at most {limits.FORK_DELIVERIES_MAX}")
     got = await asyncio.gather(
         *(run_delivery(parent, env, fd) for env, fd in zip(envs, fds, strict=True)),
         return_exceptions=True)

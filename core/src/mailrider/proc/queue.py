@@ -299,7 +299,7 @@ class Queue(common.Process):
 
     async def deliver_local(self, envs: list[Envelope]) -> None:
         """Local envelopes due together, in one ForkDeliveries to the parent
-        (at most DELIVERY_BATCH_MAX): one request and one answer for them
+        (at most FORK_DELIVERIES_MAX): one request and one answer for them
         all instead of one each; their outcomes are recorded side by side,
         so that their removals share one batch of the reaper."""
         opened: list[tuple[Envelope, int]] = []
@@ -332,6 +332,9 @@ class Queue(common.Process):
                 except TempFail as exc:
                     got = [m.DeliveryResult(evpid=env.evpid, status="tempfail", text=exc.reply())
                            for env, _ in asked]
+                except (OSError, ValueError) as exc:  # never leave an envelope in flight
+                    log.error("queue", "delivery-request-failed", error=plain_reason(exc))
+                    got = []
                 by_evpid = {r.evpid: r for r in got}
                 for env, fd in asked:
                     res = by_evpid.get(env.evpid) or m.DeliveryResult(
@@ -588,7 +591,7 @@ class Queue(common.Process):
                 local.append(env)
                 continue
             groups.setdefault((env.msgid, env.route), []).append(env)
-        step = limits.DELIVERY_BATCH_MAX
+        step = limits.FORK_DELIVERIES_MAX
         for i in range(0, len(local), step):
             self._spawn(self.deliver_local(local[i:i + step]))
         for envs in groups.values():
