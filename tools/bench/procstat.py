@@ -94,3 +94,58 @@ def pss(root: int) -> Memory:
         private += fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
     procs.sort(key=lambda p: -p[1])
     return Memory(sum(kb for _, kb in procs), procs, private)
+
+
+def _name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+@dataclass
+class CpuSnapshot:
+    """Per-process CPU of a daemon at one moment: pid -> (name, parent pid,
+    own seconds, reaped children's seconds)."""
+
+    procs: dict[int, tuple[str, int, float, float]]
+
+
+def cpu_snapshot(root: int) -> CpuSnapshot:
+    procs: dict[int, tuple[str, int, float, float]] = {}
+    for pid in descendants(root):
+        fields = _stat(pid)
+        if fields is not None:
+            own = (int(fields[11]) + int(fields[12])) / _TICK
+            reaped = (int(fields[13]) + int(fields[14])) / _TICK
+            procs[pid] = (_name(pid), int(fields[1]), own, reaped)
+    return CpuSnapshot(procs)
+
+
+def cpu_by_name(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
+    """CPU seconds between two snapshots by process name (several processes of
+    one name add up). A process that ended and was reaped meanwhile is in its
+    parent's reaped time, whole: what it had used before the first snapshot is
+    taken off again. The reaped time is shown as ``<parent name>+reaped``."""
+    out: dict[str, float] = {}
+    for pid, (name, _ppid, own, reaped) in after.procs.items():
+        b = before.procs.get(pid)
+        if b is not None and b[0] != name:
+            b = None  # a pid reused, or a title set meanwhile
+        out[name] = out.get(name, 0.0) + own - (b[2] if b else 0.0)
+        if reaped or (b and b[3]):
+            key = f"{name}+reaped"
+            out[key] = out.get(key, 0.0) + reaped - (b[3] if b else 0.0)
+    for pid, (_name, ppid, own, reaped) in before.procs.items():
+        if pid not in after.procs and ppid in after.procs:
+            key = f"{after.procs[ppid][0]}+reaped"
+            out[key] = out.get(key, 0.0) - own - reaped
+    return {k: v for k, v in out.items() if abs(v) >= 0.0005}
+
+
+def cpu_line(by_name: dict[str, float], messages: int) -> str:
+    """``name=ms`` per message, largest first."""
+    parts = [f"{k.removeprefix('mailrider:')}={v * 1000 / messages:.2f}"
+             for k, v in sorted(by_name.items(), key=lambda x: -x[1])]
+    return " ".join(parts)

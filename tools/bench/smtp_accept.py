@@ -242,6 +242,11 @@ class Result:
     mem_idle: procstat.Memory | None = None  # PSS after start, before any mail
     mem_load: procstat.Memory | None = None  # the largest PSS seen during the e2e run
     ipc: dict[str, int] = field(default_factory=dict)  # IPC messages handled in e2e, by type
+    drain_cpu_ms: float | None = None  # CPU ms of every process per drained message
+    cpu_by: dict[str, float] = field(default_factory=dict)  # e2e CPU s by process name
+    drain_cpu_by: dict[str, float] = field(default_factory=dict)  # drain CPU s by name
+    drain_stats: dict[str, int] = field(default_factory=dict)  # counters over the drain
+    e2e_stats: dict[str, int] = field(default_factory=dict)  # the same over the e2e run
 
 
 class PeakMemory:
@@ -302,11 +307,15 @@ def stats(d: Daemon) -> dict[str, int]:
     return out
 
 
+#: show stats counters read around the drain (the parent's delivery workers)
+DRAIN_COUNTERS = ("parent.mda.worker.batches", "parent.mda.worker.deliveries")
+
+
 def bench_mailrider(load: Load, messages: int, size: int, *, e2e: bool, profile_dir: Path | None,
-                    ) -> Result:
+                    extra_config: tuple[str, ...] = ()) -> Result:
     env: dict[str, str] = {}
     res = Result()
-    d = Daemon(CONFIG, extra_env=env)
+    d = Daemon(CONFIG + "".join(f"{line}\n" for line in extra_config), extra_env=env)
     if profile_dir is not None:
         # written by the children after their privilege drop
         prof = d.state / "profile"
@@ -333,24 +342,33 @@ def bench_mailrider(load: Load, messages: int, size: int, *, e2e: bool, profile_
         res.stats = {k: after.get(k, 0) - before.get(k, 0)
                      for k in ("queue.commit.batches", "queue.commit.messages")}
         base = count_files(box)
+        dstats0 = stats(d)
+        snap0 = procstat.cpu_snapshot(d.proc.pid)
         t0 = time.monotonic()
         d.ctl("resume", "mda")
         t1 = wait_count(box, warm + messages, load.timeout)
+        snap1 = procstat.cpu_snapshot(d.proc.pid)
         if t1 is None:
             res.notes.append(f"drain: {count_files(box) - base}/{messages} delivered in time")
         else:
             res.drain = rate(messages, t1 - t0)
+            res.drain_cpu_by = procstat.cpu_by_name(snap0, snap1)
+            res.drain_cpu_ms = sum(res.drain_cpu_by.values()) * 1000 / messages
+        dstats1 = stats(d)
+        res.drain_stats = {k: dstats1.get(k, 0) - dstats0.get(k, 0) for k in DRAIN_COUNTERS}
         if e2e:
             target = count_files(box) + messages
             d.ctl("profile", "imsg")  # every child counts the IPC messages it handles
             ipc0 = stats(d)
             cpu0 = procstat.cpu_seconds(d.proc.pid)
+            snap0 = procstat.cpu_snapshot(d.proc.pid)
             with PeakMemory(d.proc.pid) as peak:
                 t0 = time.monotonic()
                 dt = load.send(d.port, messages, size)
                 res.e2e_accept = rate(messages, dt)
                 t1 = wait_count(box, target, load.timeout)
             cpu = procstat.cpu_seconds(d.proc.pid) - cpu0
+            res.cpu_by = procstat.cpu_by_name(snap0, procstat.cpu_snapshot(d.proc.pid))
             res.mem_load = peak.peak
             if t1 is None:
                 res.notes.append("e2e: not every message delivered in time")
@@ -360,6 +378,7 @@ def bench_mailrider(load: Load, messages: int, size: int, *, e2e: bool, profile_
             ipc1 = stats(d)
             res.ipc = {k: ipc1[k] - ipc0.get(k, 0) for k in ipc1
                        if k.startswith("profile.imsg.") and ".count" in k}
+            res.e2e_stats = {k: ipc1.get(k, 0) - ipc0.get(k, 0) for k in DRAIN_COUNTERS}
     except LoadError as exc:
         res.notes.append(f"mailrider: {exc}")
     finally:
@@ -408,6 +427,7 @@ def bench_postfix(load: Load, messages: int, size: int, *, e2e: bool) -> Result:
             target = peer.delivered() + messages
             master = peer.master_pid()
             cpu0 = procstat.cpu_seconds(master) if master else 0.0
+            snap0 = procstat.cpu_snapshot(master) if master else None
             with PeakMemory(master or os.getpid()) as peak:
                 t0 = time.monotonic()
                 dt = load.send(peer.port, messages, size)
@@ -421,6 +441,8 @@ def bench_postfix(load: Load, messages: int, size: int, *, e2e: bool) -> Result:
                 res.e2e = rate(messages, t1 - t0)
                 if master is not None:
                     res.cpu_ms = (procstat.cpu_seconds(master) - cpu0) * 1000 / messages
+                    if snap0 is not None:
+                        res.cpu_by = procstat.cpu_by_name(snap0, procstat.cpu_snapshot(master))
     except (postfix_peer.PostfixError, LoadError, subprocess.SubprocessError) as exc:
         res.notes.append(f"Postfix: {exc}")
     finally:
@@ -463,6 +485,19 @@ def report(size: int, sessions: int, messages: int, mr: Result, pf: Result | Non
         out.append("server CPU per delivered message (e2e, every process of the daemon): "
                    f"mailrider {_ms(mr.cpu_ms)}, Postfix {_ms(cpf)}, ratio {ratio(mr.cpu_ms, cpf)}")
     for label, res in (("mailrider", mr), ("Postfix", pf)):
+        if res is not None and res.cpu_by:
+            out.append(f"{label} CPU ms per e2e message by process: "
+                       f"{procstat.cpu_line(res.cpu_by, messages)}")
+    if mr.drain_cpu_by:
+        out.append(f"mailrider CPU per drained message: {_ms(mr.drain_cpu_ms)}; by process: "
+                   f"{procstat.cpu_line(mr.drain_cpu_by, messages)}")
+    for what, counted in (("drain", mr.drain_stats), ("e2e", mr.e2e_stats)):
+        batches = counted.get("parent.mda.worker.batches", 0)
+        if batches:
+            n = counted.get("parent.mda.worker.deliveries", 0)
+            out.append(f"mailrider deliveries per worker batch ({what}): {n / batches:.1f} "
+                       f"({n} in {batches} batches)")
+    for label, res in (("mailrider", mr), ("Postfix", pf)):
         if res is None:
             continue
         if res.mem_idle is not None:
@@ -489,14 +524,15 @@ def _ms(v: float | None) -> str:
     return f"{v:.2f} ms" if v is not None else "-"
 
 
-def median_summary(size: int, accepts: list[tuple[float | None, float | None]]) -> str:
-    """The medians of the accept figures over alternating rounds, and of their ratios."""
+def median_summary(size: int, accepts: list[tuple[float | None, float | None]],
+                   what: str = "accepted") -> str:
+    """The medians of one figure over alternating rounds, and of their ratios."""
     import statistics
 
     mine = [a for a, _ in accepts if a]
     theirs = [b for _, b in accepts if b]
     ratios = [a / b for a, b in accepts if a and b]
-    parts = [f"{size_label(size)} accepted over {len(accepts)} rounds: mailrider median "
+    parts = [f"{size_label(size)} {what} over {len(accepts)} rounds: mailrider median "
              f"{fmt(statistics.median(mine) if mine else None)} msg/s"]
     if theirs:
         parts.append(f"Postfix median {fmt(statistics.median(theirs))} msg/s")
@@ -508,7 +544,7 @@ def median_summary(size: int, accepts: list[tuple[float | None, float | None]]) 
 def print_profile(profile_dir: Path, top: int) -> None:
     for path in sorted(profile_dir.glob("*.prof")):
         label = path.stem
-        if not label.endswith(("-pony", "-queue")):
+        if not label.endswith(("-pony", "-queue", "-parent")):
             continue
         buf = io.StringIO()
         st = pstats.Stats(str(path), stream=buf)
@@ -533,6 +569,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="cProfile the daemon's children; print pony and queue")
     ap.add_argument("--profile-dir", default="", help="keep the .prof files here")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--config", action="append", default=[], metavar="LINE",
+                    help="a line added to mailrider's configuration (repeatable), "
+                         "e.g. 'scheduler limit max-inflight 200'")
     ap.add_argument("--client", choices=("auto", "smtp-source", "builtin"), default="auto")
     ap.add_argument("--timeout", type=float, default=300.0, help="per run, seconds")
     ap.add_argument("--warmup", type=int, default=0,
@@ -574,9 +613,11 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for size in sizes:
         accepts: list[tuple[float | None, float | None]] = []
+        e2es: list[tuple[float | None, float | None]] = []
+        drains: list[tuple[float | None, float | None]] = []
         for _ in range(max(1, ns.rounds)):
             mr = bench_mailrider(load, ns.messages, size, e2e=not ns.no_e2e,
-                                 profile_dir=profile_dir)
+                                 profile_dir=profile_dir, extra_config=tuple(ns.config))
             pf = None
             if pf_reason is None:
                 pf = bench_postfix(load, ns.messages, size, e2e=not ns.no_e2e)
@@ -585,8 +626,13 @@ def main(argv: list[str] | None = None) -> int:
             if mr.accept is None:
                 status = 1
             accepts.append((mr.accept, pf.accept if pf is not None else None))
+            e2es.append((mr.e2e, pf.e2e if pf is not None else None))
+            drains.append((mr.drain, None))
         if ns.rounds > 1:
             print(median_summary(size, accepts), flush=True)
+            if not ns.no_e2e:
+                print(median_summary(size, e2es, "end to end"), flush=True)
+            print(median_summary(size, drains, "drain"), flush=True)
     if profile_dir is not None:
         print_profile(profile_dir, ns.top)
         if tmp_prof:

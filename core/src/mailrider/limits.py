@@ -114,12 +114,24 @@ BOUNCE_TTL = 7 * 86400
 
 # Local deliveries in flight at once (OpenSMTPD: mda limit max-session 50).
 MDA_MAX_SESSIONS = 50
+# Envelopes the scheduler has out for delivery at once (scheduler limit
+# max-inflight; OpenSMTPD's default is 5000). Each holds a message descriptor
+# in the queue (and, for a local delivery, in the parent) while it is out;
+# local deliveries of one user go to their worker in batches of
+# DELIVERY_BATCH_MAX, so a backlog needs several batches in flight to keep
+# the worker busy: docs/performance.md §4.
+SCHEDULER_MAX_INFLIGHT = 500
 # Delivery processes of one user at once (OpenSMTPD: mda limit
 # max-session-per-user 7); docs/config.md §12.
 MDA_MAX_SESSIONS_PER_USER = 7
 
 # IPC: the largest frame a process accepts from a peer.
 IPC_FRAME_MAX = 16 * 1024 * 1024
+# IPC: the most descriptors one frame carries (ipc/channel.py)
+IPC_FDS_MAX = 16
+# local deliveries in one ForkDeliveries request, queue -> parent: one
+# descriptor each, so at most IPC_FDS_MAX
+FORK_DELIVERIES_MAX = 16
 # Table keys: OpenSMTPD refuses keys of 1024 bytes and more.
 TABLE_KEY_MAX = 1023
 # Proc tables: how long one request may take before it is answered as a
@@ -278,6 +290,11 @@ DELIVERY_BATCHES_PER_USER = 2
 #: after this many deliveries, and let go after this many seconds idle
 MDA_WORKER_DELIVERIES = 1000
 MDA_WORKER_IDLE = 10.0
+#: the parent keeps its password and group database answers (uid, gid, home,
+#: groups of a system user) this many seconds, for at most this many users
+#: (proc/parent_mda.py UserCache)
+USER_CACHE_TTL = 2.0
+USER_CACHE_MAX = 1024
 
 # Worker threads that check password hashes (lka for tables, the parent for
 # system users), off the event loop, and the checks that may wait for one

@@ -280,3 +280,53 @@ def test_large_message_exact(tmp_path: Path, make_fd: MakeFd) -> None:
     first, rest = _split(box.read_bytes())
     assert FROM_LINE.match(first)
     assert rest == PREPEND + b"Subject: big\n\n" + body.replace(b"From line", b">From line") + b"\n"
+
+
+def test_a_batch_is_appended_in_order_under_one_lock(tmp_path: Path, make_fd: MakeFd) -> None:
+    from mailrider.delivery.mbox import MboxItem, deliver_mbox_batch
+
+    box = tmp_path / "box"
+    deliver_mbox(str(box), make_fd(b"S: 0\n\nzero\n"), sender="z@y")
+    items = [MboxItem(make_fd(f"S: {i}\n\nFrom here {i}\n".encode()), f"s{i}@x", PREPEND)
+             for i in (1, 2, 3)]
+    assert deliver_mbox_batch(str(box), items) == [None, None, None]
+    data = box.read_bytes()
+    messages = re.split(rb"(?m)^From \S+ .*\n", data)
+    assert messages[0] == b"" and messages[1] == b"S: 0\n\nzero\n\n"
+    assert messages[2:] == [PREPEND + f"S: {i}\n\n>From here {i}\n\n".encode() for i in (1, 2, 3)]
+    assert [line.split()[1] for line in data.splitlines() if line.startswith(b"From ")] == \
+        [b"z@y", b"s1@x", b"s2@x", b"s3@x"]
+    assert not (tmp_path / "box.lock").exists()
+
+
+def test_a_failed_message_of_a_batch_is_cut_out_alone(tmp_path: Path, make_fd: MakeFd) -> None:
+    from mailrider.delivery.mbox import MboxItem, deliver_mbox_batch
+
+    box = tmp_path / "box"
+    unreadable = os.open(tmp_path, os.O_RDONLY)  # a folder: reading it fails (EISDIR)
+    try:
+        got = deliver_mbox_batch(str(box), [
+            MboxItem(make_fd(b"S: 1\n\none\n"), "a@b"),
+            MboxItem(unreadable, "c@d"),
+            MboxItem(make_fd(b"S: 3\n\nthree\n"), "e@f"),
+        ])
+    finally:
+        os.close(unreadable)
+    assert got[0] is None and got[2] is None
+    assert isinstance(got[1], TempFail) and got[1].reply().startswith("4")
+    messages = re.split(rb"(?m)^From \S+ .*\n", box.read_bytes())
+    assert messages == [b"", b"S: 1\n\none\n\n", b"S: 3\n\nthree\n\n"]
+
+
+def test_a_batch_into_a_mailbox_that_is_not_the_users_fails_whole(tmp_path: Path,
+                                                                  make_fd: MakeFd) -> None:
+    from mailrider.delivery.mbox import MboxItem, deliver_mbox_batch
+
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"")
+    box = tmp_path / "box"
+    box.symlink_to(target)  # planted: never followed
+    got = deliver_mbox_batch(str(box), [MboxItem(make_fd(b"x\n"), "a@b"),
+                                        MboxItem(make_fd(b"y\n"), "a@b")])
+    assert all(isinstance(f, TempFail) for f in got)
+    assert target.read_bytes() == b""

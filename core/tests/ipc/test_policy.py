@@ -44,6 +44,9 @@ def test_pony_may_not_ask_for_what_only_control_or_lka_may() -> None:
     assert "SchedDue" not in policy.accepts("queue", "pony")
     assert "ForkDelivery" not in policy.accepts("parent", "pony")
     assert "ForkDelivery" in policy.accepts("parent", "queue")
+    assert "ForkDeliveries" not in policy.accepts("parent", "pony")
+    assert "ForkDeliveries" not in policy.accepts("parent", "lka")
+    assert "ForkDeliveries" in policy.accepts("parent", "queue")
     assert "GrantKey" not in policy.accepts("lka", "pony")
     assert policy.accepts("parent", "nobody") == frozenset({"Ok", "Error"})
 

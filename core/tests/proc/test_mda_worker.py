@@ -10,9 +10,11 @@ from __future__ import annotations
 import array
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,6 +90,10 @@ def test_a_failed_delivery_fails_alone(tmp_path: Path, worker) -> None:
     "not a list",
     [{"path": 1, "home": "/", "junk": False, "prepend": ""}],
     [{"path": "/x", "home": "/", "junk": "yes", "prepend": ""}],
+    [{"method": "mda", "path": "/x", "home": "/", "junk": False, "prepend": ""}],
+    [{"method": "mbox", "path": "/x", "home": "/", "junk": False, "prepend": ""}],
+    [{"method": "mbox", "path": "var/mail/x", "home": "/", "junk": False, "prepend": "",
+      "sender": "a@b.example"}],
 ])
 def test_a_malformed_request_ends_the_worker(tmp_path: Path, worker, jobs: object) -> None:
     sock, proc = worker
@@ -130,3 +136,73 @@ def test_never_root() -> None:
     for uid, gid, groups in ((0, 100, [100]), (1000, 0, [1000]), (1000, 1000, [1000, 0])):
         with pytest.raises(PermissionError):
             mda_worker.switch_user(uid, gid, groups)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switches credentials: needs root")
+def test_a_delivery_for_other_credentials_is_refused(tmp_path: Path) -> None:
+    # started for one user (as the parent starts it, with the credentials on
+    # its command line), it takes them before reading a request: a delivery
+    # into another user's private folder fails and leaves nothing there
+    import pwd
+
+    from mailrider import paths
+
+    pw = pwd.getpwnam(paths.EXT_USER)
+    # pytest's tmp_path sits under a folder only root may cross
+    top = Path(tempfile.mkdtemp(prefix="mailrider-test-worker-"))
+    os.chmod(top, 0o755)
+    theirs_dir = top / "root-only"
+    theirs_dir.mkdir(mode=0o700)
+    own = top / "own"
+    own.mkdir(mode=0o700)
+    os.chown(own, pw.pw_uid, pw.pw_gid)
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailrider.proc.mda_worker", str(pw.pw_uid), str(pw.pw_gid),
+         str(pw.pw_gid), str(theirs.fileno())],
+        pass_fds=[theirs.fileno()], stderr=subprocess.PIPE)
+    theirs.close()
+    mine.settimeout(30)
+    try:
+        fds = [_message(tmp_path, "a", b"Subject: a\n\na\n"),
+               _message(tmp_path, "b", b"Subject: b\n\nb\n")]
+        _send(mine, [_job(theirs_dir / "Maildir"), _job(own / "Maildir")], fds)
+        for fd in fds:
+            os.close(fd)
+        refused, delivered = json.loads(mine.recv(65536))
+        assert refused["status"] == "tempfail" and refused["text"].startswith("4")
+        assert list(theirs_dir.iterdir()) == []
+        assert delivered == {"status": "ok", "text": "Delivered"}
+        (done,) = (own / "Maildir" / "new").iterdir()
+        assert done.stat().st_uid == pw.pw_uid
+    finally:
+        mine.close()
+        proc.wait(30)
+        assert proc.stderr is not None
+        proc.stderr.close()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_mbox_deliveries_share_one_lock_and_sync_with_the_maildir_ones(tmp_path: Path,
+                                                                       worker) -> None:
+    sock, proc = worker
+    box, mbox = tmp_path / "Maildir", tmp_path / "mbox"
+    fds = [_message(tmp_path, f"m{i}", f"Subject: {i}\n\nFrom body {i}\n".encode())
+           for i in range(4)]
+    jobs = [_job(box),
+            {**_job(mbox), "method": "mbox", "sender": "a@b.example"},
+            {**_job(mbox), "method": "mbox", "sender": ""},
+            {**_job(tmp_path / "missing" / "mbox"), "method": "mbox", "sender": "c@d.example"}]
+    _send(sock, jobs, fds)
+    for fd in fds:
+        os.close(fd)
+    answer = json.loads(sock.recv(65536))
+    assert answer[:3] == [{"status": "ok", "text": "Delivered"}] * 3
+    assert answer[3]["status"] == "tempfail" and answer[3]["text"].startswith("4")
+    assert len(list((box / "new").iterdir())) == 1
+    data = mbox.read_bytes()
+    assert data.startswith(b"From a@b.example ")
+    assert b"\nFrom MAILER-DAEMON " in data and data.count(b"\nSubject: ") == 2
+    assert b"\n>From body 1\n" in data and b"\n>From body 2\n" in data
+    assert data.count(b"Return-Path: <a@b.example>\n") == 2
+    assert proc.poll() is None

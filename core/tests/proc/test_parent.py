@@ -116,6 +116,34 @@ async def deliver(chan: Channel, env: Envelope) -> m.DeliveryResult:
     return reply
 
 
+def test_several_deliveries_in_one_request(box: Path) -> None:
+    marks = [box / "ran1", box / "ran2"]
+
+    async def body(parent: Parent, queue: Channel) -> None:
+        envs = [genuine(box, mark, evpid=f"012345678{i}abcdef") for i, mark in enumerate(marks)]
+        # a third whose command was changed after lka sealed it
+        forged = genuine_fields(box, box / "forged", evpid="0123456789abcde9")
+        forged["mda-arg"] = f"/bin/sh -c 'id -u > {box / 'other'}'"
+        envs.append(envmod.from_fields(forged))
+        with tempfile.TemporaryFile() as f:
+            f.write(b"Subject: x\n\nbody\n")
+            f.flush()
+            fds = [f.fileno()] * 3
+            reply = await queue.ask(m.ForkDeliveries(envelopes=envs), fds)
+            assert isinstance(reply, m.DeliveryResults)
+            by = {r.evpid: r for r in reply.results}
+            assert [by[e.evpid].status for e in envs] == ["ok", "ok", "tempfail"]
+            assert by[envs[2].evpid].text.startswith("451 4.7.0")
+            # one descriptor per envelope, no more, no less: refused whole
+            with pytest.raises(RemoteError):
+                await queue.ask(m.ForkDeliveries(envelopes=envs[:2]), [f.fileno()])
+
+    serve(box, "queue", body)
+    for mark in marks:
+        assert mark.read_text().strip() == str(program_user().pw_uid)
+    assert not (box / "other").exists() and not (box / "forged").exists()
+
+
 @pytest.fixture
 def box() -> Path:
     d = Path(tempfile.mkdtemp(prefix="mailrider-parent-", dir="/tmp"))

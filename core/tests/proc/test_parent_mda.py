@@ -97,3 +97,53 @@ def test_virtual_users_take_the_sealed_ids_but_never_group_0() -> None:
         decide(CFG, KEY, sealed(dispatcher="vu", user="v", uid=5000, gid=0), root=True)
     with pytest.raises(TempFail, match="bad uid/gid"):
         decide(CFG, KEY, sealed(dispatcher="vu", user="v", uid=None, gid=None), root=True)
+
+
+def test_the_user_cache_keeps_the_parents_own_answers_for_a_bounded_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailrider.proc import parent_mda
+
+    reads: list[str] = []
+    real = parent_mda.lookup_user
+
+    def counting(name: str) -> parent_mda.SystemUser | None:
+        reads.append(name)
+        return real(name)
+
+    now = [1000.0]
+    monkeypatch.setattr(parent_mda, "lookup_user", counting)
+    monkeypatch.setattr(parent_mda.time, "monotonic", lambda: now[0])
+    cache = parent_mda.UserCache(ttl=2.0, size=2)
+    first = cache.get(ME.pw_name)
+    assert first is not None and (first.uid, first.gid) == (ME.pw_uid, ME.pw_gid)
+    assert cache.get(ME.pw_name) == first and reads == [ME.pw_name]
+    now[0] += 2.0  # the TTL is over: read again
+    assert cache.get(ME.pw_name) == first and reads == [ME.pw_name] * 2
+    # a missing user is never kept
+    assert cache.get("no-such-user-here") is None
+    assert cache.get("no-such-user-here") is None
+    assert reads[2:] == ["no-such-user-here"] * 2
+    # bounded: a third user pushes the oldest out
+    cache.get("root")
+    cache.get("nobody")
+    assert len(cache) == 2
+
+
+def test_decide_through_the_cache_refuses_as_decide_does() -> None:
+    from mailrider.proc.parent_mda import UserCache
+
+    cache = UserCache()
+    plan = decide(CFG, KEY, sealed(), root=True, users=cache)
+    assert (plan.uid, plan.gid, plan.home) == (ME.pw_uid, ME.pw_gid, ME.pw_dir)
+    assert plan == decide(CFG, KEY, sealed(), root=True)
+    # root from the cache is still root: refused
+    root = pwd.getpwnam("root")
+    with pytest.raises(PermFail):
+        decide(CFG, KEY, sealed(user="root", uid=0, gid=0, home=root.pw_dir), root=True,
+               users=cache)
+    with pytest.raises(TempFail):
+        decide(CFG, KEY, sealed(user="no-such-user-here"), root=True, users=cache)
+    # the seal is checked before any lookup, cached or not
+    env = sealed()
+    with pytest.raises(Forged):
+        decide(CFG, bytes(32), env, root=True, users=cache)

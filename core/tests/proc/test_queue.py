@@ -120,9 +120,12 @@ def test_commit_names_and_writes_the_envelopes(tmp_path: Path) -> None:
 
 def _parent(status: str, text: str) -> Any:
     def answer(msg: Any, fds: list[int]) -> Any:
-        assert isinstance(msg, m.ForkDelivery) and isinstance(msg.envelope, Envelope)
-        assert len(fds) == 1 and os.pread(fds[0], 100, 0) == BODY[:100]
-        return m.DeliveryResult(evpid=msg.envelope.evpid, status=status, text=text)
+        assert isinstance(msg, m.ForkDeliveries)
+        assert all(isinstance(e, Envelope) for e in msg.envelopes)
+        assert len(fds) == len(msg.envelopes)
+        assert all(os.pread(fd, 100, 0) == BODY[:100] for fd in fds)
+        return m.DeliveryResults(results=[
+            m.DeliveryResult(evpid=e.evpid, status=status, text=text) for e in msg.envelopes])
 
     return answer
 
@@ -132,12 +135,63 @@ def test_a_local_delivery_that_succeeds_is_removed(tmp_path: Path) -> None:
         [env] = queued(h, envelope("0000abcd", "u@x.example"))
         await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[env.evpid])), [])  # type: ignore[arg-type]
         await until(lambda: h.scheduler.of(m.SchedResult), "a result")
-        [fork] = h.parent.of(m.ForkDelivery)
-        assert fork.envelope == env  # typed, as it is on disk
+        [fork] = h.parent.of(m.ForkDeliveries)
+        assert fork.envelopes == [env]  # typed, as it is on disk
         assert h.scheduler.of(m.SchedResult) == [m.SchedResult(evpid=env.evpid, status="ok")]
         assert not os.path.exists(h.q.spool.msgdir(env.msgid))
 
     serve(tmp_path, body, answers={"parent": _parent("ok", "Delivered")})
+
+
+def test_local_envelopes_due_together_go_to_the_parent_in_one_request(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        envs = queued(h, envelope("0000abcd", "u@x.example"), envelope("0000abcd", "v@x.example"))
+        envs += queued(h, envelope("0000abce", "w@x.example"))
+        await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[e.evpid for e in envs])), [])  # type: ignore[arg-type]
+        await until(lambda: len(h.scheduler.of(m.SchedResult)) == 3, "three results")
+        [fork] = h.parent.of(m.ForkDeliveries)
+        assert sorted(e.evpid for e in fork.envelopes) == sorted(e.evpid for e in envs)
+        assert sorted(r.evpid for r in h.scheduler.of(m.SchedResult)) == \
+            sorted(e.evpid for e in envs)
+        assert all(r.status == "ok" for r in h.scheduler.of(m.SchedResult))
+        assert not os.path.exists(h.q.spool.msgdir("0000abcd"))
+        assert not os.path.exists(h.q.spool.msgdir("0000abce"))
+
+    serve(tmp_path, body, answers={"parent": _parent("ok", "Delivered")})
+
+
+def test_more_local_envelopes_than_one_frame_carries_go_in_several_requests(
+        tmp_path: Path) -> None:
+    n = limits.FORK_DELIVERIES_MAX + 4
+
+    async def body(h: Harness) -> None:
+        envs = queued(h, *(envelope("0000abcd", f"u{i}@x.example") for i in range(n)))
+        await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[e.evpid for e in envs])), [])  # type: ignore[arg-type]
+        await until(lambda: len(h.scheduler.of(m.SchedResult)) == n, "every result")
+        sizes = sorted(len(f.envelopes) for f in h.parent.of(m.ForkDeliveries))
+        assert sizes == [4, limits.FORK_DELIVERIES_MAX]
+        assert all(r.status == "ok" for r in h.scheduler.of(m.SchedResult))
+
+    def answer(msg: Any, fds: list[int]) -> Any:
+        assert len(fds) <= limits.IPC_FDS_MAX  # what one frame carries
+        return _parent("ok", "Delivered")(msg, fds)
+
+    serve(tmp_path, body, answers={"parent": answer})
+
+
+def test_a_failed_request_leaves_no_envelope_in_flight(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        envs = queued(h, envelope("0000abcd", "u@x.example"), envelope("0000abcd", "v@x.example"))
+        await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[e.evpid for e in envs])), [])  # type: ignore[arg-type]
+        await until(lambda: len(h.scheduler.of(m.SchedResult)) == 2, "two results")
+        assert sorted((r.evpid, r.status, r.retry) for r in h.scheduler.of(m.SchedResult)) == \
+            sorted((e.evpid, "tempfail", 1) for e in envs)
+        assert all(h.q.spool.load_envelope(e.evpid).retry == 1 for e in envs)
+
+    def answer(msg: Any, fds: list[int]) -> Any:
+        raise ValueError("too many fds in one frame")  # as the channel refuses a frame
+
+    serve(tmp_path, body, answers={"parent": answer})
 
 
 def test_a_temporary_failure_is_written_back_for_the_scheduler(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import pytest
 #: the children, and mailriderd itself (which forks deliveries as other users)
 ROLES = ("control", "lka", "queue", "scheduler", "pony", "klondike", "parent")
 
-#: imported by the child before any preload (child._run_profiled, as root;
+#: imported by the child before any preload (child.run_profiled, as root;
 #: tomllib when mailrider.paths, at its import, reads a port's paths.toml)
 BEFORE_PRELOAD = {"cProfile", "marshal", "tomllib"}
 #: reached only through mailriderd's own command line (common.parse_options),

@@ -22,7 +22,7 @@ from mailrider.crypto.keys import KeyStore
 from mailrider.errors import ConfigError
 from mailrider.filter.programs import check_programs
 from mailrider.proc import common
-from mailrider.proc.child import preload
+from mailrider.proc.child import preload, run_profiled
 from mailrider.proc.parent import Parent, bind_listeners, bind_metrics
 from mailrider.table.registry import check_tables
 
@@ -305,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         return await parent.run()
 
     try:
-        return asyncio.run(_main())
+        # MAILRIDER_PROFILE (benchmarks): the parent's event loop too
+        return run_profiled("parent", lambda: asyncio.run(_main()))
     except KeyboardInterrupt:
         return 0
 

@@ -30,12 +30,13 @@ import fcntl
 import os
 import stat
 import time
+from dataclasses import dataclass
 
 from mailrider import limits
 from mailrider.delivery.common import Message, os_failure
 from mailrider.errors import TempFail
 
-__all__ = ["deliver_mbox", "from_line", "mboxrd_quote"]
+__all__ = ["MboxItem", "deliver_mbox", "deliver_mbox_batch", "from_line", "mboxrd_quote"]
 
 _WRITE_BUFFER = 65536
 _POLL_FIRST = 0.05
@@ -142,7 +143,9 @@ def _separator(fd: int, size: int) -> bytes:
     return b"\n" if tail.endswith(b"\n") else b"\n\n"
 
 
-def _append(fd: int, msg: Message, sender: str, prepend: bytes) -> None:
+def _append(fd: int, msg: Message, sender: str, prepend: bytes, *, sync: bool = True) -> None:
+    """Append one message; on any failure the mailbox is cut back to its size
+    before it. ``sync=False``: the caller syncs (several messages, one fsync)."""
     size = os.fstat(fd).st_size
     try:
         buf = bytearray(_separator(fd, size))
@@ -158,7 +161,8 @@ def _append(fd: int, msg: Message, sender: str, prepend: bytes) -> None:
             buf += b"\n"
         buf += b"\n"
         _write_all(fd, buf)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         try:
             os.ftruncate(fd, size)
@@ -191,6 +195,75 @@ def deliver_mbox(
         raise TempFail("mailbox locked", 450, "4.2.0") from None
     except OSError as exc:
         raise os_failure(exc, "mbox") from exc
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if dotlocked:
+            try:
+                os.unlink(lock)
+            except OSError:
+                pass
+
+
+@dataclass(frozen=True, slots=True)
+class MboxItem:
+    """One message of :func:`deliver_mbox_batch`."""
+
+    msg_fd: int
+    sender: str
+    prepend: bytes = b""
+
+
+def deliver_mbox_batch(path: str, items: list[MboxItem], *,
+                       timeout: float = limits.MBOX_LOCK_TIMEOUT) -> list[TempFail | None]:
+    """Append several messages to the mbox at ``path`` under one lock and
+    one ``fsync``; one outcome each (None: appended and synced).
+
+    The invariants of :func:`deliver_mbox` hold for each message: a message
+    that fails is cut back out alone (the mailbox returns to its size before
+    it); when the final sync fails, the mailbox is cut back to its size before
+    the batch and every message fails, so nothing is reported delivered that
+    is not on disk.
+    """
+    out: list[TempFail | None] = [None] * len(items)
+    if not items:
+        return out
+    deadline = time.monotonic() + timeout
+    lock = path + ".lock"
+    dotlocked = False
+    fd = -1
+    try:
+        try:
+            dotlocked = _dotlock(lock, deadline)
+            fd = _open_mailbox(path)
+            _lockf(fd, deadline)
+            start = os.fstat(fd).st_size
+        except _Locked:
+            fail = TempFail("mailbox locked", 450, "4.2.0")
+            return [fail] * len(items)
+        except OSError as exc:
+            fail = os_failure(exc, "mbox")
+            return [fail] * len(items)
+        except TempFail as exc:
+            return [exc] * len(items)
+        for i, item in enumerate(items):
+            try:
+                _append(fd, Message(item.msg_fd), item.sender, item.prepend, sync=False)
+            except OSError as exc:
+                out[i] = os_failure(exc, "mbox")
+            except TempFail as exc:
+                out[i] = exc
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            fail = os_failure(exc, "mbox")
+            try:
+                os.ftruncate(fd, start)
+                os.fsync(fd)
+            except OSError:
+                pass
+            return [fail] * len(items)
+        return out
     finally:
         if fd >= 0:
             os.close(fd)

@@ -38,9 +38,9 @@ from mailrider.errors import TempFail, plain_reason
 from mailrider.ipc import messages
 from mailrider.ipc.frame import FLAG_ERROR, FLAG_REPLY, HEADER, frame_type
 from mailrider.ipc.frame import payload as encode_payload
-from mailrider.limits import IPC_FRAME_MAX
+from mailrider.limits import IPC_FDS_MAX, IPC_FRAME_MAX
 
-_MAX_FDS = 16
+_MAX_FDS = IPC_FDS_MAX
 _RECV_SIZE = 256 * 1024
 
 

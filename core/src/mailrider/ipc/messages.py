@@ -378,6 +378,18 @@ class ForkDelivery:
     envelope: Envelope = field(metadata=_codec(ENVELOPE))
 
 
+@register
+@dataclass(frozen=True, slots=True)
+class ForkDeliveries:
+    """queue -> parent: several local deliveries at once (due together), at
+    most :data:`~mailrider.limits.FORK_DELIVERIES_MAX`; one message fd per
+    envelope travels along, in the same order. Each is checked and decided
+    as a :class:`ForkDelivery` is. The reply is a :class:`DeliveryResults`,
+    one per envelope."""
+
+    envelopes: list[Envelope] = field(metadata=_codec(ENVELOPES))
+
+
 # -- control -------------------------------------------------------------------
 
 

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         config.queue_key = None
         module = importlib.import_module(f"mailrider.proc.{role}")
         cls: type[common.Process] = module.PROCESS
-        return _run_profiled(role, lambda: asyncio.run(_serve(cls, opts, config, fds)))
+        return run_profiled(role, lambda: asyncio.run(_serve(cls, opts, config, fds)))
     except ConfigError as exc:
         config_error(role, opts, exc)
         return 1
@@ -59,7 +59,7 @@ def config_error(role: str, opts: common.Options, exc: ConfigError) -> None:
         log.error(role, "config-error", error=str(exc))
 
 
-def _run_profiled(role: str, run: Callable[[], int]) -> int:
+def run_profiled(role: str, run: Callable[[], int]) -> int:
     """Run ``run``; under MAILRIDER_PROFILE=DIR with cProfile, dumped to DIR/<role>.prof.
 
     For benchmarks (tools/bench). The file is opened before the privilege drop

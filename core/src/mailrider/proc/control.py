@@ -285,7 +285,7 @@ class Control(common.Process):
         states and latency histograms: what show stats, monitor and the
         metrics endpoint serve."""
         snap = metrics.Snapshot(uptime=int(time.time() - self.started))
-        for peer in CHILDREN:
+        for peer in (*CHILDREN, "parent"):
             rep = await self._ask(peer, "stats")
             found = rep.data.get("counters", {})
             for k, v in (found.items() if isinstance(found, dict) else []):

@@ -14,13 +14,17 @@ Invariants:
 - It delivers only as the user it was started for: its credentials are
   taken before the first request and the parent sends it deliveries of that
   user only (docs/security.md, rule 1).
-- One request is one batch: a JSON list of maildir deliveries (the final
-  folder path, the user's home, the junk flag, the header lines to prepend),
-  with the message descriptors attached in the same order. Each message is
-  written under ``tmp/``, then the batch is made durable together
-  (:class:`~mailrider.delivery.maildir.MaildirBatch`: one sync for the files,
-  one for the links), and only then is the answer sent: one outcome per
-  delivery, so a delivery reported done is on disk.
+- One request is one batch: a JSON list of deliveries, maildir (the final
+  folder path, the user's home, the junk flag, the header lines to prepend)
+  or mbox (the mailbox path, the envelope sender, the header lines), with
+  the message descriptors attached in the same order. Each maildir message
+  is written under ``tmp/``, then those of the batch are made durable
+  together (:class:`~mailrider.delivery.maildir.MaildirBatch`: one sync for
+  the files, one for the links); the messages for one mailbox are appended
+  under one lock and one ``fsync``
+  (:func:`~mailrider.delivery.mbox.deliver_mbox_batch`). Only then is the
+  answer sent: one outcome per delivery, so a delivery reported done is on
+  disk.
 - A malformed request (bad JSON, wrong types, a count of descriptors that
   does not match, more than :data:`~mailrider.limits.DELIVERY_BATCH_MAX`)
   ends the worker: the parent sees the channel close and fails the batch
@@ -39,6 +43,7 @@ import sys
 
 from mailrider import limits
 from mailrider.delivery.maildir import MaildirBatch
+from mailrider.delivery.mbox import MboxItem, deliver_mbox_batch
 from mailrider.errors import TempFail, delivery_outcome
 
 #: a request's JSON, at most (DELIVERY_BATCH_MAX deliveries of bounded fields)
@@ -85,6 +90,12 @@ def _checked(data: bytes, nfds: int) -> list[dict[str, object]]:
                 or not isinstance(job.get("prepend"), str) \
                 or not isinstance(job.get("junk"), bool):
             raise ValueError("bad delivery")
+        method = job.get("method", "maildir")
+        if method == "mbox":
+            if not isinstance(job.get("sender"), str) or not os.path.isabs(str(job["path"])):
+                raise ValueError("bad mbox delivery")
+        elif method != "maildir":
+            raise ValueError("bad delivery method")
     return jobs
 
 
@@ -93,7 +104,11 @@ def deliver(jobs: list[dict[str, object]], fds: list[int]) -> list[tuple[str, st
     results: list[tuple[str, str]] = [("tempfail", "451 4.3.0 delivery failed")] * len(jobs)
     batch = MaildirBatch()
     pending: dict[int, int] = {}
+    mailboxes: dict[str, list[int]] = {}  # mbox path -> its deliveries, in order
     for i, (job, fd) in enumerate(zip(jobs, fds, strict=True)):
+        if job.get("method") == "mbox":
+            mailboxes.setdefault(str(job["path"]), []).append(i)
+            continue
         try:
             try:
                 os.chdir(str(job["home"]) or "/")
@@ -111,6 +126,17 @@ def deliver(jobs: list[dict[str, object]], fds: list[int]) -> list[tuple[str, st
     for i, index in pending.items():
         final = committed[index] if index < len(committed) else TempFail("not committed")
         results[i] = ("ok", "Delivered") if isinstance(final, str) else delivery_outcome(final)
+    for path, which in mailboxes.items():
+        try:
+            os.chdir("/")
+            items = [MboxItem(fds[i], str(jobs[i]["sender"]),
+                              str(jobs[i]["prepend"]).encode("utf-8", "surrogateescape"))
+                     for i in which]
+            outcomes: list[Exception | None] = list(deliver_mbox_batch(path, items))
+        except Exception as exc:  # each delivery must report
+            outcomes = [exc] * len(which)
+        for i, failure in zip(which, outcomes, strict=True):
+            results[i] = ("ok", "Delivered") if failure is None else delivery_outcome(failure)
     return results
 
 

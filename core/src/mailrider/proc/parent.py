@@ -260,6 +260,12 @@ class Parent:
                 return await parent_mda.run_delivery(self, msg.envelope, fds[0])
             finally:
                 os.close(fds[0])
+        if isinstance(msg, m.ForkDeliveries) and chan.peer == "queue":
+            try:
+                return await parent_mda.run_deliveries(self, msg.envelopes, fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
         for fd in fds:
             os.close(fd)
         if isinstance(msg, m.ForwardOpen) and chan.peer == "lka":
@@ -271,6 +277,8 @@ class Parent:
         if isinstance(msg, m.TableStart) and chan.peer == "lka":
             return self.start_table(msg.name)
         if isinstance(msg, m.Control) and chan.peer == "control":
+            if msg.command == "stats":  # show stats: the local deliveries' counters
+                return m.ControlReply(data={"counters": self.deliveries.stats()})
             return m.ControlReply(lines=[f"parent pid={os.getpid()}"])
         raise ValueError(f"unexpected message {m.type_name(msg)} from {chan.peer}")
 

@@ -24,6 +24,7 @@ import os
 import pwd
 import signal
 import stat
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,12 +89,77 @@ def _groups(name: str, gid: int) -> tuple[int, ...]:
     return tuple(g for g in dict.fromkeys(found) if g != 0)
 
 
-def decide(config: Config, key: bytes, env: Envelope, *, root: bool) -> Plan:
+@dataclass(frozen=True, slots=True)
+class SystemUser:
+    """What the parent read of a user in the password and group databases."""
+
+    uid: int
+    gid: int
+    home: str
+    groups: tuple[int, ...]
+
+
+def lookup_user(name: str) -> SystemUser | None:
+    """The user's entry and groups, read now; None when there is no such user."""
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return SystemUser(pw.pw_uid, pw.pw_gid, pw.pw_dir, _groups(pw.pw_name, pw.pw_gid))
+
+
+class UserCache:
+    """The parent's own password and group database answers, kept
+    :data:`~mailrider.limits.USER_CACHE_TTL` seconds.
+
+    ``getgrouplist`` reads the whole group database (measured: 0.36 ms a
+    call under load, most of what the parent spent deciding a delivery), and
+    a backlog asks for the same user thousands of times a second. What is
+    kept is what the parent itself read, never what a child said; an entry
+    is used for at most the TTL (a user removed, or given other groups, is
+    seen within that time), a missing user is not kept, and at most
+    :data:`~mailrider.limits.USER_CACHE_MAX` users are held.
+    """
+
+    def __init__(self, ttl: float = limits.USER_CACHE_TTL,
+                 size: int = limits.USER_CACHE_MAX) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._users: dict[str, tuple[float, SystemUser]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def get(self, name: str) -> SystemUser | None:
+        now = time.monotonic()
+        found = self._users.get(name)
+        if found is not None and 0 <= now - found[0] < self.ttl:
+            self.hits += 1
+            return found[1]
+        self.misses += 1
+        user = lookup_user(name)
+        if user is None:
+            self._users.pop(name, None)
+            return None
+        if len(self._users) >= self.size and name not in self._users:
+            self._users = {k: v for k, v in self._users.items() if 0 <= now - v[0] < self.ttl}
+            if len(self._users) >= self.size:
+                self._users.pop(next(iter(self._users)))
+        self._users[name] = (now, user)
+        return user
+
+
+def decide(config: Config, key: bytes, env: Envelope, *, root: bool,
+           users: UserCache | None = None) -> Plan:
     """Who runs ``env``'s delivery and what it does, from the parent's own knowledge.
 
     Raises :class:`Forged` when the grant does not verify, TempFail when the
     sealed decision no longer fits the configuration or the user database,
-    PermFail for a delivery that must never run (as root, group 0).
+    PermFail for a delivery that must never run (as root, group 0). The
+    password and group databases are read now, or through ``users`` (the
+    parent's own recent answers, :class:`UserCache`).
     """
     # the seal covers the fields as the codec writes them: as lka sealed them
     if not grant.verify(key, envmod.to_fields(env)):
@@ -115,10 +181,6 @@ def decide(config: Config, key: bytes, env: Envelope, *, root: bool) -> Plan:
         raise TempFail(f"action {action.name} now delivers as {action.user}, not {name}")
     if not root:
         return Plan(action, method, arg, name, d.home or "/", None, None, ())
-    try:
-        pw: pwd.struct_passwd | None = pwd.getpwnam(name)
-    except KeyError:
-        pw = None
     if action.userbase is not None and action.user is None:
         # a virtual user of the action's userbase table: lka's sealed answer
         if d.uid is None or d.gid is None:
@@ -126,9 +188,8 @@ def decide(config: Config, key: bytes, env: Envelope, *, root: bool) -> Plan:
         uid, gid = d.uid, d.gid
         home = d.home or "/"
         groups: tuple[int, ...] = (gid,)
-    elif pw is not None:
-        uid, gid, home = pw.pw_uid, pw.pw_gid, pw.pw_dir
-        groups = _groups(pw.pw_name, gid)
+    elif (sysuser := users.get(name) if users is not None else lookup_user(name)) is not None:
+        uid, gid, home, groups = sysuser.uid, sysuser.gid, sysuser.home, sysuser.groups
     else:
         raise TempFail(f"user {name!r} does not exist")
     if uid == 0:
@@ -314,17 +375,24 @@ def _deliver(config: Config, plan: Plan, env: Envelope, msg_fd: int,
     return "ok", "Delivered"
 
 
-def maildir_job(config: Config, plan: Plan, env: Envelope) -> dict[str, object]:
-    """What a maildir worker needs for one delivery, decided here as
-    :func:`_deliver` decides it for a forked one; ValueError for a template
-    that does not expand."""
+#: the delivery methods a user's long-lived worker performs (the others fork)
+WORKER_METHODS = frozenset({"maildir", "mbox"})
+
+
+def worker_job(config: Config, plan: Plan, env: Envelope) -> dict[str, object]:
+    """What a delivery worker needs for one maildir or mbox delivery, decided
+    here as :func:`_deliver` decides it for a forked one: the folder from the
+    action's template, the mailbox from the mail spool and the user's name;
+    ValueError for a template that does not expand."""
+    prepend = dcommon.delivery_headers(env.sender, env.dest).decode("utf-8", "surrogateescape")
+    if plan.method == "mbox":
+        return {"method": "mbox", "path": os.path.join(paths.MAILSPOOL_DIR, plan.user),
+                "home": plan.home, "junk": False, "sender": env.sender, "prepend": prepend}
     ctx = FormatContext(sender=env.sender, rcpt=env.rcpt or env.dest, dest=env.dest,
                         user_name=env.delivery.local_user or plan.user, user_dir=plan.home,
                         sub_addr_delim=config.sub_addr_delim)
-    prepend = dcommon.delivery_headers(env.sender, env.dest)
-    return {"path": expand_format(plan.action.arg or "~/Maildir", ctx), "home": plan.home,
-            "junk": bool(plan.action.junk),
-            "prepend": prepend.decode("utf-8", "surrogateescape")}
+    return {"method": "maildir", "path": expand_format(plan.action.arg or "~/Maildir", ctx),
+            "home": plan.home, "junk": bool(plan.action.junk), "prepend": prepend}
 
 
 def _batch_child(config: Config, jobs: list[_Job]) -> bytes:
@@ -398,6 +466,17 @@ class Deliveries:
         #: delivery processes running, in all and by user (``mda limit``)
         self.sessions = 0
         self.user_sessions: dict[str, int] = {}
+        #: for show stats (``parent.*``): batches and deliveries by worker or fork
+        self.counters: dict[str, int] = {}
+        #: the password and group databases' recent answers (decide)
+        self.users = UserCache()
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counters, "parent.user.cache.hits": self.users.hits,
+                "parent.user.cache.misses": self.users.misses}
 
     def _session_allowed(self, user: str) -> bool:
         """``mda limit max-session`` and ``max-session-per-user`` (docs/config.md §12)."""
@@ -409,7 +488,8 @@ class Deliveries:
     def submit(self, plan: Plan, env: Envelope, fd: int) -> asyncio.Future[m.DeliveryResult]:
         loop = asyncio.get_running_loop()
         job = _Job(plan, env, fd, loop.create_future())
-        if plan.method == "maildir":
+        if plan.method == "maildir" or (self._use_workers and plan.method in WORKER_METHODS):
+            # one user's deliveries that share a process (and its syncs)
             key: tuple[object, ...] = (plan.uid, plan.gid, plan.groups)
         else:
             key = (id(job),)
@@ -428,7 +508,7 @@ class Deliveries:
     def _start(self, key: tuple[object, ...]) -> None:
         size = limits.DELIVERY_BATCH_MAX
         # a user's worker takes one batch at a time; forks run side by side
-        cap = 1 if self._use_workers and self._maildir(key) else limits.DELIVERY_BATCHES_PER_USER
+        cap = 1 if self._use_workers and self._batched(key) else limits.DELIVERY_BATCHES_PER_USER
         while self._waiting.get(key) and self._running.get(key, 0) < cap:
             jobs = self._waiting[key]
             user = jobs[0].plan.user
@@ -465,18 +545,19 @@ class Deliveries:
             self._flush()
 
     @staticmethod
-    def _maildir(key: tuple[object, ...]) -> bool:
+    def _batched(key: tuple[object, ...]) -> bool:
         return len(key) == 3  # (uid, gid, groups): see submit
 
     async def _run_worker(self, jobs: list[_Job]) -> list[Any]:
-        """Maildir deliveries of one user's credentials, through that user's worker."""
+        """Maildir and mbox deliveries of one user's credentials, through that
+        user's worker."""
         answers: list[Any] = [None] * len(jobs)
         payload: list[dict[str, object]] = []
         fds: list[int] = []
         where: list[int] = []
         for i, job in enumerate(jobs):
             try:
-                payload.append(maildir_job(self.parent.config, job.plan, job.env))
+                payload.append(worker_job(self.parent.config, job.plan, job.env))
             except ValueError as exc:  # the template: as the forked delivery reports it
                 st, tx = delivery_outcome(exc)
                 answers[i] = {"status": st, "text": tx}
@@ -484,6 +565,8 @@ class Deliveries:
             fds.append(job.fd)
             where.append(i)
         if payload:
+            self.count("parent.mda.worker.batches")
+            self.count("parent.mda.worker.deliveries", len(payload))
             first = jobs[0].plan
             got = await self.workers.deliver((first.uid, first.gid, first.groups), payload, fds)
             if got is not None:  # else the worker failed: every answer stays unknown
@@ -495,9 +578,11 @@ class Deliveries:
         config = self.parent.config
         answers: list[Any]
         try:
-            if self._use_workers and all(j.plan.method == "maildir" for j in jobs):
+            if self._use_workers and all(j.plan.method in WORKER_METHODS for j in jobs):
                 answers = await self._run_worker(jobs)
             else:
+                self.count("parent.mda.fork.batches")
+                self.count("parent.mda.fork.deliveries", len(jobs))
                 out = await _run_forked(self.parent, lambda: _batch_child(config, jobs))
                 answers = json.loads(out or b"")
             if not isinstance(answers, list) or len(answers) != len(jobs):
@@ -516,13 +601,37 @@ class Deliveries:
                 job.done.set_result(result)
 
 
+async def run_deliveries(parent: Parent, envs: list[Envelope],
+                         fds: list[int]) -> m.DeliveryResults:
+    """Several local deliveries the queue asked for at once (ForkDeliveries):
+    each checked and decided alone (:func:`run_delivery`), side by side, so
+    that one user's join one batch. One descriptor per envelope, at most
+    FORK_DELIVERIES_MAX envelopes, else the request is refused (the caller
+    closes the descriptors)."""
+    if not 0 < len(envs) <= limits.FORK_DELIVERIES_MAX or len(fds) != len(envs):
+        raise ValueError("ForkDeliveries: one descriptor per envelope, "
+                         f"at most {limits.FORK_DELIVERIES_MAX}")
+    got = await asyncio.gather(
+        *(run_delivery(parent, env, fd) for env, fd in zip(envs, fds, strict=True)),
+        return_exceptions=True)
+    results: list[m.DeliveryResult] = []
+    for env, res in zip(envs, got, strict=True):
+        if not isinstance(res, m.DeliveryResult):
+            log.error("parent", "delivery-failed", evpid=env.evpid, error=str(res))
+            res = m.DeliveryResult(evpid=env.evpid, status="tempfail",
+                                   text="451 4.3.0 delivery failed")
+        results.append(res)
+    return m.DeliveryResults(results=results)
+
+
 async def run_delivery(parent: Parent, env: Envelope, msg_fd: int) -> m.DeliveryResult:
     """One local delivery the queue asked for: decided, then forked. The IPC
     codec checked the envelope's shape (:mod:`mailrider.queue.envelope`);
     :func:`decide` checks lka's seal."""
     evpid = env.evpid
     try:
-        plan = decide(parent.config, parent.grant_key, env, root=os.geteuid() == 0)
+        plan = decide(parent.config, parent.grant_key, env, root=os.geteuid() == 0,
+                      users=parent.deliveries.users)
     except Forged as exc:
         # the queue (or whoever wrote the envelope) asked for what lka never decided
         log.error("parent", "forged-delivery", evpid=evpid, error=exc.text,

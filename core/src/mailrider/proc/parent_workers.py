@@ -1,4 +1,4 @@
-"""The parent's long-lived maildir delivery workers (:mod:`mailrider.proc.mda_worker`).
+"""The parent's long-lived maildir and mbox delivery workers (:mod:`mailrider.proc.mda_worker`).
 
 A fork of the parent per batch of deliveries costs a copy of its page
 tables and a process start and exit each time; a worker serves many
@@ -24,7 +24,7 @@ Invariants:
   seconds without work (its channel closed: it exits).
 - The parent computes what the worker needs (the Maildir path from the
   action's template, the header lines to prepend, the junk flag:
-  ``parent_mda.maildir_job``): the worker decides nothing.
+  ``parent_mda.worker_job``): the worker decides nothing.
 
 ``MAILRIDER_MDA_FORK=1`` in the environment (benchmarks and tests only) keeps
 the fork per batch instead.
@@ -132,7 +132,7 @@ class Workers:
 
     async def deliver(self, creds: Credentials, payload: list[dict[str, object]],
                       fds: list[int]) -> list[dict[str, str]] | None:
-        """One batch of maildir deliveries (``parent_mda.maildir_job``, with
+        """One batch of maildir and mbox deliveries (``parent_mda.worker_job``, with
         their message descriptors) for the worker of ``creds``: one outcome
         each, ``{status, text}``, or None when the worker failed."""
         worker = self._workers.get(creds)

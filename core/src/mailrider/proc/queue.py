@@ -269,9 +269,11 @@ class Queue(common.Process):
 
     # -- delivery ------------------------------------------------------------------
 
-    async def deliver(self, evpid: str) -> None:
+    async def deliver(self, evpid: str, env: Envelope | None = None) -> None:
+        """One local delivery; ``env``: the envelope ``_dispatch`` read already."""
         try:
-            env = self.spool.load_envelope(evpid)
+            if env is None:
+                env = self.spool.load_envelope(evpid)
             fd = self.spool.open_message(evpid[:8])
         except (OSError, ValueError) as exc:
             log.error("queue", "load-failed", evpid=evpid, error=plain_reason(exc))
@@ -294,6 +296,55 @@ class Queue(common.Process):
             await self._outcome(env, res, fd)
         finally:
             self._close_later(fd)
+
+    async def deliver_local(self, envs: list[Envelope]) -> None:
+        """Local envelopes due together, in one ForkDeliveries to the parent
+        (at most FORK_DELIVERIES_MAX): one request and one answer for them
+        all instead of one each; their outcomes are recorded side by side,
+        so that their removals share one batch of the reaper."""
+        opened: list[tuple[Envelope, int]] = []
+        outcomes: list[Any] = []
+        try:
+            for env in envs:
+                try:
+                    fd = self.spool.open_message(env.msgid)
+                except OSError as exc:
+                    log.error("queue", "load-failed", evpid=env.evpid, error=plain_reason(exc))
+                    self.peers["scheduler"].notify(
+                        m.SchedResult(evpid=env.evpid, status="removed"))
+                    continue
+                opened.append((env, fd))
+            asked = [(env, fd) for env, fd in opened if env.type in ("mda", "bounce")]
+            for env, fd in opened:
+                if env.type not in ("mda", "bounce"):
+                    outcomes.append(self._outcome(env, m.DeliveryResult(
+                        evpid=env.evpid, status="tempfail",
+                        text="451 4.3.0 no transport for this envelope"), fd))
+            if asked:
+                self.count("mda.envelope", len(asked))
+                try:
+                    # straight to the parent, which checks lka's seals and
+                    # hands the deliveries to the users' workers
+                    reply = await self.peers["parent"].ask(
+                        m.ForkDeliveries(envelopes=[env for env, _ in asked]),
+                        [fd for _, fd in asked])
+                    got = reply.results if isinstance(reply, m.DeliveryResults) else []
+                except TempFail as exc:
+                    got = [m.DeliveryResult(evpid=env.evpid, status="tempfail", text=exc.reply())
+                           for env, _ in asked]
+                except (OSError, ValueError) as exc:  # never leave an envelope in flight
+                    log.error("queue", "delivery-request-failed", error=plain_reason(exc))
+                    got = []
+                by_evpid = {r.evpid: r for r in got}
+                for env, fd in asked:
+                    res = by_evpid.get(env.evpid) or m.DeliveryResult(
+                        evpid=env.evpid, status="tempfail",
+                        text="451 4.3.0 No result for this envelope")
+                    outcomes.append(self._outcome(env, res, fd))
+            await asyncio.gather(*outcomes)
+        finally:
+            for _, fd in opened:
+                self._close_later(fd)
 
     async def deliver_mta(self, envs: list[Envelope]) -> None:
         """Several relay envelopes of one message and route: one transaction."""
@@ -525,9 +576,11 @@ class Queue(common.Process):
         task.add_done_callback(self._tasks.discard)
 
     def _dispatch(self, evpids: list[str]) -> None:
-        """Local envelopes one by one; relay envelopes grouped by message and
-        route, so each message goes to each host in one transaction."""
+        """Local envelopes together (ForkDeliveries); relay envelopes grouped
+        by message and route, so each message goes to each host in one
+        transaction."""
         groups: dict[tuple[str, str], list[Envelope]] = {}
+        local: list[Envelope] = []
         for evpid in evpids:
             try:
                 env = self.spool.load_envelope(evpid)
@@ -535,9 +588,12 @@ class Queue(common.Process):
                 self._spawn(self.deliver(evpid))  # reports the failure
                 continue
             if env.type != "mta":
-                self._spawn(self.deliver(evpid))
+                local.append(env)
                 continue
             groups.setdefault((env.msgid, env.route), []).append(env)
+        step = limits.FORK_DELIVERIES_MAX
+        for i in range(0, len(local), step):
+            self._spawn(self.deliver_local(local[i:i + step]))
         for envs in groups.values():
             self._spawn(self.deliver_mta(envs))
 

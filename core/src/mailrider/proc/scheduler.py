@@ -71,7 +71,7 @@ class Scheduler(common.Process):
         #: due entries held back by pause mda/mta
         self.held: list[Entry] = []
         lim = self.config.scheduler_limits
-        self.max_inflight = lim.get("max-inflight", limits.MDA_MAX_SESSIONS)
+        self.max_inflight = lim.get("max-inflight", limits.SCHEDULER_MAX_INFLIGHT)
         self.max_schedule = lim.get("max-schedule", 0)  # 0: every due envelope
         self.max_evp_batch = lim.get("max-evp-batch-size", 0)
         self.max_msg_batch = lim.get("max-msg-batch-size", 0)
