@@ -294,3 +294,42 @@ def test_recovery_hands_the_scheduler_every_envelope(tmp_path: Path) -> None:
             (m.SchedEntry.of(e) for e in envs), key=lambda e: e.evpid)
 
     serve(tmp_path, body)
+
+
+def test_creations_asked_together_share_a_worker_call(tmp_path: Path) -> None:
+    """Sessions asking for spool files at once are served by one batch (one
+    hand-off to a worker thread); each gets its own folder and descriptor,
+    and a request that goes away while its batch runs leaves nothing behind."""
+
+    async def body(h: Harness) -> None:
+        import sys
+
+        from mailrider.proc import queue as queue_mod
+
+        # the queue lets its threads and its loop hand the GIL over quickly
+        assert sys.getswitchinterval() == pytest.approx(queue_mod.GIL_SWITCH_INTERVAL)
+        before = h.q.stats().get("queue.create.batches", 0)
+        # a request whose session goes away before its batch is done
+        gone = asyncio.ensure_future(
+            h.q.handle(FakeChan(), wire(m.MessageCreate()), []))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        gone.cancel()
+        asks = [h.q.handle(FakeChan(), wire(m.MessageCreate()), [])  # type: ignore[arg-type]
+                for _ in range(20)]
+        answers = await asyncio.gather(*asks)
+        batches = h.q.stats()["queue.create.batches"] - before
+        assert 1 <= batches < 20, batches
+        msgids = set()
+        for created, fds in answers:
+            assert isinstance(created, m.MessageCreated) and len(fds) == 1
+            msgids.add(created.msgid)
+            path = Path(h.q.spool.incoming) / created.msgid / "message"
+            os.write(fds[0], b"x")
+            os.close(fds[0])
+            assert path.read_bytes() == b"x"
+        assert len(msgids) == 20
+        # the cancelled request's file was given back
+        await until(lambda: set(os.listdir(h.q.spool.incoming)) == msgids,
+                    "cancelled creation rolled back")
+
+    serve(tmp_path, body)
