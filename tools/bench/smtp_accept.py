@@ -242,6 +242,7 @@ class Result:
     mem_idle: procstat.Memory | None = None  # PSS after start, before any mail
     mem_load: procstat.Memory | None = None  # the largest PSS seen during the e2e run
     ipc: dict[str, int] = field(default_factory=dict)  # IPC messages handled in e2e, by type
+    refused: int | None = None  # sessions refused by a session cap (``smtp refused`` logged)
 
 
 class PeakMemory:
@@ -364,6 +365,10 @@ def bench_mailrider(load: Load, messages: int, size: int, *, e2e: bool, profile_
         res.notes.append(f"mailrider: {exc}")
     finally:
         d.stop()
+        # a session cap must not refuse the benchmark's sessions (500 from
+        # loopback are admitted by default: docs/resource-bounds.md)
+        res.refused = sum(1 for line in d.log().splitlines()
+                          if " smtp refused " in line and " reason=" in line)
         if profile_dir is not None:
             profile_dir.mkdir(parents=True, exist_ok=True)
             for p in (d.state / "profile").glob("*.prof"):
@@ -480,6 +485,8 @@ def report(size: int, sessions: int, messages: int, mr: Result, pf: Result | Non
                         sorted(by_type.items(), key=lambda x: -x[1])[:8])
         out.append(f"mailrider IPC messages handled by the children per e2e message: "
                    f"{total / messages:.2f} ({top})")
+    if mr.refused is not None:
+        out.append(f"mailrider sessions refused (smtp refused in its log): {mr.refused}")
     for note in mr.notes + (pf.notes if pf else []):
         out.append(f"note: {note}")
     return "\n".join(out)
@@ -489,20 +496,31 @@ def _ms(v: float | None) -> str:
     return f"{v:.2f} ms" if v is not None else "-"
 
 
-def median_summary(size: int, accepts: list[tuple[float | None, float | None]]) -> str:
-    """The medians of the accept figures over alternating rounds, and of their ratios."""
+def median_summary(size: int, accepts: list[tuple[float | None, float | None]],
+                   label: str = "accepted", unit: str = "msg/s") -> str:
+    """The medians of one figure over alternating rounds, and of their ratios."""
     import statistics
+
+    def show(v: float | None) -> str:
+        return f"{v:.2f}" if unit == "ms" and v is not None else fmt(v)
 
     mine = [a for a, _ in accepts if a]
     theirs = [b for _, b in accepts if b]
     ratios = [a / b for a, b in accepts if a and b]
-    parts = [f"{size_label(size)} accepted over {len(accepts)} rounds: mailrider median "
-             f"{fmt(statistics.median(mine) if mine else None)} msg/s"]
+    parts = [f"{size_label(size)} {label} over {len(accepts)} rounds: mailrider median "
+             f"{show(statistics.median(mine) if mine else None)} {unit}"]
     if theirs:
-        parts.append(f"Postfix median {fmt(statistics.median(theirs))} msg/s")
+        parts.append(f"Postfix median {show(statistics.median(theirs))} {unit}")
         parts.append(f"median ratio {statistics.median(ratios):.2f} "
                      f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})")
     return "; ".join(parts)
+
+
+#: the figures whose medians --rounds prints: (label, Result attribute, unit)
+MEDIANS = (("accepted", "accept", "msg/s"),
+           ("accepted while delivering", "e2e_accept", "msg/s"),
+           ("end to end", "e2e", "msg/s"),
+           ("CPU per delivered message", "cpu_ms", "ms"))
 
 
 def print_profile(profile_dir: Path, top: int) -> None:
@@ -573,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
 
     status = 0
     for size in sizes:
-        accepts: list[tuple[float | None, float | None]] = []
+        rounds: list[tuple[Result, Result | None]] = []
         for _ in range(max(1, ns.rounds)):
             mr = bench_mailrider(load, ns.messages, size, e2e=not ns.no_e2e,
                                  profile_dir=profile_dir)
@@ -584,9 +602,12 @@ def main(argv: list[str] | None = None) -> int:
             print(report(size, ns.sessions, ns.messages, mr, pf), flush=True)
             if mr.accept is None:
                 status = 1
-            accepts.append((mr.accept, pf.accept if pf is not None else None))
+            rounds.append((mr, pf))
         if ns.rounds > 1:
-            print(median_summary(size, accepts), flush=True)
+            for label, attr, unit in MEDIANS:
+                pairs = [(getattr(a, attr), getattr(b, attr) if b is not None else None)
+                         for a, b in rounds]
+                print(median_summary(size, pairs, label, unit), flush=True)
     if profile_dir is not None:
         print_profile(profile_dir, ns.top)
         if tmp_prof:
