@@ -42,6 +42,8 @@ COMMIT_GATHER_DELAY = 0.001
 #: default, a send on the loop or a sync's return waited up to 5 ms behind the
 #: other side (docs/performance.md §6)
 GIL_SWITCH_INTERVAL = 0.0002
+#: envelopes per SchedInsert sent to the scheduler (a commit batch's, the recovery's)
+SCHED_INSERT_MAX = 1000
 
 
 class Queue(common.Process):
@@ -157,7 +159,7 @@ class Queue(common.Process):
                         for env in found:
                             envs.append(m.SchedEntry.of(env))
                             n += 1
-                    if len(envs) >= 1000:
+                    if len(envs) >= SCHED_INSERT_MAX:
                         self.peers["scheduler"].notify(m.SchedInsert(envelopes=envs))
                         envs = []
             if envs:
@@ -191,6 +193,12 @@ class Queue(common.Process):
             except Exception as exc:  # never leave a session hanging
                 for item in items:
                     item.error = item.error or TempFail(f"commit failed: {exc}")
+            # the scheduler hears of the whole batch in one message (one wakeup)
+            entries = [m.SchedEntry.of(e) for item in items if item.error is None
+                       for e in item.envelopes]
+            for i in range(0, len(entries), SCHED_INSERT_MAX):
+                self.peers["scheduler"].notify(
+                    m.SchedInsert(envelopes=entries[i:i + SCHED_INSERT_MAX]))
             for item, fut in batch:
                 if fut.done():
                     continue
@@ -216,11 +224,9 @@ class Queue(common.Process):
         self._batch.append((PendingCommit(msg.msgid, envs), fut))
         self._wake.set()
         try:
-            await fut
+            await fut  # the committer told the scheduler
         finally:
             self._open.discard(msg.msgid)
-        self.peers["scheduler"].notify(
-            m.SchedInsert(envelopes=[m.SchedEntry.of(e) for e in envs]))
         self.count("queue.envelope.enqueued", len(envs))
         session = msg.session if envmod.is_evpid(msg.session) else None
         for env in envs:
