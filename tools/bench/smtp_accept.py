@@ -124,8 +124,10 @@ class LoadError(RuntimeError):
 
 
 def smtp_source_path() -> str | None:
-    for p in (shutil.which("smtp-source"), "/usr/sbin/smtp-source",
-              f"{postfix_peer.ROOT}/usr/sbin/smtp-source" if postfix_peer.ROOT else None):
+    # MAILRIDER_BENCH_POSTFIX_ROOT first: an unpacked copy that stays put while
+    # the machine's package may come and go
+    for p in (f"{postfix_peer.ROOT}/usr/sbin/smtp-source" if postfix_peer.ROOT else None,
+              shutil.which("smtp-source"), "/usr/sbin/smtp-source"):
         if p and os.access(p, os.X_OK):
             return p
     return None
