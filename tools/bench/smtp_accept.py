@@ -245,6 +245,7 @@ class Result:
     mem_load: procstat.Memory | None = None  # the largest PSS seen during the e2e run
     ipc: dict[str, int] = field(default_factory=dict)  # IPC messages handled in e2e, by type
     refused: int | None = None  # sessions refused by a session cap (``smtp refused`` logged)
+    commit: tuple[int, int] | None = None  # e2e commit batches and their total µs
 
 
 class PeakMemory:
@@ -346,6 +347,7 @@ def bench_mailrider(load: Load, messages: int, size: int, *, e2e: bool, profile_
         if e2e:
             target = count_files(box) + messages
             d.ctl("profile", "imsg")  # every child counts the IPC messages it handles
+            d.ctl("profile", "queue")  # and the queue the time of its commit batches
             ipc0 = stats(d)
             cpu0 = procstat.cpu_seconds(d.proc.pid)
             with PeakMemory(d.proc.pid) as peak:
@@ -363,6 +365,10 @@ def bench_mailrider(load: Load, messages: int, size: int, *, e2e: bool, profile_
             ipc1 = stats(d)
             res.ipc = {k: ipc1[k] - ipc0.get(k, 0) for k in ipc1
                        if k.startswith("profile.imsg.") and ".count" in k}
+            res.commit = (ipc1.get("profile.queue.commit.count", 0)
+                          - ipc0.get("profile.queue.commit.count", 0),
+                          ipc1.get("profile.queue.commit.usec", 0)
+                          - ipc0.get("profile.queue.commit.usec", 0))
     except LoadError as exc:
         res.notes.append(f"mailrider: {exc}")
     finally:
@@ -494,6 +500,10 @@ def report(size: int, sessions: int, messages: int, mr: Result, pf: Result | Non
                         sorted(by_type.items(), key=lambda x: -x[1])[:8])
         out.append(f"mailrider IPC messages handled by the children per e2e message: "
                    f"{total / messages:.2f} ({top})")
+    if mr.commit is not None and mr.commit[0]:
+        n, usec = mr.commit
+        out.append(f"mailrider commit batches during e2e: {n}, {usec / n / 1000:.1f} ms each "
+                   "(stage, rename, syncfs; profile.queue.commit)")
     if mr.refused is not None:
         out.append(f"mailrider sessions refused (smtp refused in its log): {mr.refused}")
     for note in mr.notes + (pf.notes if pf else []):
