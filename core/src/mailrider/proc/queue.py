@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,12 +35,6 @@ RECOVERY_READERS = 4
 #: a batch smaller than this waits COMMIT_GATHER_DELAY seconds for company
 COMMIT_GATHER_MIN = 8
 COMMIT_GATHER_DELAY = 0.001
-#: seconds a thread may hold the GIL while another waits for it (CPython's
-#: default is 5 ms). The loop hands commits, creations and removals to worker
-#: threads, and each side waits for the GIL after every system call: with the
-#: default, a send on the loop or a sync's return waited up to 5 ms behind the
-#: other side (docs/performance.md §6)
-GIL_SWITCH_INTERVAL = 0.0002
 #: envelopes per SchedInsert sent to the scheduler (a commit batch's, the recovery's)
 SCHED_INSERT_MAX = 1000
 
@@ -66,7 +59,6 @@ class Queue(common.Process):
                 log.error("queue", "libcrypto-unavailable", error=str(exc))
 
     async def setup(self) -> None:
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         # chrooted (under root), the spool is the queue's whole filesystem: "/"
         root = "/" if common.confining() else common.spool_dir(self.opts.statedir)
         self.spool = Spool(root, codec=Codec(self.config.queue_compression))
