@@ -264,8 +264,8 @@ class PostfixPeer:
 
     def flush(self) -> None:
         """Drop every queued message (between runs)."""
-        self._run("/usr/sbin/postsuper", "-c", str(self.config), "-d", "ALL")
-        self._run("/usr/sbin/postsuper", "-c", str(self.config), "-d", "ALL", "hold")
+        self._run(f"{ROOT}/usr/sbin/postsuper", "-c", str(self.config), "-d", "ALL")
+        self._run(f"{ROOT}/usr/sbin/postsuper", "-c", str(self.config), "-d", "ALL", "hold")
 
     def count_queue(self, queue: str) -> int:
         n = 0

@@ -225,8 +225,10 @@ def test_a_permanent_failure_bounces_to_the_sender(
         [env] = queued(h, envelope("0000abcd", "u@x.example"))
         await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[env.evpid])), [])  # type: ignore[arg-type]
         await until(lambda: h.scheduler.of(m.SchedInsert), "the bounce queued")
-        assert m.SchedResult(evpid=env.evpid, status="permfail") in h.scheduler.of(
-            m.SchedResult)
+        # the removal (reaper thread) and the bounce's queueing (its own
+        # thread) end in either order
+        await until(lambda: m.SchedResult(evpid=env.evpid, status="permfail")
+                    in h.scheduler.of(m.SchedResult), "the permfail reported")
         [ask] = h.lka.of(m.RcptCheck)
         assert ask.rcpt == "a@b.example"
         [entry] = h.scheduler.of(m.SchedInsert)[-1].envelopes
@@ -346,5 +348,66 @@ def test_recovery_hands_the_scheduler_every_envelope(tmp_path: Path) -> None:
         [ins] = h.scheduler.of(m.SchedInsert)
         assert sorted(ins.envelopes, key=lambda e: e.evpid) == sorted(
             (m.SchedEntry.of(e) for e in envs), key=lambda e: e.evpid)
+
+    serve(tmp_path, body)
+
+
+def test_creations_asked_together_share_a_worker_call(tmp_path: Path) -> None:
+    """Sessions asking for spool files at once are served by one batch (one
+    hand-off to a worker thread); each gets its own folder and descriptor,
+    and a request that goes away while its batch runs leaves nothing behind."""
+
+    async def body(h: Harness) -> None:
+        before = h.q.stats().get("queue.create.batches", 0)
+        # a request whose session goes away before its batch is done
+        gone = asyncio.ensure_future(
+            h.q.handle(FakeChan(), wire(m.MessageCreate()), []))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        gone.cancel()
+        asks = [h.q.handle(FakeChan(), wire(m.MessageCreate()), [])  # type: ignore[arg-type]
+                for _ in range(20)]
+        answers = await asyncio.gather(*asks)
+        batches = h.q.stats()["queue.create.batches"] - before
+        assert 1 <= batches < 20, batches
+        msgids = set()
+        for created, fds in answers:
+            assert isinstance(created, m.MessageCreated) and len(fds) == 1
+            msgids.add(created.msgid)
+            path = Path(h.q.spool.incoming) / created.msgid / "message"
+            os.write(fds[0], b"x")
+            os.close(fds[0])
+            assert path.read_bytes() == b"x"
+        assert len(msgids) == 20
+        # the cancelled request's file was given back
+        await until(lambda: set(os.listdir(h.q.spool.incoming)) == msgids,
+                    "cancelled creation rolled back")
+
+    serve(tmp_path, body)
+
+
+def test_a_commit_batch_reaches_the_scheduler_in_one_insert(tmp_path: Path) -> None:
+    """Messages committed together (one sync) are handed to the scheduler in
+    one SchedInsert: each envelope once, and only after its commit's sync."""
+
+    async def body(h: Harness) -> None:
+        msgids = []
+        for _ in range(12):
+            created, fds = await h.q.handle(FakeChan(), wire(m.MessageCreate()), [])  # type: ignore[arg-type]
+            os.write(fds[0], BODY)
+            os.close(fds[0])
+            msgids.append(created.msgid)
+        before = len(h.scheduler.of(m.SchedInsert))
+        draft = dataclasses.replace(envelope("00000000", "u@x.example"), evpid="")
+        replies = await asyncio.gather(*[
+            h.q.handle(FakeChan(), wire(m.MessageCommit(msgid=i, envelopes=[draft, draft])),  # type: ignore[arg-type]
+                       []) for i in msgids])
+        assert replies == [m.Ok(text=i) for i in msgids]
+        inserts = h.scheduler.of(m.SchedInsert)[before:]
+        assert 1 <= len(inserts) < len(msgids), len(inserts)
+        evpids = [e.evpid for ins in inserts for e in ins.envelopes]
+        assert len(evpids) == len(set(evpids)) == 2 * len(msgids)
+        assert {e[:8] for e in evpids} == set(msgids)
+        for evpid in evpids:  # on disk, committed, before the scheduler heard of it
+            assert os.path.exists(h.q.spool.envelope_path(evpid))
 
     serve(tmp_path, body)

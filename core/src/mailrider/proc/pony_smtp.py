@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ipaddress
 import os
@@ -1001,6 +1002,7 @@ TEMPORARY = Reply(451, "4.3.0", "Temporary failure")
 AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
 
 
+@functools.lru_cache(maxsize=1024)
 def client_key(ip: str) -> str:
     """What the per-address session cap counts: an IPv4 address (also when
     mapped into IPv6), an IPv6 client's /64 network, or ``local``."""
@@ -1016,6 +1018,7 @@ def client_key(ip: str) -> str:
     return str(addr)
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback(ip: str) -> bool:
     try:
         addr = ipaddress.ip_address(ip)

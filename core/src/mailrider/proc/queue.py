@@ -35,6 +35,8 @@ RECOVERY_READERS = 4
 #: a batch smaller than this waits COMMIT_GATHER_DELAY seconds for company
 COMMIT_GATHER_MIN = 8
 COMMIT_GATHER_DELAY = 0.001
+#: envelopes per SchedInsert sent to the scheduler (a commit batch's, the recovery's)
+SCHED_INSERT_MAX = 1000
 
 
 class Queue(common.Process):
@@ -81,6 +83,9 @@ class Queue(common.Process):
         self._removals: list[tuple[str, asyncio.Future[None]]] = []
         self._closes: list[int] = []
         self._reap_wake = asyncio.Event()
+        #: spool files asked for (MessageCreate): the creator's next batch
+        self._creates: list[tuple[str, asyncio.Future[tuple[str, int]]]] = []
+        self._create_wake = asyncio.Event()
 
     async def run(self) -> None:
         # after the privilege drop: the spool belongs to the queue user
@@ -93,6 +98,7 @@ class Queue(common.Process):
         clean = self.spool.take_clean_mark()
         committer = asyncio.create_task(self._committer())
         reaper = asyncio.create_task(self._reaper())
+        creator = asyncio.create_task(self._creator())
         self._fresh = set()  # from now on, before the walk's first step
         recovery = asyncio.create_task(self._recover(verify=not clean))
         try:
@@ -103,7 +109,9 @@ class Queue(common.Process):
             self._closing = True
             self._wake.set()
             self._reap_wake.set()
+            self._create_wake.set()
             try:
+                await asyncio.wait_for(creator, 30)
                 await asyncio.wait_for(reaper, 30)
                 await asyncio.wait_for(committer, 30)
                 await asyncio.to_thread(self.spool.mark_clean)
@@ -143,7 +151,7 @@ class Queue(common.Process):
                         for env in found:
                             envs.append(m.SchedEntry.of(env))
                             n += 1
-                    if len(envs) >= 1000:
+                    if len(envs) >= SCHED_INSERT_MAX:
                         self.peers["scheduler"].notify(m.SchedInsert(envelopes=envs))
                         envs = []
             if envs:
@@ -177,6 +185,12 @@ class Queue(common.Process):
             except Exception as exc:  # never leave a session hanging
                 for item in items:
                     item.error = item.error or TempFail(f"commit failed: {exc}")
+            # the scheduler hears of the whole batch in one message (one wakeup)
+            entries = [m.SchedEntry.of(e) for item in items if item.error is None
+                       for e in item.envelopes]
+            for i in range(0, len(entries), SCHED_INSERT_MAX):
+                self.peers["scheduler"].notify(
+                    m.SchedInsert(envelopes=entries[i:i + SCHED_INSERT_MAX]))
             for item, fut in batch:
                 if fut.done():
                     continue
@@ -202,11 +216,9 @@ class Queue(common.Process):
         self._batch.append((PendingCommit(msg.msgid, envs), fut))
         self._wake.set()
         try:
-            await fut
+            await fut  # the committer told the scheduler
         finally:
             self._open.discard(msg.msgid)
-        self.peers["scheduler"].notify(
-            m.SchedInsert(envelopes=[m.SchedEntry.of(e) for e in envs]))
         self.count("queue.envelope.enqueued", len(envs))
         session = msg.session if envmod.is_evpid(msg.session) else None
         for env in envs:
@@ -214,6 +226,47 @@ class Queue(common.Process):
             log.emit("smtp", "envelope", {"session": session, "evpid": env.evpid,
                                           "from": _addr(env.sender), "to": _addr(env.rcpt)})
         return m.Ok(text=msg.msgid)
+
+    # -- creation, batched ---------------------------------------------------------------
+
+    def _create(self, wanted: str) -> asyncio.Future[tuple[str, int]]:
+        """A new spool file (msgid, write fd), made by the creator's next batch."""
+        fut: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
+        self._creates.append((wanted, fut))
+        self._create_wake.set()
+        return fut
+
+    async def _creator(self) -> None:
+        """Make the spool files asked for while the previous batch was made, in
+        one worker thread call: a creation can wait on the journal while a
+        commit syncs, so never on the loop, and one hand-off per message was
+        a GIL round trip per message (docs/performance.md §6)."""
+        while True:
+            if not self._creates:
+                if self._closing:
+                    return
+                await self._create_wake.wait()
+                self._create_wake.clear()
+                continue
+            batch, self._creates = self._creates, []
+            results: list[tuple[str, int] | TempFail]
+            try:
+                results = await asyncio.to_thread(self.spool.create_many,
+                                                  [w for w, _ in batch])
+            except Exception as exc:  # never leave a session waiting
+                results = [TempFail(f"cannot create a message: {exc}")] * len(batch)
+            for (_, fut), res in zip(batch, results, strict=True):
+                if isinstance(res, TempFail):
+                    if not fut.done():
+                        fut.set_exception(res)
+                elif fut.done():
+                    # the session's request went away meanwhile: nothing holds it
+                    os.close(res[1])
+                    self.spool.rollback(res[0])
+                else:
+                    fut.set_result(res)
+            self.count("queue.create.batches")
+            self.count("queue.create.messages", len(batch))
 
     # -- removal, batched -----------------------------------------------------------
 
@@ -546,7 +599,7 @@ class Queue(common.Process):
         if isinstance(msg, m.MessageCreate):
             # a file creation can wait on the journal while a commit syncs:
             # never on the event loop, which answers every other session
-            msgid, fd = await asyncio.to_thread(self.spool.create, msg.msgid)
+            msgid, fd = await self._create(msg.msgid)
             self._open.add(msgid)
             return m.MessageCreated(msgid=msgid), [fd]
         if isinstance(msg, m.MessageCommit):

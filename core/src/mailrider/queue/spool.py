@@ -213,6 +213,18 @@ class Spool:
             return msgid, fd
         raise TempFail("cannot allocate a message id")
 
+    def create_many(self, wanted: list[str]) -> list[tuple[str, int] | TempFail]:
+        """:meth:`create` for several messages in one call (one hand-off to a
+        worker thread for all the sessions that asked meanwhile): a msgid and a
+        write fd, or the TempFail, for each."""
+        out: list[tuple[str, int] | TempFail] = []
+        for w in wanted:
+            try:
+                out.append(self.create(w))
+            except TempFail as exc:
+                out.append(exc)
+        return out
+
     def rollback(self, msgid: str) -> None:
         if not envmod.is_msgid(msgid):
             raise ValueError("invalid message id")

@@ -13,6 +13,7 @@ protocols (RFC 6531 4.3, RFC 6532).
 from __future__ import annotations
 
 import email.utils
+import functools
 import ipaddress
 import re
 import time
@@ -76,6 +77,7 @@ def _host_token(text: str, utf8: bool) -> str:
     return out or "?"
 
 
+@functools.lru_cache(maxsize=1024)
 def _ip_literal(ip: str) -> str | None:
     try:
         addr = ipaddress.ip_address(ip.strip("[]").removeprefix("IPv6:"))
