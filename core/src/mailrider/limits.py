@@ -232,6 +232,13 @@ MTA_CONNECT_TIMEOUT = 30.0
 MTA_MAX_HOSTS = 10
 #: recipients in one outgoing transaction (RFC 5321 4.5.3.1.8: at least 100)
 MTA_MAX_RCPT = 100
+#: messages of one route the queue hands pony in one DeliverBatch (each with
+#: its descriptor: at most the 16 of one IPC frame; OpenSMTPD releases a
+#: relay's tasks 10 at a time, task-release)
+MTA_BATCH_MESSAGES = 10
+#: sessions one DeliverBatch uses side by side; each sends its share of the
+#: batch's messages one after the other (docs/performance.md §5)
+MTA_BATCH_LANES = 4
 #: a delivery-status notification waits this long for more recipients of
 #: the same message before it is sent (docs/queue.md §6)
 BOUNCE_FLUSH_DELAY = 1.0
