@@ -24,7 +24,10 @@ message (tools/bench/procstat.py; for mailrider split by process), the
 outgoing connections, and for mailrider the IPC messages per relayed
 message by type (``mailriderctl profile imsg``, then ``show stats``).
 ``--rounds N`` runs both N times, alternating which goes first, and prints
-the medians.
+the medians. ``--drain`` adds the relay alone: the N messages are accepted
+with relaying held (``mailriderctl pause mta``; Postfix's HOLD), and the
+clock, the CPU and the IPC counts run from the release (``resume mta``;
+``postsuper -H ALL``) to the sink's 250 for the last one.
 
 With ``--mta-limit N`` and/or ``--scheduler-inflight N`` the run checks
 limits instead: the configuration gets ``mta limit max-conn-per-domain N``
@@ -113,7 +116,11 @@ def _by_process(root: int) -> dict[str, float]:
 
 
 def run_mailrider(load: smtp_accept.Load, sink: int, n: int, size: int, timeout: float,
-                  profile_dir: Path | None = None) -> tuple[float, float, str]:
+                  profile_dir: Path | None = None, drain: bool = False
+                  ) -> tuple[float, float, str]:
+    """accept -> relayed, or with ``drain`` the relay of a held backlog alone:
+    N messages accepted with relaying paused, then the clock (and the CPU and
+    IPC counts) from ``resume mta`` to the last 250 of the sink."""
     d = Daemon(CONFIG.replace("SINKPORT", str(sink)))
     if profile_dir is not None:  # cProfile per child, written after the privilege drop
         prof = d.state / "profile"
@@ -127,12 +134,20 @@ def run_mailrider(load: smtp_accept.Load, sink: int, n: int, size: int, timeout:
         assert d.proc is not None
         time.sleep(1.0)  # every child set up
         d.ctl("profile", "imsg")
+        if drain:
+            d.ctl("pause", "mta")
         ipc0 = smtp_accept.stats(d)
         cpu0 = _by_process(d.proc.pid)
         t0 = time.monotonic()
         smtp_accept.RCPT = RCPT
         load.send(d.port, n, size)
         accepted = time.monotonic() - t0
+        if drain:
+            time.sleep(1.0)  # the last commits settle
+            ipc0 = smtp_accept.stats(d)
+            cpu0 = _by_process(d.proc.pid)
+            t0 = time.monotonic()
+            d.ctl("resume", "mta")
 
         def count() -> int:
             return sum(1 for line in d.log().splitlines() if ok.search(line))
@@ -164,9 +179,10 @@ def run_mailrider(load: smtp_accept.Load, sink: int, n: int, size: int, timeout:
         d.cleanup()
 
 
-def run_postfix(load: smtp_accept.Load, sink: int, n: int, size: int, timeout: float
-                ) -> tuple[float, float, str]:
-    peer = postfix_peer.PostfixPeer(free_port())
+def run_postfix(load: smtp_accept.Load, sink: int, n: int, size: int, timeout: float,
+                drain: bool = False) -> tuple[float, float, str]:
+    """As run_mailrider; ``drain``: accepted on hold, then ``postsuper -H ALL``."""
+    peer = postfix_peer.PostfixPeer(free_port(), hold=drain)
     settings = [
         "virtual_mailbox_domains=", "relay_domains=relay.bench",
         f"relayhost=[127.0.0.1]:{sink}", "smtp_connection_cache_on_demand=yes",
@@ -188,6 +204,13 @@ def run_postfix(load: smtp_accept.Load, sink: int, n: int, size: int, timeout: f
         smtp_accept.RCPT = RCPT
         load.send(peer.port, n, size)
         accepted = time.monotonic() - t0
+        if drain:
+            if not _wait_count(lambda: peer.count_queue("hold"), n, timeout):
+                raise RuntimeError(f"postfix held {peer.count_queue('hold')}/{n}")
+            time.sleep(1.0)
+            cpu0 = procstat.cpu_seconds(master) if master else 0.0
+            t0 = time.monotonic()
+            peer._run("/usr/sbin/postsuper", "-c", str(peer.config), "-H", "ALL")
 
         def count() -> int:
             try:
@@ -257,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1,
                     help="run both N times, alternating which goes first; print medians")
     ap.add_argument("--no-postfix", action="store_true")
+    ap.add_argument("--drain", action="store_true",
+                    help="also relay a held backlog (accepted with relaying paused/on hold) "
+                         "and time the relay alone")
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="cProfile every mailrider child into DIR and print pony's and queue's")
     ap.add_argument("--mta-limit", type=int, default=0, metavar="N",
@@ -281,28 +307,34 @@ def main(argv: list[str] | None = None) -> int:
               f"load average {os.getloadavg()[0]:.1f}")
         if reason:
             print(f"  postfix    skipped: {reason}")
-        mrs: list[tuple[float, float]] = []
-        pfs: list[tuple[float, float]] = []
+        figures: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+        modes = [False, True] if args.drain else [False]
         for i in range(args.rounds):
             order = ["mr", "pf"] if i % 2 == 0 else ["pf", "mr"]
-            for who in order:
-                if who == "mr":
-                    mr, cpu, note = run_mailrider(load, sink_port, args.messages, size,
-                                                  args.timeout, args.profile)
-                    mrs.append((mr, cpu))
-                    print(f"  mailrider  {mr:8.1f} msg/s accept->relayed  ({note})")
-                elif not args.no_postfix and not reason:
-                    pf, cpu, note = run_postfix(load, sink_port, args.messages, size,
-                                                args.timeout)
-                    pfs.append((pf, cpu))
-                    print(f"  postfix    {pf:8.1f} msg/s accept->relayed  ({note})")
-            if pfs:
-                print(f"  round {i + 1} ratio mailrider/postfix: {mrs[-1][0] / pfs[-1][0]:.2f}"
-                      f" (load average {os.getloadavg()[0]:.1f})")
-        if args.rounds > 1:
+            for drain in modes:
+                what = "drain  " if drain else "e2e    "
+                for who in order:
+                    if who == "mr":
+                        rate, cpu, note = run_mailrider(load, sink_port, args.messages, size,
+                                                        args.timeout, args.profile, drain)
+                        print(f"  {what}mailrider {rate:8.1f} msg/s  ({note})")
+                    elif not args.no_postfix and not reason:
+                        rate, cpu, note = run_postfix(load, sink_port, args.messages, size,
+                                                      args.timeout, drain)
+                        print(f"  {what}postfix   {rate:8.1f} msg/s  ({note})")
+                    else:
+                        continue
+                    figures.setdefault((who, drain), []).append((rate, cpu))
+                if ("pf", drain) in figures:
+                    mr, pf = figures[("mr", drain)][-1][0], figures[("pf", drain)][-1][0]
+                    print(f"  round {i + 1} {what.strip()} ratio mailrider/postfix: "
+                          f"{mr / pf:.2f} (load average {os.getloadavg()[0]:.1f})")
+        for drain in modes:
+            mrs, pfs = figures.get(("mr", drain), []), figures.get(("pf", drain), [])
             mr_med = statistics.median(r for r, _ in mrs)
             mr_cpu = statistics.median(c for _, c in mrs)
-            line = f"  medians: mailrider {mr_med:.1f} msg/s, {mr_cpu:.2f} ms CPU/msg"
+            line = (f"  {'drain' if drain else 'e2e'} medians of {len(mrs)}: mailrider "
+                    f"{mr_med:.1f} msg/s, {mr_cpu:.2f} ms CPU/msg")
             if pfs:
                 pf_med = statistics.median(r for r, _ in pfs)
                 pf_cpu = statistics.median(c for _, c in pfs)
