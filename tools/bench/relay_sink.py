@@ -74,6 +74,10 @@ match from any for any action "out"
 """
 
 
+#: --config: lines put in front of mailrider's configuration
+EXTRA_CONFIG = ""
+
+
 def start_sink(port: int) -> subprocess.Popen[bytes]:
     argv = [SINK, "-u", "nobody", "-m", "500", f"127.0.0.1:{port}", "256"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -121,7 +125,7 @@ def run_mailrider(load: smtp_accept.Load, sink: int, n: int, size: int, timeout:
     """accept -> relayed, or with ``drain`` the relay of a held backlog alone:
     N messages accepted with relaying paused, then the clock (and the CPU and
     IPC counts) from ``resume mta`` to the last 250 of the sink."""
-    d = Daemon(CONFIG.replace("SINKPORT", str(sink)))
+    d = Daemon(EXTRA_CONFIG + CONFIG.replace("SINKPORT", str(sink)))
     if profile_dir is not None:  # cProfile per child, written after the privilege drop
         prof = d.state / "profile"
         prof.mkdir(mode=0o755)
@@ -210,7 +214,10 @@ def run_postfix(load: smtp_accept.Load, sink: int, n: int, size: int, timeout: f
             time.sleep(1.0)
             cpu0 = procstat.cpu_seconds(master) if master else 0.0
             t0 = time.monotonic()
+            # released mail goes to the deferred queue: flush it now, not at
+            # the queue manager's next scan
             peer._run("/usr/sbin/postsuper", "-c", str(peer.config), "-H", "ALL")
+            peer._run("/usr/sbin/postqueue", "-c", str(peer.config), "-f")
 
         def count() -> int:
             try:
@@ -280,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1,
                     help="run both N times, alternating which goes first; print medians")
     ap.add_argument("--no-postfix", action="store_true")
+    ap.add_argument("--no-e2e", action="store_true", help="the drain figure only")
+    ap.add_argument("--config", action="append", default=[], metavar="LINE",
+                    help="a line in front of mailrider's configuration "
+                         "(e.g. 'scheduler limit max-inflight 500'); repeatable")
     ap.add_argument("--drain", action="store_true",
                     help="also relay a held backlog (accepted with relaying paused/on hold) "
                          "and time the relay alone")
@@ -292,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.mta_limit or args.scheduler_inflight:
         return run_limits(args)
+    global EXTRA_CONFIG
+    EXTRA_CONFIG = "".join(line + "\n" for line in args.config)
     if not os.access(SINK, os.X_OK):
         print(f"{SINK} not found: install Postfix's test tools", file=sys.stderr)
         return 2
@@ -304,11 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"relay to smtp-sink: {args.messages} messages of {args.size}, "
               f"{args.sessions} sessions, load: {load.name}, {args.rounds} round(s), "
-              f"load average {os.getloadavg()[0]:.1f}")
+              f"load average {os.getloadavg()[0]:.1f}"
+              + (f"; mailrider config + {args.config}" if args.config else ""))
         if reason:
             print(f"  postfix    skipped: {reason}")
         figures: dict[tuple[str, bool], list[tuple[float, float]]] = {}
-        modes = [False, True] if args.drain else [False]
+        modes = ([] if args.no_e2e else [False]) + ([True] if args.drain or args.no_e2e else [])
         for i in range(args.rounds):
             order = ["mr", "pf"] if i % 2 == 0 else ["pf", "mr"]
             for drain in modes:

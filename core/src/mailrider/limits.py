@@ -237,7 +237,7 @@ MTA_MAX_RCPT = 100
 #: relay's tasks 10 at a time, task-release)
 MTA_BATCH_MESSAGES = 10
 #: sessions one DeliverBatch uses side by side; each sends its share of the
-#: batch's messages one after the other (docs/performance.md §5)
+#: batch's messages one after the other (docs/performance.md, "Relaying")
 MTA_BATCH_LANES = 4
 #: a delivery-status notification waits this long for more recipients of
 #: the same message before it is sent (docs/queue.md §6)

@@ -1,4 +1,5 @@
-"""End to end: several relayed messages per outgoing session (docs/performance.md §5).
+"""End to end: several relayed messages per outgoing session
+(docs/performance.md, "Relaying").
 
 Messages queued while relaying is paused (``mailriderctl pause mta``) are due
 together when it resumes: the queue hands pony the messages of one route in

@@ -1,11 +1,14 @@
 """pony's mta: delivery of queued envelopes to other mail servers.
 
 queue hands over, in one :class:`~mailrider.ipc.messages.DeliverBatch`, the
-envelopes of one message that share a route (relay action and recipient
-domain), with the message's descriptor; they go out in one transaction
-carrying every recipient (up to :data:`limits.MTA_MAX_RCPT`). The protocol
-is the sans-I/O :class:`~mailrider.smtp.client.SMTPClient`; this module owns
-sockets, TLS, timers and connection reuse.
+envelopes of up to :data:`limits.MTA_BATCH_MESSAGES` messages that share a
+route (relay action and recipient domain), with each message's descriptor.
+The route is resolved once per batch; each message goes out in one
+transaction carrying every recipient (up to :data:`limits.MTA_MAX_RCPT`),
+and the messages share at most :data:`limits.MTA_BATCH_LANES` sessions, one
+message after the other on each (docs/performance.md, "Relaying"). The
+protocol is the sans-I/O :class:`~mailrider.smtp.client.SMTPClient`; this
+module owns sockets, TLS, timers and connection reuse.
 
 Where mail goes:
 
@@ -415,7 +418,8 @@ class Mta:
         route, ``fds[i]`` the i-th message's file (messages in the order their
         first envelope comes). The route is resolved once; the messages go out
         over at most ``MTA_BATCH_LANES`` sessions side by side, each lane sending
-        its messages one after the other on the connection it keeps (docs/performance.md §5)."""
+        its messages one after the other on the connection it keeps
+        (docs/performance.md, "Relaying")."""
         envs = list(msg.envelopes)
         if not envs:
             return m.DeliveryResults(results=[])
