@@ -11,6 +11,12 @@ PKI = 'pki c.test cert "/c"\npki c.test key "/k"\n'  # lines 1-2
 FLT = 'filter f proc-exec "/bin/cat"\nfilter g proc-exec "/bin/cat"\n'  # lines 1-2
 
 BAD = [
+    ("action a relay host smtp://x dane\n",
+     "1: relay option 'dane' needs MX relaying: not with 'host' or 'domain'"),
+    ('table r { "a" = "smtp://x" }\naction a relay dane domain <r>\n',
+     "2: relay option 'dane' needs MX relaying: not with 'host' or 'domain'"),
+    ("action a relay dane dane\n", "1: action option 'dane' already specified"),
+    ("resolver trust-ad yes\n", "1: "),
     ('table r { "a" = "smtp://x" }\naction a relay host smtp://x domain <r>\n',
      "2: relay options 'host' and 'domain' are mutually exclusive"),
     ('table l { "smtp://x" }\ntable r { "a" = "smtp://x" }\n'
@@ -126,3 +132,13 @@ def test_relay_host_label_without_scheme_is_accepted() -> None:
     url = parse_relayhost(static_relay_urls(config, config.actions["a"])[0])
     assert (url.proto, url.host, url.port, url.label) == ("smtp+tls", "mail.example.org", 587,
                                                           "lbl")
+
+
+def test_dane_and_resolver_trust_ad() -> None:
+    c = parse_string("resolver trust-ad\naction out relay dane tls\n"
+                     "match from any for any action out\n")
+    assert c.resolver_trust_ad
+    assert c.actions["out"].relay == {"dane": True, "tls": True}
+    check_supported(c)
+    c = parse_string("action out relay\nmatch from any for any action out\n")
+    assert not c.resolver_trust_ad and "dane" not in c.actions["out"].relay

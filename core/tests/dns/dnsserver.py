@@ -15,6 +15,10 @@ order:
 ``"servfail"`` / ``"nxdomain"`` / ``"refused"`` / ``"formerr"``  that RCODE
 a callable          ``f(query: Message) -> bytes``: raw bytes sent as is
 
+With ``ad=True`` every answer has the AD bit set (a validating resolver
+vouching for it, as the DANE tests need), except answers to the names in
+``server.unsigned`` (an insecure delegation).
+
 ``malformed_*`` helpers build hostile replies that echo the query's id and
 question.  Other tests (the MTA's) may import this module.
 """
@@ -71,6 +75,8 @@ class DNSServer:
         self.soa_ttl = soa_ttl
         self.chase_cnames = chase_cnames
         self.ad = ad
+        #: names answered without AD even when ``ad`` is set
+        self.unsigned: set[str] = set()
         self.modes: dict[str, list[Mode]] = {}
         self.queries: list[tuple[str, int, str]] = []  # (name, type, "udp"|"tcp")
         self.edns: list[int | None] = []  # the OPT payload size of each query
@@ -144,7 +150,8 @@ class DNSServer:
     def answer(self, query: Message, rcode: int | None = None) -> Message:
         """The authoritative answer to ``query``."""
         q = query.questions[0]
-        header = Header(query.header.id, qr=True, aa=True, rd=query.header.rd, ad=self.ad)
+        ad = self.ad and name_key(q.name) not in {name_key(n) for n in self.unsigned}
+        header = Header(query.header.id, qr=True, aa=True, rd=query.header.rd, ad=ad)
         soa = (
             (RR("test", wire.SOA, wire.CLASS_IN, self.soa_ttl, self.soa),)
             if self.soa is not None

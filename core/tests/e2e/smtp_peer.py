@@ -258,6 +258,9 @@ class DnsThread:
     """The test DNS server on 127.0.0.1, served from a thread."""
 
     records: Records
+    #: every answer with the AD bit (but those for ``unsigned`` names)
+    ad: bool = False
+    unsigned: set[str] = field(default_factory=set)
     server: DNSServer | None = None
     port: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
@@ -270,7 +273,9 @@ class DnsThread:
         def run() -> None:
             assert self._loop is not None
             asyncio.set_event_loop(self._loop)
-            self.server = self._loop.run_until_complete(DNSServer(self.records).start())
+            server = DNSServer(self.records, ad=self.ad)
+            server.unsigned = self.unsigned
+            self.server = self._loop.run_until_complete(server.start())
             self.port = self.server.port
             self._ready.set()
             self._loop.run_forever()

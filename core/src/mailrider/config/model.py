@@ -229,6 +229,8 @@ class Config:
     #: ``resolver timeout N`` / ``resolver attempts N``; None: resolv.conf's or defaults
     resolver_timeout: float | None = None
     resolver_attempts: int | None = None
+    #: ``resolver trust-ad``: the AD bit of a non-loopback resolver is believed (docs/dane.md §2)
+    resolver_trust_ad: bool = False
     #: queue encryption key as written (None: prompted / stdin); a secret
     queue_key: str | None = None
     #: mda wrapper name -> command

@@ -64,7 +64,7 @@ KEYWORDS = frozenset(
     recipient regex reject relay report rewrite rset scheduler senders smtp
     smtp-in smtp-out smtps socket src srs sub-addr-delim table tag tagged tls
     tls-require ttl user userbase verify virtual warn-interval wrapper key-in-process
-    resolver metrics dkim selector algorithm canonicalization
+    resolver metrics dkim selector algorithm canonicalization dane
     """.split()
 )
 
@@ -760,6 +760,9 @@ class _Parser:
             raise self._err("relay options 'backup' and 'host' are mutually exclusive")
         if relay.get("backup") and "domain" in relay:
             raise self._err("relay options 'backup' and 'domain' are mutually exclusive")
+        if relay.get("dane") and (routed or "domain" in relay):
+            # DANE authenticates MX hosts by their TLSA records (docs/dane.md §1)
+            raise self._err("relay option 'dane' needs MX relaying: not with 'host' or 'domain'")
         if "helo" in relay and "helo_src" in relay:
             raise self._err("relay options 'helo' and 'helo-src' are mutually exclusive")
         for key, option, kind in (("host_table", "host", "list"), ("domain", "domain", "mapping"),
@@ -837,6 +840,8 @@ class _Parser:
             relay["tls"] = True
             if self._accept("no-verify"):
                 relay["tls_noverify"] = True
+        elif name == "dane":
+            relay["dane"] = True  # mailrider only: docs/dane.md
         elif name == "srs":
             # as OpenSMTPD: the key comes first (docs/config.md §9)
             if self.config.srs_key is None:
@@ -1175,7 +1180,9 @@ class _Parser:
         """mailrider only: where the daemon's stub resolver asks (lka owns DNS).
 
         ``resolver nameserver ADDR [port N]`` (repeatable, in order),
-        ``resolver timeout N`` (seconds per query), ``resolver attempts N``.
+        ``resolver timeout N`` (seconds per query), ``resolver attempts N``,
+        ``resolver trust-ad`` (believe the AD bit of a resolver that is not on
+        loopback: docs/dane.md §2).
         Without a nameserver statement /etc/resolv.conf is read at start.
         """
         opt = self._next()
@@ -1197,6 +1204,8 @@ class _Parser:
             self.config.resolver_timeout = float(self._number(self._value(), "timeout", 1))
         elif opt.kind == WORD and opt.value == "attempts":
             self.config.resolver_attempts = self._number(self._value(), "attempts", 1)
+        elif opt.kind == WORD and opt.value == "trust-ad":
+            self.config.resolver_trust_ad = True
         else:
             raise self._unexpected(opt)
         self._end()

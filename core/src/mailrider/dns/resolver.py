@@ -261,6 +261,11 @@ class Resolver:
         caller then uses the domain itself (RFC 5321 5.1).  Raises
         :class:`NullMX` for a null MX (RFC 7505 3), :class:`NXDomain` or
         :class:`DNSTempError`."""
+        return (await self.mx_answer(domain))[0]
+
+    async def mx_answer(self, domain: str) -> tuple[list[tuple[int, str]], bool]:
+        """:meth:`mx`, and whether the answer was authenticated (the AD bit
+        on every step: RFC 7672 §2.2.1 needs it before MX names are used)."""
         answer = await self.query(domain, wire.MX, search=False)
         out: list[tuple[int, str]] = []
         for rec in answer.records:
@@ -271,7 +276,7 @@ class Resolver:
                     raise NullMX(domain)
                 out.append((pref, host))
         out.sort()
-        return out
+        return out, answer.authentic
 
     async def addresses(
         self, host: str, *, inet6: bool = True, inet4: bool = True, search: bool = False
@@ -281,8 +286,15 @@ class Resolver:
         Raises :class:`NXDomain` when the name does not exist, and
         :class:`DNSTempError` only when no family gave an answer.
         """
+        return (await self.addresses_answer(host, inet6=inet6, inet4=inet4, search=search))[0]
+
+    async def addresses_answer(
+        self, host: str, *, inet6: bool = True, inet4: bool = True, search: bool = False
+    ) -> tuple[list[str], bool]:
+        """:meth:`addresses`, and whether every family's answer was
+        authenticated (RFC 7672 §2.2.2); an IP literal is not."""
         try:
-            return [str(ipaddress.ip_address(host.strip("[]")))]
+            return [str(ipaddress.ip_address(host.strip("[]")))], False
         except ValueError:
             pass
         types = ([wire.AAAA] if inet6 else []) + ([wire.A] if inet4 else [])
@@ -292,10 +304,12 @@ class Resolver:
         out: list[str] = []
         temp: BaseException | None = None
         answered = False
+        authentic = True
         nx = 0
         for res in results:
             if isinstance(res, Answer):
                 answered = True
+                authentic = authentic and res.authentic
                 out += [r for r in res.records if isinstance(r, str)]
             elif isinstance(res, NXDomain):
                 nx += 1
@@ -303,13 +317,14 @@ class Resolver:
                 temp = res
             else:
                 raise res
+        authentic = authentic and answered and nx == 0 and temp is None
         if out or (answered and temp is None):
-            return out
+            return out, authentic
         if nx == len(results):
             raise NXDomain(host)
         if temp is not None:
             raise DNSTempError(str(temp))
-        return out
+        return out, False
 
     async def ptr(self, ip: str) -> str | None:
         """The first PTR name of ``ip``, or None when there is none."""

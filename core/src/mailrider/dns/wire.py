@@ -40,6 +40,7 @@ __all__ = [
     "RR",
     "SERVFAIL",
     "SOA",
+    "TLSA",
     "TXT",
     "A",
     "DNSFormatError",
@@ -65,6 +66,7 @@ MX: Final = 15
 TXT: Final = 16
 AAAA: Final = 28
 OPT: Final = 41
+TLSA: Final = 52  # RFC 6698 7.1; RDATA kept raw (crypto/dane.py parses it)
 CLASS_IN: Final = 1
 
 # RFC 1035 4.1.1

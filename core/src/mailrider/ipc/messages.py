@@ -13,6 +13,7 @@ peer cannot make us build anything else.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -614,14 +615,98 @@ class MxResolve:
     host: str = ""
 
 
+def _check_bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise ValueError("not a boolean")
+    return value
+
+
+#: a JSON boolean, nothing that merely looks true
+BOOL = _Codec(lambda v: bool(v), _check_bool)
+#: the most MX hosts, and addresses per host, an MxResult may carry
+MX_HOSTS_MAX = 64
+MX_ADDRS_MAX = 64
+
+
+def _mx_host_decode(value: Any) -> list[Any]:
+    """[preference, name, [ip, ...], authentic]: ``authentic`` says the host's
+    address lookups were authenticated DNSSEC answers (docs/dane.md §2)."""
+    if not (isinstance(value, list) and len(value) == 4 and type(value[0]) is int
+            and 0 <= value[0] <= 0xFFFF and isinstance(value[1], str)
+            and 0 < len(value[1]) <= 255 and value[1].isascii() and value[1].isprintable()
+            and isinstance(value[2], list) and len(value[2]) <= MX_ADDRS_MAX
+            and type(value[3]) is bool):
+        raise ValueError("not an MX host")
+    addrs = []
+    for addr in value[2]:
+        if not isinstance(addr, str) or len(addr) > 64:
+            raise ValueError("not an address")
+        addrs.append(str(ipaddress.ip_address(addr)))
+    return [value[0], value[1], addrs, value[3]]
+
+
+def _mx_hosts_decode(value: Any) -> list[list[Any]]:
+    if not isinstance(value, list) or len(value) > MX_HOSTS_MAX:
+        raise ValueError("not a list of MX hosts")
+    return [_mx_host_decode(v) for v in value]
+
+
+MX_HOSTS = _Codec(lambda hosts: [list(h) for h in hosts], _mx_hosts_decode)
+
+
 @register
 @dataclass(frozen=True, slots=True)
 class MxResult:
-    """lka -> pony: ``status`` ok (``hosts`` = [[preference, name, [ip, ...]], ...]
-    in preference order), or tempfail / permfail with an SMTP reply in ``text``."""
+    """lka -> pony: ``status`` ok (``hosts`` = [[preference, name, [ip, ...],
+    authentic], ...] in preference order), or tempfail / permfail with an SMTP
+    reply in ``text``. ``authentic``: the MX lookup (or, for the implicit MX,
+    its NODATA) was an authenticated answer of a trusted resolver, so the MX
+    names may be TLSA base names (RFC 7672 §2.2.1, docs/dane.md §2)."""
 
     status: str
-    hosts: list[list[Any]] = field(default_factory=list)
+    hosts: list[list[Any]] = field(default_factory=list, metadata=_codec(MX_HOSTS))
+    text: str = ""
+    authentic: bool = field(default=False, metadata=_codec(BOOL))
+
+
+#: the most TLSA records a TlsaResult carries, and the longest one (hex of the RDATA)
+TLSA_MAX = 32
+TLSA_HEX_MAX = 2 * (3 + 16384)
+
+
+def _tlsa_decode(value: Any) -> list[str]:
+    if not isinstance(value, list) or len(value) > TLSA_MAX:
+        raise ValueError("not a list of TLSA records")
+    for rec in value:
+        if not (isinstance(rec, str) and 8 <= len(rec) <= TLSA_HEX_MAX and len(rec) % 2 == 0
+                and all(c in "0123456789abcdef" for c in rec)):
+            raise ValueError("not a TLSA record in hex")
+    return list(value)
+
+
+TLSA_RECORDS = _Codec(list, _tlsa_decode)
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class TlsaLookup:
+    """pony -> lka: the TLSA records of an MX host for DANE (RFC 7672 §2.2).
+    lka itself makes the query name, ``_<mta port>._tcp.<host>``: pony can
+    ask for nothing else."""
+
+    host: str
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class TlsaResult:
+    """lka -> pony: ``status`` ``ok`` (``records``: RDATA in lower-case hex,
+    ``authentic``: the answer was authenticated by a trusted resolver),
+    ``none`` (NXDOMAIN or NODATA), or ``tempfail`` (``text`` says why)."""
+
+    status: str
+    records: list[str] = field(default_factory=list, metadata=_codec(TLSA_RECORDS))
+    authentic: bool = field(default=False, metadata=_codec(BOOL))
     text: str = ""
 
 

@@ -33,7 +33,7 @@ ACCEPTS: dict[tuple[str, str], frozenset[str]] = {
     ("lka", "parent"): frozenset({"GrantKey", "ForwardContent", "AuthResult"}),
     ("lka", "pony"): frozenset({
         "RcptCheck", "PeerLookup", "MxResolve", "MtaLookup", "AuthCheck", "SendersCheck",
-        "FilterBegin", "FilterPhase", "FilterReport", "FilterDataBegin", "FilterData",
+        "TlsaLookup", "FilterBegin", "FilterPhase", "FilterReport", "FilterDataBegin", "FilterData",
         "FilterEnd",
     }),
     ("lka", "queue"): frozenset({"RcptCheck"}),
@@ -41,6 +41,7 @@ ACCEPTS: dict[tuple[str, str], frozenset[str]] = {
     ("pony", "parent"): frozenset({"LocalSession"}),
     ("pony", "lka"): frozenset({
         "FilterData", "RcptResult", "PeerInfo", "MxResult", "FilterDecision", "AuthResult",
+        "TlsaResult",
     }),
     ("pony", "queue"): frozenset({"DeliverBatch", "MessageCreated"}),
     ("pony", "control"): frozenset({"LocalSession", "Control"}),

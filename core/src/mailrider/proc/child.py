@@ -141,7 +141,9 @@ ROLE_MODULES: dict[str, tuple[str, ...]] = {
     "pony": (*_CHILD, *_EMAIL,
              "mailrider.proc.pony", "mailrider.smtp.", "mailrider.queue.envelope",
              "mailrider.crypto.delegate", "mailrider.crypto.der", "mailrider.crypto.libcrypto",
-             "mailrider.crypto.signclient", "mailrider.table.values"),
+             "mailrider.crypto.signclient", "mailrider.table.values",
+             # DANE (docs/dane.md): TLSA matching and DANE-TA path checks
+             "mailrider.crypto.dane", "mailrider.crypto.x509chain"),
     # mailriderd: its checks (those of -n), the children it starts and the
     # programs; the deliveries and ~/.forward reads it forks as other users
     "parent": (*_CHILD, *_DELIVERY, *_EMAIL, *_TABLES,

@@ -66,8 +66,10 @@ class Lka(common.Process):
         spawner = self._table_spawner if self.privileged else None
         self.tables = TableSet(self.config, spawner)
         # before the privilege drop: resolv.conf may be unreadable after it
-        self.resolver = Resolver(resolver_config(self.config),
-                                 hosts=HostsFile(paths.hosts_file()).load())
+        rconf = resolver_config(self.config)
+        self.resolver = Resolver(rconf, hosts=HostsFile(paths.hosts_file()).load())
+        #: the AD bit of the resolver's answers is believed (docs/dane.md §2)
+        self.ad_trusted = lka_dns.ad_trusted(self.config, rconf)
         self.filters: FilterHost | None = None
         self.auth_pool = WorkerPool(limits.AUTH_WORKERS, limits.AUTH_PENDING_MAX, "lka-auth")
         #: set once tables and filters are up: requests wait for it (as OpenSMTPD's
@@ -298,7 +300,9 @@ class Lka(common.Process):
         if isinstance(msg, m.PeerLookup):
             return await self.peer_lookup(msg)
         if isinstance(msg, m.MxResolve):
-            return await lka_dns.resolve(self.resolver, msg)
+            return await lka_dns.resolve(self.resolver, msg, self.ad_trusted)
+        if isinstance(msg, m.TlsaLookup):
+            return await lka_dns.tlsa(self.resolver, msg, self.config.mta_port, self.ad_trusted)
         if isinstance(msg, m.MtaLookup):
             return await self.mta_lookup(msg)
         if isinstance(msg, m.FilterBegin | m.FilterPhase | m.FilterReport | m.FilterDataBegin

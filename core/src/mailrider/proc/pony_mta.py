@@ -48,6 +48,11 @@ An action with ``dkim`` keys signs each message as it leaves: the
 (proc/pony_dkim.py, signed by klondike), goes out in front of the file's
 bytes, and the SIZE announced counts it (docs/dkim.md).
 
+An action with ``dane`` has each MX host's TLSA records looked up before
+connecting (proc/pony_dane.py, in ``_on_host`` so that every host loop gets
+it): where they apply, STARTTLS is mandatory, the peer is checked after the
+handshake, and the host is never tried again without DANE (docs/dane.md).
+
 Timeouts are RFC 5321 4.5.3.2's (``limits.SMTP_*_TIMEOUT``); the
 environment variable ``MAILRIDER_MTA_TIMEOUT`` (seconds) caps them all,
 for tests and benchmarks only.
@@ -72,6 +77,7 @@ from mailrider.errors import ConfigError, TempFail, plain_reason
 from mailrider.filter.programs import relay_filters
 from mailrider.ipc import messages as m
 from mailrider.proc import mta_limit
+from mailrider.proc.pony_dane import Dane, DaneFailed, DanePolicy
 from mailrider.proc.pony_dkim import DkimSigning
 from mailrider.proc.pony_filter import FilterClient, Peer
 from mailrider.proc.pony_mta_show import MtaShow, relay_text
@@ -109,6 +115,8 @@ class Target:
     name: str  # host name (MX or relay host), for SNI, verification and logs
     ip: str
     port: int
+    #: the name comes from authenticated DNS (MX and addresses): a TLSA base name
+    dnssec: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +136,16 @@ class Profile:
     helo_src: str | None = None  # addrname table: HELO name by local address
     #: the relay action whose ``filter`` option gets this session's reports
     filter: str | None = None
+    #: ``relay dane`` on an MX route: each host's TLSA records are looked up
+    want_dane: bool = False
+    #: the host's TLSA records (proc/pony_dane.py); None: no DANE
+    dane: DanePolicy | None = None
 
     def key(self, t: Target) -> tuple[Any, ...]:
         user = self.auth[0] if self.auth else None
         return (t.ip, t.port, t.name, self.helo, self.proto, self.starttls, self.verify,
                 self.ca, user, self.src, self.pki, self.ciphers, self.protocols,
-                self.helo_src, self.filter)
+                self.helo_src, self.filter, self.want_dane, self.dane)
 
     @property
     def tls_key(self) -> TlsKey:
@@ -315,6 +327,8 @@ class Mta:
                 key = self._action_tls(action, verify)
                 if key not in self.contexts:
                     self.contexts[key] = self._build(key, action.where)
+        #: DANE (docs/dane.md): TLSA records through lka, the check after STARTTLS
+        self.dane = Dane(lambda msg: self.pony.peers["lka"].ask(msg), self.pony.count)
 
     async def _dkim_call(self, msg: m.DkimSign) -> tuple[Any, list[int]]:
         chan = self.pony.peers.get("klondike")
@@ -620,7 +634,8 @@ class Mta:
         return Profile(helo, proto, starttls, verify, ca if isinstance(ca, str) else None,
                        auth, src, pki, ciphers, protocols,
                        helo_src if isinstance(helo_src, str) else None,
-                       action.name if relay_filters(self.config, action) else None)
+                       action.name if relay_filters(self.config, action) else None,
+                       want_dane=bool(relay.get("dane")) and url is None)
 
     async def _helo_from_src(self, p: Profile, writer: asyncio.StreamWriter) -> str:
         """``helo-src <t>``: the HELO name of the connection's local address
@@ -656,7 +671,9 @@ class Mta:
             return [], ("tempfail", "451 4.3.0 Bad reply from lka")
         if reply.status != "ok":
             return [], (reply.status, reply.text)
+        # the decoder checked each host: [preference, name, [ip, ...], authentic]
         hosts = [(int(h[0]), str(h[1]), [str(a) for a in h[2]]) for h in reply.hosts]
+        secure = {str(h[1]) for h in reply.hosts if reply.authentic and h[3] is True}
         if relay.get("backup") and url is None:
             me = str(relay.get("backup_mx") or self.pony.hostname).lower().rstrip(".")
             mine = [p for p, n, _ in hosts if n.lower().rstrip(".") == me]
@@ -664,14 +681,37 @@ class Mta:
                 hosts = [h for h in hosts if h[0] < min(mine)]
             if not hosts:
                 return [], ("tempfail", "451 4.4.4 We are the best MX: no host to relay to")
-        targets = [Target(name, ip, port) for _, name, ips in hosts for ip in ips]
+        targets = [Target(name, ip, port, name in secure) for _, name, ips in hosts for ip in ips]
         return targets, None
 
     # -- one host -----------------------------------------------------------------
 
+    async def _dane_profile(self, profile: Profile, target: Target) -> Profile:
+        """``relay dane``: the profile for this MX host (docs/dane.md §3). DANE
+        takes the place of the action's certificate checks and of any other
+        policy's (MTA-STS): TLSA records, not a CA, authenticate the host
+        (RFC 7672 §2.2, RFC 8461 §2). HostFailed when the lookup failed."""
+        try:
+            policy = await self.dane.policy(target.name, target.dnssec)
+        except DaneFailed as exc:
+            raise HostFailed(exc.text) from None
+        if policy is None:
+            return profile
+        return dataclasses.replace(profile, starttls="require", verify=False, ca=None,
+                                   dane=policy)
+
     async def _on_host(self, target: Target, profile: Profile, envs: list[Envelope],
                        fd: int, where: tuple[mta_limit.Limits, str, str],
                        head: bytes = b"") -> list[m.DeliveryResult]:
+        if profile.want_dane and profile.dane is None:
+            profile = await self._dane_profile(profile, target)
+            if profile.dane is not None:
+                try:
+                    return await self._on_host(target, profile, envs, fd, where, head)
+                except HostFailed as exc:
+                    # a host DANE applies to is never tried again without it (in
+                    # clear, or under another policy): the failure is not a TLS one
+                    raise HostFailed(exc.text) from None
         conn = self._take_idle(profile.key(target))
         if conn is not None:
             wait = conn.last_end + (conn.limits.session_transaction_delay or 0) - \
@@ -870,6 +910,13 @@ class Mta:
                     reason = getattr(exc, "reason", None) or str(exc) or "timeout"
                     raise HostFailed(f"421 4.7.0 TLS handshake with {conn.relay} failed: "
                                      f"{reason}{_withheld(conn.profile)}", tls=True) from None
+                if conn.profile.dane is not None:
+                    reason = self.dane.verify(conn.profile.dane,
+                                              conn.writer.get_extra_info("ssl_object"),
+                                              conn.id, conn.relay)
+                    if reason:
+                        raise HostFailed(f"421 4.7.5 DANE authentication of {conn.relay} "
+                                         f"failed: {reason}")
                 conn.client.tls_established(verified=ctx.verify_mode == ssl.CERT_REQUIRED)
                 conn.report_tls()
                 continue
