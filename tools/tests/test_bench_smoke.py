@@ -7,6 +7,7 @@ with the built-in client so it needs nothing but the core.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +33,17 @@ def test_smtp_accept_smoke() -> None:
     assert "queue.commit.messages=10" in out
     e2e = lines["end to end to Maildir"]
     assert e2e[-3] != "-", out
+
+
+def test_session_memory_smoke() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "bench" / "session_memory.py"), "--sessions", "3",
+         "--settle", "0.5"],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ),
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "children started by: fork" in out
+    totals = [float(x) for x in re.findall(r"(\d+\.\d) MB PSS", out)]
+    assert len(totals) == 3 and all(t > 10 for t in totals), out
+    assert "pony per session:" in out

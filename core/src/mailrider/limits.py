@@ -77,6 +77,10 @@ MAX_SESSIONS_PER_LOCAL = 0
 # above it new connections get 421 4.7.0. Each session costs pony a few KiB
 # and one descriptor.
 MAX_SESSIONS = 10000
+# pony runs a full garbage collection after this many closed sessions: what
+# asyncio leaves in reference cycles per connection is freed then, not after
+# thousands have piled up (docs/performance.md §1)
+SESSIONS_PER_GC = 256
 # Deliveries the recipients of one transaction may expand to, after
 # removing duplicates (smtp limit max-deliveries): RCPTs past it get
 # 452 4.5.3 (RFC 5321 4.5.3.1.10), so aliases cannot make one transaction

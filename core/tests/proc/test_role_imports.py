@@ -59,6 +59,10 @@ import ast, importlib.util, json, sys
 from pathlib import Path
 
 role = sys.argv[1]
+if role.startswith("fork:"):  # a child the start-up server forked: its imports first
+    from mailrider.proc import forkserver
+    forkserver.preload_shared()
+    role = role[5:]
 if role == "mda_worker":  # switches user right after its own imports
     import mailrider.proc.mda_worker
 else:
@@ -151,6 +155,21 @@ def test_every_reachable_import_is_preloaded(role: str) -> None:
     exempt = BEFORE_PRELOAD | (MAILRIDERD_ONLY if role != "parent" else set())
     missing = sorted(name for name in reached - exempt if name not in loaded)
     assert missing == []
+
+
+@pytest.mark.parametrize("role", [r for r in ROLES if r != "parent"])
+def test_a_forked_child_preloads_as_a_fresh_one(role: str) -> None:
+    # forked by the start-up server (proc/forkserver.py), a child holds what
+    # the server imported, then imports its role's modules before it is
+    # confined: every import reachable is loaded, and nothing forbidden
+    loaded, reached = _probe(f"fork:{role}")
+    fresh, _ = _probe(role)
+    assert sorted(name for name in reached - BEFORE_PRELOAD - MAILRIDERD_ONLY
+                  if name not in loaded) == []
+    assert sorted(set(FORBIDDEN[role]) & loaded) == []
+    # the server adds nothing the role would not have loaded itself (its own
+    # code runs as __main__ there, imported by name only in this probe)
+    assert sorted(loaded - fresh - {"mailrider.proc.forkserver"}) == []
 
 
 def test_the_delivery_worker_loads_everything_before_it_switches_user() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import os
 import pkgutil
@@ -161,7 +162,7 @@ ROLE_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _role_module_names(role: str) -> list[str]:
+def role_module_names(role: str) -> list[str]:
     """Every module :func:`preload` imports for ``role``, in order."""
     if role == "all":
         wanted: tuple[str, ...] = ("mailrider.", *_EMAIL, *_TABLES)
@@ -188,7 +189,7 @@ def _role_module_names(role: str) -> list[str]:
 def preload(role: str = "all") -> None:
     """Import what ``role`` uses (see :data:`ROLE_MODULES`), from the mailrider
     package and the lazily used standard library; ``all``: every module."""
-    for name in _role_module_names(role):
+    for name in role_module_names(role):
         try:
             importlib.import_module(name)
         except ImportError as exc:
@@ -208,6 +209,12 @@ async def _serve(cls: type[common.Process], opts: common.Options, config: object
                     deny_net=proc.landlock_net)
     proc.connect(fds)
     common.install_stop_signals(proc.stopping.set)
+    # what the set-up left (modules, configuration) lives as long as the process:
+    # out of the collector's reach, a full collection only walks what came after
+    # it, and never writes to the pages shared with the start-up server's other
+    # children (docs/performance.md §1)
+    gc.collect()
+    gc.freeze()
     log.debug(proc.role, "started", pid=os.getpid())
     try:
         await proc.run()

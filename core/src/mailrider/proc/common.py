@@ -1,9 +1,10 @@
 """What every mailrider process shares: its context, start-up and privilege drop.
 
-Children are started by re-executing the interpreter (``python -m
-mailrider.proc.child``) with the role and the descriptor numbers of their
-socketpairs, never by a bare fork of the parent: a fresh image carries none
-of the parent's memory. Each child re-reads the configuration, as OpenSMTPD's
+Children run ``mailrider.proc.child`` with the role and the descriptor
+numbers of their socketpairs, forked by the start-up server (a fresh
+interpreter that never held the parent's memory: proc/forkserver.py) or, with
+``MAILRIDER_CHILD_START=exec``, each as a fresh interpreter; never by a bare
+fork of the parent. Each child re-reads the configuration, as OpenSMTPD's
 processes do.
 """
 

@@ -76,6 +76,15 @@ def set_nondumpable() -> None:
     _prctl(_PR_SET_DUMPABLE, 0)
 
 
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_child_subreaper(on: bool) -> bool:
+    """Orphaned descendants are re-parented to this process (not init) while
+    ``on``: the children the start-up server forks (proc/forkserver.py)."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1 if on else 0) == 0
+
+
 def set_no_new_privs() -> bool:
     return _prctl(_PR_SET_NO_NEW_PRIVS, 1) == 0
 

@@ -31,7 +31,8 @@ from mailrider.filter.programs import filter_command, filter_credentials
 from mailrider.ipc import messages as m
 from mailrider.ipc import policy
 from mailrider.ipc.channel import Channel
-from mailrider.proc import common, confine, parent_mda
+from mailrider.proc import common, confine, forkserver, parent_mda
+from mailrider.proc.forkserver import ForkServer, ForkServerError
 from mailrider.proc.workers import WorkerPool
 from mailrider.smtp.reply import Reply
 from mailrider.table.proc import backend_command, find_backend
@@ -193,23 +194,57 @@ class Parent:
         env = dict(os.environ)
         env["MAILRIDER_LISTENERS"] = listen_spec
         env[metrics.METRICS_ENV] = ",".join(str(s.fileno()) for s in metrics_socks)
-        for role in common.ROLES:
-            fds = pairs[role]
-            inherit = list(fds.values())
-            if role == "pony":
-                inherit += [s.fileno() for _, s in listeners]
-            if role == "control":
-                inherit += [s.fileno() for s in metrics_socks]
-            argv = [sys.executable, "-m", "mailrider.proc.child", "-x", role,
-                    "--fds", ",".join(f"{p}={f}" for p, f in fds.items()), *self.opts.argv()]
-            proc = subprocess.Popen(argv, pass_fds=inherit, env=env, close_fds=True)
-            self.children[proc.pid] = role
+        server = self._fork_server()
+        try:
+            for role in common.ROLES:
+                fds = pairs[role]
+                named = list(fds.items())
+                if role == "pony":
+                    named += [(f"listener:{i}", s.fileno()) for i, s in listeners]
+                if role == "control":
+                    named += [(f"metrics:{i}", s.fileno()) for i, s in enumerate(metrics_socks)]
+                if server is not None:
+                    try:
+                        self.children[server.spawn(role, named, self.opts.argv())] = role
+                        continue
+                    except ForkServerError as exc:
+                        # the fresh start below still works: say so, and use it
+                        log.warning("parent", "fork-server-failed", role=role, error=str(exc))
+                        server.close()
+                        server = None
+                argv = [sys.executable, "-m", "mailrider.proc.child", "-x", role,
+                        "--fds", ",".join(f"{p}={f}" for p, f in fds.items()),
+                        *self.opts.argv()]
+                proc = subprocess.Popen(argv, pass_fds=[fd for _, fd in named], env=env,
+                                        close_fds=True)
+                self.children[proc.pid] = role
+        finally:
+            if server is not None:
+                server.close()
+                confine.set_child_subreaper(False)
         for s in keep:
             s.close()
         for _, s in listeners:
             s.close()
         for s in metrics_socks:
             s.close()
+
+    def _fork_server(self) -> ForkServer | None:
+        """The start-up server the children are forked from (docs/performance.md
+        §1), or None: children start as fresh interpreters
+        (``MAILRIDER_CHILD_START=exec``, not Linux, or the server failed)."""
+        if not forkserver.wanted():
+            return None
+        # a child forked by the server is re-parented to us, not to init
+        if not confine.set_child_subreaper(True):
+            log.warning("parent", "fork-server-failed", error="no child subreaper")
+            return None
+        try:
+            return ForkServer()
+        except OSError as exc:
+            confine.set_child_subreaper(False)
+            log.warning("parent", "fork-server-failed", error=str(exc))
+            return None
 
     # -- requests from children -------------------------------------------------
 

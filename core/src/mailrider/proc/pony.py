@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import os
 import socket
 import ssl
@@ -82,6 +83,8 @@ class Pony(common.Process):
         self.tls = ListenerTLS(self.config, self.sign)
         self.tls.build()
         self.sessions: set[Session] = set()
+        #: sessions closed since the last full garbage collection
+        self.closed_since_gc = 0
         self.by_id: dict[str, Session] = {}
         #: failed AUTH by client_key: (count in the window, last failure)
         self.auth_failures: dict[str, tuple[int, float]] = {}
@@ -179,6 +182,13 @@ class Pony(common.Process):
             else:
                 self.per_ip.pop(session.client, None)
             self.count("smtp.session.closed")
+            self.closed_since_gc += 1
+            if self.closed_since_gc >= limits.SESSIONS_PER_GC:
+                # asyncio's transports sit in reference cycles (each holds its
+                # own bound method) that only a full collection frees; over
+                # what the set-up left (frozen) it is short
+                self.closed_since_gc = 0
+                gc.collect()
         self.by_id.pop(session.id, None)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

@@ -78,6 +78,14 @@ def unstuff(lines: list[str]) -> tuple[bytes, bool]:
     return bytes(out), False
 
 
+def _drop_bytes(data: bytes) -> None:
+    """Where a detached session's filtered data goes."""
+
+
+def _nothing() -> None:
+    """A detached session's pause and resume."""
+
+
 class FilterClient:
     """The filter protocol for one session ``sid``, through lka."""
 
@@ -113,6 +121,15 @@ class FilterClient:
     def end(self) -> None:
         """The session is over: lka forgets it."""
         self.lka.notify(m.FilterEnd(sid=self.sid))
+
+    def detach(self) -> None:
+        """The session is gone: drop its callbacks (its own methods). Held,
+        they make a reference cycle that only a full garbage collection
+        frees, and under load closed sessions piled up by the thousand
+        before one ran (docs/performance.md §1). What lka still answers
+        for this session goes nowhere."""
+        self.write = _drop_bytes
+        self.pause = self.resume = _nothing
 
     async def begin(self, listener: int, rdns: str, fcrdns: str, src: str, link_src: str,
                     link_dest: str) -> m.FilterDecision:

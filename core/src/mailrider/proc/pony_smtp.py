@@ -368,6 +368,7 @@ class Session(asyncio.Protocol):
         self._abort_tx()
         if self.filtered:
             self.filter.end()
+        self.filter.detach()
         reason = self.end_reason or (f"io-error: {plain_reason(exc)}" if exc else "disconnect")
         log.event("smtp", "disconnected", session=self.id, reason=reason)
 
