@@ -59,6 +59,12 @@ def cpu_seconds(root: int) -> float:
     return total / _TICK
 
 
+def cpu_seconds_of(pid: int) -> float:
+    """CPU seconds of one process and the children it reaped (0 when gone)."""
+    fields = _stat(pid)
+    return sum(int(x) for x in fields[11:15]) / _TICK if fields is not None else 0.0
+
+
 @dataclass
 class Memory:
     total_kb: int

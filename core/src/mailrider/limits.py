@@ -266,6 +266,13 @@ MTA_STS_TXT_MAX = 16
 MTA_STS_TXT_LEN_MAX = 4096
 #: seconds a failed fetch (and no cached policy) is not retried for one domain
 MTA_STS_FAIL_HOLD = 60.0
+#: messages of one route the queue hands pony in one DeliverBatch (each with
+#: its descriptor: at most the 16 of one IPC frame; OpenSMTPD releases a
+#: relay's tasks 10 at a time, task-release)
+MTA_BATCH_MESSAGES = 10
+#: sessions one DeliverBatch uses side by side; each sends its share of the
+#: batch's messages one after the other (docs/performance.md, "Relaying")
+MTA_BATCH_LANES = 4
 #: a delivery-status notification waits this long for more recipients of
 #: the same message before it is sent (docs/queue.md §6)
 BOUNCE_FLUSH_DELAY = 1.0

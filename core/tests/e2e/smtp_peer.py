@@ -42,6 +42,9 @@ class Received:
     peer_cert: dict[str, Any] | None = None
     tls_version: str = ""
     cipher: str = ""
+    #: which connection carried it (1 for the peer's first), and its place there
+    conn: int = 0
+    nth: int = 0
 
 
 @dataclass
@@ -50,6 +53,8 @@ class Behaviour:
     greeting: str = "220 peer.test ESMTP"
     rcpt: Callable[[str], str] = lambda line: "250 2.1.5 Ok"
     data_end: Callable[[], str] = lambda: "250 2.0.0 Ok: queued"
+    #: when set, the end-of-data reply chosen by the message (over data_end)
+    data_reply: Callable[[bytes], str] | None = None
     close_in_data: bool = False
     #: seconds to wait before answering the end of data (keeps sessions open
     #: at once, so limits on concurrent connections show)
@@ -77,6 +82,7 @@ class SmtpPeer:
         self.open_now = 0
         self.open_peak = 0
         self._count_lock = threading.Lock()
+        self._ended: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -89,7 +95,8 @@ class SmtpPeer:
             except OSError:
                 continue
             self.connections += 1
-            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._session, args=(conn, self.connections),
+                             daemon=True).start()
 
     def close(self) -> None:
         self._stop.set()
@@ -102,22 +109,30 @@ class SmtpPeer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _session(self, conn: socket.socket) -> None:
+    def _session(self, conn: socket.socket, number: int = 0) -> None:
         conn.settimeout(30)
         with self._count_lock:
             self.open_now += 1
             self.open_peak = max(self.open_peak, self.open_now)
         try:
-            self._talk(conn)
+            self._talk(conn, number)
         except (OSError, ValueError):
             pass
         finally:
             conn.close()
-            with self._count_lock:
+            self._closed(number)
+
+    def _closed(self, number: int) -> None:
+        """The session is over (at QUIT, before the 221: a client that waits for
+        it before its next connection never overlaps two here)."""
+        with self._count_lock:
+            if number not in self._ended:
+                self._ended.add(number)
                 self.open_now -= 1
 
-    def _talk(self, conn: Any) -> None:
+    def _talk(self, conn: Any, number: int = 0) -> None:
         b = self.b
+        nth = 0
         if not b.greet:
             self._stop.wait(60)
             return
@@ -195,15 +210,19 @@ class SmtpPeer:
                     data += chunk
                     if b.close_in_data and len(data) > 10:
                         return
-                self.received.append(Received(helo, mail, rcpts, bytes(data), tls, authed,
-                                              peer_cert, *tls_info))
+                reply = b.data_reply(bytes(data)) if b.data_reply else b.data_end()
+                nth += 1
+                if reply.startswith("2"):
+                    self.received.append(Received(helo, mail, rcpts, bytes(data), tls, authed,
+                                                  peer_cert, *tls_info, conn=number, nth=nth))
                 if b.data_delay:
                     self._stop.wait(b.data_delay)
-                w(b.data_end())
+                w(reply)
             elif verb == "RSET":
                 mail, rcpts = "", []
                 w("250 2.0.0 Ok")
             elif verb == "QUIT":
+                self._closed(number)
                 w("221 2.0.0 Bye")
                 return
             else:

@@ -188,9 +188,19 @@ class RoundResult:
     kill_after: float
 
 
+#: the daemon under test relays everything to a second one (``sink``), which
+#: delivers with CRASH_CONFIG: the kills land in relaying too
+RELAY_CONFIG = """listen on 127.0.0.1 port {port}
+action "out" relay host smtp://127.0.0.1:SINKPORT
+match from any for any action "out"
+"""
+
+
 def crash_round(d: Daemon, rnd: int, rng: random.Random, *, threads: int = 8,
-                delay: tuple[float, float] = (0.3, 2.0)) -> RoundResult:
-    """One round on a running daemon: stream, kill -9, restart, drain, check."""
+                delay: tuple[float, float] = (0.3, 2.0), sink: Daemon | None = None
+                ) -> RoundResult:
+    """One round on a running daemon: stream, kill -9, restart, drain, check
+    (in ``sink``'s Maildirs when ``d`` relays to it, RELAY_CONFIG)."""
     stop = threading.Event()
     sent = Sent()
     workers = [threading.Thread(target=sender, daemon=True,
@@ -208,7 +218,9 @@ def crash_round(d: Daemon, rnd: int, rng: random.Random, *, threads: int = 8,
     restart(d)
     assert not spool_leftovers(d), spool_leftovers(d)
     wait_drained(d)
-    scan = scan_maildirs(d.mail)
+    if sink is not None:
+        wait_drained(sink)
+    scan = scan_maildirs((sink or d).mail)
     prefix = f"r{rnd}t"
     with sent.lock:
         acked = {(u, mid) for mid, users in sent.acked.items() for u in users}

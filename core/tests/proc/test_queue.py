@@ -281,12 +281,52 @@ def test_relay_envelopes_of_one_route_go_in_one_batch(tmp_path: Path) -> None:
         await until(lambda: len(h.scheduler.of(m.SchedResult)) == 2, "two results")
         [batch] = h.pony.of(m.DeliverBatch)
         assert batch.envelopes == envs
-        assert h.scheduler.of(m.SchedResult) == [
+        # in any order: the outcomes of a batch run side by side
+        order = [e.evpid for e in envs]
+        assert sorted(h.scheduler.of(m.SchedResult), key=lambda r: order.index(r.evpid)) == [
             m.SchedResult(evpid=envs[0].evpid, status="ok", route="out:y.example"),
             m.SchedResult(evpid=envs[1].evpid, status="tempfail", retry=1)]
         assert h.q.spool.load_envelope(envs[1].evpid).errorline == "451 4.7.1 Greylisted"
         with pytest.raises(FileNotFoundError):
             h.q.spool.load_envelope(envs[0].evpid)
+
+    serve(tmp_path, body, answers={"pony": pony})
+
+
+def test_messages_of_one_route_go_in_one_batch_with_a_descriptor_each(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MTA_BATCH_MESSAGES", 3)
+    seen: list[tuple[list[str], list[bytes]]] = []
+
+    def pony(msg: Any, fds: list[int]) -> m.DeliveryResults:
+        assert isinstance(msg, m.DeliverBatch)
+        seen.append(([e.evpid for e in msg.envelopes], [os.pread(fd, 100, 0) for fd in fds]))
+        return m.DeliveryResults(results=[
+            m.DeliveryResult(evpid=e.evpid, status="ok", text="250 2.0.0 Ok")
+            for e in msg.envelopes])
+
+    async def body(h: Harness) -> None:
+        envs: list[Envelope] = []
+        # four messages to y.example (the second with two recipients), one to z.example
+        for i, rcpts in enumerate((["a@y.example"], ["b@y.example", "c@y.example"],
+                                   ["d@y.example"], ["e@z.example"], ["f@y.example"])):
+            msgid = f"0000ab{i:02x}"
+            h.q.spool.add_message(msgid, BODY + f"{i}\n".encode(),
+                                  [envelope(msgid, r, relay=True) for r in rcpts])
+            envs += [env for _, got in h.q.spool.walk() for env in got
+                     if env.msgid == msgid]
+        await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[e.evpid for e in envs])), [])  # type: ignore[arg-type]
+        await until(lambda: len(h.scheduler.of(m.SchedResult)) == 6, "six results")
+        assert {r.status for r in h.scheduler.of(m.SchedResult)} == {"ok"}
+        by_msg = {e.evpid: e.msgid for e in envs}
+        batches = sorted(([by_msg[x] for x in evpids], files) for evpids, files in seen)
+        # y.example: at most three messages a batch, each message's envelopes
+        # together, one descriptor per message in the order of its envelopes
+        assert [b[0] for b in batches] == [
+            ["0000ab00", "0000ab01", "0000ab01", "0000ab02"], ["0000ab03"], ["0000ab04"]]
+        for msgids, files in batches:
+            assert files == [BODY + f"{int(x[-2:], 16)}\n".encode()
+                             for x in dict.fromkeys(msgids)]
 
     serve(tmp_path, body, answers={"pony": pony})
 

@@ -599,9 +599,13 @@ class SendersCheck:
 @register
 @dataclass(frozen=True, slots=True)
 class DeliverBatch:
-    """queue -> pony: relay envelopes of one message that share a route (same
-    action and recipient domain) in one transaction; the message fd travels
-    along. The reply is a :class:`DeliveryResults`."""
+    """queue -> pony: relay envelopes of one route (same action and recipient
+    domain), of at most ``limits.MTA_BATCH_MESSAGES`` messages, each
+    message's envelopes together: one descriptor per message travels along,
+    in the order of the messages' first envelopes (pony refuses a batch
+    whose descriptors, messages or routes do not match with a 4xx for every
+    envelope). Each message goes out in one transaction. The reply is a
+    :class:`DeliveryResults`."""
 
     envelopes: list[Envelope] = field(metadata=_codec(ENVELOPES))
 

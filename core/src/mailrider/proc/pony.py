@@ -256,7 +256,7 @@ class Pony(common.Process):
     async def handle(self, chan: Channel, msg: Any, fds: list[int]) -> Any:
         if isinstance(msg, m.DeliverBatch):
             try:
-                return await self.mta.deliver(msg, fds[0] if fds else -1)
+                return await self.mta.deliver(msg, fds)
             finally:
                 for fd in fds:
                     os.close(fd)

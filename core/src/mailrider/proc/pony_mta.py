@@ -1,11 +1,14 @@
 """pony's mta: delivery of queued envelopes to other mail servers.
 
 queue hands over, in one :class:`~mailrider.ipc.messages.DeliverBatch`, the
-envelopes of one message that share a route (relay action and recipient
-domain), with the message's descriptor; they go out in one transaction
-carrying every recipient (up to :data:`limits.MTA_MAX_RCPT`). The protocol
-is the sans-I/O :class:`~mailrider.smtp.client.SMTPClient`; this module owns
-sockets, TLS, timers and connection reuse.
+envelopes of up to :data:`limits.MTA_BATCH_MESSAGES` messages that share a
+route (relay action and recipient domain), with each message's descriptor.
+The route is resolved once per batch; each message goes out in one
+transaction carrying every recipient (up to :data:`limits.MTA_MAX_RCPT`),
+and the messages share at most :data:`limits.MTA_BATCH_LANES` sessions, one
+message after the other on each (docs/performance.md, "Relaying"). The
+protocol is the sans-I/O :class:`~mailrider.smtp.client.SMTPClient`; this
+module owns sockets, TLS, timers and connection reuse.
 
 Where mail goes:
 
@@ -178,6 +181,19 @@ def _stage_timeout(state: sc.ClientState) -> float:
     return _timeout(t)
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """A batch's route, resolved once for all its messages."""
+
+    url: RelayHost | None
+    targets: list[Target]
+    lim: mta_limit.Limits
+    domain: str
+    route: str  # action:host, the key of its connection slots
+    #: the MTA-STS policy of an MX route with ``mta-sts`` (docs/mta-sts.md)
+    plan: Plan | None = None
+
+
 class Conn:
     """One connection to one host, and its client machine."""
 
@@ -232,8 +248,9 @@ class Conn:
             if ev is not None:
                 return ev
             await self.flush()
-            data = await asyncio.wait_for(self.reader.read(_READ_MAX),
-                                          _stage_timeout(self.client.state))
+            # asyncio.timeout, not wait_for: no task per read (3.11)
+            async with asyncio.timeout(_stage_timeout(self.client.state)):
+                data = await self.reader.read(_READ_MAX)
             self.client.receive(data)
 
     def close(self) -> None:
@@ -426,68 +443,126 @@ class Mta:
 
     # -- entry point -------------------------------------------------------------
 
-    async def deliver(self, msg: m.DeliverBatch, fd: int) -> m.DeliveryResults:
+    async def deliver(self, msg: m.DeliverBatch, fds: list[int]) -> m.DeliveryResults:
+        """A batch: the envelopes of up to ``MTA_BATCH_MESSAGES`` messages of one
+        route, ``fds[i]`` the i-th message's file (messages in the order their
+        first envelope comes). The route is resolved once; the messages go out
+        over at most ``MTA_BATCH_LANES`` sessions side by side, each lane sending
+        its messages one after the other on the connection it keeps
+        (docs/performance.md, "Relaying")."""
         envs = list(msg.envelopes)
         if not envs:
             return m.DeliveryResults(results=[])
+        messages: dict[str, list[Envelope]] = {}
+        for e in envs:
+            messages.setdefault(e.msgid, []).append(e)
+        route = envs[0].route
         action = self.config.actions.get(envs[0].dispatcher)
-        if action is None or action.method != "relay" or fd < 0:
+        if action is None or action.method != "relay" or not fds:
             return _all(envs, "tempfail", "451 4.3.0 No relay action for this envelope")
+        if len(messages) != len(fds) or len(fds) > limits.MTA_BATCH_MESSAGES or \
+                not route or any(e.route != route for e in envs):
+            # the queue never sends this: one route, one descriptor per message
+            log.warning("mta", "bad-batch", messages=len(messages), fds=len(fds))
+            return _all(envs, "tempfail", "451 4.3.0 Bad delivery batch")
         results: list[m.DeliveryResult] = []
-        for i in range(0, len(envs), limits.MTA_MAX_RCPT):
-            chunk = envs[i:i + limits.MTA_MAX_RCPT]
-            try:
-                results += await self._deliver(action, chunk, fd)
-            except TempFail as exc:
-                results += _all(chunk, "tempfail", exc.reply()).results
-            except Exception as exc:  # never leave the queue without an answer
-                log.error("mta", "internal-error",
-                          error=f"{type(exc).__name__}: {plain_reason(exc)}")
-                results += _all(chunk, "tempfail", "451 4.3.0 Internal error").results
-        failed = next((r.text for r in results if r.status != "ok"), None)
-        self.show.result(envs[0].dest.rpartition("@")[2].lower(), failed)
+        rt: _Route | tuple[str, str]
+        try:
+            rt = await self._route(action, envs[0])
+        except TempFail as exc:
+            rt = "tempfail", exc.reply()
+        except Exception as exc:  # never leave the queue without an answer
+            log.error("mta", "internal-error",
+                      error=f"{type(exc).__name__}: {plain_reason(exc)}")
+            rt = "tempfail", "451 4.3.0 Internal error"
+        domain = envs[0].dest.rpartition("@")[2].lower()
+        if not isinstance(rt, _Route):
+            status, text = rt
+            self.show.result(domain, text)
+            return _all(envs, status, text)
+        todo = list(zip(messages.values(), fds, strict=True))
+        todo.reverse()  # popped from the end: in the queue's order
+
+        async def lane() -> None:
+            while todo:
+                menvs, fd = todo.pop()
+                got = await self._message(action, rt, menvs, fd)
+                failed = next((r.text for r in got if r.status != "ok"), None)
+                self.show.result(domain, failed)
+                results.extend(got)
+
+        lanes = min(len(todo), limits.MTA_BATCH_LANES)
+        if lanes == 1:
+            await lane()
+        else:
+            await asyncio.gather(*(lane() for _ in range(lanes)))
         return m.DeliveryResults(results=results)
 
-    async def _deliver(self, action: Action, envs: list[Envelope],
-                       fd: int) -> list[m.DeliveryResult]:
-        domain = envs[0].dest.rpartition("@")[2].lower()
+    async def _route(self, action: Action, first: Envelope
+                     ) -> _Route | tuple[str, str]:
+        """Where a route's mail goes: its relay URL, hosts and limits, or the
+        (status, reply) every envelope gets; TempFail from a table."""
+        domain = first.dest.rpartition("@")[2].lower()
         url: RelayHost | None = None
         text = await self._relay_url(action, domain)
         if text is not None:
             try:
                 url = parse_relayhost(text)
             except ValueError as exc:
-                return _all(envs, "tempfail", f"451 4.3.0 {exc}").results
-        profile = await self._profile(action, url, envs[0])
-        route = f"{action.name}:{url.host if url else domain}"
+                return "tempfail", f"451 4.3.0 {exc}"
         targets, err = await self._targets(action, url, domain)
         if err is not None:
-            status, text = err
-            return _all(envs, status, text).results
+            return err
         plan: Plan | None = None
         if url is None and action.relay.get("mta_sts"):
+            # MTA-STS (docs/mta-sts.md): only the policy's MX hosts, once per batch
             plan = await self.sts.plan(action, domain)
             names, refusal = plan.select(list(dict.fromkeys(t.name for t in targets)))
             if refusal is not None:
-                return _all(envs, "tempfail", refusal).results
+                return "tempfail", refusal
             targets = [t for t in targets if t.name in names]
-        self.show.relay_of_task.set(relay_text(
-            url.host if url else domain, url.port if url else None, profile.proto,
-            str(action.relay["auth"]) if action.relay.get("auth") else None,
-            f"{plan.mode}:{plan.id}" if plan is not None and plan.mode else None))
         lim = mta_limit.limits_for(self.config, domain)
         if lim.family is not None:
             targets = [t for t in targets if (":" in t.ip) == (lim.family == 6)]
             if not targets:
-                return _all(envs, "tempfail", f"451 4.4.4 No IPv{lim.family} address to "
-                            "relay to (mta limit)").results
-        sem = self.route_slots.setdefault(route, asyncio.Semaphore(limits.MTA_MAX_CONN_PER_ROUTE))
-        # signed once per route, before any connection: klondike's refusal defers
+                return "tempfail", f"451 4.4.4 No IPv{lim.family} address to relay to (mta limit)"
+        # the relay text of show relays, for the sessions of this batch's tasks
+        self.show.relay_of_task.set(relay_text(
+            url.host if url else domain, url.port if url else None,
+            url.proto if url else "smtp",
+            str(action.relay["auth"]) if action.relay.get("auth") else None,
+            f"{plan.mode}:{plan.id}" if plan is not None and plan.mode else None))
+        return _Route(url, targets, lim, domain, f"{action.name}:{url.host if url else domain}",
+                      plan)
+
+    async def _message(self, action: Action, rt: _Route, envs: list[Envelope],
+                       fd: int) -> list[m.DeliveryResult]:
+        """One message of a batch: one transaction per ``MTA_MAX_RCPT`` recipients."""
+        results: list[m.DeliveryResult] = []
+        for i in range(0, len(envs), limits.MTA_MAX_RCPT):
+            chunk = envs[i:i + limits.MTA_MAX_RCPT]
+            try:
+                results += await self._deliver(action, rt, chunk, fd)
+            except TempFail as exc:
+                results += _all(chunk, "tempfail", exc.reply()).results
+            except Exception as exc:  # never leave the queue without an answer
+                log.error("mta", "internal-error",
+                          error=f"{type(exc).__name__}: {plain_reason(exc)}")
+                results += _all(chunk, "tempfail", "451 4.3.0 Internal error").results
+        return results
+
+    async def _deliver(self, action: Action, rt: _Route, envs: list[Envelope],
+                       fd: int) -> list[m.DeliveryResult]:
+        profile = await self._profile(action, rt.url, envs[0])
+        sem = self.route_slots.setdefault(rt.route,
+                                          asyncio.Semaphore(limits.MTA_MAX_CONN_PER_ROUTE))
+        # signed once per message, before any connection: klondike's refusal defers
         head = await self.dkim.field(action, fd, msgid_of(envs[0].evpid))
         last = "451 4.4.1 No host could be reached"
-        where = (lim, domain, route)
+        where = (rt.lim, rt.domain, rt.route)
+        plan = rt.plan
         async with self.slots, sem:
-            for target in targets[:limits.MTA_MAX_HOSTS]:
+            for target in rt.targets[:limits.MTA_MAX_HOSTS]:
                 if plan is None or not plan.strict(target.name):
                     try:
                         return await self._try_host(target, profile, envs, fd, where, head)

@@ -400,31 +400,41 @@ class Queue(common.Process):
                 self._close_later(fd)
 
     async def deliver_mta(self, envs: list[Envelope]) -> None:
-        """Several relay envelopes of one message and route: one transaction."""
-        msgid = envs[0].msgid
+        """Relay envelopes of one route, of at most ``MTA_BATCH_MESSAGES``
+        messages: one DeliverBatch with each message's descriptor, in the
+        order of the messages' first envelopes (pony sends each message in one
+        transaction, several messages per session)."""
+        messages: dict[str, list[Envelope]] = {}
+        for env in envs:
+            messages.setdefault(env.msgid, []).append(env)
+        fds: dict[str, int] = {}
         try:
-            fd = self.spool.open_message(msgid)
-        except OSError as exc:
-            log.error("queue", "load-failed", msgid=msgid, error=plain_reason(exc))
-            for env in envs:
-                self.peers["scheduler"].notify(
-                    m.SchedResult(evpid=env.evpid, status="removed"))
-            return
-        try:
+            for msgid, menvs in messages.items():
+                try:
+                    fds[msgid] = self.spool.open_message(msgid)
+                except OSError as exc:
+                    log.error("queue", "load-failed", msgid=msgid, error=plain_reason(exc))
+                    for env in menvs:
+                        self.peers["scheduler"].notify(
+                            m.SchedResult(evpid=env.evpid, status="removed"))
+            if not fds:
+                return
+            batch = [e for e in envs if e.msgid in fds]
             try:
-                reply = await self.peers["pony"].ask(m.DeliverBatch(envelopes=list(envs)), [fd])
+                reply = await self.peers["pony"].ask(m.DeliverBatch(envelopes=batch),
+                                                     list(fds.values()))
                 got = reply.results if isinstance(reply, m.DeliveryResults) else []
             except TempFail as exc:
                 got = [m.DeliveryResult(evpid=e.evpid, status="tempfail", text=exc.reply())
-                       for e in envs]
+                       for e in batch]
             by_evpid = {r.evpid: r for r in got}
-            for env in envs:
-                res = by_evpid.get(env.evpid) or m.DeliveryResult(
-                    evpid=env.evpid, status="tempfail",
-                    text="451 4.3.0 No result for this envelope")
-                await self._outcome(env, res, fd)
+            # side by side: the reaper removes the delivered ones in one batch
+            await asyncio.gather(*(self._outcome(env, by_evpid.get(env.evpid) or m.DeliveryResult(
+                evpid=env.evpid, status="tempfail", text="451 4.3.0 No result for this envelope"),
+                fds[env.msgid]) for env in batch))
         finally:
-            self._close_later(fd)
+            for fd in fds.values():
+                self._close_later(fd)
 
     # removal runs in a thread (the reaper): an unlink waits on the journal
     # while a commit syncs, which must not stall the event loop (and commits)
@@ -629,10 +639,12 @@ class Queue(common.Process):
         task.add_done_callback(self._tasks.discard)
 
     def _dispatch(self, evpids: list[str]) -> None:
-        """Local envelopes together (ForkDeliveries); relay envelopes grouped
-        by message and route, so each message goes to each host in one
-        transaction."""
-        groups: dict[tuple[str, str], list[Envelope]] = {}
+        """Local envelopes together (ForkDeliveries, at most
+        ``FORK_DELIVERIES_MAX`` a request); relay envelopes grouped by route,
+        each message's envelopes together, up to ``MTA_BATCH_MESSAGES``
+        messages a batch: each message goes to each host in one transaction,
+        and the messages of a route share pony's sessions."""
+        routes: dict[str, dict[str, list[Envelope]]] = {}
         local: list[Envelope] = []
         for evpid in evpids:
             try:
@@ -643,12 +655,15 @@ class Queue(common.Process):
             if env.type != "mta":
                 local.append(env)
                 continue
-            groups.setdefault((env.msgid, env.route), []).append(env)
+            routes.setdefault(env.route, {}).setdefault(env.msgid, []).append(env)
         step = limits.FORK_DELIVERIES_MAX
         for i in range(0, len(local), step):
             self._spawn(self.deliver_local(local[i:i + step]))
-        for envs in groups.values():
-            self._spawn(self.deliver_mta(envs))
+        for messages in routes.values():
+            groups = list(messages.values())
+            for i in range(0, len(groups), limits.MTA_BATCH_MESSAGES):
+                self._spawn(self.deliver_mta(
+                    [e for g in groups[i:i + limits.MTA_BATCH_MESSAGES] for e in g]))
 
     async def control(self, msg: m.Control) -> m.ControlReply:
         if msg.command == "show-queue":
