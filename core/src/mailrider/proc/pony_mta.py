@@ -90,7 +90,7 @@ from mailrider.proc.pony_dkim import DkimSigning
 from mailrider.proc.pony_filter import FilterClient, Peer
 from mailrider.proc.pony_mta_show import MtaShow, relay_text
 from mailrider.proc.pony_mtasts import MtaSts, Plan
-from mailrider.proc.pony_tls import SignFn, load_pki, tls_summary
+from mailrider.proc.pony_tls import SignFn, ca_context, load_pki, tls_summary
 from mailrider.queue.envelope import Envelope, msgid_of
 from mailrider.smtp import client as sc
 from mailrider.smtp.reply import Reply
@@ -381,15 +381,7 @@ class Mta:
     def _build(self, key: TlsKey, where: Where) -> ssl.SSLContext:
         """One client context (docs/config.md §8: ``ca``, ``pki``, ``ciphers``, ``protocols``)."""
         verify, ca_name, pki_name, ciphers, protocols = key
-        ca = self.config.cas.get(ca_name) if ca_name else None
-        ctx: ssl.SSLContext | None = None
-        if ca is not None and ca.cert:
-            try:
-                ctx = ssl.create_default_context(cafile=ca.cert)
-            except (OSError, ssl.SSLError) as exc:
-                log.error("mta", "ca-load-failed", ca=ca_name, error=str(exc))
-        if ctx is None:
-            ctx = ssl.create_default_context()
+        ctx = ca_context(self.config, ca_name)
         if not verify:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE

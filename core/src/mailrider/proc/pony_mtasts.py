@@ -43,6 +43,7 @@ from mailrider.config.model import Action, Config
 from mailrider.errors import TempFail, plain_reason
 from mailrider.ipc import messages as m
 from mailrider.mtasts import Policy, PolicyError, policy_from_response, txt_id
+from mailrider.proc.pony_tls import ca_context
 
 Ask = Callable[[Any], Awaitable[Any]]
 PORT_ENV = "MAILRIDER_MTA_STS_PORT"
@@ -133,15 +134,7 @@ class MtaSts:
         """A client context for the policy hosts, as pony_mta builds the relay
         ones: the action's ``ca`` (a file that cannot be read is logged and
         the system store used, as for the MX hosts), else the system store."""
-        ca = self.config.cas.get(ca_name) if ca_name else None
-        ctx: ssl.SSLContext | None = None
-        if ca is not None and ca.cert:
-            try:
-                ctx = ssl.create_default_context(cafile=ca.cert)
-            except (OSError, ssl.SSLError) as exc:
-                log.error("mta", "ca-load-failed", ca=ca_name, error=str(exc))
-        if ctx is None:
-            ctx = ssl.create_default_context()
+        ctx = ca_context(self.config, ca_name)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.set_alpn_protocols(["http/1.1"])
         return ctx

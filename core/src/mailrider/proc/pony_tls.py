@@ -172,6 +172,20 @@ class ListenerTLS:
             log.event("smtp", "tls-ready", contexts=len(self.delegated), delegated="yes")
 
 
+def ca_context(config: Config, ca_name: str | None) -> ssl.SSLContext:
+    """A verifying client context trusting the ``ca`` named (docs/config.md
+    §8), else the system store; a CA file that cannot be read is logged and
+    the system store used. The relay contexts and MTA-STS's policy fetch
+    start from it."""
+    ca = config.cas.get(ca_name) if ca_name else None
+    if ca is not None and ca.cert:
+        try:
+            return ssl.create_default_context(cafile=ca.cert)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("mta", "ca-load-failed", ca=ca_name, error=str(exc))
+    return ssl.create_default_context()
+
+
 def tls_summary(obj: object) -> tuple[str, str] | None:
     """("TLSv1.3:TLS_AES_256_GCM_SHA384:256", "version=… cipher=… bits=…") of a session."""
     if not isinstance(obj, ssl.SSLObject | ssl.SSLSocket):
