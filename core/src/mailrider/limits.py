@@ -77,6 +77,12 @@ MAX_SESSIONS_PER_LOCAL = 0
 # above it new connections get 421 4.7.0. Each session costs pony a few KiB
 # and one descriptor.
 MAX_SESSIONS = 10000
+# connections the kernel queues on an SMTP listener before pony accepts them
+# (listen(2) backlog; the kernel caps it at net.core.somaxconn). A burst of
+# connections past it is dropped and the clients retry their SYN a second
+# or more later: hundreds of clients connecting at once need more than the
+# 100 asyncio would set
+LISTEN_BACKLOG = 1024
 # pony runs a full garbage collection after this many closed sessions: what
 # asyncio leaves in reference cycles per connection is freed then, not after
 # thousands have piled up (docs/performance.md §1)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import resource
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torture_util as tu
@@ -73,6 +76,22 @@ def test_200_loopback_sessions_served_by_default(load_daemon: Daemon) -> None:
     finally:
         for s in socks:
             s.close()
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is not installed")
+def test_listener_keeps_its_backlog_once_pony_serves(load_daemon: Daemon) -> None:
+    """The SMTP listener queues ``LISTEN_BACKLOG`` connections, as the parent
+    asked: asyncio's ``create_server`` listens again (100 by default), and a
+    burst of hundreds of clients past that had its SYNs dropped and retried
+    a second later. ``ss`` shows a listener's backlog as its Send-Q."""
+    from mailrider import limits
+
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{load_daemon.port}"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[:1] == ["LISTEN"], out
+    expected = min(limits.LISTEN_BACKLOG,
+                   int(Path("/proc/sys/net/core/somaxconn").read_text()))
+    assert int(out[2]) == expected, out
 
 
 def test_global_session_cap() -> None:

@@ -57,7 +57,7 @@ def bind_listeners(config: Config) -> list[tuple[int, socket.socket]]:
                 sock.close()
                 raise ConfigError(f"cannot listen on {addr} port {port}: {exc.strerror}",
                                   lst.where.file, lst.where.line) from exc
-            sock.listen(1024)
+            sock.listen(limits.LISTEN_BACKLOG)
             sock.set_inheritable(True)
             out.append((i, sock))
     return out

@@ -134,7 +134,10 @@ class Pony(common.Process):
                 factory = pony_tls.smtps_factory(ctx, factory)
             if lst.proxy_v2:  # the balancer's header comes first, before any TLS
                 factory = proxy_v2_factory(factory, self.count)
-            server = await loop.create_server(factory, sock=sock)
+            # create_server listens again: without backlog=, asyncio's 100 would
+            # replace the parent's (limits.LISTEN_BACKLOG)
+            server = await loop.create_server(factory, sock=sock,
+                                              backlog=limits.LISTEN_BACKLOG)
             self.servers.append(server)
             log.event("smtp", "listening", address=sock.getsockname()[0],
                       port=sock.getsockname()[1])
