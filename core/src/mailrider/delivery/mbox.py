@@ -114,6 +114,17 @@ def _lockf(fd: int, deadline: float) -> None:
         delay = _deadline_sleep(deadline, delay)
 
 
+def _release(fd: int, lock: str | None) -> None:
+    """Close the mailbox (its lockf lock goes with it), then remove our dot-lock."""
+    if fd >= 0:
+        os.close(fd)
+    if lock is not None:
+        try:
+            os.unlink(lock)
+        except OSError:
+            pass
+
+
 def _open_mailbox(path: str) -> int:
     flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(path, flags, 0o600)
@@ -196,13 +207,7 @@ def deliver_mbox(
     except OSError as exc:
         raise os_failure(exc, "mbox") from exc
     finally:
-        if fd >= 0:
-            os.close(fd)
-        if dotlocked:
-            try:
-                os.unlink(lock)
-            except OSError:
-                pass
+        _release(fd, lock if dotlocked else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,10 +270,4 @@ def deliver_mbox_batch(path: str, items: list[MboxItem], *,
             return [fail] * len(items)
         return out
     finally:
-        if fd >= 0:
-            os.close(fd)
-        if dotlocked:
-            try:
-                os.unlink(lock)
-            except OSError:
-                pass
+        _release(fd, lock if dotlocked else None)
