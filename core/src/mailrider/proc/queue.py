@@ -322,34 +322,6 @@ class Queue(common.Process):
 
     # -- delivery ------------------------------------------------------------------
 
-    async def deliver(self, evpid: str, env: Envelope | None = None) -> None:
-        """One local delivery; ``env``: the envelope ``_dispatch`` read already."""
-        try:
-            if env is None:
-                env = self.spool.load_envelope(evpid)
-            fd = self.spool.open_message(evpid[:8])
-        except (OSError, ValueError) as exc:
-            log.error("queue", "load-failed", evpid=evpid, error=plain_reason(exc))
-            self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="removed"))
-            return
-        try:
-            if env.type not in ("mda", "bounce"):
-                res = m.DeliveryResult(evpid=evpid, status="tempfail",
-                                       text="451 4.3.0 no transport for this envelope")
-            else:
-                try:
-                    # straight to the parent, which checks lka's seal and forks
-                    # the delivery: pony adds nothing to a local delivery
-                    self.count("mda.envelope")
-                    reply = await self.peers["parent"].ask(m.ForkDelivery(envelope=env), [fd])
-                    res = reply if isinstance(reply, m.DeliveryResult) else m.DeliveryResult(
-                        evpid=evpid, status="tempfail", text="451 4.3.0 bad reply")
-                except TempFail as exc:
-                    res = m.DeliveryResult(evpid=evpid, status="tempfail", text=exc.reply())
-            await self._outcome(env, res, fd)
-        finally:
-            self._close_later(fd)
-
     async def deliver_local(self, envs: list[Envelope]) -> None:
         """Local envelopes due together, in one ForkDeliveries to the parent
         (at most FORK_DELIVERIES_MAX): one request and one answer for them
@@ -649,8 +621,9 @@ class Queue(common.Process):
         for evpid in evpids:
             try:
                 env = self.spool.load_envelope(evpid)
-            except (OSError, ValueError):
-                self._spawn(self.deliver(evpid))  # reports the failure
+            except (OSError, ValueError) as exc:
+                log.error("queue", "load-failed", evpid=evpid, error=plain_reason(exc))
+                self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="removed"))
                 continue
             if env.type != "mta":
                 local.append(env)
