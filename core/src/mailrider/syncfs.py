@@ -9,7 +9,12 @@ each file and folder instead.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
+
+#: ``typing.TYPE_CHECKING`` without importing typing (nor collections): this
+#: module is loaded by the delivery worker, which imports as little as it can
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def _load() -> Callable[[int], int] | None:

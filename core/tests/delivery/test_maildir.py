@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import socket
 import stat
 from pathlib import Path
 
@@ -71,7 +70,9 @@ def test_unique_names_differ_and_are_well_formed() -> None:
 
 
 def test_hostname_is_escaped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(socket, "gethostname", lambda: "we/ird:host")
+    from mailrider.delivery import maildir
+
+    monkeypatch.setattr(maildir, "_nodename", lambda: "we/ird:host")
     assert unique_name().endswith(".we\\057ird\\072host")
 
 

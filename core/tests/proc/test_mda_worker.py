@@ -8,7 +8,6 @@ daemon as root cover (core/tests/e2e).
 from __future__ import annotations
 
 import array
-import json
 import os
 import shutil
 import socket
@@ -44,9 +43,15 @@ def _message(tmp: Path, name: str, body: bytes) -> int:
     return os.open(path, os.O_RDONLY)
 
 
-def _send(sock: socket.socket, jobs: object, fds: list[int]) -> None:
+def _send(sock: socket.socket, jobs: list[dict[str, object]] | bytes, fds: list[int]) -> None:
     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
-    sock.sendmsg([json.dumps(jobs).encode()], anc)
+    data = jobs if isinstance(jobs, bytes) else mda_worker.encode_request(jobs)
+    sock.sendmsg([data], anc)
+
+
+def _answer(sock: socket.socket, count: int) -> list[dict[str, str]]:
+    return [{"status": st, "text": tx}
+            for st, tx in mda_worker.decode_reply(sock.recv(65536), count)]
 
 
 def _job(path: Path, **kw: object) -> dict[str, object]:
@@ -63,7 +68,7 @@ def test_batches_are_delivered_and_synced_before_the_answer(tmp_path: Path, work
         _send(sock, [_job(box) for _ in fds], fds)
         for fd in fds:
             os.close(fd)
-        answer = json.loads(sock.recv(65536))
+        answer = _answer(sock, 3)
         assert answer == [{"status": "ok", "text": "Delivered"}] * 3
     files = sorted((box / "new").iterdir())
     assert len(files) == 6 and list((box / "tmp").iterdir()) == []
@@ -81,21 +86,21 @@ def test_a_failed_delivery_fails_alone(tmp_path: Path, worker) -> None:
     _send(sock, [_job(blocker / "Maildir"), _job(tmp_path / "ok")], fds)
     for fd in fds:
         os.close(fd)
-    bad, good = json.loads(sock.recv(65536))
+    bad, good = _answer(sock, 2)
     assert bad["status"] == "tempfail" and bad["text"].startswith("4")
     assert good == {"status": "ok", "text": "Delivered"}
 
 
 @pytest.mark.parametrize("jobs", [
-    "not a list",
-    [{"path": 1, "home": "/", "junk": False, "prepend": ""}],
-    [{"path": "/x", "home": "/", "junk": "yes", "prepend": ""}],
-    [{"method": "mda", "path": "/x", "home": "/", "junk": False, "prepend": ""}],
-    [{"method": "mbox", "path": "/x", "home": "/", "junk": False, "prepend": ""}],
-    [{"method": "mbox", "path": "var/mail/x", "home": "/", "junk": False, "prepend": "",
-      "sender": "a@b.example"}],
+    b"not fields",  # no terminating NUL
+    b"maildir\0/x\0/\0" b"0\0\0",  # five fields: not a whole delivery
+    b"maildir\0/x\0/\0yes\0\0\0",  # junk flag not 0 or 1
+    b"mda\0/x\0/\0" b"0\0\0\0",  # not a worker's method
+    b"maildir\0\0/\0" b"0\0\0\0",  # no path
+    b"mbox\0var/mail/x\0/\0" b"0\0a@b.example\0\0",  # relative mailbox
+    b"\0",
 ])
-def test_a_malformed_request_ends_the_worker(tmp_path: Path, worker, jobs: object) -> None:
+def test_a_malformed_request_ends_the_worker(tmp_path: Path, worker, jobs: bytes) -> None:
     sock, proc = worker
     fd = _message(tmp_path, "m", b"x\n")
     _send(sock, jobs, [fd])
@@ -169,7 +174,7 @@ def test_a_delivery_for_other_credentials_is_refused(tmp_path: Path) -> None:
         _send(mine, [_job(theirs_dir / "Maildir"), _job(own / "Maildir")], fds)
         for fd in fds:
             os.close(fd)
-        refused, delivered = json.loads(mine.recv(65536))
+        refused, delivered = _answer(mine, 2)
         assert refused["status"] == "tempfail" and refused["text"].startswith("4")
         assert list(theirs_dir.iterdir()) == []
         assert delivered == {"status": "ok", "text": "Delivered"}
@@ -196,7 +201,7 @@ def test_mbox_deliveries_share_one_lock_and_sync_with_the_maildir_ones(tmp_path:
     _send(sock, jobs, fds)
     for fd in fds:
         os.close(fd)
-    answer = json.loads(sock.recv(65536))
+    answer = _answer(sock, 4)
     assert answer[:3] == [{"status": "ok", "text": "Delivered"}] * 3
     assert answer[3]["status"] == "tempfail" and answer[3]["text"].startswith("4")
     assert len(list((box / "new").iterdir())) == 1
@@ -206,3 +211,30 @@ def test_mbox_deliveries_share_one_lock_and_sync_with_the_maildir_ones(tmp_path:
     assert b"\n>From body 1\n" in data and b"\n>From body 2\n" in data
     assert data.count(b"Return-Path: <a@b.example>\n") == 2
     assert proc.poll() is None
+
+
+def test_the_wire_format_round_trips_and_refuses_a_nul() -> None:
+    jobs: list[dict[str, object]] = [
+        {"method": "maildir", "path": "/h/u/Maildir", "home": "/h/u", "junk": True,
+         "prepend": "Return-Path: <a@b>\nDelivered-To: u@x\n"},
+        {"method": "mbox", "path": "/var/mail/u", "home": "/h/u", "junk": False,
+         "sender": "", "prepend": "R: \u00e9\n"}]
+    got = mda_worker.decode_request(mda_worker.encode_request(jobs), 2)
+    assert [g["path"] for g in got] == ["/h/u/Maildir", "/var/mail/u"]
+    assert [g["junk"] for g in got] == ["1", "0"] and got[1]["prepend"] == "R: \u00e9\n"
+    assert got[0]["sender"] == "" and got[1]["method"] == "mbox"
+    with pytest.raises(ValueError):
+        mda_worker.encode_request([{**jobs[0], "path": "/a\0/b"}])
+    with pytest.raises(ValueError):
+        mda_worker.decode_request(mda_worker.encode_request(jobs), 1)  # descriptors
+
+
+@pytest.mark.parametrize("reply", [
+    b"", b"ok\0", b"ok\0Delivered", b"done\0Delivered\0",
+    b"ok\0Delivered\0ok\0Delivered\0",  # two answers for one delivery
+])
+def test_the_parent_refuses_a_malformed_answer(reply: bytes) -> None:
+    with pytest.raises(ValueError):
+        mda_worker.decode_reply(reply, 1)
+    good = b"tempfail\x00451 4.3.0 x\x00"
+    assert mda_worker.decode_reply(good, 1) == [("tempfail", "451 4.3.0 x")]

@@ -19,11 +19,10 @@ import ctypes
 import errno
 import itertools
 import os
-import socket
 import stat
 import time
 
-from mailrider.delivery.common import Message, os_failure
+from mailrider.delivery.message import Message, os_failure
 from mailrider.errors import TempFail
 from mailrider.syncfs import SYNCFS
 
@@ -39,9 +38,13 @@ _counter = itertools.count(1)
 _NAME_ATTEMPTS = 5
 
 
+def _nodename() -> str:
+    return os.uname().nodename  # socket.gethostname's answer, without importing socket
+
+
 def _hostname() -> str:
     # maildir spec: '/' and ':' in the host name are written in octal.
-    name = socket.gethostname() or "localhost"
+    name = _nodename() or "localhost"
     out = []
     for c in name:
         if c == "/":

@@ -30,10 +30,9 @@ import fcntl
 import os
 import stat
 import time
-from dataclasses import dataclass
 
 from mailrider import limits
-from mailrider.delivery.common import Message, os_failure
+from mailrider.delivery.message import Message, os_failure
 from mailrider.errors import TempFail
 
 __all__ = ["MboxItem", "deliver_mbox", "deliver_mbox_batch", "from_line", "mboxrd_quote"]
@@ -210,13 +209,19 @@ def deliver_mbox(
         _release(fd, lock if dotlocked else None)
 
 
-@dataclass(frozen=True, slots=True)
 class MboxItem:
-    """One message of :func:`deliver_mbox_batch`."""
+    """One message of :func:`deliver_mbox_batch` (a plain class: the worker
+    that uses it does not import ``dataclasses``)."""
 
-    msg_fd: int
-    sender: str
-    prepend: bytes = b""
+    __slots__ = ("msg_fd", "prepend", "sender")
+
+    def __init__(self, msg_fd: int, sender: str, prepend: bytes = b"") -> None:
+        self.msg_fd = msg_fd
+        self.sender = sender
+        self.prepend = prepend
+
+    def __repr__(self) -> str:
+        return f"MboxItem(msg_fd={self.msg_fd!r}, sender={self.sender!r})"
 
 
 def deliver_mbox_batch(path: str, items: list[MboxItem], *,

@@ -15,10 +15,11 @@ Invariants:
 - One batch at a time per worker: the parent sends a batch, waits for its
   answer, then sends the next (:class:`~mailrider.proc.parent_mda.Deliveries`
   lets one batch of a worker's credentials run at a time).
-- The answer is checked: one ``{status, text}`` per delivery, a known status,
-  bounded text. Anything else, the worker's exit, or its channel closing,
-  fails the batch with a 4xx (the queue retries) and the worker is killed and
-  forgotten; the next batch starts a new one.
+- The answer is checked (``mda_worker.decode_reply``): one status and text
+  per delivery, a known status, the text made one bounded printable line.
+  Anything else, the worker's exit, or its channel closing, fails the batch
+  with a 4xx (the queue retries) and the worker is killed and forgotten; the
+  next batch starts a new one.
 - A worker serves at most :data:`~mailrider.limits.MDA_WORKER_DELIVERIES`
   deliveries and is let go after :data:`~mailrider.limits.MDA_WORKER_IDLE`
   seconds without work (its channel closed: it exits).
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import array
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -49,7 +49,6 @@ from mailrider.proc import mda_worker
 
 #: a worker's answer, at most (DELIVERY_BATCH_MAX outcomes of bounded text)
 _REPLY_MAX = 64 * 1024
-_STATUSES = frozenset({"ok", "tempfail", "permfail"})
 
 Credentials = tuple[int | None, int | None, tuple[int, ...]]
 
@@ -165,7 +164,7 @@ class Workers:
     async def _ask(self, worker: _Worker, payload: list[dict[str, object]],
                    fds: list[int]) -> list[dict[str, str]]:
         loop = asyncio.get_running_loop()
-        data = json.dumps(payload).encode()
+        data = mda_worker.encode_request(payload)
         if len(data) > mda_worker.REQUEST_MAX:
             raise ValueError("batch too large for a worker")
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
@@ -185,14 +184,5 @@ class Workers:
             raise OSError("delivery worker exited")
         if len(reply) > _REPLY_MAX:
             raise ValueError("oversized answer")
-        got = json.loads(reply)
-        if not isinstance(got, list) or len(got) != len(payload):
-            raise ValueError("answer does not match the batch")
-        out: list[dict[str, str]] = []
-        for res in got:
-            if not isinstance(res, dict) or res.get("status") not in _STATUSES \
-                    or not isinstance(res.get("text"), str):
-                raise ValueError("malformed answer")
-            out.append({"status": str(res["status"]),
-                        "text": dcommon.sanitize_text(str(res["text"]), 500)})
-        return out
+        return [{"status": status, "text": dcommon.sanitize_text(text, 500)}
+                for status, text in mda_worker.decode_reply(reply, len(payload))]
