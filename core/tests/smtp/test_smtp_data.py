@@ -270,7 +270,7 @@ def test_large_bodies_match_a_line_model(lines: list[bytes], cuts: list[int], co
     # (one split per span) must not change an answer or a byte
     wire = b"".join((b"." + x if x.startswith(b".") else x) + b"\r\n"
                     for x in lines * copies) + b".\r\n"
-    if b"\r\n.\r\n" in wire[:-3] or wire.startswith(b".\r\n") and len(wire) > 3:
+    if b"\r\n.\r\n" in wire[:-3] or (wire.startswith(b".\r\n") and len(wire) > 3):
         return  # a generated line made an early end of data: not this test's subject
     error, message = reference(wire)
     d = feed_chunks(with_data(wire), [c for c in cuts if c <= len(wire)])
