@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from functools import partial
 
-from mailrider import limits, log, paths
+from mailrider import limits, log, malloc, paths
 from mailrider.config import resolve_listener
 from mailrider.config.model import Config
 from mailrider.config.relay import check_relay_urls
@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("configuration OK")
         return 0
+    malloc.tune()  # big read buffers from the heap, not mmap (mailrider.malloc)
     log.setup("parent", foreground=opts.foreground, verbose=opts.verbose > 0)
     try:
         config = check(opts)  # what -n refuses never gets as far as a child

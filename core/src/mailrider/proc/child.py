@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 
 import mailrider
-from mailrider import log
+from mailrider import log, malloc
 from mailrider.errors import ConfigError
 from mailrider.proc import common, confine
 
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"mailrider.proc.child: {exc}", file=sys.stderr)
         return 2
+    malloc.tune()  # big read buffers from the heap, not mmap (mailrider.malloc)
     common.set_title(role)
     confine.set_nondumpable()
     log.setup(role, foreground=opts.foreground, verbose=opts.verbose > 0)

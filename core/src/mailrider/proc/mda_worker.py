@@ -49,7 +49,7 @@ import os
 import struct
 import sys
 
-from mailrider import limits
+from mailrider import limits, malloc
 from mailrider.delivery.maildir import MaildirBatch
 from mailrider.delivery.mbox import MboxItem, deliver_mbox_batch
 from mailrider.errors import TempFail, delivery_outcome
@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     uid, gid = int(args[0]), int(args[1])
     groups = [int(g) for g in args[2].split(",") if g]
+    malloc.tune()
     sock = _socket.socket(fileno=int(args[3]))
     try:
         with open("/proc/self/comm", "w") as f:  # what ps and top show (Linux)
