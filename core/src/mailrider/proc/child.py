@@ -148,15 +148,17 @@ ROLE_MODULES: dict[str, tuple[str, ...]] = {
              "mailrider.crypto.dane", "mailrider.crypto.x509chain",
              # MTA-STS (proc/pony_mtasts.py): the policy parser and the HTTPS fetch
              "mailrider.mtasts", "http.client"),
-    # mailriderd: its checks (those of -n), the children it starts and the
-    # programs; the deliveries and ~/.forward reads it forks as other users
+    # mailriderd: its checks (those of -n) and the programs; the deliveries
+    # and ~/.forward reads it forks as other users. Not the children's code:
+    # they are forked by the start-up server or start as fresh interpreters
+    # (test_role_imports.py checks that every import mailriderd reaches is here)
     "parent": (*_CHILD, *_DELIVERY, *_EMAIL, *_TABLES,
                # getpass: the queue key read at start (queue encryption)
                "argparse", "getpass", "mailrider.cli.mailriderd", "mailrider.proc.parent",
-               "mailrider.proc.pony", "mailrider.proc.control", "mailrider.proc.workers",
+               "mailrider.proc.workers",
                "mailrider.access", "mailrider.crypto.", "mailrider.filter.programs",
                "mailrider.queue.envelope", "mailrider.queue.codec", "mailrider.sendmail",
-               "mailrider.smtp.", "mailrider.table.base", "mailrider.table.db",
+               "mailrider.table.base", "mailrider.table.db",
                "mailrider.table.getpwnam",
                "mailrider.table.match", "mailrider.table.proc", "mailrider.table.registry",
                "mailrider.table.static", "mailrider.table.values"),
