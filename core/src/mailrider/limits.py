@@ -308,6 +308,10 @@ MDA_WORKER_IDLE = 10.0
 #: (proc/parent_mda.py UserCache)
 USER_CACHE_TTL = 2.0
 USER_CACHE_MAX = 1024
+#: lka keeps the parent's answer about a user's ~/.forward (its content, or
+#: none) this many seconds, for at most this many users (proc/lka.py)
+FORWARD_CACHE_TTL = 2.0
+FORWARD_CACHE_MAX = 1024
 
 # Worker threads that check password hashes (lka for tables, the parent for
 # system users), off the event loop, and the checks that may wait for one

@@ -137,3 +137,43 @@ def test_a_second_grant_key_is_refused(tmp_path: Path) -> None:
             await lka.tables.close()
 
     asyncio.run(main())
+
+
+def test_forward_answers_are_shared_and_kept_briefly(tmp_path: Path) -> None:
+    # hundreds of RCPTs for one user at once ask the parent once; the answer
+    # (here: no .forward) is kept FORWARD_CACHE_TTL seconds; a failed
+    # question is not kept
+    from mailrider import limits
+
+    now = [1000.0]
+    asks: list[str] = []
+    fail = [False]
+
+    class Parent:
+        async def ask(self, msg: Any) -> Any:
+            asks.append(msg.user)
+            await asyncio.sleep(0.01)
+            if fail[0]:
+                raise ConnectionError("parent gone")
+            return m.ForwardContent(content="bob" if msg.user == "alice" else None)
+
+    async def main() -> None:
+        lka = await _lka(tmp_path)
+        try:
+            lka.peers = {"parent": Parent()}  # type: ignore[dict-item]
+            lka._forwards.clock = lambda: now[0]
+            got = await asyncio.gather(*(lka._forward("alice", "/") for _ in range(300)))
+            assert got == ["bob"] * 300 and asks == ["alice"]
+            assert await lka._forward("carol", "/") is None and asks == ["alice", "carol"]
+            assert await lka._forward("carol", "/") is None and len(asks) == 2
+            now[0] += limits.FORWARD_CACHE_TTL  # too old: asked again
+            fail[0] = True
+            with pytest.raises(ConnectionError):
+                await lka._forward("alice", "/")
+            fail[0] = False
+            assert await lka._forward("alice", "/") == "bob"
+            assert asks == ["alice", "carol", "alice", "alice"]
+        finally:
+            await lka.tables.close()
+
+    run(main())

@@ -112,8 +112,7 @@ def test_the_user_cache_keeps_the_parents_own_answers_for_a_bounded_time(
 
     now = [1000.0]
     monkeypatch.setattr(parent_mda, "lookup_user", counting)
-    monkeypatch.setattr(parent_mda.time, "monotonic", lambda: now[0])
-    cache = parent_mda.UserCache(ttl=2.0, size=2)
+    cache = parent_mda.UserCache(ttl=2.0, size=2, clock=lambda: now[0])
     first = cache.get(ME.pw_name)
     assert first is not None and (first.uid, first.gid) == (ME.pw_uid, ME.pw_gid)
     assert cache.get(ME.pw_name) == first and reads == [ME.pw_name]

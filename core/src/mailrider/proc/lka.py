@@ -38,6 +38,7 @@ from mailrider.table.match import match_mailaddr
 from mailrider.table.registry import TableSet
 from mailrider.table.usage import table_uses
 from mailrider.table.values import parse_credentials, parse_mailaddrmap
+from mailrider.ttlcache import TtlCache
 
 NO_RULE = Reply(550, "5.7.1", "Delivery not authorized, message refused")
 REJECTED = Reply(550, "5.7.1", "Recipient rejected by policy")
@@ -78,6 +79,11 @@ class Lka(common.Process):
         #: seals delivery grants; the parent sends it first thing
         self.grant_key: bytes | None = None
         self.key_set = asyncio.Event()
+        #: the parent's ~/.forward answers, kept briefly (docs/performance.md
+        #: §1, "Sessions under load"), and the questions on their way
+        self._forwards: TtlCache[str, str | None] = TtlCache(
+            limits.FORWARD_CACHE_TTL, limits.FORWARD_CACHE_MAX)
+        self._forward_asks: dict[str, asyncio.Future[str | None]] = {}
 
     async def run(self) -> None:
         await self.tables.start()
@@ -198,9 +204,31 @@ class Lka(common.Process):
         raise ValueError("not a filter message")
 
     async def _forward(self, user: str, home: str) -> str | None:
-        # the parent finds the home folder itself: ``home`` may come from a table
-        reply = await self.peers["parent"].ask(m.ForwardOpen(user=user))
-        return reply.content if isinstance(reply, m.ForwardContent) else None
+        """The user's ``~/.forward`` as the parent read it (None: none to use).
+
+        The parent finds the home folder itself: ``home`` may come from a
+        table. Its answer is kept FORWARD_CACHE_TTL seconds, and the
+        recipients of one user expanded meanwhile wait for the same question:
+        under load hundreds of RCPTs for one user otherwise each held their
+        expansion open across a round trip to the parent.
+        """
+        found, content = self._forwards.get(user)
+        if found:
+            return content
+        pending = self._forward_asks.get(user)
+        if pending is None:
+            pending = asyncio.ensure_future(self._ask_forward(user))
+            self._forward_asks[user] = pending
+        return await asyncio.shield(pending)
+
+    async def _ask_forward(self, user: str) -> str | None:
+        try:
+            reply = await self.peers["parent"].ask(m.ForwardOpen(user=user))
+        finally:
+            self._forward_asks.pop(user, None)
+        content = reply.content if isinstance(reply, m.ForwardContent) else None
+        self._forwards.put(user, content)  # an error is not kept: asked again
+        return content
 
     def _srs_reverse(self, sender: str, rcpt: str) -> str:
         """A bounce to an SRS address of ours goes to the address it stands for.

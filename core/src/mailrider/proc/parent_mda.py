@@ -25,6 +25,7 @@ import pwd
 import signal
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,6 +43,7 @@ from mailrider.ipc import messages as m
 from mailrider.proc import parent_workers
 from mailrider.queue import envelope as envmod
 from mailrider.queue.envelope import Envelope
+from mailrider.ttlcache import TtlCache
 
 
 class Parent(Protocol):
@@ -121,33 +123,30 @@ class UserCache:
     :data:`~mailrider.limits.USER_CACHE_MAX` users are held.
     """
 
-    def __init__(self, ttl: float = limits.USER_CACHE_TTL,
-                 size: int = limits.USER_CACHE_MAX) -> None:
-        self.ttl = ttl
-        self.size = size
-        self._users: dict[str, tuple[float, SystemUser]] = {}
-        self.hits = 0
-        self.misses = 0
+    def __init__(self, ttl: float = limits.USER_CACHE_TTL, size: int = limits.USER_CACHE_MAX,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._users: TtlCache[str, SystemUser] = TtlCache(ttl, size, clock)
 
     def __len__(self) -> int:
         return len(self._users)
 
+    @property
+    def hits(self) -> int:
+        return self._users.hits
+
+    @property
+    def misses(self) -> int:
+        return self._users.misses
+
     def get(self, name: str) -> SystemUser | None:
-        now = time.monotonic()
-        found = self._users.get(name)
-        if found is not None and 0 <= now - found[0] < self.ttl:
-            self.hits += 1
-            return found[1]
-        self.misses += 1
+        found, user = self._users.get(name)
+        if found:
+            return user
         user = lookup_user(name)
         if user is None:
-            self._users.pop(name, None)
+            self._users.discard(name)
             return None
-        if len(self._users) >= self.size and name not in self._users:
-            self._users = {k: v for k, v in self._users.items() if 0 <= now - v[0] < self.ttl}
-            if len(self._users) >= self.size:
-                self._users.pop(next(iter(self._users)))
-        self._users[name] = (now, user)
+        self._users.put(name, user)
         return user
 
 
