@@ -21,19 +21,20 @@ Invariants:
   :data:`FIELDS` of each delivery in order, every field ending in a NUL
   (no field may hold one: paths, addresses and header lines never do); the
   answer is a status and a text per delivery, in the same form
-  (:func:`encode_request`, :func:`decode_request`, :func:`decode_reply`). Each maildir message
-  is written under ``tmp/``, then those of the batch are made durable
-  together (:class:`~mailrider.delivery.maildir.MaildirBatch`: one sync for
-  the files, one for the links); the messages for one mailbox are appended
+  (:func:`encode_request`, :func:`decode_request`, :func:`decode_reply`).
+  Each maildir message is written under ``tmp/``, then those of the batch
+  are made durable together
+  (:class:`~mailrider.delivery.maildir.MaildirBatch`: one sync for the
+  files, one for the links); the messages for one mailbox are appended
   under one lock and one ``fsync``
   (:func:`~mailrider.delivery.mbox.deliver_mbox_batch`). Only then is the
   answer sent: one outcome per delivery, so a delivery reported done is on
   disk.
 - A malformed request (a field count that is not a whole number of
   deliveries, an unknown method or junk flag, a relative mbox path, a count
-  of descriptors that does not match, more than :data:`~mailrider.limits.DELIVERY_BATCH_MAX`)
-  ends the worker: the parent sees the channel close and fails the batch
-  temporarily. Every descriptor it received is closed after the batch.
+  of descriptors that does not match, more than
+  :data:`~mailrider.limits.DELIVERY_BATCH_MAX`) ends the worker: the parent
+  sees the channel close and fails the batch temporarily. Every descriptor it received is closed after the batch.
 - It imports everything before it switches user (the interpreter's files may
   be out of the user's reach) and as little as it can: no asyncio, no
   ``json`` or ``socket`` (each pulls in ``re`` or ``enum``; the C module
