@@ -34,7 +34,8 @@ Invariants:
   deliveries, an unknown method or junk flag, a relative mbox path, a count
   of descriptors that does not match, more than
   :data:`~mailrider.limits.DELIVERY_BATCH_MAX`) ends the worker: the parent
-  sees the channel close and fails the batch temporarily. Every descriptor it received is closed after the batch.
+  sees the channel close and fails the batch temporarily. Every descriptor
+  it received is closed after the batch.
 - It imports everything before it switches user (the interpreter's files may
   be out of the user's reach) and as little as it can: no asyncio, no
   ``json`` or ``socket`` (each pulls in ``re`` or ``enum``; the C module
