@@ -155,3 +155,33 @@ def cpu_line(by_name: dict[str, float], messages: int) -> str:
     parts = [f"{k.removeprefix('mailrider:')}={v * 1000 / messages:.2f}"
              for k, v in sorted(by_name.items(), key=lambda x: -x[1])]
     return " ".join(parts)
+
+
+@dataclass
+class MachineCpu:
+    """The whole machine's CPU times (``/proc/stat``'s ``cpu`` line), in ticks."""
+
+    busy: int  # user, nice, system, irq, softirq, steal
+    iowait: int
+    total: int
+
+
+def machine_cpu() -> MachineCpu | None:
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return MachineCpu(user + nice + system + irq + softirq + steal, iowait,
+                      user + nice + system + idle + iowait + irq + softirq + steal)
+
+
+def machine_share(before: MachineCpu | None,
+                  after: MachineCpu | None) -> tuple[float, float] | None:
+    """(busy, iowait) fractions of every core between two readings: what the
+    daemon, the load client and everything else together left idle."""
+    if before is None or after is None or after.total <= before.total:
+        return None
+    total = after.total - before.total
+    return (after.busy - before.busy) / total, (after.iowait - before.iowait) / total

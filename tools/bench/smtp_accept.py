@@ -251,6 +251,7 @@ class Result:
     e2e_stats: dict[str, int] = field(default_factory=dict)  # the same over the e2e run
     refused: int | None = None  # sessions refused by a session cap (``smtp refused`` logged)
     commit: tuple[int, int] | None = None  # e2e commit batches and their total µs
+    machine: tuple[float, float] | None = None  # the machine's busy, iowait share in e2e
 
 
 class PeakMemory:
@@ -367,11 +368,13 @@ def bench_mailrider(load: Load, messages: int, size: int, *, e2e: bool, profile_
             ipc0 = stats(d)
             cpu0 = procstat.cpu_seconds(d.proc.pid)
             snap0 = procstat.cpu_snapshot(d.proc.pid)
+            machine0 = procstat.machine_cpu()
             with PeakMemory(d.proc.pid) as peak:
                 t0 = time.monotonic()
                 dt = load.send(d.port, messages, size)
                 res.e2e_accept = rate(messages, dt)
                 t1 = wait_count(box, target, load.timeout)
+            res.machine = procstat.machine_share(machine0, procstat.machine_cpu())
             cpu = procstat.cpu_seconds(d.proc.pid) - cpu0
             res.cpu_by = procstat.cpu_by_name(snap0, procstat.cpu_snapshot(d.proc.pid))
             res.mem_load = peak.peak
@@ -441,11 +444,13 @@ def bench_postfix(load: Load, messages: int, size: int, *, e2e: bool) -> Result:
             master = peer.master_pid()
             cpu0 = procstat.cpu_seconds(master) if master else 0.0
             snap0 = procstat.cpu_snapshot(master) if master else None
+            machine0 = procstat.machine_cpu()
             with PeakMemory(master or os.getpid()) as peak:
                 t0 = time.monotonic()
                 dt = load.send(peer.port, messages, size)
                 res.e2e_accept = rate(messages, dt)
                 t1 = wait_count(peer.maildir / "new", target, load.timeout)
+            res.machine = procstat.machine_share(machine0, procstat.machine_cpu())
             if master is not None:
                 res.mem_load = peak.peak
             if t1 is None:
@@ -504,6 +509,11 @@ def report(size: int, sessions: int, messages: int, mr: Result, pf: Result | Non
         # that share, not the work per message (docs/performance.md §6)
         out.append("cores used during e2e (CPU per message x msg/s): "
                    f"mailrider {_cores(mr)}, Postfix {_cores(pf)}")
+        # the whole machine meanwhile (the load client and anything else
+        # included): a daemon that leaves cores idle while the other keeps
+        # them busy is waiting, not working
+        out.append("machine during e2e (all cores, client included): "
+                   f"mailrider run {_share(mr)}, Postfix run {_share(pf)}")
     for label, res in (("mailrider", mr), ("Postfix", pf)):
         if res is not None and res.cpu_by:
             out.append(f"{label} CPU ms per e2e message by process: "
@@ -550,6 +560,13 @@ def _cores(res: Result | None) -> str:
     if res is None or res.cpu_ms is None or res.e2e is None:
         return "-"
     return f"{res.cpu_ms * res.e2e / 1000:.2f}"
+
+
+def _share(res: Result | None) -> str:
+    if res is None or res.machine is None:
+        return "-"
+    busy, iowait = res.machine
+    return f"{busy:.0%} busy, {iowait:.0%} iowait"
 
 
 def _ms(v: float | None) -> str:
