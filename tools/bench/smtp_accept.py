@@ -251,6 +251,7 @@ class Result:
     e2e_stats: dict[str, int] = field(default_factory=dict)  # the same over the e2e run
     refused: int | None = None  # sessions refused by a session cap (``smtp refused`` logged)
     commit: tuple[int, int] | None = None  # e2e commit batches and their total µs
+    rtt: dict[str, tuple[int, int]] = field(default_factory=dict)  # e2e requests: n, µs
     machine: tuple[float, float] | None = None  # the machine's busy, iowait share in e2e
 
 
@@ -387,6 +388,12 @@ def bench_mailrider(load: Load, messages: int, size: int, *, e2e: bool, profile_
             res.ipc = {k: ipc1[k] - ipc0.get(k, 0) for k in ipc1
                        if k.startswith("profile.imsg.") and ".count" in k}
             res.e2e_stats = {k: ipc1.get(k, 0) - ipc0.get(k, 0) for k in DRAIN_COUNTERS}
+            for k in ipc1:
+                if k.startswith("profile.rtt.") and ".count." in k:
+                    name = k[len("profile.rtt."):].replace(".count.", " from ")
+                    usec = k.replace(".count.", ".usec.")
+                    res.rtt[name] = (ipc1[k] - ipc0.get(k, 0),
+                                     ipc1.get(usec, 0) - ipc0.get(usec, 0))
             res.commit = (ipc1.get("profile.queue.commit.count", 0)
                           - ipc0.get("profile.queue.commit.count", 0),
                           ipc1.get("profile.queue.commit.usec", 0)
@@ -545,6 +552,13 @@ def report(size: int, sessions: int, messages: int, mr: Result, pf: Result | Non
                         sorted(by_type.items(), key=lambda x: -x[1])[:8])
         out.append(f"mailrider IPC messages handled by the children per e2e message: "
                    f"{total / messages:.2f} ({top})")
+    if mr.rtt:
+        # what each request waited for its answer, seen by the caller (where a
+        # session's time goes between its commands: the peer's work, its queue
+        # and the scheduler's latency)
+        waits = ", ".join(f"{k} {u / n / 1000:.2f} ms" for k, (n, u) in
+                          sorted(mr.rtt.items(), key=lambda x: -x[1][1]) if n)
+        out.append(f"mailrider requests' round trips during e2e (mean): {waits}")
     if mr.commit is not None and mr.commit[0]:
         n, usec = mr.commit
         out.append(f"mailrider commit batches during e2e: {n}, {usec / n / 1000:.1f} ms each "

@@ -2,7 +2,10 @@
 
 When ``imsg`` profiling is on, every IPC channel counts the messages it
 handles per type and the time spent handling them; the counters appear in
-``show stats`` as ``profile.imsg.<type>.count`` and ``.usec``. ``queue``
+``show stats`` as ``profile.imsg.<type>.count`` and ``.usec``; and every
+request a process makes is timed from its sending to its answer, as
+``profile.rtt.<type>><peer>.count`` and ``.usec`` (the wait the caller
+sees: the peer's queueing and scheduling as well as its work). ``queue``
 profiling counts the time spent in spool commits.
 """
 

@@ -98,8 +98,14 @@ def test_stats_status_trace_profile_log(d: Daemon) -> None:
     d.ctl("log", "brief")
     d.ctl("profile", "imsg")
     d.ctl("show", "queue")
+    with smtplib.SMTP("127.0.0.1", d.port, timeout=10) as c:  # a refused RCPT: nothing queued
+        c.ehlo()
+        c.mail("sender@example.org")
+        assert c.rcpt("someone@elsewhere.example")[0] >= 500
     stats = d.ctl("show", "stats").stdout
     assert re.search(r"^profile\.imsg\.Control\.usec\.\w+=\d+$", stats, re.M)
+    # the requests a process made, timed by the caller: pony asked lka
+    assert re.search(r"^profile\.rtt\.RcptCheck>lka\.usec\.pony=\d+$", stats, re.M)
     d.ctl("unprofile", "imsg")
     assert d.ctl("profile", "all").stdout == "command succeeded\n"
     assert d.ctl("unprofile", "all").stdout == "command succeeded\n"

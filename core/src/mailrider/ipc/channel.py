@@ -174,7 +174,15 @@ class Channel:
         except BaseException:
             self._pending.pop(reqid, None)
             raise
-        return await fut
+        if not profile.on("imsg"):
+            return await fut
+        # the caller's side: how long the request waited for its answer
+        started = time.perf_counter()
+        try:
+            return await fut
+        finally:
+            profile.add(f"profile.rtt.{messages.type_name(obj)}>{self.peer}",
+                        int((time.perf_counter() - started) * 1e6))
 
     async def ask(self, obj: Any, fds: Sequence[int] = ()) -> Any:
         """Like :meth:`call` for replies that carry no descriptors."""

@@ -282,7 +282,7 @@ class Process:
     def _stats(self) -> dict[str, int]:
         out = self.stats()
         for k, v in profile.counters.items():
-            out[f"{k}.{self.role}" if k.startswith("profile.imsg") else k] = v
+            out[f"{k}.{self.role}" if k.startswith(("profile.imsg", "profile.rtt")) else k] = v
         return out
 
     async def control(self, msg: m.Control) -> m.ControlReply:
