@@ -10,14 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mailrider import paths
 from mailrider.delivery.common import (
-    Message,
     delivery_headers,
     extension_of,
     mda_environment,
-    os_failure,
     sanitize_text,
 )
 from mailrider.delivery.format import FormatContext
+from mailrider.delivery.message import Message, os_failure
 
 from .conftest import SAMPLE, MakeFd
 

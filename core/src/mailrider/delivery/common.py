@@ -1,37 +1,18 @@
 """What every local delivery method shares.
 
-These helpers run in the delivery child (already running as the recipient),
-are synchronous, and read the queued message through a file descriptor that
-they never move nor close: every read is an ``os.pread`` from an explicit
-offset, so the caller's file position is irrelevant and left untouched.
-
-The queued message has LF line endings, is dot-unstuffed and starts with our
-Received header (docs/queue.md §3); the bytes are never decoded.
+The header lines a delivery prepends, the environment of an mda command and
+the text of a failure. The queued message itself is read through
+:mod:`mailrider.delivery.message`: it has LF line endings, is dot-unstuffed
+and starts with our Received header (docs/queue.md §3); the bytes are never
+decoded.
 """
 
 from __future__ import annotations
 
 from mailrider import paths
 from mailrider.delivery.format import FormatContext, split_address
-from mailrider.delivery.message import (
-    CHUNK_SIZE,
-    HEADER_SECTION_MAX,
-    Message,
-    header_has,
-    os_failure,
-)
 
-__all__ = [
-    "CHUNK_SIZE",
-    "HEADER_SECTION_MAX",
-    "Message",
-    "delivery_headers",
-    "extension_of",
-    "header_has",
-    "mda_environment",
-    "os_failure",
-    "sanitize_text",
-]
+__all__ = ["delivery_headers", "extension_of", "mda_environment", "sanitize_text"]
 
 
 def sanitize_text(text: str, limit: int = 200) -> str:

@@ -30,7 +30,8 @@ import time
 from collections.abc import Callable, Iterator
 
 from mailrider import limits
-from mailrider.delivery.common import Message, sanitize_text
+from mailrider.delivery.common import sanitize_text
+from mailrider.delivery.message import Message
 from mailrider.errors import PermFail, ProtocolViolation, TempFail
 
 __all__ = ["LMTPEncoder", "deliver_lmtp", "parse_dest"]

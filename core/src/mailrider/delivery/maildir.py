@@ -9,7 +9,7 @@ Invariants:
 - A failed delivery leaves nothing behind in ``tmp/`` or ``new/``.
 - Directories we create are mode 0700 (the folder holds private mail);
   existing ones are left as they are.
-- Every failure is a :class:`TempFail` (see :func:`common.os_failure` for
+- Every failure is a :class:`TempFail` (see :func:`message.os_failure` for
   why even a permission problem is temporary).
 """
 

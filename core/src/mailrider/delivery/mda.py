@@ -36,7 +36,8 @@ import time
 from collections.abc import Iterator
 
 from mailrider import limits, paths
-from mailrider.delivery.common import Message, os_failure, sanitize_text
+from mailrider.delivery.common import sanitize_text
+from mailrider.delivery.message import Message, os_failure
 from mailrider.errors import PermFail, TempFail
 
 __all__ = ["EX_OSERR", "EX_TEMPFAIL", "deliver_mda", "exit_status_failure"]

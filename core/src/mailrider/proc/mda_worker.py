@@ -41,7 +41,7 @@ Invariants:
   ``json`` or ``socket`` (each pulls in ``re`` or ``enum``; the C module
   ``_socket`` is enough for one socket), no ``dataclasses``, no ``array``
   (it loads ``collections``). A fresh interpreter costs its imports in
-  private memory (docs/performance.md §1).
+  private memory (docs/performance.md §4).
 """
 
 from __future__ import annotations
