@@ -3,9 +3,9 @@
 Kept apart from :mod:`mailrider.delivery.common` so that the long-lived
 delivery worker (:mod:`mailrider.proc.mda_worker`) imports no more than it
 uses: this module needs only ``os`` and ``errno`` (docs/performance.md §4,
-"What the worker imports").
-Every read is an ``os.pread`` from an explicit offset, so the caller's file
-position is irrelevant and left untouched; the descriptor is never closed.
+"What the worker imports"). Every read is an ``os.pread`` from an explicit
+offset, so the caller's file position is irrelevant and left untouched; the
+descriptor is never closed.
 """
 
 from __future__ import annotations
