@@ -505,6 +505,11 @@ def report(size: int, sessions: int, messages: int, mr: Result, pf: Result | Non
     if b:
         out.append(f"mailrider group commit (accept run): queue.commit.batches={b} "
                    f"queue.commit.messages={n} ({n / b:.1f} messages/batch)")
+    ready, asked = mr.stats.get("smtp.spool.ready", 0), mr.stats.get("smtp.spool.asked", 0)
+    if ready or asked:
+        # pony's spool files asked for ahead (docs/performance.md §9)
+        out.append(f"mailrider spool files at the first RCPT (accept run): {ready} ready, "
+                   f"{asked} asked for then")
     if mr.cpu_ms is not None or (pf is not None and pf.cpu_ms is not None):
         cpf = pf.cpu_ms if pf is not None else None
         out.append("server CPU per delivered message (e2e, every process of the daemon): "

@@ -8,9 +8,11 @@ import shutil
 import smtplib
 import socket
 import subprocess
+import time
 
 import pytest
 from harness import Daemon, wait_for
+from mailrider import limits
 
 MSG = (b"From: Alice <alice@example.org>\r\nTo: someone@localhost\r\nSubject: test\r\n\r\n"
        b"first line\r\n.leading dot\r\n..two dots\r\n\r\nlast line\r\n")
@@ -130,5 +132,11 @@ def test_abandoned_transactions_leave_no_spool_file(default_daemon: Daemon) -> N
     for end in (b"RSET\r\n", b"QUIT\r\n", b"MAIL FROM:<b@example.org>\r\n"):
         raw_session(d.port, [b"EHLO x\r\n", b"MAIL FROM:<a@example.org>\r\n",
                              b"RCPT TO:<gone@localhost>\r\n", end, b"QUIT\r\n"])
-    # the spool file asked for at RCPT is given back when no DATA follows
-    wait_for(lambda: os.listdir(d.state / "spool" / "incoming") == [])
+    # the spool file taken at RCPT is given back when no DATA follows: what
+    # stays in incoming/ is pony's files asked for ahead, empty and unused
+    incoming = d.state / "spool" / "incoming"
+    wait_for(lambda: len(os.listdir(incoming)) == limits.SPOOL_FILES_AHEAD)
+    time.sleep(0.3)
+    assert len(os.listdir(incoming)) == limits.SPOOL_FILES_AHEAD
+    for idir in incoming.iterdir():
+        assert os.listdir(idir) == ["message"] and (idir / "message").stat().st_size == 0

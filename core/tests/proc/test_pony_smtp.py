@@ -28,6 +28,7 @@ from mailrider.config.parser import parse_string
 from mailrider.errors import TempFail
 from mailrider.ipc import messages as m
 from mailrider.proc.pony_smtp import Session, SessionHost
+from mailrider.proc.pony_spool import SpoolFiles
 from mailrider.queue.envelope import Delivery, Envelope
 from mailrider.smtp.reply import Reply
 
@@ -126,6 +127,7 @@ class FakeHost:
         self.greeting_delay_all = False
         self.lka = FakePeer(lka, notify)
         self.queue = FakePeer(spool.answer)
+        self.spool_files = SpoolFiles(self.queue, self.spawn)
         self.contexts: dict[int, ssl.SSLContext] = {}
         self.counters: dict[str, int] = {}
         self.refuse: str | None = None
@@ -312,8 +314,36 @@ def test_a_transaction_is_spooled_and_committed(run: Runner) -> None:
     assert envelopes[0].message_size == len(text)
     assert host.counters["smtp.message"] == 1
     assert len(host.opened) == 1 and host.closed == host.opened
-    # the spool file was asked for at the first RCPT, once
-    assert len(host.queue.of(m.MessageCreate)) == 1
+    # none was ready: the session asked for its own at the first RCPT, and
+    # the host for the ones the next sessions will take
+    assert len(host.queue.of(m.MessageCreate)) == 1 + host.spool_files.size
+    assert len(host.spool_files) == host.spool_files.size
+
+
+def test_a_ready_spool_file_serves_the_next_transaction(run: Runner) -> None:
+    taken: list[str] = []
+
+    async def scenario(c: Client, host: FakeHost, spool: Spool) -> None:
+        assert (await transaction(c)).startswith("250 2.0.0")
+        ready = [msgid for msgid, _ in host.spool_files._ready]
+        asked = len(host.queue.of(m.MessageCreate))
+        await c.cmd("MAIL FROM:<alice@example.com>")
+        assert (await c.cmd("RCPT TO:<bob@example.org>")).startswith("250")
+        assert (await c.cmd("DATA")).startswith("354")
+        c.writer.write(MESSAGE)
+        reply = await c.reply()
+        assert reply.startswith("250 2.0.0"), reply
+        # the oldest ready file was taken at the RCPT, and only its
+        # replacement was asked for
+        taken.append(ready[0])
+        assert f" {ready[0]} " in reply
+        assert len(host.queue.of(m.MessageCreate)) == asked + 1
+
+    host, spool = run(scenario)
+    assert host.counters["smtp.spool.asked"] == 1 and host.counters["smtp.spool.ready"] == 1
+    assert taken[0] in spool.committed
+    assert spool.text(taken[0]).startswith(b"Received: from client.test")
+    assert f"id {taken[0]}".encode() in spool.text(taken[0])
 
 
 def test_local_submission_gets_date_and_message_id(run: Runner) -> None:
@@ -379,15 +409,20 @@ def test_rset_gives_the_spool_file_back(run: Runner) -> None:
     async def scenario(c: Client, host: FakeHost, spool: Spool) -> None:
         await c.reply()
         await c.cmd("EHLO client.test")
-        await c.cmd("MAIL FROM:<alice@example.com>")
-        await c.cmd("RCPT TO:<bob@example.org>")
-        assert (await c.cmd("RSET")).startswith("250")
-        assert (await c.cmd("NOOP")).startswith("250")
+        # twice: first with a file asked for then, then with one asked for ahead
+        for _ in range(2):
+            await c.cmd("MAIL FROM:<alice@example.com>")
+            await c.cmd("RCPT TO:<bob@example.org>")
+            assert (await c.cmd("RSET")).startswith("250")
+            assert (await c.cmd("NOOP")).startswith("250")
         await c.cmd("QUIT")
         await c.closed()
 
-    _host, spool = run(scenario)
-    assert list(spool.rolled_back) == list(spool.files)
+    host, spool = run(scenario)
+    ready = {msgid for msgid, _ in host.spool_files._ready}
+    assert len(ready) == host.spool_files.size  # the taken one was replaced
+    assert sorted(spool.rolled_back) == sorted(set(spool.files) - ready)
+    assert len(spool.rolled_back) == 2
 
 
 def test_auth_after_starttls_ok_and_failure_counted(run: Runner, pki: Pki) -> None:
@@ -659,6 +694,29 @@ def test_filters_proceed_and_the_data_line_filter_rewrites(run: Runner) -> None:
     sent = [ln for msg in host.lka.of(m.FilterData) for ln in msg.lines]
     assert "..leading dot" in sent and sent[-1] == "."
     assert host.lka.of(m.FilterEnd) != []
+
+
+def test_a_filtered_session_asks_for_its_own_spool_file(run: Runner,
+                                                       tmp_path: pathlib.Path) -> None:
+    """Its filters know the transaction by the id chosen at MAIL: the spool
+    file is asked for under that id, never taken from the ready ones."""
+    filters = Filters()
+    ready = os.open(tmp_path / "ready", os.O_WRONLY | os.O_CREAT, 0o600)
+
+    def setup(host: FakeHost) -> None:
+        _catch(filters)(host)
+        host.spool_files._ready.append(("abcdef01", ready))
+
+    async def scenario(c: Client, host: FakeHost, spool: Spool) -> None:
+        assert (await transaction(c)).startswith("250 2.0.0")
+
+    host, spool = run(scenario, lka=filters.answer, notify=filters.notified, listener=FILTERED,
+                      setup=setup)
+    [(msgid, _)] = spool.committed.items()
+    assert filters.reports[2] == ("tx-begin", [msgid])
+    assert [x.msgid for x in host.queue.of(m.MessageCreate)] == [msgid]
+    assert list(host.spool_files._ready) == [("abcdef01", ready)]
+    os.close(ready)
 
 
 def test_filter_reject_reply_passes_unchanged(run: Runner) -> None:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import types
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
+import pytest
+from mailrider import limits
 from mailrider.config import parse_string
+from mailrider.errors import TempFail
+from mailrider.ipc import messages as m
 from mailrider.proc import pony_spool
 from mailrider.queue.envelope import Delivery
 from mailrider.smtp.hygiene import HeaderHygiene
@@ -91,3 +98,114 @@ def test_build_envelopes() -> None:
         assert (e.sockaddr, e.sender, e.ctime, e.retry) == ("192.0.2.7", "alice@else.test",
                                                           1000, 0)
         assert (e.message_size, e.message_sha256) == (123, "ab" * 32)
+
+
+# -- SpoolFiles: spool files asked for ahead ------------------------------------------
+
+
+class Queue:
+    """The queue's side of MessageCreate: a real file each, or a failure."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.asked = 0
+        self.fail: Exception | None = None
+        self.wrong = False
+
+    async def call(self, obj: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
+        assert isinstance(obj, m.MessageCreate) and obj.msgid == ""
+        self.asked += 1
+        if self.fail is not None:
+            raise self.fail
+        fd = os.open(self.folder / f"{self.asked:08x}", os.O_WRONLY | os.O_CREAT, 0o600)
+        if self.wrong:  # a reply of the wrong type, with its descriptor
+            return m.Ok(), [fd]
+        return m.MessageCreated(msgid=f"{self.asked:08x}"), [fd]
+
+    def notify(self, obj: Any, fds: Sequence[int] = ()) -> None:
+        raise AssertionError(obj)
+
+    async def ask(self, obj: Any, fds: Sequence[int] = ()) -> Any:
+        raise AssertionError(obj)
+
+
+def _pool(queue: Queue, size: int) -> tuple[pony_spool.SpoolFiles, set[asyncio.Task[None]]]:
+    tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        tasks.add(task)
+        return task
+
+    return pony_spool.SpoolFiles(queue, spawn, size), tasks
+
+
+def test_spool_files_are_asked_for_ahead_and_replaced(tmp_path: Path) -> None:
+    async def main() -> None:
+        queue = Queue(tmp_path)
+        pool, tasks = _pool(queue, 3)
+        assert pool.take() is None  # nothing ready yet: three asked for
+        await asyncio.gather(*tasks)
+        assert queue.asked == 3 and len(pool) == 3
+        # in the order they came, each replaced as it is taken
+        msgid, fd = pool.take() or ("", -1)
+        assert msgid == "00000001"
+        os.write(fd, b"x")
+        os.close(fd)
+        assert (tmp_path / "00000001").read_bytes() == b"x"
+        await asyncio.gather(*tasks)
+        assert queue.asked == 4 and len(pool) == 3
+        # taking nothing asks for nothing
+        await asyncio.sleep(0)
+        assert queue.asked == 4
+        before = set(os.listdir("/proc/self/fd"))
+        pool.close()
+        assert len(pool) == 0
+        assert len(before - set(os.listdir("/proc/self/fd"))) == 3
+
+    asyncio.run(main())
+
+
+def test_a_queue_failure_stops_the_asking_for_a_while(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(pony_spool.time, "monotonic", lambda: now[0])
+
+    async def main() -> None:
+        queue = Queue(tmp_path)
+        queue.fail = TempFail("disk full", 452, "4.3.1")
+        pool, tasks = _pool(queue, 4)
+        assert pool.take() is None
+        await asyncio.gather(*tasks)
+        assert queue.asked == 4 and len(pool) == 0
+        # sessions meanwhile ask for theirs themselves: no new asks here
+        for _ in range(10):
+            assert pool.take() is None
+        await asyncio.gather(*tasks)
+        assert queue.asked == 4
+        # once the pause is over, and the queue well again, it fills up
+        queue.fail = None
+        now[0] += limits.SPOOL_FILES_RETRY + 0.1
+        assert pool.take() is None
+        await asyncio.gather(*tasks)
+        assert len(pool) == 4
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_wrong_answer_is_closed_and_not_kept(tmp_path: Path) -> None:
+    async def main() -> None:
+        queue = Queue(tmp_path)
+        queue.wrong = True
+        pool, tasks = _pool(queue, 2)
+        before = set(os.listdir("/proc/self/fd"))
+        assert pool.take() is None
+        await asyncio.gather(*tasks)
+        assert len(pool) == 0
+        assert set(os.listdir("/proc/self/fd")) == before  # descriptors closed
+        assert pool.take() is None  # and no asking again at once
+        await asyncio.gather(*tasks)
+        assert queue.asked == 2
+
+    asyncio.run(main())

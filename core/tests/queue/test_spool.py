@@ -51,9 +51,16 @@ def test_uncommitted_is_purged_and_committed_survives(tmp_path: os.PathLike[str]
     os.close(fd)
     half = os.path.join(sp.incoming, "deadbeef")  # a commit interrupted mid-way
     os.mkdir(half)
+    _unused, fd = sp.create()  # asked for ahead by pony, never written
+    os.close(fd)
+    staged, fd = sp.create()  # envelopes staged beside an empty body
+    os.close(fd)
+    open(os.path.join(sp.incoming, staged, staged + "00000001"), "wb").close()
     sp2 = Spool(str(tmp_path))
     sp2.setup()
-    assert sp2.purge_uncommitted() == 2
+    # all gone; the unused file is not counted as a message
+    assert sp2.purge_uncommitted() == 3
+    assert os.listdir(sp2.incoming) == []
     assert [mid for mid, _ in sp2.walk()] == [keep]
     assert os.listdir(sp2.purge) == []
 

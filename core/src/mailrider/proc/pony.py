@@ -27,7 +27,7 @@ from mailrider.crypto.signclient import SignClient
 from mailrider.errors import ConfigError, TempFail
 from mailrider.ipc import messages as m
 from mailrider.ipc.channel import Channel
-from mailrider.proc import common, pony_tls
+from mailrider.proc import common, pony_spool, pony_tls
 from mailrider.proc.pony_filter import Peer
 from mailrider.proc.pony_mta import Mta
 from mailrider.proc.pony_proxy import proxy_v2_factory
@@ -113,6 +113,8 @@ class Pony(common.Process):
             # a plain blocking socket: OpenSSL calls us synchronously mid-handshake
             self.sign_client = SignClient(socket.socket(fileno=sign_fd))
         super().connect(fds)
+        #: spool files asked for before sessions need them (pony_spool.SpoolFiles)
+        self.spool_files = pony_spool.SpoolFiles(self.peers["queue"], self.spawn)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

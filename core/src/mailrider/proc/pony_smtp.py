@@ -66,6 +66,9 @@ class SessionHost(Protocol):
     #: the greeting delay applies to loopback clients too (tests)
     greeting_delay_all: bool
 
+    #: spool files ready before a session needs one
+    spool_files: pony_spool.SpoolFiles
+
     def peer(self, name: str) -> Peer:
         """The channel to process ``name`` (``lka``, ``queue``)."""
         ...
@@ -152,6 +155,8 @@ class Session(asyncio.Protocol):
 
     def _reset_tx(self) -> None:
         self.precreate: asyncio.Task[tuple[Any, list[int]]] | None = None
+        #: the spool file taken from the host's ready ones at the first RCPT
+        self.pooled: tuple[str, int] | None = None
         self.txid = ""
         self.tx_junk = False
         #: does the message go through data-line filters?
@@ -798,15 +803,26 @@ class Session(asyncio.Protocol):
         self.rcpts.append((rcpt, event.params))
         self.rcpt_accepted.add(rcpt)
         self.srv.accept()
-        if self.precreate is None:
+        if self.precreate is None and self.pooled is None:
+            if not self.txid:
+                # no filter knows this transaction by an id yet: a spool file
+                # asked for ahead, by any session, will do
+                self.pooled = self.host.spool_files.take()
+                if self.pooled is not None:
+                    self.host.count("smtp.spool.ready")
+        if self.precreate is None and self.pooled is None:
             # the spool file is asked for now, so that DATA does not wait on queue
+            self.host.count("smtp.spool.asked")
             self.precreate = asyncio.get_running_loop().create_task(
                 self.host.peer("queue").call(m.MessageCreate(msgid=self.txid)))
 
     async def _proceed_data(self) -> None:
         pending, self.precreate = self.precreate, None
+        pooled, self.pooled = self.pooled, None
         try:
-            if pending is not None:
+            if pooled is not None:
+                reply, fds = m.MessageCreated(msgid=pooled[0]), [pooled[1]]
+            elif pending is not None:
                 reply, fds = await pending
             else:
                 reply, fds = await self.host.peer("queue").call(
@@ -967,6 +983,10 @@ class Session(asyncio.Protocol):
 
     def _drop_precreate(self) -> None:
         """A transaction that ends before DATA gives its spool file back."""
+        pooled, self.pooled = self.pooled, None
+        if pooled is not None:
+            os.close(pooled[1])
+            self.host.spawn(self._rollback(pooled[0]))
         pending, self.precreate = self.precreate, None
         if pending is None:
             return

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from mailrider import limits
 from mailrider.config.model import Config
+from mailrider.errors import TempFail
+from mailrider.ipc import messages as m
+from mailrider.proc.pony_filter import Peer, Spawn
 from mailrider.queue.envelope import Delivery, Envelope
 from mailrider.smtp.hygiene import HeaderHygiene
 from mailrider.smtp.masquerade import FromRewriter
@@ -25,6 +31,70 @@ def write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+class SpoolFiles:
+    """Spool files asked of the queue before any session needs one.
+
+    A session that accepts its first recipient takes one (:meth:`take`) instead
+    of asking the queue then: the file's creation, a round trip through the
+    queue and its creator thread, no longer lies on the path of each message
+    (docs/performance.md §9). Each take asks for a replacement, so at most
+    ``size`` files are ready or on their way; they are ordinary uncommitted
+    spool files, in the queue's ``incoming/`` and its list of open messages,
+    committed or rolled back like any other, and an unused one is removed with
+    the rest of ``incoming/`` at the next start (docs/queue.md §2). When the
+    queue fails to create one, no new one is asked for during
+    ``limits.SPOOL_FILES_RETRY`` seconds: sessions then ask for theirs
+    themselves and get the queue's error as their reply.
+    """
+
+    def __init__(self, queue: Peer, spawn: Spawn, size: int = limits.SPOOL_FILES_AHEAD) -> None:
+        self._queue = queue
+        self._spawn = spawn
+        self.size = size
+        self._ready: deque[tuple[str, int]] = deque()
+        self._asked = 0
+        self._retry_at = 0.0
+
+    def __len__(self) -> int:
+        return len(self._ready)
+
+    def take(self) -> tuple[str, int] | None:
+        """A ready spool file (msgid, write descriptor), the caller's to commit
+        or roll back, or None when none is ready; asks for its replacement."""
+        got = self._ready.popleft() if self._ready else None
+        self._fill()
+        return got
+
+    def _fill(self) -> None:
+        if self._retry_at and time.monotonic() < self._retry_at:
+            return
+        self._retry_at = 0.0
+        while len(self._ready) + self._asked < self.size:
+            self._asked += 1
+            self._spawn(self._ask())
+
+    async def _ask(self) -> None:
+        try:
+            reply, fds = await self._queue.call(m.MessageCreate(msgid=""))
+        except (TempFail, OSError, ValueError):
+            self._asked -= 1
+            self._retry_at = time.monotonic() + limits.SPOOL_FILES_RETRY
+            return
+        self._asked -= 1
+        if not isinstance(reply, m.MessageCreated) or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            self._retry_at = time.monotonic() + limits.SPOOL_FILES_RETRY
+            return
+        self._ready.append((reply.msgid, fds[0]))
+
+    def close(self) -> None:
+        """Close the ready files' descriptors (the queue removes the files at
+        its next start)."""
+        while self._ready:
+            os.close(self._ready.popleft()[1])
 
 
 def header_tail(hygiene: HeaderHygiene | None, masq: FromRewriter | None) -> bytes:

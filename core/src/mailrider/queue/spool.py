@@ -81,13 +81,16 @@ class Spool:
         self._rootfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
 
     def purge_uncommitted(self) -> int:
-        """Move what was never acknowledged aside and delete it. Returns the count."""
+        """Move what was never acknowledged aside and delete it. Returns the
+        count of what held data: an empty spool file is one pony asked for
+        ahead and never used (proc/pony_spool.SpoolFiles), not a message."""
         n = 0
         for d in (self.temporary, self.incoming):
             for name in os.listdir(d):
-                dst = os.path.join(self.purge, f"{os.path.basename(d)}-{name}")
-                os.rename(os.path.join(d, name), dst)
-                n += 1
+                src = os.path.join(d, name)
+                if not (d == self.incoming and _unused(src)):
+                    n += 1
+                os.rename(src, os.path.join(self.purge, f"{os.path.basename(d)}-{name}"))
         for name in os.listdir(self.purge):
             p = os.path.join(self.purge, name)
             if os.path.isdir(p) and not os.path.islink(p):
@@ -468,6 +471,15 @@ def _body_matches(path: str, envs: list[Envelope], codec: Codec) -> bool:
         return False
     return (want.message_size in (None, size)
             and h.hexdigest() == want.message_sha256)
+
+
+def _unused(idir: str) -> bool:
+    """An incoming message folder holding only its empty message file."""
+    try:
+        return os.listdir(idir) == ["message"] and os.stat(
+            os.path.join(idir, "message")).st_size == 0
+    except OSError:
+        return False
 
 
 def _fsync_path(path: str) -> None:
