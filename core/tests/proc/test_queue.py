@@ -70,6 +70,17 @@ def serve(tmp_path: Path, body: Callable[[Harness], Awaitable[None]], *,
     run(main())
 
 
+def results(h: Harness) -> list[m.SchedResult]:
+    """Every outcome the scheduler heard, alone (SchedResult) or by batch (SchedResults)."""
+    out: list[m.SchedResult] = []
+    for msg in h.scheduler.got:
+        if isinstance(msg, m.SchedResult):
+            out.append(msg)
+        elif isinstance(msg, m.SchedResults):
+            out.extend(msg.results)
+    return out
+
+
 def envelope(msgid: str, rcpt: str, *, relay: bool = False, **kw: Any) -> Envelope:
     d = Delivery(dispatcher="out" if relay else "local", rcpt=rcpt, dest=rcpt,
                  method="relay" if relay else "mbox", user="" if relay else "nobody",
@@ -134,10 +145,10 @@ def test_a_local_delivery_that_succeeds_is_removed(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         [env] = queued(h, envelope("0000abcd", "u@x.example"))
         await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[env.evpid])), [])  # type: ignore[arg-type]
-        await until(lambda: h.scheduler.of(m.SchedResult), "a result")
+        await until(lambda: results(h), "a result")
         [fork] = h.parent.of(m.ForkDeliveries)
         assert fork.envelopes == [env]  # typed, as it is on disk
-        assert h.scheduler.of(m.SchedResult) == [m.SchedResult(evpid=env.evpid, status="ok")]
+        assert results(h) == [m.SchedResult(evpid=env.evpid, status="ok")]
         assert not os.path.exists(h.q.spool.msgdir(env.msgid))
 
     serve(tmp_path, body, answers={"parent": _parent("ok", "Delivered")})
@@ -148,12 +159,12 @@ def test_local_envelopes_due_together_go_to_the_parent_in_one_request(tmp_path: 
         envs = queued(h, envelope("0000abcd", "u@x.example"), envelope("0000abcd", "v@x.example"))
         envs += queued(h, envelope("0000abce", "w@x.example"))
         await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[e.evpid for e in envs])), [])  # type: ignore[arg-type]
-        await until(lambda: len(h.scheduler.of(m.SchedResult)) == 3, "three results")
+        await until(lambda: len(results(h)) == 3, "three results")
         [fork] = h.parent.of(m.ForkDeliveries)
         assert sorted(e.evpid for e in fork.envelopes) == sorted(e.evpid for e in envs)
-        assert sorted(r.evpid for r in h.scheduler.of(m.SchedResult)) == \
+        assert sorted(r.evpid for r in results(h)) == \
             sorted(e.evpid for e in envs)
-        assert all(r.status == "ok" for r in h.scheduler.of(m.SchedResult))
+        assert all(r.status == "ok" for r in results(h))
         assert not os.path.exists(h.q.spool.msgdir("0000abcd"))
         assert not os.path.exists(h.q.spool.msgdir("0000abce"))
 
@@ -167,10 +178,10 @@ def test_more_local_envelopes_than_one_frame_carries_go_in_several_requests(
     async def body(h: Harness) -> None:
         envs = queued(h, *(envelope("0000abcd", f"u{i}@x.example") for i in range(n)))
         await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[e.evpid for e in envs])), [])  # type: ignore[arg-type]
-        await until(lambda: len(h.scheduler.of(m.SchedResult)) == n, "every result")
+        await until(lambda: len(results(h)) == n, "every result")
         sizes = sorted(len(f.envelopes) for f in h.parent.of(m.ForkDeliveries))
         assert sizes == [4, limits.FORK_DELIVERIES_MAX]
-        assert all(r.status == "ok" for r in h.scheduler.of(m.SchedResult))
+        assert all(r.status == "ok" for r in results(h))
 
     def answer(msg: Any, fds: list[int]) -> Any:
         assert len(fds) <= limits.IPC_FDS_MAX  # what one frame carries
@@ -183,8 +194,8 @@ def test_a_failed_request_leaves_no_envelope_in_flight(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         envs = queued(h, envelope("0000abcd", "u@x.example"), envelope("0000abcd", "v@x.example"))
         await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[e.evpid for e in envs])), [])  # type: ignore[arg-type]
-        await until(lambda: len(h.scheduler.of(m.SchedResult)) == 2, "two results")
-        assert sorted((r.evpid, r.status, r.retry) for r in h.scheduler.of(m.SchedResult)) == \
+        await until(lambda: len(results(h)) == 2, "two results")
+        assert sorted((r.evpid, r.status, r.retry) for r in results(h)) == \
             sorted((e.evpid, "tempfail", 1) for e in envs)
         assert all(h.q.spool.load_envelope(e.evpid).retry == 1 for e in envs)
 
@@ -198,8 +209,8 @@ def test_a_temporary_failure_is_written_back_for_the_scheduler(tmp_path: Path) -
     async def body(h: Harness) -> None:
         [env] = queued(h, envelope("0000abcd", "u@x.example"))
         await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[env.evpid])), [])  # type: ignore[arg-type]
-        await until(lambda: h.scheduler.of(m.SchedResult), "a result")
-        assert h.scheduler.of(m.SchedResult) == [
+        await until(lambda: results(h), "a result")
+        assert results(h) == [
             m.SchedResult(evpid=env.evpid, status="tempfail", retry=1)]
         later = h.q.spool.load_envelope(env.evpid)
         assert later.retry == 1 and later.errorline == "452 4.2.2 Mailbox full"
@@ -228,7 +239,7 @@ def test_a_permanent_failure_bounces_to_the_sender(
         # the removal (reaper thread) and the bounce's queueing (its own
         # thread) end in either order
         await until(lambda: m.SchedResult(evpid=env.evpid, status="permfail")
-                    in h.scheduler.of(m.SchedResult), "the permfail reported")
+                    in results(h), "the permfail reported")
         [ask] = h.lka.of(m.RcptCheck)
         assert ask.rcpt == "a@b.example"
         [entry] = h.scheduler.of(m.SchedInsert)[-1].envelopes
@@ -255,7 +266,7 @@ def test_a_bounce_never_bounces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     async def body(h: Harness) -> None:
         [env] = queued(h, envelope("0000abcd", "u@x.example", flags=("bounce",)))
         await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[env.evpid])), [])  # type: ignore[arg-type]
-        await until(lambda: h.scheduler.of(m.SchedResult), "a result")
+        await until(lambda: results(h), "a result")
         await asyncio.sleep(0.05)
         assert h.lka.got == [] and h.scheduler.of(m.SchedInsert) == []
 
@@ -278,12 +289,12 @@ def test_relay_envelopes_of_one_route_go_in_one_batch(tmp_path: Path) -> None:
         envs = queued(h, envelope(msgid, "u@y.example", relay=True),
                       envelope(msgid, "v@y.example", relay=True))
         await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[e.evpid for e in envs])), [])  # type: ignore[arg-type]
-        await until(lambda: len(h.scheduler.of(m.SchedResult)) == 2, "two results")
+        await until(lambda: len(results(h)) == 2, "two results")
         [batch] = h.pony.of(m.DeliverBatch)
         assert batch.envelopes == envs
         # in any order: the outcomes of a batch run side by side
         order = [e.evpid for e in envs]
-        assert sorted(h.scheduler.of(m.SchedResult), key=lambda r: order.index(r.evpid)) == [
+        assert sorted(results(h), key=lambda r: order.index(r.evpid)) == [
             m.SchedResult(evpid=envs[0].evpid, status="ok", route="out:y.example"),
             m.SchedResult(evpid=envs[1].evpid, status="tempfail", retry=1)]
         assert h.q.spool.load_envelope(envs[1].evpid).errorline == "451 4.7.1 Greylisted"
@@ -316,8 +327,8 @@ def test_messages_of_one_route_go_in_one_batch_with_a_descriptor_each(
             envs += [env for _, got in h.q.spool.walk() for env in got
                      if env.msgid == msgid]
         await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[e.evpid for e in envs])), [])  # type: ignore[arg-type]
-        await until(lambda: len(h.scheduler.of(m.SchedResult)) == 6, "six results")
-        assert {r.status for r in h.scheduler.of(m.SchedResult)} == {"ok"}
+        await until(lambda: len(results(h)) == 6, "six results")
+        assert {r.status for r in results(h)} == {"ok"}
         by_msg = {e.evpid: e.msgid for e in envs}
         batches = sorted(([by_msg[x] for x in evpids], files) for evpids, files in seen)
         # y.example: at most three messages a batch, each message's envelopes
@@ -343,7 +354,7 @@ def test_an_expired_envelope_bounces_with_its_last_error(
         # the expiry is reported once the envelope is removed (the queue's
         # reaper, a worker thread): after the bounce, not with it
         await until(lambda: m.SchedResult(evpid=env.evpid, status="expired") in
-                    h.scheduler.of(m.SchedResult), "the expiry reported")
+                    results(h), "the expiry reported")
         assert h.parent.got == []  # not tried again
         dsn = h.q.spool.load_envelope(h.scheduler.of(m.SchedInsert)[-1].envelopes[0].evpid)
         fd = h.q.spool.open_message(dsn.msgid)
@@ -449,5 +460,91 @@ def test_a_commit_batch_reaches_the_scheduler_in_one_insert(tmp_path: Path) -> N
         assert {e[:8] for e in evpids} == set(msgids)
         for evpid in evpids:  # on disk, committed, before the scheduler heard of it
             assert os.path.exists(h.q.spool.envelope_path(evpid))
+
+    serve(tmp_path, body)
+
+
+def test_the_outcomes_of_a_relay_batch_reach_the_scheduler_in_one_message(
+        tmp_path: Path) -> None:
+    def pony(msg: Any, fds: list[int]) -> m.DeliveryResults:
+        return m.DeliveryResults(results=[
+            m.DeliveryResult(evpid=e.evpid, status="ok", text="250 2.0.0 Ok")
+            for e in msg.envelopes])
+
+    async def body(h: Harness) -> None:
+        envs: list[Envelope] = []
+        for i in range(3):
+            msgid = f"0000cd{i:02x}"
+            envs += queued(h, envelope(msgid, f"u{i}@y.example", relay=True))
+        await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[e.evpid for e in envs])), [])  # type: ignore[arg-type]
+        await until(lambda: len(results(h)) == 3, "three results")
+        assert h.scheduler.of(m.SchedResult) == []
+        [one] = h.scheduler.of(m.SchedResults)
+        assert sorted(r.evpid for r in one.results) == sorted(e.evpid for e in envs)
+        assert {(r.status, r.route) for r in one.results} == {("ok", "out:y.example")}
+
+    serve(tmp_path, body, answers={"pony": pony})
+
+
+def test_a_committed_envelope_is_handed_out_as_the_spool_holds_it_without_reading_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    batches: list[m.DeliverBatch] = []
+
+    def pony(msg: Any, fds: list[int]) -> m.DeliveryResults:
+        batches.append(msg)
+        return m.DeliveryResults(results=[
+            m.DeliveryResult(evpid=e.evpid, status="tempfail", text="451 4.7.1 Later")
+            for e in msg.envelopes])
+
+    async def body(h: Harness) -> None:
+        created, fds = await h.q.handle(FakeChan(), wire(m.MessageCreate()), [])  # type: ignore[arg-type]
+        os.write(fds[0], BODY)
+        os.close(fds[0])
+        drafts = [dataclasses.replace(envelope("00000000", r, relay=True, dsn_notify=("SUCCESS",)),
+                                      evpid="") for r in ("u@y.example", "v@y.example")]
+        await h.q.handle(FakeChan(), wire(m.MessageCommit(  # type: ignore[arg-type]
+            msgid=created.msgid, envelopes=drafts)), [])
+        [ins] = h.scheduler.of(m.SchedInsert)
+        evpids = [e.evpid for e in ins.envelopes]
+        on_disk = [h.q.spool.load_envelope(x) for x in evpids]
+        reads: list[str] = []
+        real = h.q.spool.load_envelope
+
+        def counted(evpid: str) -> Envelope:
+            reads.append(evpid)
+            return real(evpid)
+
+        monkeypatch.setattr(h.q.spool, "load_envelope", counted)
+        await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=evpids)), [])  # type: ignore[arg-type]
+        await until(lambda: len(results(h)) == 2, "two results")
+        assert reads == []  # the first dispatch reads no envelope file
+        assert batches[0].envelopes == on_disk  # the same envelopes as from the spool
+        assert h.q._fresh_envs == {}
+        # the retry is read back: what the spool holds now (retry 1, its error)
+        await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=evpids[:1])), [])  # type: ignore[arg-type]
+        await until(lambda: len(results(h)) == 3, "the retry's result")
+        assert reads == evpids[:1]
+        assert batches[1].envelopes[0].retry == 1
+        assert batches[1].envelopes[0].errorline == "451 4.7.1 Later"
+
+    serve(tmp_path, body, answers={"pony": pony})
+
+
+def test_the_envelopes_kept_for_their_first_dispatch_are_bounded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mailrider.proc.queue as qmod
+
+    monkeypatch.setattr(qmod, "FRESH_ENVELOPES_MAX", 3)
+
+    async def body(h: Harness) -> None:
+        for _ in range(5):
+            created, fds = await h.q.handle(FakeChan(), wire(m.MessageCreate()), [])  # type: ignore[arg-type]
+            os.write(fds[0], BODY)
+            os.close(fds[0])
+            await h.q.handle(FakeChan(), wire(m.MessageCommit(  # type: ignore[arg-type]
+                msgid=created.msgid, envelopes=[dataclasses.replace(
+                    envelope("00000000", "u@y.example", relay=True), evpid="")])), [])
+        inserted = [e.evpid for ins in h.scheduler.of(m.SchedInsert) for e in ins.envelopes]
+        assert list(h.q._fresh_envs) == inserted[-3:]  # the newest three
 
     serve(tmp_path, body)

@@ -8,6 +8,7 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from fakepeer import FakePeer, until, wire
 from mailrider import limits
 from mailrider.config.model import Config
@@ -295,3 +296,57 @@ def test_scheduler_pass_respects_max_schedule_and_messages() -> None:
             assert len(b) <= 3 and len({e[:8] for e in b}) == 1
 
     asyncio.run(scenario())
+
+
+def test_the_results_of_a_batch_arrive_in_one_message_and_release_the_route() -> None:
+    # SchedResults (docs/performance.md §7): each result as a SchedResult alone
+    async def scenario(s: Scheduler, q: FakeQueue) -> None:
+        now = time.time()
+        ids = ["1" * 16, "2" * 16, "3" * 16, "4" * 16]
+        for evpid in ids:
+            s.insert(m.SchedEntry(evpid=evpid, type="mta", ctime=int(now), route="out:x"), now)
+        await asyncio.sleep(0.1)
+        assert sorted(q.due) == ids
+        q.due.clear()
+        await s.handle(_Chan(), wire(m.SchedResults(results=[  # type: ignore[arg-type]
+            m.SchedResult(evpid=ids[1], status="tempfail", retry=1),
+            m.SchedResult(evpid=ids[2], status="tempfail", retry=1),
+            m.SchedResult(evpid=ids[3], status="permfail")])), [])
+        assert set(s.entries) == set(ids[:3]) and s.inflight == 1
+        assert s.retried == {"out:x": {ids[1], ids[2]}}
+        await asyncio.sleep(0.1)
+        assert q.due == []  # 400 s away
+        # the success releases the two waiting on the route, and forgets itself
+        await s.handle(_Chan(), wire(m.SchedResults(results=[  # type: ignore[arg-type]
+            m.SchedResult(evpid=ids[0], status="ok", route="out:x")])), [])
+        await asyncio.sleep(0.1)
+        assert sorted(q.due) == ids[1:3]
+        for evpid in ids[1:3]:
+            s.result(m.SchedResult(evpid=evpid, status="ok", route="out:x"))
+        assert s.entries == {} and s.retried == {} and s.inflight == 0
+
+    run_with_queue(scenario)
+
+
+def test_removed_envelopes_leave_the_route_index() -> None:
+    async def scenario(s: Scheduler, q: FakeQueue) -> None:
+        now = time.time()
+        s.insert(m.SchedEntry(evpid="5" * 16, type="mta", ctime=int(now), retry=2,
+                              route="out:z"), now)
+        assert s.retried == {"out:z": {"5" * 16}}
+        reply = s.command(m.Control(command="remove", args=["5" * 16]))
+        assert reply is not None and reply.data == {"evpids": ["5" * 16]}
+        assert s.entries == {} and s.retried == {}
+
+    run_with_queue(scenario)
+
+
+def test_a_malformed_result_is_refused_by_the_codec() -> None:
+    for bad in ({"evpid": "nothex", "status": "ok"},
+                {"evpid": "1" * 16, "status": "delivered"},
+                {"evpid": "1" * 16, "status": "tempfail", "retry": -1},
+                {"evpid": "1" * 16, "status": "tempfail", "retry": "1"}):
+        with pytest.raises((ValueError, TypeError)):
+            m.decode({"t": "SchedResults", "results": [bad]})
+    ok = m.decode({"t": "SchedResults", "results": [{"evpid": "1" * 16, "status": "ok"}]})
+    assert ok == m.SchedResults(results=[m.SchedResult(evpid="1" * 16, status="ok")])

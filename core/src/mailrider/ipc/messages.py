@@ -321,6 +321,27 @@ class SchedResult:
     #: when set with status "ok": retry at once the waiting envelopes of this route
     route: str = ""
 
+    def __post_init__(self) -> None:
+        if not envmod.is_evpid(self.evpid):
+            raise ValueError("invalid envelope id")
+        if self.status not in SCHED_STATUSES or type(self.retry) is not int or \
+                self.retry < 0 or not isinstance(self.route, str):
+            raise ValueError("malformed scheduler result")
+
+
+#: what an attempt can come to (SchedResult.status)
+SCHED_STATUSES = frozenset({"ok", "tempfail", "permfail", "expired", "removed"})
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class SchedResults:
+    """queue -> scheduler: the outcomes of one delivery batch in one message,
+    so that the scheduler wakes once per batch rather than once per envelope
+    (docs/performance.md §7)."""
+
+    results: list[SchedResult] = field(metadata=_codec(_records(SchedResult)))
+
 
 @register
 @dataclass(frozen=True, slots=True)

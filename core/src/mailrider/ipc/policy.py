@@ -55,7 +55,7 @@ ACCEPTS: dict[tuple[str, str], frozenset[str]] = {
     ("queue", "lka"): frozenset({"RcptResult"}),
     ("queue", "parent"): frozenset({"DeliveryResult", "DeliveryResults", "QueueKey"}),
     ("queue", "control"): frozenset({"Control"}),
-    ("scheduler", "queue"): frozenset({"SchedInsert", "SchedResult"}),
+    ("scheduler", "queue"): frozenset({"SchedInsert", "SchedResult", "SchedResults"}),
     ("scheduler", "control"): frozenset({"Control"}),
     ("scheduler", "parent"): frozenset(),
     ("control", "lka"): _CONTROL_REPLY,

@@ -989,7 +989,9 @@ class Mta:
         size = os.fstat(fd).st_size
         ret = first.dsn_ret.upper()
         smtputf8 = not (sender.isascii() and all(r.isascii() for r, _ in rcpts))
-        body_8bit = not _is_ascii(fd, size)
+        # the first chunk is read once: checked for 8-bit bytes here, sent below
+        lead = os.pread(fd, min(_BODY_CHUNK, size), 0) if size else b""
+        body_8bit = not (lead.isascii() and _is_ascii(fd, size, len(lead)))
         done: dict[str, tuple[str, str]] = {}  # dest -> (status, text)
         started = False
         msgid = msgid_of(first.evpid)
@@ -1022,13 +1024,18 @@ class Mta:
                     if head:
                         conn.client.send_body(head)
                     offset = 0
+                    chunk = lead
                     while offset < size:
-                        chunk = os.pread(fd, min(_BODY_CHUNK, size - offset), offset)
+                        if offset:
+                            chunk = os.pread(fd, min(_BODY_CHUNK, size - offset), offset)
                         if not chunk:
                             break
                         offset += len(chunk)
                         conn.client.send_body(chunk)
-                        await conn.flush()
+                        if offset < size:  # the last chunk leaves with the end
+                            await conn.flush()
+                    # one write for the (last) body chunk and its end: a
+                    # message that fits a chunk costs one send, not two
                     conn.client.end_body()
                     await conn.flush()
                 elif isinstance(ev, sc.TransactionResult):
@@ -1163,8 +1170,8 @@ def _as_temp(text: str) -> str:
     return text
 
 
-def _is_ascii(fd: int, size: int) -> bool:
-    offset = 0
+def _is_ascii(fd: int, size: int, offset: int = 0) -> bool:
+    """Are the file's bytes from ``offset`` to ``size`` all ASCII?"""
     while offset < size:
         chunk = os.pread(fd, min(_BODY_CHUNK, size - offset), offset)
         if not chunk:

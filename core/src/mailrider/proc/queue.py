@@ -37,6 +37,9 @@ COMMIT_GATHER_MIN = 8
 COMMIT_GATHER_DELAY = 0.001
 #: envelopes per SchedInsert sent to the scheduler (a commit batch's, the recovery's)
 SCHED_INSERT_MAX = 1000
+#: committed envelopes kept in memory until their first dispatch, at most
+#: (the oldest go first: those are read back from the spool when due)
+FRESH_ENVELOPES_MAX = 512
 
 
 class Queue(common.Process):
@@ -86,6 +89,10 @@ class Queue(common.Process):
         #: spool files asked for (MessageCreate): the creator's next batch
         self._creates: list[tuple[str, asyncio.Future[tuple[str, int]]]] = []
         self._create_wake = asyncio.Event()
+        #: envelopes just committed, by id, until the scheduler hands them out:
+        #: most are due at once, and reading back what was written a moment
+        #: ago (open, read, parse) was a cost per envelope on the event loop
+        self._fresh_envs: dict[str, Envelope] = {}
 
     async def run(self) -> None:
         # after the privilege drop: the spool belongs to the queue user
@@ -188,6 +195,13 @@ class Queue(common.Process):
             # the scheduler hears of the whole batch in one message (one wakeup)
             entries = [m.SchedEntry.of(e) for item in items if item.error is None
                        for e in item.envelopes]
+            fresh = self._fresh_envs
+            for item in items:
+                if item.error is None:
+                    for e in item.envelopes:
+                        fresh[e.evpid] = e
+            while len(fresh) > FRESH_ENVELOPES_MAX:
+                del fresh[next(iter(fresh))]
             for i in range(0, len(entries), SCHED_INSERT_MAX):
                 self.peers["scheduler"].notify(
                     m.SchedInsert(envelopes=entries[i:i + SCHED_INSERT_MAX]))
@@ -366,7 +380,7 @@ class Queue(common.Process):
                         evpid=env.evpid, status="tempfail",
                         text="451 4.3.0 No result for this envelope")
                     outcomes.append(self._outcome(env, res, fd))
-            await asyncio.gather(*outcomes)
+            self._tell_scheduler(list(await asyncio.gather(*outcomes)))
         finally:
             for _, fd in opened:
                 self._close_later(fd)
@@ -401,16 +415,21 @@ class Queue(common.Process):
                        for e in batch]
             by_evpid = {r.evpid: r for r in got}
             # side by side: the reaper removes the delivered ones in one batch
-            await asyncio.gather(*(self._outcome(env, by_evpid.get(env.evpid) or m.DeliveryResult(
-                evpid=env.evpid, status="tempfail", text="451 4.3.0 No result for this envelope"),
-                fds[env.msgid]) for env in batch))
+            self._tell_scheduler(list(await asyncio.gather(*(self._outcome(
+                env, by_evpid.get(env.evpid) or m.DeliveryResult(
+                    evpid=env.evpid, status="tempfail",
+                    text="451 4.3.0 No result for this envelope"),
+                fds[env.msgid]) for env in batch))))
         finally:
             for fd in fds.values():
                 self._close_later(fd)
 
     # removal runs in a thread (the reaper): an unlink waits on the journal
     # while a commit syncs, which must not stall the event loop (and commits)
-    async def _outcome(self, env: Envelope, res: m.DeliveryResult, fd: int) -> None:
+    async def _outcome(self, env: Envelope, res: m.DeliveryResult, fd: int) -> m.SchedResult:
+        """Record one outcome (removal, bounce, or the retry written back) and
+        return what the scheduler is to hear: the caller sends the results of
+        its whole batch in one :class:`~mailrider.ipc.messages.SchedResults`."""
         evpid, relay = env.evpid, res.relay
         delay = int(time.time()) - env.ctime
         log_delivery(env, res.status, res.text, relay, delay, res.session)
@@ -423,29 +442,34 @@ class Queue(common.Process):
             await self._remove(evpid)
             self.count("scheduler.delivery.ok")
             self.count("queue.envelope.dequeued")
-            self.peers["scheduler"].notify(m.SchedResult(
-                evpid=evpid, status="ok", route=env.route))
-        elif res.status == "permfail":
+            return m.SchedResult(evpid=evpid, status="ok", route=env.route)
+        if res.status == "permfail":
             await self._bounce(env, res.text, fd, relay)
             await self._remove(evpid)
             self.count("scheduler.delivery.permfail")
             self.count("queue.envelope.dequeued")
-            self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="permfail"))
-        else:
-            retry = env.retry + 1
-            env = dataclasses.replace(
-                env, retry=retry, last_try=int(time.time()),
-                errorline=res.text[:300].replace("\n", " ").replace("\r", " "))
-            env = self._maybe_warn(env, res.text, fd, relay, retry)
-            try:
-                self.spool.update_envelope(env)
-            except OSError as exc:
-                log.error("queue", "update-failed", evpid=evpid, error=exc.strerror)
-            self.count("scheduler.delivery.tempfail")
+            return m.SchedResult(evpid=evpid, status="permfail")
+        retry = env.retry + 1
+        env = dataclasses.replace(
+            env, retry=retry, last_try=int(time.time()),
+            errorline=res.text[:300].replace("\n", " ").replace("\r", " "))
+        env = self._maybe_warn(env, res.text, fd, relay, retry)
+        try:
+            self.spool.update_envelope(env)
+        except OSError as exc:
+            log.error("queue", "update-failed", evpid=evpid, error=exc.strerror)
+        self.count("scheduler.delivery.tempfail")
+        return m.SchedResult(evpid=evpid, status="tempfail", retry=retry)
+
+    def _tell_scheduler(self, results: list[m.SchedResult]) -> None:
+        """The outcomes of one batch, in one message: one wakeup of the
+        scheduler per batch instead of one per envelope."""
+        for i in range(0, len(results), SCHED_INSERT_MAX):
             self.peers["scheduler"].notify(
-                m.SchedResult(evpid=evpid, status="tempfail", retry=retry))
+                m.SchedResults(results=results[i:i + SCHED_INSERT_MAX]))
 
     async def expire(self, evpid: str) -> None:
+        self._fresh_envs.pop(evpid, None)
         try:
             env = self.spool.load_envelope(evpid)
             fd = self.spool.open_message(evpid[:8])
@@ -618,9 +642,12 @@ class Queue(common.Process):
         and the messages of a route share pony's sessions."""
         routes: dict[str, dict[str, list[Envelope]]] = {}
         local: list[Envelope] = []
+        fresh = self._fresh_envs
         for evpid in evpids:
             try:
-                env = self.spool.load_envelope(evpid)
+                # as committed, when it is due for the first time (what the
+                # spool holds until this attempt's outcome is written)
+                env = fresh.pop(evpid, None) or self.spool.load_envelope(evpid)
             except (OSError, ValueError) as exc:
                 log.error("queue", "load-failed", evpid=evpid, error=plain_reason(exc))
                 self.peers["scheduler"].notify(m.SchedResult(evpid=evpid, status="removed"))
@@ -660,6 +687,7 @@ class Queue(common.Process):
                 log_queue(self.spool.load_envelope(evpid), "Remove", "Removed by administrator")
             except (OSError, ValueError):
                 pass
+            self._fresh_envs.pop(evpid, None)
             self.spool.remove_envelope(evpid)
             self.count("queue.envelope.removed")
             self.count("queue.envelope.dequeued")

@@ -80,6 +80,11 @@ class Scheduler(common.Process):
         self.inflight_peak = 0
         #: (type, result) -> queueing-to-outcome latency (metrics.py)
         self.latency: dict[tuple[str, str], metrics.Histogram] = {}
+        #: route -> the envelopes of that route that have been tried before
+        #: (``retry`` > 0): what a success on the route may release. Scanning
+        #: every entry for each success cost a pass over the whole queue per
+        #: relayed message (docs/performance.md §7).
+        self.retried: dict[str, set[str]] = {}
 
     def _push(self, e: Entry) -> None:
         e.generation += 1
@@ -96,8 +101,27 @@ class Scheduler(common.Process):
             e.due = next_attempt(e.ctime, e.retry, self._base(e), now)
         else:
             e.due = now
+        old = self.entries.get(e.evpid)
+        if old is not None:
+            self._unindex(old)
         self.entries[e.evpid] = e
+        self._index(e)
         self._push(e)
+
+    def _index(self, e: Entry) -> None:
+        if e.retry and e.route:
+            self.retried.setdefault(e.route, set()).add(e.evpid)
+
+    def _unindex(self, e: Entry) -> None:
+        ids = self.retried.get(e.route)
+        if ids is not None:
+            ids.discard(e.evpid)
+            if not ids:
+                del self.retried[e.route]
+
+    def _forget(self, e: Entry) -> None:
+        del self.entries[e.evpid]
+        self._unindex(e)
 
     @staticmethod
     def _base(e: Entry) -> int:
@@ -168,7 +192,7 @@ class Scheduler(common.Process):
             e.inflight = False
             self.inflight -= 1
         if msg.status != "tempfail":
-            del self.entries[msg.evpid]
+            self._forget(e)
             if msg.status in metrics.RESULTS and e.type in metrics.TYPES:
                 key = (e.type, msg.status)
                 self.latency.setdefault(key, metrics.Histogram()).observe(time.time() - e.since)
@@ -178,6 +202,7 @@ class Scheduler(common.Process):
             return
         now = time.time()
         e.retry = msg.retry
+        self._index(e)
         nxt = next_attempt(e.ctime, e.retry, self._base(e), now)
         e.due = min(nxt, e.ctime + e.ttl)
         log.debug("scheduler", "retry", evpid=e.evpid, retry=e.retry, due=int(e.due))
@@ -188,10 +213,13 @@ class Scheduler(common.Process):
         for it (OpenSMTPD releases a route's held envelopes on success), at
         most ``mta max-deferred`` of them, oldest first (OpenSMTPD's hoststat
         cache keeps that many per host); the others keep their retry time."""
+        ids = self.retried.get(route)
+        if not ids:
+            return
         now = time.time()
-        waiting = [e for e in self.entries.values()
-                   if e.route == route and e.retry and not e.inflight and not e.suspended
-                   and e.due > now]
+        waiting = [e for e in map(self.entries.get, ids)
+                   if e is not None and e.route == route and e.retry and not e.inflight
+                   and not e.suspended and e.due > now]
         waiting.sort(key=lambda e: (e.ctime, e.evpid))
         n = 0
         for e in waiting[:max(0, self.config.mta_max_deferred)]:
@@ -268,7 +296,7 @@ class Scheduler(common.Process):
         if cmd == "remove":
             chosen = [e for e in select() if not e.inflight]
             for e in chosen:
-                del self.entries[e.evpid]
+                self._forget(e)
             return m.ControlReply(data={"evpids": [e.evpid for e in chosen]})
         if cmd in ("pause-envelope", "resume-envelope"):
             n = 0
@@ -318,6 +346,10 @@ class Scheduler(common.Process):
             return m.Ok(text=str(added))
         if isinstance(msg, m.SchedResult):
             self.result(msg)
+            return None
+        if isinstance(msg, m.SchedResults):
+            for one in msg.results:
+                self.result(one)
             return None
         if isinstance(msg, m.Control):
             return await self.control(msg)

@@ -399,7 +399,7 @@ class Spool:
             except OSError:
                 continue  # its envelopes are gone; a later start removes the folder
             if not rest:
-                shutil.rmtree(mdir, ignore_errors=True)
+                _remove_message_dir(mdir)
         return errors
 
     def open_message(self, msgid: str) -> int:
@@ -496,3 +496,22 @@ def _spool_error(exc: OSError) -> TempFail:
     if exc.errno == errno.EROFS:
         return TempFail("Queue is read-only", 451, "4.3.0")
     return TempFail(f"Temporary failure in queue ({exc.strerror})", 451, "4.3.0")
+
+
+def _remove_message_dir(mdir: str) -> None:
+    """A message folder left with its body only: two calls (unlink, rmdir)
+    where ``shutil.rmtree`` makes seven or more; anything unexpected still
+    there goes with ``rmtree``."""
+    try:
+        os.unlink(os.path.join(mdir, "message"))
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(mdir, ignore_errors=True)
+        return
+    try:
+        os.rmdir(mdir)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(mdir, ignore_errors=True)
