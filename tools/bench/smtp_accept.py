@@ -346,7 +346,8 @@ def bench_mailrider(load: Load, messages: int, size: int, *, e2e: bool, profile_
         res.accept = rate(messages, dt)
         after = stats(d)
         res.stats = {k: after.get(k, 0) - before.get(k, 0)
-                     for k in ("queue.commit.batches", "queue.commit.messages")}
+                     for k in ("queue.commit.batches", "queue.commit.messages",
+                               "smtp.spool.ready", "smtp.spool.asked")}
         base = count_files(box)
         dstats0 = stats(d)
         snap0 = procstat.cpu_snapshot(d.proc.pid)

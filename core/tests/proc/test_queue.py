@@ -154,6 +154,32 @@ def test_a_local_delivery_that_succeeds_is_removed(tmp_path: Path) -> None:
     serve(tmp_path, body, answers={"parent": _parent("ok", "Delivered")})
 
 
+async def _commit(h: Harness, *rcpts: str) -> list[str]:
+    """Create and commit a message from pony's side; its evpids."""
+    created, fds = await h.q.handle(FakeChan(), wire(m.MessageCreate()), [])  # type: ignore[arg-type]
+    os.write(fds[0], BODY)
+    os.close(fds[0])
+    drafts = [dataclasses.replace(envelope("00000000", r), evpid="") for r in rcpts]
+    await h.q.handle(FakeChan(), wire(m.MessageCommit(msgid=created.msgid,  # type: ignore[arg-type]
+                                                      envelopes=drafts)), [])
+    return [e.evpid for e in h.scheduler.of(m.SchedInsert)[-1].envelopes]
+
+
+def test_a_kept_envelope_removed_by_hand_is_forgotten(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        [evpid] = await _commit(h, "u@x.example")
+        before = h.q.spool.load_envelope(evpid)
+        assert h.q._fresh_envs[evpid] == before
+        await h.q.handle(FakeChan(), wire(m.Control(command="remove", args=[evpid])), [])  # type: ignore[arg-type]
+        assert evpid not in h.q._fresh_envs
+        await h.q.handle(FakeChan(), wire(m.SchedDue(evpids=[evpid])), [])  # type: ignore[arg-type]
+        await until(lambda: h.scheduler.of(m.SchedResult), "a result")
+        assert h.scheduler.of(m.SchedResult) == [m.SchedResult(evpid=evpid, status="removed")]
+        assert h.parent.of(m.ForkDeliveries) == []
+
+    serve(tmp_path, body, answers={"parent": _parent("ok", "Delivered")})
+
+
 def test_local_envelopes_due_together_go_to_the_parent_in_one_request(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         envs = queued(h, envelope("0000abcd", "u@x.example"), envelope("0000abcd", "v@x.example"))

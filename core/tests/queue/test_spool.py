@@ -81,6 +81,37 @@ def test_remove_last_envelope_removes_message(tmp_path: os.PathLike[str]) -> Non
     assert not os.path.exists(sp.msgdir(msgid))
 
 
+def test_a_bucket_removed_by_hand_is_made_again(tmp_path: os.PathLike[str]) -> None:
+    # the queue/<HH> folders are made once and remembered: one removed while
+    # the queue runs does not make the next commit into it fail
+    sp = Spool(str(tmp_path))
+    sp.setup()
+    first, fd = sp.create()
+    os.close(fd)
+    sp.commit_batch([PendingCommit(first, [e := _env(first, "a@x.example")])])
+    sp.remove_envelopes([e.evpid])
+    bucket = os.path.dirname(sp.msgdir(first))
+    os.rmdir(bucket)
+    again, fd = sp.create(first[:2] + "000001")
+    os.close(fd)
+    item = PendingCommit(again, [_env(again, "a@x.example")])
+    sp.commit_batch([item])
+    assert item.error is None
+    assert [mid for mid, _ in sp.walk()] == [again]
+
+
+def test_a_message_folder_goes_even_without_its_message(tmp_path: os.PathLike[str]) -> None:
+    sp = Spool(str(tmp_path))
+    sp.setup()
+    msgid, fd = sp.create()
+    os.close(fd)
+    e = _env(msgid, "a@x.example")
+    sp.commit_batch([PendingCommit(msgid, [e])])
+    os.unlink(sp.message_path(msgid))
+    assert sp.remove_envelopes([e.evpid]) == [None]
+    assert not os.path.exists(sp.msgdir(msgid))
+
+
 def test_remove_envelopes_in_one_batch(tmp_path: os.PathLike[str]) -> None:
     # the queue's reaper removes what finished together in one call: each
     # message folder goes with its last envelope, a partly done one stays
