@@ -40,7 +40,6 @@ SCHED_INSERT_MAX = 1000
 #: committed envelopes kept in memory until their first dispatch, at most
 #: (the oldest go first: those are read back from the spool when due)
 FRESH_ENVELOPES_MAX = 512
-INLINE = os.environ.get("MAILRIDER_QUEUE_INLINE") == "1"
 
 
 class Queue(common.Process):
@@ -189,10 +188,7 @@ class Queue(common.Process):
             items = [b[0] for b in batch]
             started = time.perf_counter()
             try:
-                if INLINE:
-                    await asyncio.to_thread(self.spool.sync_batch, self.spool.stage_batch(items))
-                else:
-                    await asyncio.to_thread(self.spool.commit_batch, items)
+                await asyncio.to_thread(self.spool.commit_batch, items)
             except Exception as exc:  # never leave a session hanging
                 for item in items:
                     item.error = item.error or TempFail(f"commit failed: {exc}")
@@ -269,11 +265,8 @@ class Queue(common.Process):
             batch, self._creates = self._creates, []
             results: list[tuple[str, int] | TempFail]
             try:
-                if INLINE:
-                    results = self.spool.create_many([w for w, _ in batch])
-                else:
-                    results = await asyncio.to_thread(self.spool.create_many,
-                                                      [w for w, _ in batch])
+                results = await asyncio.to_thread(self.spool.create_many,
+                                                  [w for w, _ in batch])
             except Exception as exc:  # never leave a session waiting
                 results = [TempFail(f"cannot create a message: {exc}")] * len(batch)
             for (_, fut), res in zip(batch, results, strict=True):
@@ -317,11 +310,7 @@ class Queue(common.Process):
             removals, self._removals = self._removals, []
             closes, self._closes = self._closes, []
             try:
-                if INLINE:
-                    errors = self._reap([e for e, _ in removals], closes)
-                else:
-                    errors = await asyncio.to_thread(self._reap, [e for e, _ in removals],
-                                                     closes)
+                errors = await asyncio.to_thread(self._reap, [e for e, _ in removals], closes)
             except Exception as exc:  # never leave a delivery waiting
                 errors = [exc] * len(removals)
             for (_, fut), err in zip(removals, errors, strict=True):

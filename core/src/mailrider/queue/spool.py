@@ -249,11 +249,6 @@ class Spool:
         checks them (:meth:`walk` with ``verify``): such a message was never
         acknowledged and is set aside, never delivered corrupted.
         """
-        self.sync_batch(self.stage_batch(batch))
-
-    def stage_batch(self, batch: list[PendingCommit]) -> list[PendingCommit]:
-        """The first half of :meth:`commit_batch`: stage and rename each
-        message; returns those that made it (failures are set per item)."""
         done: list[PendingCommit] = []
         for item in batch:
             try:
@@ -272,10 +267,6 @@ class Spool:
             except OSError as exc:
                 item.error = _spool_error(exc)
                 self.rollback(item.msgid)
-        return done
-
-    def sync_batch(self, done: list[PendingCommit]) -> None:
-        """The second half of :meth:`commit_batch`: one sync for the staged."""
         if not done:
             return
         try:
