@@ -233,7 +233,7 @@ def test_a_gate_bounds_the_requests_handled_at_once() -> None:
                     assert isinstance(reply, RemoteError) and "451 4.3.0" in str(reply)
                 else:
                     assert isinstance(reply, m.Ok) and reply.text == f"{k}-{i}"
-        assert most == 5 and (gate.running, gate.waiting, gate.waited_max) == (0, 0, 195)
+        assert most == 5 and (gate.running, gate.waiting, gate.waiting_peak) == (0, 0, 195)
         for k in range(2):
             mine = [x for x in order if x.startswith(f"{k}-")]
             assert mine == [f"{k}-{i}" for i in range(100)]

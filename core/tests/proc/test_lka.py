@@ -232,7 +232,7 @@ def test_a_burst_of_recipients_is_expanded_a_bounded_number_at_a_time(tmp_path: 
             assert all(r.accepted and [d.rcpt for d in r.deliveries] == [f"alice+{i}@x.example"]
                        for i, r in enumerate(got))
             assert most == limits.LKA_RCPT_CONCURRENCY and open_now == 0
-            assert lka.stats()["lka.rcpt.waiting.max"] == 300 - limits.LKA_RCPT_CONCURRENCY
+            assert lka.stats()["lka.rcpt.waiting.peak"] == 300 - limits.LKA_RCPT_CONCURRENCY
             pony.close()
         finally:
             for chan in lka.peers.values():

@@ -82,7 +82,7 @@ class Gate:
         #: requests being handled now
         self.running = 0
         #: the most that waited at once (show stats)
-        self.waited_max = 0
+        self.waiting_peak = 0
         self._waiting: collections.deque[tuple[Channel, int, Any, list[int]]] = \
             collections.deque()
 
@@ -99,8 +99,8 @@ class Gate:
             self._start(chan, reqid, obj, fds)
             return
         self._waiting.append((chan, reqid, obj, fds))
-        if len(self._waiting) > self.waited_max:
-            self.waited_max = len(self._waiting)
+        if len(self._waiting) > self.waiting_peak:
+            self.waiting_peak = len(self._waiting)
 
     def _start(self, chan: Channel, reqid: int, obj: Any, fds: list[int]) -> None:
         self.running += 1

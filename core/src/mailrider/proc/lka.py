@@ -96,7 +96,7 @@ class Lka(common.Process):
 
     def stats(self) -> dict[str, int]:
         out = super().stats()
-        out["lka.rcpt.waiting.max"] = self.rcpt_gate.waited_max
+        out["lka.rcpt.waiting.peak"] = self.rcpt_gate.waiting_peak
         return out
 
     async def run(self) -> None:
