@@ -318,6 +318,10 @@ USER_CACHE_MAX = 1024
 #: none) this many seconds, for at most this many users (proc/lka.py)
 FORWARD_CACHE_TTL = 2.0
 FORWARD_CACHE_MAX = 1024
+#: recipient checks (RCPT) lka expands at once; the others wait as their
+#: decoded requests, in order (ipc.channel.Gate; docs/performance.md §1). Well
+#: above what a table backend serves at once (table.sdk: 8 threads)
+LKA_RCPT_CONCURRENCY = 64
 
 # Worker threads that check password hashes (lka for tables, the parent for
 # system users), off the event loop, and the checks that may wait for one

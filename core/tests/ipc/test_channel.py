@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from mailrider.errors import TempFail
 from mailrider.ipc import messages as m
-from mailrider.ipc.channel import Channel, ChannelClosed, RemoteError
+from mailrider.ipc.channel import Channel, ChannelClosed, Gate, RemoteError
 
 
 def run(coro: Any) -> Any:
@@ -184,6 +184,104 @@ def test_frames_of_one_turn_share_sends_and_keep_their_descriptors() -> None:
         cb.close()
 
     run(main())
+
+
+def test_a_gate_bounds_the_requests_handled_at_once() -> None:
+    """200 gated requests over two channels, all waiting on one answer: never more
+    than the gate's limit in the handler, each answered (or failed) as without a
+    gate, in arrival order per channel; requests of other types pass beside them."""
+    async def main() -> None:
+        release = asyncio.Event()
+        inside = 0
+        most = 0
+        order: list[str] = []
+
+        async def handler(chan: Channel, msg: Any, fds: list[int]) -> Any:
+            nonlocal inside, most
+            if isinstance(msg, m.MessageCreate):  # not gated
+                return m.Ok(text="fast")
+            inside += 1
+            most = max(most, inside)
+            order.append(msg.msgid)
+            try:
+                await release.wait()
+                if msg.msgid.endswith("7"):
+                    raise TempFail("table down", 451, "4.3.0")
+                return m.Ok(text=msg.msgid)
+            finally:
+                inside -= 1
+
+        gate = Gate(5, (m.MessageRollback,))
+        pairs = [await _pair(handler) for _ in range(2)]
+        for _, cb in pairs:
+            cb.gate = gate
+        calls = [asyncio.ensure_future(ca.ask(m.MessageRollback(msgid=f"{k}-{i}")))
+                 for i in range(100) for k, (ca, _) in enumerate(pairs)]
+        for _ in range(50):
+            await asyncio.sleep(0.002)
+            if gate.waiting == 195:
+                break
+        assert (gate.running, gate.waiting, most) == (5, 195, 5)
+        # a request of another type is not held behind them
+        assert (await pairs[0][0].ask(m.MessageCreate())).text == "fast"
+        release.set()
+        got = await asyncio.gather(*calls, return_exceptions=True)
+        for i in range(100):
+            for k in range(2):
+                reply = got[2 * i + k]
+                if i % 10 == 7:
+                    assert isinstance(reply, RemoteError) and "451 4.3.0" in str(reply)
+                else:
+                    assert isinstance(reply, m.Ok) and reply.text == f"{k}-{i}"
+        assert most == 5 and (gate.running, gate.waiting, gate.waiting_peak) == (0, 0, 195)
+        for k in range(2):
+            mine = [x for x in order if x.startswith(f"{k}-")]
+            assert mine == [f"{k}-{i}" for i in range(100)]
+        for ca, cb in pairs:
+            ca.close()
+            cb.close()
+
+    run(main())
+
+
+def test_a_gate_drops_the_waiting_requests_of_a_closed_channel() -> None:
+    """A channel that closes while its requests wait: they are not handled (their
+    reply could not leave), and the gate goes on with another channel's."""
+    async def main() -> None:
+        release = asyncio.Event()
+        handled: list[str] = []
+
+        async def handler(chan: Channel, msg: Any, fds: list[int]) -> Any:
+            handled.append(msg.msgid)
+            await release.wait()
+            return m.Ok(text=msg.msgid)
+
+        gate = Gate(1, (m.MessageRollback,))
+        (a1, b1), (a2, b2) = await _pair(handler), await _pair(handler)
+        b1.gate = b2.gate = gate
+        first = [asyncio.ensure_future(a1.ask(m.MessageRollback(msgid=f"a{i}")))
+                 for i in range(3)]
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(a2.ask(m.MessageRollback(msgid="b0")))
+        await asyncio.sleep(0.01)
+        assert (gate.running, gate.waiting, handled) == (1, 3, ["a0"])
+        b1.close()  # a1's requests now fail as a dead peer's
+        for fut in first:
+            with pytest.raises(ChannelClosed):
+                await fut
+        release.set()
+        assert (await second).text == "b0"
+        assert handled == ["a0", "b0"] and (gate.running, gate.waiting) == (0, 0)
+        a1.close()
+        a2.close()
+        b2.close()
+
+    run(main())
+
+
+def test_a_gate_lets_at_least_one_request_through() -> None:
+    with pytest.raises(ValueError):
+        Gate(0, (m.MessageRollback,))
 
 
 class _Wrapped:

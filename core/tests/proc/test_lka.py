@@ -177,3 +177,67 @@ def test_forward_answers_are_shared_and_kept_briefly(tmp_path: Path) -> None:
             await lka.tables.close()
 
     run(main())
+
+
+def test_a_burst_of_recipients_is_expanded_a_bounded_number_at_a_time(tmp_path: Path) -> None:
+    # 300 RCPTs from pony at once, the first .forward answer slow to come: at
+    # most LKA_RCPT_CONCURRENCY expansions are open, the rest wait as their
+    # requests; each still gets its own accepted answer
+    import socket
+
+    from mailrider import limits
+    from mailrider.ipc.channel import Channel
+
+    release = asyncio.Event()
+    open_now = 0
+    most = 0
+
+    class Parent:
+        async def ask(self, msg: Any) -> Any:
+            await release.wait()
+            return m.ForwardContent(content=None)
+
+    async def main() -> None:
+        nonlocal open_now, most
+        lka = await _lka(tmp_path)
+        lka.privileged = True
+        real_forward = lka._forward
+
+        async def counting(user: str, home: str) -> str | None:
+            nonlocal open_now, most
+            open_now += 1
+            most = max(most, open_now)
+            try:
+                return await real_forward(user, home)
+            finally:
+                open_now -= 1
+
+        lka._forward = counting  # type: ignore[method-assign]
+        mine, theirs = socket.socketpair()
+        try:
+            lka.connect({"pony": theirs.detach()})
+            lka.peers["parent"] = Parent()  # type: ignore[assignment]
+            pony = Channel(mine, "lka")
+            asks = [asyncio.ensure_future(pony.ask(
+                m.RcptCheck(session=REMOTE, sender="s@far.example", rcpt=f"alice+{i}@x.example")))
+                for i in range(300)]
+            for _ in range(100):
+                await asyncio.sleep(0.005)
+                if lka.rcpt_gate.waiting == 300 - limits.LKA_RCPT_CONCURRENCY:
+                    break
+            assert most == limits.LKA_RCPT_CONCURRENCY
+            assert lka.rcpt_gate.waiting == 300 - limits.LKA_RCPT_CONCURRENCY
+            release.set()
+            got = await asyncio.gather(*asks)
+            assert all(r.accepted and [d.rcpt for d in r.deliveries] == [f"alice+{i}@x.example"]
+                       for i, r in enumerate(got))
+            assert most == limits.LKA_RCPT_CONCURRENCY and open_now == 0
+            assert lka.stats()["lka.rcpt.waiting.peak"] == 300 - limits.LKA_RCPT_CONCURRENCY
+            pony.close()
+        finally:
+            for chan in lka.peers.values():
+                if isinstance(chan, Channel):
+                    chan.close()
+            await lka.tables.close()
+
+    run(main())

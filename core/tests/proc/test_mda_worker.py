@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +25,8 @@ from mailrider.proc import mda_worker
 def worker() -> Iterator[tuple[socket.socket, subprocess.Popen[bytes]]]:
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mailrider.proc.mda_worker", "-1", "-1", "", str(theirs.fileno())],
-        pass_fds=[theirs.fileno()], stderr=subprocess.PIPE)
+        mda_worker.command(-1, -1, [], theirs.fileno()), pass_fds=[theirs.fileno()],
+        stderr=subprocess.PIPE)
     theirs.close()
     mine.settimeout(30)
     yield mine, proc
@@ -163,8 +162,7 @@ def test_a_delivery_for_other_credentials_is_refused(tmp_path: Path) -> None:
     os.chown(own, pw.pw_uid, pw.pw_gid)
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mailrider.proc.mda_worker", str(pw.pw_uid), str(pw.pw_gid),
-         str(pw.pw_gid), str(theirs.fileno())],
+        mda_worker.command(pw.pw_uid, pw.pw_gid, [pw.pw_gid], theirs.fileno()),
         pass_fds=[theirs.fileno()], stderr=subprocess.PIPE)
     theirs.close()
     mine.settimeout(30)

@@ -170,3 +170,28 @@ def test_a_draft_names_no_evpid() -> None:
     assert draft.evpid == "" and draft.delivery == _new().delivery
     with pytest.raises(ValueError):
         envmod.from_fields(fields)  # a stored envelope must have one
+
+
+def test_envelopes_read_share_their_common_text_but_the_pool_stays_bounded() -> None:
+    # hundreds of envelopes in memory at once (the queue's loaded for delivery,
+    # the parent's decoded) hold one copy of a value they share; the pool that
+    # finds it holds at most _POOL_MAX values of bounded length
+    def fields(i: int, sender: str) -> dict[str, str]:
+        return {"version": envmod.VERSION, "evpid": f"{i:016x}", "dispatcher": "local",
+                "rcpt": "to@example.org", "dest": "to@example.org", "mda-method": "maildir",
+                "mda-user": "to", "mda-home": "/home/to", "type": "mda",
+                "hostname": "client.example", "sender": sender, "ctime": "1700000000"}
+
+    envmod._pool.clear()
+    a, b = (envmod.from_fields(json.loads(json.dumps(fields(i, "s@example.net"))))
+            for i in (1, 2))
+    assert a.sender == b.sender and a.sender is b.sender
+    assert a.delivery.home is b.delivery.home and a.hostname is b.hostname
+    assert a.evpid is not b.evpid  # never shared: unique to each
+    for i in range(3 * envmod._POOL_MAX):
+        env = envmod.from_fields(fields(i, f"s{i}@example.net"))
+        assert env.sender == f"s{i}@example.net"
+        assert len(envmod._pool) <= envmod._POOL_MAX
+    long = "x" * (envmod._POOL_VALUE_MAX + 1) + "@example.net"
+    assert envmod.from_fields(fields(9, long)).sender == long and long not in envmod._pool
+    assert "s@example.net" not in envmod._pool  # emptied when full, not grown

@@ -18,6 +18,11 @@ send nothing that executes.
 
 The invariant every process relies on: requests on one channel may be many
 in flight at once; each reply is matched to its request by ``reqid``.
+
+A :class:`Gate` may bound how many requests of some types are handled at
+once, over every channel it is given to: the others wait in arrival order as
+small records (the decoded message and its request id), not as tasks with
+their coroutine frames, and each gets its answer as before.
 """
 
 from __future__ import annotations
@@ -55,6 +60,73 @@ class RemoteError(TempFail):
 Handler = Callable[["Channel", Any, list[int]], Awaitable[Any]]
 
 
+class Gate:
+    """At most ``limit`` requests of ``types`` handled at once, over every channel
+    whose ``gate`` it is; the others wait their turn in arrival order.
+
+    Why: a request being handled is a task and the coroutine frames of its
+    handler, and under a burst hundreds of them may wait on one answer at
+    once (lka's recipient expansions, 4-7 kB each, all waiting on the
+    parent's first ``~/.forward`` answer: docs/performance.md §1, "Sessions
+    under load"). A waiting request here is a tuple beside its decoded
+    message. The requests still run in the order they came, each gets the
+    reply (or error) its handler gives, and one whose channel closed while
+    it waited is dropped, as its reply would have been.
+    """
+
+    def __init__(self, limit: int, types: tuple[type, ...]) -> None:
+        if limit < 1:
+            raise ValueError("a gate lets at least one request through")
+        self.limit = limit
+        self.types = types
+        #: requests being handled now
+        self.running = 0
+        #: the most that waited at once (show stats)
+        self.waiting_peak = 0
+        self._waiting: collections.deque[tuple[Channel, int, Any, list[int]]] = \
+            collections.deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def takes(self, obj: Any) -> bool:
+        return isinstance(obj, self.types)
+
+    def submit(self, chan: Channel, reqid: int, obj: Any, fds: list[int]) -> None:
+        """Handle the request now if a place is free, else when one is."""
+        if self.running < self.limit:
+            self._start(chan, reqid, obj, fds)
+            return
+        self._waiting.append((chan, reqid, obj, fds))
+        if len(self._waiting) > self.waiting_peak:
+            self.waiting_peak = len(self._waiting)
+
+    def _start(self, chan: Channel, reqid: int, obj: Any, fds: list[int]) -> None:
+        self.running += 1
+        try:
+            chan._start(reqid, obj, fds).add_done_callback(self._done)
+        except BaseException:
+            self.running -= 1
+            raise
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.running -= 1
+        if task.cancelled():
+            # only the end of the process cancels a handler: nothing more starts
+            while self._waiting:
+                for fd in self._waiting.popleft()[3]:
+                    os.close(fd)
+            return
+        while self._waiting and self.running < self.limit:
+            chan, reqid, obj, fds = self._waiting.popleft()
+            if chan.closed:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            self._start(chan, reqid, obj, fds)
+
+
 class Channel:
     """One end of a socketpair to another process."""
 
@@ -66,6 +138,8 @@ class Channel:
         #: the message types this end takes from the peer (None: every registered type)
         self.accepts = accepts
         self.on_close: Callable[[Channel], None] | None = None
+        #: bounds how many requests of some types are handled at once (None: no bound)
+        self.gate: Gate | None = None
         self.closed = False
         self._loop = asyncio.get_running_loop()
         self._rbuf = bytearray()
@@ -280,9 +354,16 @@ class Channel:
             for fd in fds:
                 os.close(fd)
             return
+        if self.gate is not None and self.gate.takes(obj):
+            self.gate.submit(self, reqid, obj, fds)
+            return
+        self._start(reqid, obj, fds)
+
+    def _start(self, reqid: int, obj: Any, fds: list[int]) -> asyncio.Task[None]:
         task = self._loop.create_task(self._handle(reqid, obj, fds))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _handle(self, reqid: int, obj: Any, fds: list[int]) -> None:
         """Run the handler; descriptors it returns are sent, then closed here."""

@@ -26,7 +26,7 @@ from mailrider.filter.host import FilterHost
 from mailrider.filter.proc import FilterFailed
 from mailrider.filter.programs import used_filters
 from mailrider.ipc import messages as m
-from mailrider.ipc.channel import Channel
+from mailrider.ipc.channel import Channel, Gate
 from mailrider.proc import common, lka_dns, lka_rules
 from mailrider.proc.lka_dns import resolver_config
 from mailrider.proc.lka_expand import expand
@@ -84,6 +84,20 @@ class Lka(common.Process):
         self._forwards: TtlCache[str, str | None] = TtlCache(
             limits.FORWARD_CACHE_TTL, limits.FORWARD_CACHE_MAX)
         self._forward_asks: dict[str, asyncio.Future[str | None]] = {}
+        #: recipient checks expanded at once, over pony's and the queue's channels:
+        #: under a burst the rest wait as their requests, not as expansions
+        #: (several kB of frames each) all waiting on the same answer
+        self.rcpt_gate = Gate(limits.LKA_RCPT_CONCURRENCY, (m.RcptCheck,))
+
+    def connect(self, fds: dict[str, int]) -> None:
+        super().connect(fds)
+        for chan in self.peers.values():
+            chan.gate = self.rcpt_gate
+
+    def stats(self) -> dict[str, int]:
+        out = super().stats()
+        out["lka.rcpt.waiting.peak"] = self.rcpt_gate.waiting_peak
+        return out
 
     async def run(self) -> None:
         await self.tables.start()

@@ -2,6 +2,9 @@
 
     python -m mailrider.proc.mda_worker UID GID GROUPS FD
 
+(the parent starts it with :func:`command`: the same, in an isolated
+interpreter without ``site``).
+
 The parent (:mod:`mailrider.proc.parent_workers`) starts it as root with the
 credentials it decided (``parent_mda.decide``), and the worker takes them
 for good before it reads anything: supplementary groups, gid, then uid
@@ -59,6 +62,28 @@ from mailrider.errors import TempFail, delivery_outcome
 #: a request, at most (DELIVERY_BATCH_MAX deliveries of bounded fields)
 REQUEST_MAX = 256 * 1024
 _TEXT_MAX = 500
+
+#: what :func:`command` runs: the package's folder goes last on the path, after
+#: the standard library, so nothing there can stand in for a standard module
+_BOOT = ("import sys; sys.path.append(sys.argv[1]); "
+         "from mailrider.proc.mda_worker import main; sys.exit(main(sys.argv[2:]))")
+
+
+def command(uid: int, gid: int, groups: list[int], fd: int) -> list[str]:
+    """The command line that starts a worker (``-1`` for uid/gid: keep the caller's).
+
+    ``-I -S -c``, not ``-m``: ``runpy`` (with ``importlib.util`` and
+    ``contextlib``) and ``site`` (with whatever the environment's ``.pth``
+    files load) cost a fresh interpreter some 0.7 MB of private memory, and
+    the worker exists only under load, so it counts whole in the daemon's
+    peak (docs/performance.md §4). Isolated (``-I``), the worker reads no
+    ``PYTHON*`` variable and puts no working folder on its path; it imports
+    this package from where the caller's own copy is.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return [sys.executable, "-I", "-S", "-c", _BOOT, root, str(uid), str(gid),
+            ",".join(str(g) for g in groups), str(fd)]
+
 
 #: the fields of one delivery in a request, in this order
 FIELDS = ("method", "path", "home", "junk", "sender", "prepend")

@@ -39,7 +39,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -92,9 +91,8 @@ class Workers:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             theirs.set_inheritable(True)
-            argv = [sys.executable, "-m", mda_worker.__name__,
-                    str(-1 if uid is None else uid), str(-1 if gid is None else gid),
-                    ",".join(str(g) for g in groups), str(theirs.fileno())]
+            argv = mda_worker.command(-1 if uid is None else uid, -1 if gid is None else gid,
+                                      list(groups), theirs.fileno())
             proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], close_fds=True,
                                     stdin=subprocess.DEVNULL)
         except BaseException:

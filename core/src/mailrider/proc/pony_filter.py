@@ -89,6 +89,10 @@ def _nothing() -> None:
 class FilterClient:
     """The filter protocol for one session ``sid``, through lka."""
 
+    # one per SMTP session, filtered or not: slots instead of a __dict__ each
+    __slots__ = ("done", "inflight", "line", "lka", "pause", "paused", "resume", "sid",
+                 "spawn", "subsystem", "write")
+
     def __init__(self, sid: str, lka: Peer, spawn: Spawn, *,
                  write: Callable[[bytes], None],
                  pause: Callable[[], None], resume: Callable[[], None],

@@ -101,6 +101,57 @@ class SessionHost(Protocol):
 class Session(asyncio.Protocol):
     """One SMTP connection."""
 
+    # hundreds open at once under load: slots instead of a __dict__ each
+    # (docs/performance.md §1, "Sessions under load")
+    __slots__ = (
+        "__weakref__",
+        "busy",
+        "client",
+        "deadline",
+        "deliveries",
+        "digest",
+        "end_reason",
+        "fcrdns",
+        "fd",
+        "filter",
+        "filter_data",
+        "filtered",
+        "greet_timer",
+        "greeted",
+        "helo",
+        "host",
+        "hostname",
+        "hygiene",
+        "id",
+        "index",
+        "ip",
+        "junk",
+        "listener",
+        "local_user",
+        "looked_up",
+        "mail_params",
+        "masq",
+        "msgid",
+        "named",
+        "pooled",
+        "port",
+        "precreate",
+        "rcpt_accepted",
+        "rcpts",
+        "rdns",
+        "sender",
+        "size",
+        "srv",
+        "timer",
+        "tls_early",
+        "tls_early_eof",
+        "tls_info",
+        "transport",
+        "tx_junk",
+        "txid",
+        "written",
+    )
+
     def __init__(self, host: SessionHost, listener: Listener, local_user: str | None = None,
                  index: int = -1) -> None:
         self.host = host
@@ -903,7 +954,6 @@ class Session(asyncio.Protocol):
             pony_spool.write_all(self.fd, data)
         except OSError as exc:
             log.error("smtp", "spool-write-failed", session=self.id, error=exc.strerror)
-            self._write_error = exc
             os.close(self.fd)
             self.fd = -1
 

@@ -92,8 +92,10 @@ class Scheduler(common.Process):
         self.wake.set()
 
     def insert(self, data: m.SchedEntry, now: float) -> None:
-        e = Entry(evpid=data.evpid, type=data.type, ctime=data.ctime or int(now),
-                  retry=data.retry, ttl=data.ttl or self.config.queue_ttl, route=data.route)
+        # the type and route strings, alike over thousands of entries, held once
+        e = Entry(evpid=data.evpid, type=envmod.share(data.type), ctime=data.ctime or int(now),
+                  retry=data.retry, ttl=data.ttl or self.config.queue_ttl,
+                  route=envmod.share(data.route))
         # a fresh envelope (committed a moment ago) is timed from now, with
         # sub-second precision; one found again at a restart from its ctime
         e.since = now if not e.retry and 0 <= now - e.ctime < 2 else float(e.ctime)

@@ -320,12 +320,45 @@ _DELIVERY_GROUPS = _groups(_DELIVERY_SPEC)
 _ENVELOPE_GROUPS = _groups(_ENVELOPE_SPEC)
 
 
+#: text attributes that the envelopes in memory at once mostly hold alike (the
+#: action, the method, the user and home, our names, the client's, the sender,
+#: often the recipient): read through :func:`share`, one copy of each value
+#: serves them all. The queue holds up to max-inflight envelopes loaded for
+#: delivery, and the parent as many decoded (docs/performance.md §1)
+_SHARED_ATTRS = frozenset({
+    "dispatcher", "rcpt", "dest", "method", "arg", "user", "home", "local_user",
+    "subaddress", "type", "tag", "smtpname", "helo", "hostname", "sender", "dsn_ret"})
+#: at most this many values kept for sharing, each at most _POOL_VALUE_MAX
+#: characters: the pool holds a few tens of kB however varied the envelopes
+_POOL_MAX = 256
+_POOL_VALUE_MAX = 255
+_pool: dict[str, str] = {}
+
+
+def share(value: str) -> str:
+    """``value``, or the equal string an earlier envelope already holds.
+
+    A bounded pool, emptied when full, rather than :func:`sys.intern`: these
+    values come from clients, and interned strings are immortal in some
+    Python versions."""
+    if len(value) > _POOL_VALUE_MAX:
+        return value
+    got = _pool.get(value)
+    if got is not None:
+        return got
+    if len(_pool) >= _POOL_MAX:
+        _pool.clear()
+    _pool[value] = value
+    return value
+
+
 def _typed(groups: tuple[tuple[tuple[str, str], ...], ...], f: Mapping[str, str]
            ) -> dict[str, Any]:
     """The attributes that ``f`` gives a value (the others keep their default)."""
     text, counts, ids, words, lists = groups
     get = f.get
-    kw: dict[str, Any] = {a: v for k, a in text if (v := get(k))}
+    kw: dict[str, Any] = {a: share(v) if a in _SHARED_ATTRS else v
+                          for k, a in text if (v := get(k))}
     for k, a in counts:
         if v := get(k):
             kw[a] = _number(k, v, False)
