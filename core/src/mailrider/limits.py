@@ -119,10 +119,12 @@ QUEUE_TTL = 4 * 86400
 BOUNCE_TTL = 7 * 86400
 
 # Spool files pony holds ready, or has asked for, before a session needs one
-# (proc/pony_spool.SpoolFiles; docs/performance.md §9), and how long it stops
-# asking after the queue failed to create one.
+# (proc/pony_spool.SpoolFiles; docs/performance.md §9), at most; how long it
+# stops asking after the queue failed to create one ...
 SPOOL_FILES_AHEAD = 16
 SPOOL_FILES_RETRY = 1.0
+# ... and after how long without a session taking one they are given back
+SPOOL_FILES_IDLE = 2.0
 
 # Local deliveries in flight at once (OpenSMTPD: mda limit max-session 50).
 MDA_MAX_SESSIONS = 50

@@ -8,7 +8,6 @@ import shutil
 import smtplib
 import socket
 import subprocess
-import time
 
 import pytest
 from harness import Daemon, wait_for
@@ -132,11 +131,7 @@ def test_abandoned_transactions_leave_no_spool_file(default_daemon: Daemon) -> N
     for end in (b"RSET\r\n", b"QUIT\r\n", b"MAIL FROM:<b@example.org>\r\n"):
         raw_session(d.port, [b"EHLO x\r\n", b"MAIL FROM:<a@example.org>\r\n",
                              b"RCPT TO:<gone@localhost>\r\n", end, b"QUIT\r\n"])
-    # the spool file taken at RCPT is given back when no DATA follows: what
-    # stays in incoming/ is pony's files asked for ahead, empty and unused
+    # the spool file taken at RCPT is given back when no DATA follows, and
+    # those pony asked for ahead once no session took one for a while
     incoming = d.state / "spool" / "incoming"
-    wait_for(lambda: len(os.listdir(incoming)) == limits.SPOOL_FILES_AHEAD)
-    time.sleep(0.3)
-    assert len(os.listdir(incoming)) == limits.SPOOL_FILES_AHEAD
-    for idir in incoming.iterdir():
-        assert os.listdir(idir) == ["message"] and (idir / "message").stat().st_size == 0
+    wait_for(lambda: os.listdir(incoming) == [], limits.SPOOL_FILES_IDLE + 10)

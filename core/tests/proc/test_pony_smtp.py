@@ -316,8 +316,8 @@ def test_a_transaction_is_spooled_and_committed(run: Runner) -> None:
     assert len(host.opened) == 1 and host.closed == host.opened
     # none was ready: the session asked for its own at the first RCPT, and
     # the host for the ones the next sessions will take
-    assert len(host.queue.of(m.MessageCreate)) == 1 + host.spool_files.size
-    assert len(host.spool_files) == host.spool_files.size
+    assert len(host.queue.of(m.MessageCreate)) == 1 + host.spool_files.want
+    assert len(host.spool_files) == host.spool_files.want == 2
 
 
 def test_a_ready_spool_file_serves_the_next_transaction(run: Runner) -> None:
@@ -420,7 +420,7 @@ def test_rset_gives_the_spool_file_back(run: Runner) -> None:
 
     host, spool = run(scenario)
     ready = {msgid for msgid, _ in host.spool_files._ready}
-    assert len(ready) == host.spool_files.size  # the taken one was replaced
+    assert len(ready) == host.spool_files.want  # the taken one was replaced
     assert sorted(spool.rolled_back) == sorted(set(spool.files) - ready)
     assert len(spool.rolled_back) == 2
 

@@ -111,6 +111,7 @@ class Queue:
         self.asked = 0
         self.fail: Exception | None = None
         self.wrong = False
+        self.rolled_back: list[str] = []
 
     async def call(self, obj: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
         assert isinstance(obj, m.MessageCreate) and obj.msgid == ""
@@ -126,10 +127,13 @@ class Queue:
         raise AssertionError(obj)
 
     async def ask(self, obj: Any, fds: Sequence[int] = ()) -> Any:
-        raise AssertionError(obj)
+        assert isinstance(obj, m.MessageRollback)
+        self.rolled_back.append(obj.msgid)
+        return m.Ok()
 
 
-def _pool(queue: Queue, size: int) -> tuple[pony_spool.SpoolFiles, set[asyncio.Task[None]]]:
+def _pool(queue: Queue, size: int, idle: float = 60.0
+          ) -> tuple[pony_spool.SpoolFiles, set[asyncio.Task[None]]]:
     tasks: set[asyncio.Task[None]] = set()
 
     def spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -137,16 +141,16 @@ def _pool(queue: Queue, size: int) -> tuple[pony_spool.SpoolFiles, set[asyncio.T
         tasks.add(task)
         return task
 
-    return pony_spool.SpoolFiles(queue, spawn, size), tasks
+    return pony_spool.SpoolFiles(queue, spawn, size, idle), tasks
 
 
 def test_spool_files_are_asked_for_ahead_and_replaced(tmp_path: Path) -> None:
     async def main() -> None:
         queue = Queue(tmp_path)
-        pool, tasks = _pool(queue, 3)
-        assert pool.take() is None  # nothing ready yet: three asked for
+        pool, tasks = _pool(queue, 4)
+        assert pool.take() is None  # nothing ready yet: two asked for
         await asyncio.gather(*tasks)
-        assert queue.asked == 3 and len(pool) == 3
+        assert queue.asked == 2 and len(pool) == 2 and pool.want == 2
         # in the order they came, each replaced as it is taken
         msgid, fd = pool.take() or ("", -1)
         assert msgid == "00000001"
@@ -154,14 +158,55 @@ def test_spool_files_are_asked_for_ahead_and_replaced(tmp_path: Path) -> None:
         os.close(fd)
         assert (tmp_path / "00000001").read_bytes() == b"x"
         await asyncio.gather(*tasks)
-        assert queue.asked == 4 and len(pool) == 3
+        assert queue.asked == 3 and len(pool) == 2
         # taking nothing asks for nothing
         await asyncio.sleep(0)
-        assert queue.asked == 4
+        assert queue.asked == 3
+        # a burst that empties it doubles what is kept, up to the size
+        for _ in range(3):
+            pool.take()
+        assert pool.want == 4
+        await asyncio.gather(*tasks)
+        assert len(pool) == 4 and queue.asked == 3 + 4
+        pool.take()
+        pool.take()
+        pool.take()
+        pool.take()
+        pool.take()  # found none: at most the size still
+        assert pool.want == 4
+        await asyncio.gather(*tasks)
         before = set(os.listdir("/proc/self/fd"))
         pool.close()
         assert len(pool) == 0
-        assert len(before - set(os.listdir("/proc/self/fd"))) == 3
+        assert len(before - set(os.listdir("/proc/self/fd"))) == 4
+
+    asyncio.run(main())
+
+
+def test_spool_files_kept_idle_are_given_back(tmp_path: Path) -> None:
+    async def main() -> None:
+        queue = Queue(tmp_path)
+        pool, tasks = _pool(queue, 4, idle=0.2)
+        before = set(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            pool.take()
+        await asyncio.gather(*tasks)
+        assert len(pool) == 4
+        # taken from now and then, they stay
+        for _ in range(3):
+            await asyncio.sleep(0.1)
+            taken = pool.take()
+            assert taken is not None
+            os.close(taken[1])
+        await asyncio.gather(*tasks)
+        assert len(pool) == 4 and queue.rolled_back == []
+        ready = [msgid for msgid, _ in pool._ready]
+        # not taken for longer than idle: all given back, and it starts at one again
+        await asyncio.sleep(0.35)
+        await asyncio.gather(*tasks)
+        assert len(pool) == 0 and pool.want == 1
+        assert sorted(queue.rolled_back) == sorted(ready)
+        assert set(os.listdir("/proc/self/fd")) == before
 
     asyncio.run(main())
 
@@ -177,12 +222,12 @@ def test_a_queue_failure_stops_the_asking_for_a_while(tmp_path: Path,
         pool, tasks = _pool(queue, 4)
         assert pool.take() is None
         await asyncio.gather(*tasks)
-        assert queue.asked == 4 and len(pool) == 0
+        assert queue.asked == 2 and len(pool) == 0
         # sessions meanwhile ask for theirs themselves: no new asks here
         for _ in range(10):
             assert pool.take() is None
         await asyncio.gather(*tasks)
-        assert queue.asked == 4
+        assert queue.asked == 2
         # once the pause is over, and the queue well again, it fills up
         queue.fail = None
         now[0] += limits.SPOOL_FILES_RETRY + 0.1

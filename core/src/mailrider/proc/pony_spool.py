@@ -8,6 +8,7 @@ keeps the state (the spool descriptor, the digest, the counters) and logs.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import time
@@ -39,23 +40,33 @@ class SpoolFiles:
     A session that accepts its first recipient takes one (:meth:`take`) instead
     of asking the queue then: the file's creation, a round trip through the
     queue and its creator thread, no longer lies on the path of each message
-    (docs/performance.md §9). Each take asks for a replacement, so at most
-    ``size`` files are ready or on their way; they are ordinary uncommitted
-    spool files, in the queue's ``incoming/`` and its list of open messages,
-    committed or rolled back like any other, and an unused one is removed with
-    the rest of ``incoming/`` at the next start (docs/queue.md §2). When the
-    queue fails to create one, no new one is asked for during
+    (docs/performance.md §9). They are ordinary uncommitted spool files, in the
+    queue's ``incoming/`` and its list of open messages, committed or rolled
+    back like any other.
+
+    How many: each take asks for a replacement, and a take that finds none
+    ready doubles the number kept, up to ``size``; after ``idle`` seconds
+    without a take the ready ones are given back (rolled back) and the number
+    starts again at one, so a quiet daemon holds no spool file open (an admin
+    can remount the spool, and a sporadic message costs one or two). When the
+    queue fails to create one, none is asked for during
     ``limits.SPOOL_FILES_RETRY`` seconds: sessions then ask for theirs
     themselves and get the queue's error as their reply.
     """
 
-    def __init__(self, queue: Peer, spawn: Spawn, size: int = limits.SPOOL_FILES_AHEAD) -> None:
+    def __init__(self, queue: Peer, spawn: Spawn, size: int = limits.SPOOL_FILES_AHEAD,
+                 idle: float = limits.SPOOL_FILES_IDLE) -> None:
         self._queue = queue
         self._spawn = spawn
         self.size = size
+        self.idle = idle
+        #: how many to keep ready or asked for (1 to size)
+        self.want = min(1, size)
         self._ready: deque[tuple[str, int]] = deque()
         self._asked = 0
         self._retry_at = 0.0
+        self._last_take = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self._ready)
@@ -63,7 +74,12 @@ class SpoolFiles:
     def take(self) -> tuple[str, int] | None:
         """A ready spool file (msgid, write descriptor), the caller's to commit
         or roll back, or None when none is ready; asks for its replacement."""
-        got = self._ready.popleft() if self._ready else None
+        self._last_take = time.monotonic()
+        if self._ready:
+            got: tuple[str, int] | None = self._ready.popleft()
+        else:
+            got = None
+            self.want = min(self.size, self.want * 2)
         self._fill()
         return got
 
@@ -71,7 +87,7 @@ class SpoolFiles:
         if self._retry_at and time.monotonic() < self._retry_at:
             return
         self._retry_at = 0.0
-        while len(self._ready) + self._asked < self.size:
+        while len(self._ready) + self._asked < self.want:
             self._asked += 1
             self._spawn(self._ask())
 
@@ -89,10 +105,36 @@ class SpoolFiles:
             self._retry_at = time.monotonic() + limits.SPOOL_FILES_RETRY
             return
         self._ready.append((reply.msgid, fds[0]))
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.idle, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        if not self._ready:
+            return
+        quiet = time.monotonic() - self._last_take
+        if quiet < self.idle:
+            self._timer = asyncio.get_running_loop().call_later(self.idle - quiet,
+                                                                self._check_idle)
+            return
+        self.want = min(1, self.size)
+        while self._ready:
+            msgid, fd = self._ready.popleft()
+            os.close(fd)
+            self._spawn(self._give_back(msgid))
+
+    async def _give_back(self, msgid: str) -> None:
+        try:
+            await self._queue.ask(m.MessageRollback(msgid=msgid))
+        except (TempFail, OSError, ValueError):
+            pass  # the queue removes it at its next start
 
     def close(self) -> None:
         """Close the ready files' descriptors (the queue removes the files at
         its next start)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._ready:
             os.close(self._ready.popleft()[1])
 
