@@ -859,13 +859,13 @@ class Session(asyncio.Protocol):
                 # no filter knows this transaction by an id yet: a spool file
                 # asked for ahead, by any session, will do
                 self.pooled = self.host.spool_files.take()
-                if self.pooled is not None:
-                    self.host.count("smtp.spool.ready")
-        if self.precreate is None and self.pooled is None:
-            # the spool file is asked for now, so that DATA does not wait on queue
-            self.host.count("smtp.spool.asked")
-            self.precreate = asyncio.get_running_loop().create_task(
-                self.host.peer("queue").call(m.MessageCreate(msgid=self.txid)))
+            if self.pooled is not None:
+                self.host.count("smtp.spool.ready")
+            else:
+                # the spool file is asked for now, so that DATA does not wait on queue
+                self.host.count("smtp.spool.asked")
+                self.precreate = asyncio.get_running_loop().create_task(
+                    self.host.peer("queue").call(m.MessageCreate(msgid=self.txid)))
 
     async def _proceed_data(self) -> None:
         pending, self.precreate = self.precreate, None

@@ -129,15 +129,6 @@ class SpoolFiles:
         except (TempFail, OSError, ValueError):
             pass  # the queue removes it at its next start
 
-    def close(self) -> None:
-        """Close the ready files' descriptors (the queue removes the files at
-        its next start)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        while self._ready:
-            os.close(self._ready.popleft()[1])
-
 
 def header_tail(hygiene: HeaderHygiene | None, masq: FromRewriter | None) -> bytes:
     """The bytes the header hygiene and the From: rewriter still hold at the

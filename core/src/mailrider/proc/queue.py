@@ -193,13 +193,14 @@ class Queue(common.Process):
                 for item in items:
                     item.error = item.error or TempFail(f"commit failed: {exc}")
             # the scheduler hears of the whole batch in one message (one wakeup)
-            entries = [m.SchedEntry.of(e) for item in items if item.error is None
-                       for e in item.envelopes]
+            # and the envelopes are kept for their first dispatch
+            entries: list[m.SchedEntry] = []
             fresh = self._fresh_envs
             for item in items:
                 if item.error is None:
                     for e in item.envelopes:
                         fresh[e.evpid] = e
+                        entries.append(m.SchedEntry.of(e))
             while len(fresh) > FRESH_ENVELOPES_MAX:
                 del fresh[next(iter(fresh))]
             for i in range(0, len(entries), SCHED_INSERT_MAX):

@@ -255,13 +255,13 @@ class Spool:
                 self._stage(item)
                 hdir = os.path.join(self.queue, item.msgid[:2])
                 if hdir not in self._buckets:
-                    _mkdir(hdir)
+                    os.makedirs(hdir, 0o700, exist_ok=True)
                     self._buckets.add(hdir)
                 src = os.path.join(self.incoming, item.msgid)
                 try:
                     os.rename(src, self.msgdir(item.msgid))
                 except FileNotFoundError:  # the bucket was removed by hand?
-                    _mkdir(hdir)
+                    os.makedirs(hdir, 0o700, exist_ok=True)
                     os.rename(src, self.msgdir(item.msgid))
                 done.append(item)
             except OSError as exc:
@@ -487,13 +487,6 @@ def _body_matches(path: str, envs: list[Envelope], codec: Codec) -> bool:
         return False
     return (want.message_size in (None, size)
             and h.hexdigest() == want.message_sha256)
-
-
-def _mkdir(path: str) -> None:
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
 
 
 def _remove_message_dir(mdir: str) -> None:
